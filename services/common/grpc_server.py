@@ -1,0 +1,147 @@
+"""Build and run a gRPC server the same way in every service.
+
+`create_server` wires servicers, health, reflection, interceptors and message limits and binds the port, but does
+not start anything, so tests can start it on port 0. `serve` starts it, marks it SERVING, and on SIGTERM/SIGINT
+flips health to NOT_SERVING (load balancers stop sending) before a graceful stop.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import Unavailable
+from services.common.interceptors import Access, default_interceptors
+from services.common.settings import GrpcServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Servicer:
+    """One service implementation and how to add it (the generated `add_XServicer_to_server`)."""
+
+    add_to_server: Callable[[Any, grpc.Server], None]
+    impl: Any
+    # Full proto name, e.g. "qanchor.v1.ScenarioRegistry": used for health status and reflection.
+    service_name: str
+
+
+def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Without this a second server silently shares the port (SO_REUSEPORT) instead of failing to bind.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def create_server(
+    settings: GrpcServerSettings,
+    *servicers: Servicer,
+    service: str = "qanchor",
+    auth_policy: Mapping[str, Access] | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] | None = None,
+    health_servicer: health.HealthServicer | None = None,
+) -> tuple[grpc.Server, int]:
+    """Build a bound, not yet started server; returns (server, bound port).
+
+    Interceptors default to request id -> metrics -> errors -> auth with the settings' tokens and `auth_policy`.
+    Pass `health_servicer` to control readiness yourself; otherwise one is created (all services NOT_SERVING
+    until `serve` or `mark_serving`).
+    """
+    if interceptors is None:
+        interceptors = default_interceptors(
+            service,
+            settings.token.get_secret_value() if settings.token else None,
+            settings.admin_token.get_secret_value() if settings.admin_token else None,
+            auth_policy,
+        )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"{service}-rpc"),
+        interceptors=list(interceptors),
+        options=server_options(settings),
+    )
+    for s in servicers:
+        s.add_to_server(s.impl, server)
+    health_servicer = health_servicer or health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *(s.service_name for s in servicers)):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    names = [s.service_name for s in servicers] + [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+
+    address = f"{settings.host}:{settings.resolved_grpc_port()}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        port, cause = 0, exc
+    else:
+        cause = None
+    if not port:
+        raise Unavailable(
+            f"cannot bind gRPC port {address} (in use?); stop the other process or change "
+            "QANCHOR_PORT_BASE / the service's GRPC_PORT setting"
+        ) from cause
+    server._qanchor_health = health_servicer  # type: ignore[attr-defined]  # read back by serve()/mark_serving()
+    return server, port
+
+
+def health_of(server: grpc.Server) -> health.HealthServicer:
+    return server._qanchor_health  # type: ignore[attr-defined,no-any-return]
+
+
+def mark_serving(server: grpc.Server, service_names: Sequence[str]) -> None:
+    h = health_of(server)
+    for name in ("", *service_names):
+        h.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def serve(
+    settings: GrpcServerSettings,
+    *servicers: Servicer,
+    service: str = "qanchor",
+    auth_policy: Mapping[str, Access] | None = None,
+    on_stop: Sequence[Callable[[], None]] = (),
+) -> None:
+    """Run until SIGTERM/SIGINT; then NOT_SERVING, graceful stop (settings.grace_seconds), `on_stop` hooks."""
+    server, port = create_server(settings, *servicers, service=service, auth_policy=auth_policy)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host)
+        log.info("metrics exported", extra={"metrics_port": settings.metrics_port})
+    stop = threading.Event()
+    received: list[str] = []
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server.start()
+    mark_serving(server, [s.service_name for s in servicers])
+    log.info("serving", extra={"host": settings.host, "port": port, "services": ",".join(
+        s.service_name for s in servicers)})
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        log.info("stopping", extra={"signal": received[0] if received else "none",
+                                    "grace_seconds": settings.grace_seconds})
+        # Fail health checks first so balancers drain us, then let in-flight RPCs finish.
+        health_of(server).enter_graceful_shutdown()
+        server.stop(settings.grace_seconds).wait()
+        for hook in on_stop:
+            hook()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        log.info("stopped")

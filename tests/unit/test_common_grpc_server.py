@@ -1,0 +1,114 @@
+"""create_server wiring (health, reflection, limits, bind errors) and serve()'s graceful SIGTERM path."""
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.common.errors import Unavailable
+from services.common.grpc_server import Servicer, create_server, mark_serving
+from services.common.proto.qanchor.v1 import registry_pb2 as pb
+from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
+from services.common.settings import GrpcServerSettings, repo_root
+
+NAME = "qanchor.v1.ScenarioRegistry"
+
+
+class _Echo(pb_grpc.ScenarioRegistryServicer):
+    def RegisterScenario(self, request: pb.RegisterScenarioRequest, context: grpc.ServicerContext) -> pb.Scenario:
+        return pb.Scenario(name=request.name, query_text=request.query_text)
+
+
+def _server(**kw: object) -> tuple[grpc.Server, int]:
+    settings = GrpcServerSettings(grpc_port=0, admin_token="adm", **kw)  # type: ignore[arg-type]
+    return create_server(settings, Servicer(pb_grpc.add_ScenarioRegistryServicer_to_server, _Echo(), NAME))
+
+
+def test_health_reflection_and_message_limit() -> None:
+    server, port = _server(max_message_bytes=64 * 1024)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            hstub = health_pb2_grpc.HealthStub(ch)
+            req = health_pb2.HealthCheckRequest(service=NAME)
+            assert hstub.Check(req, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            mark_serving(server, [NAME])
+            assert hstub.Check(req, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            assert hstub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+
+            rstub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            replies = rstub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names = {s.name for r in replies for s in r.list_services_response.service}
+            assert {NAME, "grpc.health.v1.Health"} <= names
+
+            stub = pb_grpc.ScenarioRegistryStub(ch)
+            md = [("authorization", "Bearer adm")]
+            ok = stub.RegisterScenario(pb.RegisterScenarioRequest(name="ab", query_text="q" * 1000),
+                                       metadata=md, timeout=5)
+            assert ok.query_text == "q" * 1000
+            with pytest.raises(grpc.RpcError) as info:
+                stub.RegisterScenario(pb.RegisterScenarioRequest(name="ab", query_text="q" * 100_000),
+                                      metadata=md, timeout=5)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        server.stop(0).wait()
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        with pytest.raises(Unavailable, match="cannot bind"):
+            create_server(GrpcServerSettings(grpc_port=busy))
+
+
+_SERVE = textwrap.dedent("""
+    import sys
+    from services.common.grpc_server import Servicer, serve
+    from services.common.logging import setup_logging
+    from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
+    from services.common.settings import GrpcServerSettings
+    setup_logging("demo", "INFO")
+    serve(GrpcServerSettings(grpc_port=int(sys.argv[1]), grace_seconds=1),
+          Servicer(pb_grpc.add_ScenarioRegistryServicer_to_server, pb_grpc.ScenarioRegistryServicer(),
+                   "qanchor.v1.ScenarioRegistry"),
+          service="demo", on_stop=[lambda: print("on_stop ran", flush=True)])
+""")
+
+
+def test_serve_stops_gracefully_on_sigterm() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", _SERVE, str(port)], cwd=repo_root(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            hstub = health_pb2_grpc.HealthStub(ch)
+            deadline = time.monotonic() + 20
+            status = None
+            while time.monotonic() < deadline:
+                try:
+                    status = hstub.Check(health_pb2.HealthCheckRequest(service=NAME), timeout=1).status
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.1)
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "on_stop ran" in out
+    assert 'msg=serving' in err and "signal=SIGTERM" in err and "msg=stopped" in err
