@@ -1,0 +1,31 @@
+"""`python -m services.registry`: apply migrations, then serve ScenarioRegistry until SIGTERM."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from services.common.errors import QAnchorError
+from services.common.grpc_server import serve
+from services.common.logging import setup_logging
+from services.registry.server import build_app
+from services.registry.servicer import AUTH_POLICY
+from services.registry.settings import RegistrySettings
+
+log = logging.getLogger("services.registry")
+
+
+def main() -> int:
+    settings = RegistrySettings()
+    setup_logging("registry", settings.log_level)
+    try:
+        app = build_app(settings)
+        serve(settings, app.grpc_servicer(), service="registry", auth_policy=AUTH_POLICY,
+              on_stop=[app.db.dispose])
+    except QAnchorError as exc:
+        log.error("registry failed to start", extra={"error": exc.message})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
