@@ -1,0 +1,1 @@
+"""Training data: the MovieLens user world, event vectors, UserBatch collation, pretraining pairs, scenarios."""

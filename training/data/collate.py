@@ -1,0 +1,65 @@
+"""Turn users of a UserWorld into the model's `UserBatch` (training/model/inputs.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from training.data.world import UserWorld
+from training.model.inputs import UserBatch
+
+
+@dataclass
+class UserRecord:
+    """One user's prefix inputs in numpy, as the feature store holds them: the newest K events per source."""
+
+    user: int
+    event_vecs: dict[str, np.ndarray]  # source -> [n_s <= K_s, 384] float16, oldest first
+    tabular: np.ndarray  # [d_tab] float32
+
+
+def user_record(world: UserWorld, vecs: np.ndarray, user: int) -> UserRecord:
+    """Prefix inputs of one user from the history window only (the future never reaches the prefix)."""
+    rows = world.timelines[user].history  # oldest first
+    src = world.source_of_rating[rows]
+    per_source = {}
+    for i, spec in enumerate(world.sources.sources):
+        mine = rows[src == i][-spec.k:]  # newest K, still oldest first
+        per_source[spec.name] = vecs[world.text_of_rating[mine]]
+    return UserRecord(user, per_source, world.tabular[user])
+
+
+def collate_records(records: list[UserRecord], ks: dict[str, int]) -> UserBatch:
+    """Stack records into a padded UserBatch: events left-aligned, zeros + False mask after them."""
+    b = len(records)
+    event_vecs, event_mask = {}, {}
+    for name, k in ks.items():
+        d = next((r.event_vecs[name].shape[1] for r in records if len(r.event_vecs.get(name, ()))), 384)
+        v = np.zeros((b, k, d), np.float32)  # [B, K_s, d_enc]
+        m = np.zeros((b, k), bool)  # [B, K_s]
+        for j, r in enumerate(records):
+            e = r.event_vecs.get(name)
+            if e is None or len(e) == 0:
+                continue
+            e = e[-k:]
+            v[j, :len(e)] = e
+            m[j, :len(e)] = True
+        event_vecs[name], event_mask[name] = torch.from_numpy(v), torch.from_numpy(m)
+    tab = torch.from_numpy(np.stack([r.tabular for r in records]).astype(np.float32))  # [B, d_tab]
+    return UserBatch(event_vecs=event_vecs, event_mask=event_mask, tabular=tab)
+
+
+class UserCollator:
+    """`collate_fn` for a DataLoader over user indices (or over dicts with a "user" key)."""
+
+    def __init__(self, world: UserWorld, vecs: np.ndarray) -> None:
+        self.world, self.vecs = world, vecs
+        self.ks = {s.name: s.k for s in world.sources.sources}
+
+    def batch(self, users: list[int]) -> UserBatch:
+        return collate_records([user_record(self.world, self.vecs, u) for u in users], self.ks)
+
+    def __call__(self, items: list) -> UserBatch:
+        users = [int(it["user"]) if isinstance(it, dict) else int(it) for it in items]
+        return self.batch(users)
