@@ -229,8 +229,10 @@ def validate_against(config: ABConfig, registry: ScenarioLookup, known_models: I
                 continue
             prompt = info.versions.get(int(arm.prompt_version))
             if prompt is None:
-                problems.append(f"{where}.prompt_version: version {arm.prompt_version} does not exist "
-                                f"(versions: {sorted(info.versions)})")
+                servable = sorted(p.version for p in info.versions.values() if p.servable)
+                problems.append(f"{where}.prompt_version: version {arm.prompt_version} is not a servable version "
+                                f"of this scenario (servable: {servable}); only READY or ACTIVE versions can take "
+                                "traffic")
             elif not prompt.servable:
                 problems.append(f"{where}.prompt_version: version {arm.prompt_version} is {prompt.status}; "
                                 f"only READY or ACTIVE versions can take traffic")

@@ -122,7 +122,7 @@ def test_validation_against_registry() -> None:
     with pytest.raises(ConfigError, match="scenarios.concert_ads: scenario is not registered"):
         validate_against(cfg, FakeRegistry({}), {"m1", "m2"})
     missing = load_config(AB_YAML.replace("v2", "7"))
-    with pytest.raises(ConfigError, match=r"version 7 does not exist \(versions: \[1, 2\]\)"):
+    with pytest.raises(ConfigError, match=r"version 7 is not a servable version .* \(servable: \[1, 2\]\)"):
         validate_against(missing, registry(), {"m1", "m2"})
 
 

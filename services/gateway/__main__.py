@@ -1,0 +1,36 @@
+"""`python -m services.gateway`: serve EmbeddingService until SIGTERM (settings: GATEWAY_* env, docs/gateway.md)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from services.common.grpc_server import serve
+from services.common.logging import setup_logging
+from services.gateway.routing import ConfigError
+from services.gateway.server import SERVICE_NAME, build_gateway
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("qanchor.gateway")
+
+
+def main() -> int:
+    settings = GatewaySettings()
+    if settings.metrics_port is None:
+        settings = settings.model_copy(update={"metrics_port": settings.resolved_metrics_port()})
+    setup_logging("gateway", settings.log_level)
+    try:
+        gateway = build_gateway(settings)
+    except ConfigError as exc:
+        log.error("event=startup_failed reason=ab_config error=%r", str(exc))
+        print(f"gateway: cannot start: {exc}\nFix {settings.ab_config} (GATEWAY_AB_CONFIG) and start again.",
+              file=sys.stderr)
+        return 2
+    gateway.watcher.start()
+    log.info("event=gateway_starting service=%s triton=%s registry=%s ab_config=%s", SERVICE_NAME,
+             settings.resolved_triton_url(), settings.resolved_registry_target(), settings.ab_config)
+    serve(settings, gateway.servicer(), service="gateway", on_stop=[gateway.close])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

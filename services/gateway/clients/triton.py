@@ -1,0 +1,154 @@
+"""tritonclient (gRPC) adapter for the `qanchor` model: one request per user with all of its scenarios.
+
+Builds the tensors of the contract in docs/gateway.md from `UserFeatures` with the shared numpy builder
+(`services.common.features.build_user_batch_arrays`, the same one the model side uses), sends every request of a
+call concurrently with `async_infer`, and bounds the whole wait by the caller's remaining deadline.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Sequence
+
+import numpy as np
+import tritonclient.grpc as tgrpc
+from tritonclient.utils import InferenceServerException
+
+from services.common.errors import DeadlineExceeded, Internal, QAnchorError, Unavailable
+from services.common.features import FeatureSpec, build_user_batch_arrays
+from services.gateway.core import ModelRequest, ModelResult
+
+log = logging.getLogger("qanchor.gateway.triton")
+
+OUTPUTS = ("EMBEDDING", "CACHE_HIT", "STATUS", "ERROR", "MODEL_VERSION")
+ZERO_SHOT_PROMPT = "zero-shot"
+
+
+def _bytes(values: Sequence[str]) -> np.ndarray:
+    return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+
+
+def build_inputs(req: ModelRequest, spec: FeatureSpec) -> list[tgrpc.InferInput]:
+    arrays = build_user_batch_arrays([req.user], spec)
+    tensors: list[tuple[str, np.ndarray, str]] = [
+        ("USER_ID", _bytes([req.user.user_id]), "BYTES"),
+        ("FEATURE_VERSION", np.array([req.user.feature_version if req.user.found else 0], dtype=np.int64), "INT64"),
+        ("MODEL_VERSION", _bytes([req.model_version]), "BYTES"),
+    ]
+    for s in spec.sources:
+        # Feast stores float16; sending float16 halves the bytes and loses nothing (f16 -> f32 -> f16 is exact).
+        tensors.append((f"EVENTS__{s.name}", arrays.event_vecs[s.name][0].astype(np.float16), "FP16"))  # [K, d]
+        tensors.append((f"MASK__{s.name}", arrays.event_mask[s.name][0], "BOOL"))  # [K]
+    tensors += [
+        ("TABULAR", arrays.tabular[0], "FP32"),  # [D_tab]
+        ("SCENARIO", _bytes(req.scenarios), "BYTES"),
+        ("QUERY_TEXT", _bytes(req.query_texts), "BYTES"),
+        ("PROMPT_VERSION", _bytes([ZERO_SHOT_PROMPT if p is None else str(p.version) for p in req.prompts]),
+         "BYTES"),
+        ("PROMPT_ARTIFACT", _bytes(["" if p is None else p.artifact_uri for p in req.prompts]), "BYTES"),
+        ("PROMPT_SHA256", _bytes(["" if p is None else p.sha256 for p in req.prompts]), "BYTES"),
+    ]
+    inputs = []
+    for name, value, dtype in tensors:
+        inp = tgrpc.InferInput(name, list(value.shape), dtype)
+        inp.set_data_from_numpy(value)
+        inputs.append(inp)
+    return inputs
+
+
+def parse_result(result: tgrpc.InferResult, n_scenarios: int, requested_model: str) -> ModelResult:
+    emb = result.as_numpy("EMBEDDING")
+    if emb is None or emb.ndim != 2 or emb.shape[0] != n_scenarios:
+        raise Internal(f"model returned EMBEDDING of shape {None if emb is None else list(emb.shape)}, "
+                       f"expected [{n_scenarios}, D]; the model does not follow docs/gateway.md")
+    hit = result.as_numpy("CACHE_HIT")
+    status = result.as_numpy("STATUS")
+    errors = result.as_numpy("ERROR")
+    version = result.as_numpy("MODEL_VERSION")
+    return ModelResult(
+        embeddings=emb.astype(np.float32, copy=False),
+        cache_hit=bool(hit.reshape(-1)[0]) if hit is not None and hit.size else False,
+        status=[int(x) for x in status.reshape(-1)] if status is not None else [0] * n_scenarios,
+        errors=[_text(x) for x in errors.reshape(-1)] if errors is not None else [""] * n_scenarios,
+        model_version=_text(version.reshape(-1)[0]) if version is not None and version.size else requested_model,
+    )
+
+
+def _text(x: object) -> str:
+    return x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+
+
+class TritonModelClient:
+    """Implements `services.gateway.core.ModelClient` over tritonclient gRPC."""
+
+    def __init__(self, url: str, spec: FeatureSpec, model_name: str = "qanchor") -> None:
+        self.url = url
+        self.spec = spec
+        self.model_name = model_name
+        self._client = tgrpc.InferenceServerClient(url=url)
+
+    def infer(self, requests: Sequence[ModelRequest], timeout_s: float) -> list[ModelResult | QAnchorError]:
+        outcomes: list[ModelResult | QAnchorError | None] = [None] * len(requests)
+        done = threading.Event()
+        pending = [len(requests)]
+        lock = threading.Lock()
+
+        def finish(i: int, outcome: ModelResult | QAnchorError) -> None:
+            outcomes[i] = outcome
+            with lock:
+                pending[0] -= 1
+                if pending[0] == 0:
+                    done.set()
+
+        for i, req in enumerate(requests):
+            def callback(result: tgrpc.InferResult | None, error: InferenceServerException | None,
+                         i: int = i, req: ModelRequest = req) -> None:
+                try:
+                    if error is not None:
+                        finish(i, self._error(error))
+                    else:
+                        finish(i, parse_result(result, len(req.scenarios), req.model_version))
+                except QAnchorError as exc:
+                    finish(i, exc)
+                except Exception as exc:  # a callback that raises would leave the call waiting forever
+                    finish(i, Internal(f"cannot read the model's reply: {exc!r}"))
+
+            try:
+                self._client.async_infer(self.model_name, build_inputs(req, self.spec), callback,
+                                         outputs=None, client_timeout=timeout_s)
+            except InferenceServerException as exc:
+                finish(i, self._error(exc))
+        # Callbacks carry the client_timeout; the extra second only guards against a lost callback.
+        if not done.wait(timeout_s + 1.0):
+            raise DeadlineExceeded(f"model server {self.url} did not answer within {timeout_s * 1000:.0f} ms")
+        return [o if o is not None else Internal("no model outcome") for o in outcomes]
+
+    def _error(self, exc: InferenceServerException) -> QAnchorError:
+        status = str(exc.status() or "")
+        message = exc.message() if hasattr(exc, "message") else str(exc)
+        if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in str(message):
+            return DeadlineExceeded(f"the model did not answer before the deadline ({message}); retry with a "
+                                    "longer deadline")
+        if "UNAVAILABLE" in status:
+            return Unavailable(f"model server {self.url} is unreachable ({message}); retry with backoff")
+        if "NOT_FOUND" in status or "unknown model" in str(message).lower():
+            return Unavailable(f"model {self.model_name!r} is not loaded on {self.url} ({message}); check the "
+                               "model repository and the Triton log")
+        log.error("event=triton_error status=%s message=%r", status, message)
+        return Internal(f"model server error {status}: {message}")
+
+    def known_model_versions(self) -> set[str]:
+        """Versions the model declares in config.pbtxt `parameters { key: "model_versions" }` (comma list)."""
+        cfg = self._client.get_model_config(self.model_name, as_json=True, client_timeout=5.0)
+        params = cfg.get("config", cfg).get("parameters", {})
+        raw = params.get("model_versions", {}).get("string_value", "")
+        return {v.strip() for v in raw.split(",") if v.strip()}
+
+    def ready(self) -> bool:
+        try:
+            return bool(self._client.is_model_ready(self.model_name, client_timeout=2.0))
+        except InferenceServerException:
+            return False
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,101 @@
+"""Wiring: settings -> clients -> A/B watcher -> core -> gRPC server. `python -m services.gateway` runs `main`."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import grpc
+
+from services.common.errors import QAnchorError
+from services.common.grpc_server import Servicer, create_server
+from services.common.proto.qanchor.v1 import embedding_pb2_grpc
+from services.gateway.core import CoreLimits, FeatureSource, GatewayCore, ModelClient
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.routing import ABConfig, ConfigError, ConfigWatcher, ScenarioLookup, validate_against
+from services.gateway.servicer import SERVICE_NAME, EmbeddingServicer
+from services.gateway.settings import GatewaySettings
+
+log = logging.getLogger("qanchor.gateway")
+
+
+@dataclass
+class Gateway:
+    core: GatewayCore
+    watcher: ConfigWatcher
+    metrics: GatewayMetrics
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def servicer(self) -> Servicer:
+        return Servicer(embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server, EmbeddingServicer(self.core),
+                        SERVICE_NAME)
+
+    def close(self) -> None:
+        self.watcher.stop()
+        for close in self.closers:
+            close()
+
+
+def known_models(settings: GatewaySettings, model: ModelClient) -> Callable[[], set[str]]:
+    def get() -> set[str]:
+        if settings.model_versions:
+            return set(settings.model_versions)
+        ask = getattr(model, "known_model_versions", None)
+        if ask is None:
+            return set()
+        try:
+            return set(ask())
+        except Exception as exc:  # model server down at reload time: routing checks models again next reload
+            log.warning("event=model_versions_unknown error=%r (model_version fields not checked)", exc)
+            return set()
+    return get
+
+
+def make_validator(registry: ScenarioLookup, models: Callable[[], set[str]]) -> Callable[[ABConfig], None]:
+    def validate(cfg: ABConfig) -> None:
+        try:
+            validate_against(cfg, registry, models())
+        except ConfigError:
+            raise
+        except QAnchorError as exc:  # registry unreachable: cannot prove the config safe, so do not swap it in
+            raise ConfigError(f"cannot validate against the registry: {exc.message}") from exc
+    return validate
+
+
+def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None = None,
+                  registry: ScenarioLookup | None = None, model: ModelClient | None = None,
+                  metrics: GatewayMetrics | None = None) -> Gateway:
+    """Real clients unless given (tests pass their own); the first A/B load must succeed."""
+    closers: list[Callable[[], None]] = []
+    if features is None:
+        from services.gateway.clients.features import open_feature_source
+
+        features = open_feature_source(settings)
+    if registry is None:
+        from services.gateway.clients.registry import RegistryLookup
+        from services.registry.client import RegistryClient
+
+        token = settings.registry_token.get_secret_value() if settings.registry_token else None
+        lookup = RegistryLookup(RegistryClient(settings.resolved_registry_target(), token=token, timeout_s=1.0,
+                                               cache_ttl_s=settings.registry_cache_ttl_s))
+        closers.append(lookup.close)
+        registry = lookup
+    if model is None:
+        from services.gateway.clients.triton import TritonModelClient
+
+        triton = TritonModelClient(settings.resolved_triton_url(), features.spec, settings.triton_model)
+        closers.append(triton.close)
+        model = triton
+    metrics = metrics or GatewayMetrics()
+    watcher = ConfigWatcher(settings.ab_config, make_validator(registry, known_models(settings, model)),
+                            listener=metrics, interval_s=settings.ab_poll_s)
+    watcher.load_initial()
+    limits = CoreLimits(max_batch_items=settings.max_batch_items, max_scenarios=settings.max_scenarios,
+                        default_timeout_s=settings.default_timeout_s, deadline_margin_s=settings.deadline_margin_s)
+    core = GatewayCore(features, registry, model, watcher, limits, metrics)
+    return Gateway(core, watcher, metrics, closers)
+
+
+def create_gateway_server(settings: GatewaySettings, gateway: Gateway) -> tuple[grpc.Server, int]:
+    """A bound, not started server (tests start it on port 0); health NOT_SERVING until marked."""
+    return create_server(settings, gateway.servicer(), service="gateway")

@@ -1,0 +1,57 @@
+"""Gateway settings (env prefix GATEWAY_), built once in `__main__` and passed down."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, ClassVar
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from services.common.settings import GrpcServerSettings, repo_root
+
+
+class GatewaySettings(GrpcServerSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    GRPC_PORT_NAME: ClassVar[str] = "gateway_grpc"
+
+    # The A/B routing file (docs/ab.md); in Kubernetes a mounted ConfigMap, reloaded without a restart.
+    ab_config: Path = Field(default_factory=lambda: repo_root() / "config" / "ab.yaml")
+    # Seconds between checks of ab_config for changes.
+    ab_poll_s: float = 5.0
+    # Triton gRPC endpoint host:port; None = 127.0.0.1:<QANCHOR_PORT_BASE + 1>.
+    triton_url: str | None = None
+    # Name of the model in Triton's repository.
+    triton_model: str = "qanchor"
+    # Registry gRPC endpoint host:port; None = 127.0.0.1:<QANCHOR_PORT_BASE + 52>.
+    registry_target: str | None = None
+    # Bearer token for the registry's read RPCs (None = registry is open).
+    registry_token: SecretStr | None = None
+    # Seconds a scenario lookup is cached: how long a newly promoted prompt takes to reach traffic.
+    registry_cache_ttl_s: float = 5.0
+    # feature_store.yaml or a state dir holding feast/feature_store.yaml; None = QANCHOR_STATE_DIR.
+    feast_location: Path | None = None
+    # Model versions A/B arms may name; empty = ask the model (config.pbtxt parameter "model_versions").
+    model_versions: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Request size limits (INVALID_ARGUMENT above them).
+    max_batch_items: int = 256
+    max_scenarios: int = 64
+    # Model budget for calls that carry no gRPC deadline.
+    default_timeout_s: float = 2.0
+    # Kept back from the caller's deadline to build and send the reply.
+    deadline_margin_s: float = 0.005
+
+    @field_validator("model_versions", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        # GATEWAY_MODEL_VERSIONS=m1,m2 (a comma list reads better in a Helm value than JSON)
+        return [s.strip() for s in v.split(",") if s.strip()] if isinstance(v, str) else v
+
+    def resolved_triton_url(self) -> str:
+        return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"
+
+    def resolved_registry_target(self) -> str:
+        return self.registry_target or f"127.0.0.1:{self.port('registry_grpc')}"
+
+    def resolved_metrics_port(self) -> int:
+        return self.metrics_port if self.metrics_port is not None else self.port("gateway_metrics")
