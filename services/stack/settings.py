@@ -1,0 +1,148 @@
+"""Settings, state-dir layout and endpoints of the local stack (Kafka, Redis, Triton, Feast).
+
+Ports come from the shared layout in `services.common.settings.PORT_OFFSETS` (docs/contracts.md), so a stack
+started with `QANCHOR_PORT_BASE=21000` and a gateway configured with the same base find each other.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings, repo_root
+
+# Start order; `down` goes in reverse. Feast is a step (feast apply), not a process.
+COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "feast")
+PROCESS_COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton")
+
+# Bump together with <kafka.version> in scripts/kafka/pom.xml; the JAR cache folder is keyed by it.
+KAFKA_VERSION = "4.1.1"
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("HOME", "~")).expanduser() / ".cache" / "qanchor"
+
+
+class StackSettings(ServiceSettings):
+    """Everything `python -m services.stack` needs; built once in `__main__` (or by a test fixture)."""
+
+    # validate_by_name: tests and the bench build StackSettings(state_dir=..., port_base=...) directly.
+    model_config = SettingsConfigDict(
+        env_prefix="QANCHOR_STACK_", extra="ignore", frozen=True, validate_by_name=True, validate_by_alias=True
+    )
+
+    # Downloads shared by every clone and state dir (Kafka JARs); same variable as scripts/setup_env.sh.
+    cache_dir: Path = Field(default_factory=_default_cache_dir, validation_alias=AliasChoices("QANCHOR_CACHE_DIR"))
+    # Feast online store: sqlite needs nothing running; redis reuses the stack's Redis (and so starts it).
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite", validation_alias=AliasChoices("QANCHOR_ONLINE_STORE")
+    )
+    # Interface every component binds; loopback keeps a dev stack private to the machine.
+    host: str = "127.0.0.1"
+    # Executables; overridable for machines where they are not on PATH.
+    java: str = "java"
+    mvn: str = "mvn"
+    redis_server: str = "redis-server"
+    # Interpreter of the model env: Triton's Python backend must run with numpy<2 (numpy 2 returns empty outputs).
+    model_python: Path = Field(
+        default_factory=lambda: repo_root() / ".venv-model" / "bin" / "python",
+        validation_alias=AliasChoices("QANCHOR_MODEL_PYTHON"),
+    )
+    # Broker heap: a single-node dev broker idles at ~250 MB; 512m leaves room for test bursts.
+    kafka_heap: str = "512m"
+    # C1-only JIT and serial GC cut JVM startup on 2 cores by seconds; peak throughput is not a goal here.
+    kafka_jvm_opts: str = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto -Djava.awt.headless=true"
+    # Default topic partitions; matches qanchor.events.v1 so auto-created topics behave alike.
+    kafka_partitions: int = 4
+    # Redis persistence: off by default, the dev Redis is a cache/broker; set to keep data across restarts.
+    redis_persist: bool = False
+    # Seconds to wait for a component to turn healthy before printing its log tail and giving up.
+    start_timeout_s: float = 120.0
+    # Seconds a process gets after SIGTERM before SIGKILL; Triton drains models in ~3 s, Kafka in ~2 s.
+    stop_timeout_s: float = 20.0
+    # Triton gives in-flight requests this long on SIGTERM; must stay below stop_timeout_s.
+    triton_exit_timeout_s: int = 10
+
+    @property
+    def layout(self) -> StateLayout:
+        return StateLayout(Path(self.state_dir).expanduser().resolve())
+
+    @property
+    def kafka_home(self) -> Path:
+        return Path(self.cache_dir).expanduser() / f"kafka-{KAFKA_VERSION}"
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Where each component keeps its files under QANCHOR_STATE_DIR (see docs/stack.md)."""
+
+    root: Path
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def model_repository(self) -> Path:
+        # Fixed by docs/contracts.md: training's exporter writes here, Triton serves it.
+        return self.root / "model_repository"
+
+    def log_file(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    def pid_file(self, component: str) -> Path:
+        return self.run / f"{component}.json"
+
+    def component_dir(self, component: str) -> Path:
+        return self.root / component
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Addresses clients use; `triton_grpc`/`triton_http` are in tritonclient's `host:port` form."""
+
+    kafka_bootstrap: str
+    redis_url: str
+    triton_grpc: str
+    triton_http: str
+    triton_metrics_url: str
+    state_dir: Path
+    model_repository: Path
+    # feature_store.yaml written by the feast step; None until `up feast` succeeded.
+    feast_config: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: StackSettings, feast_config: Path | None = None) -> Endpoints:
+        h = settings.host
+        return cls(
+            kafka_bootstrap=f"{h}:{settings.port('kafka')}",
+            redis_url=f"redis://{h}:{settings.port('redis')}/0",
+            triton_grpc=f"{h}:{settings.port('triton_grpc')}",
+            triton_http=f"{h}:{settings.port('triton_http')}",
+            triton_metrics_url=f"http://{h}:{settings.port('triton_metrics')}/metrics",
+            state_dir=settings.layout.root,
+            model_repository=settings.layout.model_repository,
+            feast_config=feast_config,
+        )
+
+
+def resolve_components(names: list[str] | tuple[str, ...] | None, online_store: str = "sqlite") -> list[str]:
+    """Validate names, add implied dependencies, return them in start order.
+
+    Feast on the redis online store needs Redis first; an empty selection means everything.
+    """
+    wanted = set(names or COMPONENTS)
+    unknown = sorted(wanted - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from: {', '.join(COMPONENTS)}")
+    if "feast" in wanted and online_store == "redis":
+        wanted.add("redis")
+    return [c for c in COMPONENTS if c in wanted]

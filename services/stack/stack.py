@@ -1,0 +1,201 @@
+"""The local stack: start, health-check, report and stop Kafka, Redis, Triton and the Feast step.
+
+    stack = Stack(StackSettings())
+    stack.up(["kafka", "redis"])       # idempotent; raises StackError with the log tail and a hint
+    stack.endpoints().kafka_bootstrap  # "127.0.0.1:19092"
+    stack.down()                       # every process group stopped, every port verified closed
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from services.stack.components import Component, Redis, StackError
+from services.stack.feast import FeastStep
+from services.stack.kafka import Kafka
+from services.stack.procs import (PidRecord, describe_pid, is_alive, listener_pids, port_open, spawn, stop_group,
+                                  tail, wait_ports_closed)
+from services.stack.settings import PROCESS_COMPONENTS, Endpoints, StackSettings, resolve_components
+from services.stack.triton import Triton
+
+log = logging.getLogger(__name__)
+
+# States shown by `status`: up = healthy; starting = process alive, probe failing; down = no process.
+UP, STARTING, DOWN, SKIPPED = "up", "starting", "down", "skipped"
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    component: str
+    state: str
+    pid: int | None
+    address: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StartResult:
+    component: str
+    outcome: str  # started | already healthy | applied | unchanged | skipped (...)
+    seconds: float
+
+
+def next_action(alive: bool, healthy: bool) -> str:
+    """What `up` does for a process component: nothing, wait for it, or launch it."""
+    if alive and healthy:
+        return "none"
+    if alive:
+        return "wait"  # started by an earlier `up` that is still booting, or stuck: wait, then report
+    return "launch"
+
+
+class Stack:
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.layout = settings.layout
+        self.components: dict[str, Component] = {
+            "kafka": Kafka(settings), "redis": Redis(settings), "triton": Triton(settings),
+        }
+        self.feast = FeastStep(settings, redis_url=self.components["redis"].address())
+
+    # --- queries -------------------------------------------------------------------------------------------
+    def endpoints(self) -> Endpoints:
+        return Endpoints.from_settings(self.settings, feast_config=self.feast.applied_config())
+
+    def record(self, name: str) -> PidRecord | None:
+        return PidRecord.load(self.layout.pid_file(name))
+
+    def status(self, names: list[str] | None = None) -> list[ComponentStatus]:
+        out = []
+        for name in resolve_components(names):
+            if name == "feast":
+                config = self.feast.applied_config()
+                out.append(ComponentStatus("feast", UP if config else DOWN, None,
+                                           f"{self.settings.online_store} online store",
+                                           detail=f"applied: {config}" if config else "not applied"))
+                continue
+            comp = self.components[name]
+            record = self.record(name)
+            alive = record is not None and is_alive(record)
+            healthy = alive and comp.healthy()
+            state = UP if healthy else STARTING if alive else DOWN
+            detail = ""
+            if not alive:
+                busy = [p for p in comp.ports() if port_open(self.settings.host, p)]
+                if busy:
+                    detail = f"port {busy[0]} in use by another process"
+            out.append(ComponentStatus(name, state, record.pid if alive else None, comp.address(), detail))
+        return out
+
+    # --- up ------------------------------------------------------------------------------------------------
+    def up(self, names: list[str] | None = None, timeout_s: float | None = None) -> list[StartResult]:
+        """Start the selected components (all by default) and wait until each is healthy."""
+        selected = resolve_components(names, self.settings.online_store)
+        self.layout.logs.mkdir(parents=True, exist_ok=True)
+        self.layout.run.mkdir(parents=True, exist_ok=True)
+        procs = [n for n in selected if n in PROCESS_COMPONENTS]
+        results: dict[str, StartResult] = {}
+        errors: list[StackError] = []
+        # Processes start side by side: total time ~ the slowest (Kafka's JVM), not the sum.
+        with ThreadPoolExecutor(max_workers=max(1, len(procs)), thread_name_prefix="stack-up") as pool:
+            futures = {n: pool.submit(self._up_process, self.components[n], timeout_s) for n in procs}
+            for name, fut in futures.items():
+                try:
+                    results[name] = fut.result()
+                except StackError as exc:
+                    errors.append(exc)
+                except Exception as exc:  # a bug in a component must still be reported with its name
+                    log.exception("unexpected error starting component=%s", name)
+                    errors.append(StackError(name, f"unexpected error: {exc!r}"))
+        if "feast" in selected and not any(e.component == "redis" for e in errors):
+            t0 = time.monotonic()
+            try:
+                outcome, _ = self.feast.up()
+                results["feast"] = StartResult("feast", outcome, time.monotonic() - t0)
+            except StackError as exc:
+                errors.append(exc)
+        if errors:
+            raise StackError(",".join(e.component for e in errors),
+                             "failed to start\n\n" + "\n\n".join(e.render() for e in errors))
+        return [results[n] for n in selected if n in results]
+
+    def _up_process(self, comp: Component, timeout_s: float | None) -> StartResult:
+        t0 = time.monotonic()
+        record = self.record(comp.name)
+        alive = record is not None and is_alive(record)
+        action = next_action(alive, alive and comp.healthy())
+        if action == "none":
+            comp.after_healthy()  # cheap and idempotent; repairs e.g. a deleted topic
+            log.info("component already healthy component=%s pid=%d", comp.name, record.pid)
+            return StartResult(comp.name, "already healthy", time.monotonic() - t0)
+        if action == "launch":
+            self._check_ports_free(comp)
+            comp.prepare()
+            proc, record = spawn(comp.command(), comp.log_path, env=comp.env(), cwd=comp.workdir,
+                                 ports=comp.ports())
+            record.save(self.layout.pid_file(comp.name))
+            log.info("component launched component=%s pid=%d log=%s", comp.name, record.pid, comp.log_path)
+        assert record is not None
+        self._wait_healthy(comp, record, timeout_s or self.settings.start_timeout_s)
+        comp.after_healthy()
+        outcome = "started" if action == "launch" else "was starting, now healthy"
+        log.info("component healthy component=%s pid=%d seconds=%.1f", comp.name, record.pid, time.monotonic() - t0)
+        return StartResult(comp.name, outcome, time.monotonic() - t0)
+
+    def _check_ports_free(self, comp: Component) -> None:
+        for port in comp.ports():
+            if port_open(self.settings.host, port):
+                owners = ", ".join(describe_pid(p) for p in listener_pids(port)) or "an unknown process"
+                raise StackError(comp.name, f"port {port} is already in use by {owners}",
+                                 hint="port in use: stop that process, or pick another QANCHOR_PORT_BASE "
+                                      f"(now {self.settings.port_base})")
+
+    def _wait_healthy(self, comp: Component, record: PidRecord, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.05
+        while time.monotonic() < deadline:
+            if not is_alive(record):
+                self._fail(comp, record, "exited during startup")
+            if comp.healthy():
+                return
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)  # fast first probes: Redis is up in ~20 ms
+        self._fail(comp, record, f"not healthy after {timeout_s:.0f} s")
+
+    def _fail(self, comp: Component, record: PidRecord, why: str) -> None:
+        # Never leave a half-started process behind: the next `up` starts from a clean slate.
+        stop_group(record, timeout_s=5)
+        self.layout.pid_file(comp.name).unlink(missing_ok=True)
+        lines = tail(comp.log_path, 30)
+        raise StackError(comp.name, why, hint=comp.diagnose(lines), log_tail=lines, log_path=comp.log_path)
+
+    # --- down ----------------------------------------------------------------------------------------------
+    def down(self, names: list[str] | None = None) -> dict[str, str]:
+        """Stop the selected processes (all by default), newest-dependency first; verify their ports closed."""
+        selected = [n for n in reversed(resolve_components(names)) if n in PROCESS_COMPONENTS]
+        outcomes: dict[str, str] = {}
+        problems: list[str] = []
+        for name in selected:
+            comp = self.components[name]
+            pid_file = self.layout.pid_file(name)
+            record = PidRecord.load(pid_file)
+            if record is None:
+                outcomes[name] = "not running"
+            else:
+                outcomes[name] = stop_group(record, self.settings.stop_timeout_s)
+                pid_file.unlink(missing_ok=True)
+                log.info("component stopped component=%s pid=%d how=%s", name, record.pid, outcomes[name])
+            still_open = wait_ports_closed(self.settings.host, comp.ports(), timeout_s=5.0)
+            for port in still_open:
+                owners = ", ".join(describe_pid(p) for p in listener_pids(port)) or "an unknown process"
+                problems.append(f"{name}: port {port} still open, held by {owners} (not started by this stack "
+                                f"from {self.layout.root}; stop it yourself)")
+        if problems:
+            raise StackError(",".join(selected), "down left ports open:\n  " + "\n  ".join(problems))
+        return outcomes
+
+    def logs(self, name: str, n: int = 50) -> list[str]:
+        resolve_components([name])
+        return tail(self.layout.log_file(name), n)
