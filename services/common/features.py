@@ -1,0 +1,312 @@
+"""The transport-free feature layer: feature schema, per-user feature rows, vector bytes, model input arrays.
+
+Pure numpy + PyYAML on purpose: the gateway (services env, numpy 2) and the Triton model (model env, numpy < 2,
+no Feast) both import this module. The Feast-backed `FeatureReader` / `FeatureWriter` live in
+`services.common.features_online` and are re-exported here lazily, so importing this module never imports Feast.
+
+Layout of one user's features (docs/features.md): per source `<source>_texts` (list[str]), `<source>_vectors`
+(little-endian float16 bytes, [n, encoder_dim], newest last), `<source>_timestamps` (list[int], unix seconds),
+`<source>_count`; `tabular` (list[float32]); `feature_version` (int64, the serving cache key) and `updated_at`
+(int64 unix milliseconds in the store, float seconds here).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+if TYPE_CHECKING:  # only for type checkers: importing them for real pulls in Feast
+    from services.common.features_online import FeatureReader, FeatureWriter
+
+__all__ = [
+    "FeatureSpec", "SourceSpec", "SourceEvents", "UserFeatures", "UserBatchArrays", "load_feature_spec",
+    "default_sources_path", "encode_vectors", "decode_vectors", "to_push_columns", "from_feature_dict",
+    "build_user_batch_arrays", "FeatureReader", "FeatureWriter",
+]
+
+ENTITY_KEY = "user_id"
+VECTOR_DTYPE = np.dtype("<f2")  # little-endian float16, whatever the host byte order
+LAYOUTS = ("single", "per_source")
+STATS_FIELDS = ("tabular",)
+META_FIELDS = ("feature_version", "updated_at")
+
+
+def default_sources_path() -> Path:
+    """`feature_repo/sources.yaml` of this checkout; `QANCHOR_SOURCES_YAML` overrides it (tests, other worlds)."""
+    override = os.environ.get("QANCHOR_SOURCES_YAML")
+    if override:
+        return Path(override)
+    # services/common/features.py -> repo root; the editable install keeps this layout.
+    return Path(__file__).resolve().parents[2] / "feature_repo" / "sources.yaml"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    # Source name; prefixes its feature names, so lowercase letters, digits and '_' only.
+    name: str
+    # Events kept per user (the newest K); the model pads to exactly K.
+    k: int
+    # What counts as an event of this source (documentation for the ingest rules).
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("_", "").isalnum() or not self.name.islower() or self.name[0].isdigit():
+            raise ValueError(f"source name {self.name!r}: use lowercase letters, digits and '_' (e.g. 'liked')")
+        if self.k <= 0:
+            raise ValueError(f"source {self.name!r}: k must be a positive number of events, got {self.k}")
+
+    @property
+    def fields(self) -> tuple[str, str, str, str]:
+        """Feature names of this source: texts, vectors, timestamps, count."""
+        return (f"{self.name}_texts", f"{self.name}_vectors", f"{self.name}_timestamps", f"{self.name}_count")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    # Sources in a fixed order (the model's source-token order follows it).
+    sources: tuple[SourceSpec, ...]
+    # Width of the dense statistics vector.
+    tabular_dim: int
+    # Sentence-encoder width; every stored event vector has it.
+    encoder_dim: int = 384
+    # Versioned FeatureService the gateway reads; renamed (v2, ...) on a breaking schema change.
+    feature_service: str = "user_features_v1"
+    # "single" (one FeatureView) or "per_source" (a view per source + user_stats + user_meta).
+    layout: str = "single"
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sources]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"sources must be a non-empty list of distinct names, got {names}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
+        if self.tabular_dim < 0 or self.encoder_dim <= 0:
+            raise ValueError("tabular_dim must be >= 0 and encoder_dim > 0")
+
+    def source(self, name: str) -> SourceSpec:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"unknown source {name!r}; sources.yaml declares {[s.name for s in self.sources]}")
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Every feature of the FeatureService, in a stable order."""
+        names = [f for s in self.sources for f in s.fields]
+        return names + list(STATS_FIELDS) + list(META_FIELDS)
+
+
+def load_feature_spec(path: Path | str | None = None) -> FeatureSpec:
+    path = Path(path) if path is not None else default_sources_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"feature sources file {path} not found; set QANCHOR_SOURCES_YAML or restore "
+                                "feature_repo/sources.yaml") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list):
+        raise ValueError(f"{path}: expected a mapping with a 'sources' list (see feature_repo/sources.yaml)")
+    sources = tuple(SourceSpec(name=str(s["name"]), k=int(s["k"]), description=str(s.get("description", "")))
+                    for s in raw["sources"])
+    return FeatureSpec(
+        sources=sources,
+        tabular_dim=int(raw.get("tabular_dim", 16)),
+        encoder_dim=int(raw.get("encoder_dim", 384)),
+        feature_service=str(raw.get("feature_service", "user_features_v1")),
+        layout=str(raw.get("layout", "single")),
+    )
+
+
+def encode_vectors(vectors: np.ndarray, dim: int = 384) -> bytes:
+    """[n, dim] vectors -> raw little-endian float16 bytes (row-major, newest event last)."""
+    arr = np.asarray(vectors)
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"event vectors must have shape [n, {dim}], got {list(arr.shape)}")
+    return np.ascontiguousarray(arr, dtype=VECTOR_DTYPE).tobytes()
+
+
+def decode_vectors(data: bytes | None, dim: int = 384) -> np.ndarray:
+    """Inverse of `encode_vectors`: a read-only [n, dim] float16 view (n = 0 for empty or missing bytes)."""
+    if not data:
+        return np.zeros((0, dim), dtype=VECTOR_DTYPE)
+    row_bytes = dim * VECTOR_DTYPE.itemsize
+    if len(data) % row_bytes:
+        raise ValueError(f"vector bytes of length {len(data)} are not a whole number of {dim}-d float16 rows; "
+                         "the writer and reader disagree on encoder_dim (check sources.yaml)")
+    return np.frombuffer(data, dtype=VECTOR_DTYPE).reshape(-1, dim)  # [n, dim]
+
+
+@dataclass
+class SourceEvents:
+    # Event texts, oldest first (newest last).
+    texts: list[str] = field(default_factory=list)
+    # [n, encoder_dim] float16 sentence-encoder vectors, row i belongs to texts[i].
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, 384), dtype=VECTOR_DTYPE))
+    # [n] int64 unix seconds, non-decreasing.
+    timestamps: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class UserFeatures:
+    user_id: str
+    # Source name -> events; a source absent here is stored (and read back) as empty.
+    sources: dict[str, SourceEvents] = field(default_factory=dict)
+    # [tabular_dim] float32 statistics; empty means "none" (zeros for the model).
+    tabular: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.float32))
+    # Bumped by the ingest service on every write; 0 means "no features" (cold start). Serving cache key.
+    feature_version: int = 0
+    # When the features were written, unix seconds (millisecond resolution in the store).
+    updated_at: float = 0.0
+    # False when the store has no row for this user (reads only; never raised as an error).
+    found: bool = True
+
+    @classmethod
+    def missing(cls, user_id: str) -> "UserFeatures":
+        return cls(user_id=user_id, found=False)
+
+    def events(self, source: str, dim: int = 384) -> SourceEvents:
+        return self.sources.get(source) or SourceEvents(vectors=np.zeros((0, dim), dtype=VECTOR_DTYPE))
+
+    def validate(self, spec: FeatureSpec) -> None:
+        """Raise ValueError naming the user and field when this row does not fit the schema."""
+        where = f"user {self.user_id!r}"
+        if not self.user_id:
+            raise ValueError("user_id must be a non-empty string")
+        unknown = set(self.sources) - {s.name for s in spec.sources}
+        if unknown:
+            raise ValueError(f"{where}: unknown sources {sorted(unknown)}; declare them in sources.yaml first")
+        for s in spec.sources:
+            ev = self.events(s.name, spec.encoder_dim)
+            n = len(ev.texts)
+            if np.shape(ev.vectors) != (n, spec.encoder_dim) or np.shape(ev.timestamps) != (n,):
+                raise ValueError(f"{where}, source {s.name!r}: {n} texts need vectors [{n}, {spec.encoder_dim}] and "
+                                 f"timestamps [{n}], got {list(np.shape(ev.vectors))} and "
+                                 f"{list(np.shape(ev.timestamps))}")
+            if n > s.k:
+                raise ValueError(f"{where}, source {s.name!r}: {n} events exceed k={s.k}; keep the newest {s.k}")
+        if len(self.tabular) not in (0, spec.tabular_dim):
+            raise ValueError(f"{where}: tabular has {len(self.tabular)} values, sources.yaml says "
+                             f"tabular_dim={spec.tabular_dim}")
+        if self.feature_version < 0:
+            raise ValueError(f"{where}: feature_version must be >= 0")
+
+
+def to_push_columns(rows: Sequence[UserFeatures], spec: FeatureSpec) -> dict[str, list[Any]]:
+    """Column-oriented push payload (one list per feature, plus `user_id`); validates every row first."""
+    cols: dict[str, list[Any]] = {name: [] for name in [ENTITY_KEY, *spec.feature_names]}
+    for row in rows:
+        row.validate(spec)
+        cols[ENTITY_KEY].append(row.user_id)
+        for s in spec.sources:
+            ev = row.events(s.name, spec.encoder_dim)
+            texts_f, vecs_f, ts_f, count_f = s.fields
+            cols[texts_f].append([str(t) for t in ev.texts])
+            cols[vecs_f].append(encode_vectors(ev.vectors, spec.encoder_dim))
+            cols[ts_f].append([int(t) for t in ev.timestamps])
+            cols[count_f].append(len(ev.texts))
+        cols["tabular"].append([float(x) for x in np.asarray(row.tabular, dtype=np.float32)])
+        cols["feature_version"].append(int(row.feature_version))
+        cols["updated_at"].append(int(round(row.updated_at * 1000)))
+    return cols
+
+
+def from_feature_dict(user_ids: Sequence[str], values: Mapping[str, Sequence[Any]],
+                      spec: FeatureSpec) -> list[UserFeatures]:
+    """Rows from a column-oriented online response (`OnlineResponse.to_dict()` shape), in `user_ids` order.
+
+    A user without `feature_version` in the store is `found=False`. A source missing for a found user (added to
+    sources.yaml after the user's last write) reads as empty.
+    """
+    out: list[UserFeatures] = []
+    versions = values.get("feature_version") or [None] * len(user_ids)
+    for i, uid in enumerate(user_ids):
+        if versions[i] is None:
+            out.append(UserFeatures.missing(uid))
+            continue
+        sources: dict[str, SourceEvents] = {}
+        for s in spec.sources:
+            texts_f, vecs_f, ts_f, _ = s.fields
+            texts = _at(values, texts_f, i) or []
+            sources[s.name] = SourceEvents(
+                texts=list(texts),
+                vectors=decode_vectors(_at(values, vecs_f, i), spec.encoder_dim),
+                timestamps=np.asarray(_at(values, ts_f, i) or [], dtype=np.int64),
+            )
+        updated = _at(values, "updated_at", i)
+        out.append(UserFeatures(
+            user_id=uid,
+            sources=sources,
+            tabular=np.asarray(_at(values, "tabular", i) or [], dtype=np.float32),
+            feature_version=int(versions[i]),
+            updated_at=(updated or 0) / 1000.0,
+            found=True,
+        ))
+    return out
+
+
+def _at(values: Mapping[str, Sequence[Any]], name: str, i: int) -> Any:
+    col = values.get(name)
+    return None if col is None else col[i]
+
+
+@dataclass
+class UserBatchArrays:
+    """numpy twin of `training.model.inputs.UserBatch` (same field names): `UserBatch(**{k: torch.from_numpy})`."""
+
+    # Source name -> [B, K_s, encoder_dim] float32, oldest first, left-aligned; padding rows are zeros.
+    event_vecs: dict[str, np.ndarray]
+    # Source name -> [B, K_s] bool, True where an event is present.
+    event_mask: dict[str, np.ndarray]
+    # [B, tabular_dim] float32; zeros for a user without statistics (cold start).
+    tabular: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tabular.shape[0])
+
+
+def build_user_batch_arrays(users: Sequence[UserFeatures], spec: FeatureSpec) -> UserBatchArrays:
+    """Pad each source to its K (keeping the newest K when longer), mask the padding, stack tabular stats."""
+    b = len(users)
+    event_vecs: dict[str, np.ndarray] = {}
+    event_mask: dict[str, np.ndarray] = {}
+    for s in spec.sources:
+        vecs = np.zeros((b, s.k, spec.encoder_dim), dtype=np.float32)  # [B, K, d]
+        mask = np.zeros((b, s.k), dtype=bool)  # [B, K]
+        for i, u in enumerate(users):
+            v = np.asarray(u.events(s.name, spec.encoder_dim).vectors)
+            if v.size == 0:
+                continue
+            if v.ndim != 2 or v.shape[1] != spec.encoder_dim:
+                raise ValueError(f"user {u.user_id!r}, source {s.name!r}: vectors have shape {list(v.shape)}, "
+                                 f"expected [n, {spec.encoder_dim}]")
+            v = v[-s.k:]  # newest K, still oldest first
+            vecs[i, : len(v)] = v
+            mask[i, : len(v)] = True
+        event_vecs[s.name] = vecs
+        event_mask[s.name] = mask
+    tabular = np.zeros((b, spec.tabular_dim), dtype=np.float32)  # [B, d_tab]
+    for i, u in enumerate(users):
+        t = np.asarray(u.tabular, dtype=np.float32).reshape(-1)
+        if t.size == 0:
+            continue
+        if t.size != spec.tabular_dim:
+            raise ValueError(f"user {u.user_id!r}: tabular has {t.size} values, expected {spec.tabular_dim}")
+        tabular[i] = t
+    return UserBatchArrays(event_vecs=event_vecs, event_mask=event_mask, tabular=tabular)
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy re-export: `from services.common.features import FeatureReader` works in the services env while the
+    # model env (no Feast) can still import everything else from this module.
+    if name in ("FeatureReader", "FeatureWriter"):
+        from services.common import features_online
+
+        return getattr(features_online, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
