@@ -84,11 +84,10 @@ class FeastStep:
         t0 = time.monotonic()
         handler = _file_handler(self.log_path)
         try:
-            config = Path(feast_store.render_config(state_dir, online_store=self.settings.online_store,
-                                                    redis_url=self.redis_url))
+            # apply() renders the config itself and returns its path.
             result = feast_store.apply(state_dir, online_store=self.settings.online_store, redis_url=self.redis_url)
-            if isinstance(result, (str, Path)):
-                config = Path(result)
+            config = Path(result) if isinstance(result, (str, Path)) else Path(feast_store.render_config(
+                state_dir, online_store=self.settings.online_store, redis_url=self.redis_url))
         except Exception as exc:  # feast raises many types; the user needs the message and the log either way
             log.exception("feast apply failed")
             raise StackError(self.name, f"feast apply failed: {exc}", log_path=self.log_path,

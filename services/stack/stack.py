@@ -173,28 +173,32 @@ class Stack:
 
     # --- down ----------------------------------------------------------------------------------------------
     def down(self, names: list[str] | None = None) -> dict[str, str]:
-        """Stop the selected processes (all by default), newest-dependency first; verify their ports closed."""
+        """Stop the selected processes (all by default) side by side; verify their ports are closed."""
         selected = [n for n in reversed(resolve_components(names)) if n in PROCESS_COMPONENTS]
-        outcomes: dict[str, str] = {}
-        problems: list[str] = []
-        for name in selected:
-            comp = self.components[name]
-            pid_file = self.layout.pid_file(name)
-            record = PidRecord.load(pid_file)
-            if record is None:
-                outcomes[name] = "not running"
-            else:
-                outcomes[name] = stop_group(record, self.settings.stop_timeout_s)
-                pid_file.unlink(missing_ok=True)
-                log.info("component stopped component=%s pid=%d how=%s", name, record.pid, outcomes[name])
-            still_open = wait_ports_closed(self.settings.host, comp.ports(), timeout_s=5.0)
-            for port in still_open:
-                owners = ", ".join(describe_pid(p) for p in listener_pids(port)) or "an unknown process"
-                problems.append(f"{name}: port {port} still open, held by {owners} (not started by this stack "
-                                f"from {self.layout.root}; stop it yourself)")
+        with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="stack-down") as pool:
+            stopped = dict(zip(selected, pool.map(self._down_process, selected)))
+        outcomes = {name: how for name, (how, _) in stopped.items()}
+        problems = [p for _, (_, probs) in stopped.items() for p in probs]
         if problems:
             raise StackError(",".join(selected), "down left ports open:\n  " + "\n  ".join(problems))
         return outcomes
+
+    def _down_process(self, name: str) -> tuple[str, list[str]]:
+        comp = self.components[name]
+        pid_file = self.layout.pid_file(name)
+        record = PidRecord.load(pid_file)
+        if record is None:
+            how = "not running"
+        else:
+            how = stop_group(record, self.settings.stop_timeout_s)
+            pid_file.unlink(missing_ok=True)
+            log.info("component stopped component=%s pid=%d how=%s", name, record.pid, how)
+        problems = []
+        for port in wait_ports_closed(self.settings.host, comp.ports(), timeout_s=5.0):
+            owners = ", ".join(describe_pid(p) for p in listener_pids(port)) or "an unknown process"
+            problems.append(f"{name}: port {port} still open, held by {owners} (not started by this stack "
+                            f"from {self.layout.root}; stop it yourself)")
+        return how, problems
 
     def logs(self, name: str, n: int = 50) -> list[str]:
         resolve_components([name])
