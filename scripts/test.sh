@@ -30,8 +30,20 @@ run() {  # run LABEL PYTHON ARGS...
   # pytest exit 5 = nothing collected for this environment: not a failure.
   if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=$rc; log "$label FAILED (exit $rc)"; fi
 }
-run "unit tests, model env"    .venv-model/bin/python -m pytest tests/unit -m "$MARKERS" -p no:cacheprovider "$@"
-run "unit tests, services env" .venv/bin/python       -m pytest tests/unit -m "$MARKERS" -p no:cacheprovider "$@"
-run "integration tests (real stack)" .venv/bin/python -m pytest tests/integration -m "$MARKERS" -p no:cacheprovider "$@"
+REPORTS="$(mktemp -d)"
+run "unit tests, model env"    .venv-model/bin/python -m pytest tests/unit -m "$MARKERS" -p no:cacheprovider --junitxml="$REPORTS/unit-model.xml" "$@"
+run "unit tests, services env" .venv/bin/python       -m pytest tests/unit -m "$MARKERS" -p no:cacheprovider --junitxml="$REPORTS/unit-services.xml" "$@"
+run "integration tests (real stack)" .venv/bin/python -m pytest tests/integration -m "$MARKERS" -p no:cacheprovider --junitxml="$REPORTS/integration.xml" "$@"
 log "total $(( $(date +%s) - start ))s, exit $status"
+# One closing line over the three runs.
+python3 - "$REPORTS" <<'PY'
+import sys, pathlib, xml.etree.ElementTree as ET
+t = dict(tests=0, failures=0, errors=0, skipped=0)
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.xml")):
+    for s in ET.parse(f).getroot().iter("testsuite"):
+        for k in t:
+            t[k] += int(s.get(k, 0))
+failed = t["failures"] + t["errors"]
+print(f"qanchor: {t['tests'] - failed - t['skipped']} passed, {failed} failed, {t['skipped']} skipped")
+PY
 exit $status
