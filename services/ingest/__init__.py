@@ -1,0 +1,1 @@
+"""Streaming ingest: Kafka events -> validated, windowed, encoded per-user features in Feast (docs/ingest.md)."""

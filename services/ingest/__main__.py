@@ -1,0 +1,106 @@
+"""`python -m services.ingest`: run one ingest consumer (start more with the same INGEST_GROUP_ID to scale out).
+
+Settings come from INGEST_* and QANCHOR_* environment variables (services/ingest/settings.py). SIGTERM/SIGINT
+finish the batch in hand (push + commit), then close the consumer cleanly so the group rebalances at once.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from kafka import ConsumerRebalanceListener
+
+from services.common.logging import setup_logging
+from services.ingest.settings import IngestSettings
+
+log = logging.getLogger("services.ingest")
+
+
+def build_worker(settings: IngestSettings):
+    """Connect everything (Kafka consumer + DLQ producer, Feast, Triton) and return (worker, closers)."""
+    from kafka import KafkaConsumer
+
+    from services.ingest.consumer import IngestWorker
+    from services.ingest.encoder import CachedEncoder, TritonTextEncoder
+    from services.ingest.metrics import IngestMetrics
+    from services.ingest.producer import make_producer
+    from services.ingest.transform import load_ingest_spec
+    from services.ingest.writer import FeastFeatureStore
+
+    spec = load_ingest_spec(settings.sources_yaml)
+    metrics = IngestMetrics.create()
+    port = settings.resolved_metrics_port()
+    if port:
+        metrics.serve(port)
+        log.info("metrics serving port=%d", port)
+    triton = TritonTextEncoder(settings.triton(), settings.encoder_model, settings.encoder_max_batch)
+    triton.wait_ready(timeout_s=120)
+    store = FeastFeatureStore(settings.feast_location(), spec.features)
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap(),
+        group_id=settings.group_id,
+        group_instance_id=settings.group_instance_id,
+        client_id=f"qanchor-ingest-{settings.group_instance_id or 'dynamic'}",
+        enable_auto_commit=False,  # offsets are committed only after the features are pushed
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_records=settings.max_poll_records,
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
+        isolation_level="read_committed",
+    )
+    listener = _RebalanceLogger()
+    consumer.subscribe([settings.topic], listener=listener)
+    dlq = make_producer(settings.bootstrap(), client_id="qanchor-ingest-dlq")
+    worker = IngestWorker(
+        consumer, dlq, store, CachedEncoder(triton, settings.encoder_cache_size), spec, metrics,
+        dlq_topic=settings.dlq_topic, group_id=settings.group_id,
+        max_poll_interval_s=settings.max_poll_interval_ms / 1000.0, max_poll_records=settings.max_poll_records,
+        poll_timeout_ms=settings.poll_timeout_ms, retry_backoff_s=settings.retry_backoff_s,
+        max_batch_attempts=settings.max_batch_attempts,
+    )
+
+    def close() -> None:
+        consumer.close(autocommit=False)  # leaves the group now, so the partitions move without a timeout
+        dlq.close(timeout=10)
+        triton.close()
+
+    return worker, close
+
+
+class _RebalanceLogger(ConsumerRebalanceListener):
+    """Batches are processed and committed inside poll's thread, so a revoke never interrupts one: log only."""
+
+    def on_partitions_revoked(self, revoked) -> None:
+        log.info("partitions revoked partitions=%s", ",".join(str(tp.partition) for tp in sorted(revoked)))
+
+    def on_partitions_assigned(self, assigned) -> None:
+        log.info("partitions assigned partitions=%s", ",".join(str(tp.partition) for tp in sorted(assigned)))
+
+
+def main() -> int:
+    settings = IngestSettings()
+    setup_logging("ingest", settings.log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("signal received signal=%s: finishing the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("ingest starting topic=%s group=%s bootstrap=%s triton=%s", settings.topic, settings.group_id,
+             settings.bootstrap(), settings.triton())
+    worker, close = build_worker(settings)
+    try:
+        worker.run(stop)
+    finally:
+        close()
+    log.info("ingest stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The poll -> validate -> apply -> encode -> push -> commit loop (docs/ingest.md explains the ordering).
+
+One batch, in order:
+  1. validate every record (schema.parse_event); rejects go to the DLQ with the reason and the original bytes;
+  2. read the batch's users from the online store and plan each user's update (transform.plan_user_update),
+     skipping events at or below the user's stored position (already applied before a crash);
+  3. encode the new event texts that survive windowing (Triton, through an LRU cache);
+  4. push the rows (features + feature_version = new position, one atomic row per user);
+  5. wait for the DLQ sends, then commit offsets. Nothing is committed before its effect is durable.
+A failure anywhere before the commit replays the batch; step 2 makes the replay a no-op for what landed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
+from services.ingest.encoder import CachedEncoder
+from services.ingest.metrics import IngestMetrics
+from services.ingest.schema import Event, EventRejected, parse_event
+from services.ingest.transform import IngestSpec, Position, UserUpdate, plan_user_update
+from services.ingest.writer import FeatureStoreIO
+
+log = logging.getLogger(__name__)
+
+
+class Record(Protocol):
+    """The parts of kafka-python's ConsumerRecord the worker reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+class BatchTooSlow(RuntimeError):
+    """The batch outlived max_poll_interval: the group may have moved its partitions, so it must not write."""
+
+
+@dataclass
+class BatchResult:
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dlq: int = 0
+    users_written: int = 0
+    texts_encoded: int = 0
+
+
+def dlq_headers(record: Record, exc: EventRejected, group_id: str, now: float) -> list[tuple[str, bytes]]:
+    """Original headers plus where the record came from and why it was rejected."""
+    ours = [
+        ("qanchor.reason", exc.reason.encode()),
+        ("qanchor.detail", exc.detail.encode("utf-8", "replace")[:1000]),
+        ("qanchor.topic", record.topic.encode()),
+        ("qanchor.partition", str(record.partition).encode()),
+        ("qanchor.offset", str(record.offset).encode()),
+        ("qanchor.group", group_id.encode()),
+        ("qanchor.rejected_at", f"{now:.3f}".encode()),
+    ]
+    return [*(record.headers or []), *ours]
+
+
+class IngestWorker:
+    """Processes polled batches; owns no Kafka connection setup (see __main__), so tests can drive it."""
+
+    def __init__(self, consumer: Any, dlq_producer: Any, store: FeatureStoreIO, encoder: CachedEncoder,
+                 spec: IngestSpec, metrics: IngestMetrics, *, dlq_topic: str, group_id: str,
+                 max_poll_interval_s: float, max_poll_records: int = 500, poll_timeout_ms: int = 200,
+                 retry_backoff_s: float = 2.0, max_batch_attempts: int = 30,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.consumer, self.dlq_producer, self.store, self.encoder = consumer, dlq_producer, store, encoder
+        self.spec, self.metrics, self.dlq_topic, self.group_id = spec, metrics, dlq_topic, group_id
+        # Keep a margin below Kafka's limit: the write must finish before the group could hand the partition on.
+        self.batch_budget_s = max_poll_interval_s * 0.8
+        self.max_poll_records, self.poll_timeout_ms = max_poll_records, poll_timeout_ms
+        self.retry_backoff_s, self.max_batch_attempts = retry_backoff_s, max_batch_attempts
+        self.clock = clock
+        self._sources = set(spec.source_names)
+        self._last_lag_update = 0.0
+
+    # ---- one batch -----------------------------------------------------------------------------------------
+    def process(self, records: Sequence[Record], started: float | None = None) -> BatchResult:
+        """Steps 1-4 plus waiting for DLQ sends; the caller commits afterwards."""
+        started = time.monotonic() if started is None else started
+        result = BatchResult(records=len(records))
+        m = self.metrics
+        by_user: dict[str, list[tuple[Position, Event]]] = defaultdict(list)
+        dlq_futures = []
+        t0 = time.perf_counter()
+        for rec in records:
+            try:
+                ev = parse_event(rec.value, rec.key, self._sources, self.spec.features.tabular_dim)
+            except EventRejected as exc:
+                log.warning("event rejected reason=%s topic=%s partition=%d offset=%d detail=%r", exc.reason,
+                            rec.topic, rec.partition, rec.offset, exc.detail[:200])
+                dlq_futures.append(self.dlq_producer.send(
+                    self.dlq_topic, key=rec.key, value=rec.value,
+                    headers=dlq_headers(rec, exc, self.group_id, self.clock())))
+                m.dlq.labels(reason=exc.reason).inc()
+                result.dlq += 1
+                continue
+            by_user[ev.user_id].append((Position(rec.partition, rec.offset), ev))
+        m.stage_seconds.labels(stage="validate").observe(time.perf_counter() - t0)
+
+        updates = self._plan(by_user)
+        result.duplicates = sum(u.skipped for u in updates)
+        todo = [u for u in updates if u.applied]
+        result.applied = sum(u.applied for u in todo)
+
+        t0 = time.perf_counter()
+        texts = [t for u in todo for t in u.texts_to_encode()]
+        hits, misses = self.encoder.hits, self.encoder.misses
+        vectors = self.encoder.encode_many(texts) if texts else {}
+        m.encoder_cache.labels(result="hit").inc(self.encoder.hits - hits)
+        m.encoder_cache.labels(result="miss").inc(self.encoder.misses - misses)
+        result.texts_encoded = self.encoder.misses - misses
+        m.stage_seconds.labels(stage="encode").observe(time.perf_counter() - t0)
+
+        if todo:
+            now = self.clock()
+            rows = [u.to_features(vectors, self.spec, updated_at=now) for u in todo]
+            if time.monotonic() - started > self.batch_budget_s:
+                raise BatchTooSlow(f"batch took over {self.batch_budget_s:.0f}s before its write; not writing, "
+                                   "the group may have reassigned the partitions (raise max_poll_interval_ms or "
+                                   "lower max_poll_records)")
+            t0 = time.perf_counter()
+            self.store.write(rows)
+            written = self.clock()
+            m.stage_seconds.labels(stage="write").observe(time.perf_counter() - t0)
+            for u in todo:
+                for ts in u.applied_ts:
+                    m.freshness.observe(max(0.0, written - ts))
+            result.users_written = len(rows)
+            m.users_written.inc(len(rows))
+
+        t0 = time.perf_counter()
+        if dlq_futures:
+            self.dlq_producer.flush()
+            for fut in dlq_futures:
+                fut.get(timeout=60)  # a DLQ send that failed must fail the batch, not vanish
+        m.stage_seconds.labels(stage="dlq").observe(time.perf_counter() - t0)
+        m.events.labels(outcome="applied").inc(result.applied)
+        m.events.labels(outcome="duplicate").inc(result.duplicates)
+        m.events.labels(outcome="dlq").inc(result.dlq)
+        return result
+
+    def _plan(self, by_user: dict[str, list[tuple[Position, Event]]]) -> list[UserUpdate]:
+        if not by_user:
+            return []
+        t0 = time.perf_counter()
+        users = list(by_user)
+        current = self.store.get(users)
+        self.metrics.stage_seconds.labels(stage="read").observe(time.perf_counter() - t0)
+        updates = []
+        for uid, cur in zip(users, current):
+            # Log order per user; a batch may interleave partitions but one user lives in one partition.
+            events = sorted(by_user[uid], key=lambda pe: (pe[0].partition, pe[0].offset))
+            upd = plan_user_update(cur, events, self.spec)
+            if upd is not None:
+                updates.append(upd)
+        return updates
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def commit(self, records: Sequence[Record]) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        nxt: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            nxt[tp] = max(nxt.get(tp, 0), rec.offset + 1)
+        t0 = time.perf_counter()
+        self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in nxt.items()})
+        self.metrics.stage_seconds.labels(stage="commit").observe(time.perf_counter() - t0)
+
+    def run_batch(self, records: Sequence[Record]) -> BatchResult:
+        """Process and commit one polled batch, replaying it on errors (idempotent) up to max_batch_attempts."""
+        from kafka.errors import CommitFailedError
+
+        started = time.monotonic()
+        for attempt in range(1, self.max_batch_attempts + 1):
+            try:
+                result = self.process(records, started)
+            except BatchTooSlow:
+                self.metrics.batch_failures.labels(error="too_slow").inc()
+                self._rewind(records)
+                raise
+            except Exception as exc:
+                self.metrics.batch_failures.labels(error=type(exc).__name__).inc()
+                if attempt == self.max_batch_attempts:
+                    raise
+                log.warning("batch failed, replaying attempt=%d error=%s: %s", attempt, type(exc).__name__, exc,
+                            exc_info=attempt == 1)
+                time.sleep(self.retry_backoff_s)
+                continue
+            try:
+                self.commit(records)
+            except CommitFailedError as exc:
+                # The group rebalanced under us: whoever owns the partitions now replays from the last commit,
+                # and the stored positions turn that replay into no-ops.
+                log.warning("commit failed after rebalance, batch will be replayed by the owner: %s", exc)
+                self.metrics.batch_failures.labels(error="commit_failed").inc()
+            return result
+        raise AssertionError("unreachable")
+
+    def _rewind(self, records: Sequence[Record]) -> None:
+        from kafka.structs import TopicPartition
+
+        first: dict[TopicPartition, int] = {}
+        for rec in records:
+            tp = TopicPartition(rec.topic, rec.partition)
+            first[tp] = min(first.get(tp, rec.offset), rec.offset)
+        assigned = self.consumer.assignment()
+        for tp, off in first.items():
+            if tp in assigned:
+                self.consumer.seek(tp, off)
+
+    def update_lag(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_lag_update < 1.0:
+            return
+        self._last_lag_update = now
+        for tp in self.consumer.assignment():
+            hw = self.consumer.highwater(tp)
+            pos = self.consumer.position(tp, timeout_ms=1000) if hw is not None else None
+            if hw is not None and pos is not None:
+                self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, hw - pos))
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set; the batch in hand is always finished, pushed and committed first."""
+        totals = BatchResult()
+        last_log = time.monotonic()
+        while not stop.is_set():
+            polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            records = [r for recs in polled.values() for r in recs]
+            if records:
+                self.metrics.batch_size.observe(len(records))
+                try:
+                    res = self.run_batch(records)
+                except BatchTooSlow as exc:
+                    log.error("%s", exc)
+                    continue
+                for f in ("records", "applied", "duplicates", "dlq", "users_written", "texts_encoded"):
+                    setattr(totals, f, getattr(totals, f) + getattr(res, f))
+            self.update_lag()
+            if time.monotonic() - last_log > 10.0:
+                last_log = time.monotonic()
+                log.info("ingest progress records=%d applied=%d duplicates=%d dlq=%d users_written=%d "
+                         "texts_encoded=%d", totals.records, totals.applied, totals.duplicates, totals.dlq,
+                         totals.users_written, totals.texts_encoded)
+        log.info("ingest stopping records=%d applied=%d duplicates=%d dlq=%d", totals.records, totals.applied,
+                 totals.duplicates, totals.dlq)

@@ -1,0 +1,52 @@
+"""Prometheus metrics of the ingest service (one registry per consumer, so tests can run several)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Freshness: event time -> features servable; the goal is p99 <= 2 s, so resolve 50 ms .. 60 s.
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, float("inf"))
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
+
+@dataclass
+class IngestMetrics:
+    registry: CollectorRegistry
+    events: Counter
+    dlq: Counter
+    lag: Gauge
+    freshness: Histogram
+    stage_seconds: Histogram
+    batch_size: Histogram
+    encoder_cache: Counter
+    users_written: Counter
+    batch_failures: Counter
+
+    @classmethod
+    def create(cls) -> "IngestMetrics":
+        r = CollectorRegistry()
+        return cls(
+            registry=r,
+            events=Counter("qanchor_ingest_events", "events by outcome (applied, duplicate, dlq)", ["outcome"],
+                           registry=r),
+            dlq=Counter("qanchor_ingest_dlq", "events sent to the DLQ, by reason", ["reason"], registry=r),
+            lag=Gauge("qanchor_ingest_consumer_lag", "records behind the partition's high watermark",
+                      ["partition"], registry=r),
+            freshness=Histogram("qanchor_ingest_freshness_seconds",
+                                "event time -> features written to the online store", buckets=FRESHNESS_BUCKETS,
+                                registry=r),
+            stage_seconds=Histogram("qanchor_ingest_stage_seconds", "time per batch stage", ["stage"],
+                                    buckets=STAGE_BUCKETS, registry=r),
+            batch_size=Histogram("qanchor_ingest_batch_records", "records per polled batch",
+                                 buckets=(1, 10, 50, 100, 250, 500, 1000, 5000, float("inf")), registry=r),
+            encoder_cache=Counter("qanchor_ingest_encoder_cache", "distinct texts by cache result (hit, miss)",
+                                  ["result"], registry=r),
+            users_written=Counter("qanchor_ingest_users_written", "user rows pushed to the online store",
+                                  registry=r),
+            batch_failures=Counter("qanchor_ingest_batch_failures", "batches replayed after an error", ["error"],
+                                   registry=r),
+        )
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,63 @@
+"""Settings of the ingest service (env prefix INGEST_), built once in `__main__` and passed in."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+from services.ingest.schema import DLQ_TOPIC, EVENTS_TOPIC
+
+
+class IngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="INGEST_", extra="ignore", frozen=True, validate_by_name=True,
+                                      validate_by_alias=True)
+
+    # Kafka bootstrap servers; None = the local stack's broker (127.0.0.1:QANCHOR_PORT_BASE+92).
+    kafka_bootstrap: str | None = None
+    topic: str = EVENTS_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    # Consumer group: every replica with the same group splits the partitions (scale-out = start another one).
+    group_id: str = "qanchor-ingest"
+    # Stable member id for static membership (e.g. the pod name): a restart inside session_timeout_ms keeps its
+    # partitions without a rebalance. None = dynamic membership.
+    group_instance_id: str | None = None
+    # Records per poll: bigger batches amortise Feast reads/writes and encoder calls; smaller ones cut latency.
+    max_poll_records: int = 500
+    # How long one poll waits for data; also how quickly an idle consumer notices SIGTERM.
+    poll_timeout_ms: int = 200
+    # Kafka evicts a member whose batch takes longer; the consumer also refuses to write a batch past this
+    # (minus a margin), so an evicted zombie never overwrites what the partition's new owner wrote.
+    max_poll_interval_ms: int = 120_000
+    session_timeout_ms: int = 10_000
+    # Where a new group starts: "earliest" replays the topic's retention, "latest" only new events.
+    auto_offset_reset: str = "earliest"
+    # Triton gRPC address ("host:port"); None = the local stack's Triton (QANCHOR_PORT_BASE+1).
+    triton_url: str | None = None
+    encoder_model: str = "text_encoder"
+    encoder_max_batch: int = 256
+    # Distinct texts cached (text -> 384 float16 ~ 0.8 KB each): 100k ~ 80 MB.
+    encoder_cache_size: int = 100_000
+    # feature_store.yaml (or a state dir); None = $QANCHOR_STATE_DIR/feast/feature_store.yaml.
+    feast_config: Path | None = None
+    # sources.yaml with K and window per source; None = the repository's feature_repo/sources.yaml.
+    sources_yaml: Path | None = None
+    # Prometheus /metrics port; None = QANCHOR_PORT_BASE+61, 0 = do not serve metrics.
+    metrics_port: int | None = None
+    # Seconds to back off after a failed batch (Triton or the store down) before replaying it.
+    retry_backoff_s: float = 2.0
+    # Consecutive failed attempts of one batch before the process exits non-zero (let the supervisor restart it).
+    max_batch_attempts: int = Field(default=30, ge=1)
+
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.port('kafka')}"
+
+    def triton(self) -> str:
+        return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"
+
+    def feast_location(self) -> Path:
+        return self.feast_config or Path(self.state_dir) / "feast" / "feature_store.yaml"
+
+    def resolved_metrics_port(self) -> int:
+        return self.port("ingest_metrics") if self.metrics_port is None else self.metrics_port
