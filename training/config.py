@@ -1,0 +1,251 @@
+"""Typed configuration for the Q-Anchor model, its losses, the trainer and soft-prompt tuning.
+
+One `QAnchorConfig` describes a model completely: it is stored inside every checkpoint (as JSON) and rebuilt
+from it, so a checkpoint never depends on the YAML preset it came from.
+
+    cfg = load_config("tiny", overrides=["loss.tau=0.05", "lora.r=8"])
+    cfg.to_json()  /  QAnchorConfig.from_dict(json.loads(...))
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+NEGATIVE_TERMS = ("ud", "uu", "du", "dd")  # u = anchor (user) embedding, d = answer (document) embedding
+NEGATIVE_PRESETS = {
+    # GTE-style improved contrastive loss: every in-batch pairing of anchors and answers is a negative.
+    "paper": ("ud", "uu", "du", "dd"),
+    # The public Q-Anchor code comments the answer-answer term out.
+    "code": ("ud", "uu", "du"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the accepted values."""
+
+
+@dataclass
+class SourceConfig:
+    name: str  # behaviour source (feature_repo/sources.yaml); names its <name_start>/<name_end> tokens
+    k: int  # events kept per user for this source: fixed placeholder count, so every prefix has one length
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ConfigError(f"source name {self.name!r} must be an identifier (letters, digits, _)")
+        if self.k < 1:
+            raise ConfigError(f"source {self.name}: k must be >= 1, got {self.k}")
+
+
+@dataclass
+class InputConfig:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig("rating", 20), SourceConfig("tag", 10)])
+    d_enc: int = 384  # event-vector width: all-MiniLM-L6-v2 output, computed once at ingest
+    d_tab: int = 16  # tabular statistics vector width (standardised per feature)
+    tabular_tokens: int = 1  # LLM tokens spent on the tabular vector; the paper repeats one projection 50x
+    preamble: str = "The following describes one user's recent behaviour."  # text before the soft tokens
+    max_query_tokens: int = 64  # scenario queries are short questions; longer ones are truncated
+    max_answer_tokens: int = 96  # answer texts (NTP target and semantic tower input) are truncated here
+    padding_side: Literal["right", "left"] = "right"  # suffix padding; pooling finds <USER_EMB> on either side
+
+    def __post_init__(self) -> None:
+        self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]
+        names = [s.name for s in self.sources]
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"input.sources must be non-empty with unique names, got {names}")
+        if "tabular" in names:
+            raise ConfigError("'tabular' is reserved for the tabular vector; rename that source")
+        for f in ("d_enc", "d_tab", "tabular_tokens", "max_query_tokens", "max_answer_tokens"):
+            if getattr(self, f) < 1:
+                raise ConfigError(f"input.{f} must be >= 1, got {getattr(self, f)}")
+        if self.padding_side not in ("right", "left"):
+            raise ConfigError(f"input.padding_side must be 'right' or 'left', got {self.padding_side!r}")
+
+    @property
+    def source_k(self) -> dict[str, int]:
+        return {s.name: s.k for s in self.sources}
+
+
+@dataclass
+class BackboneConfig:
+    kind: Literal["tiny", "smollm2", "hf"] = "smollm2"  # where weights come from: random / packaged GGUF / local dir
+    name: str = "smollm2-135m-instruct"  # recorded in checkpoints; the backbone is referenced, never copied
+    path: str = ""  # kind=hf: local Hugging Face directory ("$VAR" expanded); never a hub id (offline only)
+    arch: Literal["llama", "qwen2"] = "llama"  # kind=tiny: which architecture the random config mimics
+    hidden: int = 32  # kind=tiny: width; real backbones read it from their own config
+    layers: int = 2  # kind=tiny: decoder layers
+    heads: int = 4  # kind=tiny: attention heads
+    kv_heads: int = 2  # kind=tiny: grouped-query KV heads, as in SmolLM2 / Qwen2.5
+    intermediate: int = 64  # kind=tiny: MLP width
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # CPU runs fp32; GPUs may use bf16
+    attn_implementation: Literal["eager", "sdpa"] = "sdpa"  # both accept our custom 4-D masks
+    seed: int = 0  # kind=tiny weights and all new parameters are drawn from this seed
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("tiny", "smollm2", "hf"):
+            raise ConfigError(f"backbone.kind must be tiny|smollm2|hf, got {self.kind!r}")
+        if self.kind == "hf" and not self.path:
+            raise ConfigError("backbone.kind=hf needs backbone.path (a local HF directory, e.g. '$QWEN25_05B_DIR')")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ConfigError("backbone.hidden must divide by heads and heads by kv_heads")
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = True  # the paper tunes the backbone only through LoRA
+    r: int = 64  # paper: r=64
+    alpha: int = 32  # paper: alpha=32 (scale alpha/r = 0.5)
+    dropout: float = 0.05  # mild regularisation; set 0 for bitwise-reproducible gradients
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )  # HF module names, so pretrained weights load unchanged
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1 or not 0.0 <= self.dropout < 1.0 or not self.targets:
+            raise ConfigError("lora: need r>=1, alpha>=1, 0<=dropout<1 and at least one target module")
+
+
+@dataclass
+class HeadConfig:
+    mid: int = 512  # paper: hidden -> 512 -> 128 with ReLU
+    out: int = 128  # embedding width served to downstream models
+
+    def __post_init__(self) -> None:
+        if self.mid < 1 or self.out < 1:
+            raise ConfigError("head.mid and head.out must be >= 1")
+
+
+@dataclass
+class LossConfig:
+    tau: float = 0.07  # InfoNCE temperature on cosine similarities (public code)
+    margin: float = 0.1  # false-negative filter: drop a negative scoring above s(u_i, v_i) + margin
+    negative_terms: list[str] = field(default_factory=lambda: list(NEGATIVE_PRESETS["paper"]))  # or "code"
+    contrastive_weight: float = 1.0  # paper: L = L_con + L_ntp, 1:1
+    ntp_weight: float = 1.0  # weight of next-token prediction on answer tokens
+
+    def __post_init__(self) -> None:
+        if isinstance(self.negative_terms, str):
+            if self.negative_terms not in NEGATIVE_PRESETS:
+                raise ConfigError(f"loss.negative_terms preset must be one of {list(NEGATIVE_PRESETS)}")
+            self.negative_terms = list(NEGATIVE_PRESETS[self.negative_terms])
+        bad = [t for t in self.negative_terms if t not in NEGATIVE_TERMS]
+        if bad or not self.negative_terms:
+            raise ConfigError(f"loss.negative_terms: unknown {bad}; choose from {NEGATIVE_TERMS} or 'paper'/'code'")
+        if self.tau <= 0 or self.margin < 0 or self.contrastive_weight < 0 or self.ntp_weight < 0:
+            raise ConfigError("loss: tau must be > 0; margin and weights must be >= 0")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4  # paper: 2e-4, AdamW, cosine
+    weight_decay: float = 0.01  # AdamW decoupled decay on trainable params only
+    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    steps: int = 2000  # total optimiser steps (paper: 50k at batch 2048; far less data here)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    batch_size: int = 64  # users per optimiser step = in-batch negatives seen by InfoNCE
+    chunk_size: int = 16  # GradCache sub-batch: bounds activation memory, keeps all batch_size negatives
+    grad_clip: float = 1.0  # max global grad norm
+    seed: int = 0  # data order and dropout
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.steps < 1 or self.batch_size < 2 or self.chunk_size < 1 or self.warmup_steps < 0:
+            raise ConfigError("optim: need lr>0, steps>=1, batch_size>=2 (in-batch negatives), chunk_size>=1")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule must be cosine|constant, got {self.schedule!r}")
+
+
+@dataclass
+class TuneConfig:
+    n_tokens: int = 6  # paper: 6 soft-prompt vectors (1 -> 6 raises AUC; saturates at 8-16)
+    steps: int = 300  # paper: 500 on one GPU; prefix is cached so each step is suffix-only
+    lr: float = 1e-2  # Adam; prompts start from real token embeddings, so small relative moves suffice
+    tau: float = 0.1  # prototype softmax temperature on cosine scores
+    batch_size: int = 64  # users per tuning step
+    val_fraction: float = 0.2  # held-out users for AUC/KS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_tokens < 1 or self.steps < 1 or self.lr <= 0 or self.tau <= 0 or not 0 < self.val_fraction < 1:
+            raise ConfigError("tune: need n_tokens>=1, steps>=1, lr>0, tau>0, 0<val_fraction<1")
+
+
+@dataclass
+class QAnchorConfig:
+    name: str = "smollm2"  # preset name, informational
+    input: InputConfig = field(default_factory=InputConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QAnchorConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        known = {"input": InputConfig, "backbone": BackboneConfig, "lora": LoraSettings, "head": HeadConfig,
+                 "loss": LossConfig, "optim": OptimConfig, "tune": TuneConfig}
+        unknown = set(d) - set(sections)
+        if unknown:
+            raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {sorted(sections)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in known:
+                kwargs[key] = _build(known[key], value or {}, key)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+def _build(section_cls: type, values: dict[str, Any], where: str) -> Any:
+    valid = {f.name for f in dataclasses.fields(section_cls)}
+    unknown = set(values) - valid
+    if unknown:
+        raise ConfigError(f"unknown keys in {where}: {sorted(unknown)}; valid: {sorted(valid)}")
+    return section_cls(**values)
+
+
+def _apply_override(d: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like 'section.key=value'")
+    dotted, raw = override.split("=", 1)
+    parts = dotted.strip().split(".")
+    node = d
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            raise ConfigError(f"override {override!r}: {p!r} is not a config section")
+        node = node[p]
+    if parts[-1] not in node:
+        raise ConfigError(f"override {override!r}: unknown key {parts[-1]!r}; valid: {sorted(node)}")
+    value = yaml.safe_load(raw)  # YAML scalars: 1 -> int, 0.1 -> float, true -> bool, [a, b] -> list
+    old = node[parts[-1]]
+    if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if old is not None and not isinstance(value, type(old)) and not (isinstance(old, list) and isinstance(value, str)):
+        raise ConfigError(f"override {override!r}: expected {type(old).__name__}, got {type(value).__name__}")
+    node[parts[-1]] = value
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> QAnchorConfig:
+    """Load a preset name (tiny, smollm2, qwen2.5-0.5b) or a YAML path, apply 'a.b=value' overrides, validate."""
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    path = preset if preset.is_file() else Path(name_or_path)
+    if not path.is_file():
+        presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"config {name_or_path!r} not found; use a preset {presets} or a path to a YAML file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    full = QAnchorConfig.from_dict(raw).to_dict()  # fill defaults so overrides can target any field
+    for o in overrides or []:
+        _apply_override(full, o)
+    return QAnchorConfig.from_dict(full)

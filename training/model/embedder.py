@@ -1,0 +1,249 @@
+"""Q-Anchor model: user prefix of soft tokens -> decoder LLM -> <USER_EMB> hidden state -> MLP head -> L2 norm.
+
+Public API (everything else is internal):
+
+    model = QAnchorModel(cfg)                        # cfg: training.config.QAnchorConfig; backbone loaded offline
+    # Serving (wrap in torch.inference_mode()):
+    cache = model.encode_prefix(users)               # users: UserBatch [B] -> PrefixCache (per-user KV, sliceable)
+    emb = model.embed(cache, [ScenarioSpec("Will this user ...?", soft_prompt=None), ...])  # -> [B, S, 128]
+    cache[i], PrefixCache.cat([...]), cache.nbytes   # per-user slicing, re-batching, size for a byte-bounded LRU
+    ref = model.full_forward(users, scenarios)       # same numbers without a cache (the reference)
+    # Training (training.pretrain + training.losses):
+    out = model.pretrain_forward(users, queries, answers)  # PretrainOutput: anchor/answer [B, 128], NTP sums
+    ans = model.encode_answers(texts)                # semantic tower alone -> [N, 128]
+    model.trainable_state_dict()                     # adapters, LoRA, head, added-token rows (what checkpoints hold)
+
+Padding: prefixes never need padding (fixed layout, absent events are masked slots). Suffixes are padded on
+`cfg.input.padding_side` (right by default); <USER_EMB> is located per row, positions skip padding, so left and
+right padding give the same embedding. Cached scenarios are packed into one row per user, each scenario in its
+own attention segment over the shared prefix: the prefix KV is read once per user, never copied per scenario.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from training.backbones import Backbone, load_backbone
+from training.config import QAnchorConfig
+from training.model.attention import PrefixCache, additive_mask, causal_allowed, positions
+from training.model.encoders import UserTokenEncoder
+from training.model.inputs import UserBatch
+from training.model.suffix import IGNORE, ScenarioSpec, SuffixBatch, build_suffix, tokenize_texts
+from training.model.tokens import add_special_tokens, build_layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainOutput:
+    anchor: torch.Tensor  # [B, out] L2-normalised anchor-tower embeddings
+    answer: torch.Tensor  # [B, out] L2-normalised semantic-tower embeddings
+    ntp_sum: torch.Tensor  # scalar: summed NTP cross-entropy over answer tokens (sum, so chunks add up)
+    ntp_tokens: int  # number of answer tokens in that sum
+
+
+class QAnchorModel(nn.Module):
+    def __init__(self, cfg: QAnchorConfig, backbone: Backbone | None = None) -> None:
+        super().__init__()
+        backbone = backbone or load_backbone(cfg.backbone)
+        self.cfg = cfg
+        self.tokenizer = backbone.tokenizer
+        self.backbone_name, self.backbone_sha256 = backbone.name, backbone.sha256
+        self.special = add_special_tokens(self.tokenizer, [s.name for s in cfg.input.sources])
+        lm = backbone.model
+        self._prepare_vocab(lm)
+        self.hidden = int(lm.config.hidden_size)
+        torch.manual_seed(cfg.backbone.seed)  # every new parameter below is reproducible from the config
+        lm.requires_grad_(False)
+        if cfg.lora.enabled:
+            lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                              target_modules=list(cfg.lora.targets), bias="none")
+            lm = get_peft_model(lm, lora)
+        self.backbone = lm
+        base_rows = lm.get_input_embeddings().weight[: self.special.first_id].detach().float()
+        # New tokens start at the mean vocabulary embedding (plus small noise so they are distinguishable).
+        init = base_rows.mean(0, keepdim=True) + base_rows.std() * 0.1 * torch.randn(self.special.count, self.hidden)
+        self.added_embeddings = nn.Parameter(init)  # [n_added, hidden]: rows for <USER_EMB>, <USER>, markers
+        self.user_encoder = UserTokenEncoder(cfg.input, self.hidden)
+        self.head = nn.Sequential(nn.Linear(self.hidden, cfg.head.mid), nn.ReLU(), nn.Linear(cfg.head.mid,
+                                                                                              cfg.head.out))
+        layout = build_layout(self.tokenizer, cfg.input, self.special)
+        self.register_buffer("prefix_ids", layout.ids, persistent=False)  # [P]
+        self.register_buffer("prefix_slot", layout.slot, persistent=False)  # [P]
+        self.trainable_names = [n for n, p in self.named_parameters() if p.requires_grad]
+        log.info("event=model_built backbone=%s hidden=%d prefix_len=%d trainable_params=%d", self.backbone_name,
+                 self.hidden, layout.length, sum(p.numel() for p in self.parameters() if p.requires_grad))
+
+    def _prepare_vocab(self, lm: nn.Module) -> None:
+        need = self.special.first_id + self.special.count
+        if lm.get_input_embeddings().weight.shape[0] < need:
+            lm.resize_token_embeddings(need, mean_resizing=False)
+        # Rows of our tokens inside the frozen matrices are zeroed (deterministic, not saved); the trainable copy
+        # lives in `added_embeddings`. Zero output rows give logit 0 to tokens NTP never targets.
+        with torch.no_grad():
+            rows = slice(self.special.first_id, need)
+            lm.get_input_embeddings().weight[rows] = 0
+            out = lm.get_output_embeddings()
+            if out is not None and out.weight.data_ptr() != lm.get_input_embeddings().weight.data_ptr():
+                out.weight[rows] = 0
+
+    # ---- building blocks -------------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.prefix_ids.device
+
+    @property
+    def prefix_length(self) -> int:
+        return int(self.prefix_ids.shape[0])
+
+    def _lm(self) -> nn.Module:
+        return self.backbone.get_base_model() if hasattr(self.backbone, "get_base_model") else self.backbone
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [...] -> embeddings [..., hidden]; our added tokens read the trainable table."""
+        first, count = self.special.first_id, self.special.count
+        added = (ids >= first) & (ids < first + count)
+        base = self.backbone.get_input_embeddings()(torch.where(added, torch.zeros_like(ids), ids))
+        extra = self.added_embeddings[(ids - first).clamp(0, count - 1)].to(base.dtype)
+        return torch.where(added.unsqueeze(-1), extra, base)
+
+    def prefix_embeds(self, users: UserBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> prefix embeddings [B, P, hidden] and key validity [B, P] (False on absent events)."""
+        soft, soft_valid = self.user_encoder(users.to(self.device))  # [B, n_soft, hidden], [B, n_soft]
+        b = users.batch_size
+        emb = self.embed_ids(self.prefix_ids.expand(b, -1)).clone()  # [B, P, hidden]
+        is_soft = self.prefix_slot >= 0
+        emb[:, is_soft] = soft[:, self.prefix_slot[is_soft]].to(emb.dtype)
+        valid = torch.ones(b, self.prefix_length, dtype=torch.bool, device=self.device)
+        valid[:, is_soft] = soft_valid[:, self.prefix_slot[is_soft]]
+        return emb, valid
+
+    def _suffix(self, queries: list[str], prompts: list[torch.Tensor | None],
+                answers: list[str] | None = None) -> SuffixBatch:
+        c = self.cfg.input
+        return build_suffix(self.tokenizer, queries, prompts, answers, user_emb_id=self.special.user_emb,
+                            placeholder_id=self.special.placeholder, max_query=c.max_query_tokens,
+                            max_answer=c.max_answer_tokens, padding_side=c.padding_side)
+
+    def _suffix_embeds(self, suf: SuffixBatch) -> torch.Tensor:
+        emb = self.embed_ids(suf.ids.to(self.device))  # [N, L, hidden]
+        if any(p is not None for p in suf.prompts):
+            emb = emb.clone()  # in-place writes below must not touch a tensor autograd still needs
+            for i, p in enumerate(suf.prompts):
+                if p is not None:
+                    if p.ndim != 2 or p.shape[1] != self.hidden:
+                        raise ValueError(f"soft prompt must be [n_tokens, {self.hidden}], got {tuple(p.shape)}")
+                    s = int(suf.prompt_start[i])
+                    emb[i, s: s + p.shape[0]] = p.to(device=emb.device, dtype=emb.dtype)
+        return emb
+
+    def _decode(self, emb: torch.Tensor, allowed: torch.Tensor, pos: torch.Tensor,
+                past: PrefixCache | None = None, use_cache: bool = False):
+        out = self._lm().model(inputs_embeds=emb, attention_mask=additive_mask(allowed, emb.dtype),
+                               position_ids=pos, past_key_values=past.as_hf_cache() if past else None,
+                               use_cache=use_cache)
+        return out.last_hidden_state, out.past_key_values
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden state [..., hidden] -> L2-normalised embedding [..., out] (shared by both towers)."""
+        return F.normalize(self.head(h.float()), dim=-1)
+
+    # ---- training towers -------------------------------------------------------------------------------------
+    def _anchor(self, pre: torch.Tensor, pre_valid: torch.Tensor, suf: SuffixBatch):
+        suf_emb = self._suffix_embeds(suf)  # [N, L, hidden]
+        emb = torch.cat([pre, suf_emb], dim=1)  # [N, P + L, hidden]
+        valid = torch.cat([pre_valid, suf.valid.to(self.device)], dim=1)  # [N, P + L]
+        hidden, _ = self._decode(emb, causal_allowed(valid), positions(valid))
+        suffix_hidden = hidden[:, self.prefix_length:]  # [N, L, hidden]
+        rows = torch.arange(hidden.shape[0], device=self.device)
+        return suffix_hidden, suffix_hidden[rows, suf.emb_pos.to(self.device)]  # [N, L, h], [N, h]
+
+    def pretrain_forward(self, users: UserBatch, queries: list[str], answers: list[str]) -> PretrainOutput:
+        """Anchor tower with NTP on the answer (after <USER_EMB>) + semantic tower on the same answers."""
+        pre, pre_valid = self.prefix_embeds(users)
+        suf = self._suffix(queries, [None] * len(queries), answers)
+        suffix_hidden, h = self._anchor(pre, pre_valid, suf)
+        labels = suf.labels.to(self.device)
+        logits = self._lm().lm_head(suffix_hidden[:, :-1]).float()  # position t predicts token t + 1
+        target = labels[:, 1:]
+        ntp_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
+                                  reduction="sum")
+        return PretrainOutput(anchor=self.project(h), answer=self.encode_answers(answers), ntp_sum=ntp_sum,
+                              ntp_tokens=int((target != IGNORE).sum()))
+
+    def encode_answers(self, texts: list[str]) -> torch.Tensor:
+        """Semantic tower: the same LLM reads the answer text; last non-pad token -> head. -> [N, out]."""
+        ids, valid = tokenize_texts(self.tokenizer, texts, self.cfg.input.max_answer_tokens,
+                                    self.cfg.input.padding_side)
+        ids, valid = ids.to(self.device), valid.to(self.device)
+        hidden, _ = self._decode(self.embed_ids(ids), causal_allowed(valid), positions(valid))
+        idx = torch.arange(ids.shape[1], device=self.device)
+        last = (valid.long() * idx).argmax(dim=1)  # last valid index, whichever side the padding is on
+        return self.project(hidden[torch.arange(ids.shape[0], device=self.device), last])
+
+    # ---- inference -------------------------------------------------------------------------------------------
+    def full_forward(self, users: UserBatch, scenarios: list[ScenarioSpec]) -> torch.Tensor:
+        """Reference path: one full forward per (user, scenario) row. -> [B, S, out]."""
+        b, s = users.batch_size, len(scenarios)
+        pre, pre_valid = self.prefix_embeds(users)
+        pre = pre.repeat_interleave(s, dim=0)  # [B * S, P, hidden], row = user * S + scenario
+        pre_valid = pre_valid.repeat_interleave(s, dim=0)
+        suf = self._suffix([sc.query for sc in scenarios] * b, [sc.soft_prompt for sc in scenarios] * b)
+        _, h = self._anchor(pre, pre_valid, suf)  # [B * S, hidden]
+        return self.project(h).view(b, s, -1)  # [B, S, out]
+
+    def encode_prefix(self, users: UserBatch) -> PrefixCache:
+        """Run the user prefix once; the returned cache serves any number of scenarios for these users."""
+        pre, valid = self.prefix_embeds(users)
+        _, past = self._decode(pre, causal_allowed(valid), positions(valid), use_cache=True)
+        return PrefixCache.from_hf_cache(past, valid)
+
+    def embed(self, cache: PrefixCache, scenarios: list[ScenarioSpec]) -> torch.Tensor:
+        """Embeddings for every user in `cache` x every scenario -> [B, S, out].
+
+        The S suffixes are packed into one row per user ([B, S * L]); segment ids keep scenario j from seeing
+        scenario i != j, and every scenario reads the shared prefix keys. Differentiable w.r.t. soft prompts.
+        """
+        b, s, p = cache.batch_size, len(scenarios), cache.length
+        suf = self._suffix([sc.query for sc in scenarios], [sc.soft_prompt for sc in scenarios])
+        width = suf.ids.shape[1]
+        suf_emb = self._suffix_embeds(suf)  # [S, L, hidden]
+        packed = suf_emb.reshape(1, s * width, -1).expand(b, -1, -1)  # [B, S * L, hidden]
+        suf_valid = suf.valid.to(self.device)
+        seg = torch.arange(1, s + 1, device=self.device).repeat_interleave(width)  # [S * L]
+        seg = seg.unsqueeze(0).expand(b, -1)  # [B, S * L]
+        key_valid = torch.cat([cache.valid, suf_valid.reshape(1, -1).expand(b, -1)], dim=1)  # [B, P + S * L]
+        k_seg = torch.cat([torch.zeros(b, p, dtype=seg.dtype, device=self.device), seg], dim=1)
+        allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, S * L, P + S * L]
+        within = suf_valid.long().cumsum(dim=1) - 1  # [S, L] position offset inside each scenario
+        pos = (cache.next_pos.unsqueeze(1) + within.reshape(1, -1)).clamp(min=0)  # [B, S * L]
+        hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True)  # [B, S * L, hidden]
+        idx = torch.arange(s, device=self.device) * width + suf.emb_pos.to(self.device)  # [S]
+        return self.project(hidden[:, idx])  # [B, S, out]
+
+    # ---- parameters for checkpoints --------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        params = dict(self.named_parameters())
+        return {n: params[n].detach() for n in self.trainable_names}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = sorted(set(self.trainable_names) - set(state))
+        unexpected = sorted(set(state) - set(self.trainable_names))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match this config: missing={missing[:5]} "
+                             f"unexpected={unexpected[:5]}; load it with the config stored next to it")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for n, t in state.items():
+                if params[n].shape != t.shape:
+                    raise ValueError(f"{n}: checkpoint shape {tuple(t.shape)} != model {tuple(params[n].shape)}")
+                params[n].copy_(t)
