@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import pool
 
+from services.registry.db import make_engine
 from services.registry.models import Base
 
 config = context.config
@@ -32,7 +33,7 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = create_engine(_url(), poolclass=pool.NullPool)
+    engine = make_engine(_url(), poolclass=pool.NullPool)  # creates the SQLite folder, sets pragmas
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
