@@ -20,7 +20,8 @@ SERVICE_NAME = "qanchor.v1.EmbeddingService"
 def embedding_to_proto(item: EmbeddingItem) -> pb.Embedding:
     ts = Timestamp()
     if item.feature_timestamp:
-        ts.FromNanoseconds(int(round(item.feature_timestamp * 1e9)))
+        # Microseconds: float seconds hold ~0.2 us at today's epoch, nanoseconds would invent digits.
+        ts.FromMicroseconds(round(item.feature_timestamp * 1_000_000))
     return pb.Embedding(
         user_id=item.user_id, scenario=item.scenario, values=item.values.tolist(), dim=int(item.values.shape[0]),
         model_version=item.model_version, prompt_version=item.prompt_version, arm=item.arm,

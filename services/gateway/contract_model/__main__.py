@@ -1,0 +1,3 @@
+from services.gateway.contract_model import main
+
+raise SystemExit(main())

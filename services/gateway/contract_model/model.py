@@ -1,0 +1,120 @@
+"""`qanchor_contract`: a tiny Triton Python-backend model that speaks the gateway's tensor contract.
+
+It is NOT the Q-Anchor model. It exists so the gateway can be exercised end to end on a real Triton server
+before (and independently of) the real `qanchor` model: integration tests compare its embeddings with
+`reference_embedding` computed from the features written to Feast, and the serving benchmark uses it to measure
+the gateway's own overhead (its compute is ~0). It keeps a prefix cache keyed exactly as the real model must
+(model version, user, feature version) and reports CACHE_HIT.
+
+The embedding: user vector u = [masked mean of each source's event vectors ..., tabular];
+e = normalise(W_model @ u + b(query text, prompt version, prompt sha256)), W and b from seeded Gaussians.
+numpy only (the Triton env has numpy<2; this file also imports under numpy 2 for the reference).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+
+import numpy as np
+
+try:  # only inside Triton's Python backend
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported by tests / benchmarks for `reference_embedding`
+    pb_utils = None
+
+DIM = 128
+DEFAULT_MODEL_VERSION = "contract-v1"
+_CACHE_ENTRIES = 10_000
+
+
+def _gaussian(key: str, shape: tuple[int, ...]) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def user_vector(events: list[np.ndarray], masks: list[np.ndarray], tabular: np.ndarray) -> np.ndarray:
+    """[sum over sources of d_enc + d_tab]: per source the masked mean of its event vectors, then tabular."""
+    parts = []
+    for vecs, mask in zip(events, masks):
+        vecs = np.asarray(vecs, dtype=np.float32)  # [K, d]
+        mask = np.asarray(mask, dtype=bool)  # [K]
+        parts.append(vecs[mask].mean(axis=0) if mask.any() else np.zeros(vecs.shape[1], dtype=np.float32))
+    parts.append(np.asarray(tabular, dtype=np.float32).reshape(-1))
+    return np.concatenate(parts).astype(np.float32)
+
+
+class _Weights:
+    def __init__(self) -> None:
+        self._w: dict[tuple[str, int], np.ndarray] = {}
+
+    def w(self, model_version: str, width: int) -> np.ndarray:
+        key = (model_version, width)
+        if key not in self._w:
+            self._w[key] = _gaussian(f"W|{model_version}|{width}", (DIM, width)) / np.sqrt(width)  # [DIM, width]
+        return self._w[key]
+
+
+_WEIGHTS = _Weights()
+
+
+def reference_embedding(u: np.ndarray, query_text: str, prompt_version: str, prompt_sha256: str,
+                        model_version: str = DEFAULT_MODEL_VERSION) -> np.ndarray:
+    """[DIM] L2-normalised embedding of user vector `u` for one scenario."""
+    e = _WEIGHTS.w(model_version, u.shape[0]) @ u + _gaussian(f"b|{query_text}|{prompt_version}|{prompt_sha256}",
+                                                              (DIM,))
+    return (e / np.linalg.norm(e)).astype(np.float32)
+
+
+def _texts(request: object, name: str) -> list[str]:
+    arr = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
+    return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in arr]
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        self.sources = [i["name"][len("EVENTS__"):] for i in config["input"] if i["name"].startswith("EVENTS__")]
+        raw = config.get("parameters", {}).get("model_versions", {}).get("string_value", DEFAULT_MODEL_VERSION)
+        self.model_versions = [v.strip() for v in raw.split(",") if v.strip()]
+        self.cache: "OrderedDict[tuple[str, str, int], np.ndarray]" = OrderedDict()
+
+    def execute(self, requests: list) -> list:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: object) -> object:
+        try:
+            model_version = _texts(request, "MODEL_VERSION")[0] or self.model_versions[0]
+            if model_version not in self.model_versions:
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"model version {model_version!r} is not served here (serving {self.model_versions})"))
+            user_id = _texts(request, "USER_ID")[0]
+            fv = int(pb_utils.get_input_tensor_by_name(request, "FEATURE_VERSION").as_numpy().reshape(-1)[0])
+            key = (model_version, user_id if fv else "", fv)  # every cold-start user shares one prefix
+            u = self.cache.get(key)
+            hit = u is not None
+            if u is None:
+                events = [pb_utils.get_input_tensor_by_name(request, f"EVENTS__{s}").as_numpy() for s in self.sources]
+                masks = [pb_utils.get_input_tensor_by_name(request, f"MASK__{s}").as_numpy() for s in self.sources]
+                tab = pb_utils.get_input_tensor_by_name(request, "TABULAR").as_numpy()
+                u = user_vector(events, masks, tab)
+                self.cache[key] = u
+                if len(self.cache) > _CACHE_ENTRIES:
+                    self.cache.popitem(last=False)
+            else:
+                self.cache.move_to_end(key)
+            queries = _texts(request, "QUERY_TEXT")
+            prompts = _texts(request, "PROMPT_VERSION")
+            shas = _texts(request, "PROMPT_SHA256")
+            emb = np.stack([reference_embedding(u, q, p, s, model_version)
+                            for q, p, s in zip(queries, prompts, shas)])  # [S, DIM]
+            n = emb.shape[0]
+            return pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("EMBEDDING", emb.astype(np.float32)),
+                pb_utils.Tensor("CACHE_HIT", np.array([hit], dtype=bool)),
+                pb_utils.Tensor("STATUS", np.zeros(n, dtype=np.int32)),
+                pb_utils.Tensor("ERROR", np.array([b""] * n, dtype=np.object_)),
+                pb_utils.Tensor("MODEL_VERSION", np.array([model_version.encode()], dtype=np.object_)),
+            ])
+        except Exception as exc:  # one bad request gets its own error; the others in the batch still answer
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"contract model: {exc!r}"))

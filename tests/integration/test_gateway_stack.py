@@ -1,0 +1,238 @@
+"""The gateway against the real stack: Feast (SQLite online store), Triton, the registry service over gRPC.
+
+Triton serves `qanchor_contract` (services/gateway/contract_model), a tiny real Python-backend model that speaks
+the gateway's tensor contract and whose embeddings have a closed-form reference, so these tests compare numbers:
+the features written to Feast must reach Triton intact, per scenario, with the right prompt, and the metadata
+(arm, versions, feature freshness, cache hit) must be right. The tests of the real Q-Anchor model (`qanchor`) run
+when training's exporter has put it in the model repository, and skip with that reason otherwise.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.feast_store import get_store
+from services.common.features import SourceEvents, UserFeatures, build_user_batch_arrays, load_feature_spec
+from services.common.features_online import FeatureWriter
+from services.common.grpc_server import mark_serving
+from services.gateway import contract_model
+from services.gateway.client import EmbeddingClient
+from services.gateway.contract_model.model import reference_embedding, user_vector
+from services.gateway.routing import assign, load_config
+from services.gateway.server import build_gateway, create_gateway_server
+from services.gateway.servicer import SERVICE_NAME
+from services.gateway.settings import GatewaySettings
+from services.registry.client import RegistryClient
+from services.registry.server import create_registry_server
+from services.registry.settings import RegistrySettings
+
+pytestmark = pytest.mark.integration
+
+TOKEN, ADMIN = "gw-token", "registry-admin"
+SHA = "ab" * 32
+AB = """
+salt: it
+default: {model_version: contract-v1}
+scenarios:
+  concert:
+    arms:
+      - {name: control, weight: 50, prompt_version: zero-shot}
+      - {name: tuned, weight: 50, prompt_version: 2}
+"""
+
+
+def features(user_id: str, version: int, seed: int, updated_at: float) -> UserFeatures:
+    spec = load_feature_spec()
+    rng = np.random.default_rng(seed)
+    sources = {}
+    for s in spec.sources[:2]:  # the last source stays empty: a user need not have every source
+        n = min(s.k, 3 + seed % 4)
+        vecs = rng.standard_normal((n, spec.encoder_dim)).astype(np.float16)
+        sources[s.name] = SourceEvents([f"{s.name} {i}" for i in range(n)], vecs,
+                                       np.arange(n, dtype=np.int64) + 1_700_000_000)
+    return UserFeatures(user_id, sources, rng.standard_normal(spec.tabular_dim).astype(np.float32), version,
+                        updated_at)
+
+
+def reference(user: UserFeatures | None, query: str, prompt: str, sha: str = "") -> np.ndarray:
+    spec = load_feature_spec()
+    row = user or UserFeatures.missing("x")
+    arrays = build_user_batch_arrays([row], spec)
+    u = user_vector([arrays.event_vecs[s.name][0] for s in spec.sources],
+                    [arrays.event_mask[s.name][0] for s in spec.sources], arrays.tabular[0])
+    return reference_embedding(u, query, prompt, sha)
+
+
+@pytest.fixture(scope="module")
+def world(stack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    tmp = tmp_path_factory.mktemp("gateway")
+    # Triton (explicit model control): install and load the contract model.
+    contract_model.install(stack.model_repository)
+    triton = tgrpc.InferenceServerClient(stack.triton_grpc)
+    triton.load_model(contract_model.NAME)
+    assert triton.is_model_ready(contract_model.NAME)
+
+    # Feast: two known users.
+    spec = load_feature_spec()
+    writer = FeatureWriter(get_store(stack.feast_config), spec)
+    users = {"alice": features("alice", 4, 1, 1_763_000_000.25), "u:bob@example": features("u:bob@example", 9, 2,
+                                                                                              1_763_000_100.5)}
+    writer.write(list(users.values()))
+
+    # Registry service (real gRPC server, SQLite DB): three scenarios, one with a READY tuned version 2.
+    reg_settings = RegistrySettings(grpc_port=0, database_url=f"sqlite:///{tmp / 'registry.db'}",
+                                    admin_token=ADMIN)
+    reg_server, reg_port, reg_app = create_registry_server(reg_settings)
+    reg_server.start()
+    admin = RegistryClient(f"127.0.0.1:{reg_port}", token=ADMIN)
+    queries = {"concert": "Will this user click concert ads?", "churn": "Will this user stop using the app?",
+               "promo": "Is this user sensitive to big-sale promotions?"}
+    for name, q in queries.items():
+        admin.register_scenario(name, q)
+    reg_app.repo.add_prompt_version("concert", artifact_uri=str(tmp / "concert-v2.safetensors"), sha256=SHA,
+                                    model_version="contract-v1")
+
+    ab = tmp / "ab.yaml"
+    ab.write_text(AB)
+    settings = GatewaySettings(grpc_port=0, token=TOKEN, ab_config=ab, ab_poll_s=0.1,
+                               triton_url=stack.triton_grpc, triton_model=contract_model.NAME,
+                               registry_target=f"127.0.0.1:{reg_port}", registry_cache_ttl_s=0.5,
+                               feast_location=stack.feast_config)
+    gateway = build_gateway(settings)
+    server, port = create_gateway_server(settings, gateway)
+    server.start()
+    mark_serving(server, [SERVICE_NAME])
+    client = EmbeddingClient(f"127.0.0.1:{port}", token=TOKEN, timeout_s=10.0)
+    yield {"client": client, "gateway": gateway, "users": users, "queries": queries, "writer": writer,
+           "triton": triton, "ab": ab, "stack": stack, "tmp": tmp, "settings": settings}
+    client.close()
+    server.stop(0)
+    gateway.close()
+    admin.close()
+    reg_server.stop(0)
+    triton.unload_model(contract_model.NAME)
+    triton.close()
+
+
+def _executions(triton: tgrpc.InferenceServerClient) -> int:
+    stats = triton.get_inference_statistics(contract_model.NAME, as_json=True)
+    return int(stats["model_stats"][0].get("execution_count", 0))
+
+
+def test_embedding_matches_reference_from_feast_features(world) -> None:  # type: ignore[no-untyped-def]
+    client, users, queries = world["client"], world["users"], world["queries"]
+    cfg = load_config(AB)
+    for uid in users:
+        e = client.get_embedding(uid, "concert").embedding
+        arm = assign(cfg, "concert", uid).arm
+        prompt, sha = ("2", SHA) if arm == "tuned" else ("zero-shot", "")
+        np.testing.assert_allclose(e.values, reference(users[uid], queries["concert"], prompt, sha), atol=1e-5)
+        assert (e.arm, e.prompt_version) == (arm, "v2" if arm == "tuned" else "zero-shot")
+        assert e.model_version == "contract-v1" and e.dim == 128 and not e.fallback
+        assert e.feature_version == users[uid].feature_version
+        assert e.feature_timestamp.ToMilliseconds() == round(users[uid].updated_at * 1000)
+
+
+def test_prefix_cache_hit_and_feature_version_invalidates_it(world) -> None:  # type: ignore[no-untyped-def]
+    client, writer = world["client"], world["writer"]
+    first = client.get_embedding("carol", "churn").embedding  # unknown so far: cold start
+    assert first.fallback and first.feature_version == 0
+    carol = features("carol", 1, 7, time.time())
+    writer.write([carol])
+    e1 = client.get_embedding("carol", "churn").embedding
+    assert not e1.fallback and e1.feature_version == 1 and not e1.cache_hit
+    e2 = client.get_embedding("carol", "churn").embedding
+    assert e2.cache_hit and np.allclose(e1.values, e2.values)
+    carol2 = features("carol", 2, 8, time.time())
+    writer.write([carol2])
+    e3 = client.get_embedding("carol", "churn").embedding
+    assert e3.feature_version == 2 and not e3.cache_hit  # new features: the old prefix must not be reused
+    np.testing.assert_allclose(e3.values, reference(carol2, world["queries"]["churn"], "zero-shot"), atol=1e-5)
+
+
+def test_unknown_user_gets_cold_start_reference(world) -> None:  # type: ignore[no-untyped-def]
+    e = world["client"].get_embedding("never-seen-user", "promo").embedding
+    assert e.fallback and e.feature_version == 0 and not e.HasField("feature_timestamp")
+    np.testing.assert_allclose(e.values, reference(None, world["queries"]["promo"], "zero-shot"), atol=1e-5)
+
+
+def test_user_embeddings_is_one_triton_request(world) -> None:  # type: ignore[no-untyped-def]
+    client, triton, users, queries = world["client"], world["triton"], world["users"], world["queries"]
+    before = _executions(triton)
+    resp = client.get_user_embeddings("u:bob@example", ["churn", "ghost", "promo", "concert"])
+    assert _executions(triton) - before == 1
+    kinds = [r.WhichOneof("result") for r in resp.results]
+    assert kinds == ["embedding", "error", "embedding", "embedding"]
+    assert resp.results[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    np.testing.assert_allclose(resp.results[2].embedding.values,
+                               reference(users["u:bob@example"], queries["promo"], "zero-shot"), atol=1e-5)
+    single = client.get_embedding("u:bob@example", "promo").embedding
+    np.testing.assert_allclose(single.values, resp.results[2].embedding.values, atol=1e-6)
+
+
+def test_batch_groups_users_and_reports_item_errors(world) -> None:  # type: ignore[no-untyped-def]
+    client, triton = world["client"], world["triton"]
+    before = _executions(triton)
+    items = [("alice", "churn"), ("u:bob@example", "churn"), ("alice", "promo"), ("alice", "nope"),
+             ("", "churn"), ("newbie", "promo")]
+    resp = client.batch_get(items)
+    assert _executions(triton) - before == 3  # alice, bob, newbie: one request each
+    kinds = [r.WhichOneof("result") for r in resp.results]
+    assert kinds == ["embedding", "embedding", "embedding", "error", "error", "embedding"]
+    assert resp.results[3].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert resp.results[4].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert resp.results[5].embedding.fallback and resp.timing.features_ms > 0
+    with pytest.raises(NotFound):
+        client.get_embedding("alice", "nope")
+    with pytest.raises(InvalidArgument):
+        client.get_user_embeddings("alice", ["churn"] * 2)
+
+
+def test_ab_reload_validated_against_the_live_registry(world) -> None:  # type: ignore[no-untyped-def]
+    watcher, ab = world["gateway"].watcher, world["ab"]
+    generation = watcher.generation
+    ab.write_text(AB.replace("prompt_version: 2", "prompt_version: 5"))  # no such version in the registry
+    assert not watcher.poll()
+    assert "version 5 is not a servable version" in (watcher.last_error or "")
+    assert watcher.generation == generation
+    ab.write_text(AB.replace("weight: 50, prompt_version: zero-shot", "weight: 0, prompt_version: zero-shot")
+                  .replace("weight: 50, prompt_version: 2", "weight: 100, prompt_version: 2"))
+    assert watcher.poll() and watcher.generation == generation + 1
+    e = world["client"].get_embedding("alice", "concert").embedding
+    assert (e.arm, e.prompt_version) == ("tuned", "v2")
+    ab.write_text(AB)
+    assert watcher.poll()
+
+
+def test_real_qanchor_model_cached_equals_uncached(world) -> None:  # type: ignore[no-untyped-def]
+    stack, triton = world["stack"], world["triton"]
+    repo = Path(stack.model_repository)
+    if not (repo / "qanchor" / "config.pbtxt").exists():
+        pytest.skip("the real `qanchor` model is not in the model repository yet (training's Triton export "
+                    "writes $QANCHOR_STATE_DIR/model_repository/qanchor)")
+    triton.load_model("qanchor")
+    settings = world["settings"].model_copy(update={"triton_model": "qanchor", "model_versions": []})
+    ab = world["tmp"] / "ab-real.yaml"
+    ab.write_text("salt: it\n")
+    settings = settings.model_copy(update={"ab_config": ab})
+    gateway = build_gateway(settings)
+    server, port = create_gateway_server(settings, gateway)
+    server.start()
+    try:
+        with EmbeddingClient(f"127.0.0.1:{port}", token=TOKEN, timeout_s=60.0) as client:
+            multi = client.get_user_embeddings("alice", ["churn", "promo"])  # prefix computed once, 2 suffixes
+            single = client.get_embedding("alice", "promo").embedding  # prefix from the cache
+            assert single.cache_hit
+            got = np.asarray(single.values)
+            assert got.shape == (single.dim,) and abs(np.linalg.norm(got) - 1) < 1e-3
+            np.testing.assert_allclose(got, multi.results[1].embedding.values, atol=1e-4)
+            assert not np.allclose(multi.results[0].embedding.values, got)  # scenarios differ
+    finally:
+        server.stop(0)
+        gateway.close()
