@@ -43,7 +43,7 @@ COPY training/ training/
 COPY feature_repo/ feature_repo/
 COPY protos/ protos/
 COPY config/ config/
-COPY docker/grpc_health.py /usr/local/bin/qanchor-grpc-health
+COPY docker/grpc_healthcheck.py /usr/local/bin/qanchor-grpc-health
 # Volume mount points are pre-created owned by the app user: Docker copies that ownership into a fresh named
 # volume, which would otherwise be root-owned and unwritable for uid 10001.
 RUN pip install --no-deps -e . \

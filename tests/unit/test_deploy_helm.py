@@ -1,0 +1,293 @@
+"""The Helm chart (helm/qanchor), checked offline.
+
+Without helm: the values file against its schema, documentation of every value, one resource per template.
+With helm (built by `scripts/helm_lint.sh --ensure-helm`): the full lint/validate script, then the rendered
+manifests: wiring between objects, probes, GPU scheduling, the A/B ConfigMap mount, and the template guards.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_deploy_helpers import REPO, SETTINGS_MODULES, settings_env_names
+
+CHART = REPO / "helm" / "qanchor"
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _validate(values: dict) -> None:
+    import jsonschema
+
+    jsonschema.Draft7Validator(SCHEMA).validate(values)
+
+
+# --- without helm ------------------------------------------------------------------------------------------------
+
+def test_default_and_gpu_values_match_the_schema() -> None:
+    _validate(VALUES)
+    _validate(_merge(VALUES, GPU_VALUES))
+
+
+@pytest.mark.parametrize("path,value", [
+    (("gateway", "replica"), 3),                      # typo of replicas: unknown keys are rejected
+    (("triton", "gpu", "count"), 0),
+    (("ingest", "logLevel"), "verbose"),
+    (("external", "redis", "featureStoreUrl"), "localhost:6379"),
+    (("jobs", "tuning", "runId"), "Run_1"),           # must be a DNS label: it is part of the Job name
+    (("image", "services", "pullPolicy"), "Sometimes"),
+])
+def test_schema_rejects_bad_values(path: tuple[str, ...], value: object) -> None:
+    import jsonschema
+
+    bad = copy.deepcopy(VALUES)
+    node = bad
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(bad)
+
+
+def _schema_props(schema: dict, prefix: str = ""):
+    for key, sub in schema.get("properties", {}).items():
+        yield f"{prefix}{key}", sub
+        yield from _schema_props(sub, f"{prefix}{key}.")
+
+
+def test_every_value_is_documented() -> None:
+    undocumented = [path for path, sub in _schema_props(SCHEMA) if not sub.get("description")]
+    assert not undocumented, f"schema properties without description: {undocumented}"
+    # And in values.yaml itself: every top-level key has a comment right above it (or above its first child).
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^([A-Za-z]\w*):", line)
+        if m:
+            around = lines[max(0, i - 1)] + (lines[i + 1] if i + 1 < len(lines) else "")
+            assert "#" in around, f"values.yaml: top-level key {m.group(1)} has no comment"
+
+
+def test_one_resource_per_template() -> None:
+    for tpl in (CHART / "templates").glob("*.yaml"):
+        kinds = re.findall(r"^kind:", tpl.read_text(), re.M)
+        assert len(kinds) == 1, f"{tpl.name}: {len(kinds)} resources"
+
+
+# --- with helm ---------------------------------------------------------------------------------------------------
+
+def _helm_binary() -> str | None:
+    if os.environ.get("QANCHOR_HELM"):
+        return os.environ["QANCHOR_HELM"]
+    script = (REPO / "scripts" / "helm_lint.sh").read_text()
+    version = re.search(r'QANCHOR_HELM_VERSION:-(v[0-9.]+)', script).group(1)
+    cache = Path(os.environ.get("QANCHOR_CACHE_DIR", Path.home() / ".cache" / "qanchor"))
+    built = cache / "bin" / f"helm-{version}"
+    if built.is_file():
+        return str(built)
+    return shutil.which("helm")
+
+
+HELM = _helm_binary()
+needs_helm = pytest.mark.skipif(HELM is None, reason="no helm binary: run `scripts/helm_lint.sh --ensure-helm` "
+                                                     "(builds it with Go) or set QANCHOR_HELM")
+
+
+def _template(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    run = subprocess.run([HELM, "template", "qanchor", str(CHART), "--namespace", "qanchor",
+                          "--kube-version", "1.29.0", *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert run.returncode == 0, run.stderr
+    return run
+
+
+def _docs(*args: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(_template(*args).stdout) if d]
+
+
+def _by(docs: list[dict], kind: str, name: str) -> dict:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def _pod_specs(docs: list[dict]) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")}
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> list[dict]:
+    return _docs()
+
+
+@pytest.fixture(scope="module")
+def gpu_docs() -> list[dict]:
+    return _docs("-f", str(CHART / "values-gpu.yaml"))
+
+
+@needs_helm
+def test_helm_lint_script_passes() -> None:
+    run = subprocess.run(["bash", str(REPO / "scripts" / "helm_lint.sh")], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "QANCHOR_HELM": HELM})
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert "event=helm_checks_ok" in run.stderr
+
+
+@needs_helm
+def test_workloads_and_their_wiring(default_docs: list[dict]) -> None:
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in default_docs)
+    deployments = {n for k, n in kinds if k == "Deployment"}
+    assert deployments == {f"qanchor-{c}" for c in ("gateway", "registry", "ingest", "triton", "tuning-worker")}
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+            for d in default_docs if d["kind"] == "Deployment"}
+    # Every Service and PDB selects the pods of exactly one Deployment; the HPA scales the gateway.
+    for d in default_docs:
+        if d["kind"] in ("Service", "PodDisruptionBudget"):
+            selector = d["spec"]["selector"]
+            selector = selector.get("matchLabels", selector)
+            hits = [n for n, labels in pods.items() if selector.items() <= labels.items()]
+            assert len(hits) == 1, f"{d['kind']}/{d['metadata']['name']} selects {hits}"
+    hpa = _by(default_docs, "HorizontalPodAutoscaler", "qanchor-gateway")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "qanchor-gateway"
+    assert "replicas" not in _by(default_docs, "Deployment", "qanchor-gateway")["spec"]
+    # Named target ports exist on the selected pods.
+    specs = _pod_specs(default_docs)
+    for svc in (d for d in default_docs if d["kind"] == "Service"):
+        pod_ports = {p["name"] for c in specs[svc["metadata"]["name"]]["containers"] for p in c.get("ports", [])}
+        assert {p["targetPort"] for p in svc["spec"]["ports"]} <= pod_ports, svc["metadata"]["name"]
+
+
+@needs_helm
+def test_grpc_services_use_grpc_probes_on_contract_ports(default_docs: list[dict]) -> None:
+    from services.common.settings import port_for
+
+    specs = _pod_specs(default_docs)
+    for name, port in (("gateway", port_for("gateway_grpc")), ("registry", port_for("registry_grpc"))):
+        container = specs[f"qanchor-{name}"]["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": port}, (name, probe)
+    triton = specs["qanchor-triton"]["containers"][0]
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert {p["containerPort"] for p in triton["ports"]} == {port_for(n) for n in
+                                                             ("triton_http", "triton_grpc", "triton_metrics")}
+
+
+@needs_helm
+def test_env_names_exist_in_the_services_settings(default_docs: list[dict]) -> None:
+    checked = 0
+    for name, spec in _pod_specs(default_docs).items():
+        for container in spec["containers"] + spec.get("initContainers", []):
+            for env in container.get("env", []):
+                prefix = next((p for p in SETTINGS_MODULES if env["name"].startswith(p)), None)
+                names = settings_env_names(prefix) if prefix else None
+                if names is not None:
+                    assert env["name"] in names, f"{name}/{container['name']}: {env['name']} is not a setting"
+                    checked += 1
+    assert checked >= 15
+
+
+@needs_helm
+def test_ab_config_is_a_directory_mount_and_the_repo_file_renders_and_parses() -> None:
+    from services.gateway.routing import load_config
+
+    ab_file = REPO / "config" / "ab.yaml"
+    docs = _docs("--set-file", f"abConfig.content={ab_file}")
+    cm = _by(docs, "ConfigMap", "qanchor-ab-config")
+    assert cm["data"]["ab.yaml"].strip() == ab_file.read_text().strip()
+    load_config(cm["data"]["ab.yaml"], source="configmap")
+    load_config(VALUES["abConfig"]["content"], source="values.yaml default")
+    spec = _pod_specs(docs)["qanchor-gateway"]
+    gateway = spec["containers"][0]
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "ab-config")
+    # subPath mounts never receive ConfigMap updates; the hot reload depends on a whole-directory mount.
+    assert "subPath" not in mount
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    assert env["GATEWAY_AB_CONFIG"] == f"{mount['mountPath']}/ab.yaml"
+    volume = next(v for v in spec["volumes"] if v["name"] == "ab-config")
+    assert volume["configMap"]["name"] == "qanchor-ab-config"
+    # ...and no checksum of it on the pod template: a traffic change must not restart the gateway.
+    annotations = _by(docs, "Deployment", "qanchor-gateway")["spec"]["template"]["metadata"]["annotations"]
+    assert not any("ab" in k for k in annotations)
+
+
+def _gpu_limit(container: dict) -> int | None:
+    return container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+
+
+@needs_helm
+def test_gpu_is_opt_in_and_schedules_onto_gpu_nodes(default_docs: list[dict], gpu_docs: list[dict]) -> None:
+    assert "nvidia.com/gpu:" not in yaml.safe_dump_all(default_docs)
+    assert not any(d["kind"] == "Job" for d in default_docs)
+    specs = _pod_specs(gpu_docs)
+    for name in ("qanchor-triton", "qanchor-tuning-worker", "qanchor-tuning-job-pretrain-1"):
+        spec = specs[name]
+        assert _gpu_limit(spec["containers"][0]) == 1, name
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, name
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    # CPU pods hide GPUs from torch; GPU pods must not.
+    cpu_env = {e["name"] for e in _pod_specs(default_docs)["qanchor-triton"]["containers"][0]["env"]}
+    gpu_env = {e["name"] for e in specs["qanchor-triton"]["containers"][0]["env"]}
+    assert "CUDA_VISIBLE_DEVICES" in cpu_env and "CUDA_VISIBLE_DEVICES" not in gpu_env
+
+
+@needs_helm
+def test_tuning_job_shape(gpu_docs: list[dict]) -> None:
+    job = _by(gpu_docs, "Job", "qanchor-tuning-job-pretrain-1")
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 2 and spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["command"] == ["python", "-m", "training.pretrain"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"qanchor-artifacts"}
+    assert _by(gpu_docs, "PersistentVolumeClaim", "qanchor-artifacts")["metadata"]["annotations"] == {
+        "helm.sh/resource-policy": "keep"}
+
+
+@needs_helm
+def test_existing_secret_replaces_the_chart_secret() -> None:
+    docs = _docs("--set", "secrets.existingSecret=prod-tokens")
+    assert not any(d["kind"] == "Secret" for d in docs)
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for spec in _pod_specs(docs).values()
+            for c in spec["containers"] for e in c.get("env", []) if "valueFrom" in e and "secretKeyRef" in
+            e["valueFrom"]}
+    assert refs == {"prod-tokens"}
+    # Chart-made secret: only the keys that were given, base64-encoded.
+    docs = _docs("--set", "secrets.gatewayToken=abc")
+    assert _by(docs, "Secret", "qanchor-secrets")["data"] == {"gateway-token": "YWJj"}
+
+
+@needs_helm
+@pytest.mark.parametrize("args,message", [
+    (["--set", "ingest.replicas=5"], "above external.kafka.partitions"),
+    (["--set", "tuningWorker.queue=other"], "differs from registry.tuningQueue"),
+    (["--set", "gateway.autoscaling.minReplicas=5", "--set", "gateway.autoscaling.maxReplicas=3"], "above maxReplicas"),
+    (["--set", "serviceMonitor.enabled=true"], "prometheus-operator CRDs"),
+    (["--set", "gateway.replica=3"], "additional properties"),
+])
+def test_template_guards_fail_with_a_next_step(args: list[str], message: str) -> None:
+    run = _template(*args, check=False)
+    assert run.returncode != 0
+    assert message in run.stderr, run.stderr
+
+
+@needs_helm
+def test_autoscaling_off_sets_replicas() -> None:
+    docs = _docs("--set", "gateway.autoscaling.enabled=false", "--set", "gateway.replicas=3")
+    assert _by(docs, "Deployment", "qanchor-gateway")["spec"]["replicas"] == 3
+    assert not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
