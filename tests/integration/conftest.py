@@ -1,0 +1,55 @@
+"""The real local stack, started once per test session for every integration test.
+
+    def test_something(stack):          # session-scoped, marked tests only
+        KafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+        redis.Redis.from_url(stack.redis_url)
+        tritonclient.grpc.InferenceServerClient(stack.triton_grpc)   # triton_http: host:port for tritonclient.http
+        stack.model_repository / "my_model"                          # Triton serves this folder (explicit mode)
+        stack.feast_config                                           # feature_store.yaml, or None if not applied
+
+Everything runs from a private state dir under pytest's tmp folder, on QANCHOR_TEST_PORT_BASE (default 29000)
+so a developer's own stack on the default base keeps running. `stack_manager` is the `Stack` object itself,
+for tests that need to restart or inspect components. The stack is stopped at the end of the session, and the
+teardown fails loudly if a port stayed open.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.stack import Endpoints, Stack, StackError, StackSettings
+
+DEFAULT_TEST_PORT_BASE = 29000
+
+
+def integration_settings(state_dir: Path, port_base: int | None = None, **overrides) -> StackSettings:
+    """Stack settings for tests: own state dir, own port base; Kafka JARs from the shared cache."""
+    base = port_base if port_base is not None else int(os.environ.get("QANCHOR_TEST_PORT_BASE",
+                                                                      DEFAULT_TEST_PORT_BASE))
+    return StackSettings(state_dir=state_dir, port_base=base, **overrides)
+
+
+@pytest.fixture(scope="session")
+def stack_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    settings = integration_settings(tmp_path_factory.mktemp("stack") / "state")
+    manager = Stack(settings)
+    try:
+        manager.up()
+    except Exception:
+        try:
+            manager.down()  # a half-started stack must not outlive the session
+        except StackError as exc:  # e.g. the ports belong to someone else: the up error says it all
+            logging.getLogger(__name__).warning("cleanup after failed up: %s", exc)
+        raise
+    yield manager
+    manager.down()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_manager: Stack) -> Endpoints:
+    """Endpoints of the running session stack: kafka_bootstrap, redis_url, triton_grpc, triton_http, ..."""
+    return stack_manager.endpoints()
