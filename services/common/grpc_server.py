@@ -80,12 +80,11 @@ def create_server(
     reflection.enable_server_reflection(names, server)
 
     address = f"{settings.host}:{settings.resolved_grpc_port()}"
+    cause: RuntimeError | None = None
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
         port, cause = 0, exc
-    else:
-        cause = None
     if not port:
         raise Unavailable(
             f"cannot bind gRPC port {address} (in use?); stop the other process or change "
