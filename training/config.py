@@ -44,7 +44,9 @@ class SourceConfig:
 
 @dataclass
 class InputConfig:
-    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig("rating", 20), SourceConfig("tag", 10)])
+    sources: list[SourceConfig] = field(  # mirrors feature_repo/sources.yaml: the feature schema the model reads
+        default_factory=lambda: [SourceConfig("liked", 32), SourceConfig("neutral", 16), SourceConfig("disliked", 16)]
+    )
     d_enc: int = 384  # event-vector width: all-MiniLM-L6-v2 output, computed once at ingest
     d_tab: int = 16  # tabular statistics vector width (standardised per feature)
     tabular_tokens: int = 1  # LLM tokens spent on the tabular vector; the paper repeats one projection 50x

@@ -1,0 +1,90 @@
+"""Cached prefix inference equals the full forward pass; <USER_EMB> pooling is padding-side independent."""
+import pytest
+
+torch = pytest.importorskip("torch")
+from training.config import load_config  # noqa: E402
+from training.model.attention import PrefixCache  # noqa: E402
+from training.model.embedder import QAnchorModel  # noqa: E402
+from training.model.suffix import ScenarioSpec  # noqa: E402
+from training.model.synthetic import activate_lora, random_users  # noqa: E402
+
+pytestmark = pytest.mark.model
+QUERIES = ["Will this user click concert ads?", "Likes comedies?", "Is this user likely to churn next month?",
+           "x", "Does this user prefer old films to new releases, and rate them higher than average?"]
+
+
+def build(side: str, arch: str = "llama", attn: str = "eager") -> QAnchorModel:
+    cfg = load_config("tiny", [f"input.padding_side={side}", f"backbone.arch={arch}",
+                               f"backbone.attn_implementation={attn}"])
+    m = QAnchorModel(cfg)
+    activate_lora(m)
+    return m.eval()
+
+
+def scenarios(hidden: int, with_prompts: bool) -> list[ScenarioSpec]:
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for i, q in enumerate(QUERIES):
+        prompt = torch.randn(1 + i % 3 * 3, hidden, generator=g) * 0.05 if with_prompts and i % 2 == 0 else None
+        out.append(ScenarioSpec(q, prompt))
+    return out
+
+
+@pytest.mark.parametrize("side,arch,attn", [("right", "llama", "eager"), ("left", "llama", "eager"),
+                                            ("right", "qwen2", "sdpa"), ("left", "qwen2", "sdpa")])
+@pytest.mark.parametrize("with_prompts", [False, True])
+def test_cached_equals_full_forward(side, arch, attn, with_prompts):
+    model = build(side, arch, attn)
+    users = random_users(model.cfg.input, 7, seed=3, cold=[5])
+    sc = scenarios(model.hidden, with_prompts)
+    with torch.no_grad():
+        full = model.full_forward(users, sc)
+        cached = model.embed(model.encode_prefix(users), sc)
+    assert full.shape == cached.shape == (7, len(sc), 128)
+    assert (full - cached).abs().max().item() <= 1e-5
+
+
+def test_pooling_is_identical_for_left_and_right_padding():
+    right, left = build("right"), build("left")  # same seeds -> same weights
+    users = random_users(right.cfg.input, 4, seed=4)
+    sc = scenarios(right.hidden, True)
+    with torch.no_grad():
+        a, b = right.full_forward(users, sc), left.full_forward(users, sc)
+    assert (a - b).abs().max().item() <= 1e-5
+    for m in (right, left):
+        suf = m._suffix([s.query for s in sc], [s.soft_prompt for s in sc])
+        rows = torch.arange(len(sc))
+        assert torch.all(suf.ids[rows, suf.emb_pos] == m.special.user_emb)  # pooled exactly at <USER_EMB>
+        assert torch.all(suf.valid[rows, suf.emb_pos])
+    assert suf.valid[:, 0].logical_not().any()  # left: some row really starts with padding
+
+
+def test_cache_slices_concatenate_and_are_not_mutated():
+    model = build("right")
+    users = random_users(model.cfg.input, 5, seed=5)
+    sc = scenarios(model.hidden, True)
+    with torch.no_grad():
+        cache = model.encode_prefix(users)
+        before = [k.clone() for k in cache.keys]
+        whole = model.embed(cache, sc)
+        per_user = torch.cat([model.embed(cache[i], sc) for i in range(5)])
+        rebatched = model.embed(PrefixCache.cat([cache[3], cache[0]]), sc[:2])
+    assert all(torch.equal(a, b) for a, b in zip(before, cache.keys))
+    assert (whole - per_user).abs().max().item() <= 1e-5
+    assert (rebatched - whole[[3, 0]][:, :2]).abs().max().item() <= 1e-5
+    layers, kv_heads = model.cfg.backbone.layers, model.cfg.backbone.kv_heads
+    head_dim = model.cfg.backbone.hidden // model.cfg.backbone.heads
+    expected = 2 * layers * 5 * kv_heads * model.prefix_length * head_dim * 4 + 5 * model.prefix_length + 5 * 8
+    assert cache.nbytes == expected
+    assert cache[2].nbytes * 5 == cache.nbytes
+
+
+def test_soft_prompt_gradients_flow_through_the_cached_path():
+    model = build("right")
+    users = random_users(model.cfg.input, 3, seed=6)
+    with torch.no_grad():
+        cache = model.encode_prefix(users)
+    prompt = torch.zeros(6, model.hidden, requires_grad=True)
+    emb = model.embed(cache, [ScenarioSpec("Likes comedies?", prompt)])
+    emb.sum().backward()
+    assert prompt.grad is not None and prompt.grad.abs().sum() > 0
