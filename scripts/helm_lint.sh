@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Offline validation of the Helm chart (helm/qanchor) and the standalone Job manifests (helm/jobs).
+# Offline validation of the deployment files: docker-compose.yml, the Helm chart (helm/qanchor) and the
+# standalone Job manifests (helm/jobs).
 #
-#   scripts/helm_lint.sh              build or reuse helm, lint, render, validate (exit 0 = all good)
-#   scripts/helm_lint.sh --ensure-helm  build or reuse helm and print its path (alias: --build-only)
+#   scripts/helm_lint.sh                build or reuse the tools, then run every check (exit 0 = all good)
+#   scripts/helm_lint.sh --ensure-helm  only build or reuse the tools (helm, compose-check); print helm's path
 #
-# Steps: `helm lint --strict` with the default and GPU values; `helm template` of each value set (plus the
-# ServiceMonitor variant); every rendered manifest and helm/jobs/*.yaml validated with kubernetes-validate
-# (--strict: unknown fields fail) for each pinned Kubernetes version.
-# No cluster is contacted. helm is not packaged for pip/apt here, so it is built once with Go from the Go
-# module proxy into a cache outside the clone and reused afterwards.
+# Checks: compose-check (docker/compose-check: the compose-go loader behind `docker compose config`: schema,
+# interpolation, references) on docker-compose.yml; `helm lint --strict` with the default and GPU values;
+# `helm template` of each value set (plus the ServiceMonitor variant); every rendered manifest and
+# helm/jobs/*.yaml validated with kubernetes-validate (--strict: unknown fields fail) per pinned Kubernetes version.
+# No cluster and no Docker engine are needed. Neither tool is packaged for pip/apt here, so both are built with
+# Go from the Go module proxy into a cache outside the clone, once, and reused afterwards.
 #
 # Environment:
 #   QANCHOR_CACHE_DIR      cache root (default ~/.cache/qanchor); helm goes to $QANCHOR_CACHE_DIR/bin
 #   QANCHOR_HELM_VERSION   helm release to build (default v3.22.0)
 #   QANCHOR_HELM           use this helm binary instead of building one
+#   QANCHOR_COMPOSE_CHECK  use this compose-check binary instead of building one
 #   QANCHOR_KUBE_VERSIONS  Kubernetes versions to validate against (default "1.29.0 1.37.0": the chart's
 #                          kubeVersion floor and the newest schema bundled with kubernetes-validate)
 #   QANCHOR_HELM_OUT       keep rendered manifests in this directory (default: a temp dir, removed)
@@ -47,11 +50,32 @@ build_helm() {
   log "helm_built version=$HELM_VERSION seconds=$(( $(date +%s) - start ))"
 }
 
+# compose-check is keyed by the hash of its sources, so an edit rebuilds it and old binaries stay harmless.
+COMPOSE_SRC="$ROOT/docker/compose-check"
+COMPOSE_KEY="$(cat "$COMPOSE_SRC/go.mod" "$COMPOSE_SRC/go.sum" "$COMPOSE_SRC/main.go" | sha256sum | cut -c1-12)"
+COMPOSE_CHECK="${QANCHOR_COMPOSE_CHECK:-$CACHE/bin/compose-check-$COMPOSE_KEY}"
+build_compose_check() {
+  if [ -x "$COMPOSE_CHECK" ]; then
+    log "compose_check_reuse path=$COMPOSE_CHECK"
+    return
+  fi
+  command -v go >/dev/null 2>&1 || { log "compose_check_missing hint='install Go or set QANCHOR_COMPOSE_CHECK'"; exit 1; }
+  mkdir -p "$CACHE/bin"
+  local start=$(date +%s)
+  (cd "$COMPOSE_SRC" && go build -mod=readonly -trimpath -o "$COMPOSE_CHECK.tmp" .)
+  mv "$COMPOSE_CHECK.tmp" "$COMPOSE_CHECK"
+  log "compose_check_built path=$COMPOSE_CHECK seconds=$(( $(date +%s) - start ))"
+}
+
 build_helm
+build_compose_check
 if [ "${1:-}" = "--ensure-helm" ] || [ "${1:-}" = "--build-only" ]; then
   echo "$HELM"
   exit 0
 fi
+(cd "$ROOT" && "$COMPOSE_CHECK" -q docker-compose.yml) || { log "compose_check_failed file=docker-compose.yml"; exit 1; }
+log "compose_check_ok file=docker-compose.yml"
+
 [ -x "$KVALIDATE" ] || { log "kubernetes_validate_missing path=$KVALIDATE hint='run scripts/setup_env.sh services'"; exit 1; }
 
 OUT="${QANCHOR_HELM_OUT:-}"
