@@ -69,10 +69,12 @@ def build_definitions(spec: FeatureSpec, data_dir: Path) -> dict[str, object]:
         groups = {"user_features": [f for fs in source_fields.values() for f in fs]
                   + _stats_fields(spec) + _meta_fields()}
     else:
-        groups = {f"{name}_events": fs for name, fs in source_fields.items()}
+        # user_meta first: Feast reads views in service order and FeatureWriter writes user_meta last, so a read
+        # racing a write can pair an OLD feature_version with newer data (harmless: the next read sees the new
+        # version) but never a NEW version with old data (which would poison the serving cache under that key).
+        groups = {"user_meta": _meta_fields()}
+        groups.update({f"{name}_events": fs for name, fs in source_fields.items()})
         groups["user_stats"] = _stats_fields(spec)
-        # Last in the service and in every write: a reader that sees a new feature_version sees its data too.
-        groups["user_meta"] = _meta_fields()
 
     objects: dict[str, object] = {"user": user}
     views = []
