@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,10 @@ class Database:
 
 
 def alembic_config(url: str) -> Config:
+    # Alembic is imported here, not at module level: the tuning worker runs in the model environment, which
+    # uses the repository but never migrates (and has no alembic installed).
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # Via attributes, not set_main_option: URLs may contain '%' (encoded passwords) that ini interpolation breaks.
@@ -84,6 +89,8 @@ def alembic_config(url: str) -> Config:
 
 def run_migrations(url: str, engine: Engine | None = None) -> None:
     """`alembic upgrade head` against `url` (reusing `engine` when given)."""
+    from alembic import command
+
     cfg = alembic_config(url)
     if engine is None:
         command.upgrade(cfg, "head")
