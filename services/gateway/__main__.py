@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from services.common.errors import QAnchorError
 from services.common.grpc_server import serve
 from services.common.logging import setup_logging
 from services.gateway.routing import ConfigError
@@ -18,6 +19,9 @@ def main() -> int:
     if settings.metrics_port is None:
         settings = settings.model_copy(update={"metrics_port": settings.resolved_metrics_port()})
     setup_logging("gateway", settings.log_level)
+    # Before the slow part: importing Feast and opening the store can take tens of seconds on a busy machine.
+    log.info("event=gateway_starting service=%s triton=%s registry=%s ab_config=%s", SERVICE_NAME,
+             settings.resolved_triton_url(), settings.resolved_registry_target(), settings.ab_config)
     try:
         gateway = build_gateway(settings)
     except ConfigError as exc:
@@ -25,9 +29,11 @@ def main() -> int:
         print(f"gateway: cannot start: {exc}\nFix {settings.ab_config} (GATEWAY_AB_CONFIG) and start again.",
               file=sys.stderr)
         return 2
+    except (FileNotFoundError, QAnchorError) as exc:  # e.g. Feast never applied, registry unreachable
+        log.error("event=startup_failed error=%r", str(exc))
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 1
     gateway.watcher.start()
-    log.info("event=gateway_starting service=%s triton=%s registry=%s ab_config=%s", SERVICE_NAME,
-             settings.resolved_triton_url(), settings.resolved_registry_target(), settings.ab_config)
     serve(settings, gateway.servicer(), service="gateway", on_stop=[gateway.close])
     return 0
 

@@ -12,7 +12,9 @@ from services.common.grpc_server import Servicer, create_server
 from services.common.proto.qanchor.v1 import embedding_pb2_grpc
 from services.gateway.core import CoreLimits, FeatureSource, GatewayCore, ModelClient
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routing import ABConfig, ConfigError, ConfigWatcher, ScenarioLookup, validate_against
+from services.gateway.routing import (
+    ABConfig, ConfigError, ConfigWatcher, ScenarioLookup, load_config, validate_against,
+)
 from services.gateway.servicer import SERVICE_NAME, EmbeddingServicer
 from services.gateway.settings import GatewaySettings
 
@@ -66,6 +68,11 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
                   registry: ScenarioLookup | None = None, model: ModelClient | None = None,
                   metrics: GatewayMetrics | None = None) -> Gateway:
     """Real clients unless given (tests pass their own); the first A/B load must succeed."""
+    # Structure first: a typo in the file should fail in milliseconds, before Feast's slow import.
+    try:
+        load_config(settings.ab_config.read_text(encoding="utf-8"), str(settings.ab_config))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {settings.ab_config}: {exc}; set GATEWAY_AB_CONFIG") from exc
     closers: list[Callable[[], None]] = []
     if features is None:
         from services.gateway.clients.features import open_feature_source

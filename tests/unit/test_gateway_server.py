@@ -192,3 +192,18 @@ def test_triton_inputs_follow_the_contract() -> None:
     np.testing.assert_array_equal(vecs[:3], user("alice", n_liked=3).sources["liked"].vectors)
     assert not vecs[3].any()
     assert b"zero-shot" in inputs["PROMPT_VERSION"]._get_content()
+
+
+def test_main_refuses_a_bad_ab_config_fast(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "ab.yaml"
+    bad.write_text("salt: x\nscenarios:\n  s:\n    arms:\n      - {name: a, weight: 90, prompt_version: 1}\n")
+    env = dict(os.environ, GATEWAY_AB_CONFIG=str(bad), GATEWAY_GRPC_PORT="0", QANCHOR_STATE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "services.gateway"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "scenarios.s: Value error, arm weights must sum to 100" in proc.stderr
+    assert "GATEWAY_AB_CONFIG" in proc.stderr

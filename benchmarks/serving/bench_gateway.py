@@ -1,0 +1,238 @@
+"""Serving benchmark: the gateway process over real gRPC, real Feast (SQLite), real Triton.
+
+    QANCHOR_STATE_DIR=/tmp/qa QANCHOR_PORT_BASE=19000 python benchmarks/serving/bench_gateway.py [--model qanchor]
+
+Starts what is missing of the local stack (Triton + Feast apply), the registry in-process, and the gateway as
+its own process (`python -m services.gateway`, so load generation does not share its GIL), then measures:
+
+  1. GetEmbedding latency, prefix-cache miss (a fresh user each call) vs hit (the same users again);
+  2. one GetUserEmbeddings(10 scenarios) vs 10 GetEmbedding calls, per fresh user;
+  3. gateway overhead at a fixed open-loop rate (default 100 req/s): client latency through the gateway vs the same
+     request sent straight to Triton from this process.
+
+The default model is `qanchor_contract` (services/gateway/contract_model: ~0 compute), so (1)-(3) measure the
+gateway + transport, not the LLM; pass `--model qanchor` once training's exporter has installed the real model.
+Absolute times count only from the machine they ran on (printed). Prints a table last; full results as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.feast_store import get_store
+from services.common.features import SourceEvents, UserFeatures, load_feature_spec
+from services.common.features_online import FeatureReader, FeatureWriter
+from services.common.proto.qanchor.v1 import embedding_pb2 as pb
+from services.common.settings import repo_root
+from services.gateway import contract_model
+from services.gateway.client import EmbeddingClient
+from services.gateway.clients.triton import TritonModelClient
+from services.gateway.core import ModelRequest
+from services.registry.client import RegistryClient
+from services.registry.server import create_registry_server
+from services.registry.settings import RegistrySettings
+from services.stack import Stack, StackSettings
+
+SCENARIOS = [f"scenario_{i:02d}" for i in range(10)]
+ADMIN = "bench-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+
+def summary(xs_ms: list[float]) -> dict[str, float]:
+    return {"n": len(xs_ms), "p50_ms": pct(xs_ms, 50), "p99_ms": pct(xs_ms, 99), "mean_ms": float(np.mean(xs_ms))}
+
+
+def make_users(prefix: str, n: int, version: int = 1) -> list[UserFeatures]:
+    spec = load_feature_spec()
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        sources = {s.name: SourceEvents([f"e{j}" for j in range(s.k)],
+                                        rng.standard_normal((s.k, spec.encoder_dim)).astype(np.float16),
+                                        np.arange(s.k, dtype=np.int64)) for s in spec.sources}
+        out.append(UserFeatures(f"{prefix}{i}", sources, rng.standard_normal(spec.tabular_dim).astype(np.float32),
+                                version, time.time()))
+    return out
+
+
+def start_gateway(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, GATEWAY_GRPC_PORT=str(port), GATEWAY_METRICS_PORT=str(free_port()),
+               GATEWAY_LOG_LEVEL="WARNING", **env_extra)
+    proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=repo_root(),
+                            stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    target = f"127.0.0.1:{port}"
+    deadline = time.time() + 300  # importing Feast alone took ~60 s on a loaded 2-core machine
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"gateway exited with {proc.returncode}; log: {log_path}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return proc, target
+            except grpc.RpcError:
+                time.sleep(0.2)
+    proc.terminate()
+    raise SystemExit(f"gateway did not become healthy in 300 s; log: {log_path}")
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000
+
+
+def open_loop(stub, rate: float, seconds: float, user_ids: list[str]) -> tuple[list[float], int]:  # type: ignore[no-untyped-def]
+    """Fire GetEmbedding at a fixed rate regardless of completions (no coordinated omission)."""
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    pending = []
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(n):
+        target_t = t0 + i / rate
+        delay = target_t - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent = time.perf_counter()
+        fut = stub.GetEmbedding.future(pb.GetEmbeddingRequest(user_id=user_ids[i % len(user_ids)],
+                                                              scenario=SCENARIOS[0]), timeout=5.0)
+
+        def done(f, sent=sent):  # type: ignore[no-untyped-def]
+            with lock:
+                if f.exception() is None:
+                    lat.append((time.perf_counter() - sent) * 1000)
+                else:
+                    errors[0] += 1
+        fut.add_done_callback(done)
+        pending.append(fut)
+    for f in pending:
+        try:
+            f.result()
+        except grpc.RpcError:
+            pass
+    return lat, errors[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=contract_model.NAME, help="Triton model name (qanchor_contract | qanchor)")
+    ap.add_argument("--users", type=int, default=200, help="users per measurement (cache-miss runs need fresh ones)")
+    ap.add_argument("--rate", type=float, default=100.0, help="open-loop request rate for the overhead run")
+    ap.add_argument("--seconds", type=float, default=10.0, help="duration of the open-loop run")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "serving.json")
+    args = ap.parse_args()
+
+    settings = StackSettings()
+    stack = Stack(settings)
+    if args.model == contract_model.NAME:
+        contract_model.install(settings.layout.model_repository)
+    stack.up(["triton", "feast"])
+    ep = stack.endpoints()
+    import tritonclient.grpc as tgrpc
+
+    tc = tgrpc.InferenceServerClient(ep.triton_grpc)
+    tc.load_model(args.model)
+    spec = load_feature_spec()
+    store = get_store(ep.feast_config)
+    writer = FeatureWriter(store, spec)
+    run_id = f"b{int(time.time())}-"
+    groups = {name: make_users(f"{run_id}{name}-", args.users) for name in ("miss", "multi", "single", "rate")}
+    writer.write([u for g in groups.values() for u in g])
+
+    tmp = Path(tempfile.mkdtemp(prefix="qanchor-bench-"))
+    reg_server, reg_port, _ = create_registry_server(RegistrySettings(
+        grpc_port=0, database_url=f"sqlite:///{tmp / 'registry.db'}", admin_token=ADMIN))
+    reg_server.start()
+    with RegistryClient(f"127.0.0.1:{reg_port}", token=ADMIN) as admin:
+        for s in SCENARIOS:
+            admin.register_scenario(s, f"Will this user respond to campaign {s}?")
+    ab = tmp / "ab.yaml"
+    ab.write_text("salt: bench\n")
+    gw, target = start_gateway({"GATEWAY_AB_CONFIG": str(ab), "GATEWAY_TRITON_URL": ep.triton_grpc,
+                                "GATEWAY_TRITON_MODEL": args.model,
+                                "GATEWAY_REGISTRY_TARGET": f"127.0.0.1:{reg_port}",
+                                "GATEWAY_FEAST_LOCATION": str(ep.feast_config)}, tmp / "gateway.log")
+    results: dict[str, object] = {}
+    try:
+        with EmbeddingClient(target, timeout_s=30.0) as client:
+            for _ in range(20):  # warm up channels, registry cache, Feast registry cache
+                client.get_embedding(groups["rate"][0].user_id, SCENARIOS[0])
+            miss = [timed(lambda u=u: client.get_embedding(u.user_id, SCENARIOS[0])) for u in groups["miss"]]
+            hit = [timed(lambda u=u: client.get_embedding(u.user_id, SCENARIOS[0])) for u in groups["miss"]]
+            multi = [timed(lambda u=u: client.get_user_embeddings(u.user_id, SCENARIOS)) for u in groups["multi"]]
+            single10 = [timed(lambda u=u: [client.get_embedding(u.user_id, s) for s in SCENARIOS])
+                        for u in groups["single"]]
+            results["get_embedding_miss"] = summary(miss)
+            results["get_embedding_hit"] = summary(hit)
+            results["user_embeddings_10"] = summary(multi)
+            results["ten_get_embedding"] = summary(single10)
+
+            # Direct Triton baseline for the same request shape (one user, one scenario, warm prefix cache).
+            reader = FeatureReader(store, spec)
+            model = TritonModelClient(ep.triton_grpc, spec, args.model)
+            rate_users = [u.user_id for u in groups["rate"]]
+            feats = reader.get(rate_users)
+            reqs = [ModelRequest(f, "", [SCENARIOS[0]], [f"Will this user respond to campaign {SCENARIOS[0]}?"],
+                                 [None]) for f in feats]
+            for r in reqs:  # warm the prefix cache for these users
+                model.infer([r], 5.0)
+            direct = [timed(lambda r=r: model.infer([r], 5.0)) for r in reqs]
+            feast_ms = [timed(lambda u=u: reader.get([u])) for u in rate_users[:100]]
+            results["direct_triton_hit"] = summary(direct)
+            results["feast_lookup_1_user"] = summary(feast_ms)
+            lat, errors = open_loop(client.stub, args.rate, args.seconds, rate_users)
+            results[f"gateway_open_loop_{int(args.rate)}rps"] = {**summary(lat), "errors": errors,
+                                                                  "achieved_rps": len(lat) / args.seconds}
+            model.close()
+    finally:
+        gw.terminate()
+        gw.wait(15)
+        reg_server.stop(0)
+        tc.unload_model(args.model)
+    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}",
+            "users": args.users, "scenarios": len(SCENARIOS)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+    r = results
+    overhead = r[f"gateway_open_loop_{int(args.rate)}rps"]["p50_ms"] - r["direct_triton_hit"]["p50_ms"]  # type: ignore[index]
+    print(f"\nmodel={args.model} machine={meta['machine']} date={meta['date']}")
+    print(f"{'measurement':<34}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, s in results.items():
+        print(f"{name:<34}{s['n']:>6}{s['p50_ms']:>10.2f}{s['p99_ms']:>10.2f}")  # type: ignore[index]
+    print(f"GetUserEmbeddings(10) vs 10 x GetEmbedding (p50): "
+          f"{r['ten_get_embedding']['p50_ms'] / r['user_embeddings_10']['p50_ms']:.2f}x faster")  # type: ignore[index]
+    print(f"gateway overhead at {args.rate:g} req/s (p50, gateway minus direct Triton): {overhead:.2f} ms")
+    print(f"full results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
