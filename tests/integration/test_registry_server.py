@@ -26,7 +26,11 @@ from services.common.proto.qanchor.v1 import registry_pb2 as pb
 from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
 from services.common.settings import port_for, repo_root
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # Kombu's SQLAlchemy transport (the test broker) uses a loader SQLAlchemy 2.1 deprecates; not our code.
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
+]
 
 ADMIN = [("authorization", "Bearer adm-secret")]
 READER = [("authorization", "Bearer read-secret")]
