@@ -207,3 +207,20 @@ def test_main_refuses_a_bad_ab_config_fast(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "scenarios.s: Value error, arm weights must sum to 100" in proc.stderr
     assert "GATEWAY_AB_CONFIG" in proc.stderr
+
+
+def test_cli_embed_prints_metadata_and_item_errors(running, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from services.cli.__main__ import main as cli_main
+
+    _, _, target, _ = running
+    monkeypatch.setenv("QANCHOR_GATEWAY_TARGET", target)
+    monkeypatch.setenv("QANCHOR_GATEWAY_TOKEN", TOKEN)
+    assert cli_main(["embed", "alice", "--scenario", "churn", "--brief"]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert (row["user_id"], row["scenario"], row["feature_version"], row["arm"]) == ("alice", "churn", 3, "default")
+    assert "values" not in row
+    assert cli_main(["embed", "alice", "-s", "churn", "-s", "ghost"]) == 1  # one scenario failed
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(rows[0]["values"]) == 8 and rows[1]["error"]["code"] == grpc.StatusCode.NOT_FOUND.value[0]
