@@ -58,6 +58,7 @@ class RegistryClient:
         max_stale_s: float = 300.0, channel: grpc.Channel | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.target = target
         self._channel = channel or grpc.insecure_channel(target)
         self._owns_channel = channel is None
         self.stub = pb_grpc.ScenarioRegistryStub(self._channel)
@@ -89,7 +90,10 @@ class RegistryClient:
         try:
             return method(request, metadata=metadata, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            err: QAnchorError = error_for_code(exc.code(), exc.details() or str(exc.code()))  # type: ignore[attr-defined]
+            code, details = exc.code(), exc.details() or str(exc.code())  # type: ignore[attr-defined]
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details += f" (registry at {self.target}: is it running and reachable? retry with backoff)"
+            err: QAnchorError = error_for_code(code, details)
             raise err from None
 
     # --- RPCs ----------------------------------------------------------------------------------------------
