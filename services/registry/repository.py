@@ -214,6 +214,21 @@ class Repository:
         log.info("prompt version promoted", extra={"scenario": scenario, "version": version})
         return record
 
+    def retire(self, scenario: str, version: int) -> PromptVersionRecord:
+        """Stop a READY version from ever serving again (the A/B config can no longer route to it)."""
+        with self.db.write() as session, session.begin():
+            srow = self._scenario_row(session, scenario, lock=True)
+            target = next((v for v in srow.versions if v.version == version), None)
+            if target is None:
+                raise NotFound(f"scenario {scenario!r} has no prompt version {version}")
+            if target.status == PromptStatus.ACTIVE.value:
+                raise FailedPrecondition(f"version {version} is {scenario!r}'s active version; promote another "
+                                         "version first, then retire this one")
+            target.status = PromptStatus.RETIRED.value
+            record = _version_record(target, scenario)
+        log.info("prompt version retired", extra={"scenario": scenario, "version": version})
+        return record
+
     # --- tuning jobs -----------------------------------------------------------------------------------------
 
     def create_tuning_job(

@@ -35,7 +35,7 @@ def build_app(settings: RegistrySettings, *, migrate: bool = True) -> RegistryAp
                       if settings.celery_broker else DisabledJobQueue())
     if settings.celery_broker is None:
         log.warning("tuning disabled: REGISTRY_CELERY_BROKER is not set; StartTuningJob will be refused")
-    if settings.admin_token is None:
+    if not (settings.admin_token and settings.admin_token.get_secret_value()):
         log.warning("no REGISTRY_ADMIN_TOKEN: admin RPCs (register, promote, tune) will be refused")
     repo = Repository(db)
     return RegistryApp(db=db, repo=repo, servicer=ScenarioRegistryServicer(repo, jobs))

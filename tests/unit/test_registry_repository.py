@@ -149,3 +149,15 @@ def test_tuning_job_lifecycle(repo: Repository) -> None:
         repo.get_tuning_job("no-such-job")
     with pytest.raises(InvalidArgument, match="labels_uri"):
         repo.create_tuning_job("promo", " ")
+
+
+def test_retire(repo: Repository) -> None:
+    repo.register_scenario("promo", "q")
+    repo.add_prompt_version("promo", artifact_uri="file:///a", sha256=SHA)
+    with pytest.raises(FailedPrecondition, match="promote another"):
+        repo.retire("promo", 1)
+    assert repo.retire("promo", 2).status is PromptStatus.RETIRED
+    with pytest.raises(FailedPrecondition, match="RETIRED"):
+        repo.promote("promo", 2)
+    with pytest.raises(NotFound):
+        repo.retire("promo", 7)
