@@ -1,0 +1,97 @@
+"""InfoNCE with the margin filter (checked against a hand computation) and GradCache gradient equivalence."""
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from training.config import LossConfig, load_config  # noqa: E402
+from training.losses import contrastive_loss, grad_cache_step, total_loss  # noqa: E402
+from training.model.embedder import QAnchorModel  # noqa: E402
+from training.model.synthetic import activate_lora, random_users  # noqa: E402
+
+pytestmark = pytest.mark.model
+
+
+def unit(*rows):
+    t = torch.tensor(rows, dtype=torch.float64)
+    return t / t.norm(dim=1, keepdim=True)
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def hand_loss(u, d, tau, margin, terms):
+    """Plain-Python transcription of the loss definition in training/losses.py."""
+    u, d = u.tolist(), d.tolist()
+    total = 0.0
+    for i in range(len(u)):
+        pos = cos(u[i], d[i])
+        z = math.exp(pos / tau)
+        for j in range(len(u)):
+            if j == i:
+                continue
+            sims = {"ud": cos(u[i], d[j]), "uu": cos(u[i], u[j]), "du": cos(d[i], u[j]), "dd": cos(d[i], d[j])}
+            for t in terms:
+                if sims[t] <= pos + margin:
+                    z += math.exp(sims[t] / tau)
+        total += -math.log(math.exp(pos / tau) / z)
+    return total / len(u)
+
+
+U = unit([1.0, 0.2, 0.0], [0.1, 1.0, 0.3], [0.0, 0.3, 1.0], [0.5, 0.5, 0.5])
+D = unit([0.9, 0.3, 0.1], [0.3, 0.8, 0.1], [0.2, 0.1, 0.9], [0.4, 0.7, 0.2])
+
+
+@pytest.mark.parametrize("preset", ["paper", "code"])
+@pytest.mark.parametrize("tau,margin", [(0.07, 0.1), (0.5, 0.0), (1.0, 10.0)])
+def test_infonce_matches_hand_computation(preset, tau, margin):
+    cfg = LossConfig(tau=tau, margin=margin, negative_terms=preset)
+    got = contrastive_loss(U, D, cfg).item()
+    assert got == pytest.approx(hand_loss(U, D, tau, margin, cfg.negative_terms), rel=1e-9)
+
+
+def test_margin_filter_drops_a_planted_false_negative():
+    # Row 1's answer is a copy of anchor 0 (think: two users with the same answer text), scoring far above
+    # anchor 0's own, looser positive: for anchor 0 it is a false negative.
+    d = D.clone()
+    d[0] = unit([0.6, 0.8, 0.4])[0]
+    d[1] = U[0]
+    pos = float(U[0] @ d[0])
+    assert float(U[0] @ d[1]) > pos + 0.1  # the plant really trips the filter
+    kept = [float(U[0] @ d[j]) for j in (2, 3)]
+    assert all(s <= pos + 0.1 for s in kept)  # ...and nothing else does
+    cfg = LossConfig(tau=0.07, margin=0.1, negative_terms=["ud"])
+    row0 = contrastive_loss(U, d, cfg, reduction="none")[0].item()
+    expected = -pos / 0.07 + math.log(math.exp(pos / 0.07) + sum(math.exp(s / 0.07) for s in kept))
+    assert row0 == pytest.approx(expected, rel=1e-9)
+    no_filter = LossConfig(tau=0.07, margin=100.0, negative_terms=["ud"])
+    assert contrastive_loss(U, d, no_filter, reduction="none")[0].item() > row0 + 1.0  # the plant dominated
+    assert contrastive_loss(U, d, cfg).item() == pytest.approx(hand_loss(U, d, 0.07, 0.1, ["ud"]), rel=1e-9)
+
+
+def test_gradcache_gradients_equal_the_full_batch_step():
+    cfg = load_config("tiny", ["lora.dropout=0.0"])
+    model = QAnchorModel(cfg)
+    activate_lora(model)
+    model.train()
+    users = random_users(cfg.input, 6, seed=8)
+    queries = ["What will this user do next?"] * 3 + ["Favourite genre?"] * 3
+    answers = ["Watch comedies.", "Rate dramas low.", "Binge thrillers", "Comedy", "Drama", "Sci-fi classics"]
+
+    def grads():
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    loss, stats = total_loss(model.pretrain_forward(users, queries, answers), cfg.loss)
+    loss.backward()
+    full = grads()
+    model.zero_grad()
+    gc_stats = grad_cache_step(model.pretrain_forward, users, queries, answers, cfg.loss, chunk_size=2)
+    cached = grads()
+    assert gc_stats["chunks"] == 3.0
+    assert gc_stats["loss"] == pytest.approx(stats["loss"], rel=1e-5)
+    assert set(full) == set(cached) and len(full) > 10
+    for n in full:
+        scale = full[n].abs().max().item()
+        assert (full[n] - cached[n]).abs().max().item() <= 1e-5 * scale + 1e-8, n  # float summation order only

@@ -1,0 +1,122 @@
+"""Pretraining losses: InfoNCE with the margin false-negative filter, NTP, and GradCache for large batches.
+
+    loss = contrastive_loss(anchor, answer, cfg.loss)           # anchor/answer [B, D], L2-normalised
+    total = cfg.loss.contrastive_weight * loss + cfg.loss.ntp_weight * out.ntp_sum / max(out.ntp_tokens, 1)
+    stats = grad_cache_step(model.pretrain_forward, users, queries, answers, cfg.loss, chunk_size=16)
+
+Negative terms (u = anchor, d = answer; i the row, j != i): "ud" s(u_i, d_j), "uu" s(u_i, u_j),
+"du" s(d_i, u_j), "dd" s(d_i, d_j). The positive s(u_i, d_i) is in the denominator once. A negative whose
+cosine exceeds s(u_i, d_i) + margin is treated as a false negative and dropped (mask 0).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from training.config import LossConfig
+from training.model.inputs import UserBatch
+
+
+def _neg_logits(x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor, tau: float, margin: float) -> torch.Tensor:
+    """cos(x_i, y_j)/tau for j != i, -inf where j == i or the pair is a suspected false negative. -> [B, B]."""
+    sim = x @ y.T  # [B, B] cosine (inputs are unit vectors)
+    keep = sim <= pos.unsqueeze(1) + margin  # compare to row i's own positive, as the public code does
+    keep.fill_diagonal_(False)
+    return torch.where(keep.detach(), sim / tau, torch.full_like(sim, float("-inf")))
+
+
+def contrastive_loss(anchor: torch.Tensor, answer: torch.Tensor, cfg: LossConfig,
+                     reduction: str = "mean") -> torch.Tensor:
+    """InfoNCE with masked negatives. anchor, answer: [B, D] unit vectors. -> scalar ("mean") or [B] ("none")."""
+    if anchor.shape != answer.shape or anchor.ndim != 2:
+        raise ValueError(f"anchor {tuple(anchor.shape)} and answer {tuple(answer.shape)} must both be [B, D]")
+    pos = (anchor * answer).sum(dim=-1)  # [B]
+    pairs = {"ud": (anchor, answer), "uu": (anchor, anchor), "du": (answer, anchor), "dd": (answer, answer)}
+    logits = [(pos / cfg.tau).unsqueeze(1)]  # [B, 1]
+    for term in cfg.negative_terms:
+        x, y = pairs[term]
+        logits.append(_neg_logits(x, y, pos, cfg.tau, cfg.margin))  # [B, B]
+    all_logits = torch.cat(logits, dim=1)  # [B, 1 + n_terms * B]
+    per_row = torch.logsumexp(all_logits, dim=1) - pos / cfg.tau  # [B]
+    return per_row.mean() if reduction == "mean" else per_row
+
+
+def ntp_loss(ntp_sum: torch.Tensor, ntp_tokens: int) -> torch.Tensor:
+    """Mean cross-entropy per answer token."""
+    return ntp_sum / max(ntp_tokens, 1)
+
+
+def total_loss(out, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """Whole-batch objective from a `PretrainOutput`: weighted InfoNCE + NTP. Returns (loss, float stats)."""
+    con = contrastive_loss(out.anchor, out.answer, cfg)
+    ntp = ntp_loss(out.ntp_sum, out.ntp_tokens)
+    loss = cfg.contrastive_weight * con + cfg.ntp_weight * ntp
+    return loss, {"loss": loss.item(), "contrastive": con.item(), "ntp": ntp.item()}
+
+
+@dataclass
+class _Chunk:
+    users: UserBatch
+    queries: list[str]
+    answers: list[str]
+    rng: tuple[torch.Tensor, list[torch.Tensor]]
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def _slice_users(users: UserBatch, sl: slice) -> UserBatch:
+    return UserBatch({k: v[sl] for k, v in users.event_vecs.items()},
+                     {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl])
+
+
+def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], answers: list[str],
+                    cfg: LossConfig, chunk_size: int) -> dict[str, float]:
+    """Accumulate into .grad the gradient of the *whole-batch* loss while holding one chunk's activations at a time.
+
+    GradCache (Gao et al., 2021): (1) embed every chunk without a graph, (2) compute the contrastive loss over the
+    full batch and its gradient w.r.t. the embeddings only, (3) re-run each chunk with a graph (same RNG state, so
+    dropout repeats) and backpropagate the cached embedding gradients plus that chunk's share of NTP. Gradients
+    equal those of one big-batch step; negatives per anchor stay at batch_size - 1 at any chunk size.
+    `forward` is `QAnchorModel.pretrain_forward`. The caller zeroes grads before and steps the optimiser after.
+    """
+    b = len(queries)
+    chunks = []
+    for start in range(0, b, chunk_size):
+        sl = slice(start, min(start + chunk_size, b))
+        chunks.append(_Chunk(_slice_users(users, sl), queries[sl], answers[sl], _rng_state()))  # refreshed below
+    anchors, answers_emb, ntp_tokens = [], [], 0
+    with torch.no_grad():
+        for c in chunks:
+            c.rng = _rng_state()  # each chunk draws fresh dropout masks; pass 2 replays exactly these
+            out = forward(c.users, c.queries, c.answers)
+            anchors.append(out.anchor)
+            answers_emb.append(out.answer)
+            ntp_tokens += out.ntp_tokens
+    u = torch.cat(anchors).requires_grad_(True)  # [B, D] leaf: its .grad is the cached gradient
+    d = torch.cat(answers_emb).requires_grad_(True)
+    con = contrastive_loss(u, d, cfg)
+    (cfg.contrastive_weight * con).backward()
+    ntp_total = 0.0
+    offset = 0
+    for c in chunks:
+        n = len(c.queries)
+        _set_rng_state(c.rng)
+        out = forward(c.users, c.queries, c.answers)
+        ntp_part = out.ntp_sum / max(ntp_tokens, 1)  # this chunk's share of the whole-batch token mean
+        surrogate = (out.anchor * u.grad[offset: offset + n]).sum() + (out.answer * d.grad[offset: offset + n]).sum()
+        (surrogate + cfg.ntp_weight * ntp_part).backward()
+        ntp_total += float(ntp_part)
+        offset += n
+    loss = cfg.contrastive_weight * float(con) + cfg.ntp_weight * ntp_total
+    return {"loss": loss, "contrastive": float(con), "ntp": ntp_total, "chunks": float(len(chunks))}
