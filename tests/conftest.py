@@ -1,8 +1,9 @@
 """Routes each test file to the Python environment that can import it.
 
 qanchor has two environments (see docs/contracts.md): the services env (Feast, numpy 2) and the model env
-(torch, numpy < 2). `scripts/test.sh` runs pytest once in each; files matching MODEL_ENV_GLOBS run in the model env
-only, every other file in the services env only.
+(torch, numpy < 2). `scripts/test.sh` runs pytest once in each; unit-test files matching MODEL_ENV_GLOBS run in the
+model env only, every other unit-test file in the services env only. Integration tests always run in the services env
+(they reach the model through Triton, or through the model env's interpreter in a subprocess).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ MODEL_ENV_GLOBS = (
     "test_export*",
     "test_triton_model*",
     "test_text_encoder*",
+    "test_tuning_*",
 )
 
 IN_MODEL_ENV = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("feast") is None
@@ -34,5 +36,7 @@ def _is_model_env_test(path: Path) -> bool:
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
     if collection_path.is_file() and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        if "integration" in collection_path.parts:
+            return IN_MODEL_ENV
         return _is_model_env_test(collection_path) != IN_MODEL_ENV
     return None
