@@ -44,10 +44,11 @@ COPY feature_repo/ feature_repo/
 COPY protos/ protos/
 COPY config/ config/
 COPY docker/grpc_healthcheck.py /usr/local/bin/qanchor-grpc-health
+COPY docker/kafka_topics.py /usr/local/bin/qanchor-kafka-topics
 # Volume mount points are pre-created owned by the app user: Docker copies that ownership into a fresh named
 # volume, which would otherwise be root-owned and unwritable for uid 10001.
 RUN pip install --no-deps -e . \
- && chmod 0755 /usr/local/bin/qanchor-grpc-health \
+ && chmod 0755 /usr/local/bin/qanchor-grpc-health /usr/local/bin/qanchor-kafka-topics \
  && mkdir -p /var/lib/qanchor/feast /var/lib/qanchor/model_repository /var/lib/qanchor/artifacts \
  && chown -R qanchor:qanchor /var/lib/qanchor
 

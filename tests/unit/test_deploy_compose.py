@@ -19,8 +19,8 @@ from test_deploy_helpers import REPO, SETTINGS_MODULES, env_dict, interpolate, s
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 EXPECTED_SERVICES = {"kafka", "redis", "postgres", "triton", "registry", "gateway", "ingest", "tuning-worker",
-                     "feast-apply", "model-export"}
-ONE_SHOT = {"feast-apply", "model-export"}
+                     "feast-apply", "model-export", "kafka-topics"}
+ONE_SHOT = {"feast-apply", "model-export", "kafka-topics"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
@@ -61,6 +61,16 @@ def test_kafka_is_the_official_image_in_kraft_mode_at_the_stack_version(services
     assert "ZOOKEEPER" not in " ".join(env)
     # Internal clients must be told the in-network name, not localhost.
     assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_topics_are_explicit_and_named_as_ingest_expects(services: dict) -> None:
+    from services.ingest.schema import DLQ_TOPIC, EVENTS_TOPIC
+
+    assert env_dict(services["kafka"]["environment"])["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    env = env_dict(services["ingest"]["environment"])
+    assert (env["INGEST_TOPIC"], env["INGEST_DLQ_TOPIC"]) == (EVENTS_TOPIC, DLQ_TOPIC)
+    assert services["ingest"]["depends_on"]["kafka-topics"]["condition"] == "service_completed_successfully"
+    assert services["kafka-topics"]["command"][0] == "qanchor-kafka-topics"
 
 
 def test_depends_on_targets_and_conditions_are_consistent(services: dict) -> None:

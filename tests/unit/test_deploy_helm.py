@@ -232,7 +232,7 @@ def _gpu_limit(container: dict) -> int | None:
 @needs_helm
 def test_gpu_is_opt_in_and_schedules_onto_gpu_nodes(default_docs: list[dict], gpu_docs: list[dict]) -> None:
     assert "nvidia.com/gpu:" not in yaml.safe_dump_all(default_docs)
-    assert not any(d["kind"] == "Job" for d in default_docs)
+    assert [d["metadata"]["name"] for d in default_docs if d["kind"] == "Job"] == ["qanchor-kafka-topics"]
     specs = _pod_specs(gpu_docs)
     for name in ("qanchor-triton", "qanchor-tuning-worker", "qanchor-tuning-job-pretrain-1"):
         spec = specs[name]
@@ -291,3 +291,21 @@ def test_autoscaling_off_sets_replicas() -> None:
     docs = _docs("--set", "gateway.autoscaling.enabled=false", "--set", "gateway.replicas=3")
     assert _by(docs, "Deployment", "qanchor-gateway")["spec"]["replicas"] == 3
     assert not any(d["kind"] == "HorizontalPodAutoscaler" for d in docs)
+
+
+@needs_helm
+def test_kafka_topics_hook_matches_the_topic_list(default_docs: list[dict]) -> None:
+    from services.ingest.schema import DLQ_TOPIC, EVENTS_TOPIC
+    from services.stack.kafka import load_topics
+
+    kafka = VALUES["external"]["kafka"]
+    assert (kafka["topic"], kafka["dlqTopic"]) == (EVENTS_TOPIC, DLQ_TOPIC)
+    events = next(t for t in load_topics() if t.name == EVENTS_TOPIC)
+    assert kafka["partitions"] == events.partitions  # the ingest replica guard uses the real partition count
+    job = _by(default_docs, "Job", "qanchor-kafka-topics")
+    # A hook, re-created per release (a plain Job's spec is immutable, so an upgrade would fail on it).
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command == ["qanchor-kafka-topics", "--bootstrap", kafka["bootstrapServers"], "--replication", "3"]
+    docs = _docs("--set", "external.kafka.topics.create=false")
+    assert not any(d["kind"] == "Job" for d in docs)
