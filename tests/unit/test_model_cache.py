@@ -9,6 +9,7 @@ from training.model.suffix import ScenarioSpec  # noqa: E402
 from training.model.synthetic import activate_lora, random_users  # noqa: E402
 
 pytestmark = pytest.mark.model
+torch.set_num_threads(1)  # tiny matrices: extra threads only add spin-wait on shared, busy cores
 QUERIES = ["Will this user click concert ads?", "Likes comedies?", "Is this user likely to churn next month?",
            "x", "Does this user prefer old films to new releases, and rate them higher than average?"]
 

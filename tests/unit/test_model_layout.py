@@ -9,6 +9,7 @@ from training.model.synthetic import activate_lora, random_users  # noqa: E402
 from training.model.tokens import LayoutError, check_placeholders, source_markers  # noqa: E402
 
 pytestmark = pytest.mark.model
+torch.set_num_threads(1)  # tiny matrices: extra threads only add spin-wait on shared, busy cores
 
 
 @pytest.fixture(scope="module")

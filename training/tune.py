@@ -1,0 +1,179 @@
+"""Cluster-based soft-prompt tuning for one scenario (paper §3.2.3), as a plain function.
+
+    res = tune_soft_prompt(model, users, labels, "Will this user rate a new comedy highly?")
+    res.prompt [n_tokens, hidden], res.prototypes [n_classes, out], res.metrics {"auc", "ks", ...}, res.curve
+
+Only the prompt vectors and one prototype per class train; the model is frozen and its prefix cache is computed
+once and reused by every step (the prompt sits after the query, so the cache stays valid).
+Choices the paper leaves open (justified in docs/model.md): prompt after the query, right before <USER_EMB>;
+prompt initialised from the embeddings of the query's own last tokens; prototypes initialised at the class means
+of the initial embeddings (step 0 = nearest-centroid); cosine prototype scores; Adam, lr 1e-2, tau 0.1.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from training.model.attention import PrefixCache
+from training.model.embedder import QAnchorModel
+from training.model.inputs import UserBatch
+from training.model.suffix import ScenarioSpec
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, stats)
+
+
+@dataclass
+class TuneResult:
+    query: str
+    prompt: torch.Tensor  # [n_tokens, hidden] float32
+    prototypes: torch.Tensor  # [n_classes, out] float32 (unnormalised; scores use their directions)
+    classes: list  # label value of each prototype row
+    metrics: dict[str, float]  # held-out users: auc, ks (tuned) and auc_zero_shot, ks_zero_shot (no prompt)
+    curve: list[dict[str, float]] = field(default_factory=list)  # per step: loss (+ val auc every eval_every)
+
+
+def auc_ks(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """Binary AUC and KS = max over thresholds of (TPR - FPR)."""
+    y_true = np.asarray(y_true).astype(int)
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("AUC/KS need both classes among the evaluated users; use more users or another split")
+    fpr, tpr, _ = roc_curve(y_true, score)
+    return float(roc_auc_score(y_true, score)), float(np.max(tpr - fpr))
+
+
+def _split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified split: every class keeps >= 1 user on each side."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        if len(idx) < 2:
+            raise ValueError(f"class {c} has {len(idx)} user(s); tuning needs at least 2 per class")
+        n_val = min(max(1, math.ceil(val_fraction * len(idx))), len(idx) - 1)
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.sort(np.array(train)), np.sort(np.array(val))
+
+
+@contextmanager
+def frozen(model: QAnchorModel):
+    """Freeze every model parameter and switch off dropout; restore both afterwards."""
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    was_training = model.training
+    model.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+        model.train(was_training)
+
+
+def _encode_cache(model: QAnchorModel, users: UserBatch | PrefixCache, chunk: int) -> PrefixCache:
+    if isinstance(users, PrefixCache):
+        return users.detach()
+    parts = []
+    with torch.no_grad():
+        for s in range(0, users.batch_size, chunk):
+            sl = slice(s, s + chunk)
+            part = UserBatch({k: v[sl] for k, v in users.event_vecs.items()},
+                             {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl])
+            parts.append(model.encode_prefix(part))
+    return PrefixCache.cat(parts)
+
+
+def _embed(model: QAnchorModel, cache: PrefixCache, idx: np.ndarray, spec: ScenarioSpec, chunk: int,
+           grad: bool) -> torch.Tensor:
+    out = []
+    with torch.set_grad_enabled(grad):
+        for s in range(0, len(idx), chunk):
+            sub = cache[torch.as_tensor(idx[s: s + chunk], device=cache.valid.device)]
+            out.append(model.embed(sub, [spec])[:, 0])  # [b, out]
+    return torch.cat(out)
+
+
+def _scores(emb: torch.Tensor, protos: torch.Tensor, tau: float) -> torch.Tensor:
+    return emb @ F.normalize(protos, dim=-1).T / tau  # [N, C] cosine / tau (emb is already unit-norm)
+
+
+def _metrics(y: np.ndarray, logits: torch.Tensor) -> tuple[float, float]:
+    prob = torch.softmax(logits.float(), dim=-1).detach().cpu().numpy()
+    if prob.shape[1] == 2:
+        return auc_ks(y, prob[:, 1])
+    pairs = [auc_ks((y == c).astype(int), prob[:, c]) for c in range(prob.shape[1])]  # macro one-vs-rest
+    return float(np.mean([a for a, _ in pairs])), float(np.mean([k for _, k in pairs]))
+
+
+def init_prompt(model: QAnchorModel, query_text: str, n_tokens: int) -> torch.Tensor:
+    """Embeddings of the query's last n tokens (cycled if shorter): a prompt that starts as plausible text."""
+    ids = model.tokenizer(query_text, add_special_tokens=False)["input_ids"] or [model.tokenizer.eos_token_id]
+    ids = [ids[(len(ids) - n_tokens + i) % len(ids)] for i in range(n_tokens)]
+    with torch.no_grad():
+        return model.embed_ids(torch.tensor(ids, device=model.device)).float().clone()  # [n_tokens, hidden]
+
+
+def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels: Sequence | np.ndarray,
+                     query_text: str, n_tokens: int = 6, steps: int = 300, lr: float = 1e-2, tau: float = 0.1,
+                     seed: int = 0, val_fraction: float = 0.2, batch_size: int = 64, eval_every: int = 50,
+                     progress: Progress | None = None) -> TuneResult:
+    """Tune `n_tokens` soft-prompt vectors + one prototype per class on labelled users; report held-out AUC/KS."""
+    raw = np.asarray(labels)
+    classes = sorted(np.unique(raw).tolist())
+    if len(classes) < 2:
+        raise ValueError("labels hold a single class; a scenario needs positive and negative users")
+    y = np.searchsorted(np.array(classes), raw)
+    n_users = users.batch_size
+    if len(y) != n_users:
+        raise ValueError(f"{len(y)} labels for {n_users} users")
+    train_idx, val_idx = _split(y, val_fraction, seed)
+    t0 = time.perf_counter()
+    with frozen(model):
+        cache = _encode_cache(model, users, batch_size)  # the frozen prefix: computed once, reused every step
+        zero = ScenarioSpec(query_text)
+        e_tr0, e_va0 = (_embed(model, cache, ix, zero, batch_size, False) for ix in (train_idx, val_idx))
+        centroids = torch.stack([e_tr0[y[train_idx] == c].mean(0) for c in range(len(classes))])
+        zs_auc, zs_ks = _metrics(y[val_idx], _scores(e_va0, centroids, tau))
+        torch.manual_seed(seed)
+        prompt = init_prompt(model, query_text, n_tokens).requires_grad_(True)
+        with torch.no_grad():
+            e_init = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+            protos = torch.stack([e_init[y[train_idx] == c].mean(0) for c in range(len(classes))])
+        protos = protos.float().clone().requires_grad_(True)
+        opt = torch.optim.Adam([prompt, protos], lr=lr)
+        rng = np.random.default_rng(seed)
+        curve: list[dict[str, float]] = []
+        y_t = torch.as_tensor(y, device=model.device)
+        for step in range(1, steps + 1):
+            batch = rng.choice(train_idx, size=min(batch_size, len(train_idx)), replace=False)
+            emb = _embed(model, cache, batch, ScenarioSpec(query_text, prompt), batch_size, True)
+            loss = F.cross_entropy(_scores(emb, protos, tau), y_t[batch])  # prototype softmax
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            point = {"step": float(step), "loss": loss.item()}
+            if step % eval_every == 0 or step == steps:
+                with torch.no_grad():
+                    e_va = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+                    point["val_auc"], point["val_ks"] = _metrics(y[val_idx], _scores(e_va, protos, tau))
+            curve.append(point)
+            if progress is not None:
+                progress(step, steps, point)
+    auc, ks = curve[-1]["val_auc"], curve[-1]["val_ks"]
+    metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
+               "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
+               "seconds": time.perf_counter() - t0}
+    log.info("event=tune_done query=%r steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f n_train=%d n_val=%d",
+             query_text, steps, auc, ks, zs_auc, len(train_idx), len(val_idx))
+    return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,
+                      metrics=metrics, curve=curve)
