@@ -21,8 +21,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     QANCHOR_PORT_BASE=19000
 
 # Fixed uid/gid so Kubernetes `runAsUser`/`fsGroup` and volume ownership agree with the image.
+# A writable home: caches (~/.cache/qanchor: the converted backbone, Hugging Face files) go there. Kubernetes
+# pods run with a read-only root filesystem and point HOME at an emptyDir instead.
 RUN groupadd --system --gid 10001 qanchor \
- && useradd --system --uid 10001 --gid 10001 --home-dir /app --shell /usr/sbin/nologin qanchor
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/qanchor --shell /usr/sbin/nologin qanchor
 
 WORKDIR /app
 
