@@ -1,0 +1,92 @@
+"""Checkpoints and soft prompts: safetensors + sha256 manifest, bitwise round trip, tamper and backbone checks."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from training.artifacts import (ArtifactError, checkpoint_id, load_checkpoint, load_soft_prompt,  # noqa: E402
+                                save_checkpoint, save_soft_prompt)
+from training.config import load_config  # noqa: E402
+from training.model.embedder import QAnchorModel  # noqa: E402
+from training.model.suffix import ScenarioSpec  # noqa: E402
+from training.model.synthetic import activate_lora, random_users  # noqa: E402
+from training.tune import TuneResult  # noqa: E402
+
+pytestmark = pytest.mark.model
+torch.set_num_threads(1)  # tiny matrices: extra threads only add spin-wait on shared, busy cores
+
+
+@pytest.fixture(scope="module")
+def trained():
+    cfg = load_config("tiny")
+    model = QAnchorModel(cfg)
+    activate_lora(model)
+    with torch.no_grad():  # stand-in for training: move every trainable tensor away from its init
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.01)
+    return cfg, model.eval()
+
+
+def test_checkpoint_round_trip_is_bitwise(tmp_path, trained):
+    cfg, model = trained
+    d = save_checkpoint(tmp_path / "ckpt", model, cfg, extra={"step": 7})
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "manifest.json", "weights.safetensors"]
+    loaded, cfg2, extra = load_checkpoint(d)
+    assert cfg2 == cfg and extra == {"step": 7}
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # trainable and frozen tensors alike
+    users = random_users(cfg.input, 3, seed=1)
+    sc = [ScenarioSpec("Will this user like a comedy?")]
+    with torch.no_grad():
+        assert torch.equal(model.full_forward(users, sc), loaded.eval().full_forward(users, sc))
+    saved = set(json.loads((d / "manifest.json").read_text())["files"])
+    assert saved == {"weights.safetensors", "config.json"}
+
+
+def test_checkpoint_holds_only_trainable_tensors(tmp_path, trained):
+    cfg, model = trained
+    from safetensors.torch import load_file
+
+    d = save_checkpoint(tmp_path / "ckpt", model, cfg)
+    names = set(load_file(str(d / "weights.safetensors")))
+    assert names == set(model.trainable_names)
+    assert not any("embed_tokens" in n or n.endswith("q_proj.base_layer.weight") for n in names)
+    kinds = {"lora_A", "lora_B", "added_embeddings", "user_encoder.", "head."}
+    assert all(any(k in n for n in names) for k in kinds)
+
+
+def test_tampered_or_foreign_checkpoints_are_rejected(tmp_path, trained):
+    cfg, model = trained
+    d = save_checkpoint(tmp_path / "ckpt", model, cfg)
+    cid = checkpoint_id(d)
+    raw = bytearray((d / "weights.safetensors").read_bytes())
+    raw[-1] ^= 1
+    (d / "weights.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        load_checkpoint(d)
+    d2 = save_checkpoint(tmp_path / "ckpt2", model, cfg)
+    assert checkpoint_id(d2) == cid  # the id depends on content only
+    other = json.loads((d2 / "config.json").read_text())
+    other["backbone"]["seed"] = 1  # a different random backbone: same shapes, other weights
+    (d2 / "config.json").write_text(json.dumps(other))
+    manifest = json.loads((d2 / "manifest.json").read_text())
+    from training.backbones import file_sha256
+
+    manifest["files"]["config.json"] = file_sha256(d2 / "config.json")
+    (d2 / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="backbone"):
+        load_checkpoint(d2)
+
+
+def test_soft_prompt_round_trip(tmp_path, trained):
+    cfg, model = trained
+    res = TuneResult(query="Likes comedies?", prompt=torch.randn(6, model.hidden), prototypes=torch.randn(2, 128),
+                     classes=[0, 1], metrics={"auc": 0.7, "ks": 0.3})
+    d = save_soft_prompt(tmp_path / "prompt", res, model_id="abc123")
+    art = load_soft_prompt(d, expect_model_id="abc123")
+    assert torch.equal(art.prompt, res.prompt) and torch.equal(art.prototypes, res.prototypes)
+    assert art.meta["query"] == "Likes comedies?" and art.meta["n_tokens"] == 6 and art.meta["classes"] == [0, 1]
+    with pytest.raises(ArtifactError, match="re-tune"):
+        load_soft_prompt(d, expect_model_id="other")

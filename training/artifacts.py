@@ -1,0 +1,141 @@
+"""Checkpoints and soft-prompt artifacts: safetensors + JSON + a sha256 manifest. Nothing is ever unpickled.
+
+    save_checkpoint(dir, model, cfg, extra={"step": 1000})  ->  dir/{weights.safetensors, config.json, manifest.json}
+    model, cfg, extra = load_checkpoint(dir)                 # rebuilds the backbone, checks its sha256, loads weights
+    save_soft_prompt(dir, result, model_id=checkpoint_id(ckpt_dir))
+    art = load_soft_prompt(dir)                              # SoftPromptArtifact(prompt, prototypes, meta)
+
+A checkpoint holds only what training changes (adapters, LoRA, head, added-token rows); the backbone is
+referenced by name + sha256 and must be available locally. Directories are written to a temp sibling and renamed,
+so a reader never sees a half-written artifact.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from training.backbones import Backbone, file_sha256
+from training.config import QAnchorConfig
+
+CHECKPOINT_FORMAT = "qanchor-checkpoint/1"
+PROMPT_FORMAT = "qanchor-soft-prompt/1"
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, corrupt or made for another backbone; the message says which file and why."""
+
+
+def _write_dir(target: Path, write) -> Path:
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def _manifest(d: Path, files: list[str], body: dict[str, Any]) -> None:
+    body = {**body, "files": {f: file_sha256(d / f) for f in files}, "created_at": time.time()}
+    (d / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
+
+
+def _verified_manifest(d: Path, fmt: str) -> dict[str, Any]:
+    d = Path(d)
+    path = d / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path} not found: not a {fmt} directory")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != fmt:
+        raise ArtifactError(f"{path}: format {manifest.get('format')!r}, expected {fmt!r}")
+    for name, sha in manifest["files"].items():
+        if not (d / name).is_file():
+            raise ArtifactError(f"{d / name} listed in the manifest is missing")
+        if file_sha256(d / name) != sha:
+            raise ArtifactError(f"{d / name} sha256 mismatch: the file is corrupt or was edited; re-export it")
+    return manifest
+
+
+def checkpoint_id(d: str | Path) -> str:
+    """Stable id of a checkpoint (sha256 of its manifest's file hashes): use it as the serving model version."""
+    files = _verified_manifest(Path(d), CHECKPOINT_FORMAT)["files"]
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def save_checkpoint(d: str | Path, model, config: QAnchorConfig, extra: dict[str, Any] | None = None) -> Path:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / "weights.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
+        (tmp / "config.json").write_text(config.to_json())
+        _manifest(tmp, ["weights.safetensors", "config.json"], {
+            "format": CHECKPOINT_FORMAT, "extra": extra or {},
+            "backbone": {"name": model.backbone_name, "sha256": model.backbone_sha256},
+            "special_tokens": model.special.ids,
+        })
+
+    return _write_dir(Path(d), write)
+
+
+def load_checkpoint(d: str | Path, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
+    """-> (QAnchorModel, QAnchorConfig, extra). Raises ArtifactError on any hash or backbone mismatch."""
+    from training.model.embedder import QAnchorModel  # local: artifacts stay importable without building models
+
+    d = Path(d)
+    manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
+    cfg = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text()))
+    model = QAnchorModel(cfg, backbone)
+    want = manifest["backbone"]
+    if model.backbone_sha256 != want["sha256"]:
+        raise ArtifactError(f"checkpoint was trained on backbone {want['name']} sha256={want['sha256'][:12]}, but "
+                            f"{model.backbone_name} sha256={model.backbone_sha256[:12]} was loaded; point "
+                            "backbone.path at the original weights")
+    if model.special.ids != manifest["special_tokens"]:
+        raise ArtifactError("special token ids differ from the checkpoint's: the tokenizer changed")
+    model.load_trainable_state_dict(load_file(str(d / "weights.safetensors")))
+    return model.to(device), cfg, manifest["extra"]
+
+
+@dataclass
+class SoftPromptArtifact:
+    prompt: torch.Tensor  # [n_tokens, hidden]
+    prototypes: torch.Tensor  # [n_classes, out]
+    meta: dict[str, Any]  # query, classes, metrics, model_id, hidden
+
+
+def save_soft_prompt(d: str | Path, result, model_id: str = "", extra: dict[str, Any] | None = None) -> Path:
+    """Write a TuneResult as prompt.safetensors + manifest.json (query, classes, metrics, model id, sha256)."""
+    tensors = {"prompt": result.prompt.detach().float().contiguous().cpu(),
+               "prototypes": result.prototypes.detach().float().contiguous().cpu()}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / "prompt.safetensors"), metadata={"format": PROMPT_FORMAT})
+        _manifest(tmp, ["prompt.safetensors"], {
+            "format": PROMPT_FORMAT, "query": result.query, "classes": list(result.classes),
+            "metrics": result.metrics, "model_id": model_id, "n_tokens": int(tensors["prompt"].shape[0]),
+            "hidden": int(tensors["prompt"].shape[1]), "extra": extra or {},
+        })
+
+    return _write_dir(Path(d), write)
+
+
+def load_soft_prompt(d: str | Path, expect_model_id: str | None = None) -> SoftPromptArtifact:
+    d = Path(d)
+    meta = _verified_manifest(d, PROMPT_FORMAT)
+    if expect_model_id is not None and meta["model_id"] != expect_model_id:
+        raise ArtifactError(f"soft prompt {d} was tuned for model {meta['model_id'][:12]}, not "
+                            f"{expect_model_id[:12]}; re-tune it for this model")
+    t = load_file(str(d / "prompt.safetensors"))
+    return SoftPromptArtifact(prompt=t["prompt"], prototypes=t["prototypes"], meta=meta)
