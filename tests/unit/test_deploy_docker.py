@@ -102,7 +102,9 @@ def test_model_image_keeps_numpy_below_2_and_uses_the_stub_of_its_python() -> No
     assert re.search(r"^nvidia-pytriton==", lock, re.M)
     text = (DOCKER / "model.Dockerfile").read_text()
     base = re.search(r"^ARG PYTHON_IMAGE=python:(\d+\.\d+)", text, re.M).group(1)
-    assert f"python_backend_stubs/{base}/triton_python_backend_stub" in text
+    # The stub is picked by the version of the interpreter the recipe runs with: the image's own python.
+    assert "QANCHOR_TRITON_PYTHON=python bash /usr/local/bin/qanchor-triton-backends" in text
+    assert "python_backend_stubs/$pyver/triton_python_backend_stub" in (DOCKER / "triton-backends.sh").read_text()
     model_site = REPO / ".venv-model" / "lib" / f"python{base}" / "site-packages"
     if model_site.is_dir():  # the same wheel, installed here: the path the Dockerfile copies really exists
         assert (model_site / "pytriton" / "tritonserver" / "python_backend_stubs" / base /
