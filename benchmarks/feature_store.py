@@ -4,7 +4,8 @@
 
 Every user is written full (each source at its K, MovieLens default: 32+16+16 events, ~49 KB of vectors), then
 `FeatureReader.get` is timed for 1 and 32 users, side by side with the same lookup decoded through Feast's
-`OnlineResponse.to_dict()` (the baseline the reader's direct proto decoding replaces). Without --redis-url a
+`OnlineResponse.to_dict()` (the baseline the reader's direct proto decoding replaces). Cases run in interleaved
+rounds; wall and client-thread CPU time are both reported. Without --redis-url a
 private `redis-server` is started on QANCHOR_PORT_BASE+79 (or a free port) and stopped at the end.
 """
 from __future__ import annotations
@@ -45,13 +46,14 @@ def _users(spec: FeatureSpec, n: int, seed: int = 0) -> list[UserFeatures]:
     return out
 
 
-def _time_ms(fn, repeats: int) -> list[float]:
-    out = []
+def _timed(fn, repeats: int, wall: list[float], cpu: list[float]) -> None:
+    # Wall time is what a caller waits; thread CPU time is the client-side cost, far less sensitive to other
+    # processes competing for the same cores (shared 2-core machines are noisy).
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.thread_time()
         fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
+        cpu.append((time.thread_time() - c0) * 1000)
+        wall.append((time.perf_counter() - w0) * 1000)
 
 
 def _summary(ms: list[float]) -> dict[str, float]:
@@ -82,58 +84,75 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"redis-server did not start on port {port}")
 
 
-def run_case(tmp: Path, online: str, layout: str, redis_url: str | None, n_users: int, repeats: int) -> dict:
-    raw = yaml.safe_load(default_sources_path().read_text())
-    raw["layout"] = layout
-    spec_path = tmp / f"sources_{layout}.yaml"
-    spec_path.write_text(yaml.safe_dump(raw))
-    spec = load_feature_spec(spec_path)
-    store = get_store(apply(tmp / f"state_{online}_{layout}", online, redis_url, sources_yaml=spec_path))
-    reader, writer = FeatureReader(store, spec), FeatureWriter(store, spec)
-    users = _users(spec, n_users)
-    write32 = []
-    for i in range(0, n_users, 32):
-        t0 = time.perf_counter()
-        writer.write(users[i:i + 32])
-        write32.append((time.perf_counter() - t0) * 1000)
-    write1 = _time_ms(lambda: writer.write(users[:1]), max(5, repeats // 10))
-    service = store.get_feature_service(spec.feature_service)
-    result = {"online": online, "layout": layout, "write_32_ms": _summary(write32), "write_1_ms": _summary(write1)}
-    rng = np.random.default_rng(1)
-    for b in (1, 32):
-        batches = [[f"user-{j}" for j in rng.choice(n_users, b, replace=False)] for _ in range(repeats)]
-        it = iter(batches * 3)
-        for _ in range(min(20, repeats)):  # warm the registry cache and connections
-            reader.get(next(it))
-        ours = _time_ms(lambda: reader.get(next(it)), repeats)
+class Case:
+    """One (online store, layout) configuration with its own state dir, written full once."""
 
-        def baseline() -> None:
-            ids = next(it)
-            resp = store.get_online_features(features=service, entity_rows=[{"user_id": u} for u in ids])
-            from_feature_dict(ids, resp.to_dict(), spec)
+    def __init__(self, tmp: Path, online: str, layout: str, redis_url: str | None, n_users: int) -> None:
+        raw = yaml.safe_load(default_sources_path().read_text())
+        raw["layout"] = layout
+        spec_path = tmp / f"sources_{layout}.yaml"
+        spec_path.write_text(yaml.safe_dump(raw))
+        self.online, self.layout, self.n_users = online, layout, n_users
+        self.spec = load_feature_spec(spec_path)
+        self.store = get_store(apply(tmp / f"state_{online}_{layout}", online, redis_url, sources_yaml=spec_path))
+        self.reader, self.writer = FeatureReader(self.store, self.spec), FeatureWriter(self.store, self.spec)
+        self.service = self.store.get_feature_service(self.spec.feature_service)
+        self.users = _users(self.spec, n_users)
+        for i in range(0, n_users, 32):
+            self.writer.write(self.users[i:i + 32])
+        self.samples: dict[str, tuple[list[float], list[float]]] = {}
+        self.rng = np.random.default_rng(1)
 
-        base = _time_ms(baseline, repeats)
-        result[f"read_{b}_ms"] = _summary(ours)
-        result[f"read_{b}_to_dict_ms"] = _summary(base)
-    return result
+    def _ids(self, b: int) -> list[str]:
+        return [f"user-{j}" for j in self.rng.choice(self.n_users, b, replace=False)]
+
+    def _baseline(self, b: int) -> None:
+        ids = self._ids(b)
+        resp = self.store.get_online_features(features=self.service, entity_rows=[{"user_id": u} for u in ids])
+        from_feature_dict(ids, resp.to_dict(), self.spec)
+
+    def round(self, repeats: int) -> None:
+        """One block of every measurement; rounds of all cases are interleaved so load drifts hit all alike."""
+        jobs = {
+            "read_1": lambda: self.reader.get(self._ids(1)),
+            "read_32": lambda: self.reader.get(self._ids(32)),
+            "read_32_to_dict": lambda: self._baseline(32),
+            "write_1": lambda: self.writer.write(self.users[:1]),
+            "write_32": lambda: self.writer.write(self.users[32:64]),
+        }
+        for name, fn in jobs.items():
+            wall, cpu = self.samples.setdefault(name, ([], []))
+            _timed(fn, repeats if name.startswith("read") else max(2, repeats // 10), wall, cpu)
+
+    def result(self) -> dict:
+        out: dict = {"online": self.online, "layout": self.layout}
+        for name, (wall, cpu) in self.samples.items():
+            out[f"{name}_ms"] = _summary(wall)
+            out[f"{name}_cpu_ms"] = _summary(cpu)
+        return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-url", default=None)
     parser.add_argument("--users", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=200, help="reads per measurement (writes: a tenth)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the repeats are split into")
     parser.add_argument("--out", type=Path, default=Path("feature_store_bench.json"))
     args = parser.parse_args()
-    results = []
     with tempfile.TemporaryDirectory(prefix="qanchor_featbench_") as tmp_s:
         tmp = Path(tmp_s)
         redis_proc, url = (None, args.redis_url) if args.redis_url else _start_redis(tmp)
         try:
-            for online in ("sqlite", "redis"):
-                for layout in ("single", "per_source"):
-                    results.append(run_case(tmp, online, layout, url if online == "redis" else None,
-                                            args.users, args.repeats))
+            cases = [Case(tmp, online, layout, url if online == "redis" else None, args.users)
+                     for online in ("sqlite", "redis") for layout in ("single", "per_source")]
+            for case in cases:
+                case.round(5)  # warm registry caches and connections; discarded
+                case.samples.clear()
+            for _ in range(args.rounds):
+                for case in cases:
+                    case.round(args.repeats // args.rounds)
+            results = [c.result() for c in cases]
         finally:
             if redis_proc is not None:
                 redis_proc.terminate()
@@ -142,13 +161,13 @@ def main() -> None:
             "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "users": args.users, "repeats": args.repeats}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"\n{meta['machine']}  {meta['date']}  (p50 / p99 ms; full users: every source at its K)")
+    print(f"\n{meta['machine']}  {meta['date']}  (ms, p50 wall / p50 client CPU; every source at its K)")
     print("| store | layout | read 1 | read 32 | read 32 via to_dict | write 1 | write 32 |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        f = lambda k: f"{r[k]['p50']:.2f} / {r[k]['p99']:.2f}"  # noqa: E731
-        print(f"| {r['online']} | {r['layout']} | {f('read_1_ms')} | {f('read_32_ms')} | {f('read_32_to_dict_ms')} "
-              f"| {f('write_1_ms')} | {f('write_32_ms')} |")
+        f = lambda k: f"{r[k + '_ms']['p50']:.2f} / {r[k + '_cpu_ms']['p50']:.2f}"  # noqa: E731
+        print(f"| {r['online']} | {r['layout']} | {f('read_1')} | {f('read_32')} | {f('read_32_to_dict')} "
+              f"| {f('write_1')} | {f('write_32')} |")
     print(f"full results: {args.out}")
 
 
