@@ -83,6 +83,9 @@ class _RebalanceLogger(ConsumerRebalanceListener):
 def main() -> int:
     settings = IngestSettings()
     setup_logging("ingest", settings.log_level)
+    # Feast logs a registry refresh per read and kafka-python every connection at INFO: keep our lines greppable.
+    for noisy in ("feast", "kafka"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame) -> None:

@@ -160,7 +160,7 @@ class IngestWorker:
         updates = []
         for uid, cur in zip(users, current):
             # Log order per user; a batch may interleave partitions but one user lives in one partition.
-            events = sorted(by_user[uid], key=lambda pe: (pe[0].partition, pe[0].offset))
+            events = sorted(by_user[uid], key=lambda pe: pe[0])
             upd = plan_user_update(cur, events, self.spec)
             if upd is not None:
                 updates.append(upd)

@@ -34,7 +34,7 @@ PARTITION_BITS = 21
 DEFAULT_WINDOW_DAYS = 90.0  # paper: 90-day behaviour window
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Position:
     """Where an event sits in the log; one user's events all share a partition (record key = user_id)."""
 
@@ -183,6 +183,6 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
             horizon = newest - spec.window_s[name]
             kept = [e for e in entries if e.ts >= horizon]
             sources[name] = kept[-spec.k(name):]
-    last = max(fresh, key=lambda pe: (pe[0].partition, pe[0].offset))[0]
+    last = max(p for p, _ in fresh)
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),
                       applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh])

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+pytest.importorskip("prometheus_client", reason="services env only (the worker's metrics)")
+
 from services.common.features import FeatureSpec, SourceSpec, UserFeatures
 from services.ingest.consumer import IngestWorker
 from services.ingest.encoder import CachedEncoder

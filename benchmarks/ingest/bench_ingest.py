@@ -1,0 +1,192 @@
+"""Ingest benchmark: sustained events/s with encoding, and freshness at a fixed offered rate.
+
+    python -m services.stack up                       # same QANCHOR_STATE_DIR / QANCHOR_PORT_BASE as below
+    .venv/bin/python benchmarks/ingest/bench_ingest.py [--events 6000] [--rate 500] [--seconds 30]
+
+Workload: MovieLens-100K ratings exported as v1 events (training.data.export_events, run in the model env),
+user ids prefixed per run, event times rewritten to the send time. Real Kafka, Triton text_encoder, Feast.
+  1. encoder baseline: texts/s of the Triton text_encoder alone, distinct texts, batches of 256;
+  2. sustained: N events preloaded, one consumer (`python -m services.ingest`) drains them; events/s from the
+     first to the last commit, with the stage breakdown and encoder-cache hit rate from its /metrics;
+  3. freshness: a fresh consumer, events offered at --rate for --seconds with ts = send time; p50/p99 of
+     event time -> row written (the consumer's freshness histogram, interpolated like histogram_quantile).
+Prints a table last; writes JSON (and a PNG of the freshness histogram) to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))  # reuse the integration helpers (real stack clients)
+
+from services.stack import StackSettings  # noqa: E402
+from test_ingest_stream import (  # noqa: E402
+    Ctx, committed, end_offsets, metrics, new_topic, start_consumer, stop, wait_caught_up,
+)
+from training.export.text_encoder import export_text_encoder  # noqa: E402
+
+
+def load_events(users: int) -> list[dict]:
+    out = Path(tempfile.mkdtemp()) / "events.jsonl"
+    subprocess.run([str(ROOT / ".venv-model" / "bin" / "python"), "-m", "training.data.export_events",
+                    "--dataset", "ml-100k", "--users", str(users), "--out", str(out)], check=True, cwd=ROOT,
+                   capture_output=True)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """histogram_quantile over cumulative (le, count) buckets."""
+    total = buckets[-1][1]
+    if total == 0:
+        return float("nan")
+    rank, prev_le, prev_c = q * total, 0.0, 0.0
+    for le, c in buckets:
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-9)
+        prev_le, prev_c = le, c
+    return prev_le
+
+
+def freshness_buckets(m: dict[str, float]) -> list[tuple[float, float]]:
+    out = []
+    for key, v in m.items():
+        if key.startswith("qanchor_ingest_freshness_seconds_bucket"):
+            le = key.split('le="')[1].split('"')[0]
+            out.append((float("inf") if le == "+Inf" else float(le), v))
+    return sorted(out)
+
+
+def encoder_baseline(ctx: Ctx, texts: list[str]) -> float:
+    from services.ingest.encoder import TritonTextEncoder
+
+    enc = TritonTextEncoder(ctx.triton)
+    enc.encode(texts[:16])  # warm
+    t0 = time.perf_counter()
+    enc.encode(texts)
+    dt = time.perf_counter() - t0
+    enc.close()
+    return len(texts) / dt
+
+
+def send(ctx: Ctx, topic: str, events: list[dict], rate: float | None, run: str) -> float:
+    from services.ingest.producer import make_producer
+
+    producer = make_producer(ctx.bootstrap)
+    t0 = time.time()
+    for i, e in enumerate(events):
+        if rate:
+            wait = t0 + i / rate - time.time()
+            if wait > 0:
+                time.sleep(wait)
+        e = dict(e, user_id=f"{run}-{e['user_id']}", ts=time.time())
+        producer.send(topic, key=e["user_id"].encode(), value=json.dumps(e).encode())
+    producer.flush()
+    producer.close()
+    return time.time() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=6000, help="events preloaded for the sustained phase")
+    p.add_argument("--rate", type=float, default=500.0, help="offered events/s in the freshness phase")
+    p.add_argument("--seconds", type=float, default=30.0, help="length of the freshness phase")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ingest" / "results")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    st = StackSettings()
+    feast_cfg = Path(st.state_dir) / "feast" / "feature_store.yaml"
+    ctx = Ctx(bootstrap=f"127.0.0.1:{st.port('kafka')}", triton=f"127.0.0.1:{st.port('triton_grpc')}",
+              feast_config=feast_cfg, tmp=Path(tempfile.mkdtemp(prefix="bench-ingest-")))
+    import tritonclient.grpc as grpcclient
+
+    export_text_encoder(Path(st.state_dir) / "model_repository")
+    grpcclient.InferenceServerClient(ctx.triton).load_model("text_encoder")
+
+    need = args.events + int(args.rate * args.seconds)
+    events = load_events(users=943)
+    events = (events * (need // len(events) + 1))[:need]
+    sustained_events, fresh_events = events[:args.events], events[args.events:]
+    distinct = sorted({e["text"] for e in events if e["kind"] == "event"})
+    baseline = encoder_baseline(ctx, distinct[:512])
+
+    # 2. sustained drain
+    run = uuid.uuid4().hex[:6]
+    topic, group = new_topic(ctx), f"bench-{run}"
+    send(ctx, topic, sustained_events, None, run)
+    proc, log, port = start_consumer(ctx, topic, group, "sustained", max_poll_records=500)
+    while not committed(ctx, group, topic):
+        time.sleep(0.05)
+    t_first = time.monotonic()
+    first = sum(committed(ctx, group, topic).values())
+    wait_caught_up(ctx, group, topic, [proc], timeout=3600)
+    drain_s = time.monotonic() - t_first
+    m1 = metrics(port)
+    stop(proc)
+    drained = sum(end_offsets(ctx, topic).values()) - first
+    stages = {k.split('stage="')[1].rstrip('"}'): v for k, v in m1.items()
+              if k.startswith("qanchor_ingest_stage_seconds_sum")}
+    hits, misses = (m1.get(f'qanchor_ingest_encoder_cache_total{{result="{r}"}}', 0) for r in ("hit", "miss"))
+    sustained = {"events": drained, "seconds": drain_s, "events_per_s": drained / drain_s,
+                 "texts_encoded": misses, "cache_hit_rate": hits / max(hits + misses, 1), "stage_seconds": stages,
+                 "events_per_s_excluding_encode": drained / max(drain_s - stages.get("encode", 0), 1e-9)}
+
+    # 3. freshness at a fixed offered rate
+    run = uuid.uuid4().hex[:6]
+    topic, group = new_topic(ctx), f"bench-{run}"
+    proc, log, port = start_consumer(ctx, topic, group, "fresh", max_poll_records=500)
+    while "partitions assigned" not in log.read_text():
+        time.sleep(0.2)
+    time.sleep(2.0)
+    send_s = send(ctx, topic, fresh_events, args.rate, run)
+    wait_caught_up(ctx, group, topic, [proc], timeout=3600)
+    m2 = metrics(port)
+    stop(proc)
+    b = freshness_buckets(m2)
+    fresh = {"offered_rate": args.rate, "achieved_send_rate": len(fresh_events) / send_s, "events": len(fresh_events),
+             "p50_s": quantile(b, 0.5), "p99_s": quantile(b, 0.99), "buckets": b,
+             "mean_s": m2["qanchor_ingest_freshness_seconds_sum"] / max(m2["qanchor_ingest_freshness_seconds_count"], 1)}
+
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
+              "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "encoder_texts_per_s": baseline,
+              "sustained": sustained, "freshness": fresh}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ingest.json").write_text(json.dumps(result, indent=2, default=str))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        les = [le for le, _ in b if le != float("inf")]
+        counts = [c for le, c in b if le != float("inf")]
+        plt.figure(figsize=(6, 3.5))
+        plt.step(les, [c / max(b[-1][1], 1) for c in counts], where="post")
+        plt.xscale("log"); plt.xlabel("freshness, event time -> servable (s)"); plt.ylabel("CDF")
+        plt.title(f"ingest freshness at {args.rate:.0f} ev/s offered")
+        plt.tight_layout(); plt.savefig(args.out / "ingest_freshness.png", dpi=120)
+    except Exception as exc:  # the plot is a convenience; the JSON is the result
+        print(f"plot skipped: {exc}", file=sys.stderr)
+
+    print(f"\ningest benchmark, {result['date']}, {result['cpus']} CPUs, load avg {result['loadavg_at_end'][0]:.1f}")
+    print("| metric | value |\n|---|---|")
+    print(f"| Triton text_encoder alone (distinct texts/s) | {baseline:.0f} |")
+    print(f"| sustained events/s with encoding ({drained} events) | {sustained['events_per_s']:.0f} |")
+    print(f"| texts encoded / cache hit rate | {misses:.0f} / {sustained['cache_hit_rate']:.0%} |")
+    print(f"| events/s excluding encoder time (pipeline ceiling) | {sustained['events_per_s_excluding_encode']:.0f} |")
+    print(f"| freshness p50 / p99 at {args.rate:.0f} ev/s offered (achieved {fresh['achieved_send_rate']:.0f}) "
+          f"| {fresh['p50_s']:.2f} s / {fresh['p99_s']:.2f} s |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

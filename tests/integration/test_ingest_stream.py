@@ -1,0 +1,300 @@
+"""The ingest service against the real stack: Kafka broker, Triton text_encoder, Feast online store.
+
+Each test runs `python -m services.ingest` as a real subprocess on its own topic, DLQ topic and consumer group,
+with user ids unique to the test, so tests do not see each other's data.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.feast_store import apply as feast_apply
+from services.common.feast_store import get_store
+from services.common.features_online import FeatureReader
+from services.common.settings import repo_root
+from services.ingest.producer import make_producer
+from services.ingest.transform import Position, decode_version, encode_version, load_ingest_spec
+from training.export.text_encoder import export_text_encoder
+
+pytestmark = pytest.mark.integration
+SPEC = load_ingest_spec()
+VOCAB = [f"Rated '{t} ({1960 + i % 40})' [{g}] {1 + i % 5}/5" for i, (t, g) in enumerate(
+    (f"Movie {i}", ["Drama", "Comedy", "Action, Thriller", "Animation", "Sci-Fi"][i % 5]) for i in range(90))]
+
+
+@dataclass
+class Ctx:
+    bootstrap: str
+    triton: str
+    feast_config: Path
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def ctx(stack, tmp_path_factory) -> Ctx:
+    import tritonclient.grpc as grpcclient
+
+    export_text_encoder(stack.model_repository)
+    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    client.load_model("text_encoder")  # explicit model control; loading torch + weights takes a while on 2 cores
+    assert client.is_model_ready("text_encoder")
+    return Ctx(stack.kafka_bootstrap, stack.triton_grpc, Path(stack.feast_config),
+               tmp_path_factory.mktemp("ingest"))
+
+
+def new_topic(ctx: Ctx, partitions: int = 4) -> str:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    name = f"test.ingest.{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=ctx.bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1), NewTopic(name + ".dlq", 1, 1)])
+    finally:
+        admin.close()
+    return name
+
+
+def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Path | None = None,
+                   max_poll_records: int = 200) -> tuple[subprocess.Popen, Path, int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = ctx.tmp / f"{name}.log"
+    env = dict(os.environ, INGEST_TOPIC=topic, INGEST_DLQ_TOPIC=topic + ".dlq", INGEST_GROUP_ID=group,
+               INGEST_KAFKA_BOOTSTRAP=ctx.bootstrap, INGEST_TRITON_URL=ctx.triton,
+               INGEST_FEAST_CONFIG=str(feast_config or ctx.feast_config), INGEST_METRICS_PORT=str(port),
+               INGEST_MAX_POLL_RECORDS=str(max_poll_records), INGEST_RETRY_BACKOFF_S="0.5",
+               INGEST_SESSION_TIMEOUT_MS="6000", QANCHOR_STATE_DIR=str(ctx.tmp / "state"))
+    with log.open("ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=repo_root())
+    return proc, log, port
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout=timeout)
+
+
+def metrics(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}
+
+
+_ADMINS: dict[str, object] = {}
+
+
+def committed(ctx: Ctx, group: str, topic: str) -> dict[int, int]:
+    from kafka.admin import KafkaAdminClient
+
+    admin = _ADMINS.get(ctx.bootstrap)
+    if admin is None:  # one admin connection per broker: these are polled several times a second
+        admin = _ADMINS[ctx.bootstrap] = KafkaAdminClient(bootstrap_servers=ctx.bootstrap)
+    offs = admin.list_group_offsets(group).get(group, {})
+    return {tp.partition: om.offset for tp, om in offs.items() if tp.topic == topic and om.offset >= 0}
+
+
+def end_offsets(ctx: Ctx, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=ctx.bootstrap)
+    try:
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
+        return {tp.partition: off for tp, off in c.end_offsets(tps).items()}
+    finally:
+        c.close()
+
+
+def wait_caught_up(ctx: Ctx, group: str, topic: str, procs: list[subprocess.Popen], timeout: float = 240) -> None:
+    end = {p: o for p, o in end_offsets(ctx, topic).items() if o > 0}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = committed(ctx, group, topic)
+        if all(got.get(p, 0) >= o for p, o in end.items()):
+            return
+        for proc in procs:
+            assert proc.poll() is None, f"consumer exited with {proc.returncode} before catching up"
+        time.sleep(0.5)
+    raise AssertionError(f"group {group} did not catch up in {timeout}s: committed {got}, end {end}")
+
+
+def produce(ctx: Ctx, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[Position]:
+    producer = make_producer(ctx.bootstrap)
+    try:
+        futures = [producer.send(topic, key=k, value=v) for k, v in records]
+        producer.flush()
+        return [Position(m.partition, m.offset) for m in (f.get(timeout=60) for f in futures)]
+    finally:
+        producer.close()
+
+
+def event(uid: str, i: int, ts: float, source: str | None = None, text: str | None = None) -> bytes:
+    return json.dumps({"schema_version": 1, "event_id": f"{uid}-{i}", "user_id": uid, "kind": "event",
+                       "source": source or SPEC.source_names[i % len(SPEC.source_names)], "ts": ts,
+                       "text": text or VOCAB[i % len(VOCAB)]}).encode()
+
+
+def tabular(uid: str, i: int, ts: float, value: float) -> bytes:
+    return json.dumps({"schema_version": 1, "event_id": f"{uid}-t{i}", "user_id": uid, "kind": "tabular",
+                       "ts": ts, "vector": [value] * SPEC.features.tabular_dim}).encode()
+
+
+def reference_vectors(texts: list[str]) -> np.ndarray:
+    """all-MiniLM-L6-v2 computed in-process by the model env (torch), not through Triton: the reference."""
+    code = ("import json,sys,numpy as np; from training.data.encoder import TextEncoder; "
+            "v=TextEncoder().encode(json.load(sys.stdin)); np.save(sys.stdout.buffer, v)")
+    proc = subprocess.run([str(repo_root() / ".venv-model" / "bin" / "python"), "-c", code],
+                          input=json.dumps(texts).encode(), capture_output=True, cwd=repo_root(),
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    return np.load(io.BytesIO(proc.stdout))
+
+
+def read_users(feast_config: Path, users: list[str]):
+    return {u.user_id: u for u in FeatureReader(get_store(feast_config), SPEC.features).get(users)}
+
+
+def test_events_to_features_dlq_and_graceful_stop(ctx):
+    topic, group = new_topic(ctx), f"g-{uuid.uuid4().hex[:6]}"
+    run = uuid.uuid4().hex[:6]
+    users = [f"{run}-u{i}" for i in range(5)]
+    k = {s.name: s.k for s in SPEC.features.sources}
+    t0 = time.time() - 3600
+    records: list[tuple[bytes | None, bytes]] = []
+    for i in range(300):  # ~20 events per user and source: more than K for the K=16 sources
+        uid = users[i % len(users)]
+        records.append((uid.encode(), event(uid, i, t0 + i)))
+        if i == 40:  # malformed events in the middle of the stream
+            records += [(users[0].encode(), b"{not json"),
+                        (users[1].encode(), event(users[1], 999, t0 + i, source="no_such_source")),
+                        (b"someone-else", event(users[2], 998, t0 + i))]
+    records.append((users[3].encode(), tabular(users[3], 0, t0 + 200, 0.5)))
+    positions = produce(ctx, topic, records)
+    proc, log, port = start_consumer(ctx, topic, group, "basic")
+    try:
+        wait_caught_up(ctx, group, topic, [proc])
+        got = read_users(ctx.feast_config, users)
+        m = metrics(port)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+
+    # features: per source the newest K texts by event time, newest last; version = user's last position
+    valid = [(pos, json.loads(v)) for pos, (key, v) in zip(positions, records) if key is not None and
+             v.startswith(b"{\"") and json.loads(v).get("source", "liked") in k and
+             key.decode() == json.loads(v)["user_id"]]
+    all_texts = sorted({t for f in got.values() for s in f.sources.values() for t in s.texts})
+    ref = dict(zip(all_texts, reference_vectors(all_texts)))
+    for uid in users:
+        mine = [(p, e) for p, e in valid if e["user_id"] == uid]
+        f = got[uid]
+        assert f.found and decode_version(f.feature_version) == max(p for p, _ in mine)
+        for s in SPEC.source_names:
+            evs = sorted((e for _, e in mine if e.get("source") == s), key=lambda e: e["ts"])[-k[s]:]
+            assert f.sources[s].texts == [e["text"] for e in evs]
+            assert list(f.sources[s].timestamps) == [int(e["ts"]) for e in evs]
+            for text, vec in zip(f.sources[s].texts, f.sources[s].vectors.astype(np.float32)):
+                np.testing.assert_allclose(vec, ref[text], atol=2e-3)  # Triton fp16 vs torch fp32 reference
+    np.testing.assert_array_equal(got[users[3]].tabular, [0.5] * SPEC.features.tabular_dim)
+    assert f.updated_at > t0
+
+    # DLQ: the original bytes, the reason and where they came from; the stream went on past them
+    from kafka import KafkaConsumer
+
+    dlq = KafkaConsumer(topic + ".dlq", bootstrap_servers=ctx.bootstrap, auto_offset_reset="earliest",
+                        consumer_timeout_ms=5000)
+    rejected = [(dict(r.headers), r.value) for r in dlq]
+    dlq.close()
+    reasons = sorted(h["qanchor.reason"].decode() for h, _ in rejected)
+    assert reasons == ["invalid_json", "key_mismatch", "unknown_source"]
+    bad = {h["qanchor.reason"].decode(): (h, v) for h, v in rejected}
+    h, v = bad["invalid_json"]
+    assert v == b"{not json" and h["qanchor.topic"].decode() == topic
+    src = positions[records.index((users[0].encode(), b"{not json"))]
+    assert (int(h["qanchor.partition"]), int(h["qanchor.offset"])) == (src.partition, src.offset)
+
+    # metrics
+    assert m['qanchor_ingest_events_total{outcome="applied"}'] == len(valid)
+    assert m['qanchor_ingest_events_total{outcome="dlq"}'] == 3
+    assert m['qanchor_ingest_dlq_total{reason="key_mismatch"}'] == 1
+    assert m["qanchor_ingest_freshness_seconds_count"] == len(valid)
+    assert "ingest stopped" in log.read_text()
+
+
+def test_sigterm_finishes_batch_and_commits_exactly_what_was_applied(ctx):
+    topic, group = new_topic(ctx, partitions=2), f"g-{uuid.uuid4().hex[:6]}"
+    users = [f"{uuid.uuid4().hex[:6]}-s{i}" for i in range(30)]
+    records = [(users[i % 30].encode(), event(users[i % 30], i, 1_700_000_000 + i)) for i in range(3000)]
+    positions = produce(ctx, topic, records)
+    proc, log, _ = start_consumer(ctx, topic, group, "sigterm", max_poll_records=50)
+    deadline = time.monotonic() + 180
+    while not committed(ctx, group, topic) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(random.uniform(0.5, 2.0))
+    assert stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+    done = committed(ctx, group, topic)
+    got = read_users(ctx.feast_config, users)
+    # Every event below the committed offset is applied and nothing above it: the batch in hand was finished.
+    for uid in users:
+        mine = [p for p, (k, _) in zip(positions, records) if k == uid.encode() and p.offset < done.get(p.partition, 0)]
+        if mine:
+            assert got[uid].feature_version == encode_version(max(mine))
+        else:
+            assert not got[uid].found
+    assert sum(done.values()) < len(records), "stopped too late to test a mid-stream stop"
+
+
+def last_assignment(log: Path) -> set[int]:
+    lines = re.findall(r'partitions assigned partitions=([0-9,]*)', log.read_text())
+    return {int(p) for p in lines[-1].split(",") if p} if lines else set()
+
+
+def test_two_consumers_in_one_group_split_the_partitions(ctx):
+    topic, group = new_topic(ctx, partitions=4), f"g-{uuid.uuid4().hex[:6]}"
+    a, log_a, port_a = start_consumer(ctx, topic, group, "split-a")
+    b = None
+    sa: set[int] = set()
+    sb: set[int] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while last_assignment(log_a) != {0, 1, 2, 3} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        b, log_b, port_b = start_consumer(ctx, topic, group, "split-b")
+        while time.monotonic() < deadline:
+            sa, sb = last_assignment(log_a), last_assignment(log_b)
+            if sa and sb and not sa & sb and sa | sb == {0, 1, 2, 3}:
+                break
+            time.sleep(0.5)
+        assert sa and sb and not sa & sb and sa | sb == {0, 1, 2, 3}, (sa, sb)
+        users = [f"{uuid.uuid4().hex[:6]}-p{i}" for i in range(40)]
+        records = [(users[i % 40].encode(), event(users[i % 40], i, 1_700_000_000 + i)) for i in range(400)]
+        positions = produce(ctx, topic, records)
+        wait_caught_up(ctx, group, topic, [a, b])
+        applied = [metrics(p)['qanchor_ingest_events_total{outcome="applied"}'] for p in (port_a, port_b)]
+        assert min(applied) > 0 and sum(applied) == len(records)
+        got = read_users(ctx.feast_config, users)
+        for uid in users:
+            last = max(p for p, (k, _) in zip(positions, records) if k == uid.encode())
+            assert got[uid].feature_version == encode_version(last)
+    finally:
+        assert stop(a) == 0
+        if b is not None:
+            assert stop(b) == 0
