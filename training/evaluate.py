@@ -1,0 +1,187 @@
+"""Quality evaluation: AUC and KS, and a logistic-regression probe per scenario on frozen user embeddings.
+
+Protocol (paper §4): embeddings are frozen; for each binary scenario a logistic regression is fitted on train
+users and scored on test users. The regularisation strength is picked on val users once per (row, scenario);
+each seed then refits on a stratified 80% draw of the train users, so the spread over seeds shows how much a
+number moves with the training sample. Baseline embeddings (bag of items / genres, mean MiniLM vector) live
+here too, so the benchmark and tests share one definition.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from training.data.movielens import GENRES
+from training.data.scenarios import Scenario
+from training.data.world import UserWorld
+
+log = logging.getLogger(__name__)
+
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+
+
+# ---- metrics -------------------------------------------------------------------------------------------------
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties sharing their average rank (what the Mann-Whitney statistic needs)."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.r_[0, np.nonzero(xs[1:] != xs[:-1])[0] + 1]
+    ends = np.r_[starts[1:], len(xs)]
+    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.repeat(avg, ends - starts)
+    return ranks
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC = P(score of a random positive > a random negative), ties counted half."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
+    r = _average_ranks(np.asarray(score, np.float64))
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def ks(y: np.ndarray, score: np.ndarray) -> float:
+    """Kolmogorov-Smirnov statistic: max over thresholds t of TPR(t) - FPR(t), predicting positive when score >= t."""
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"KS needs both classes; got {n_pos} positives and {n_neg} negatives")
+    s = np.asarray(score, np.float64)
+    order = np.argsort(-s, kind="mergesort")
+    ss, yy = s[order], y[order]
+    tp, fp = np.cumsum(yy), np.cumsum(~yy)
+    last_of_group = np.r_[ss[1:] != ss[:-1], True]  # a threshold takes all tied scores at once
+    diff = tp[last_of_group] / n_pos - fp[last_of_group] / n_neg
+    return float(max(0.0, diff.max()))  # t above every score gives TPR = FPR = 0
+
+
+# ---- probe ---------------------------------------------------------------------------------------------------
+@dataclass
+class ProbeResult:
+    scenario: str
+    auc_mean: float
+    auc_std: float
+    ks_mean: float
+    ks_std: float
+    c: float  # chosen inverse regularisation strength
+    n_train: int
+    n_test: int
+    aucs: list[float]
+    kss: list[float]
+
+
+def _fit(x, y, c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler, StandardScaler
+
+    scaler = MaxAbsScaler() if sp.issparse(x) else StandardScaler()
+    clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced", random_state=seed)
+    return make_pipeline(scaler, clf).fit(x, y)
+
+
+def _score(model, x) -> np.ndarray:
+    return model.decision_function(x)
+
+
+def probe(emb, world: UserWorld, scenario: Scenario, seeds: tuple[int, ...] = (0, 1, 2),
+          subsample: float = 0.8) -> ProbeResult:
+    """Linear probe of one scenario. `emb` is [n_users_total, d] (dense or sparse), indexed by user index."""
+    tr_u, tr_y = scenario.labels(world, world.users("train"))
+    va_u, va_y = scenario.labels(world, world.users("val"))
+    te_u, te_y = scenario.labels(world, world.users("test"))
+    x = sp.csr_matrix(emb) if sp.issparse(emb) else np.asarray(emb)
+    # choose C on val (seed 0, all train users): cheap and keeps test users untouched
+    best_c, best = C_GRID[0], -1.0
+    if len(np.unique(va_y)) == 2:
+        for c in C_GRID:
+            a = auc(va_y, _score(_fit(x[tr_u], tr_y, c, 0), x[va_u]))
+            if a > best:
+                best_c, best = c, a
+    aucs, kss = [], []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        keep = np.concatenate([rng.choice(np.nonzero(tr_y == k)[0], int(round(subsample * (tr_y == k).sum())),
+                                          replace=False) for k in (0, 1)])
+        m = _fit(x[tr_u[keep]], tr_y[keep], best_c, seed)
+        s = _score(m, x[te_u])
+        aucs.append(auc(te_y, s))
+        kss.append(ks(te_y, s))
+    return ProbeResult(scenario.name, float(np.mean(aucs)), float(np.std(aucs)), float(np.mean(kss)),
+                       float(np.std(kss)), best_c, len(tr_u), len(te_u), aucs, kss)
+
+
+def evaluate_embeddings(emb, world: UserWorld, scenarios: list[Scenario], seeds: tuple[int, ...] = (0, 1, 2)
+                        ) -> list[ProbeResult]:
+    out = []
+    for s in scenarios:
+        r = probe(emb, world, s, seeds)
+        log.info("probe scenario=%s auc=%.4f+-%.4f ks=%.4f+-%.4f C=%g", s.name, r.auc_mean, r.auc_std,
+                 r.ks_mean, r.ks_std, r.c)
+        out.append(r)
+    return out
+
+
+# ---- baselines: user vectors from the history window ---------------------------------------------------------
+def bag_of_items(world: UserWorld) -> sp.csr_matrix:
+    """[n_users, n_sources * n_items] sparse: which movies the user put in each source (liked/neutral/...),
+    L2-normalised per user. Bag of genres is appended (see bag_of_genres) so one row covers both."""
+    r = world.ml.ratings
+    n_items, n_src = len(world.ml.movies), len(world.sources.sources)
+    rows, cols = [], []
+    for u, tl in world.timelines.items():
+        h = tl.history
+        src = world.source_of_rating[h]
+        ok = src >= 0
+        rows.append(np.full(int(ok.sum()), u))
+        cols.append(src[ok].astype(np.int64) * n_items + r.item[h][ok])
+    rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
+    m = sp.csr_matrix((np.ones(len(rows_a), np.float32), (rows_a, cols_a)),
+                      shape=(len(world.ml.users), n_src * n_items))
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())
+    norms[norms == 0] = 1.0
+    m = sp.diags(1.0 / norms) @ m
+    return sp.hstack([m, sp.csr_matrix(bag_of_genres(world))]).tocsr()
+
+
+def bag_of_genres(world: UserWorld) -> np.ndarray:
+    """[n_users, n_sources * 18 + n_sources] genre shares per source plus each source's share of events."""
+    r, movies = world.ml.ratings, world.ml.movies
+    n_src = len(world.sources.sources)
+    g_idx = {g: i for i, g in enumerate(GENRES)}
+    out = np.zeros((len(world.ml.users), n_src * len(GENRES) + n_src), np.float32)
+    for u, tl in world.timelines.items():
+        h = tl.history
+        for row, s in zip(h, world.source_of_rating[h]):
+            if s < 0:
+                continue
+            out[u, n_src * len(GENRES) + s] += 1
+            for g in movies[r.item[row]].genres:
+                out[u, s * len(GENRES) + g_idx[g]] += 1
+        out[u] /= max(len(h), 1)
+    return out
+
+
+def mean_text_vector(world: UserWorld, vecs: np.ndarray, per_source: bool = False) -> np.ndarray:
+    """Mean MiniLM vector of the user's history event texts: [n_users, 384], or one mean per source
+    concatenated ([n_users, n_sources * 384]) when per_source (zeros for an empty source)."""
+    n_src = len(world.sources.sources) if per_source else 1
+    d = vecs.shape[1]
+    out = np.zeros((len(world.ml.users), n_src * d), np.float32)
+    for u, tl in world.timelines.items():
+        h = tl.history
+        v = vecs[world.text_of_rating[h]].astype(np.float32)
+        if not per_source:
+            out[u] = v.mean(0)
+            continue
+        src = world.source_of_rating[h]
+        for s in range(n_src):
+            if (src == s).any():
+                out[u, s * d:(s + 1) * d] = v[src == s].mean(0)
+    return out
