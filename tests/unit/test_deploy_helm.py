@@ -137,7 +137,7 @@ def default_docs() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def gpu_docs() -> list[dict]:
-    return _docs("-f", str(CHART / "values-gpu.yaml"))
+    return _docs("-f", str(CHART / "values-gpu.yaml"), "--set", "jobs.tuning.enabled=true")
 
 
 @needs_helm
@@ -309,3 +309,19 @@ def test_kafka_topics_hook_matches_the_topic_list(default_docs: list[dict]) -> N
     assert command == ["qanchor-kafka-topics", "--bootstrap", kafka["bootstrapServers"], "--replication", "3"]
     docs = _docs("--set", "external.kafka.topics.create=false")
     assert not any(d["kind"] == "Job" for d in docs)
+
+
+@needs_helm
+def test_the_job_command_in_the_deploy_guide_renders_one_gpu_job() -> None:
+    """docs/deploy.md's `helm template ... | kubectl apply` for a training run, minus kubectl, run verbatim."""
+    import shlex
+
+    text = (REPO / "docs" / "deploy.md").read_text()
+    block = re.search(r"^(helm template qanchor helm/qanchor .*?)\| kubectl", text, re.M | re.S).group(1)
+    argv = shlex.split(block.replace("\\\n", " "), comments=True)
+    assert argv[:2] == ["helm", "template"]
+    run = subprocess.run([HELM, *argv[1:]], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    (job,) = [d for d in yaml.safe_load_all(run.stdout) if d]
+    assert job["kind"] == "Job" and job["metadata"]["name"] == "qanchor-tuning-job-pretrain-2"
+    assert _gpu_limit(job["spec"]["template"]["spec"]["containers"][0]) == 1
