@@ -99,7 +99,7 @@ render() {  # render NAME [helm template args...]
   log "helm_template_ok name=$name documents=$(grep -c '^kind:' "$OUT/$name.yaml")"
 }
 render default
-render gpu -f "$CHART/values-gpu.yaml"
+render gpu -f "$CHART/values-gpu.yaml" --set jobs.tuning.enabled=true
 # ServiceMonitor is a CRD: validated for shape by the chart, and skipped by kubernetes-validate (no schema).
 render servicemonitor --set serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1
 
