@@ -1,0 +1,233 @@
+"""Transport-free serving core of the `qanchor` Triton model (the Triton file only converts tensors).
+
+    rt = QAnchorRuntime([load_model_artifact(dir)], cache_bytes=2 << 30)
+    results = rt.serve([EmbedRequest(...), ...])   # one EmbedResult or RequestError per request, in order
+
+One `serve` call is what one Triton `execute` receives. Per model version it (1) looks every user's prefix up in
+the byte-bounded LRU, (2) encodes all missing prefixes in ONE batched forward, (3) runs every request's scenario
+suffixes in ONE batched forward over the users' cached prefixes (`embed_many`), so concurrent requests share
+forwards. A malformed request gets a `RequestError`; a bad soft prompt fails only its scenario (status/error).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from training.export.artifact import LoadedModel
+from training.export.cache import CacheKey, PrefixLRU, PromptError, PromptStore, cache_key, own
+from training.model.attention import PrefixCache, causal_allowed
+from training.model.inputs import UserBatch
+from training.model.suffix import ScenarioSpec
+
+log = logging.getLogger(__name__)
+
+ZERO_SHOT = "zero-shot"
+
+
+class RequestError(ValueError):
+    """The request as a whole cannot be served (shapes, unknown model version); the message says what to fix."""
+
+
+@dataclass
+class EmbedRequest:
+    user_id: str
+    feature_version: int  # 0 = cold start
+    model_version: str  # "" = the default (first) version
+    event_vecs: dict[str, np.ndarray]  # source -> [K_s, d_enc] (float16 on the wire), oldest first
+    event_mask: dict[str, np.ndarray]  # source -> [K_s] bool
+    tabular: np.ndarray  # [d_tab]
+    queries: list[str]  # [S] scenario query texts
+    prompt_versions: list[str] = field(default_factory=list)  # [S] "zero-shot" or a version label
+    prompt_artifacts: list[str] = field(default_factory=list)  # [S] path / file:// URI, "" for zero-shot
+    prompt_shas: list[str] = field(default_factory=list)  # [S] sha256 of prompt.safetensors, "" for zero-shot
+    scenarios: list[str] = field(default_factory=list)  # [S] names, for logs
+
+
+@dataclass
+class EmbedResult:
+    embedding: np.ndarray  # [S, out] float32; zero rows where status != 0
+    cache_hit: bool
+    status: list[int]
+    errors: list[str]
+    model_version: str
+
+
+def embed_many(model, cache: PrefixCache, per_user: list[list[ScenarioSpec]]) -> list[torch.Tensor]:
+    """Embeddings for user i of `cache` x its own scenarios per_user[i] -> list of [S_i, out].
+
+    Same packing as QAnchorModel.embed (each user's S_i suffixes in one row, one attention segment per scenario,
+    every segment reading the shared prefix KV once), generalised to a different scenario list per user so that
+    several requests share one forward. Rows shorter than the longest are padded with invalid, masked keys.
+    """
+    b, p = cache.batch_size, cache.length
+    dev = model.device
+    flat = [sc for scs in per_user for sc in scs]
+    suf = model._suffix([sc.query for sc in flat], [sc.soft_prompt for sc in flat])
+    width = suf.ids.shape[1]
+    emb = model._suffix_embeds(suf)  # [N, L, hidden]
+    s_max = max(len(scs) for scs in per_user)
+    t = s_max * width
+    packed = emb.new_zeros(b, t, emb.shape[-1])  # [B, S_max * L, hidden]
+    valid = torch.zeros(b, t, dtype=torch.bool, device=dev)
+    seg = torch.zeros(b, t, dtype=torch.long, device=dev)
+    within = torch.zeros(b, t, dtype=torch.long, device=dev)
+    suf_valid = suf.valid.to(dev)
+    gather_row, gather_col = [], []
+    start = 0
+    for i, scs in enumerate(per_user):
+        n = len(scs)
+        rows = slice(start, start + n)
+        packed[i, : n * width] = emb[rows].reshape(n * width, -1)  # [S_i * L, hidden]
+        valid[i, : n * width] = suf_valid[rows].reshape(-1)
+        seg[i, : n * width] = torch.arange(1, n + 1, device=dev).repeat_interleave(width)
+        within[i, : n * width] = (suf_valid[rows].long().cumsum(dim=1) - 1).reshape(-1)
+        gather_row += [i] * n
+        gather_col += (torch.arange(n) * width + suf.emb_pos[rows]).tolist()
+        start += n
+    key_valid = torch.cat([cache.valid, valid], dim=1)  # [B, P + T]
+    k_seg = torch.cat([torch.zeros(b, p, dtype=torch.long, device=dev), seg], dim=1)
+    allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
+    pos = (cache.next_pos.unsqueeze(1) + within).clamp(min=0)  # [B, T]
+    hidden, _ = model._decode(packed, allowed, pos, past=cache, use_cache=True)  # [B, T, hidden]
+    out = model.project(hidden[torch.tensor(gather_row, device=dev), torch.tensor(gather_col, device=dev)])  # [N, out]
+    return list(out.split([len(scs) for scs in per_user]))
+
+
+def to_user_batch(reqs: list[EmbedRequest], model) -> UserBatch:
+    """Stack validated requests into the model's UserBatch (float16 wire vectors -> model dtype float32)."""
+    srcs = [s.name for s in model.cfg.input.sources]
+    vecs = {s: torch.from_numpy(np.stack([r.event_vecs[s] for r in reqs]).astype(np.float32)) for s in srcs}
+    masks = {s: torch.from_numpy(np.stack([r.event_mask[s] for r in reqs]).astype(bool)) for s in srcs}
+    tab = torch.from_numpy(np.stack([r.tabular for r in reqs]).astype(np.float32))
+    return UserBatch(vecs, masks, tab)
+
+
+class QAnchorRuntime:
+    def __init__(self, models: list[LoadedModel], cache_bytes: int = 1 << 30, max_prompts: int = 1024) -> None:
+        if not models:
+            raise ValueError("no model versions to serve; export one with python -m training.export")
+        self.models = {m.model_version: m for m in models}
+        self.default_version = models[0].model_version
+        self.cache = PrefixLRU(cache_bytes)
+        src = {m.model_version: m.source_id for m in models}
+        self.prompts = {v: PromptStore(m.model.hidden, "" if src[v].startswith("preset:") else src[v], max_prompts)
+                        for v, m in self.models.items()}
+
+    @property
+    def model_versions(self) -> list[str]:
+        return list(self.models)
+
+    def validate(self, r: EmbedRequest) -> str:
+        """-> the model version to serve; raises RequestError on anything a client must fix."""
+        version = r.model_version or self.default_version
+        if version not in self.models:
+            raise RequestError(f"model version {version!r} is not served here (serving {self.model_versions}); "
+                               "route the A/B arm to a served version or export it")
+        icfg = self.models[version].cfg.input
+        for s in icfg.sources:
+            v, m = r.event_vecs.get(s.name), r.event_mask.get(s.name)
+            if v is None or m is None:
+                raise RequestError(f"missing EVENTS__{s.name} / MASK__{s.name}")
+            if v.shape != (s.k, icfg.d_enc) or m.shape != (s.k,):
+                raise RequestError(f"EVENTS__{s.name} must be [{s.k}, {icfg.d_enc}] and MASK__{s.name} [{s.k}], got "
+                                   f"{list(v.shape)} and {list(m.shape)}: pad with build_user_batch_arrays")
+        if r.tabular.shape != (icfg.d_tab,):
+            raise RequestError(f"TABULAR must be [{icfg.d_tab}], got {list(r.tabular.shape)}")
+        s = len(r.queries)
+        if s == 0:
+            raise RequestError("QUERY_TEXT is empty: send at least one scenario")
+        for name in ("prompt_versions", "prompt_artifacts", "prompt_shas", "scenarios"):
+            got = getattr(r, name)
+            if got and len(got) != s:
+                raise RequestError(f"{name} has {len(got)} entries but QUERY_TEXT has {s}")
+        if r.feature_version < 0:
+            raise RequestError(f"FEATURE_VERSION must be >= 0 (0 = cold start), got {r.feature_version}")
+        return version
+
+    def _scenarios(self, r: EmbedRequest, version: str) -> tuple[list[ScenarioSpec | None], list[int], list[str]]:
+        specs: list[ScenarioSpec | None] = []
+        status, errors = [], []
+        store = self.prompts[version]
+        for j, q in enumerate(r.queries):
+            pv = r.prompt_versions[j] if r.prompt_versions else ZERO_SHOT
+            try:
+                prompt = None
+                if pv not in ("", ZERO_SHOT):
+                    prompt = store.get(r.prompt_artifacts[j] if r.prompt_artifacts else "",
+                                       r.prompt_shas[j] if r.prompt_shas else "")
+                specs.append(ScenarioSpec(q, prompt))
+                status.append(0)
+                errors.append("")
+            except PromptError as exc:
+                specs.append(None)
+                status.append(exc.status)
+                errors.append(str(exc))
+        return specs, status, errors
+
+    @torch.inference_mode()
+    def serve(self, requests: list[EmbedRequest]) -> list[EmbedResult | RequestError]:
+        out: list[EmbedResult | RequestError | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(requests):
+            try:
+                groups.setdefault(self.validate(r), []).append(i)
+            except RequestError as exc:
+                out[i] = exc
+        for version, idx in groups.items():
+            try:
+                for i, res in zip(idx, self._serve_version(version, [requests[i] for i in idx])):
+                    out[i] = res
+            except Exception as exc:  # a model failure fails this version's requests, never the whole call
+                log.exception("event=serve_failed model_version=%s requests=%d", version, len(idx))
+                for i in idx:
+                    out[i] = RequestError(f"internal model error ({exc!r}); see the model server log")
+        return out  # type: ignore[return-value]
+
+    def _serve_version(self, version: str, reqs: list[EmbedRequest]) -> list[EmbedResult]:
+        t0 = time.perf_counter()
+        model = self.models[version].model
+        keys = [cache_key(version, r.user_id, r.feature_version) for r in reqs]
+        found: dict[CacheKey, PrefixCache] = {}
+        hits = []
+        for k in keys:
+            entry = found.get(k) or self.cache.get(k)
+            hits.append(entry is not None)
+            if entry is not None:
+                found[k] = entry
+        missing = list(dict.fromkeys(k for k, h in zip(keys, hits) if not h))  # unique, in order
+        if missing:
+            first = {k: reqs[keys.index(k)] for k in missing}
+            fresh = model.encode_prefix(to_user_batch([first[k] for k in missing], model))  # one batched forward
+            for j, k in enumerate(missing):
+                found[k] = own(fresh[j])
+                self.cache.put(k, found[k])
+        per_req = [self._scenarios(r, version) for r in reqs]
+        served = [i for i, (specs, _, _) in enumerate(per_req) if any(s is not None for s in specs)]
+        results = [EmbedResult(np.zeros((len(r.queries), model.cfg.head.out), np.float32), h, st, er, version)
+                   for r, h, (_, st, er) in zip(reqs, hits, per_req)]
+        if served:
+            cache = PrefixCache.cat([found[keys[i]] for i in served])  # [B_served] users, one row each
+            lists = [[s for s in per_req[i][0] if s is not None] for i in served]
+            embs = embed_many(model, cache, lists)
+            for i, e in zip(served, embs):
+                ok = [j for j, s in enumerate(per_req[i][0]) if s is not None]
+                results[i].embedding[ok] = e.float().cpu().numpy()
+        for r, res in zip(reqs, results):
+            if any(res.status):
+                log.warning("event=scenario_errors user=%s statuses=%s", r.user_id, res.status)
+        log.debug("event=served model_version=%s requests=%d misses=%d ms=%.1f", version, len(reqs), len(missing),
+                  (time.perf_counter() - t0) * 1000)
+        return results
+
+    def stats(self) -> dict[str, int]:
+        s = self.cache.stats
+        return {"hits": s.hits, "misses": s.misses, "evictions": s.evictions, "rejected": s.rejected,
+                "entries": len(self.cache), "bytes": self.cache.nbytes,
+                "prompt_loads": sum(p.loads for p in self.prompts.values())}
+
+
+__all__ = ["EmbedRequest", "EmbedResult", "QAnchorRuntime", "RequestError", "embed_many"]
