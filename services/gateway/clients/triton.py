@@ -88,6 +88,22 @@ class TritonModelClient:
         self._client = tgrpc.InferenceServerClient(url=url)
 
     def infer(self, requests: Sequence[ModelRequest], timeout_s: float) -> list[ModelResult | QAnchorError]:
+        if len(requests) == 1:
+            # Blocking call for the common case: grpc's future API starts a channel spin thread whenever no
+            # other call is in flight, which cost ~5 ms per call on a 2-core machine (profiled).
+            return [self._infer_one(requests[0], timeout_s)]
+        return self._infer_many(requests, timeout_s)
+
+    def _infer_one(self, req: ModelRequest, timeout_s: float) -> ModelResult | QAnchorError:
+        try:
+            result = self._client.infer(self.model_name, build_inputs(req, self.spec), client_timeout=timeout_s)
+            return parse_result(result, len(req.scenarios), req.model_version)
+        except InferenceServerException as exc:
+            return self._error(exc)
+        except QAnchorError as exc:
+            return exc
+
+    def _infer_many(self, requests: Sequence[ModelRequest], timeout_s: float) -> list[ModelResult | QAnchorError]:
         outcomes: list[ModelResult | QAnchorError | None] = [None] * len(requests)
         done = threading.Event()
         pending = [len(requests)]
