@@ -1,0 +1,184 @@
+"""Write the `qanchor` model of a Triton model repository (Python backend) for one model version.
+
+    export_qanchor(repository, QAnchorExportConfig(preset="tiny", model_version="tiny-v1"))
+
+Layout (Triton version folder `1` holds the code; model versions live side by side below it, because one Triton
+model serves every version the A/B config routes to, chosen per request by MODEL_VERSION):
+
+    <repository>/qanchor/config.pbtxt                 generated; lists model_versions, K per source, instance kind
+    <repository>/qanchor/1/model.py                   copied from training/export/triton_models/qanchor/
+    <repository>/qanchor/1/models/<model_version>/    training.export.artifact (weights, config, sha256 manifest)
+        reference/                                    fixed inputs + PyTorch full-forward outputs (+ a soft prompt)
+
+Exporting another version adds it next to the ones already there (the first listed is the default for an empty
+MODEL_VERSION); `only=True` serves just this one. Explicit model control: ask Triton to load `qanchor` again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from training.export.artifact import build_model, write_model_artifact
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "qanchor"
+TRITON_VERSION = "1"
+SOURCE_DIR = Path(__file__).resolve().parent / "triton_models" / MODEL_NAME
+REFERENCE_QUERIES = ["Will this user rate a new comedy highly?", "Is this user likely to churn next month?",
+                     "Does this user prefer old films to new releases?"]
+
+
+@dataclass
+class QAnchorExportConfig:
+    preset: str | None = None  # tiny | smollm2 | qwen2.5-0.5b | a YAML path (a fresh, untrained model)
+    checkpoint: Path | None = None  # or a training checkpoint folder (training.artifacts)
+    overrides: list[str] = field(default_factory=list)  # "section.key=value" for --preset
+    model_version: str = ""  # the MODEL_VERSION requests name; default "<config name>-<weights sha[:12]>"
+    instance_kind: str = "cpu"  # cpu -> KIND_CPU, gpu -> KIND_GPU (falls back to CPU without CUDA)
+    instances: int = 1  # one instance holds one prefix cache; several would each keep their own
+    torch_threads: int = 0  # 0 = torch default (all cores)
+    cache_mb: int = 1024  # prefix-KV LRU budget; SmolLM2 256-token prefix ~ 5.5 MB fp32 per user
+    contract: str = "v1"  # v1: max_batch_size 0 (the gateway's shapes); v2: leading batch dim 1, dynamic batcher
+    max_batch_size: int = 16  # v2 only: requests the dynamic batcher may hand one execute
+    max_queue_delay_us: int = 2000  # v2 only: how long to wait for company
+    only: bool = False  # drop other model versions from the repository
+    reference_users: int = 2  # users in the written reference (one warm, one cold start)
+
+    def __post_init__(self) -> None:
+        if self.instance_kind not in ("cpu", "gpu"):
+            raise ValueError(f"instance kind {self.instance_kind!r}: choose cpu or gpu")
+        if self.contract not in ("v1", "v2"):
+            raise ValueError(f"contract {self.contract!r}: choose v1 (gateway today) or v2 (dynamic batching)")
+        if self.model_version and ("," in self.model_version or "/" in self.model_version):
+            raise ValueError(f"model version {self.model_version!r} must not contain ',' or '/'")
+
+
+def _tensor(name: str, dtype: str, dims: list[int], ragged: bool) -> str:
+    extra = " allow_ragged_batch: true" if ragged else ""
+    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(str(d) for d in dims)} ]{extra} }}'
+
+
+def render_config(cfg: QAnchorExportConfig, input_cfg, versions: list[str], out_dim: int) -> str:
+    v2 = cfg.contract == "v2"
+    t = lambda n, d, dims: _tensor(n, d, dims, ragged=v2)  # noqa: E731  every v2 input may differ in shape
+    inputs = [t("USER_ID", "TYPE_STRING", [1]), t("FEATURE_VERSION", "TYPE_INT64", [1]),
+              t("MODEL_VERSION", "TYPE_STRING", [1])]
+    for s in input_cfg.sources:
+        inputs += [t(f"EVENTS__{s.name}", "TYPE_FP16", [s.k, input_cfg.d_enc]), t(f"MASK__{s.name}", "TYPE_BOOL", [s.k])]
+    inputs += [t("TABULAR", "TYPE_FP32", [input_cfg.d_tab])]
+    inputs += [t(n, "TYPE_STRING", [-1]) for n in
+               ("SCENARIO", "QUERY_TEXT", "PROMPT_VERSION", "PROMPT_ARTIFACT", "PROMPT_SHA256")]
+    o = lambda n, d, dims: _tensor(n, d, dims, ragged=False)  # noqa: E731
+    outputs = [o("EMBEDDING", "TYPE_FP32", [-1, out_dim]), o("CACHE_HIT", "TYPE_BOOL", [1]),
+               o("STATUS", "TYPE_INT32", [-1]), o("ERROR", "TYPE_STRING", [-1]), o("MODEL_VERSION", "TYPE_STRING", [1])]
+    kind = "KIND_GPU" if cfg.instance_kind == "gpu" else "KIND_CPU"
+    batching = (f"max_batch_size: {cfg.max_batch_size}\n"
+                f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}\n") if v2 else (
+        "# Contract v1: one request = one user with S scenarios, no batch dimension (docs/gateway.md).\n"
+        "max_batch_size: 0\n")
+    params = {"model_versions": ",".join(versions), "cache_bytes": str(cfg.cache_mb << 20),
+              "torch_threads": str(cfg.torch_threads), "contract": cfg.contract}
+    return (f'# Generated by python -m training.export; re-run it instead of editing.\nname: "{MODEL_NAME}"\n'
+            f'backend: "python"\n{batching}'
+            "input [\n" + ",\n".join(inputs) + "\n]\noutput [\n" + ",\n".join(outputs) + "\n]\n"
+            f"instance_group [ {{ kind: {kind} count: {cfg.instances} }} ]\n"
+            "version_policy: { specific { versions: [ 1 ] } }\n"
+            + "".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}\n' for k, v in params.items()))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # Triton polling the repository never sees half a file
+
+
+def write_reference(model, folder: Path, n_users: int) -> Path:
+    """Fixed inputs (event vectors already rounded to float16, as on the wire) and the PyTorch full-forward
+    embeddings for them, including one tuned-prompt scenario: what the Triton round trip must reproduce."""
+    from training.artifacts import save_soft_prompt
+    from training.model.suffix import ScenarioSpec
+    from training.model.synthetic import random_users
+
+    folder.mkdir(parents=True, exist_ok=True)
+    users = random_users(model.cfg.input, n_users, seed=1234, cold=[n_users - 1])
+    users.event_vecs = {s: v.half().float() for s, v in users.event_vecs.items()}  # what the model will receive
+    g = torch.Generator().manual_seed(99)
+
+    class _Prompt:  # the fields save_soft_prompt reads from a TuneResult
+        prompt = torch.randn(4, model.hidden, generator=g) * 0.05
+        prototypes = torch.zeros(2, model.cfg.head.out)
+        query, classes, metrics = REFERENCE_QUERIES[0], ["no", "yes"], {}
+
+    pdir = save_soft_prompt(folder / "prompt", _Prompt())
+    sha = hashlib.sha256((pdir / "prompt.safetensors").read_bytes()).hexdigest()
+    specs = [ScenarioSpec(q) for q in REFERENCE_QUERIES] + [ScenarioSpec(REFERENCE_QUERIES[0], _Prompt.prompt)]
+    with torch.no_grad():
+        emb = model.full_forward(users, specs)  # [B, S, out]: the uncached reference path
+    ref = {
+        "queries": [s.query for s in specs],
+        "prompt_versions": ["zero-shot"] * len(REFERENCE_QUERIES) + ["1"],
+        "prompt_artifacts": [""] * len(REFERENCE_QUERIES) + ["prompt"],  # relative to this folder
+        "prompt_shas": [""] * len(REFERENCE_QUERIES) + [sha],
+        "users": [{
+            "user_id": f"reference-user-{i}", "feature_version": 0 if i == n_users - 1 else 3 + i,
+            "events": {s: users.event_vecs[s][i].tolist() for s in users.event_vecs},
+            "mask": {s: users.event_mask[s][i].tolist() for s in users.event_mask},
+            "tabular": users.tabular[i].tolist(),
+            "embedding": emb[i].tolist(),
+        } for i in range(n_users)],
+    }
+    path = folder / "reference.json"
+    path.write_text(json.dumps(ref))
+    return path
+
+
+def export_qanchor(repository: Path, cfg: QAnchorExportConfig) -> Path:
+    """Export one model version into `<repository>/qanchor`; returns the model version folder."""
+    model, snapshot, qcfg, source_id = build_model(cfg.preset, cfg.checkpoint, cfg.overrides)
+    model_dir = Path(repository) / MODEL_NAME
+    versions_dir = model_dir / TRITON_VERSION / "models"
+    versions_dir.mkdir(parents=True, exist_ok=True)
+    staging = versions_dir / f".staging-{os.getpid()}"
+    write_model_artifact(staging, model, snapshot, qcfg, cfg.model_version or "pending", source_id)
+    version = cfg.model_version
+    if not version:  # content-addressed default; the manifest must carry the final string
+        manifest = json.loads((staging / "manifest.json").read_text())
+        version = manifest["model_version"] = f"{qcfg.name}-{manifest['files']['weights.safetensors'][:12]}"
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    write_reference(model, staging / "reference", cfg.reference_users)
+    target = versions_dir / version
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    listed = _listed_versions(model_dir)
+    if cfg.only:
+        for d in versions_dir.iterdir():
+            if d.is_dir() and d.name != version:
+                shutil.rmtree(d)
+        listed = []
+    versions = [v for v in listed if (versions_dir / v).is_dir() and v != version] + [version]
+    if listed and listed[0] == version:
+        versions = [version] + versions[:-1]  # re-exporting the default keeps it the default
+    _write_atomic(model_dir / TRITON_VERSION / "model.py", (SOURCE_DIR / "model.py").read_text())
+    _write_atomic(model_dir / "config.pbtxt", render_config(cfg, qcfg.input, versions, qcfg.head.out))
+    log.info("event=qanchor_exported model_version=%s versions=%s path=%s kind=%s contract=%s", version, versions,
+             target, cfg.instance_kind, cfg.contract)
+    return target
+
+
+def _listed_versions(model_dir: Path) -> list[str]:
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        return []
+    for line in path.read_text().splitlines():
+        if '"model_versions"' in line:
+            return [v for v in line.split('string_value: "')[1].split('"')[0].split(",") if v]
+    return []

@@ -1,0 +1,117 @@
+"""Triton Python-backend model `qanchor`: the tensor contract of docs/gateway.md over training.export.runtime.
+
+Runs in the model environment (torch, numpy<2, the repo installed). `initialize` loads every model version found
+under `<this version folder>/models/<model_version>/` once (verifying sha256s) into one `QAnchorRuntime`; `execute`
+decodes each request, hands them all to `runtime.serve` (one batched prefix forward for the misses, one batched
+suffix forward for all scenarios) and returns one response per request: a malformed request gets its own error,
+a bad soft prompt only its scenario's STATUS/ERROR row (style rule 5).
+
+With `max_batch_size: 0` (contract v1, what the gateway sends) Triton hands execute one request at a time; with
+`max_batch_size > 0` (contract v2: every tensor carries a leading batch dimension of 1, all inputs ragged) the
+dynamic batcher hands it several, and they share forwards. See docs/serving_model.md.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+log = logging.getLogger("qanchor.triton")
+TEXT_INPUTS = {"scenarios": "SCENARIO", "queries": "QUERY_TEXT", "prompt_versions": "PROMPT_VERSION",
+               "prompt_artifacts": "PROMPT_ARTIFACT", "prompt_shas": "PROMPT_SHA256"}
+
+
+def _param(config: dict, name: str, default: str) -> str:
+    return config.get("parameters", {}).get(name, {}).get("string_value") or default
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        import torch
+
+        from training.export.artifact import load_model_artifact
+        from training.export.runtime import QAnchorRuntime
+
+        config = json.loads(args["model_config"])
+        threads = int(_param(config, "torch_threads", "0"))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.batched = int(config.get("max_batch_size", 0)) > 0
+        device = "cpu"
+        if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
+            device = f"cuda:{args['model_instance_device_id']}"
+        root = Path(args["model_repository"]) / args["model_version"] / "models"
+        order = [v.strip() for v in _param(config, "model_versions", "").split(",") if v.strip()]
+        if not order:
+            raise pb_utils.TritonModelException(f"config.pbtxt lists no model_versions; re-run python -m "
+                                                "training.export")
+        loaded = [load_model_artifact(root / v, device=device) for v in order]  # raises on any sha256 mismatch
+        self.runtime = QAnchorRuntime(loaded, cache_bytes=int(_param(config, "cache_bytes", str(1 << 30))))
+        self.sources = [s.name for s in loaded[0].cfg.input.sources]
+        log.info("event=qanchor_ready versions=%s device=%s batched=%s cache_bytes=%d", order, device,
+                 self.batched, self.runtime.cache.max_bytes)
+
+    def _np(self, request, name: str) -> np.ndarray:
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            raise ValueError(f"input {name} is missing (docs/gateway.md lists every input)")
+        a = t.as_numpy()
+        return a[0] if self.batched else a  # contract v2 adds a leading batch dimension of 1
+
+    def _texts(self, request, name: str) -> list[str]:
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        if t is None:
+            return []
+        a = t.as_numpy()
+        a = (a[0] if self.batched else a).reshape(-1)
+        return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a]
+
+    def _decode(self, request):
+        from training.export.runtime import EmbedRequest
+
+        return EmbedRequest(
+            user_id=self._texts(request, "USER_ID")[0],
+            feature_version=int(self._np(request, "FEATURE_VERSION").reshape(-1)[0]),
+            model_version=(self._texts(request, "MODEL_VERSION") or [""])[0],
+            event_vecs={s: self._np(request, f"EVENTS__{s}") for s in self.sources},
+            event_mask={s: self._np(request, f"MASK__{s}").astype(bool) for s in self.sources},
+            tabular=self._np(request, "TABULAR").astype(np.float32).reshape(-1),
+            **{field: self._texts(request, name) for field, name in TEXT_INPUTS.items()},
+        )
+
+    def execute(self, requests: list) -> list:
+        from training.export.runtime import RequestError
+
+        decoded: list = []
+        for request in requests:
+            try:
+                decoded.append(self._decode(request))
+            except Exception as exc:  # this request alone is malformed
+                decoded.append(RequestError(f"malformed qanchor request: {exc}"))
+        todo = [r for r in decoded if not isinstance(r, RequestError)]
+        served = iter(self.runtime.serve(todo)) if todo else iter(())
+        results = [r if isinstance(r, RequestError) else next(served) for r in decoded]
+        return [self._response(r) for r in results]
+
+    def _response(self, res):
+        from training.export.runtime import RequestError
+
+        if isinstance(res, RequestError):
+            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(res)))
+        n = res.embedding.shape[0]
+        outs = {
+            "EMBEDDING": res.embedding.astype(np.float32),
+            "CACHE_HIT": np.array([res.cache_hit], dtype=bool),
+            "STATUS": np.array(res.status, dtype=np.int32),
+            "ERROR": np.array([e.encode("utf-8") for e in res.errors], dtype=np.object_).reshape(n),
+            "MODEL_VERSION": np.array([res.model_version.encode("utf-8")], dtype=np.object_),
+        }
+        return pb_utils.InferenceResponse(output_tensors=[
+            pb_utils.Tensor(k, v[None] if self.batched else v) for k, v in outs.items()])
+
+    def finalize(self) -> None:
+        log.info("event=qanchor_finalize %s", " ".join(f"{k}={v}" for k, v in self.runtime.stats().items()))
+        self.runtime = None
