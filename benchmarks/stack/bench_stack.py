@@ -7,6 +7,7 @@ Per repeat, from a fresh state dir each time:
   - the whole stack cold, then down, then warm: `up` starts processes side by side, so its total is compared
     with the sum of the components alone.
 Caches (Kafka JARs, the model env) are filled before timing starts: a first-ever run adds the Maven download.
+Also measured: warm Kafka starts with and without the AppCDS archive (interleaved), and `import feast` alone.
 Prints a table last and writes benchmarks/results/stack.json. Times are medians over repeats, in seconds.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +75,31 @@ def one_repeat(base_settings: StackSettings, workdir: Path) -> dict:
     return out
 
 
+def kafka_cds_ab(base_settings: StackSettings, workdir: Path, rounds: int) -> dict:
+    """Warm Kafka starts with and without the class-data archive, interleaved so load drifts hit both."""
+    times: dict[str, list[float]] = {"cds": [], "no_cds": []}
+    state = workdir / "cds-ab"
+    for i in range(rounds):
+        for variant in ("cds", "no_cds"):
+            stack = Stack(base_settings.model_copy(update={"state_dir": state, "kafka_cds": variant == "cds"}))
+            try:
+                elapsed, _ = timed_up(stack, ["kafka"])
+            finally:
+                stack.down()
+            if i > 0 or variant == "no_cds":  # round 0 with cds may be the one that dumps the archive
+                times[variant].append(elapsed)
+            print(f"  kafka warm {variant:6s} {elapsed:6.2f}s", flush=True)
+    shutil.rmtree(state, ignore_errors=True)
+    return {k: {"runs_s": v, "median_s": median(v)} for k, v in times.items()}
+
+
+def feast_import_seconds() -> float:
+    """`import feast` in a fresh interpreter: paid once by every process that applies or reads features."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import feast"], check=True)
+    return time.perf_counter() - t0
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -116,6 +143,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("QANCHOR_BENCH_PORT_BASE", 29600)))
+    parser.add_argument("--cds-rounds", type=int, default=4, help="interleaved warm Kafka starts, CDS on/off")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -126,12 +154,18 @@ def main() -> int:
     load_before = os.getloadavg()
     repeats = []
     try:
+        feast_import = feast_import_seconds()
+        print(f"import feast (fresh interpreter): {feast_import:.2f}s", flush=True)
         for i in range(args.repeats):
             print(f"repeat {i + 1}/{args.repeats}", flush=True)
             repeats.append(one_repeat(base, workdir))
+        print("kafka warm start, class-data archive on/off", flush=True)
+        cds = kafka_cds_ab(base, workdir, args.cds_rounds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     summary = summarize(repeats)
+    summary["feast_import_s"] = feast_import
+    summary["kafka_cds_ab"] = cds
     result = {
         "benchmark": "stack_startup",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -148,6 +182,11 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cpus, load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}; "
           f"median of {args.repeats}, seconds\n")
     print(table(summary))
+    on, off = cds["cds"]["median_s"], cds["no_cds"]["median_s"]
+    print(f"\nkafka warm start: class-data archive {on:.2f}s vs none {off:.2f}s ({off / on:.2f}x), "
+          f"median of {len(cds['cds']['runs_s'])}/{len(cds['no_cds']['runs_s'])} interleaved runs")
+    print(f"import feast in a fresh interpreter: {feast_import:.2f}s (paid by the first `up` that applies Feast; "
+          "the feast rows above exclude it)")
     return 0
 
 

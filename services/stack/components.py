@@ -101,6 +101,13 @@ class Component(ABC):
     def after_healthy(self) -> None:
         """Idempotent setup that needs the running process (topics, ...)."""
 
+    def stop_timeout_s(self, record_cmd: list[str]) -> float:
+        """SIGTERM grace for the process started with `record_cmd`."""
+        return self.settings.stop_timeout_s
+
+    def after_stop(self) -> None:
+        """Work that needs the process gone (e.g. publishing a file it wrote on exit)."""
+
     def diagnose(self, log_lines: list[str]) -> str:
         text = "\n".join(log_lines)
         for pattern, hint in [*self.hints, *COMMON_HINTS]:

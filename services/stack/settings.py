@@ -56,6 +56,8 @@ class StackSettings(ServiceSettings):
     kafka_heap: str = "512m"
     # C1-only JIT and serial GC cut JVM startup on 2 cores by seconds; peak throughput is not a goal here.
     kafka_jvm_opts: str = "-XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Xshare:auto -Djava.awt.headless=true"
+    # AppCDS: dump the broker's classes once into the JAR cache, map them on later starts (faster start-up).
+    kafka_cds: bool = True
     # Default topic partitions; matches qanchor.events.v1 so auto-created topics behave alike.
     kafka_partitions: int = 4
     # Redis persistence: off by default, the dev Redis is a cache/broker; set to keep data across restarts.

@@ -190,8 +190,9 @@ class Stack:
         if record is None:
             how = "not running"
         else:
-            how = stop_group(record, self.settings.stop_timeout_s)
+            how = stop_group(record, comp.stop_timeout_s(record.cmd))
             pid_file.unlink(missing_ok=True)
+            comp.after_stop()
             log.info("component stopped component=%s pid=%d how=%s", name, record.pid, how)
         problems = []
         for port in wait_ports_closed(self.settings.host, comp.ports(), timeout_s=5.0):

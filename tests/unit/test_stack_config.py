@@ -187,3 +187,25 @@ def test_stack_error_renders_log_tail_and_hint(tmp_path: Path) -> None:
     assert text.splitlines()[0] == "kafka: exited during startup"
     assert "  line 2" in text and text.splitlines()[-1] == "hint: do X"
     assert str(tmp_path / "kafka.log") in text
+
+
+def test_kafka_class_data_archive_dumped_once_then_mapped(settings: StackSettings) -> None:
+    kafka = Kafka(settings.model_copy(update={"java": "/bin/sh"}))
+    first = [a for a in kafka.command() if a.startswith("-XX:") and "Archive" in a]
+    assert len(first) == 1 and first[0].startswith("-XX:ArchiveClassesAtExit=")
+    pending = Path(first[0].split("=", 1)[1])
+    assert pending.parent == settings.kafka_home and pending.name.endswith(".tmp")
+    kafka.after_stop()  # the JVM wrote nothing (e.g. it was killed): nothing is published
+    assert not kafka.cds_archive("/bin/sh").exists()
+    pending.parent.mkdir(parents=True, exist_ok=True)
+    pending.write_bytes(b"archive")  # stands in for what the JVM leaves on a clean exit
+    kafka.after_stop()  # "java -Xshare:on ... -version" is /bin/sh here, which rejects those flags: discarded
+    assert not pending.exists() and not kafka.cds_archive("/bin/sh").exists()
+    pending.write_bytes(b"archive")
+    Kafka(settings.model_copy(update={"java": "/bin/true"})).after_stop()  # wrong java: other key, untouched
+    assert pending.exists()
+    kafka.cds_archive("/bin/sh").write_bytes(b"archive")
+    assert f"-XX:SharedArchiveFile={kafka.cds_archive('/bin/sh')}" in kafka.command()
+    assert kafka.stop_timeout_s(first) > kafka.stop_timeout_s(kafka.command()) == settings.stop_timeout_s
+    off = Kafka(settings.model_copy(update={"java": "/bin/sh", "kafka_cds": False}))
+    assert not any("Archive" in a for a in off.command())
