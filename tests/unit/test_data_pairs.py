@@ -1,0 +1,96 @@
+"""Pretraining pairs are grounded: each answer's facts recompute from the user's own events."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("torch")
+pytest.importorskip("yaml")
+
+from training.data.movielens import GENRES  # noqa: E402
+from training.data.pairs import FUTURE_QUERY, build_pairs  # noqa: E402
+from training.data.qa_topics import TOPICS  # noqa: E402
+from training.data.world import WorldConfig, build_world  # noqa: E402
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(WorldConfig(dataset="ml-100k"))
+
+
+@pytest.fixture(scope="module")
+def pairs(world):
+    return build_pairs(world, world.users()[:40], top_k=10)
+
+
+def _hist(world, u):
+    r, movies = world.ml.ratings, world.ml.movies
+    rows = world.timelines[u].history
+    return r.rating[rows], [movies[i] for i in r.item[rows]]
+
+
+def test_at_least_30_topics_and_top_k(pairs):
+    assert len(TOPICS) >= 30 and len({t.name for t in TOPICS}) == len(TOPICS)
+    per_user: dict[int, list] = {}
+    for p in pairs:
+        per_user.setdefault(p.user, []).append(p)
+    for ps in per_user.values():
+        assert sum(p.kind == "future" for p in ps) == 1
+        qa = [p for p in ps if p.kind == "qa"]
+        assert len(qa) == 10 and len({p.topic for p in qa}) == 10
+        assert [p.relevance for p in qa] == sorted((p.relevance for p in qa), reverse=True)
+    used = {p.topic for p in pairs if p.kind == "qa"}
+    assert len(used) >= 15  # relevance picks different topics for different users
+
+
+def test_every_fact_is_in_its_answer(pairs):
+    for p in pairs:
+        for k, v in p.facts.items():
+            vals = v if isinstance(v, list) else list(v) if isinstance(v, dict) else [v]
+            for x in vals:
+                assert str(x) in p.answer, (p.topic, k, x, p.answer)
+
+
+def test_qa_answers_recomputed_from_history(world, pairs):
+    checked = 0
+    for p in pairs:
+        if p.kind != "qa":
+            continue
+        ratings, movies = _hist(world, p.user)
+        titles = {m.title for m in movies}
+        if p.topic == "favourite_genre":
+            counts = {g: sum(g in m.genres for m in movies) for g in GENRES}
+            assert counts[p.facts["genre"]] == max(counts.values()) == p.facts["count"]
+        elif p.topic == "harshness":
+            assert p.facts["mean"] == round(float(ratings.mean()), 2)
+        elif p.topic == "activity_level":
+            assert p.facts["count"] == len(ratings)
+        elif p.topic == "five_star_share":
+            assert p.facts["count"] == int((ratings == 5).sum())
+        elif p.topic in ("favourite_movie", "least_favourite_movie"):
+            best = ratings.max() if p.topic == "favourite_movie" else ratings.min()
+            assert p.facts["rating"] == best
+            assert any(m.title == p.facts["title"] and r == best for m, r in zip(movies, ratings))
+        if "title" in p.facts:
+            assert p.facts["title"] in titles  # never a movie from outside the history window
+        checked += 1
+    assert checked > 100
+
+
+def test_future_summary_grounded_in_future_window(world, pairs):
+    r, movies = world.ml.ratings, world.ml.movies
+    for p in pairs:
+        if p.kind != "future":
+            continue
+        assert p.query == FUTURE_QUERY
+        rows = world.timelines[p.user].future
+        fut = {movies[i].title: int(x) for i, x in zip(r.item[rows], r.rating[rows])}
+        assert p.facts["count"] == len(rows)
+        assert all(fut[t] >= 4 for t in p.facts["loved"]) and all(fut[t] <= 2 for t in p.facts["disliked"])
+        for g, c in p.facts["genres"].items():
+            assert c == sum(g in movies[i].genres for i in r.item[rows])
+        assert int(re.search(r"rates (\d+) movies", p.answer).group(1)) == len(rows)

@@ -1,0 +1,100 @@
+"""MovieLens world on ML-100K: event split per source, time split, user split, collate, export."""
+from __future__ import annotations
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("torch")
+pytest.importorskip("yaml")
+
+from training.data.collate import UserCollator  # noqa: E402
+from training.data.export_events import export_records  # noqa: E402
+from training.data.world import SPLITS, WorldConfig, build_world, user_split  # noqa: E402
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def world():
+    return build_world(WorldConfig(dataset="ml-100k"))
+
+
+def test_loads_ml100k_from_package(world):
+    assert len(world.ml.users) == 943 and len(world.ml.ratings.user) == 100_000
+    assert 0 < len(world.excluded) < 10  # users whose ratings all share a few seconds
+    assert len(world.timelines) + len(world.excluded) == 943
+
+
+def test_events_routed_to_sources_by_rating(world):
+    names = world.sources.names
+    r = world.ml.ratings
+    for s in world.sources.sources:
+        rows = np.nonzero(world.source_of_rating == names.index(s.name))[0]
+        assert len(rows) > 0
+        assert r.rating[rows].min() >= s.min_rating and r.rating[rows].max() <= s.max_rating
+    assert (world.source_of_rating >= 0).all()  # liked/neutral/disliked cover 1..5
+    ev = world.events(world.users("train")[0])[0]
+    assert ev["text"] == f"Rated '{ev['title']}' [{', '.join(ev['genres'])}] {ev['rating']}/5"
+
+
+def test_history_strictly_before_future(world):
+    ts = world.ml.ratings.ts
+    for u, tl in world.timelines.items():
+        assert len(tl.history) >= world.cfg.min_history and len(tl.future) >= world.cfg.min_future
+        assert ts[tl.history].max() < tl.cutoff_ts <= ts[tl.future].min()
+        assert len(set(tl.history) & set(tl.future)) == 0
+        assert (world.ml.ratings.user[np.concatenate([tl.history, tl.future])] == u).all()
+
+
+def test_no_user_in_two_splits(world):
+    by_split = {s: set(world.users(s)) for s in SPLITS}
+    assert sum(len(v) for v in by_split.values()) == len(world.timelines)
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+    assert not (by_split["val"] & by_split["test"])
+    assert len(by_split["train"]) > 0.7 * len(world.timelines) and len(by_split["test"]) > 0.05 * len(world.timelines)
+    # deterministic and independent of which subset is loaded
+    small = build_world(WorldConfig(dataset="ml-100k", max_users=50), ml=world.ml)
+    for u, s in small.split.items():
+        assert world.split[u] == s == user_split(world.ml.users[u].user_id, world.cfg.split_salt)
+
+
+def test_tabular_standardised_on_train_users(world):
+    tab = world.tabular
+    train = world.users("train")
+    assert tab.shape == (943, world.sources.tabular_dim)
+    assert np.allclose(tab[train].mean(0), 0, atol=1e-4)
+    assert np.allclose(tab[train].std(0), 1, atol=1e-3)
+    assert (tab[list(world.excluded)] == 0).all()
+
+
+def test_collate_takes_newest_k_of_history(world):
+    vecs = np.random.default_rng(0).standard_normal((len(world.texts), 384)).astype(np.float16)
+    col = UserCollator(world, vecs)
+    users = world.users("train")[:5]
+    b = col(users)
+    assert b.batch_size == 5 and b.tabular.shape == (5, 16)
+    for s in world.sources.sources:
+        assert b.event_vecs[s.name].shape == (5, s.k, 384)
+        for j, u in enumerate(users):
+            rows = world.timelines[u].history
+            mine = rows[world.source_of_rating[rows] == world.sources.names.index(s.name)][-s.k:]
+            n = len(mine)
+            assert b.event_mask[s.name][j].sum() == n and b.event_mask[s.name][j, :n].all()
+            expect = vecs[world.text_of_rating[mine]].astype(np.float32)
+            assert np.array_equal(b.event_vecs[s.name][j, :n].numpy(), expect)
+            assert (b.event_vecs[s.name][j, n:] == 0).all()
+
+
+def test_export_records_follow_event_contract(world):
+    users = world.users()[:3]
+    recs = export_records(world, users)
+    events = [r for r in recs if r["kind"] == "event"]
+    assert len(events) == sum(len(world.timelines[u].history) for u in users)
+    assert [r["ts"] for r in recs] == sorted(r["ts"] for r in recs)
+    assert len({r["event_id"] for r in recs}) == len(recs)
+    for r in events:
+        assert set(r) == {"schema_version", "event_id", "user_id", "kind", "source", "ts", "text", "attributes"}
+        assert r["source"] in world.sources.names and isinstance(r["ts"], int)
+        assert all(isinstance(v, (str, int, float, bool)) for v in r["attributes"].values())
+    tab = [r for r in recs if r["kind"] == "tabular"]
+    assert len(tab) == 3 and all(len(r["vector"]) == 16 for r in tab)
