@@ -57,7 +57,7 @@ make_env() {  # make_env NAME LOCKFILE LINK
   "$UV" pip install -q -p "$dir/bin/python" --no-deps -e "$ROOT"
   ln -sfn "$dir" "$ROOT/$link"
   # Keep the cache bounded: the two most recently used environments of this kind stay, older ones go.
-  touch "$dir/.complete"
+  touch "$dir"
   ls -1dt "$CACHE/venvs/$name"-*/ 2>/dev/null | tail -n +3 | while read -r old; do
     log "$name env: pruning old $old"; rm -rf "$old"
   done
