@@ -137,8 +137,9 @@ def _tiny_model(cfg: BackboneConfig, vocab_size: int) -> PreTrainedModel:
     )
     hf_cfg = LlamaConfig(**common) if cfg.arch == "llama" else Qwen2Config(**common)
     hf_cfg._attn_implementation = cfg.attn_implementation
-    torch.manual_seed(cfg.seed)  # the random backbone is part of the model identity: same seed, same weights
-    return AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
+    with torch.random.fork_rng(devices=[]):  # same seed, same weights; the caller's RNG stream is untouched
+        torch.manual_seed(cfg.seed)
+        return AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=cfg.attn_implementation)
 
 
 def _load_dir(path: Path, cfg: BackboneConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

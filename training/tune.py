@@ -144,7 +144,6 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         e_tr0, e_va0 = (_embed(model, cache, ix, zero, batch_size, False) for ix in (train_idx, val_idx))
         centroids = torch.stack([e_tr0[y[train_idx] == c].mean(0) for c in range(len(classes))])
         zs_auc, zs_ks = _metrics(y[val_idx], _scores(e_va0, centroids, tau))
-        torch.manual_seed(seed)
         prompt = init_prompt(model, query_text, n_tokens).requires_grad_(True)
         with torch.no_grad():
             e_init = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt), batch_size, False)

@@ -16,6 +16,7 @@ from training.model.suffix import ScenarioSpec  # noqa: E402
 from training.model.synthetic import random_users  # noqa: E402
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
+torch.set_num_threads(1)  # one thread: shared CI cores are busy and OpenMP spin-waits make 2 threads far slower
 
 
 def test_smollm2_loads_offline_and_embeds(monkeypatch, capsys):

@@ -58,26 +58,31 @@ class QAnchorModel(nn.Module):
         lm = backbone.model
         self._prepare_vocab(lm)
         self.hidden = int(lm.config.hidden_size)
-        torch.manual_seed(cfg.backbone.seed)  # every new parameter below is reproducible from the config
-        lm.requires_grad_(False)
-        if cfg.lora.enabled:
-            lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                              target_modules=list(cfg.lora.targets), bias="none")
-            lm = get_peft_model(lm, lora)
-        self.backbone = lm
-        base_rows = lm.get_input_embeddings().weight[: self.special.first_id].detach().float()
-        # New tokens start at the mean vocabulary embedding (plus small noise so they are distinguishable).
-        init = base_rows.mean(0, keepdim=True) + base_rows.std() * 0.1 * torch.randn(self.special.count, self.hidden)
-        self.added_embeddings = nn.Parameter(init)  # [n_added, hidden]: rows for <USER_EMB>, <USER>, markers
-        self.user_encoder = UserTokenEncoder(cfg.input, self.hidden)
-        self.head = nn.Sequential(nn.Linear(self.hidden, cfg.head.mid), nn.ReLU(), nn.Linear(cfg.head.mid,
-                                                                                              cfg.head.out))
+        # Every new parameter is drawn from the config's seed, without disturbing the caller's RNG stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.backbone.seed)
+            self.backbone = self._wrap_lora(lm)
+            base_rows = lm.get_input_embeddings().weight[: self.special.first_id].detach().float()
+            # New tokens start at the mean vocabulary embedding (plus small noise so they are distinguishable).
+            noise = base_rows.std() * 0.1 * torch.randn(self.special.count, self.hidden)
+            self.added_embeddings = nn.Parameter(base_rows.mean(0, keepdim=True) + noise)  # [n_added, hidden]
+            self.user_encoder = UserTokenEncoder(cfg.input, self.hidden)
+            self.head = nn.Sequential(nn.Linear(self.hidden, cfg.head.mid), nn.ReLU(),
+                                      nn.Linear(cfg.head.mid, cfg.head.out))
         layout = build_layout(self.tokenizer, cfg.input, self.special)
         self.register_buffer("prefix_ids", layout.ids, persistent=False)  # [P]
         self.register_buffer("prefix_slot", layout.slot, persistent=False)  # [P]
         self.trainable_names = [n for n, p in self.named_parameters() if p.requires_grad]
         log.info("event=model_built backbone=%s hidden=%d prefix_len=%d trainable_params=%d", self.backbone_name,
                  self.hidden, layout.length, sum(p.numel() for p in self.parameters() if p.requires_grad))
+
+    def _wrap_lora(self, lm: nn.Module) -> nn.Module:
+        lm.requires_grad_(False)  # the backbone itself never trains; LoRA factors do
+        if not self.cfg.lora.enabled:
+            return lm
+        c = self.cfg.lora
+        return get_peft_model(lm, LoraConfig(r=c.r, lora_alpha=c.alpha, lora_dropout=c.dropout,
+                                             target_modules=list(c.targets), bias="none"))
 
     def _prepare_vocab(self, lm: nn.Module) -> None:
         need = self.special.first_id + self.special.count
