@@ -218,3 +218,14 @@ def test_feature_version_is_read_first_and_written_last(env: Env) -> None:
     else:
         assert views[0] == "user_meta" and written[-1] == "user_meta"
         assert sorted(views) == sorted(written) and len(views) == len(env.spec.sources) + 2
+
+
+def test_sqlite_online_store_is_in_wal_mode(env: Env) -> None:
+    if env.online != "sqlite":
+        pytest.skip("WAL applies to the SQLite online store only")
+    import sqlite3
+    from contextlib import closing
+
+    db = yaml.safe_load((env.state_dir / "feast" / "feature_store.yaml").read_text())["online_store"]["path"]
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
