@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -65,7 +66,7 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd
     """Start `cmd` detached in its own session, stdout+stderr appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
-        out.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} start: {' '.join(cmd)}\n".encode())
+        out.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} start: {shlex.join(cmd)}\n".encode())
         out.flush()
         # start_new_session: the process outlives the CLI that started it and leads its own group.
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -116,6 +116,8 @@ class Stack:
                 results["feast"] = StartResult("feast", outcome, time.monotonic() - t0)
             except StackError as exc:
                 errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
         if errors:
             raise StackError(",".join(e.component for e in errors),
                              "failed to start\n\n" + "\n\n".join(e.render() for e in errors))
@@ -169,6 +171,9 @@ class Stack:
         stop_group(record, timeout_s=5)
         self.layout.pid_file(comp.name).unlink(missing_ok=True)
         lines = tail(comp.log_path, 30)
+        # Show this start only: older runs' lines in the same (appended) log would mislead.
+        starts = [i for i, ln in enumerate(lines) if ln.startswith("===== ")]
+        lines = lines[starts[-1]:] if starts else lines
         raise StackError(comp.name, why, hint=comp.diagnose(lines), log_tail=lines, log_path=comp.log_path)
 
     # --- down ----------------------------------------------------------------------------------------------
