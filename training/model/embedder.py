@@ -174,6 +174,8 @@ class QAnchorModel(nn.Module):
 
     def pretrain_forward(self, users: UserBatch, queries: list[str], answers: list[str]) -> PretrainOutput:
         """Anchor tower with NTP on the answer (after <USER_EMB>) + semantic tower on the same answers."""
+        if not users.batch_size == len(queries) == len(answers):
+            raise ValueError(f"{users.batch_size} users, {len(queries)} queries, {len(answers)} answers: one each")
         pre, pre_valid = self.prefix_embeds(users)
         suf = self._suffix(queries, [None] * len(queries), answers)
         suffix_hidden, h = self._anchor(pre, pre_valid, suf)
@@ -199,6 +201,8 @@ class QAnchorModel(nn.Module):
     def full_forward(self, users: UserBatch, scenarios: list[ScenarioSpec]) -> torch.Tensor:
         """Reference path: one full forward per (user, scenario) row. -> [B, S, out]."""
         b, s = users.batch_size, len(scenarios)
+        if s == 0:
+            raise ValueError("no scenarios given: pass at least one ScenarioSpec")
         pre, pre_valid = self.prefix_embeds(users)
         pre = pre.repeat_interleave(s, dim=0)  # [B * S, P, hidden], row = user * S + scenario
         pre_valid = pre_valid.repeat_interleave(s, dim=0)
@@ -219,6 +223,8 @@ class QAnchorModel(nn.Module):
         scenario i != j, and every scenario reads the shared prefix keys. Differentiable w.r.t. soft prompts.
         """
         b, s, p = cache.batch_size, len(scenarios), cache.length
+        if s == 0:
+            raise ValueError("no scenarios given: pass at least one ScenarioSpec")
         suf = self._suffix([sc.query for sc in scenarios], [sc.soft_prompt for sc in scenarios])
         width = suf.ids.shape[1]
         suf_emb = self._suffix_embeds(suf)  # [S, L, hidden]
