@@ -1,7 +1,7 @@
 """Ingest benchmark: sustained events/s with encoding, and freshness at a fixed offered rate.
 
     python -m services.stack up                       # same QANCHOR_STATE_DIR / QANCHOR_PORT_BASE as below
-    .venv/bin/python benchmarks/ingest/bench_ingest.py [--events 6000] [--rate 500] [--seconds 30]
+    .venv/bin/python benchmarks/ingest/bench_ingest.py [--events 3000] [--rate 500] [--seconds 10]
 
 Workload: MovieLens-100K ratings exported as v1 events (training.data.export_events, run in the model env),
 user ids prefixed per run, event times rewritten to the send time. Real Kafka, Triton text_encoder, Feast.
@@ -98,9 +98,9 @@ def send(ctx: Ctx, topic: str, events: list[dict], rate: float | None, run: str)
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=6000, help="events preloaded for the sustained phase")
+    p.add_argument("--events", type=int, default=3000, help="events preloaded for the sustained phase")
     p.add_argument("--rate", type=float, default=500.0, help="offered events/s in the freshness phase")
-    p.add_argument("--seconds", type=float, default=30.0, help="length of the freshness phase")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of the freshness phase")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ingest" / "results")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -118,7 +118,7 @@ def main() -> int:
     events = (events * (need // len(events) + 1))[:need]
     sustained_events, fresh_events = events[:args.events], events[args.events:]
     distinct = sorted({e["text"] for e in events if e["kind"] == "event"})
-    baseline = encoder_baseline(ctx, distinct[:512])
+    baseline = encoder_baseline(ctx, distinct[:256])
 
     # 2. sustained drain
     run = uuid.uuid4().hex[:6]
