@@ -12,6 +12,16 @@ _STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 
 class GatewayMetrics:
+    _shared: "GatewayMetrics | None" = None
+
+    @classmethod
+    def shared(cls) -> "GatewayMetrics":
+        """The process-wide instance on the default registry (a registry refuses the same metric twice, and a
+        process may build more than one gateway: tests, benchmarks)."""
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = registry if registry is not None else REGISTRY
         self.registry = r

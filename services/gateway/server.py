@@ -93,7 +93,7 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
         triton = TritonModelClient(settings.resolved_triton_url(), features.spec, settings.triton_model)
         closers.append(triton.close)
         model = triton
-    metrics = metrics or GatewayMetrics()
+    metrics = metrics or GatewayMetrics.shared()
     watcher = ConfigWatcher(settings.ab_config, make_validator(registry, known_models(settings, model)),
                             listener=metrics, interval_s=settings.ab_poll_s)
     watcher.load_initial()

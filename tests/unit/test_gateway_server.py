@@ -224,3 +224,14 @@ def test_cli_embed_prints_metadata_and_item_errors(running, monkeypatch, capsys)
     assert cli_main(["embed", "alice", "-s", "churn", "-s", "ghost"]) == 1  # one scenario failed
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert len(rows[0]["values"]) == 8 and rows[1]["error"]["code"] == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_two_gateways_in_one_process_share_the_default_metrics(tmp_path: Path) -> None:
+    ab = tmp_path / "ab.yaml"
+    ab.write_text(AB_YAML)
+    settings = GatewaySettings(grpc_port=0, ab_config=ab, model_versions=["m1"])
+    built = [build_gateway(settings, features=FakeFeatures([]), registry=FakeRegistry("concert"), model=FakeModel())
+             for _ in range(2)]
+    assert built[0].metrics is built[1].metrics is GatewayMetrics.shared()
+    for g in built:
+        g.close()
