@@ -1,0 +1,1 @@
+"""Celery soft-prompt tuning worker: registry job -> tuned prompt artifact -> READY prompt version (docs/tuning.md)."""

@@ -1,0 +1,236 @@
+"""The tuning job as a plain function: labels -> users' inputs -> serving model -> tune -> artifact -> registry.
+
+    version = run_tuning_job(job, repo, settings, models, progress)   # -> PromptVersionRecord (READY)
+
+No Celery here (tasks.py is the thin wrapper), so tests call it directly. Errors a user can fix raise `JobError`
+(or the data/artifact errors below) with a message that is written verbatim to the job row.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from services.common.validation import validate_scenario_name
+from services.registry.domain import PromptVersionRecord, TuningJobRecord
+from services.registry.repository import Repository
+from services.tuning.dataset import DatasetError, TuningData, local_path, model_arrays
+from services.tuning.settings import TuningSettings
+
+log = logging.getLogger(__name__)
+
+# (fraction done 0..1, short message, numbers for update_state meta)
+Progress = Callable[[float, str, dict[str, float]], None]
+MODELS_SUBDIR = Path("qanchor") / "1" / "models"  # training.export's layout inside the Triton repository
+
+
+class JobError(RuntimeError):
+    """The job cannot run as requested; the message (written to the job row) says what to change."""
+
+
+@dataclass(frozen=True)
+class TuneParams:
+    # Defaults come from the serving model's own `tune` config section; job params (strings) override them.
+    n_tokens: int
+    steps: int
+    lr: float
+    tau: float
+    batch_size: int
+    val_fraction: float
+    seed: int
+
+    @classmethod
+    def resolve(cls, defaults: Any, params: dict[str, str]) -> "TuneParams":
+        names = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise JobError(f"unknown tuning params {unknown}; valid: {sorted(names)}")
+        values: dict[str, Any] = {n: getattr(defaults, n) for n in names}
+        for key, raw in params.items():
+            kind = int if names[key] == "int" else float
+            try:
+                values[key] = kind(raw)
+            except ValueError:
+                raise JobError(f"tuning param {key}={raw!r} is not a{'n int' if kind is int else ' number'}") from None
+        p = cls(**values)
+        if p.n_tokens < 1 or p.steps < 1 or p.lr <= 0 or p.tau <= 0 or p.batch_size < 2 or not 0 < p.val_fraction < 1:
+            raise JobError(f"tuning params out of range ({p}); need n_tokens>=1, steps>=1, lr>0, tau>0, "
+                           "batch_size>=2, 0<val_fraction<1")
+        return p
+
+
+def resolve_model_dir(repository: Path, model_version: str) -> tuple[str, Path]:
+    """-> (model version, its serving artifact folder). "" = the default version (first in config.pbtxt)."""
+    versions_dir = Path(repository) / MODELS_SUBDIR
+    if not model_version:
+        listed: list[str] = []
+        cfg = Path(repository) / "qanchor" / "config.pbtxt"
+        if cfg.is_file():
+            for line in cfg.read_text().splitlines():
+                if '"model_versions"' in line:
+                    listed = [v for v in line.split('string_value: "')[1].split('"')[0].split(",") if v]
+        if not listed:
+            raise JobError(f"no model version given and {cfg} lists none; export a model (python -m "
+                           "training.export) or pass model_version")
+        model_version = listed[0]
+    if "/" in model_version or model_version.startswith("."):
+        raise JobError(f"model version {model_version!r} is not a valid version name")
+    folder = versions_dir / model_version
+    if not folder.is_dir():
+        have = sorted(p.name for p in versions_dir.iterdir() if p.is_dir()) if versions_dir.is_dir() else []
+        raise JobError(f"model version {model_version!r} is not in {versions_dir} (have {have}); export it first "
+                       "or set TUNING_MODEL_REPOSITORY to Triton's model repository")
+    return model_version, folder
+
+
+class ModelCache:
+    """The last serving model loaded, kept across jobs (loading SmolLM2 takes seconds; a GPU worker reuses it)."""
+
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
+        self._key: tuple[str, float] | None = None
+        self._loaded: Any = None
+        self._lock = threading.Lock()
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def get(self, folder: Path) -> Any:
+        from training.export.artifact import load_model_artifact
+
+        manifest = folder / "manifest.json"
+        key = (str(folder.resolve()), manifest.stat().st_mtime if manifest.exists() else 0.0)  # re-export = reload
+        with self._lock:
+            if key != self._key:
+                self._loaded = None  # free the old model before loading the next one
+                self._loaded = load_model_artifact(folder, device=self.resolved_device())
+                self._key = key
+            return self._loaded
+
+
+def load_job_data(labels_uri: str, settings: TuningSettings, workdir: Path) -> TuningData:
+    """A snapshot (.npz) is read as is; a CSV is turned into one through the services env (Feast)."""
+    path = local_path(labels_uri)
+    if path.suffix == ".npz":
+        return TuningData.load(path)
+    if path.suffix != ".csv":
+        raise JobError(f"labels_uri {labels_uri!r}: give a .csv (user_id,label) or a snapshot .npz")
+    python = settings.features_python
+    if python is None or not Path(python).exists():
+        raise JobError("a CSV labels file needs the users' features from the online store, and this worker has no "
+                       "Feast interpreter (TUNING_FEATURES_PYTHON); make a snapshot with python -m "
+                       "services.tuning.snapshot in the services image and pass the .npz as labels_uri")
+    out = workdir / "snapshot.npz"
+    cmd = [str(python), "-m", "services.tuning.snapshot", "--labels", str(path), "--out", str(out),
+           "--feast-config", str(settings.resolved_feast_config())]
+    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise JobError(f"reading features for {path.name} failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return TuningData.load(out)
+
+
+def _user_batch(data: TuningData, cfg: Any, device: str) -> Any:
+    import torch
+
+    from training.model.inputs import UserBatch
+
+    sources = {s.name: s.k for s in cfg.input.sources}
+    vecs, mask, tab = model_arrays(data, sources, cfg.input.d_enc, cfg.input.d_tab)
+    return UserBatch({k: torch.from_numpy(v) for k, v in vecs.items()},
+                     {k: torch.from_numpy(m) for k, m in mask.items()}, torch.from_numpy(tab)).to(device)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_prompt(result: Any, scenario_dir: Path, job_id: str, model_id: str, extra: dict[str, Any]) -> tuple[Path, str]:
+    """Save the prompt under <scenario_dir>/<job_id>-<sha12>/ and return (prompt.safetensors path, sha256).
+
+    Content-addressed on purpose: a redelivered job that tunes again never overwrites a file the registry already
+    points at (its sha256 would stop matching); identical content lands in the same folder.
+    """
+    from training.artifacts import save_soft_prompt
+
+    scenario_dir.mkdir(parents=True, exist_ok=True)
+    staging = scenario_dir / f".staging-{job_id}-{os.getpid()}-{threading.get_ident()}"
+    save_soft_prompt(staging, result, model_id=model_id, extra=extra)
+    sha = _sha256(staging / "prompt.safetensors")
+    final = scenario_dir / f"{job_id}-{sha[:12]}"
+    if final.exists():
+        shutil.rmtree(staging)
+    else:
+        staging.rename(final)
+    return final / "prompt.safetensors", sha
+
+
+def run_tuning_job(job: TuningJobRecord, repo: Repository, settings: TuningSettings, models: ModelCache,
+                   progress: Progress) -> PromptVersionRecord:
+    from training.tune import tune_soft_prompt
+
+    scenario = validate_scenario_name(job.scenario)
+    query = repo.get_scenario(scenario).query_text
+    with tempfile.TemporaryDirectory(prefix=f"qanchor-tune-{job.job_id[:8]}-") as tmp:
+        progress(0.02, "reading labels and features", {})
+        data = load_job_data(job.labels_uri, settings, Path(tmp))
+    n_missing = int(data.meta.get("n_missing", 0))
+    if len(data.user_ids) < settings.min_users:
+        raise JobError(f"only {len(data.user_ids)} labelled users have features ({n_missing} unknown to the online "
+                       f"store); tuning needs at least {settings.min_users}")
+    model_version, folder = resolve_model_dir(settings.resolved_model_repository(), job.model_version)
+    progress(0.05, f"loading model {model_version}", {"users": float(len(data.user_ids))})
+    loaded = models.get(folder)
+    params = TuneParams.resolve(loaded.cfg.tune, job.params)
+    users = _user_batch(data, loaded.cfg, str(loaded.model.device))
+    progress(0.10, f"tuning {params.steps} steps on {len(data.user_ids)} users", {})
+
+    def on_step(step: int, total: int, stats: dict[str, float]) -> None:
+        progress(0.10 + 0.85 * step / total, f"step {step}/{total}", {**stats, "total": float(total)})
+
+    try:
+        result = tune_soft_prompt(loaded.model, users, data.labels, query, n_tokens=params.n_tokens,
+                                  steps=params.steps, lr=params.lr, tau=params.tau, seed=params.seed,
+                                  val_fraction=params.val_fraction, batch_size=params.batch_size,
+                                  eval_every=max(1, params.steps // 5), progress=on_step)
+    except ValueError as exc:  # tune_soft_prompt's data complaints (one class, too few users per class)
+        raise JobError(f"cannot tune on these labels: {exc}") from None
+    metrics = {**{k: float(v) for k, v in result.metrics.items()}, "n_missing": float(n_missing),
+               "steps": float(params.steps)}
+    scenario_dir = settings.resolved_artifact_dir() / "prompts" / scenario
+    extra = {"job_id": job.job_id, "scenario": scenario, "model_version": model_version,
+             "params": {f.name: getattr(params, f.name) for f in fields(params)}}
+    path, sha = write_prompt(result, scenario_dir, job.job_id, loaded.source_id, extra)
+    progress(0.97, "registering prompt version", {})
+    version = repo.complete_tuning_job(job.job_id, artifact_uri=path.resolve().as_uri(), sha256=sha,
+                                       metrics=metrics, model_version=model_version)
+    if version.sha256 != sha:  # an earlier delivery of this job already registered its own artifact
+        log.warning("job already completed by an earlier delivery; dropping this run's artifact",
+                    extra={"job_id": job.job_id, "version": version.version, "kept": version.sha256[:12]})
+        if path.parent.name != Path(version.artifact_uri).parent.name:
+            shutil.rmtree(path.parent, ignore_errors=True)
+    log.info("tuning job done", extra={"job_id": job.job_id, "scenario": scenario, "version": version.version,
+                                       "auc": round(metrics["auc"], 4), "ks": round(metrics["ks"], 4),
+                                       "model_version": model_version, "sha256": sha[:12]})
+    return version
+
+
+__all__ = ["JobError", "DatasetError", "ModelCache", "TuneParams", "resolve_model_dir", "run_tuning_job",
+           "write_prompt", "load_job_data"]

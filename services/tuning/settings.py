@@ -1,0 +1,77 @@
+"""Tuning worker settings (env prefix TUNING_), built once in __main__ (or lazily by `celery -A services.tuning.app`).
+
+The names TUNING_BROKER_URL, TUNING_DATABASE_URL and TUNING_ARTIFACT_DIR are the ones docker-compose.yml and the
+Helm chart set; keep them stable.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings, repo_root
+
+
+def _services_python() -> Path | None:
+    # The local checkout's services env can read Feast; containers have none (they tune from snapshots).
+    candidate = repo_root() / ".venv" / "bin" / "python"
+    return candidate if candidate.exists() else None
+
+
+class TuningSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TUNING_", extra="ignore", frozen=True)
+
+    # Celery broker the registry publishes to (REGISTRY_CELERY_BROKER); None = the local stack's Redis, db 1.
+    broker_url: str | None = None
+    # Where update_state progress and task results go; None = same as the broker.
+    result_backend: str | None = None
+    # Queue to consume (the registry's REGISTRY_TUNING_QUEUE); None = Celery's default queue "celery".
+    queue: str | None = None
+    # The registry database (REGISTRY_DATABASE_URL): tasks carry only a job id and re-read the job row.
+    database_url: str | None = None
+    # Root of written artifacts; prompts go to <artifact_dir>/prompts/<scenario>/<job_id>-<sha12>/. Triton must
+    # see the same path (shared volume), because the registry stores the absolute file:// URI.
+    artifact_dir: Path | None = None
+    # Triton model repository holding the serving model versions (training.export writes it): the worker tunes
+    # against exactly the weights Triton serves.
+    model_repository: Path | None = None
+    # Interpreter with Feast (the services env) used to read labelled users' features for a CSV labels file;
+    # None = only feature snapshots (.npz) are accepted (the model image has no Feast).
+    features_python: Path | None = Field(default_factory=_services_python)
+    # feature_store.yaml for that read; None = $QANCHOR_STATE_DIR/feast/feature_store.yaml.
+    feast_config: Path | None = None
+    # Longest job expected, seconds. Redis re-delivers an unacked task after the visibility timeout, which is
+    # set above this so a running job is never handed to a second worker.
+    max_job_s: int = 4 * 3600
+    # torch device: "auto" = cuda when available, else cpu.
+    device: str = "auto"
+    # torch intra-op threads; 0 = torch's default (all cores).
+    torch_threads: int = 0
+    # Seconds between progress writes to the job row (every step would hammer the database on a GPU).
+    progress_every_s: float = 2.0
+    # Fewest labelled users with features a job accepts (AUC on a handful of users is noise).
+    min_users: int = 8
+
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"redis://127.0.0.1:{self.port('redis')}/1"
+
+    def resolved_result_backend(self) -> str:
+        return self.result_backend or self.resolved_broker_url()
+
+    def resolved_database_url(self) -> str:
+        # Same default as the registry (RegistrySettings.resolved_database_url), so a local stack needs no setup.
+        return self.database_url or f"sqlite:///{self.state_dir / 'registry' / 'registry.db'}"
+
+    def resolved_artifact_dir(self) -> Path:
+        return Path(self.artifact_dir or self.state_dir / "artifacts")
+
+    def resolved_model_repository(self) -> Path:
+        return Path(self.model_repository or self.state_dir / "model_repository")
+
+    def resolved_feast_config(self) -> Path:
+        return Path(self.feast_config or self.state_dir / "feast" / "feature_store.yaml")
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        return int(self.max_job_s * 1.5) + 600
