@@ -9,7 +9,9 @@ as its "feast" step; services call `get_store`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import logging
 import os
 import time
@@ -22,6 +24,7 @@ import yaml
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from feast.repo_contents import RepoContents
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +111,35 @@ def _load_definitions_module() -> ModuleType:
     return module
 
 
+def _repo_contents(objects: dict[str, object]) -> "RepoContents":
+    """What `feast apply` would collect from the repo's module attributes, from our generated objects."""
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.project import Project
+    from feast.repo_contents import RepoContents
+
+    values = list(objects.values())
+    return RepoContents(
+        projects=[Project(name=PROJECT)],
+        data_sources=[o for o in values if isinstance(o, DataSource)],
+        feature_views=[o for o in values if isinstance(o, FeatureView)],
+        on_demand_feature_views=[], stream_feature_views=[], label_views=[],
+        entities=[o for o in values if isinstance(o, Entity)],
+        feature_services=[o for o in values if isinstance(o, FeatureService)],
+        permissions=[],
+    )
+
+
 def apply(state_dir: Path, online_store: str = "sqlite", redis_url: str | None = None,
           sources_yaml: Path | None = None) -> Path:
     """Render the config and apply the feature repo (like `feast apply`); return the config path.
 
     In-process through the Feast Python API: the `feast` CLI would pay Feast's ~10-20 s import a second time.
     Views, services and sources no longer defined (a source removed from sources.yaml) are deleted, as
-    `feast apply` does. Idempotent.
+    `feast apply` does (it is the same Feast function). Idempotent.
     """
+    from feast.repo_operations import apply_total_with_repo_instance
+
     from services.common.features import load_feature_spec
 
     yaml_path = render_config(state_dir, online_store=online_store, redis_url=redis_url)
@@ -125,19 +149,25 @@ def apply(state_dir: Path, online_store: str = "sqlite", redis_url: str | None =
     spec = load_feature_spec(sources_yaml)
     objects = _load_definitions_module().build_definitions(spec, data_dir)
     store = get_store(yaml_path)
-    names = {getattr(o, "name") for o in objects.values()}
-    stale = [o for o in (*store.list_feature_views(), *store.list_feature_services(), *store.list_data_sources())
-             if o.name not in names]
+    repo = _repo_contents(objects)
+    out = io.StringIO()
     try:
-        store.apply(list(objects.values()), objects_to_delete=stale, partial=False)
+        # Feast's own `feast apply` core (plan, registry + infra diff, deletes of objects no longer defined), so
+        # `feast plan` on the same files afterwards reports no changes. It echoes its plan to stdout.
+        with contextlib.redirect_stdout(out):
+            apply_total_with_repo_instance(store, PROJECT, store.registry, repo, skip_source_validation=True)
     except Exception as exc:
         raise RuntimeError(f"feast apply failed for {yaml_path}: {exc}. Check feature_repo/sources.yaml and, "
                            "for Redis, that the server is reachable.") from exc
+    for line in out.getvalue().splitlines():
+        # One line per change ("Created feature view ...", "Deleted sqlite table ..."); Feast also dumps whole
+        # protos of updated objects, which are noise in a log.
+        if line.startswith(("Created", "Deleted", "Updated", "No changes")):
+            log.info("feast apply change=%r", line.strip()[:160])
     if online_store == "sqlite":
         _enable_wal(feast_dir(state_dir).resolve() / "online_store.db")
-    log.info("feast apply done config=%s online_store=%s layout=%s views=%d deleted=%d seconds=%.1f", yaml_path,
-             online_store, spec.layout, sum(1 for o in objects.values() if type(o).__name__ == "FeatureView"),
-             len(stale), time.perf_counter() - t0)
+    log.info("feast apply done config=%s online_store=%s layout=%s views=%d seconds=%.1f", yaml_path,
+             online_store, spec.layout, len(repo.feature_views), time.perf_counter() - t0)
     return yaml_path
 
 
