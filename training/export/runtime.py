@@ -192,13 +192,17 @@ class QAnchorRuntime:
         model = self.models[version].model
         keys = [cache_key(version, r.user_id, r.feature_version) for r in reqs]
         found: dict[CacheKey, PrefixCache] = {}
-        hits = []
+        hits, missing = [], []
         for k in keys:
-            entry = found.get(k) or self.cache.get(k)
+            if k in found or k in missing:  # the same prefix twice in one call is computed once: a hit for the 2nd
+                hits.append(True)
+                continue
+            entry = self.cache.get(k)
             hits.append(entry is not None)
-            if entry is not None:
+            if entry is None:
+                missing.append(k)
+            else:
                 found[k] = entry
-        missing = list(dict.fromkeys(k for k, h in zip(keys, hits) if not h))  # unique, in order
         if missing:
             first = {k: reqs[keys.index(k)] for k in missing}
             fresh = model.encode_prefix(to_user_batch([first[k] for k in missing], model))  # one batched forward
