@@ -11,9 +11,13 @@ import time
 from celery import Celery
 
 
-def make_app(redis_url: str, queue: str) -> Celery:
+def make_app(redis_url: str, queue: str, visibility_timeout_s: int = 3600) -> Celery:
     app = Celery("stack_test", broker=redis_url, backend=redis_url)
     app.conf.update(
+        # An unacknowledged message (its worker died) is handed out again after this long; the crash test
+        # lowers it from the default hour and sweeps every second.
+        broker_transport_options={"visibility_timeout": visibility_timeout_s, "unacked_restore_interval": 1,
+                                  "unacked_restore_throttle": 1},
         task_default_queue=queue,
         task_acks_late=True,  # job tasks: acknowledged only after they finish, so a crash re-delivers them
         worker_prefetch_multiplier=1,
@@ -24,7 +28,8 @@ def make_app(redis_url: str, queue: str) -> Celery:
 
 
 app = make_app(os.environ.get("STACK_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"),
-               os.environ.get("STACK_TEST_QUEUE", "stack-test"))
+               os.environ.get("STACK_TEST_QUEUE", "stack-test"),
+               int(os.environ.get("STACK_TEST_VISIBILITY_S", "3600")))
 
 
 @app.task(name="stack_test.weighted_sum", acks_late=True)
@@ -38,3 +43,15 @@ def count_up(self, steps: int, delay_s: float) -> dict:
         time.sleep(delay_s)
         self.update_state(state="PROGRESS", meta={"done": done, "total": steps})
     return {"done": steps, "total": steps}
+
+
+@app.task(name="stack_test.crash_once", acks_late=True)
+def crash_once(marker_key: str) -> dict:
+    """Dies (whole worker process, as a segfault or OOM kill would) on its first delivery only."""
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    attempt = client.incr(marker_key)
+    if attempt == 1:
+        os._exit(17)
+    return {"attempt": attempt}

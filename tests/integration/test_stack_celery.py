@@ -1,4 +1,5 @@
-"""Celery on the stack's real Redis: a real worker subprocess, results, update_state progress, late acks."""
+"""Celery on the stack's real Redis: real worker subprocesses, results, update_state progress, late acks, and
+redelivery of the task of a worker that died mid-task."""
 from __future__ import annotations
 
 import os
@@ -19,31 +20,44 @@ pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def celery_setup(stack: Endpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    sys.path.insert(0, str(HERE))
-    from stack_celery_tasks import make_app
-
-    redis_url = stack.redis_url.rsplit("/", 1)[0] + "/3"  # own db: other suites use db 0
-    queue = f"stack-test-{uuid.uuid4().hex[:8]}"
-    log_path = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = {**os.environ, "STACK_TEST_REDIS_URL": redis_url, "STACK_TEST_QUEUE": queue}
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
+def start_worker(queue: str, redis_url: str, log_path: Path, **env_extra: str) -> subprocess.Popen:
+    env = {**os.environ, "STACK_TEST_REDIS_URL": redis_url, "STACK_TEST_QUEUE": queue, **env_extra}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "stack_celery_tasks", "worker", "--pool=solo", "--loglevel=INFO",
-             "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "-Q", queue],
+             "-n", f"{queue}-{uuid.uuid4().hex[:4]}@%h", "--without-gossip", "--without-mingle", "-Q", queue],
             cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    app = make_app(redis_url, queue)
-    try:
-        yield app, redis_url, worker, log_path
-    finally:
+
+
+def stop_worker(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
         worker.terminate()
         try:
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        sys.path.remove(str(HERE))
+
+
+@pytest.fixture(scope="module")
+def tasks_module() -> Iterator[None]:
+    sys.path.insert(0, str(HERE))
+    yield
+    sys.path.remove(str(HERE))
+
+
+@pytest.fixture(scope="module")
+def celery_setup(stack: Endpoints, tasks_module, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    from stack_celery_tasks import make_app
+
+    redis_url = stack.redis_url.rsplit("/", 1)[0] + "/3"  # own db: other suites use db 0
+    queue = f"stack-test-{uuid.uuid4().hex[:8]}"
+    log_path = tmp_path_factory.mktemp("celery") / "worker.log"
+    worker = start_worker(queue, redis_url, log_path)
+    try:
+        yield make_app(redis_url, queue), redis_url, worker, log_path
+    finally:
+        stop_worker(worker)
 
 
 def _worker_log(log_path: Path) -> str:
@@ -87,3 +101,31 @@ def test_progress_reported_and_message_acked_late(celery_setup) -> None:
     while broker.hlen("unacked") and time.monotonic() < deadline:  # ack follows the result by a few ms
         time.sleep(0.05)
     assert broker.hlen("unacked") == 0
+
+
+def test_task_of_a_crashed_worker_is_redelivered(stack: Endpoints, tasks_module, tmp_path: Path) -> None:
+    from stack_celery_tasks import make_app
+
+    redis_url = stack.redis_url.rsplit("/", 1)[0] + "/4"  # short visibility timeout: keep it off db 3's tasks
+    queue = f"stack-crash-{uuid.uuid4().hex[:8]}"
+    marker = f"stack-test:crash:{queue}"
+    app = make_app(redis_url, queue, visibility_timeout_s=3)
+    log_path = tmp_path / "worker.log"
+    first = start_worker(queue, redis_url, log_path, STACK_TEST_VISIBILITY_S="3")
+    second = None
+    try:
+        result = app.send_task("stack_test.crash_once", args=[marker])
+        assert first.wait(timeout=90) == 17, f"worker did not die in the task; log:\n{_worker_log(log_path)}"
+        # Late ack: the dead worker never acknowledged, so the message is still owed to the queue.
+        assert redis.Redis.from_url(redis_url).hlen("unacked") == 1
+        second = start_worker(queue, redis_url, log_path, STACK_TEST_VISIBILITY_S="3")
+        try:
+            got = result.get(timeout=120)
+        except Exception:
+            pytest.fail(f"task not redelivered; worker log:\n{_worker_log(log_path)}")
+        assert got == {"attempt": 2}
+    finally:
+        stop_worker(first)
+        if second is not None:
+            stop_worker(second)
+        redis.Redis.from_url(redis_url).delete(marker)
