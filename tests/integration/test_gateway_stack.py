@@ -3,11 +3,14 @@
 Triton serves `qanchor_contract` (services/gateway/contract_model), a tiny real Python-backend model that speaks
 the gateway's tensor contract and whose embeddings have a closed-form reference, so these tests compare numbers:
 the features written to Feast must reach Triton intact, per scenario, with the right prompt, and the metadata
-(arm, versions, feature freshness, cache hit) must be right. The tests of the real Q-Anchor model (`qanchor`) run
-when training's exporter has put it in the model repository, and skip with that reason otherwise.
+(arm, versions, feature freshness, cache hit) must be right. The last test serves the real Q-Anchor model
+(`qanchor`, exported untrained from the `tiny` preset unless one is installed) and checks that an embedding from
+the cached prefix equals the one computed with it, through the whole path.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from services.common.feast_store import get_store
 from services.common.features import SourceEvents, UserFeatures, build_user_batch_arrays, load_feature_spec
 from services.common.features_online import FeatureWriter
 from services.common.grpc_server import mark_serving
+from services.common.settings import repo_root
 from services.gateway import contract_model
 from services.gateway.client import EmbeddingClient
 from services.gateway.contract_model.model import reference_embedding, user_vector
@@ -210,29 +214,53 @@ def test_ab_reload_validated_against_the_live_registry(world) -> None:  # type: 
     assert watcher.poll()
 
 
+def _ensure_real_model(repo: Path) -> None:
+    """Export an untrained tiny `qanchor` (training's exporter, model env) on Feast's schema unless installed."""
+    if (repo / "qanchor" / "config.pbtxt").exists():
+        return
+    model_python = repo_root() / ".venv-model" / "bin" / "python"
+    if not model_python.exists():
+        pytest.skip("no model env (.venv-model) to export the real `qanchor` model with")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    spec = load_feature_spec()
+    # The tiny preset's own feature schema is smaller; serve the one Feast holds (feature_repo/sources.yaml).
+    sources = "[" + ", ".join(f"{{name: {s.name}, k: {s.k}}}" for s in spec.sources) + "]"
+    cmd = [str(model_python), "-m", "training.export", "--preset", "tiny", "--out", str(repo),
+           "--set", f"input.sources={sources}", "--set", f"input.d_tab={spec.tabular_dim}",
+           "--set", f"input.d_enc={spec.encoder_dim}"]
+    proc = subprocess.run(cmd,
+                          capture_output=True, text=True, timeout=300, cwd=repo_root(), env=env)
+    if proc.returncode != 0:
+        pytest.skip(f"training's exporter could not write the real `qanchor` model (exit {proc.returncode}): "
+                    f"{(proc.stderr or proc.stdout)[-500:]}")
+
+
 def test_real_qanchor_model_cached_equals_uncached(world) -> None:  # type: ignore[no-untyped-def]
     stack, triton = world["stack"], world["triton"]
-    repo = Path(stack.model_repository)
-    if not (repo / "qanchor" / "config.pbtxt").exists():
-        pytest.skip("the real `qanchor` model is not in the model repository yet (training's Triton export "
-                    "writes $QANCHOR_STATE_DIR/model_repository/qanchor)")
+    _ensure_real_model(Path(stack.model_repository))
     triton.load_model("qanchor")
-    settings = world["settings"].model_copy(update={"triton_model": "qanchor", "model_versions": []})
     ab = world["tmp"] / "ab-real.yaml"
     ab.write_text("salt: it\n")
-    settings = settings.model_copy(update={"ab_config": ab})
+    settings = world["settings"].model_copy(update={"triton_model": "qanchor", "model_versions": [],
+                                                    "ab_config": ab})
     gateway = build_gateway(settings)
     server, port = create_gateway_server(settings, gateway)
     server.start()
     try:
-        with EmbeddingClient(f"127.0.0.1:{port}", token=TOKEN, timeout_s=60.0) as client:
+        with EmbeddingClient(f"127.0.0.1:{port}", token=TOKEN, timeout_s=120.0) as client:
             multi = client.get_user_embeddings("alice", ["churn", "promo"])  # prefix computed once, 2 suffixes
-            single = client.get_embedding("alice", "promo").embedding  # prefix from the cache
-            assert single.cache_hit
+            assert [r.WhichOneof("result") for r in multi.results] == ["embedding", "embedding"], multi
+            assert not multi.results[0].embedding.cache_hit
+            single = client.get_embedding("alice", "promo").embedding  # prefix from the model's LRU
+            assert single.cache_hit and single.feature_version == world["users"]["alice"].feature_version
             got = np.asarray(single.values)
             assert got.shape == (single.dim,) and abs(np.linalg.norm(got) - 1) < 1e-3
             np.testing.assert_allclose(got, multi.results[1].embedding.values, atol=1e-4)
             assert not np.allclose(multi.results[0].embedding.values, got)  # scenarios differ
+            cold = client.get_embedding("nobody-knows-me", "promo").embedding
+            assert cold.fallback and abs(np.linalg.norm(cold.values) - 1) < 1e-3
     finally:
         server.stop(0)
         gateway.close()
+        triton.unload_model("qanchor")
