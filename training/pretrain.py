@@ -1,0 +1,305 @@
+"""Pretraining: contrastive (InfoNCE, anchor vs answer) + NTP on UserU-style pairs of a MovieLens world.
+
+    python -m training.pretrain --config tiny --dataset ml-100k --steps 30 --out runs/tiny
+    python -m training.pretrain --config smollm2 --dataset ml-1m --steps 2000 --out runs/smollm2 --device cuda
+    torchrun --nproc-per-node 2 -m training.pretrain --config smollm2 ...     # DDP, negatives gathered
+
+One optimiser step = `optim.batch_size` users per rank, one pair each (a user never meets itself as a negative).
+The step is GradCache (training.losses explains it) extended across ranks: pass-1 embeddings of every rank are
+all-gathered, so each anchor sees world_size * batch_size - 1 negatives; gradients are then summed over ranks.
+Output dir: checkpoint/ (training.artifacts, safetensors), trainer/ (optimiser + schedule + data position, for
+--resume), metrics.jsonl, curve.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from training.artifacts import checkpoint_id, load_checkpoint, save_checkpoint
+from training.config import QAnchorConfig, SourceConfig, load_config
+from training.data.collate import UserCollator
+from training.data.encoder import cached_text_vectors
+from training.data.pairs import Pair, build_pairs
+from training.data.world import UserWorld, WorldConfig, build_world
+from training.losses import contrastive_loss
+from training.model.embedder import QAnchorModel
+from training.model.inputs import UserBatch
+
+log = logging.getLogger(__name__)
+
+
+# ---- setup ---------------------------------------------------------------------------------------------------
+def align_config(cfg: QAnchorConfig, world: UserWorld) -> QAnchorConfig:
+    """The model's prefix layout must match the data: sources and K from sources.yaml, tabular width."""
+    cfg.input.sources = [SourceConfig(s.name, s.k) for s in world.sources.sources]
+    cfg.input.d_enc = world.sources.encoder_dim
+    cfg.input.d_tab = world.sources.tabular_dim
+    return cfg
+
+
+def load_pretrained(checkpoint: str | Path, device: str = "cpu") -> QAnchorModel:
+    """A pretrained model for evaluation (benchmarks/quality uses this)."""
+    model, _, _ = load_checkpoint(checkpoint, device=device)
+    return model
+
+
+def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
+    """Linear warm-up to 1, then cosine to 0 (or constant)."""
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(total - warmup, 1))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class PairSampler:
+    """Batch `step` is a pure function of (seed, step, rank): resuming replays the same data."""
+
+    def __init__(self, pairs: list[Pair], seed: int) -> None:
+        self.by_user: dict[int, list[Pair]] = {}
+        for p in pairs:
+            self.by_user.setdefault(p.user, []).append(p)
+        self.users = sorted(self.by_user)
+        self.seed = seed
+
+    def batch(self, step: int, size: int, rank: int = 0, world_size: int = 1) -> list[Pair]:
+        rng = np.random.default_rng([self.seed, step])
+        n = min(size * world_size, len(self.users))
+        picked = rng.choice(len(self.users), n, replace=False)[rank::world_size][:size]  # disjoint across ranks
+        out = []
+        for i in picked:
+            ps = self.by_user[self.users[int(i)]]
+            out.append(ps[int(rng.integers(len(ps)))])
+        return out
+
+
+# ---- one step ------------------------------------------------------------------------------------------------
+def _gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' rows, this rank's rows replaced by `x` itself (so gradient flows to them). -> ([R*B, D], offset)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    rank = dist.get_rank()
+    parts[rank] = x
+    return torch.cat(parts), rank * x.shape[0]
+
+
+def _all_sum(value: float, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def train_step(model: QAnchorModel, users: UserBatch, queries: list[str], answers: list[str],
+               cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
+    """Accumulate into .grad the gradient of the global-batch loss (GradCache across chunks and ranks)."""
+    chunk, b, device = cfg.optim.chunk_size, len(queries), model.device
+    ctx = autocast or torch.autocast("cpu", enabled=False)
+    spans = [slice(s, min(s + chunk, b)) for s in range(0, b, chunk)]
+    sub = [UserBatch({k: v[sl] for k, v in users.event_vecs.items()},
+                     {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl]) for sl in spans]
+    rng_states, anchors, answer_embs, ntp_tokens = [], [], [], 0
+    with torch.no_grad():  # pass 1: embeddings only, no graph
+        for sl, ub in zip(spans, sub):
+            rng_states.append(torch.get_rng_state())
+            with ctx:
+                out = model.pretrain_forward(ub, queries[sl], answers[sl])
+            anchors.append(out.anchor.float())
+            answer_embs.append(out.answer.float())
+            ntp_tokens += out.ntp_tokens
+    u_local = torch.cat(anchors).requires_grad_(True)  # [B, D]
+    d_local = torch.cat(answer_embs).requires_grad_(True)
+    u_all, off = _gather(u_local)  # [R*B, D]
+    d_all, _ = _gather(d_local)
+    con = contrastive_loss(u_all, d_all, cfg.loss)  # identical on every rank
+    (cfg.loss.contrastive_weight * con).backward()  # -> u_local.grad, d_local.grad: this rank's share
+    tokens_all = _all_sum(float(ntp_tokens), device)  # NTP is a mean over every answer token of the global batch
+    ntp_part_sum = 0.0
+    for i, (sl, ub) in enumerate(zip(spans, sub)):  # pass 2: replay each chunk with a graph
+        torch.set_rng_state(rng_states[i])  # same dropout masks as pass 1
+        with ctx:
+            out = model.pretrain_forward(ub, queries[sl], answers[sl])
+        ntp = out.ntp_sum.float() / max(tokens_all, 1.0)
+        surrogate = (out.anchor.float() * u_local.grad[sl]).sum() + (out.answer.float() * d_local.grad[sl]).sum()
+        (surrogate + cfg.loss.ntp_weight * ntp).backward()
+        ntp_part_sum += float(ntp.detach())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)  # sum: each rank holds its rows' part of one global loss
+    ntp_mean = _all_sum(ntp_part_sum, device)
+    con_value = float(con.detach())
+    return {"loss": cfg.loss.contrastive_weight * con_value + cfg.loss.ntp_weight * ntp_mean,
+            "contrastive": con_value, "ntp": ntp_mean, "negatives": float(u_all.shape[0] - 1)}
+
+
+# ---- run state: checkpoint (training.artifacts) + optimiser/schedule for exact resume ------------------------
+# Optimiser moments are tensors, so they go to safetensors too (keyed by parameter name, never pickled). The
+# trainer dir is written after the checkpoint and records its id: a crash between the two is caught on resume.
+def save_trainer_state(out: Path, model, cfg: QAnchorConfig, opt: torch.optim.Optimizer, sched, step: int) -> None:
+    ckpt = save_checkpoint(out / "checkpoint", model, cfg, extra={"step": step})
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if not st:
+                continue
+            for k, v in st.items():
+                tensors[f"{names[id(p)]}::{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu()
+    tmp = out / ".trainer.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": sched.state_dict(),
+                                                 "checkpoint_id": checkpoint_id(ckpt)}, indent=1))
+    final = out / "trainer"
+    if final.exists():
+        for f in final.iterdir():
+            f.unlink()
+        final.rmdir()
+    tmp.rename(final)
+    log.info("checkpoint_saved step=%d dir=%s", step, ckpt)
+
+
+def load_trainer_state(out: Path, model, opt: torch.optim.Optimizer, sched, device) -> int:
+    """Load weights + optimiser + schedule into the given objects; returns the step to continue from."""
+    trainer, ckpt = out / "trainer", out / "checkpoint"
+    if not (trainer / "state.json").is_file() or not ckpt.is_dir():
+        raise FileNotFoundError(f"nothing to resume in {out}: expected checkpoint/ and trainer/; drop --resume "
+                                "to start a new run")
+    state = json.loads((trainer / "state.json").read_text())
+    if state["checkpoint_id"] != checkpoint_id(ckpt):
+        raise RuntimeError(f"{trainer} belongs to another checkpoint (the run stopped while saving); "
+                           "start over or restore a consistent pair")
+    loaded, _, extra = load_checkpoint(ckpt, device="cpu")
+    model.load_trainable_state_dict({k: v.to(device) for k, v in loaded.trainable_state_dict().items()})
+    del loaded
+    tensors = load_file(str(trainer / "optimizer.safetensors"))
+    params = dict(model.named_parameters())
+    for key, v in tensors.items():
+        name, k = key.split("::")
+        opt.state[params[name]][k] = v.to(device) if k != "step" else v
+    sched.load_state_dict(state["scheduler"])
+    assert extra.get("step") == state["step"], (extra, state["step"])
+    return int(state["step"])
+
+
+def plot_curve(metrics: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    if not rows:
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [r["step"] for r in rows]
+    for k in ("contrastive", "ntp"):
+        ax[0].plot(steps, [r[k] for r in rows], label=k)
+    ax[0].set_xlabel("step"), ax[0].set_ylabel("loss"), ax[0].legend()
+    ax[1].plot(steps, [r["lr"] for r in rows])
+    ax[1].set_xlabel("step"), ax[1].set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
+# ---- loop ----------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="smollm2", help="preset (tiny, smollm2, qwen2.5-0.5b) or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
+    p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    p.add_argument("--steps", type=int, default=None, help="override optim.steps")
+    p.add_argument("--batch-size", type=int, default=None, help="override optim.batch_size (users per rank)")
+    p.add_argument("--lr", type=float, default=None, help="override optim.lr")
+    p.add_argument("--max-users", type=int, default=None, help="keep the first N users (quick runs)")
+    p.add_argument("--top-k", type=int, default=10, help="QA pairs per user")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint + OUT/trainer")
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--log-every", type=int, default=1)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device(args.device)
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    overrides = list(args.set)
+    for key, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)):
+        if val is not None:
+            overrides.append(f"optim.{key}={val}")
+    cfg = load_config(args.config, overrides)
+    world = build_world(WorldConfig(dataset=args.dataset, max_users=args.max_users))
+    cfg = align_config(cfg, world)
+    o = cfg.optim
+    torch.manual_seed(o.seed + rank)
+    vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
+    pairs = build_pairs(world, world.users("train"), top_k=args.top_k)  # train users only: val/test stay unseen
+    sampler, collate = PairSampler(pairs, o.seed), UserCollator(world, vecs)
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = QAnchorModel(cfg).to(device)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, o.warmup_steps, o.steps, o.schedule))
+    start = 0
+    if args.resume:
+        start = load_trainer_state(out_dir, model, opt, sched, device)
+        log.info("resumed step=%d out=%s", start, out_dir)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    metrics_path = out_dir / "metrics.jsonl"
+    if rank == 0 and not args.resume:
+        metrics_path.write_text("")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, o.steps), desc="pretrain", disable=rank != 0, initial=start, total=o.steps)
+    model.train()
+    for step in bar:
+        t0 = time.perf_counter()
+        batch = sampler.batch(step, o.batch_size, rank, world_size)
+        users = collate.batch([x.user for x in batch]).to(device)
+        opt.zero_grad(set_to_none=True)
+        stats = train_step(model, users, [x.query for x in batch], [x.answer for x in batch], cfg, autocast)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, o.grad_clip))
+        opt.step()
+        sched.step()
+        stats.update(step=step + 1, lr=sched.get_last_lr()[0], grad_norm=gnorm, seconds=time.perf_counter() - t0,
+                     n_future=sum(x.kind == "future" for x in batch))
+        if rank == 0:
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", con=f"{stats['contrastive']:.3f}", ntp=f"{stats['ntp']:.3f}")
+            if (step + 1) % args.log_every == 0 or step + 1 == o.steps:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(stats) + "\n")
+            if (step + 1) % args.save_every == 0 or step + 1 == o.steps:
+                save_trainer_state(out_dir, model, cfg, opt, sched, step + 1)
+    if rank == 0:
+        plot_curve(metrics_path, out_dir / "curve.png")
+        log.info("pretrain_done steps=%d out=%s", o.steps, out_dir)
+    if world_size > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
