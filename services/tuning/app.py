@@ -78,3 +78,19 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
     level = settings().log_level
     setup_logging("tuning", level)
     logging.getLogger("celery").setLevel(level)
+
+
+@signals.worker_init.connect
+def _preload(**_: Any) -> None:
+    # Import torch, the model code and the repository at start-up, not inside the first job: a broken install
+    # fails the worker at once (visible to the liveness probe), and the first job is not slowed by imports.
+    import torch
+
+    import training.export.artifact  # noqa: F401
+    import training.tune  # noqa: F401
+    from services.registry import repository  # noqa: F401
+
+    s = settings()
+    logging.getLogger(__name__).info("tuning worker preloaded", extra={
+        "cuda": torch.cuda.is_available(), "device": s.device, "queue": s.queue or "celery",
+        "model_repository": str(s.resolved_model_repository()), "artifact_dir": str(s.resolved_artifact_dir())})

@@ -97,7 +97,7 @@ class TuningData:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub mistakes kwargs for allow_pickle
         tmp.replace(path)
         return path
 
@@ -141,7 +141,7 @@ def model_arrays(data: TuningData, sources: dict[str, int], d_enc: int, d_tab: i
         vecs = np.zeros((b, k, d_enc), dtype=np.float32)  # [B, K, d_enc]
         mask = np.zeros((b, k), dtype=bool)  # [B, K]
         src_v, src_m = data.event_vecs.get(name), data.event_mask.get(name)
-        if src_v is not None:
+        if src_v is not None and src_m is not None:
             if src_v.shape[2] != d_enc:
                 raise DatasetError(f"snapshot source {name!r} has {src_v.shape[2]}-d vectors, the model reads "
                                    f"{d_enc}-d: the event encoder differs")

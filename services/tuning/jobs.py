@@ -162,7 +162,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_prompt(result: Any, scenario_dir: Path, job_id: str, model_id: str, extra: dict[str, Any]) -> tuple[Path, str]:
+def write_prompt(result: Any, scenario_dir: Path, job_id: str, model_id: str,
+                 extra: dict[str, Any]) -> tuple[Path, str]:
     """Save the prompt under <scenario_dir>/<job_id>-<sha12>/ and return (prompt.safetensors path, sha256).
 
     Content-addressed on purpose: a redelivered job that tunes again never overwrites a file the registry already

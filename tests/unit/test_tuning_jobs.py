@@ -129,7 +129,8 @@ def test_task_marks_running_then_succeeded_and_skips_redelivery(world) -> None: 
     out = tasks.tune_scenario.apply(args=[job.job_id], task_id=job.job_id).get()
     assert out["state"] == "SUCCEEDED" and out["prompt_version"] == repo.get_tuning_job(job.job_id).prompt_version
     again = tasks.tune_scenario.apply(args=[job.job_id], task_id=job.job_id).get()
-    assert again == {"job_id": job.job_id, "state": "SUCCEEDED", "skipped": True, "prompt_version": out["prompt_version"]}
+    assert again == {"job_id": job.job_id, "state": "SUCCEEDED", "skipped": True,
+                     "prompt_version": out["prompt_version"]}
     assert len(repo.list_prompt_versions("planted")) == n_before + 1
 
     bad = repo.create_tuning_job("planted", str(snapshot), params={"steps": "0"})
