@@ -70,21 +70,19 @@ def replay(path: Path, bootstrap: str) -> tuple[int, list[str]]:
 
 def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVENTS_TOPIC) -> int | None:
     """Events in `topic` not yet committed by the ingest group (ingest commits only after the Feast push)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="qanchor-demo-lag")
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="qanchor-demo-lag")
+    # A consumer carrying the group id reads the group's committed offsets without joining it (no subscribe).
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
+                             client_id="qanchor-demo-lag")
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         if not parts:
             return None
         ends = consumer.end_offsets(parts)
-        committed = admin.list_consumer_group_offsets(group)
-        return sum(ends[tp] - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                   for tp in parts)
+        return sum(ends[tp] - (consumer.committed(tp) or 0) for tp in parts)
     finally:
-        consumer.close()
-        admin.close()
+        consumer.close(autocommit=False)
 
 
 def wait_for_features(feast_config: Path, users: list[str], bootstrap: str, timeout_s: float,

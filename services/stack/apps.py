@@ -83,6 +83,11 @@ def http_ok(url: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+# Not passed on to services: Python path overrides, and the prometheus multiprocess dir that importing Feast sets
+# in *our* environment to a temp dir deleted when we exit (the services would then crash on their next metric).
+INHERIT_NOT = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")
+
+
 class AppComponent(Component):
     """A qanchor service run from the services env: `python -m services.<name>` with env from the settings."""
 
@@ -106,7 +111,7 @@ class AppComponent(Component):
         return {}
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP")}
+        env = {k: v for k, v in os.environ.items() if k not in INHERIT_NOT}
         env.update(QANCHOR_STATE_DIR=str(self.layout.root), QANCHOR_PORT_BASE=str(self.settings.port_base),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
         env.update(self.service_env())
