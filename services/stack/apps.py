@@ -301,8 +301,13 @@ class ModelsStep:
             out.write(f"\n===== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} export: {' '.join(cmd)}\n"
                       .encode())
             out.flush()
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=out, cwd=repo_root(), env=env,
-                                  timeout=self.settings.model_export_timeout_s)
+            try:
+                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=out, cwd=repo_root(), env=env,
+                                      timeout=self.settings.model_export_timeout_s)
+            except subprocess.TimeoutExpired:
+                raise StackError(self.name, f"export took over {self.settings.model_export_timeout_s:.0f} s",
+                                 log_path=self.log_path, hint="raise QANCHOR_STACK_MODEL_EXPORT_TIMEOUT_S on a "
+                                 "busy machine") from None
             out.write(proc.stdout)
         lines = proc.stdout.decode(errors="replace").strip().splitlines()
         if proc.returncode != 0 or not lines:
