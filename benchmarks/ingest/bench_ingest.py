@@ -44,7 +44,7 @@ def load_events(users: int) -> list[dict]:
 
 
 def quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """histogram_quantile over cumulative (le, count) buckets."""
+    """histogram_quantile over cumulative (le, count) buckets; inf when the rank is past the last finite bucket."""
     total = buckets[-1][1]
     if total == 0:
         return float("nan")
@@ -52,7 +52,7 @@ def quantile(buckets: list[tuple[float, float]], q: float) -> float:
     for le, c in buckets:
         if c >= rank:
             if le == float("inf"):
-                return prev_le
+                return float("inf")
             return prev_le + (le - prev_le) * (rank - prev_c) / max(c - prev_c, 1e-9)
         prev_le, prev_c = le, c
     return prev_le
@@ -137,9 +137,14 @@ def main() -> int:
     stages = {k.split('stage="')[1].rstrip('"}'): v for k, v in m1.items()
               if k.startswith("qanchor_ingest_stage_seconds_sum")}
     hits, misses = (m1.get(f'qanchor_ingest_encoder_cache_total{{result="{r}"}}', 0) for r in ("hit", "miss"))
+    applied = m1['qanchor_ingest_events_total{outcome="applied"}']
+    # What the rest of the pipeline (validate, Feast read + write, commit) costs per event, over every batch
+    # of the run: the rate ingest would reach if encoding were free (all cache hits, or a GPU encoder).
+    non_encode_s = sum(v for k, v in stages.items() if k != "encode")
     sustained = {"events": drained, "seconds": drain_s, "events_per_s": drained / drain_s,
                  "texts_encoded": misses, "cache_hit_rate": hits / max(hits + misses, 1), "stage_seconds": stages,
-                 "events_per_s_excluding_encode": drained / max(drain_s - stages.get("encode", 0), 1e-9)}
+                 "encoder_texts_per_s_in_run": misses / max(stages.get("encode", 0), 1e-9),
+                 "events_per_s_excluding_encode": applied / max(non_encode_s, 1e-9)}
 
     # 3. freshness at a fixed offered rate
     run = uuid.uuid4().hex[:6]
@@ -182,9 +187,11 @@ def main() -> int:
     print(f"| Triton text_encoder alone (distinct texts/s) | {baseline:.0f} |")
     print(f"| sustained events/s with encoding ({drained} events) | {sustained['events_per_s']:.0f} |")
     print(f"| texts encoded / cache hit rate | {misses:.0f} / {sustained['cache_hit_rate']:.0%} |")
-    print(f"| events/s excluding encoder time (pipeline ceiling) | {sustained['events_per_s_excluding_encode']:.0f} |")
-    print(f"| freshness p50 / p99 at {args.rate:.0f} ev/s offered (achieved {fresh['achieved_send_rate']:.0f}) "
-          f"| {fresh['p50_s']:.2f} s / {fresh['p99_s']:.2f} s |")
+    print(f"| encoder texts/s inside the run | {sustained['encoder_texts_per_s_in_run']:.0f} |")
+    print(f"| events/s if encoding were free (validate+read+write+commit only) | "
+          f"{sustained['events_per_s_excluding_encode']:.0f} |")
+    print(f"| freshness p50 / p99 / mean at {args.rate:.0f} ev/s offered (sent at {fresh['achieved_send_rate']:.0f}) "
+          f"| {fresh['p50_s']:.2f} s / {fresh['p99_s']:.2f} s / {fresh['mean_s']:.2f} s |")
     return 0
 
 

@@ -5,8 +5,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-# Freshness: event time -> features servable; the goal is p99 <= 2 s, so resolve 50 ms .. 60 s.
-FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, float("inf"))
+# Freshness: event time -> features servable; the goal is p99 <= 2 s, so resolve 50 ms .. 60 s finely, and
+# keep coarse buckets up to 30 min so a lagging consumer still shows how far behind it is.
+FRESHNESS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                     1800.0, float("inf"))
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 
 
