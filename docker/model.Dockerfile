@@ -1,5 +1,5 @@
 # qanchor model image: Triton Inference Server (Python backend), the Celery tuning worker, the model export
-# step and the GPU pretraining / soft-prompt tuning Jobs.
+# step and the GPU pretraining Jobs (soft-prompt tuning runs in the worker).
 #
 # Base choice: python:3.11 + nvidia-pytriton (requirements/model.lock), not nvcr.io's tritonserver image.
 # The project is Python 3.11 only and the NGC image's Python backend stub is built for its system Python

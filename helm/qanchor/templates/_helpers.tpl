@@ -164,3 +164,31 @@ securityContext:
     - {name: feast, mountPath: /var/lib/qanchor/feast}
     - {name: tmp, mountPath: /tmp}
 {{- end -}}
+
+{{/* The model-export init container (values triton.export): writes the Triton model repository into the pod's
+model-repository emptyDir. Triton and the tuning worker both run it, with the same command and the same
+read-only artifacts, so the worker tunes against the weights Triton serves (docs/deploy.md: one export source). */}}
+{{- define "qanchor.modelExportInit" -}}
+{{- $e := .Values.triton.export -}}
+- name: model-export
+  image: {{ include "qanchor.image" (list . .Values.image.model) }}
+  imagePullPolicy: {{ .Values.image.model.pullPolicy }}
+  command:
+    {{- toYaml $e.command | nindent 4 }}
+  {{- with $e.args }}
+  args:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  env:
+    {{- include "qanchor.commonEnv" . | nindent 4 }}
+    # Export runs on the CPU whatever the pod requests: it only writes files.
+    - {name: CUDA_VISIBLE_DEVICES, value: ""}
+  securityContext:
+    {{- toYaml .Values.containerSecurityContext | nindent 4 }}
+  resources:
+    {{- toYaml $e.resources | nindent 4 }}
+  volumeMounts:
+    - {name: model-repository, mountPath: /var/lib/qanchor/model_repository}
+    - {name: artifacts, mountPath: /var/lib/qanchor/artifacts, readOnly: true}
+    - {name: tmp, mountPath: /tmp}
+{{- end -}}
