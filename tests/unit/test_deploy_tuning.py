@@ -95,6 +95,7 @@ def test_compose_model_export_names_a_model_source(services: dict) -> None:
     # training.export requires exactly one source; ingest needs the text_encoder model too.
     assert ("--preset" in command) != ("--checkpoint" in command)
     assert "--text-encoder" in command
+    assert "--model-version" in command  # a stable name across re-exports (the file hash is not reproducible)
 
 
 # --- Helm chart --------------------------------------------------------------------------------------------------
@@ -140,7 +141,8 @@ def test_chart_worker_runs_the_threads_pool_and_sees_the_served_model(monkeypatc
 
 @needs_helm
 def test_chart_export_args_reach_both_pods() -> None:
-    args = ["--only", "--text-encoder", "--checkpoint", "/var/lib/qanchor/artifacts/runs/pretrain-1/checkpoint"]
+    args = ["--only", "--text-encoder", "--checkpoint", "/var/lib/qanchor/artifacts/runs/pretrain-1/checkpoint",
+            "--model-version=pretrain-1"]
     docs = _docs("--set-json", f"triton.export.args={json.dumps(args)}")
     for name in ("qanchor-triton", "qanchor-tuning-worker"):
         (init,) = _by(docs, "Deployment", name)["spec"]["template"]["spec"]["initContainers"]
@@ -164,3 +166,13 @@ def test_chart_refuses_a_training_tune_job() -> None:
                     "--set-json", 'jobs.tuning.command=["python","-m","training.tune"]', check=False)
     assert run.returncode != 0
     assert "no command-line entry point" in run.stderr and "training.pretrain" in run.stderr, run.stderr
+
+
+@needs_helm
+def test_chart_refuses_an_unpinned_model_version_while_the_worker_exports_too() -> None:
+    unpinned = '["--only","--checkpoint","/var/lib/qanchor/artifacts/runs/pretrain-1/checkpoint"]'
+    run = _template("--set-json", f"triton.export.args={unpinned}", check=False)
+    assert run.returncode != 0
+    assert "has no --model-version" in run.stderr, run.stderr
+    # Without the worker there is one export per pod and nothing to agree on.
+    assert _template("--set-json", f"triton.export.args={unpinned}", "--set", "tuningWorker.enabled=false").stdout
