@@ -272,6 +272,7 @@ class Kafka(Component):
         created = ensure_topics(self.bootstrap, load_topics())
         if created:
             log.info("kafka topics created topics=%s", ",".join(created))
+        wait_group_coordinator(self.bootstrap, timeout_s=60.0)
 
 
 def min_heap(heap: str) -> str:
@@ -282,6 +283,33 @@ def min_heap(heap: str) -> str:
     except (KeyError, ValueError, IndexError):
         return "64m"
     return heap if mb < 64 else "64m"
+
+
+def wait_group_coordinator(bootstrap: str, timeout_s: float) -> None:
+    """Block until consumer groups can find a coordinator.
+
+    A fresh broker creates `__consumer_offsets` on the first FindCoordinator request and answers
+    COORDINATOR_NOT_AVAILABLE until its partitions have leaders; every consumer and admin call of the first
+    seconds would otherwise have to retry. Doing it once here makes "stack up" mean "groups work".
+    """
+    import time
+
+    from kafka.admin import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000, client_id="qanchor-stack")
+    try:
+        while True:
+            try:
+                admin.list_group_offsets("qanchor-stack-coordinator-probe")
+                return
+            except Exception as exc:  # retriable while __consumer_offsets elects leaders
+                if time.monotonic() > deadline:
+                    raise StackError("kafka", f"group coordinator not available after {timeout_s:.0f}s: {exc!r}",
+                                     hint="check the kafka log for __consumer_offsets errors") from exc
+                time.sleep(0.5)
+    finally:
+        admin.close()
 
 
 def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
