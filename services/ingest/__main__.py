@@ -23,9 +23,10 @@ def build_worker(settings: IngestSettings):
     from kafka import KafkaConsumer
 
     from services.ingest.consumer import IngestWorker
-    from services.ingest.encoder import CachedEncoder, TritonTextEncoder
+    from services.ingest.encoder import CachedEncoder, RedisVectorCache, TritonTextEncoder
     from services.ingest.metrics import IngestMetrics
     from services.ingest.producer import make_producer
+    from services.ingest.state import PartitionUserState
     from services.ingest.transform import load_ingest_spec
     from services.ingest.writer import FeastFeatureStore
 
@@ -51,33 +52,51 @@ def build_worker(settings: IngestSettings):
         heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
         isolation_level="read_committed",
     )
-    listener = _RebalanceLogger()
+    state = PartitionUserState(settings.user_state_size)
+    listener = _RebalanceListener(state)
     consumer.subscribe([settings.topic], listener=listener)
     dlq = make_producer(settings.bootstrap(), client_id="qanchor-ingest-dlq")
+    l2 = None
+    if settings.vector_cache():
+        l2 = RedisVectorCache.from_url(settings.vector_cache(), settings.encoder_id, spec.features.encoder_dim,
+                                       settings.vector_cache_ttl_s)
+        log.info("vector cache url=%s encoder_id=%s ttl_s=%d", settings.vector_cache(), settings.encoder_id,
+                 settings.vector_cache_ttl_s)
     worker = IngestWorker(
-        consumer, dlq, store, CachedEncoder(triton, settings.encoder_cache_size), spec, metrics,
+        consumer, dlq, store, CachedEncoder(triton, settings.encoder_cache_size, l2), spec, metrics,
         dlq_topic=settings.dlq_topic, group_id=settings.group_id,
         max_poll_interval_s=settings.max_poll_interval_ms / 1000.0, max_poll_records=settings.max_poll_records,
         poll_timeout_ms=settings.poll_timeout_ms, retry_backoff_s=settings.retry_backoff_s,
-        max_batch_attempts=settings.max_batch_attempts,
+        max_batch_attempts=settings.max_batch_attempts, state=state,
     )
 
     def close() -> None:
         consumer.close(autocommit=False)  # leaves the group now, so the partitions move without a timeout
         dlq.close(timeout=10)
         triton.close()
+        if l2 is not None:
+            l2.close()
 
     return worker, close
 
 
-class _RebalanceLogger(ConsumerRebalanceListener):
-    """Batches are processed and committed inside poll's thread, so a revoke never interrupts one: log only."""
+class _RebalanceListener(ConsumerRebalanceListener):
+    """Batches are processed and committed inside poll's thread, so a revoke never interrupts one.
+
+    Both callbacks drop the remembered rows of the partitions involved: after a revoke another member may write
+    them, and on an assign we may have missed writes made while the partition was elsewhere.
+    """
+
+    def __init__(self, state) -> None:
+        self.state = state
 
     def on_partitions_revoked(self, revoked) -> None:
         log.info("partitions revoked partitions=%s", ",".join(str(tp.partition) for tp in sorted(revoked)))
+        self.state.forget_partitions([tp.partition for tp in revoked], "revoked")
 
     def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned partitions=%s", ",".join(str(tp.partition) for tp in sorted(assigned)))
+        self.state.forget_partitions([tp.partition for tp in assigned], "assigned")
 
 
 def main() -> int:

@@ -2,7 +2,8 @@
 
 One batch, in order:
   1. validate every record (schema.parse_event); rejects go to the DLQ with the reason and the original bytes;
-  2. read the batch's users from the online store and plan each user's update (transform.plan_user_update),
+  2. read the batch's users from the online store (or, for users whose row this consumer wrote last on a
+     partition it still owns, from memory: services/ingest/state.py) and plan each user's update (transform.plan_user_update),
      skipping events at or below the user's stored position (already applied before a crash);
   3. encode the new event texts that survive windowing (Triton, through an LRU cache);
   4. push the rows (features + feature_version = new position, one atomic row per user);
@@ -18,10 +19,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
+from services.common.features import UserFeatures
 from services.ingest.encoder import CachedEncoder
 from services.ingest.metrics import IngestMetrics
 from services.ingest.schema import Event, EventRejected, parse_event
-from services.ingest.transform import IngestSpec, Position, UserUpdate, plan_user_update
+from services.ingest.state import PartitionUserState
+from services.ingest.transform import IngestSpec, Position, UserUpdate, decode_version, plan_user_update
 from services.ingest.writer import FeatureStoreIO
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ class IngestWorker:
                  spec: IngestSpec, metrics: IngestMetrics, *, dlq_topic: str, group_id: str,
                  max_poll_interval_s: float, max_poll_records: int = 500, poll_timeout_ms: int = 200,
                  retry_backoff_s: float = 2.0, max_batch_attempts: int = 30,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, state: PartitionUserState | None = None) -> None:
         self.consumer, self.dlq_producer, self.store, self.encoder = consumer, dlq_producer, store, encoder
         self.spec, self.metrics, self.dlq_topic, self.group_id = spec, metrics, dlq_topic, group_id
         # Keep a margin below Kafka's limit: the write must finish before the group could hand the partition on.
@@ -81,12 +84,23 @@ class IngestWorker:
         self.max_poll_records, self.poll_timeout_ms = max_poll_records, poll_timeout_ms
         self.retry_backoff_s, self.max_batch_attempts = retry_backoff_s, max_batch_attempts
         self.clock = clock
+        # Rows this worker wrote, per owned partition; capacity 0 = always read the store.
+        self.state = state if state is not None else PartitionUserState(capacity=0)
         self._sources = set(spec.source_names)
         self._last_lag_update = 0.0
 
     # ---- one batch -----------------------------------------------------------------------------------------
     def process(self, records: Sequence[Record], started: float | None = None) -> BatchResult:
         """Steps 1-4 plus waiting for DLQ sends; the caller commits afterwards."""
+        try:
+            return self._process(records, started)
+        except BaseException:
+            # A failed batch may have written some rows and not others: the remembered rows could now be older
+            # than the store, so forget them all and let the replay read the store.
+            self.state.clear("batch_failed")
+            raise
+
+    def _process(self, records: Sequence[Record], started: float | None) -> BatchResult:
         started = time.monotonic() if started is None else started
         result = BatchResult(records=len(records))
         m = self.metrics
@@ -115,9 +129,10 @@ class IngestWorker:
 
         t0 = time.perf_counter()
         texts = [t for u in todo for t in u.texts_to_encode()]
-        hits, misses = self.encoder.hits, self.encoder.misses
+        hits, l2_hits, misses = self.encoder.hits, self.encoder.l2_hits, self.encoder.misses
         vectors = self.encoder.encode_many(texts) if texts else {}
         m.encoder_cache.labels(result="hit").inc(self.encoder.hits - hits)
+        m.encoder_cache.labels(result="l2_hit").inc(self.encoder.l2_hits - l2_hits)
         m.encoder_cache.labels(result="miss").inc(self.encoder.misses - misses)
         result.texts_encoded = self.encoder.misses - misses
         m.stage_seconds.labels(stage="encode").observe(time.perf_counter() - t0)
@@ -133,6 +148,10 @@ class IngestWorker:
             self.store.write(rows)
             written = self.clock()
             m.stage_seconds.labels(stage="write").observe(time.perf_counter() - t0)
+            for row in rows:  # only after the write returned: the store now holds exactly these rows
+                last = decode_version(row.feature_version)
+                if last is not None:
+                    self.state.put(last.partition, row)
             for u in todo:
                 for ts in u.applied_ts:
                     m.freshness.observe(max(0.0, written - ts))
@@ -153,15 +172,25 @@ class IngestWorker:
     def _plan(self, by_user: dict[str, list[tuple[Position, Event]]]) -> list[UserUpdate]:
         if not by_user:
             return []
-        t0 = time.perf_counter()
-        users = list(by_user)
-        current = self.store.get(users)
-        self.metrics.stage_seconds.labels(stage="read").observe(time.perf_counter() - t0)
+        current: dict[str, UserFeatures] = {}
+        for uid, events in by_user.items():
+            parts = {p.partition for p, _ in events}
+            if len(parts) == 1:  # one user, one partition; anything else (re-partitioned topic) reads the store
+                row = self.state.get(next(iter(parts)), uid)
+                if row is not None:
+                    current[uid] = row
+        to_read = [u for u in by_user if u not in current]
+        self.metrics.user_state.labels(result="hit").inc(len(current))
+        self.metrics.user_state.labels(result="miss").inc(len(to_read))
+        if to_read:
+            t0 = time.perf_counter()
+            current.update(zip(to_read, self.store.get(to_read)))
+            self.metrics.stage_seconds.labels(stage="read").observe(time.perf_counter() - t0)
         updates = []
-        for uid, cur in zip(users, current):
+        for uid in by_user:
             # Log order per user; a batch may interleave partitions but one user lives in one partition.
             events = sorted(by_user[uid], key=lambda pe: pe[0])
-            upd = plan_user_update(cur, events, self.spec)
+            upd = plan_user_update(current[uid], events, self.spec)
             if upd is not None:
                 updates.append(upd)
         return updates
@@ -187,6 +216,7 @@ class IngestWorker:
             try:
                 result = self.process(records, started)
             except BatchTooSlow:
+                self.state.clear("batch_too_slow")
                 self.metrics.batch_failures.labels(error="too_slow").inc()
                 self._rewind(records)
                 raise
@@ -204,6 +234,7 @@ class IngestWorker:
                 # The group rebalanced under us: whoever owns the partitions now replays from the last commit,
                 # and the stored positions turn that replay into no-ops.
                 log.warning("commit failed after rebalance, batch will be replayed by the owner: %s", exc)
+                self.state.clear("commit_failed")
                 self.metrics.batch_failures.labels(error="commit_failed").inc()
             return result
         raise AssertionError("unreachable")

@@ -1,13 +1,17 @@
-"""Client of the Triton `text_encoder` model, with an LRU cache of text -> vector.
+"""Client of the Triton `text_encoder` model, behind two caches of text -> vector.
 
-Behaviour texts repeat a lot (the same merchant, page or movie for many users), so the cache skips most encoder
-calls on real streams; `hits`/`misses` are exported as metrics so the hit rate is visible, not assumed.
+Behaviour texts repeat a lot (the same merchant, page or movie for many users), so the caches skip most encoder
+calls on real streams. L1 is an in-process LRU; L2 (`RedisVectorCache`) is content-addressed in Redis, shared by
+every consumer and surviving restarts, so a new or restarted replica does not re-encode the catalogue.
+`hits` / `l2_hits` / `misses` are exported as metrics so the hit rate is visible, not assumed.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from collections import OrderedDict
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -72,14 +76,85 @@ class TritonTextEncoder:
         self.client.close()
 
 
-class CachedEncoder:
-    """LRU text -> vector cache in front of a backend; encodes each distinct missing text once per call."""
+class RedisVectorCache:
+    """L2 text -> float16 vector cache in Redis, content-addressed: key = hash(encoder id, text).
 
-    def __init__(self, backend: TextEncoderBackend, capacity: int = 100_000) -> None:
-        self.backend, self.capacity = backend, capacity
+    The encoder id names the weights and tokenisation (e.g. `all-MiniLM-L6-v2/ml64`): change it when either
+    changes, and old vectors are simply never read again (they expire with the TTL). Values are the raw
+    little-endian float16 bytes the feature store keeps, so a cached vector and a fresh one give identical rows.
+    Redis is an optimisation here: any Redis error is logged and the texts go to the encoder instead.
+    """
+
+    KEY_PREFIX = "qanchor:textvec:"
+
+    def __init__(self, client: Any, encoder_id: str, dim: int = 384, ttl_s: int = 30 * 86400) -> None:
+        self.client, self.encoder_id, self.dim, self.ttl_s = client, encoder_id, dim, ttl_s
+        self.errors = 0
+        self._last_error_log = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, encoder_id: str, dim: int = 384, ttl_s: int = 30 * 86400) -> "RedisVectorCache":
+        import redis  # imported here so pure-logic tests need no Redis client
+
+        # Short timeouts: a slow Redis must cost a batch milliseconds, not stall it (the encoder is the fallback).
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        return cls(client, encoder_id, dim, ttl_s)
+
+    def key(self, text: str) -> bytes:
+        digest = hashlib.blake2b(f"{self.encoder_id}\0{text}".encode("utf-8"), digest_size=16).hexdigest()
+        return (self.KEY_PREFIX + digest).encode()
+
+    def get_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors among `texts` (one MGET); a value of the wrong size counts as a miss."""
+        if not texts:
+            return {}
+        try:
+            values = self.client.mget([self.key(t) for t in texts])
+        except Exception as exc:
+            self._error("read", exc)
+            return {}
+        out: dict[str, np.ndarray] = {}
+        for t, v in zip(texts, values):
+            if v is not None and len(v) == 2 * self.dim:
+                out[t] = np.frombuffer(v, dtype="<f2")  # [dim], read-only view
+        return out
+
+    def put_many(self, vectors: dict[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for t, v in vectors.items():
+                pipe.set(self.key(t), np.asarray(v, dtype="<f2").tobytes(), ex=self.ttl_s)
+            pipe.execute()
+        except Exception as exc:
+            self._error("write", exc)
+
+    def _error(self, op: str, exc: Exception) -> None:
+        self.errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log > 30.0:  # one line per 30 s, not one per batch, while Redis is down
+            self._last_error_log = now
+            log.warning("vector cache %s failed, encoding instead errors=%d error=%s: %s (check INGEST_VECTOR_"
+                        "CACHE_URL and that Redis is up)", op, self.errors, type(exc).__name__, exc)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing a dead connection is not worth an error at shutdown
+            pass
+
+
+class CachedEncoder:
+    """L1 LRU (+ optional L2 Redis) in front of a backend; encodes each distinct missing text once per call."""
+
+    def __init__(self, backend: TextEncoderBackend, capacity: int = 100_000,
+                 l2: RedisVectorCache | None = None) -> None:
+        self.backend, self.capacity, self.l2 = backend, capacity, l2
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # L1
+        self.l2_hits = 0
+        self.misses = 0  # sent to the backend
 
     def encode_many(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """text -> [dim] vector for every distinct text."""
@@ -93,13 +168,26 @@ class CachedEncoder:
                 self._cache.move_to_end(t)
                 out[t] = vec
         self.hits += len(out)
+        if missing and self.l2 is not None:
+            found = self.l2.get_many(missing)
+            self.l2_hits += len(found)
+            for t, v in found.items():
+                out[t] = v
+                self._remember(t, v)
+            missing = [t for t in missing if t not in found]
         self.misses += len(missing)
         if missing:
             vecs = np.asarray(self.backend.encode(missing))  # [m, dim]
-            for t, v in zip(missing, vecs):
+            fresh = dict(zip(missing, vecs))
+            for t, v in fresh.items():
                 out[t] = v
-                if self.capacity > 0:
-                    self._cache[t] = v
-            while len(self._cache) > self.capacity:
-                self._cache.popitem(last=False)
+                self._remember(t, v)
+            if self.l2 is not None:
+                self.l2.put_many(fresh)
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
         return out
+
+    def _remember(self, text: str, vec: np.ndarray) -> None:
+        if self.capacity > 0:
+            self._cache[text] = vec

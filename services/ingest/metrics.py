@@ -22,6 +22,7 @@ class IngestMetrics:
     stage_seconds: Histogram
     batch_size: Histogram
     encoder_cache: Counter
+    user_state: Counter
     users_written: Counter
     batch_failures: Counter
 
@@ -42,8 +43,11 @@ class IngestMetrics:
                                     buckets=STAGE_BUCKETS, registry=r),
             batch_size=Histogram("qanchor_ingest_batch_records", "records per polled batch",
                                  buckets=(1, 10, 50, 100, 250, 500, 1000, 5000, float("inf")), registry=r),
-            encoder_cache=Counter("qanchor_ingest_encoder_cache", "distinct texts by cache result (hit, miss)",
-                                  ["result"], registry=r),
+            encoder_cache=Counter("qanchor_ingest_encoder_cache",
+                                  "distinct texts by cache result (hit = in-process L1, l2_hit = Redis, miss = "
+                                  "encoded)", ["result"], registry=r),
+            user_state=Counter("qanchor_ingest_user_state", "batch users served from the consumer's own last "
+                               "write (hit) or read from the online store (miss)", ["result"], registry=r),
             users_written=Counter("qanchor_ingest_users_written", "user rows pushed to the online store",
                                   registry=r),
             batch_failures=Counter("qanchor_ingest_batch_failures", "batches replayed after an error", ["error"],

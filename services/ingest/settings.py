@@ -39,6 +39,15 @@ class IngestSettings(ServiceSettings):
     encoder_max_batch: int = 256
     # Distinct texts cached (text -> 384 float16 ~ 0.8 KB each): 100k ~ 80 MB.
     encoder_cache_size: int = 100_000
+    # L2 text-vector cache shared by all consumers (Redis URL); None = the local stack's Redis, "" = off.
+    vector_cache_url: str | None = None
+    # Names the encoder weights + tokenisation in the L2 cache key: change it when either changes.
+    encoder_id: str = "all-MiniLM-L6-v2/ml64"
+    # L2 entries expire after this long unused-or-not (bounds Redis memory: ~0.9 KB per distinct text).
+    vector_cache_ttl_s: int = Field(default=30 * 86400, ge=1)
+    # Users whose last written row is kept per owned partition to skip the store read (~55 KB each with the
+    # default sources.yaml, K=64 in all); 0 = always read the store.
+    user_state_size: int = Field(default=10_000, ge=0)
     # feature_store.yaml (or a state dir); None = $QANCHOR_STATE_DIR/feast/feature_store.yaml.
     feast_config: Path | None = None
     # sources.yaml with K and window per source; None = the repository's feature_repo/sources.yaml.
@@ -55,6 +64,11 @@ class IngestSettings(ServiceSettings):
 
     def triton(self) -> str:
         return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"
+
+    def vector_cache(self) -> str:
+        if self.vector_cache_url is None:
+            return f"redis://127.0.0.1:{self.port('redis')}/0"
+        return self.vector_cache_url
 
     def feast_location(self) -> Path:
         return self.feast_config or Path(self.state_dir) / "feast" / "feature_store.yaml"
