@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -46,7 +46,37 @@ class Context:
     scenarios: list[Scenario]
     checkpoint: str | None
     device: str
-    model_users: int | None  # cap on users embedded by model rows (CPU runs)
+    model_users: int | None  # kept for callers; caps now live in CappedWorld (--train-users/--eval-users)
+    tune_steps: int = 0  # prompt-tuned row: training.tune steps per scenario (0 = row skipped)
+    model_cache: dict = field(default_factory=dict)  # one embedding pass per model, shared by its rows
+    tune_log: dict = field(default_factory=dict)  # scenario -> training.tune held-out metrics
+    embed_cache: str | None = None  # directory for model embeddings (.npz), reused across runs
+
+
+class CappedWorld:
+    """A UserWorld whose splits are seeded random subsets: CPU runs of the model rows probe fewer users.
+
+    Every row of one run sees the same subsets, so baselines recomputed in that run are comparable to the model
+    rows; the full-population baseline table (benchmarks/results/quality.*) is a different population.
+    """
+
+    def __init__(self, world: UserWorld, caps: dict[str, int | None], seed: int = 0) -> None:
+        self._world = world
+        self._users: dict[str, list[int]] = {}
+        for split, cap in caps.items():
+            users = world.users(split)
+            if cap and cap < len(users):
+                rng = np.random.default_rng([seed, len(split)])  # one fixed subset per split
+                users = sorted(rng.choice(users, cap, replace=False).tolist())
+            self._users[split] = list(users)
+
+    def users(self, split: str | None = None) -> list[int]:
+        if split is None:
+            return sorted(u for us in self._users.values() for u in us)
+        return list(self._users[split])
+
+    def __getattr__(self, name: str) -> Any:  # everything else (ratings, tabular, labels' inputs) is the world's
+        return getattr(self._world, name)
 
 
 # ---- baseline rows -------------------------------------------------------------------------------------------
@@ -74,50 +104,141 @@ def row_minilm_source_mean(ctx: Context):
 STATIC_QUERY = "Describe this user."  # one query for every scenario: a static user embedding (FOUND-like)
 
 
-def _model_embeddings(ctx: Context, queries: dict[str, str], prompts: dict[str, Any] | None = None):
+def _load_model(ctx: Context, untrained: bool = False):
     if not ctx.checkpoint:
         raise RowSkipped("needs --checkpoint (a training.pretrain output directory)")
     try:
-        import torch
+        import torch  # noqa: F401
 
-        from training.data.collate import UserCollator
-        from training.model.suffix import ScenarioSpec
         from training.pretrain import load_pretrained
     except ImportError as exc:  # the model API is still landing
         raise RowSkipped(f"model API unavailable: {exc}") from None
-    model = load_pretrained(ctx.checkpoint, device=ctx.device).eval()
+    if not untrained:
+        return load_pretrained(ctx.checkpoint, device=ctx.device).eval()
+    # ablation: same config (LoRA B starts at zero = the plain backbone), projectors and head at their init
+    from training.artifacts import load_checkpoint
+    from training.model.embedder import QAnchorModel
+
+    _, cfg, _ = load_checkpoint(ctx.checkpoint, device="cpu")
+    return QAnchorModel(cfg).to(ctx.device).eval()
+
+
+def _model_users(ctx: Context) -> list[int]:
+    return sorted(ctx.world.users("train") + ctx.world.users("val") + ctx.world.users("test"))
+
+
+def _qanchor_pass(ctx: Context, untrained: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """All model embeddings of one model, memoised: {"static": {...}, "zero_shot": {...}, "tuned": {...}}.
+
+    The prefix is encoded once per user and every spec (static + per-scenario queries + tuned prompts) is packed
+    into one suffix pass over that cache: on CPU this is what makes the model rows affordable.
+    """
+    key = "untrained" if untrained else "trained"
+    if key in ctx.model_cache:
+        return ctx.model_cache[key]
+    users = _model_users(ctx)
+    disk = _disk_cache_path(ctx, key, users)
+    if disk is not None and disk.is_file():  # an earlier (or parallel) run embedded the same model and users
+        with np.load(disk) as z:
+            out = {}
+            for name in z.files:
+                kind, scen = name.split("::")
+                full = np.zeros((len(ctx.world.ml.users), z[name].shape[1]), np.float32)
+                full[np.asarray(users)] = z[name]
+                out.setdefault(kind, {})[scen] = full
+        log.info("model_embeddings_loaded path=%s", disk)
+        ctx.model_cache[key] = out
+        return out
+    import torch
+
+    from training.data.collate import UserCollator
+    from training.model.attention import PrefixCache
+    from training.model.suffix import ScenarioSpec
+
+    model = _load_model(ctx, untrained)
     collate = UserCollator(ctx.world, ctx.vecs)
-    users = ctx.world.users()
-    if ctx.model_users:
-        users = _cap_users(ctx.world, ctx.model_users)
-    names = list(queries)
-    specs = [ScenarioSpec(queries[n], (prompts or {}).get(n)) for n in names]
-    out = {n: np.zeros((len(ctx.world.ml.users), model.cfg.head.out), np.float32) for n in names}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        cache = PrefixCache.cat([model.encode_prefix(collate.batch(users[i:i + 16]))
+                                 for i in range(0, len(users), 16)])
+    log.info("model_prefix_done model=%s users=%d cache_mb=%.0f seconds=%.1f", key, len(users),
+             cache.nbytes / 2**20, time.perf_counter() - t0)
+    specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
+    specs.update({("zero_shot", s.name): ScenarioSpec(s.query) for s in ctx.scenarios})
+    if ctx.tune_steps and not untrained:
+        specs.update({("tuned", n): ScenarioSpec(q, p) for n, (q, p) in _tune_prompts(ctx, model, cache,
+                                                                                      users).items()})
+    names = list(specs)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    emb_all = np.zeros((len(users), len(names), model.cfg.head.out), np.float32)
+    t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(users), 16):
-            chunk = users[i:i + 16]
-            emb = model.embed(model.encode_prefix(collate.batch(chunk)), specs).float().cpu().numpy()  # [b, S, d]
-            for j, n in enumerate(names):
-                out[n][chunk] = emb[:, j]
+            emb_all[i:i + 16] = model.embed(cache[list(range(i, min(i + 16, len(users))))],
+                                            [specs[n] for n in names]).float().cpu().numpy()
+    log.info("model_embed_done model=%s users=%d specs=%d seconds=%.1f", key, len(users), len(names),
+             time.perf_counter() - t0)
+    rows = np.asarray(users)
+    for j, (kind, name) in enumerate(names):
+        full = np.zeros((len(ctx.world.ml.users), model.cfg.head.out), np.float32)
+        full[rows] = emb_all[:, j]
+        out.setdefault(kind, {})[name] = full
+    ctx.model_cache[key] = out
+    if disk is not None:
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(disk.with_suffix(".tmp.npz"), **{f"{k}::{n}": emb_all[:, j] for j, (k, n) in enumerate(names)})
+        disk.with_suffix(".tmp.npz").rename(disk)
     return out
 
 
-def _cap_users(world: UserWorld, n: int) -> list[int]:
-    # keep all val/test users (the probe's evaluation set) and the first n train users
-    return sorted(world.users("train")[:n] + world.users("val") + world.users("test"))
+def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
+    """Embeddings on disk, keyed by checkpoint id, model variant, users and tuning steps (never stale)."""
+    if not ctx.embed_cache:
+        return None
+    import hashlib
+
+    from training.artifacts import checkpoint_id
+
+    # the untrained ablation depends only on the config, so any checkpoint of the same run shares it
+    model_ident = (checkpoint_id(ctx.checkpoint) if key == "trained"
+                   else (Path(ctx.checkpoint) / "config.json").read_text())
+    ident = json.dumps([model_ident, key, users, ctx.tune_steps if key == "trained" else 0,
+                        STATIC_QUERY, [s.query for s in ctx.scenarios]])
+    return Path(ctx.embed_cache) / f"{key}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
+
+
+def _tune_prompts(ctx: Context, model, cache, users: list[int]) -> dict[str, tuple[str, Any]]:
+    """Paper §3.2.3: 6 soft tokens per scenario, tuned (training.tune) on the train users' cached prefixes only."""
+    from training.tune import tune_soft_prompt
+
+    pos = {u: i for i, u in enumerate(users)}
+    out = {}
+    for s in ctx.scenarios:
+        tr_u, tr_y = s.labels(ctx.world, ctx.world.users("train"))
+        res = tune_soft_prompt(model, cache[[pos[u] for u in tr_u]], tr_y, s.query, n_tokens=6,
+                               steps=ctx.tune_steps, batch_size=32, eval_every=ctx.tune_steps)
+        ctx.tune_log[s.name] = {k: round(v, 4) for k, v in res.metrics.items()}
+        out[s.name] = (s.query, res.prompt)
+    return out
 
 
 def row_static_query(ctx: Context):
-    same = _model_embeddings(ctx, {"static": STATIC_QUERY})["static"]
+    same = _qanchor_pass(ctx)["static"]["static"]
     return {s.name: same for s in ctx.scenarios}
 
 
 def row_qanchor_zero_shot(ctx: Context):
-    return _model_embeddings(ctx, {s.name: s.query for s in ctx.scenarios})
+    return _qanchor_pass(ctx)["zero_shot"]
 
 
 def row_qanchor_prompt_tuned(ctx: Context):
-    raise RowSkipped("needs tuned soft prompts per scenario (training.tune); not wired into this benchmark yet")
+    if not ctx.tune_steps:
+        raise RowSkipped("needs --tune-steps N (soft prompts tuned per scenario on train users)")
+    return _qanchor_pass(ctx)["tuned"]
+
+
+def row_untrained_zero_shot(ctx: Context):
+    return _qanchor_pass(ctx, untrained=True)["zero_shot"]
 
 
 ROWS: dict[str, Callable[[Context], Any]] = {
@@ -129,6 +250,7 @@ ROWS: dict[str, Callable[[Context], Any]] = {
     "Q-Anchor static query": row_static_query,
     "Q-Anchor zero-shot": row_qanchor_zero_shot,
     "Q-Anchor prompt-tuned": row_qanchor_prompt_tuned,
+    "ablation: zero-shot, no pretraining": row_untrained_zero_shot,
 }
 BASELINES = list(ROWS)[:5]
 
@@ -157,7 +279,8 @@ def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
 
 def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
     head = "| row | avg AUC | avg KS | " + " | ".join(s.name for s in scenarios) + " |"
-    lines = [f"Linear-probe AUC (KS in the avg column) on {meta['dataset']}, test users={meta['n_test']}, "
+    lines = [f"Linear-probe AUC (KS in the avg column) on {meta['dataset']}, train/val/test users="
+             f"{meta['n_train']}/{meta.get('n_val', '?')}/{meta['n_test']}, "
              f"seeds={meta['seeds']}; mean +- std over seeds.", "", head,
              "|" + "---|" * (3 + len(scenarios))]
     for r in rows:
@@ -200,7 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--checkpoint", default=os.environ.get("QANCHOR_CHECKPOINT"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--model-users", type=int, default=None, help="cap train users embedded by model rows")
+    p.add_argument("--model-users", type=int, default=None, help="alias of --train-users (older CLI)")
+    p.add_argument("--train-users", type=int, default=None, help="probe on a seeded subset of N train users")
+    p.add_argument("--eval-users", type=int, default=None,
+                   help="probe on seeded subsets of N val and N test users (CPU runs of the model rows)")
+    p.add_argument("--val-users", type=int, default=None, help="val subset size (default: --eval-users)")
+    p.add_argument("--embed-cache", default=None, help="directory to keep model embeddings in (reused by reruns)")
+    p.add_argument("--tune-steps", type=int, default=0,
+                   help="prompt-tuned row: training.tune steps per scenario on the train users (0 = skip row)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -210,10 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     world = build_world(WorldConfig(dataset=args.dataset))
     vecs = cached_text_vectors(world.texts, args.dataset)
     scenarios = load_scenarios()
-    ctx = Context(world, vecs, scenarios, args.checkpoint, args.device, args.model_users)
+    n_train = args.train_users or args.model_users
+    n_val = args.val_users or args.eval_users
+    if n_train or n_val or args.eval_users:
+        world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
+    ctx = Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
+                  embed_cache=args.embed_cache)
     seeds = tuple(range(args.seeds))
     rows = [run_row(n, ctx, seeds) for n in (args.rows or list(ROWS))]
-    meta = {"dataset": args.dataset, "n_train": len(world.users("train")), "n_test": len(world.users("test")),
+    meta = {"dataset": args.dataset, "n_train": len(world.users("train")), "n_val": len(world.users("val")),
+            "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
+            "tune_heldout": ctx.tune_log,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])}
