@@ -1,0 +1,66 @@
+"""Quality benchmark plumbing: seeded user caps (CappedWorld) and the table's row registry."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("sklearn")
+pytest.importorskip("torch")
+
+pytestmark = pytest.mark.model
+
+RUN = Path(__file__).resolve().parents[2] / "benchmarks" / "quality" / "run.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("quality_run", RUN)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["quality_run"] = mod  # dataclasses resolve their module through sys.modules
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class FakeWorld:  # only what CappedWorld touches: users(split) and pass-through attributes
+    splits = {"train": list(range(0, 100)), "val": list(range(100, 130)), "test": list(range(130, 180))}
+    tabular = "passthrough"
+
+    def users(self, split=None):
+        return self.splits[split] if split else sorted(u for us in self.splits.values() for u in us)
+
+
+def test_capped_world_subsets_are_seeded_sorted_and_within_split():
+    run = _load()
+    a = run.CappedWorld(FakeWorld(), {"train": 20, "val": None, "test": 10})
+    b = run.CappedWorld(FakeWorld(), {"train": 20, "val": None, "test": 10})
+    assert a.users("train") == b.users("train") and a.users("test") == b.users("test")
+    assert len(a.users("train")) == 20 and set(a.users("train")) <= set(FakeWorld.splits["train"])
+    assert a.users("train") == sorted(a.users("train"))
+    assert a.users("val") == FakeWorld.splits["val"]  # no cap: the whole split
+    assert len(a.users("test")) == 10 and set(a.users("test")) <= set(FakeWorld.splits["test"])
+    assert a.users() == sorted(a.users("train") + a.users("val") + a.users("test"))
+    assert a.tabular == "passthrough"
+    c = run.CappedWorld(FakeWorld(), {"train": 20, "val": None, "test": 10}, seed=1)
+    assert c.users("train") != a.users("train")
+
+
+def test_cap_larger_than_split_keeps_everyone():
+    run = _load()
+    w = run.CappedWorld(FakeWorld(), {"train": 1000, "val": 5, "test": 0})
+    assert w.users("train") == FakeWorld.splits["train"] and w.users("test") == FakeWorld.splits["test"]
+
+
+def test_model_rows_are_registered_and_skip_without_checkpoint():
+    run = _load()
+    for name in ("Q-Anchor static query", "Q-Anchor zero-shot", "Q-Anchor prompt-tuned",
+                 "ablation: zero-shot, no pretraining"):
+        assert name in run.ROWS
+    ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint=None,
+                      device="cpu", model_users=None)
+    row = run.run_row("Q-Anchor zero-shot", ctx, (0,))
+    assert "checkpoint" in row["skipped"]
+    row = run.run_row("Q-Anchor prompt-tuned", ctx, (0,))
+    assert "--tune-steps" in row["skipped"]
