@@ -158,9 +158,13 @@ def _qanchor_pass(ctx: Context, untrained: bool = False) -> dict[str, dict[str, 
     model = _load_model(ctx, untrained)
     collate = UserCollator(ctx.world, ctx.vecs)
     t0 = time.perf_counter()
+    parts = []
     with torch.inference_mode():
-        cache = PrefixCache.cat([model.encode_prefix(collate.batch(users[i:i + 16]))
-                                 for i in range(0, len(users), 16)])
+        for i in range(0, len(users), 16):
+            parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
+            log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
+                     len(users), time.perf_counter() - t0)
+    cache = PrefixCache.cat(parts)
     log.info("model_prefix_done model=%s users=%d cache_mb=%.0f seconds=%.1f", key, len(users),
              cache.nbytes / 2**20, time.perf_counter() - t0)
     specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
@@ -176,6 +180,8 @@ def _qanchor_pass(ctx: Context, untrained: bool = False) -> dict[str, dict[str, 
         for i in range(0, len(users), 16):
             emb_all[i:i + 16] = model.embed(cache[list(range(i, min(i + 16, len(users))))],
                                             [specs[n] for n in names]).float().cpu().numpy()
+            log.info("model_embed_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
+                     len(users), time.perf_counter() - t0)
     log.info("model_embed_done model=%s users=%d specs=%d seconds=%.1f", key, len(users), len(names),
              time.perf_counter() - t0)
     rows = np.asarray(users)
