@@ -43,6 +43,8 @@ class Ctx:
     triton: str
     feast_config: Path
     tmp: Path
+    # Redis of the L2 text-vector cache the consumers share; "" = off.
+    redis_url: str = ""
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +56,7 @@ def ctx(stack, tmp_path_factory) -> Ctx:
     client.load_model("text_encoder")  # explicit model control; loading torch + weights takes a while on 2 cores
     assert client.is_model_ready("text_encoder")
     return Ctx(stack.kafka_bootstrap, stack.triton_grpc, Path(stack.feast_config),
-               tmp_path_factory.mktemp("ingest"))
+               tmp_path_factory.mktemp("ingest"), redis_url=stack.redis_url)
 
 
 def new_topic(ctx: Ctx, partitions: int = 4) -> str:
@@ -81,7 +83,8 @@ def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Pa
                INGEST_KAFKA_BOOTSTRAP=ctx.bootstrap, INGEST_TRITON_URL=ctx.triton,
                INGEST_FEAST_CONFIG=str(feast_config or ctx.feast_config), INGEST_METRICS_PORT=str(port),
                INGEST_MAX_POLL_RECORDS=str(max_poll_records), INGEST_RETRY_BACKOFF_S="0.5",
-               INGEST_SESSION_TIMEOUT_MS="6000", QANCHOR_STATE_DIR=str(ctx.tmp / "state"))
+               INGEST_SESSION_TIMEOUT_MS="6000", QANCHOR_STATE_DIR=str(ctx.tmp / "state"),
+               INGEST_VECTOR_CACHE_URL=ctx.redis_url)
     with log.open("ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=repo_root())
