@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-version", default="", help="MODEL_VERSION served (default <config>-<weights sha>)")
     p.add_argument("--instance-kind", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--torch-threads", type=int, default=0)
+    p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads per instance (0 = all cores; "
+                   "use 1 when the CPU is shared with other busy processes)")
     p.add_argument("--cache-mb", type=int, default=1024, help="prefix KV cache budget in MiB")
     p.add_argument("--contract", choices=["v1", "v2"], default="v1",
                    help="v1: gateway shapes, max_batch_size 0; v2: leading batch dim + dynamic batcher")

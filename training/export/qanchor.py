@@ -44,7 +44,7 @@ class QAnchorExportConfig:
     model_version: str = ""  # the MODEL_VERSION requests name; default "<config name>-<weights sha[:12]>"
     instance_kind: str = "cpu"  # cpu -> KIND_CPU, gpu -> KIND_GPU (falls back to CPU without CUDA)
     instances: int = 1  # one instance holds one prefix cache; several would each keep their own
-    torch_threads: int = 0  # 0 = torch default (all cores)
+    torch_threads: int = 0  # 0 = torch default (all cores); 1 on a CPU shared with other busy processes
     cache_mb: int = 1024  # prefix-KV LRU budget; SmolLM2 fp32 256-token prefix = 11.8 MB per user (measured)
     contract: str = "v1"  # v1: max_batch_size 0 (the gateway's shapes); v2: leading batch dim 1, dynamic batcher
     max_batch_size: int = 16  # v2 only: requests the dynamic batcher may hand one execute

@@ -11,6 +11,7 @@ forwards. A malformed request gets a `RequestError`; a bad soft prompt fails onl
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -54,6 +55,39 @@ class EmbedResult:
     status: list[int]
     errors: list[str]
     model_version: str
+
+
+def configure_threads(threads: int) -> int:
+    """Thread settings for serving on shared CPUs; call before the first forward. -> intra-op threads in use.
+
+    Why: with torch's defaults (intra-op = all cores, OpenMP threads spinning after every parallel region) a
+    model server on a busy machine burns its cores on barrier spin-waits instead of matmuls. OMP_WAIT_POLICY only
+    takes effect if set before OpenMP starts (before `import torch`): the Triton model sets it at import;
+    here we set it for callers that have not imported torch yet and warn otherwise. Inter-op threads are pinned
+    to 1: one request's forward is a chain of ops, there is nothing to run side by side.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already started by earlier torch work in this process; harmless, log and go on
+        log.info("event=interop_threads_already_set threads=%d", torch.get_num_interop_threads())
+    n = torch.get_num_threads()
+    log.info("event=threads_configured intra_op=%d inter_op=%d omp_wait_policy=%s", n,
+             torch.get_num_interop_threads(), os.environ.get("OMP_WAIT_POLICY"))
+    return n
+
+
+def prepare_for_serving(model) -> None:
+    """Inference-only model: LoRA folded into the base weights (one matmul per projection instead of three),
+    no autograd state. Embeddings are unchanged up to float rounding; the model can no longer be trained."""
+    bb = model.backbone
+    if hasattr(bb, "merge_and_unload"):  # a peft wrapper: untrained or trained adapters alike
+        model.backbone = bb.merge_and_unload()
+        log.info("event=lora_merged")
+    model.requires_grad_(False)
+    model.eval()
 
 
 def embed_many(model, cache: PrefixCache, per_user: list[list[ScenarioSpec]]) -> list[torch.Tensor]:
@@ -234,4 +268,5 @@ class QAnchorRuntime:
                 "prompt_loads": sum(p.loads for p in self.prompts.values())}
 
 
-__all__ = ["EmbedRequest", "EmbedResult", "QAnchorRuntime", "RequestError", "embed_many"]
+__all__ = ["EmbedRequest", "EmbedResult", "QAnchorRuntime", "RequestError", "configure_threads", "embed_many",
+           "prepare_for_serving"]

@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# Before torch loads OpenMP (it reads these once): sleeping, not spinning, idle worker threads. With OpenMP's
+# default spin-wait, this stub on a loaded 2-core machine served one scenario in ~19 s instead of ~1.5 s
+# (benchmarks/serving/README.md). An operator's own setting in Triton's environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 log = logging.getLogger("qanchor.triton")
 TEXT_INPUTS = {"scenarios": "SCENARIO", "queries": "QUERY_TEXT", "prompt_versions": "PROMPT_VERSION",
@@ -33,12 +39,10 @@ class TritonPythonModel:
         import torch
 
         from training.export.artifact import load_model_artifact
-        from training.export.runtime import QAnchorRuntime
+        from training.export.runtime import QAnchorRuntime, configure_threads, prepare_for_serving
 
         config = json.loads(args["model_config"])
-        threads = int(_param(config, "torch_threads", "0"))
-        if threads > 0:
-            torch.set_num_threads(threads)
+        threads = configure_threads(int(_param(config, "torch_threads", "0")))
         self.batched = int(config.get("max_batch_size", 0)) > 0
         device = "cpu"
         if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
@@ -49,10 +53,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"config.pbtxt lists no model_versions; re-run python -m "
                                                 "training.export")
         loaded = [load_model_artifact(root / v, device=device) for v in order]  # raises on any sha256 mismatch
+        for m in loaded:
+            prepare_for_serving(m.model)  # LoRA merged into the base weights: same output, fewer matmuls
         self.runtime = QAnchorRuntime(loaded, cache_bytes=int(_param(config, "cache_bytes", str(1 << 30))))
         self.sources = [s.name for s in loaded[0].cfg.input.sources]
-        log.info("event=qanchor_ready versions=%s device=%s batched=%s cache_bytes=%d", order, device,
-                 self.batched, self.runtime.cache.max_bytes)
+        log.info("event=qanchor_ready versions=%s device=%s batched=%s cache_bytes=%d torch_threads=%d", order,
+                 device, self.batched, self.runtime.cache.max_bytes, threads)
 
     def _np(self, request, name: str) -> np.ndarray:
         t = pb_utils.get_input_tensor_by_name(request, name)
