@@ -39,6 +39,7 @@ def build_worker(settings: IngestSettings):
     triton = TritonTextEncoder(settings.triton(), settings.encoder_model, settings.encoder_max_batch)
     triton.wait_ready(timeout_s=120)
     store = FeastFeatureStore(settings.feast_location(), spec.features)
+    store.warm_up()
     consumer = KafkaConsumer(
         bootstrap_servers=settings.bootstrap(),
         group_id=settings.group_id,

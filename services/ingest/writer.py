@@ -41,5 +41,11 @@ class FeastFeatureStore:
     def get(self, user_ids: Sequence[str]) -> list[UserFeatures]:
         return self._reader.get(list(user_ids))
 
+    def warm_up(self) -> None:
+        """One read of an id no producer uses, before taking partitions: Feast loads its registry and opens the
+        online store lazily, and that first-call cost (seconds on a busy CPU) would otherwise land on the first
+        batch's freshness."""
+        self._reader.get(["__qanchor_ingest_warm_up__"])
+
     def write(self, rows: Sequence[UserFeatures]) -> None:
         self._writer.write(list(rows))
