@@ -1,7 +1,7 @@
 """Ingest benchmark: sustained events/s with encoding (cold and warm text cache), and freshness at a fixed rate.
 
     python -m services.stack up                       # same QANCHOR_STATE_DIR / QANCHOR_PORT_BASE as below
-    .venv/bin/python benchmarks/ingest/bench_ingest.py [--events 3000] [--warm-events 12000] [--rate 500]
+    .venv/bin/python benchmarks/ingest/bench_ingest.py [--events 3000] [--warm-events 30000] [--rate 500]
 
 Workload: MovieLens-100K ratings exported as v1 events (training.data.export_events, run in the model env),
 user ids prefixed per run, event times rewritten to the send time. Real Kafka, Triton text_encoder, Redis
@@ -164,7 +164,7 @@ def send(ctx: Ctx, topic: str, events: list[dict], rate: float | None, run: str)
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=3000, help="events preloaded for the cold-cache phase")
-    p.add_argument("--warm-events", type=int, default=12000, help="events preloaded for the warm-cache phase")
+    p.add_argument("--warm-events", type=int, default=30000, help="events preloaded for the warm-cache phase")
     p.add_argument("--rate", type=float, default=500.0, help="offered events/s in the freshness phase")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the freshness phase")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ingest" / "results")
