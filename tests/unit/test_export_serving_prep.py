@@ -1,6 +1,7 @@
 """Serving preparation of an exported model (training.export.runtime): LoRA merged into the base weights gives
 the same embeddings as the unmerged model's full forward, and the thread settings are applied."""
 import copy
+import os
 
 import pytest
 
@@ -61,8 +62,6 @@ def test_configure_threads_sets_intra_op_and_passive_wait(monkeypatch):
     try:
         assert configure_threads(1) == 1 == torch.get_num_threads()
         assert torch.get_num_interop_threads() >= 1
-        import os
-
         assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
         assert configure_threads(0) == 1  # 0 keeps whatever is set
     finally:
