@@ -6,7 +6,7 @@
 #   scripts/train_default.sh                      # CPU, the committed step count
 #   STEPS=200 DEVICE=cuda scripts/train_default.sh
 # Env: STEPS, DEVICE (cpu|cuda), RUN_DIR (run directory, default $QANCHOR_STATE_DIR/runs/smollm2-cpu),
-#      THREADS (torch threads on CPU, default 2), RESUME=1 to continue an interrupted run in RUN_DIR.
+#      THREADS (torch threads on CPU, default 1), RESUME=1 to continue an interrupted run in RUN_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,9 +17,11 @@ STEPS="${STEPS:-$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])
 DEVICE="${DEVICE:-cpu}"
 STATE="${QANCHOR_STATE_DIR:-$ROOT/var}"
 RUN_DIR="${RUN_DIR:-$STATE/runs/smollm2-cpu}"
-THREADS="${THREADS:-2}"
+THREADS="${THREADS:-1}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+# PASSIVE: idle OpenMP workers sleep instead of spinning; on a busy 2-core machine spinning workers steal the
+# core from the thread doing the work (benchmarks/serving/README.md measured ~10x on SmolLM2 inference)
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 log() { printf '[train_default] %s\n' "$*" >&2; }
 
 # 1. environment: the model env with the packaged backbone and data (nothing is downloaded)
