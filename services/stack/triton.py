@@ -101,6 +101,9 @@ def triton_env(model_env: ModelEnv, base: dict[str, str], services_prefix: Path 
         ld.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
     env["VIRTUAL_ENV"] = str(model_env.prefix)
+    # Every torch model in Triton (qanchor, text_encoder): OpenMP threads that spin while idle burn the CPU other
+    # models and requests need; on a busy 2-core host that made one SmolLM2 call ~10x slower (docs/serving_model.md).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
 
 
