@@ -19,6 +19,8 @@ fi
 # explicit + --load-model='*': clients may load/unload at run time, and a restart comes back with every model.
 # Pinned host memory speeds GPU copies; CPU pods set QANCHOR_TRITON_PINNED_MEMORY_BYTES=0 and save ~256 MB.
 echo "event=triton_start repository=$repo http=$((base)) grpc=$((base + 1)) metrics=$((base + 2))" >&2
+# Idle OpenMP threads must sleep, not spin: spinning threads starve the other models on a shared CPU.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec tritonserver \
   --model-repository="$repo" \
   --backend-directory="$backends" \
