@@ -18,6 +18,22 @@ from services.ingest.settings import IngestSettings
 log = logging.getLogger("services.ingest")
 
 
+def wait_for_topic(consumer, topic: str, timeout_s: float) -> None:
+    """Join the group only once this client knows the topic's partitions.
+
+    A member that joins before its metadata has the topic is assigned nothing (kafka-python's assignor logs
+    "No partition metadata for topic") and was seen to stay idle for minutes on a fresh topic.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not consumer.partitions_for_topic(topic):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic!r} has no partitions after {timeout_s:.0f}s: create it "
+                               "(qanchor stack up creates the project's topics) or fix INGEST_TOPIC")
+        time.sleep(0.5)
+
+
 def build_worker(settings: IngestSettings):
     """Connect everything (Kafka consumer + DLQ producer, Feast, Triton) and return (worker, closers)."""
     from kafka import KafkaConsumer
@@ -52,7 +68,10 @@ def build_worker(settings: IngestSettings):
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 3),
         isolation_level="read_committed",
+        # Backstop for the race below: a member assigned nothing re-checks metadata (and rejoins) within 10 s.
+        metadata_max_age_ms=10_000,
     )
+    wait_for_topic(consumer, settings.topic, timeout_s=60.0)
     state = PartitionUserState(settings.user_state_size)
     listener = _RebalanceListener(state)
     consumer.subscribe([settings.topic], listener=listener)
