@@ -40,7 +40,7 @@ resume=()
 if [ "${RESUME:-0}" = 1 ]; then resume=(--resume); fi
 log "pretrain steps=$STEPS device=$DEVICE run_dir=$RUN_DIR"
 nice -n 19 "$PY" -m training.pretrain --config smollm2-cpu --dataset ml-1m --steps "$STEPS" \
-  --device "$DEVICE" --out "$RUN_DIR" --save-every 2 "${resume[@]}"
+  --device "$DEVICE" --out "$RUN_DIR" --save-every 10 --eval-every 20 "${resume[@]}"
 
 # 3. publish: the checkpoint directory as is (its manifest carries the sha256 of every file), plus the curve
 "$PY" - "$RUN_DIR" "$ROOT/artifacts/default" <<'PY'

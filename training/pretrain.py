@@ -147,6 +147,53 @@ def train_step(model: QAnchorModel, users: UserBatch, queries: list[str], answer
             "contrastive": con_value, "ntp": ntp_mean, "negatives": float(u_all.shape[0] - 1)}
 
 
+# ---- held-out evaluation ---------------------------------------------------------------------------------------
+class HeldOutEval:
+    """Fixed pairs of held-out (val) users, scored in eval mode: the learning curve that can be compared across steps.
+
+    The training loss is a poor curve: every step sees other users, and the false-negative filter's mask is a
+    function of the model (as s(u_i, v_i) grows, negatives that were dropped come back in, so the objective can rise
+    while retrieval improves). The held-out numbers: `val_contrastive` (the training objective on these pairs),
+    `val_infonce` (plain InfoNCE anchor -> answer, no filter, no extra terms), `val_acc1` (the true answer is the
+    nearest of all M answers), `val_ntp`, and `val_gap` (mean s(u_i, v_i) minus mean s(u_i, v_j)).
+    """
+
+    def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, top_k: int, seed: int = 0) -> None:
+        pairs = build_pairs(world, world.users("val"), top_k=top_k)
+        sampler = PairSampler(pairs, seed)
+        self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
+        self.users = collate.batch([x.user for x in self.pairs])
+
+    @torch.no_grad()
+    def __call__(self, model: QAnchorModel, cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        ctx = autocast or torch.autocast("cpu", enabled=False)
+        anchors, answers, ntp_sum, ntp_tokens = [], [], 0.0, 0
+        chunk = cfg.optim.chunk_size
+        for start in range(0, len(self.pairs), chunk):
+            sl = slice(start, start + chunk)
+            ub = UserBatch({k: v[sl] for k, v in self.users.event_vecs.items()},
+                           {k: v[sl] for k, v in self.users.event_mask.items()}, self.users.tabular[sl])
+            with ctx:
+                out = model.pretrain_forward(ub.to(model.device), [x.query for x in self.pairs[sl]],
+                                             [x.answer for x in self.pairs[sl]])
+            anchors.append(out.anchor.float())
+            answers.append(out.answer.float())
+            ntp_sum += float(out.ntp_sum)
+            ntp_tokens += out.ntp_tokens
+        model.train(was_training)
+        u, d = torch.cat(anchors), torch.cat(answers)
+        sim = u @ d.T  # [M, M]
+        target = torch.arange(len(u), device=sim.device)
+        off = ~torch.eye(len(u), dtype=torch.bool, device=sim.device)
+        return {"val_contrastive": float(contrastive_loss(u, d, cfg.loss)),
+                "val_infonce": float(torch.nn.functional.cross_entropy(sim / cfg.loss.tau, target)),
+                "val_acc1": float((sim.argmax(dim=1) == target).float().mean()),
+                "val_gap": float(sim.diagonal().mean() - sim[off].mean()),
+                "val_ntp": ntp_sum / max(ntp_tokens, 1), "val_pairs": float(len(u))}
+
+
 # ---- run state: checkpoint (training.artifacts) + optimiser/schedule for exact resume ------------------------
 # Optimiser moments are tensors, so they go to safetensors too (keyed by parameter name, never pickled). The
 # trainer dir is written after the checkpoint and records its id: a crash between the two is caught on resume.
@@ -204,16 +251,25 @@ def plot_curve(metrics: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    if not rows:
+    every = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    rows = [r for r in every if "contrastive" in r]
+    evals = [r for r in every if "val_acc1" in r]
+    if not rows and not evals:
         return
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.5))
     steps = [r["step"] for r in rows]
     for k in ("contrastive", "ntp"):
-        ax[0].plot(steps, [r[k] for r in rows], label=k)
-    ax[0].set_xlabel("step"), ax[0].set_ylabel("loss"), ax[0].legend()
-    ax[1].plot(steps, [r["lr"] for r in rows])
-    ax[1].set_xlabel("step"), ax[1].set_ylabel("learning rate")
+        ax[0].plot(steps, [r[k] for r in rows], label=f"train {k}")
+    for k in ("val_contrastive", "val_infonce", "val_ntp"):
+        ax[0].plot([r["step"] for r in evals], [r[k] for r in evals], marker="o", label=k)
+    ax[0].set_xlabel("step"), ax[0].set_ylabel("loss"), ax[0].legend(fontsize=7)
+    ax[1].plot([r["step"] for r in evals], [r["val_acc1"] for r in evals], marker="o", label="val acc@1")
+    if evals:
+        chance = 1.0 / evals[0]["val_pairs"]
+        ax[1].axhline(chance, ls="--", c="grey", label=f"chance {chance:.3f}")
+    ax[1].set_xlabel("step"), ax[1].set_ylabel("held-out retrieval acc@1"), ax[1].legend(fontsize=7)
+    ax[2].plot(steps, [r["lr"] for r in rows])
+    ax[2].set_xlabel("step"), ax[2].set_ylabel("learning rate")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
 
@@ -234,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint + OUT/trainer")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--eval-every", type=int, default=25, help="score the held-out pairs every N steps (0 = off)")
+    p.add_argument("--eval-pairs", type=int, default=64, help="held-out val users scored (one pair each)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -273,6 +331,18 @@ def main(argv: list[str] | None = None) -> int:
         metrics_path.write_text("")
     from tqdm.auto import tqdm
 
+    held_out = HeldOutEval(world, collate, args.eval_pairs, args.top_k, o.seed) if args.eval_every > 0 else None
+
+    def evaluate(step: int) -> None:
+        if held_out is None or rank != 0:
+            return
+        ev = held_out(model, cfg, autocast)
+        log.info("eval step=%d %s", step, " ".join(f"{k}={v:.4f}" for k, v in ev.items()))
+        with metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, **ev}) + "\n")
+
+    if start == 0:
+        evaluate(0)
     bar = tqdm(range(start, o.steps), desc="pretrain", disable=rank != 0, initial=start, total=o.steps)
     model.train()
     for step in bar:
@@ -291,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
             if (step + 1) % args.log_every == 0 or step + 1 == o.steps:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(stats) + "\n")
+            if args.eval_every > 0 and ((step + 1) % args.eval_every == 0 or step + 1 == o.steps):
+                evaluate(step + 1)
             if (step + 1) % args.save_every == 0 or step + 1 == o.steps:
                 save_trainer_state(out_dir, model, cfg, opt, sched, step + 1)
     if rank == 0:

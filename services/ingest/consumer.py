@@ -256,9 +256,16 @@ class IngestWorker:
         if not force and now - self._last_lag_update < 1.0:
             return
         self._last_lag_update = now
+        from kafka.errors import IllegalStateError, KafkaError
+
         for tp in self.consumer.assignment():
-            hw = self.consumer.highwater(tp)
-            pos = self.consumer.position(tp, timeout_ms=1000) if hw is not None else None
+            try:
+                hw = self.consumer.highwater(tp)
+                pos = self.consumer.position(tp, timeout_ms=1000) if hw is not None else None
+            except (KafkaError, IllegalStateError) as exc:
+                # The lag gauge is best effort: a rebalance or a slow coordinator must never stop the consumer.
+                log.warning("lag update skipped partition=%d error=%s: %s", tp.partition, type(exc).__name__, exc)
+                continue
             if hw is not None and pos is not None:
                 self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, hw - pos))
 

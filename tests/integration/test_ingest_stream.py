@@ -266,8 +266,15 @@ def test_sigterm_finishes_batch_and_commits_exactly_what_was_applied(ctx):
 
 
 def last_assignment(log: Path) -> set[int]:
-    lines = re.findall(r'partitions assigned partitions=([0-9,]*)', log.read_text())
-    return {int(p) for p in lines[-1].split(",") if p} if lines else set()
+    """Partitions the consumer owns per its log: its last "assigned" line, or nothing after a later "revoked"."""
+    lines = re.findall(r'partitions (assigned|revoked) partitions=([0-9,]*)', log.read_text())
+    if not lines or lines[-1][0] == "revoked":
+        return set()
+    return {int(p) for p in lines[-1][1].split(",") if p}
+
+
+def log_tail(log: Path, n: int = 25) -> str:
+    return f"--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-n:])
 
 
 def test_two_consumers_in_one_group_split_the_partitions(ctx):
@@ -286,7 +293,8 @@ def test_two_consumers_in_one_group_split_the_partitions(ctx):
             if sa and sb and not sa & sb and sa | sb == {0, 1, 2, 3}:
                 break
             time.sleep(0.5)
-        assert sa and sb and not sa & sb and sa | sb == {0, 1, 2, 3}, (sa, sb)
+        assert sa and sb and not sa & sb and sa | sb == {0, 1, 2, 3}, (
+            f"a={sa} b={sb} a_rc={a.poll()} b_rc={b.poll()}\n{log_tail(log_a)}\n{log_tail(log_b)}")
         users = [f"{uuid.uuid4().hex[:6]}-p{i}" for i in range(40)]
         records = [(users[i % 40].encode(), event(users[i % 40], i, 1_700_000_000 + i)) for i in range(400)]
         positions = produce(ctx, topic, records)

@@ -40,15 +40,24 @@ def _run(tmp, steps, resume=False):
     return [json.loads(x) for x in (tmp / "metrics.jsonl").read_text().splitlines()]
 
 
+def _train_rows(rows):
+    return [r for r in rows if "contrastive" in r]
+
+
 def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     # event vectors: random instead of MiniLM (the loop is under test, not the encoder)
     def fake_vectors(texts, name, progress=True):  # same vectors on every call, like the on-disk cache
         return np.random.default_rng(0).standard_normal((len(texts), 384)).astype(np.float16)
 
     monkeypatch.setattr(pretrain, "cached_text_vectors", fake_vectors)
-    full = _run(tmp_path / "full", 2)
+    full_rows = _run(tmp_path / "full", 2)
     _run(tmp_path / "split", 1)
-    resumed = _run(tmp_path / "split", 2, resume=True)
+    resumed_rows = _run(tmp_path / "split", 2, resume=True)
+    # held-out evaluation before the first step and at the end; it must not disturb training (resume == full)
+    evals = [r for r in full_rows if "val_acc1" in r]
+    assert [r["step"] for r in evals] == [0, 2]
+    assert all(0.0 <= r["val_acc1"] <= 1.0 and r["val_infonce"] > 0 and r["val_pairs"] >= 2 for r in evals)
+    full, resumed = _train_rows(full_rows), _train_rows(resumed_rows)
     assert [r["step"] for r in full] == [1, 2] and [r["step"] for r in resumed] == [1, 2]
     for a, b in zip(full, resumed):
         assert a["contrastive"] == pytest.approx(b["contrastive"], rel=1e-4)
