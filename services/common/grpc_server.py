@@ -104,14 +104,66 @@ def mark_serving(server: grpc.Server, service_names: Sequence[str]) -> None:
         h.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
+class ReadinessMonitor:
+    """Keeps the named services SERVING only while `check()` holds (e.g. the model server answers).
+
+    The overall status ("") is left alone: it is liveness (restarting this process would not bring a dependency
+    back), while a readiness probe asks for a service name and stops routing here while the dependency is down.
+    Every change is logged (`event=readiness_changed`). A check that raises counts as not ready.
+    """
+
+    def __init__(self, server: grpc.Server, service_names: Sequence[str], check: Callable[[], bool],
+                 interval_s: float = 5.0) -> None:
+        self.server, self.service_names, self.check, self.interval_s = server, list(service_names), check, interval_s
+        self.ready: bool | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll_once(self) -> bool:
+        try:
+            ok = bool(self.check())
+            reason = "" if ok else "check_failed"
+        except Exception as exc:  # noqa: BLE001 - any failure of the dependency check means "not ready"
+            ok, reason = False, f"{type(exc).__name__}: {exc}"
+        if ok != self.ready:
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in self.service_names:
+                health_of(self.server).set(name, status)
+            level = logging.INFO if ok else logging.WARNING
+            log.log(level, "event=readiness_changed ready=%s services=%s reason=%r", str(ok).lower(),
+                    ",".join(self.service_names), reason)
+            self.ready = ok
+        return ok
+
+    def start(self) -> ReadinessMonitor:
+        self.poll_once()
+        self._thread = threading.Thread(target=self._run, name="readiness", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.poll_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5)
+
+
 def serve(
     settings: GrpcServerSettings,
     *servicers: Servicer,
     service: str = "qanchor",
     auth_policy: Mapping[str, Access] | None = None,
     on_stop: Sequence[Callable[[], None]] = (),
+    readiness: Callable[[], bool] | None = None,
+    readiness_interval_s: float = 5.0,
 ) -> None:
-    """Run until SIGTERM/SIGINT; then NOT_SERVING, graceful stop (settings.grace_seconds), `on_stop` hooks."""
+    """Run until SIGTERM/SIGINT; then NOT_SERVING, graceful stop (settings.grace_seconds), `on_stop` hooks.
+
+    `readiness`: a dependency check; while it fails the servicers' health is NOT_SERVING (ReadinessMonitor).
+    """
     server, port = create_server(settings, *servicers, service=service, auth_policy=auth_policy)
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
@@ -128,12 +180,18 @@ def serve(
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     server.start()
     mark_serving(server, [s.service_name for s in servicers])
+    monitor = None
+    if readiness is not None:
+        monitor = ReadinessMonitor(server, [s.service_name for s in servicers], readiness,
+                                   readiness_interval_s).start()
     log.info("serving", extra={"host": settings.host, "port": port, "services": ",".join(
         s.service_name for s in servicers)})
     try:
         while not stop.wait(1.0):
             pass
     finally:
+        if monitor is not None:
+            monitor.stop()  # before the shutdown below, so it cannot flip a service back to SERVING
         log.info("stopping", extra={"signal": received[0] if received else "none",
                                     "grace_seconds": settings.grace_seconds})
         # Fail health checks first so balancers drain us, then let in-flight RPCs finish.

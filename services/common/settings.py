@@ -33,6 +33,15 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def project_pythonpath() -> str:
+    """PYTHONPATH for every Python process the project starts (services, Triton's Python backend, the exporter).
+
+    The virtualenvs are cached outside the clone and shared by every checkout on the machine, and their editable
+    install points at whichever checkout ran setup last; an explicit path makes each checkout run its own code.
+    """
+    return str(repo_root())
+
+
 def port_for(name: str, port_base: int = DEFAULT_PORT_BASE) -> int:
     """Port of a stack component: `port_base + PORT_OFFSETS[name]`."""
     try:

@@ -34,7 +34,8 @@ def main() -> int:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     gateway.watcher.start()
-    serve(settings, gateway.servicer(), service="gateway", on_stop=[gateway.close])
+    serve(settings, gateway.servicer(), service="gateway", on_stop=[gateway.close], readiness=gateway.ready,
+          readiness_interval_s=settings.readiness_interval_s)
     return 0
 
 

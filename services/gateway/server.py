@@ -32,6 +32,11 @@ class Gateway:
         return Servicer(embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server, EmbeddingServicer(self.core),
                         SERVICE_NAME)
 
+    def ready(self) -> bool:
+        """Readiness: the model server answers and has the model loaded (a client without `ready` counts as up)."""
+        check = getattr(self.core.model, "ready", None)
+        return True if check is None else bool(check())
+
     def close(self) -> None:
         self.watcher.stop()
         for close in self.closers:

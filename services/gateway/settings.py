@@ -19,6 +19,9 @@ class GatewaySettings(GrpcServerSettings):
     ab_config: Path = Field(default_factory=lambda: repo_root() / "config" / "ab.yaml")
     # Seconds between checks of ab_config for changes.
     ab_poll_s: float = 5.0
+    # How often health re-checks that the model server has the model loaded; while it has not, the
+    # qanchor.v1.EmbeddingService health status is NOT_SERVING (the overall "" status stays SERVING: liveness).
+    readiness_interval_s: float = 5.0
     # Triton gRPC endpoint host:port; None = 127.0.0.1:<QANCHOR_PORT_BASE + 1>.
     triton_url: str | None = None
     # Name of the model in Triton's repository.

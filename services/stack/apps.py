@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from services.common.settings import repo_root
+from services.common.settings import project_pythonpath, repo_root
 from services.stack.components import Component, StackError
 from services.stack.settings import StackSettings
 
@@ -113,7 +113,8 @@ class AppComponent(Component):
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in INHERIT_NOT}
         env.update(QANCHOR_STATE_DIR=str(self.layout.root), QANCHOR_PORT_BASE=str(self.settings.port_base),
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+                   PYTHONPATH=project_pythonpath())
         env.update(self.service_env())
         return env
 
@@ -293,7 +294,8 @@ class ModelsStep:
         else:
             cmd += ["--preset", source.preset, "--model-version", f"{source.preset}-untrained"]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", QANCHOR_STATE_DIR=str(self.settings.layout.root))
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", QANCHOR_STATE_DIR=str(self.settings.layout.root),
+                   PYTHONPATH=project_pythonpath())
         log.info("models export starting source=%s out=%s", source.label(), self.repo)
         t0 = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.settings import project_pythonpath
 from services.stack.components import Component, StackError
 from services.stack.settings import StackSettings
 
@@ -101,6 +102,7 @@ def triton_env(model_env: ModelEnv, base: dict[str, str], services_prefix: Path 
         ld.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(ld)
     env["VIRTUAL_ENV"] = str(model_env.prefix)
+    env["PYTHONPATH"] = project_pythonpath()  # the Python backend imports `training` from this checkout
     # Every torch model in Triton (qanchor, text_encoder): OpenMP threads that spin while idle burn the CPU other
     # models and requests need; on a busy 2-core host that made one SmolLM2 call ~10x slower (docs/serving_model.md).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")

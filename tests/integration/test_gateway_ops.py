@@ -1,23 +1,26 @@
 """The online path's promises with the real Q-Anchor model in Triton (untrained `tiny` export), real registry over
 gRPC, real Feast: a scenario registered by query text serves at once; GetUserEmbeddings for 10 scenarios returns the
-same vectors as 10 single calls; Triton going away is UNAVAILABLE within the caller's deadline, and serving recovers
-when it returns.
+same vectors as 10 single calls; Triton going away is UNAVAILABLE within the caller's deadline, the gateway's
+EmbeddingService health turns NOT_SERVING (readiness) while the overall status stays SERVING (liveness), and serving
+and health recover when it returns.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from services.common.errors import AlreadyExists, DeadlineExceeded, Unavailable
 from services.common.feast_store import get_store
 from services.common.features import load_feature_spec
 from services.common.features_online import FeatureWriter
-from services.common.grpc_server import mark_serving
+from services.common.grpc_server import ReadinessMonitor, mark_serving
 from services.gateway.client import EmbeddingClient
 from services.gateway.server import build_gateway, create_gateway_server
 from services.gateway.servicer import SERVICE_NAME
@@ -61,9 +64,11 @@ def online(stack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
     server, port = create_gateway_server(settings, gateway)
     server.start()
     mark_serving(server, [SERVICE_NAME])
+    monitor = ReadinessMonitor(server, [SERVICE_NAME], gateway.ready, interval_s=0.5).start()
     client = EmbeddingClient(f"127.0.0.1:{port}", token=TOKEN, timeout_s=120.0)
-    state = {"client": client, "admin": admin, "triton": triton, "triton_url": stack.triton_grpc}
+    state = {"client": client, "admin": admin, "triton": triton, "triton_url": stack.triton_grpc, "port": port}
     yield state
+    monitor.stop()
     client.close()
     server.stop(0)
     gateway.close()
@@ -80,6 +85,18 @@ def _live(triton: tgrpc.InferenceServerClient) -> bool:
         return bool(triton.is_server_live())
     except InferenceServerException:  # connection refused while it starts
         return False
+
+
+def _health(port: int, service: str) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def _wait_health(port: int, service: str, want: int, within_s: float) -> None:
+    give_up = time.monotonic() + within_s
+    while (got := _health(port, service)) != want:
+        assert time.monotonic() < give_up, f"{service or 'overall'} health {got}, expected {want} within {within_s}s"
+        time.sleep(0.2)
 
 
 def test_registered_query_serves_at_once_and_ten_scenarios_equal_ten_single_calls(online) -> None:  # type: ignore[no-untyped-def]
@@ -116,6 +133,9 @@ def test_triton_down_is_unavailable_within_the_deadline_then_serving_recovers(on
         elapsed = time.monotonic() - started
         assert isinstance(err.value, Unavailable), f"expected UNAVAILABLE, got {err.value!r}"
         assert elapsed < deadline_s + 0.5, f"answered after {elapsed:.2f}s, past the {deadline_s}s deadline"
+        # readiness follows the model server; liveness does not (a gateway restart would not bring Triton back)
+        _wait_health(online["port"], SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING, within_s=10)
+        assert _health(online["port"], "") == health_pb2.HealthCheckResponse.SERVING
     finally:
         stack_manager.up(["triton"])
 
@@ -137,3 +157,4 @@ def test_triton_down_is_unavailable_within_the_deadline_then_serving_recovers(on
                 raise
             time.sleep(1.0)
     assert e.dim > 0 and not e.fallback and not e.cache_hit  # a restarted Triton starts with an empty prefix cache
+    _wait_health(online["port"], SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING, within_s=10)

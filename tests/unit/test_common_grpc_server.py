@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.errors import Unavailable
-from services.common.grpc_server import Servicer, create_server, mark_serving
+from services.common.grpc_server import ReadinessMonitor, Servicer, create_server, mark_serving
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
 from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
 from services.common.settings import GrpcServerSettings, repo_root
@@ -112,3 +112,38 @@ def test_serve_stops_gracefully_on_sigterm() -> None:
     assert proc.returncode == 0, err
     assert "on_stop ran" in out
     assert 'msg=serving' in err and "signal=SIGTERM" in err and "msg=stopped" in err
+
+
+def test_readiness_monitor_follows_the_dependency_and_leaves_liveness_alone(caplog) -> None:
+    server, port = _server()
+    server.start()
+    mark_serving(server, [NAME])
+    up = {"value": True}
+
+    def check() -> bool:
+        if up["value"] is None:
+            raise ConnectionError("refused")
+        return bool(up["value"])
+
+    monitor = ReadinessMonitor(server, [NAME], check, interval_s=3600)  # driven by poll_once, not the thread
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            hstub = health_pb2_grpc.HealthStub(ch)
+
+            def status(name: str) -> int:
+                return hstub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+
+            assert monitor.poll_once() and status(NAME) == serving
+            up["value"] = False
+            assert not monitor.poll_once() and status(NAME) == not_serving
+            assert status("") == serving  # liveness untouched
+            up["value"] = None  # a check that raises is "not ready", not a crash
+            assert not monitor.poll_once() and status(NAME) == not_serving
+            up["value"] = True
+            with caplog.at_level("INFO", logger="services.common.grpc_server"):
+                assert monitor.poll_once() and status(NAME) == serving
+            assert "event=readiness_changed ready=true" in caplog.text
+    finally:
+        monitor.stop()
+        server.stop(0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common.settings import repo_root
 from services.stack.components import COMMON_HINTS, Redis, StackError
 from services.stack.kafka import (Kafka, load_topics, min_heap, new_cluster_id, render_server_properties)
 from services.stack.settings import COMPONENTS, Endpoints, StackSettings, resolve_components
@@ -165,7 +166,9 @@ def test_triton_env_keeps_services_env_off_the_path(tmp_path: Path) -> None:
     out = triton_env(env, base, services_prefix=services)
     path = out["PATH"].split(os.pathsep)
     assert path[0] == str(env.prefix / "bin") and str(services / "bin") not in path and "/usr/bin" in path
-    assert "PYTHONPATH" not in out and out["VIRTUAL_ENV"] == str(env.prefix)
+    # the caller's PYTHONPATH (services env) is dropped; only this checkout's root is on it, so the Python backend
+    # imports this clone's `training` even when the shared cached venv's editable install points at another clone
+    assert out["PYTHONPATH"] == str(repo_root()) and out["VIRTUAL_ENV"] == str(env.prefix)
     assert out["LD_LIBRARY_PATH"].split(os.pathsep) == [str(env.libdir), str(env.bundled_libs), "/opt/lib"]
     assert out["HOME"] == "/home/x"
     assert env.stub.parts[-2:] == ("3.11", "triton_python_backend_stub")

@@ -15,7 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
+
+# The Python-backend stub does not apply PYTHONPATH to its interpreter; the stack sets it to the checkout whose
+# `training` package must serve (services/stack/triton.py), so put those entries first by hand. Images that
+# pip-install the package leave PYTHONPATH unset and this is a no-op.
+for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
 
 # Before torch loads OpenMP (it reads these once): sleeping, not spinning, idle worker threads. With OpenMP's
 # default spin-wait, this stub on a loaded 2-core machine served one scenario in ~19 s instead of ~1.5 s
