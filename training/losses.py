@@ -81,7 +81,9 @@ def _slice_users(users: UserBatch, sl: slice) -> UserBatch:
 
 
 def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], answers: list[str],
-                    cfg: LossConfig, chunk_size: int) -> dict[str, float]:
+                    cfg: LossConfig, chunk_size: int, autocast: torch.autocast | None = None,
+                    gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None,
+                    all_sum: Callable[[float], float] | None = None) -> dict[str, float]:
     """Accumulate into .grad the gradient of the *whole-batch* loss while holding one chunk's activations at a time.
 
     GradCache (Gao et al., 2021): (1) embed every chunk without a graph, (2) compute the contrastive loss over the
@@ -89,7 +91,11 @@ def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], ans
     dropout repeats) and backpropagate the cached embedding gradients plus that chunk's share of NTP. Gradients
     equal those of one big-batch step; negatives per anchor stay at batch_size - 1 at any chunk size.
     `forward` is `QAnchorModel.pretrain_forward`. The caller zeroes grads before and steps the optimiser after.
+    Data parallel (training.pretrain): `gather(x)` returns every rank's rows with this rank's rows being `x` itself
+    (so gradient flows to them) and the offset of those rows; `all_sum` sums a float over ranks (NTP is a mean over
+    the global batch's answer tokens). The caller then sums parameter gradients over ranks.
     """
+    ctx = autocast or torch.autocast("cpu", enabled=False)
     b = len(queries)
     chunks = []
     for start in range(0, b, chunk_size):
@@ -99,24 +105,32 @@ def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], ans
     with torch.no_grad():
         for c in chunks:
             c.rng = _rng_state()  # each chunk draws fresh dropout masks; pass 2 replays exactly these
-            out = forward(c.users, c.queries, c.answers)
-            anchors.append(out.anchor)
-            answers_emb.append(out.answer)
+            with ctx:
+                out = forward(c.users, c.queries, c.answers)
+            anchors.append(out.anchor.float())
+            answers_emb.append(out.answer.float())
             ntp_tokens += out.ntp_tokens
     u = torch.cat(anchors).requires_grad_(True)  # [B, D] leaf: its .grad is the cached gradient
     d = torch.cat(answers_emb).requires_grad_(True)
-    con = contrastive_loss(u, d, cfg)
-    (cfg.contrastive_weight * con).backward()
+    u_all, _ = gather(u) if gather else (u, 0)  # [R*B, D]
+    d_all, _ = gather(d) if gather else (d, 0)
+    con = contrastive_loss(u_all, d_all, cfg)  # identical on every rank
+    (cfg.contrastive_weight * con).backward()  # -> u.grad, d.grad: this rank's share
+    tokens_all = all_sum(float(ntp_tokens)) if all_sum else float(ntp_tokens)
     ntp_total = 0.0
     offset = 0
     for c in chunks:
         n = len(c.queries)
         _set_rng_state(c.rng)
-        out = forward(c.users, c.queries, c.answers)
-        ntp_part = out.ntp_sum / max(ntp_tokens, 1)  # this chunk's share of the whole-batch token mean
-        surrogate = (out.anchor * u.grad[offset: offset + n]).sum() + (out.answer * d.grad[offset: offset + n]).sum()
+        with ctx:
+            out = forward(c.users, c.queries, c.answers)
+        ntp_part = out.ntp_sum.float() / max(tokens_all, 1.0)  # this chunk's share of the global token mean
+        surrogate = (out.anchor.float() * u.grad[offset: offset + n]).sum() + \
+            (out.answer.float() * d.grad[offset: offset + n]).sum()
         (surrogate + cfg.ntp_weight * ntp_part).backward()
-        ntp_total += float(ntp_part)
+        ntp_total += float(ntp_part.detach())
         offset += n
-    loss = cfg.contrastive_weight * float(con) + cfg.ntp_weight * ntp_total
-    return {"loss": loss, "contrastive": float(con), "ntp": ntp_total, "chunks": float(len(chunks))}
+    ntp_mean = all_sum(ntp_total) if all_sum else ntp_total
+    con_value = float(con.detach())
+    return {"loss": cfg.contrastive_weight * con_value + cfg.ntp_weight * ntp_mean, "contrastive": con_value,
+            "ntp": ntp_mean, "chunks": float(len(chunks)), "negatives": float(u_all.shape[0] - 1)}

@@ -31,7 +31,7 @@ from training.data.collate import UserCollator
 from training.data.encoder import cached_text_vectors
 from training.data.pairs import Pair, build_pairs
 from training.data.world import UserWorld, WorldConfig, build_world
-from training.losses import contrastive_loss
+from training.losses import contrastive_loss, grad_cache_step
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
 
@@ -107,44 +107,17 @@ def _all_sum(value: float, device: torch.device) -> float:
 def train_step(model: QAnchorModel, users: UserBatch, queries: list[str], answers: list[str],
                cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
     """Accumulate into .grad the gradient of the global-batch loss (GradCache across chunks and ranks)."""
-    chunk, b, device = cfg.optim.chunk_size, len(queries), model.device
-    ctx = autocast or torch.autocast("cpu", enabled=False)
-    spans = [slice(s, min(s + chunk, b)) for s in range(0, b, chunk)]
-    sub = [UserBatch({k: v[sl] for k, v in users.event_vecs.items()},
-                     {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl]) for sl in spans]
-    rng_states, anchors, answer_embs, ntp_tokens = [], [], [], 0
-    with torch.no_grad():  # pass 1: embeddings only, no graph
-        for sl, ub in zip(spans, sub):
-            rng_states.append(torch.get_rng_state())
-            with ctx:
-                out = model.pretrain_forward(ub, queries[sl], answers[sl])
-            anchors.append(out.anchor.float())
-            answer_embs.append(out.answer.float())
-            ntp_tokens += out.ntp_tokens
-    u_local = torch.cat(anchors).requires_grad_(True)  # [B, D]
-    d_local = torch.cat(answer_embs).requires_grad_(True)
-    u_all, off = _gather(u_local)  # [R*B, D]
-    d_all, _ = _gather(d_local)
-    con = contrastive_loss(u_all, d_all, cfg.loss)  # identical on every rank
-    (cfg.loss.contrastive_weight * con).backward()  # -> u_local.grad, d_local.grad: this rank's share
-    tokens_all = _all_sum(float(ntp_tokens), device)  # NTP is a mean over every answer token of the global batch
-    ntp_part_sum = 0.0
-    for i, (sl, ub) in enumerate(zip(spans, sub)):  # pass 2: replay each chunk with a graph
-        torch.set_rng_state(rng_states[i])  # same dropout masks as pass 1
-        with ctx:
-            out = model.pretrain_forward(ub, queries[sl], answers[sl])
-        ntp = out.ntp_sum.float() / max(tokens_all, 1.0)
-        surrogate = (out.anchor.float() * u_local.grad[sl]).sum() + (out.answer.float() * d_local.grad[sl]).sum()
-        (surrogate + cfg.loss.ntp_weight * ntp).backward()
-        ntp_part_sum += float(ntp.detach())
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    device = model.device
+    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    stats = grad_cache_step(model.pretrain_forward, users, queries, answers, cfg.loss, cfg.optim.chunk_size,
+                            autocast=autocast, gather=_gather if ddp else None,
+                            all_sum=(lambda v: _all_sum(v, device)) if ddp else None)
+    if ddp:
         for p in model.parameters():
             if p.grad is not None:
                 dist.all_reduce(p.grad)  # sum: each rank holds its rows' part of one global loss
-    ntp_mean = _all_sum(ntp_part_sum, device)
-    con_value = float(con.detach())
-    return {"loss": cfg.loss.contrastive_weight * con_value + cfg.loss.ntp_weight * ntp_mean,
-            "contrastive": con_value, "ntp": ntp_mean, "negatives": float(u_all.shape[0] - 1)}
+    stats.pop("chunks", None)
+    return stats
 
 
 # ---- held-out evaluation ---------------------------------------------------------------------------------------

@@ -96,3 +96,53 @@ def test_gradcache_gradients_equal_the_full_batch_step():
     for n in full:
         scale = full[n].abs().max().item()
         assert (full[n] - cached[n]).abs().max().item() <= 1e-5 * scale + 1e-8, n  # float summation order only
+
+
+def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from training import pretrain
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = load_config("tiny", ["lora.dropout=0.0", "optim.chunk_size=2"])
+        model = QAnchorModel(cfg)
+        activate_lora(model)
+        model.train()
+        users = random_users(cfg.input, 6, seed=8)
+        queries = ["What will this user do next?"] * 3 + ["Favourite genre?"] * 3
+        answers = ["Watch comedies.", "Rate dramas low.", "Binge thrillers", "Comedy", "Drama", "Sci-fi classics"]
+        sl = slice(rank * 3, rank * 3 + 3)  # each rank holds half the users
+        mine = type(users)({k: v[sl] for k, v in users.event_vecs.items()},
+                           {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl])
+        stats = pretrain.train_step(model, mine, queries[sl], answers[sl], cfg, None)
+        torch.save({"stats": stats, "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None}},
+                   f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_step_equals_the_single_process_full_batch(tmp_path):
+    """2 ranks x 3 users (gloo, CPU): negatives gathered across ranks, gradients summed = one 6-user step."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    cfg = load_config("tiny", ["lora.dropout=0.0"])
+    model = QAnchorModel(cfg)
+    activate_lora(model)
+    model.train()
+    users = random_users(cfg.input, 6, seed=8)
+    queries = ["What will this user do next?"] * 3 + ["Favourite genre?"] * 3
+    answers = ["Watch comedies.", "Rate dramas low.", "Binge thrillers", "Comedy", "Drama", "Sci-fi classics"]
+    model.zero_grad()
+    loss, stats = total_loss(model.pretrain_forward(users, queries, answers), cfg.loss)
+    loss.backward()
+    full = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for r in ranks:
+        assert r["stats"]["negatives"] == 5.0  # every other user of the global batch, not just this rank's
+        assert r["stats"]["loss"] == pytest.approx(stats["loss"], rel=1e-5)
+        assert set(r["grads"]) == set(full)
+        for n, g in full.items():  # after the all-reduce every rank holds the full-batch gradient
+            assert (r["grads"][n] - g).abs().max().item() <= 1e-5 * g.abs().max().item() + 1e-8, n
