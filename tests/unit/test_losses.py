@@ -71,14 +71,20 @@ def test_margin_filter_drops_a_planted_false_negative():
     assert contrastive_loss(U, d, cfg).item() == pytest.approx(hand_loss(U, d, 0.07, 0.1, ["ud"]), rel=1e-9)
 
 
-def test_gradcache_gradients_equal_the_full_batch_step():
-    cfg = load_config("tiny", ["lora.dropout=0.0"])
+def _six_users(*overrides):
+    """The tiny model (LoRA active, no dropout) and a 6-user batch with queries and answers."""
+    cfg = load_config("tiny", ["lora.dropout=0.0", *overrides])
     model = QAnchorModel(cfg)
     activate_lora(model)
     model.train()
     users = random_users(cfg.input, 6, seed=8)
     queries = ["What will this user do next?"] * 3 + ["Favourite genre?"] * 3
     answers = ["Watch comedies.", "Rate dramas low.", "Binge thrillers", "Comedy", "Drama", "Sci-fi classics"]
+    return cfg, model, users, queries, answers
+
+
+def test_gradcache_gradients_equal_the_full_batch_step():
+    cfg, model, users, queries, answers = _six_users()
 
     def grads():
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -106,13 +112,7 @@ def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        cfg = load_config("tiny", ["lora.dropout=0.0", "optim.chunk_size=2"])
-        model = QAnchorModel(cfg)
-        activate_lora(model)
-        model.train()
-        users = random_users(cfg.input, 6, seed=8)
-        queries = ["What will this user do next?"] * 3 + ["Favourite genre?"] * 3
-        answers = ["Watch comedies.", "Rate dramas low.", "Binge thrillers", "Comedy", "Drama", "Sci-fi classics"]
+        cfg, model, users, queries, answers = _six_users("optim.chunk_size=2")
         sl = slice(rank * 3, rank * 3 + 3)  # each rank holds half the users
         mine = type(users)({k: v[sl] for k, v in users.event_vecs.items()},
                            {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl])
@@ -128,13 +128,7 @@ def test_data_parallel_step_equals_the_single_process_full_batch(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    cfg = load_config("tiny", ["lora.dropout=0.0"])
-    model = QAnchorModel(cfg)
-    activate_lora(model)
-    model.train()
-    users = random_users(cfg.input, 6, seed=8)
-    queries = ["What will this user do next?"] * 3 + ["Favourite genre?"] * 3
-    answers = ["Watch comedies.", "Rate dramas low.", "Binge thrillers", "Comedy", "Drama", "Sci-fi classics"]
+    cfg, model, users, queries, answers = _six_users()
     model.zero_grad()
     loss, stats = total_loss(model.pretrain_forward(users, queries, answers), cfg.loss)
     loss.backward()
