@@ -179,8 +179,11 @@ def test_grpc_services_use_grpc_probes_on_contract_ports(default_docs: list[dict
     specs = _pod_specs(default_docs)
     for name, port in (("gateway", port_for("gateway_grpc")), ("registry", port_for("registry_grpc"))):
         container = specs[f"qanchor-{name}"]["containers"][0]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "livenessProbe"):
             assert container[probe]["grpc"] == {"port": port}, (name, probe)
+        # readiness: the gateway asks for its service's status (NOT_SERVING while Triton lacks the model)
+        ready = {"port": port, "service": "qanchor.v1.EmbeddingService"} if name == "gateway" else {"port": port}
+        assert container["readinessProbe"]["grpc"] == ready, name
     triton = specs["qanchor-triton"]["containers"][0]
     assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert {p["containerPort"] for p in triton["ports"]} == {port_for(n) for n in
