@@ -17,6 +17,7 @@ Absolute times count only from the machine they ran on (printed). Prints a table
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -78,9 +79,41 @@ def make_users(prefix: str, n: int, version: int = 1) -> list[UserFeatures]:
     return out
 
 
-def start_gateway(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, GATEWAY_GRPC_PORT=str(port), GATEWAY_METRICS_PORT=str(free_port()),
+def stage_buckets(metrics_url: str) -> dict[str, list[tuple[float, float]]]:
+    """Cumulative (upper bound s, count) buckets of qanchor_gateway_stage_seconds per stage, from /metrics."""
+    import re
+    import urllib.request
+
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    out: dict[str, list[tuple[float, float]]] = {}
+    for m in re.finditer(r'^qanchor_gateway_stage_seconds_bucket\{le="([^"]+)",stage="([^"]+)"\} (\S+)$|'
+                         r'^qanchor_gateway_stage_seconds_bucket\{stage="([^"]+)",le="([^"]+)"\} (\S+)$',
+                         text, re.M):
+        le, stage, n = (m.group(1), m.group(2), m.group(3)) if m.group(1) else (m.group(5), m.group(4), m.group(6))
+        out.setdefault(stage, []).append((float(le), float(n)))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def histogram_quantile(q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """Prometheus-style quantile (linear inside the bucket) of the observations made between two scrapes, in ms."""
+    b = dict(before)
+    delta = [(le, n - b.get(le, 0.0)) for le, n in after]
+    total = delta[-1][1]
+    if total <= 0:
+        return float("nan")
+    rank, prev_le, prev_n = q * total, 0.0, 0.0
+    for le, n in delta:
+        if n >= rank:
+            if le == float("inf"):
+                return prev_le * 1000
+            return (prev_le + (le - prev_le) * (rank - prev_n) / max(n - prev_n, 1e-12)) * 1000
+        prev_le, prev_n = le, n
+    return float("nan")
+
+
+def start_gateway(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str, str]:
+    port, metrics_port = free_port(), free_port()
+    env = dict(os.environ, GATEWAY_GRPC_PORT=str(port), GATEWAY_METRICS_PORT=str(metrics_port),
                GATEWAY_LOG_LEVEL="WARNING", **env_extra)
     proc = subprocess.Popen([sys.executable, "-m", "services.gateway"], env=env, cwd=repo_root(),
                             stdout=log_path.open("w"), stderr=subprocess.STDOUT)
@@ -93,7 +126,7 @@ def start_gateway(env_extra: dict[str, str], log_path: Path) -> tuple[subprocess
                 raise SystemExit(f"gateway exited with {proc.returncode}; log: {log_path}")
             try:
                 if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return proc, target
+                    return proc, target, f"http://127.0.0.1:{metrics_port}/metrics"
             except grpc.RpcError:
                 time.sleep(0.2)
     proc.terminate()
@@ -174,7 +207,7 @@ def main() -> int:
             admin.register_scenario(s, f"Will this user respond to campaign {s}?")
     ab = tmp / "ab.yaml"
     ab.write_text("salt: bench\n")
-    gw, target = start_gateway({"GATEWAY_AB_CONFIG": str(ab), "GATEWAY_TRITON_URL": ep.triton_grpc,
+    gw, target, metrics_url = start_gateway({"GATEWAY_AB_CONFIG": str(ab), "GATEWAY_TRITON_URL": ep.triton_grpc,
                                 "GATEWAY_TRITON_MODEL": args.model,
                                 "GATEWAY_REGISTRY_TARGET": f"127.0.0.1:{reg_port}",
                                 "GATEWAY_FEAST_LOCATION": str(ep.feast_config)}, tmp / "gateway.log")
@@ -206,9 +239,20 @@ def main() -> int:
             feast_ms = [timed(lambda u=u: reader.get([u])) for u in rate_users[:100]]
             results["direct_triton_hit"] = summary(direct)
             results["feast_lookup_1_user"] = summary(feast_ms)
+            # The load generator is Python in this process too: keep its collector off the measured window.
+            gc.collect()
+            gc.freeze()
+            before = stage_buckets(metrics_url)
             lat, errors = open_loop(client.stub, args.rate, args.seconds, rate_users)
+            after = stage_buckets(metrics_url)
             results[f"gateway_open_loop_{int(args.rate)}rps"] = {**summary(lat), "errors": errors,
                                                                   "achieved_rps": len(lat) / args.seconds}
+            # Server side, from the gateway's own histogram over the same window: its share of each call
+            # (total - model client call) and the whole call inside the gateway.
+            results[f"gateway_server_side_{int(args.rate)}rps"] = {
+                f"{stage}_{name}_ms": histogram_quantile(q, before.get(stage, []), after[stage])
+                for stage in ("overhead", "total", "model") if stage in after
+                for name, q in (("p50", 0.5), ("p99", 0.99))}
             model.close()
     finally:
         gw.terminate()
@@ -240,6 +284,12 @@ def main() -> int:
     print(f"gateway overhead (p50, gateway GetEmbedding minus direct Triton): sequential {overhead_seq:.2f} ms; "
           f"at {args.rate:g} req/s offered ({loop['achieved_rps']:.0f} completed/s, {loop['errors']} errors) "
           f"{overhead_rate:.2f} ms")
+    side = r.get(f"gateway_server_side_{int(args.rate)}rps", {})
+    if side:
+        print(f"inside the gateway at {args.rate:g} req/s (its stage histogram, bucket-interpolated): own share "
+              f"(total - model call) p50 {side.get('overhead_p50_ms', float('nan')):.2f} / p99 "
+              f"{side.get('overhead_p99_ms', float('nan')):.2f} ms; whole call p50 "
+              f"{side.get('total_p50_ms', float('nan')):.2f} / p99 {side.get('total_p99_ms', float('nan')):.2f} ms")
     print(f"full results: {args.out}")
     return 0
 

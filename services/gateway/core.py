@@ -195,6 +195,8 @@ class GatewayCore:
 
         timing.total_ms = (time.perf_counter() - t0) * 1000
         self._observe("total", timing.total_ms / 1000)
+        # The gateway's own share of the call: everything but the model client call (transport + Triton).
+        self._observe("overhead", max(0.0, timing.total_ms - timing.model_ms) / 1000)
         out = [r if r is not None else ItemError(grpc.StatusCode.INTERNAL, "item was not computed") for r in results]
         if self.metrics is not None:
             for r in out:

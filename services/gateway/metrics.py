@@ -26,7 +26,8 @@ class GatewayMetrics:
         r = registry if registry is not None else REGISTRY
         self.registry = r
         self.stage_seconds = Histogram(
-            "qanchor_gateway_stage_seconds", "Time per pipeline stage of one call (route, features, model, total).",
+            "qanchor_gateway_stage_seconds",
+            "Time per pipeline stage of one call (route, features, model, total; overhead = total - model).",
             ["stage"], buckets=_STAGE_BUCKETS, registry=r)
         self.prefix_cache = Counter(
             "qanchor_gateway_prefix_cache", "Model requests by prefix-KV cache outcome (hit, miss).",
