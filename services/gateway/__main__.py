@@ -35,11 +35,12 @@ def main() -> int:
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     gateway.watcher.start()
-    # Feast, pandas and protobuf leave ~10^6 long-lived objects; a full collection scanning them stalls every
-    # in-flight call for tens to hundreds of ms. Freeze what startup built so the collector skips it.
-    gc.collect()
-    gc.freeze()
-    log.info("event=gc_frozen objects=%d", gc.get_freeze_count())
+    # Feast, pandas and protobuf leave many long-lived objects; a full collection scans them all while every
+    # in-flight call waits. Freeze what startup built so the collector skips it (GATEWAY_GC_FREEZE=false: off).
+    if settings.gc_freeze:
+        gc.collect()
+        gc.freeze()
+        log.info("event=gc_frozen objects=%d", gc.get_freeze_count())
     serve(settings, gateway.servicer(), service="gateway", on_stop=[gateway.close], readiness=gateway.ready,
           readiness_interval_s=settings.readiness_interval_s)
     return 0
