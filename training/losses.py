@@ -75,11 +75,6 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
-def _slice_users(users: UserBatch, sl: slice) -> UserBatch:
-    return UserBatch({k: v[sl] for k, v in users.event_vecs.items()},
-                     {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl])
-
-
 def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], answers: list[str],
                     cfg: LossConfig, chunk_size: int, autocast: torch.autocast | None = None,
                     gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] | None = None,
@@ -100,7 +95,7 @@ def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], ans
     chunks = []
     for start in range(0, b, chunk_size):
         sl = slice(start, min(start + chunk_size, b))
-        chunks.append(_Chunk(_slice_users(users, sl), queries[sl], answers[sl], _rng_state()))  # refreshed below
+        chunks.append(_Chunk(users[sl], queries[sl], answers[sl], _rng_state()))  # refreshed below
     anchors, answers_emb, ntp_tokens = [], [], 0
     with torch.no_grad():
         for c in chunks:

@@ -146,10 +146,8 @@ class HeldOutEval:
         chunk = cfg.optim.chunk_size
         for start in range(0, len(self.pairs), chunk):
             sl = slice(start, start + chunk)
-            ub = UserBatch({k: v[sl] for k, v in self.users.event_vecs.items()},
-                           {k: v[sl] for k, v in self.users.event_mask.items()}, self.users.tabular[sl])
             with ctx:
-                out = model.pretrain_forward(ub.to(model.device), [x.query for x in self.pairs[sl]],
+                out = model.pretrain_forward(self.users[sl].to(model.device), [x.query for x in self.pairs[sl]],
                                              [x.answer for x in self.pairs[sl]])
             anchors.append(out.anchor.float())
             answers.append(out.answer.float())

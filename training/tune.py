@@ -87,9 +87,7 @@ def _encode_cache(model: QAnchorModel, users: UserBatch | PrefixCache, chunk: in
     with torch.no_grad():
         for s in range(0, users.batch_size, chunk):
             sl = slice(s, s + chunk)
-            part = UserBatch({k: v[sl] for k, v in users.event_vecs.items()},
-                             {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl])
-            parts.append(model.encode_prefix(part))
+            parts.append(model.encode_prefix(users[sl]))
     return PrefixCache.cat(parts)
 
 

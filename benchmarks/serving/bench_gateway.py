@@ -81,16 +81,16 @@ def make_users(prefix: str, n: int, version: int = 1) -> list[UserFeatures]:
 
 def stage_buckets(metrics_url: str) -> dict[str, list[tuple[float, float]]]:
     """Cumulative (upper bound s, count) buckets of qanchor_gateway_stage_seconds per stage, from /metrics."""
-    import re
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     out: dict[str, list[tuple[float, float]]] = {}
-    for m in re.finditer(r'^qanchor_gateway_stage_seconds_bucket\{le="([^"]+)",stage="([^"]+)"\} (\S+)$|'
-                         r'^qanchor_gateway_stage_seconds_bucket\{stage="([^"]+)",le="([^"]+)"\} (\S+)$',
-                         text, re.M):
-        le, stage, n = (m.group(1), m.group(2), m.group(3)) if m.group(1) else (m.group(5), m.group(4), m.group(6))
-        out.setdefault(stage, []).append((float(le), float(n)))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "qanchor_gateway_stage_seconds_bucket":
+                out.setdefault(sample.labels["stage"], []).append((float(sample.labels["le"]), sample.value))
     return {k: sorted(v) for k, v in out.items()}
 
 

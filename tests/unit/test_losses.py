@@ -114,9 +114,7 @@ def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
     try:
         cfg, model, users, queries, answers = _six_users("optim.chunk_size=2")
         sl = slice(rank * 3, rank * 3 + 3)  # each rank holds half the users
-        mine = type(users)({k: v[sl] for k, v in users.event_vecs.items()},
-                           {k: v[sl] for k, v in users.event_mask.items()}, users.tabular[sl])
-        stats = pretrain.train_step(model, mine, queries[sl], answers[sl], cfg, None)
+        stats = pretrain.train_step(model, users[sl], queries[sl], answers[sl], cfg, None)
         torch.save({"stats": stats, "grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None}},
                    f"{out_dir}/rank{rank}.pt")
     finally:

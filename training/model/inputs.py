@@ -29,3 +29,8 @@ class UserBatch:
             event_mask={k: v.to(device) for k, v in self.event_mask.items()},
             tabular=self.tabular.to(device),
         )
+
+    def __getitem__(self, rows: slice) -> "UserBatch":
+        """Rows `rows` of every tensor (GradCache chunks, data-parallel shards, evaluation chunks)."""
+        return UserBatch({k: v[rows] for k, v in self.event_vecs.items()},
+                         {k: v[rows] for k, v in self.event_mask.items()}, self.tabular[rows])
