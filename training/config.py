@@ -54,6 +54,9 @@ class InputConfig:
     max_query_tokens: int = 64  # scenario queries are short questions; longer ones are truncated
     max_answer_tokens: int = 96  # answer texts (NTP target and semantic tower input) are truncated here
     padding_side: Literal["right", "left"] = "right"  # suffix padding; pooling finds <USER_EMB> on either side
+    # the hierarchy's coarse levels: one user token + one token per source after <USER> (paper Table 3 ablates
+    # them: "w/o user+source tokens"). False leaves only event and tabular tokens in the prefix.
+    summary_tokens: bool = True
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceConfig) else SourceConfig(**s) for s in self.sources]

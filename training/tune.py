@@ -166,8 +166,13 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             curve.append(point)
             if progress is not None:
                 progress(step, steps, point)
+        # fit on its own training users, next to the zero-shot query's (centroids of those same users)
+        e_tr = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt.detach()), batch_size, False)
+        train_auc, _ = _metrics(y[train_idx], _scores(e_tr, protos.detach(), tau))
+        train_zs_auc, _ = _metrics(y[train_idx], _scores(e_tr0, centroids, tau))
     auc, ks = curve[-1]["val_auc"], curve[-1]["val_ks"]
     metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
+               "train_auc": train_auc, "train_auc_zero_shot": train_zs_auc,
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
                "seconds": time.perf_counter() - t0}
     log.info("event=tune_done query=%r steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f n_train=%d n_val=%d",

@@ -51,6 +51,7 @@ class Context:
     model_cache: dict = field(default_factory=dict)  # one embedding pass per model, shared by its rows
     tune_log: dict = field(default_factory=dict)  # scenario -> training.tune held-out metrics
     embed_cache: str | None = None  # directory for model embeddings (.npz), reused across runs
+    ablations: dict = field(default_factory=dict)  # row label -> checkpoint of a separately pretrained variant
 
 
 class CappedWorld:
@@ -104,22 +105,29 @@ def row_minilm_source_mean(ctx: Context):
 STATIC_QUERY = "Describe this user."  # one query for every scenario: a static user embedding (FOUND-like)
 
 
-def _load_model(ctx: Context, untrained: bool = False):
-    if not ctx.checkpoint:
+def _checkpoint(ctx: Context, key: str) -> str:
+    """The checkpoint behind one model key: "trained"/"untrained" use --checkpoint, others are --ablation rows."""
+    path = ctx.ablations.get(key) if key not in ("trained", "untrained") else ctx.checkpoint
+    if not path:
         raise RowSkipped("needs --checkpoint (a training.pretrain output directory)")
+    return path
+
+
+def _load_model(ctx: Context, key: str = "trained"):
+    path = _checkpoint(ctx, key)
     try:
         import torch  # noqa: F401
 
         from training.pretrain import load_pretrained
     except ImportError as exc:  # the model API is still landing
         raise RowSkipped(f"model API unavailable: {exc}") from None
-    if not untrained:
-        return load_pretrained(ctx.checkpoint, device=ctx.device).eval()
+    if key != "untrained":
+        return load_pretrained(path, device=ctx.device).eval()
     # ablation: same config (LoRA B starts at zero = the plain backbone), projectors and head at their init
     from training.artifacts import load_checkpoint
     from training.model.embedder import QAnchorModel
 
-    _, cfg, _ = load_checkpoint(ctx.checkpoint, device="cpu")
+    _, cfg, _ = load_checkpoint(path, device="cpu")
     return QAnchorModel(cfg).to(ctx.device).eval()
 
 
@@ -127,13 +135,13 @@ def _model_users(ctx: Context) -> list[int]:
     return sorted(ctx.world.users("train") + ctx.world.users("val") + ctx.world.users("test"))
 
 
-def _qanchor_pass(ctx: Context, untrained: bool = False) -> dict[str, dict[str, np.ndarray]]:
+def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.ndarray]]:
     """All model embeddings of one model, memoised: {"static": {...}, "zero_shot": {...}, "tuned": {...}}.
 
-    The prefix is encoded once per user and every spec (static + per-scenario queries + tuned prompts) is packed
-    into one suffix pass over that cache: on CPU this is what makes the model rows affordable.
+    `key`: "trained" (--checkpoint), "untrained" (its config at init) or an --ablation label. The prefix is
+    encoded once per user and every spec (static + per-scenario queries + tuned prompts) is packed into one
+    suffix pass over that cache: on CPU this is what makes the model rows affordable.
     """
-    key = "untrained" if untrained else "trained"
     if key in ctx.model_cache:
         return ctx.model_cache[key]
     users = _model_users(ctx)
@@ -155,7 +163,7 @@ def _qanchor_pass(ctx: Context, untrained: bool = False) -> dict[str, dict[str, 
     from training.model.attention import PrefixCache
     from training.model.suffix import ScenarioSpec
 
-    model = _load_model(ctx, untrained)
+    model = _load_model(ctx, key)
     collate = UserCollator(ctx.world, ctx.vecs)
     t0 = time.perf_counter()
     parts = []
@@ -169,7 +177,7 @@ def _qanchor_pass(ctx: Context, untrained: bool = False) -> dict[str, dict[str, 
              cache.nbytes / 2**20, time.perf_counter() - t0)
     specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
     specs.update({("zero_shot", s.name): ScenarioSpec(s.query) for s in ctx.scenarios})
-    if ctx.tune_steps and not untrained:
+    if ctx.tune_steps and key == "trained":
         specs.update({("tuned", n): ScenarioSpec(q, p) for n, (q, p) in _tune_prompts(ctx, model, cache,
                                                                                       users).items()})
     names = list(specs)
@@ -206,11 +214,12 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     from training.artifacts import checkpoint_id
 
     # the untrained ablation depends only on the config, so any checkpoint of the same run shares it
-    model_ident = (checkpoint_id(ctx.checkpoint) if key == "trained"
-                   else (Path(ctx.checkpoint) / "config.json").read_text())
-    ident = json.dumps([model_ident, key, users, ctx.tune_steps if key == "trained" else 0,
+    path = _checkpoint(ctx, key)
+    model_ident = checkpoint_id(path) if key != "untrained" else (Path(path) / "config.json").read_text()
+    kind = "trained" if key not in ("trained", "untrained") else key  # ablations: the checkpoint id tells apart
+    ident = json.dumps([model_ident, kind, users, ctx.tune_steps if key == "trained" else 0,
                         STATIC_QUERY, [s.query for s in ctx.scenarios]])
-    return Path(ctx.embed_cache) / f"{key}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
+    return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 
 def _tune_prompts(ctx: Context, model, cache, users: list[int]) -> dict[str, tuple[str, Any]]:
@@ -244,7 +253,17 @@ def row_qanchor_prompt_tuned(ctx: Context):
 
 
 def row_untrained_zero_shot(ctx: Context):
-    return _qanchor_pass(ctx, untrained=True)["zero_shot"]
+    return _qanchor_pass(ctx, "untrained")["zero_shot"]
+
+
+ABLATION_PREFIX = "ablation: zero-shot, "
+
+
+def row_ablation(label: str) -> Callable[[Context], Any]:
+    """Zero-shot rows of a separately pretrained variant (--ablation LABEL=CHECKPOINT), as in the paper's Table 3."""
+    def row(ctx: Context):
+        return _qanchor_pass(ctx, label)["zero_shot"]
+    return row
 
 
 ROWS: dict[str, Callable[[Context], Any]] = {
@@ -337,8 +356,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embed-cache", default=None, help="directory to keep model embeddings in (reused by reruns)")
     p.add_argument("--tune-steps", type=int, default=0,
                    help="prompt-tuned row: training.tune steps per scenario on the train users (0 = skip row)")
+    p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                   help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
+    ablations = {}
+    for item in args.ablation:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            p.error(f"--ablation wants LABEL=CHECKPOINT, got {item!r}")
+        if not (Path(path) / "manifest.json").is_file():
+            p.error(f"--ablation {label}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
+        ablations[label] = path
+        ROWS[ABLATION_PREFIX + label] = row_ablation(label)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from threadpoolctl import threadpool_limits
 
@@ -351,11 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     if n_train or n_val or args.eval_users:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
     ctx = Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
-                  embed_cache=args.embed_cache)
+                  embed_cache=args.embed_cache, ablations=ablations)
     seeds = tuple(range(args.seeds))
-    rows = [run_row(n, ctx, seeds) for n in (args.rows or list(ROWS))]
+    base = list(ROWS) if args.rows is None else args.rows  # `--rows` with no names: only the --ablation rows
+    names = list(dict.fromkeys(base + [ABLATION_PREFIX + a for a in ablations]))
+    rows = [run_row(n, ctx, seeds) for n in names]
     meta = {"dataset": args.dataset, "n_train": len(world.users("train")), "n_val": len(world.users("val")),
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
+            "ablations": ablations,
             "tune_heldout": ctx.tune_log,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

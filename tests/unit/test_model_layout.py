@@ -73,3 +73,26 @@ def test_cold_start_and_missing_source_use_learned_tokens(model):
     assert torch.isfinite(emb).all()
     assert torch.allclose(emb.norm(dim=-1), torch.ones(4), atol=1e-5)
     assert not torch.allclose(emb[0], emb[2], atol=1e-3)  # cold user is distinguishable from a real one
+
+
+def test_without_summary_tokens_the_prefix_holds_only_event_and_tabular_slots():
+    """The "w/o user+source tokens" ablation: the header slots leave the template, nothing else moves."""
+    full = load_config("tiny")
+    ablated = load_config("tiny", ["input.summary_tokens=false"])
+    assert ablated.input.summary_tokens is False
+    m_full, m_abl = QAnchorModel(full).eval(), QAnchorModel(ablated).eval()
+    n_hdr = 1 + len(full.input.sources)
+    assert m_abl.prefix_length == m_full.prefix_length - n_hdr
+    check_placeholders(m_abl.prefix_ids, ablated.input, m_abl.special)
+    placed = m_abl.prefix_slot[m_abl.prefix_slot >= 0]
+    assert placed.min() == n_hdr and torch.equal(placed, m_full.prefix_slot[m_full.prefix_slot >= n_hdr])
+    # the user and source adapters no longer reach the embedding
+    users = random_users(ablated.input, 2, seed=3)
+    sc = [ScenarioSpec("Will this user rate a comedy highly?")]
+    with torch.no_grad():
+        before = m_abl.full_forward(users, sc)
+        m_abl.user_encoder.user_adapter.apply(lambda mod: [p.add_(1.0) for p in mod.parameters(recurse=False)])
+        m_abl.user_encoder.source_adapter.apply(lambda mod: [p.add_(1.0) for p in mod.parameters(recurse=False)])
+        assert torch.allclose(before, m_abl.full_forward(users, sc), atol=1e-6)
+    with pytest.raises(LayoutError, match="user \\+ source"):  # a full template does not pass the ablated check
+        check_placeholders(m_full.prefix_ids, ablated.input, m_abl.special)

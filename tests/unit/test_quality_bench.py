@@ -64,3 +64,22 @@ def test_model_rows_are_registered_and_skip_without_checkpoint():
     assert "checkpoint" in row["skipped"]
     row = run.run_row("Q-Anchor prompt-tuned", ctx, (0,))
     assert "--tune-steps" in row["skipped"]
+
+
+@pytest.mark.parametrize("arg, message", [("no-equals-sign", "LABEL=CHECKPOINT"),
+                                          ("no NTP=/nonexistent/checkpoint", "not a checkpoint directory")])
+def test_bad_ablation_arguments_are_rejected_before_any_work(arg, message, capsys):
+    run = _load()
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--ablation", arg])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_ablation_rows_read_their_own_checkpoint():
+    run = _load()
+    ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                      device="cpu", model_users=None, ablations={"no NTP": "runs/no_ntp/checkpoint"})
+    assert run._checkpoint(ctx, "no NTP") == "runs/no_ntp/checkpoint"
+    assert run._checkpoint(ctx, "trained") == run._checkpoint(ctx, "untrained") == "main"
+    with pytest.raises(run.RowSkipped):
+        run._checkpoint(ctx, "not registered")

@@ -73,3 +73,12 @@ def test_tuning_rejects_single_class_labels(setup):
     model, users, _ = setup
     with pytest.raises(ValueError, match="single class"):
         tune_soft_prompt(model, users, np.ones(40), "q", steps=1)
+
+
+def test_a_tuned_prompt_beats_the_zero_shot_query_on_its_own_training_users(setup):
+    """The issue's property: the prototype scores of the tuned prompt rank the training users better than the
+    zero-shot query's class centroids do (a fit that fails this has not learned anything)."""
+    model, users, labels = setup
+    res = tune_soft_prompt(model, users, labels, "Does this user like the planted genre?", steps=40, lr=5e-2,
+                           batch_size=32, eval_every=40)
+    assert res.metrics["train_auc"] > res.metrics["train_auc_zero_shot"] + 0.05, res.metrics

@@ -6,6 +6,8 @@ Layout of every user prefix (one length P for all users, so no padding ever land
 
 `[..]` are soft-token slots filled with adapter outputs (the tokenizer sees `<PH>` there). Slot vectors come in
 one canonical order: user, M source tokens, the events of each source in config order, T tabular tokens.
+With `input.summary_tokens: false` (the paper's "w/o user+source tokens" ablation) `[u] [s_1 .. s_M]` are left
+out of the template; the canonical order is unchanged, those slots are simply never placed.
 """
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ class PrefixLayout:
 def build_layout(tokenizer: PreTrainedTokenizerBase, cfg: InputConfig, special: SpecialTokens) -> PrefixLayout:
     """Tokenise the prefix template and map every placeholder to its soft-token slot, checking counts."""
     m, t = len(cfg.sources), cfg.tabular_tokens
-    parts = [cfg.preamble, USER, PLACEHOLDER * (1 + m)]
+    n_hdr = header_slots(cfg)
+    parts = [cfg.preamble, USER, PLACEHOLDER * n_hdr]
     for s in cfg.sources:
         start, end = source_markers(s.name)
         parts += [start, PLACEHOLDER * s.k, end]
@@ -86,12 +89,18 @@ def build_layout(tokenizer: PreTrainedTokenizerBase, cfg: InputConfig, special: 
     check_placeholders(ids, cfg, special)
     is_ph = ids == special.placeholder
     slot = torch.full_like(ids, -1)
-    slot[is_ph] = torch.arange(int(is_ph.sum()))  # placeholders appear in canonical order by construction
+    # placeholders appear in canonical order by construction; without the header they start at the first event
+    slot[is_ph] = torch.arange(int(is_ph.sum())) + (1 + m - n_hdr)
     event_slot = torch.full_like(ids, -1)
     n_events = sum(s.k for s in cfg.sources)
     ev = (slot >= 1 + m) & (slot < 1 + m + n_events)
     event_slot[ev] = slot[ev] - (1 + m)
     return PrefixLayout(ids=ids, slot=slot, event_slot=event_slot, n_soft=1 + m + n_events + t)
+
+
+def header_slots(cfg: InputConfig) -> int:
+    """Soft tokens right after <USER>: the user token and one per source, or none in the ablation."""
+    return 1 + len(cfg.sources) if cfg.summary_tokens else 0
 
 
 def check_placeholders(ids: torch.Tensor, cfg: InputConfig, special: SpecialTokens) -> None:
@@ -110,9 +119,9 @@ def check_placeholders(ids: torch.Tensor, cfg: InputConfig, special: SpecialToke
         raise LayoutError(f"expected exactly one {USER} token in the prefix")
     first_start = pos[source_markers(cfg.sources[0].name)[0]][0]
     header = int((ids[pos[USER][0] + 1: first_start] == ph).sum())
-    if header != 1 + len(cfg.sources):
-        raise LayoutError(f"expected 1 user + {len(cfg.sources)} source placeholders after {USER}, got {header}")
+    if header != header_slots(cfg):
+        raise LayoutError(f"expected {header_slots(cfg)} user + source placeholders after {USER}, got {header}")
     total = int((ids == ph).sum())
-    expected = 1 + len(cfg.sources) + sum(k for _, k in spans)
+    expected = header_slots(cfg) + sum(k for _, k in spans)
     if total != expected:
         raise LayoutError(f"prefix holds {total} placeholders, expected {expected} (stray {PLACEHOLDER} in preamble?)")
