@@ -11,6 +11,8 @@ import fnmatch
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 MODEL_ENV_GLOBS = (
     "test_model_*",
     "test_losses*",
@@ -40,3 +42,11 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
             return IN_MODEL_ENV
         return _is_model_env_test(collection_path) != IN_MODEL_ENV
     return None
+
+
+@pytest.fixture(scope="session")
+def ml100k_world():
+    """The MovieLens-100K user world, built once per test session (model env; read it, never mutate it)."""
+    from training.data.world import WorldConfig, build_world
+
+    return build_world(WorldConfig(dataset="ml-100k"))

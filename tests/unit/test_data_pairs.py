@@ -12,14 +12,13 @@ pytest.importorskip("yaml")
 from training.data.movielens import GENRES  # noqa: E402
 from training.data.pairs import FUTURE_QUERY, build_pairs  # noqa: E402
 from training.data.qa_topics import TOPICS  # noqa: E402
-from training.data.world import WorldConfig, build_world  # noqa: E402
 
 pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def world():
-    return build_world(WorldConfig(dataset="ml-100k"))
+def world(ml100k_world):
+    return ml100k_world
 
 
 @pytest.fixture(scope="module")

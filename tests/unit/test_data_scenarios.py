@@ -8,14 +8,13 @@ pytest.importorskip("torch")
 pytest.importorskip("yaml")
 
 from training.data.scenarios import LABEL_FUNCTIONS, class_balance, load_scenarios  # noqa: E402
-from training.data.world import WorldConfig, build_world  # noqa: E402
 
 pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def world():
-    return build_world(WorldConfig(dataset="ml-100k"))
+def world(ml100k_world):
+    return ml100k_world
 
 
 def test_ten_scenarios_with_queries_and_known_label_functions():

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def world():
-    return build_world(WorldConfig(dataset="ml-100k"))
+def world(ml100k_world):
+    return ml100k_world
 
 
 def test_loads_ml100k_from_package(world):

@@ -48,12 +48,11 @@ def test_extremes():
         auc(np.ones(3), np.arange(3))
 
 
-def test_probe_finds_planted_signal():
+def test_probe_finds_planted_signal(ml100k_world):
     from training.data.scenarios import load_scenarios
-    from training.data.world import WorldConfig, build_world
     from training.evaluate import probe
 
-    world = build_world(WorldConfig(dataset="ml-100k"))
+    world = ml100k_world
     sc = next(s for s in load_scenarios() if s.name == "gender_female")
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((len(world.ml.users), 8)).astype(np.float32)
