@@ -97,6 +97,30 @@ def load_checkpoint(d: str | Path, backbone: Backbone | None = None, device: str
     manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
     cfg = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text()))
     model = QAnchorModel(cfg, backbone)
+    _load_weights(model, d, manifest)
+    return model.to(device), cfg, manifest["extra"]
+
+
+ARCHITECTURE = ("input", "backbone", "lora", "head")  # config sections that shape the weights
+
+
+def init_from_checkpoint(model, d: str | Path) -> str:
+    """Load a checkpoint's trained weights into a freshly built `model` (a second training stage with other
+    optimiser/loss/data settings). The architecture sections of both configs must agree. -> checkpoint id."""
+    d = Path(d)
+    manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
+    theirs = json.loads((d / "config.json").read_text())
+    ours = model.cfg.to_dict()
+    differ = [k for k in ARCHITECTURE if json.dumps(theirs.get(k), sort_keys=True) != json.dumps(ours[k],
+                                                                                                  sort_keys=True)]
+    if differ:
+        raise ArtifactError(f"{d}: config sections {differ} differ from this run's; start from the checkpoint's own "
+                            "preset (its config.json) and change only optim/loss/tune")
+    _load_weights(model, d, manifest)
+    return checkpoint_id(d)
+
+
+def _load_weights(model, d: Path, manifest: dict[str, Any]) -> None:
     want = manifest["backbone"]
     if model.backbone_sha256 != want["sha256"]:
         raise ArtifactError(f"checkpoint was trained on backbone {want['name']} sha256={want['sha256'][:12]}, but "
@@ -105,7 +129,6 @@ def load_checkpoint(d: str | Path, backbone: Backbone | None = None, device: str
     if model.special.ids != manifest["special_tokens"]:
         raise ArtifactError("special token ids differ from the checkpoint's: the tokenizer changed")
     model.load_trainable_state_dict(load_file(str(d / "weights.safetensors")))
-    return model.to(device), cfg, manifest["extra"]
 
 
 @dataclass

@@ -156,10 +156,17 @@ class OptimConfig:
     chunk_size: int = 16  # GradCache sub-batch: bounds activation memory, keeps all batch_size negatives
     grad_clip: float = 1.0  # max global grad norm
     seed: int = 0  # data order and dropout
+    # users per question in a batch. 1: every user draws its own pair, so in-batch negatives almost always answer
+    # *other* questions and the contrastive loss is solved by the question alone (docs/model.md, "Question
+    # groups"). g > 1: the batch is batch_size / g groups of g users answering the same question.
+    question_group: int = 1
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.steps < 1 or self.batch_size < 2 or self.chunk_size < 1 or self.warmup_steps < 0:
             raise ConfigError("optim: need lr>0, steps>=1, batch_size>=2 (in-batch negatives), chunk_size>=1")
+        if self.question_group < 1 or self.batch_size % self.question_group:
+            raise ConfigError(f"optim.question_group must divide batch_size={self.batch_size}, "
+                              f"got {self.question_group}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"optim.schedule must be cosine|constant, got {self.schedule!r}")
 

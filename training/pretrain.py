@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from training.artifacts import checkpoint_id, load_checkpoint, save_checkpoint
+from training.artifacts import checkpoint_id, init_from_checkpoint, load_checkpoint, save_checkpoint
 from training.config import QAnchorConfig, SourceConfig, load_config
 from training.data.collate import UserCollator
 from training.data.encoder import cached_text_vectors
@@ -64,23 +64,51 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
 
 
 class PairSampler:
-    """Batch `step` is a pure function of (seed, step, rank): resuming replays the same data."""
+    """Batch `step` is a pure function of (seed, step, rank): resuming replays the same data.
 
-    def __init__(self, pairs: list[Pair], seed: int) -> None:
+    `group` (optim.question_group): 1 draws one pair per user, any question. g > 1 draws the batch as groups of g
+    distinct users answering the *same* question (topics picked in proportion to how many users have them), so an
+    anchor's in-batch negatives include g - 1 answers to its own question: only the user can tell them apart.
+    """
+
+    def __init__(self, pairs: list[Pair], seed: int, group: int = 1) -> None:
         self.by_user: dict[int, list[Pair]] = {}
+        self.by_topic: dict[str, list[Pair]] = {}
         for p in pairs:
             self.by_user.setdefault(p.user, []).append(p)
+            self.by_topic.setdefault(p.topic, []).append(p)
         self.users = sorted(self.by_user)
-        self.seed = seed
+        self.seed, self.group = seed, group
+        self.topics = sorted(t for t, ps in self.by_topic.items() if len(ps) >= group)
+        if group > 1 and not self.topics:
+            raise ValueError(f"no question is answered by {group} users; lower optim.question_group")
 
     def batch(self, step: int, size: int, rank: int = 0, world_size: int = 1) -> list[Pair]:
         rng = np.random.default_rng([self.seed, step])
+        if self.group > 1:
+            return self._grouped(rng, size * world_size)[rank * size:(rank + 1) * size]  # disjoint across ranks
         n = min(size * world_size, len(self.users))
         picked = rng.choice(len(self.users), n, replace=False)[rank::world_size][:size]  # disjoint across ranks
         out = []
         for i in picked:
             ps = self.by_user[self.users[int(i)]]
             out.append(ps[int(rng.integers(len(ps)))])
+        return out
+
+    def _grouped(self, rng: np.random.Generator, n: int) -> list[Pair]:
+        """Up to n pairs in whole groups (fewer only when no question has `group` users left to draw)."""
+        weight = np.array([len(self.by_topic[t]) for t in self.topics], dtype=float)
+        out: list[Pair] = []
+        used: set[int] = set()
+        while len(out) + self.group <= n and weight.sum() > 0:
+            t = int(rng.choice(len(self.topics), p=weight / weight.sum()))
+            cands = [p for p in self.by_topic[self.topics[t]] if p.user not in used]
+            if len(cands) < self.group:  # this question's users are already in the batch: never draw it again
+                weight[t] = 0.0
+                continue
+            for i in rng.choice(len(cands), self.group, replace=False):
+                out.append(cands[int(i)])
+                used.add(cands[int(i)].user)
         return out
 
 
@@ -131,45 +159,71 @@ class HeldOutEval:
     nearest of all M answers), `val_ntp`, and `val_gap` (mean s(u_i, v_i) minus mean s(u_i, v_j)).
     """
 
-    def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, top_k: int, seed: int = 0) -> None:
+    def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, top_k: int, seed: int = 0,
+                 same_question: int = 16) -> None:
         pairs = build_pairs(world, world.users("val"), top_k=top_k)
-        sampler = PairSampler(pairs, seed)
-        self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
+        self.pairs = PairSampler(pairs, seed).batch(10**9, n_pairs)  # one pair per user, a fixed draw
         self.users = collate.batch([x.user for x in self.pairs])
+        # `val_acc1_same_q`: groups of `same_question` users answering one question; retrieval within a group can
+        # only use the user (chance 1/same_question). The plain draw mixes questions, so acc@1 there also credits
+        # matching the question to its kind of answer.
+        by_topic: dict[str, set[int]] = {}
+        for p in pairs:
+            by_topic.setdefault(p.topic, set()).add(p.user)
+        self.group = min(same_question, max(len(us) for us in by_topic.values()))  # small worlds: smaller groups
+        self.grouped = PairSampler(pairs, seed, group=self.group).batch(10**9, n_pairs) if self.group > 1 else []
+        self.grouped_users = collate.batch([x.user for x in self.grouped]) if self.grouped else None
+
+    @staticmethod
+    def _towers(model: QAnchorModel, users: UserBatch, pairs: list[Pair], chunk: int, ctx):
+        anchors, answers, ntp_sum, ntp_tokens = [], [], 0.0, 0
+        for start in range(0, len(pairs), chunk):
+            sl = slice(start, start + chunk)
+            with ctx:
+                out = model.pretrain_forward(users[sl].to(model.device), [x.query for x in pairs[sl]],
+                                             [x.answer for x in pairs[sl]])
+            anchors.append(out.anchor.float())
+            answers.append(out.answer.float())
+            ntp_sum += float(out.ntp_sum)
+            ntp_tokens += out.ntp_tokens
+        return torch.cat(anchors), torch.cat(answers), ntp_sum / max(ntp_tokens, 1)
+
+    def _same_question(self, model: QAnchorModel, cfg: QAnchorConfig, ctx) -> dict[str, float]:
+        if not self.grouped:
+            return {}
+        u, d, _ = self._towers(model, self.grouped_users, self.grouped, cfg.optim.chunk_size, ctx)
+        g = self.group  # each block of g rows answers one question: retrieval inside a block needs the user
+        sim = torch.einsum("kid,kjd->kij", u.view(-1, g, u.shape[-1]), d.view(-1, g, d.shape[-1]))  # [K, g, g]
+        target = torch.arange(g, device=sim.device).expand(sim.shape[0], -1)
+        off = ~torch.eye(g, dtype=torch.bool, device=sim.device).expand_as(sim)
+        return {"val_acc1_same_q": float((sim.argmax(dim=2) == target).float().mean()),
+                "val_gap_same_q": float(sim.diagonal(dim1=1, dim2=2).mean() - sim[off].mean()),
+                "val_same_q_group": float(g)}
 
     @torch.no_grad()
     def __call__(self, model: QAnchorModel, cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
         was_training = model.training
         model.eval()
         ctx = autocast or torch.autocast("cpu", enabled=False)
-        anchors, answers, ntp_sum, ntp_tokens = [], [], 0.0, 0
-        chunk = cfg.optim.chunk_size
-        for start in range(0, len(self.pairs), chunk):
-            sl = slice(start, start + chunk)
-            with ctx:
-                out = model.pretrain_forward(self.users[sl].to(model.device), [x.query for x in self.pairs[sl]],
-                                             [x.answer for x in self.pairs[sl]])
-            anchors.append(out.anchor.float())
-            answers.append(out.answer.float())
-            ntp_sum += float(out.ntp_sum)
-            ntp_tokens += out.ntp_tokens
+        u, d, ntp = self._towers(model, self.users, self.pairs, cfg.optim.chunk_size, ctx)
+        same_q = self._same_question(model, cfg, ctx)
         model.train(was_training)
-        u, d = torch.cat(anchors), torch.cat(answers)
         sim = u @ d.T  # [M, M]
         target = torch.arange(len(u), device=sim.device)
         off = ~torch.eye(len(u), dtype=torch.bool, device=sim.device)
-        return {"val_contrastive": float(contrastive_loss(u, d, cfg.loss)),
+        return {**same_q, "val_contrastive": float(contrastive_loss(u, d, cfg.loss)),
                 "val_infonce": float(torch.nn.functional.cross_entropy(sim / cfg.loss.tau, target)),
                 "val_acc1": float((sim.argmax(dim=1) == target).float().mean()),
                 "val_gap": float(sim.diagonal().mean() - sim[off].mean()),
-                "val_ntp": ntp_sum / max(ntp_tokens, 1), "val_pairs": float(len(u))}
+                "val_ntp": ntp, "val_pairs": float(len(u))}
 
 
 # ---- run state: checkpoint (training.artifacts) + optimiser/schedule for exact resume ------------------------
 # Optimiser moments are tensors, so they go to safetensors too (keyed by parameter name, never pickled). The
 # trainer dir is written after the checkpoint and records its id: a crash between the two is caught on resume.
-def save_trainer_state(out: Path, model, cfg: QAnchorConfig, opt: torch.optim.Optimizer, sched, step: int) -> None:
-    ckpt = save_checkpoint(out / "checkpoint", model, cfg, extra={"step": step})
+def save_trainer_state(out: Path, model, cfg: QAnchorConfig, opt: torch.optim.Optimizer, sched, step: int,
+                       extra: dict | None = None) -> None:
+    ckpt = save_checkpoint(out / "checkpoint", model, cfg, extra={"step": step, **(extra or {})})
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {}
     for group in opt.param_groups:
@@ -235,6 +289,10 @@ def plot_curve(metrics: Path, png: Path) -> None:
         ax[0].plot([r["step"] for r in evals], [r[k] for r in evals], marker="o", label=k)
     ax[0].set_xlabel("step"), ax[0].set_ylabel("loss"), ax[0].legend(fontsize=7)
     ax[1].plot([r["step"] for r in evals], [r["val_acc1"] for r in evals], marker="o", label="val acc@1")
+    same = [r for r in evals if "val_acc1_same_q" in r]
+    if same:  # within groups of users answering one question: only the user can separate them
+        ax[1].plot([r["step"] for r in same], [r["val_acc1_same_q"] for r in same], marker="s",
+                   label=f"val acc@1, same question (chance {1 / same[0]['val_same_q_group']:.3f})")
     if evals:
         chance = 1.0 / evals[0]["val_pairs"]
         ax[1].axhline(chance, ls="--", c="grey", label=f"chance {chance:.3f}")
@@ -259,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint + OUT/trainer")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="start from a checkpoint's weights (fresh optimiser, step 0): a second stage with other "
+                        "optim/loss settings, e.g. --set optim.question_group=4")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--eval-every", type=int, default=25, help="score the held-out pairs every N steps (0 = off)")
@@ -284,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(o.seed + rank)
     vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
     pairs = build_pairs(world, world.users("train"), top_k=args.top_k)  # train users only: val/test stay unseen
-    sampler, collate = PairSampler(pairs, o.seed), UserCollator(world, vecs)
+    sampler, collate = PairSampler(pairs, o.seed, group=o.question_group), UserCollator(world, vecs)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, o.warmup_steps, o.steps, o.schedule))
-    start = 0
+    start, provenance = 0, {}
+    if args.init_from:
+        provenance = {"init_from": str(args.init_from), "init_from_id": checkpoint_id(args.init_from)}
+    if args.init_from and not args.resume:  # on resume the run's own checkpoint already holds these weights
+        init_from_checkpoint(model, args.init_from)
+        log.info("init_from checkpoint=%s id=%s", args.init_from, provenance["init_from_id"][:12])
     if args.resume:
         start = load_trainer_state(out_dir, model, opt, sched, device)
         log.info("resumed step=%d out=%s", start, out_dir)
@@ -335,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.eval_every > 0 and ((step + 1) % args.eval_every == 0 or step + 1 == o.steps):
                 evaluate(step + 1)
             if (step + 1) % args.save_every == 0 or step + 1 == o.steps:
-                save_trainer_state(out_dir, model, cfg, opt, sched, step + 1)
+                save_trainer_state(out_dir, model, cfg, opt, sched, step + 1, extra=provenance)
     if rank == 0:
         plot_curve(metrics_path, out_dir / "curve.png")
         log.info("pretrain_done steps=%d out=%s", o.steps, out_dir)

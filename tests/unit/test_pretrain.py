@@ -32,6 +32,31 @@ def test_sampler_deterministic_and_disjoint_across_ranks():
     assert not ({p.user for p in r0} & {p.user for p in r1})
 
 
+def test_question_groups_put_users_answering_the_same_question_in_one_batch():
+    pairs = [Pair(u, "qa", f"t{k}", f"q{k}", f"a{u}-{k}", 1.0) for u in range(50) for k in range(u % 4, 4)]
+    s = pretrain.PairSampler(pairs, seed=3, group=4)
+    a = s.batch(7, 8)
+    assert [p.answer for p in a] == [p.answer for p in s.batch(7, 8)]  # still a pure function of the step
+    assert len(a) == 8 and len({p.user for p in a}) == 8  # distinct users: no user is its own negative
+    for g in range(0, 8, 4):  # each block of 4 answers one question
+        assert len({p.topic for p in a[g:g + 4]}) == 1
+    r0, r1 = s.batch(7, 8, rank=0, world_size=2), s.batch(7, 8, rank=1, world_size=2)
+    assert not ({p.user for p in r0} & {p.user for p in r1}) and len(r0) == len(r1) == 8
+    # a question with fewer users than a group is never drawn; running out of users ends the batch early
+    few = [Pair(u, "qa", "rare" if u < 2 else "common", "q", f"a{u}", 1.0) for u in range(10)]
+    got = pretrain.PairSampler(few, seed=0, group=4).batch(0, 16)
+    assert len(got) == 8 and {p.topic for p in got} == {"common"}
+    with pytest.raises(ValueError, match="question_group"):
+        pretrain.PairSampler(few, seed=0, group=16)
+
+
+def test_question_group_must_divide_the_batch():
+    from training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="question_group"):
+        load_config("tiny", ["optim.batch_size=8", "optim.question_group=3"])
+
+
 def _run(tmp, steps, resume=False):
     args = ["--config", "tiny", "--dataset", "ml-100k", "--max-users", "60", "--steps", str(steps),
             "--batch-size", "4", "--out", str(tmp), "--save-every", "1", "--device", "cpu", "--top-k", "3",
@@ -66,3 +91,28 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     assert (tmp_path / "full" / "curve.png").stat().st_size > 0
     model = pretrain.load_pretrained(tmp_path / "full" / "checkpoint")
     assert model.cfg.input.source_k == {"liked": 32, "neutral": 16, "disliked": 16}
+    assert all("val_acc1_same_q" in r and 0.0 <= r["val_acc1_same_q"] <= 1.0 for r in evals)
+
+    # second stage: the trained weights, other data settings (question groups), a fresh optimiser
+    stage2 = tmp_path / "stage2"
+    args = ["--config", "tiny", "--dataset", "ml-100k", "--max-users", "60", "--steps", "1", "--batch-size", "4",
+            "--out", str(stage2), "--device", "cpu", "--top-k", "3", "--eval-every", "0",
+            "--set", "optim.chunk_size=2", "--set", "optim.question_group=2",
+            "--init-from", str(tmp_path / "full" / "checkpoint")]
+    assert pretrain.main(args) == 0
+    from training.artifacts import ArtifactError, checkpoint_id, init_from_checkpoint, load_checkpoint
+
+    _, cfg2, extra = load_checkpoint(stage2 / "checkpoint")
+    assert cfg2.optim.question_group == 2 and extra["step"] == 1
+    assert extra["init_from_id"] == checkpoint_id(tmp_path / "full" / "checkpoint")
+    other = pretrain.QAnchorModel(load_config_with_head(cfg2, 64))
+    with pytest.raises(ArtifactError, match="head"):
+        init_from_checkpoint(other, tmp_path / "full" / "checkpoint")
+
+
+def load_config_with_head(cfg, out):
+    from training.config import QAnchorConfig
+
+    d = cfg.to_dict()
+    d["head"]["out"] = out
+    return QAnchorConfig.from_dict(d)
