@@ -14,6 +14,8 @@
 # the ablated part. A finished run (checkpoint at STEPS) is reused; an interrupted one resumes. The full recipe at
 # the default artifact's step count *is* the default artifact (scripts/train_default.sh runs the same command), so
 # it is reused rather than trained again.
+# Memory: one CPU run of the preset holds ~5 GB; keep JOBS x 5 GB (plus anything else running) under the machine's
+# RAM, or the kernel kills a run (it resumes from its last 10-step checkpoint on the next invocation).
 # Env: STEPS (120), DEVICE (cpu), JOBS (parallel pretrain runs, 2), THREADS (torch threads per run, 1),
 #      RUNS (run directories, $QANCHOR_STATE_DIR/runs/ablation), OUT (table stem, benchmarks/results/quality_ablations),
 #      QUALITY_ARGS (extra arguments for benchmarks/quality/run.py; default: the 100/40/100-user CPU probe).
