@@ -109,7 +109,7 @@ def init_from_checkpoint(model, d: str | Path) -> str:
     optimiser/loss/data settings). The architecture sections of both configs must agree. -> checkpoint id."""
     d = Path(d)
     manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
-    theirs = json.loads((d / "config.json").read_text())
+    theirs = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text())).to_dict()  # fields added since: defaults
     ours = model.cfg.to_dict()
     differ = [k for k in ARCHITECTURE if json.dumps(theirs.get(k), sort_keys=True) != json.dumps(ours[k],
                                                                                                   sort_keys=True)]
