@@ -393,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))  # results name checkout-relative paths only
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, scenarios, meta)
