@@ -88,6 +88,7 @@ def build_worker(settings: IngestSettings):
         max_poll_interval_s=settings.max_poll_interval_ms / 1000.0, max_poll_records=settings.max_poll_records,
         poll_timeout_ms=settings.poll_timeout_ms, retry_backoff_s=settings.retry_backoff_s,
         max_batch_attempts=settings.max_batch_attempts, state=state,
+        watchdog=rejoin_watchdog(consumer, settings.topic, listener, settings.rejoin_timeout_s),
     )
 
     def close() -> None:
@@ -107,16 +108,38 @@ class _RebalanceListener(ConsumerRebalanceListener):
     them, and on an assign we may have missed writes made while the partition was elsewhere.
     """
 
-    def __init__(self, state) -> None:
+    def __init__(self, state, clock=None) -> None:
+        import time
+
         self.state = state
+        self.clock = clock or time.monotonic
+        self.rejoining_since: float | None = None  # set by a revoke, cleared by the assign that ends the rejoin
 
     def on_partitions_revoked(self, revoked) -> None:
         log.info("partitions revoked partitions=%s", ",".join(str(tp.partition) for tp in sorted(revoked)))
         self.state.forget_partitions([tp.partition for tp in revoked], "revoked")
+        self.rejoining_since = self.clock()
 
     def on_partitions_assigned(self, assigned) -> None:
         log.info("partitions assigned partitions=%s", ",".join(str(tp.partition) for tp in sorted(assigned)))
         self.state.forget_partitions([tp.partition for tp in assigned], "assigned")
+        self.rejoining_since = None
+
+    def rejoin_stuck(self, timeout_s: float) -> bool:
+        """True when a rejoin has been pending longer than `timeout_s` (a surplus member still gets an empty
+        assign, so this only fires when the group protocol itself stalled)."""
+        return bool(timeout_s) and self.rejoining_since is not None and self.clock() - self.rejoining_since > timeout_s
+
+
+def rejoin_watchdog(consumer, topic: str, listener: _RebalanceListener, timeout_s: float):
+    """A callable for IngestWorker's loop: re-subscribe when the rejoin after a revoke never completes."""
+    def check() -> None:
+        if listener.rejoin_stuck(timeout_s):
+            log.warning("rejoin stuck after revoke for more than %.0fs: re-subscribing topic=%s", timeout_s, topic)
+            listener.rejoining_since = listener.clock()
+            consumer.unsubscribe()
+            consumer.subscribe([topic], listener=listener)
+    return check
 
 
 def main() -> int:

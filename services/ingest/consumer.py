@@ -76,7 +76,8 @@ class IngestWorker:
                  spec: IngestSpec, metrics: IngestMetrics, *, dlq_topic: str, group_id: str,
                  max_poll_interval_s: float, max_poll_records: int = 500, poll_timeout_ms: int = 200,
                  retry_backoff_s: float = 2.0, max_batch_attempts: int = 30,
-                 clock: Callable[[], float] = time.time, state: PartitionUserState | None = None) -> None:
+                 clock: Callable[[], float] = time.time, state: PartitionUserState | None = None,
+                 watchdog: Callable[[], None] | None = None) -> None:
         self.consumer, self.dlq_producer, self.store, self.encoder = consumer, dlq_producer, store, encoder
         self.spec, self.metrics, self.dlq_topic, self.group_id = spec, metrics, dlq_topic, group_id
         # Keep a margin below Kafka's limit: the write must finish before the group could hand the partition on.
@@ -84,6 +85,7 @@ class IngestWorker:
         self.max_poll_records, self.poll_timeout_ms = max_poll_records, poll_timeout_ms
         self.retry_backoff_s, self.max_batch_attempts = retry_backoff_s, max_batch_attempts
         self.clock = clock
+        self.watchdog = watchdog  # called once per poll loop (the group-rejoin check in services.ingest.__main__)
         # Rows this worker wrote, per owned partition; capacity 0 = always read the store.
         self.state = state if state is not None else PartitionUserState(capacity=0)
         self._sources = set(spec.source_names)
@@ -286,6 +288,8 @@ class IngestWorker:
                 for f in ("records", "applied", "duplicates", "dlq", "users_written", "texts_encoded"):
                     setattr(totals, f, getattr(totals, f) + getattr(res, f))
             self.update_lag()
+            if self.watchdog is not None:
+                self.watchdog()
             if time.monotonic() - last_log > 10.0:
                 last_log = time.monotonic()
                 log.info("ingest progress records=%d applied=%d duplicates=%d dlq=%d users_written=%d "

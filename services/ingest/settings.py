@@ -27,6 +27,10 @@ class IngestSettings(ServiceSettings):
     max_poll_records: int = 500
     # How long one poll waits for data; also how quickly an idle consumer notices SIGTERM.
     poll_timeout_ms: int = 200
+    # A revoke must be followed by an assign (possibly empty) once the rejoin completes. kafka-python 3.0.x was
+    # seen to revoke a fresh member's partitions and never finish the rejoin (it then consumes nothing, forever);
+    # after this many seconds the member unsubscribes and subscribes again. 0 disables the watchdog.
+    rejoin_timeout_s: float = 30.0
     # Kafka evicts a member whose batch takes longer; the consumer also refuses to write a batch past this
     # (minus a margin), so an evicted zombie never overwrites what the partition's new owner wrote.
     max_poll_interval_ms: int = 120_000
