@@ -10,18 +10,12 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-PY="$ROOT/.venv-model/bin/python"
+# shellcheck source=scripts/model_job_env.sh
+. "$ROOT/scripts/model_job_env.sh"
 # default: the step count recorded in the committed artifact's manifest (extra.step)
-STEPS="${STEPS:-$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["extra"]["step"])' \
-  artifacts/default/manifest.json 2>/dev/null || echo 12)}"
-DEVICE="${DEVICE:-cpu}"
-STATE="${QANCHOR_STATE_DIR:-$ROOT/var}"
+STEPS="${STEPS:-$(manifest_step artifacts/default)}"
+[ "$STEPS" -gt 0 ] || STEPS=12
 RUN_DIR="${RUN_DIR:-$STATE/runs/smollm2-cpu}"
-THREADS="${THREADS:-1}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# PASSIVE: idle OpenMP workers sleep instead of spinning; on a busy 2-core machine spinning workers steal the
-# core from the thread doing the work (benchmarks/serving/README.md measured ~10x on SmolLM2 inference)
-export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 log() { printf '[train_default] %s\n' "$*" >&2; }
 
 # 1. environment: the model env with the packaged backbone and data (nothing is downloaded)

@@ -162,15 +162,14 @@ class HeldOutEval:
     def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, top_k: int, seed: int = 0,
                  same_question: int = 16) -> None:
         pairs = build_pairs(world, world.users("val"), top_k=top_k)
-        self.pairs = PairSampler(pairs, seed).batch(10**9, n_pairs)  # one pair per user, a fixed draw
+        sampler = PairSampler(pairs, seed)
+        self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
         self.users = collate.batch([x.user for x in self.pairs])
         # `val_acc1_same_q`: groups of `same_question` users answering one question; retrieval within a group can
         # only use the user (chance 1/same_question). The plain draw mixes questions, so acc@1 there also credits
-        # matching the question to its kind of answer.
-        by_topic: dict[str, set[int]] = {}
-        for p in pairs:
-            by_topic.setdefault(p.topic, set()).add(p.user)
-        self.group = min(same_question, max(len(us) for us in by_topic.values()))  # small worlds: smaller groups
+        # matching the question to its kind of answer. (build_pairs gives a user one pair per topic at most.)
+        largest = max(len(ps) for ps in sampler.by_topic.values())
+        self.group = min(same_question, largest)  # small worlds: smaller groups
         self.grouped = PairSampler(pairs, seed, group=self.group).batch(10**9, n_pairs) if self.group > 1 else []
         self.grouped_users = collate.batch([x.user for x in self.grouped]) if self.grouped else None
 

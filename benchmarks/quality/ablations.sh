@@ -22,17 +22,13 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
-PY="$ROOT/.venv-model/bin/python"
+# shellcheck source=scripts/model_job_env.sh
+. "$ROOT/scripts/model_job_env.sh"
 STEPS="${STEPS:-120}"
-DEVICE="${DEVICE:-cpu}"
 JOBS="${JOBS:-2}"
-THREADS="${THREADS:-1}"
-STATE="${QANCHOR_STATE_DIR:-$ROOT/var}"
 RUNS="${RUNS:-$STATE/runs/ablation}"
 OUT="${OUT:-$ROOT/benchmarks/results/quality_ablations}"
 QUALITY_ARGS="${QUALITY_ARGS:---train-users 100 --val-users 40 --eval-users 100}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 log() { printf '[ablations] %s\n' "$*" >&2; }
 [ -x "$PY" ] || { log "missing $PY: run scripts/setup_env.sh first"; exit 1; }
 
@@ -44,10 +40,6 @@ VARIANTS=(
   "no_summary_tokens|no user+source tokens|input.summary_tokens=false"
 )
 
-manifest_step() {  # the step recorded in a checkpoint directory's manifest, or -1
-  "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["extra"]["step"])' "$1/manifest.json" 2>/dev/null \
-    || echo -1
-}
 saved_step() { manifest_step "$1/checkpoint"; }  # a run directory's latest checkpoint
 checkpoint_of() {  # variant name -> checkpoint directory of its finished run
   if [ "$1" = full ] && [ "$(manifest_step "$ROOT/artifacts/default")" = "$STEPS" ]; then
