@@ -20,20 +20,22 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
-from training.artifacts import checkpoint_id, init_from_checkpoint, load_checkpoint, save_checkpoint
+from training.artifacts import checkpoint_id, init_from_checkpoint, load_checkpoint
 from training.config import QAnchorConfig, SourceConfig, load_config
+from training.curves import plot_curve
 from training.data.collate import UserCollator
 from training.data.encoder import cached_text_vectors
-from training.data.pairs import Pair, build_pairs
+from training.data.pairs import build_pairs
+from training.data.sampler import PairSampler
 from training.data.world import UserWorld, WorldConfig, build_world
-from training.losses import contrastive_loss, grad_cache_step
+from training.heldout import HeldOutEval
+from training.losses import grad_cache_step
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
+from training.run_state import load_trainer_state, save_trainer_state
 
 log = logging.getLogger(__name__)
 
@@ -61,55 +63,6 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / max(total - warmup, 1))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class PairSampler:
-    """Batch `step` is a pure function of (seed, step, rank): resuming replays the same data.
-
-    `group` (optim.question_group): 1 draws one pair per user, any question. g > 1 draws the batch as groups of g
-    distinct users answering the *same* question (topics picked in proportion to how many users have them), so an
-    anchor's in-batch negatives include g - 1 answers to its own question: only the user can tell them apart.
-    """
-
-    def __init__(self, pairs: list[Pair], seed: int, group: int = 1) -> None:
-        self.by_user: dict[int, list[Pair]] = {}
-        self.by_topic: dict[str, list[Pair]] = {}
-        for p in pairs:
-            self.by_user.setdefault(p.user, []).append(p)
-            self.by_topic.setdefault(p.topic, []).append(p)
-        self.users = sorted(self.by_user)
-        self.seed, self.group = seed, group
-        self.topics = sorted(t for t, ps in self.by_topic.items() if len(ps) >= group)
-        if group > 1 and not self.topics:
-            raise ValueError(f"no question is answered by {group} users; lower optim.question_group")
-
-    def batch(self, step: int, size: int, rank: int = 0, world_size: int = 1) -> list[Pair]:
-        rng = np.random.default_rng([self.seed, step])
-        if self.group > 1:
-            return self._grouped(rng, size * world_size)[rank * size:(rank + 1) * size]  # disjoint across ranks
-        n = min(size * world_size, len(self.users))
-        picked = rng.choice(len(self.users), n, replace=False)[rank::world_size][:size]  # disjoint across ranks
-        out = []
-        for i in picked:
-            ps = self.by_user[self.users[int(i)]]
-            out.append(ps[int(rng.integers(len(ps)))])
-        return out
-
-    def _grouped(self, rng: np.random.Generator, n: int) -> list[Pair]:
-        """Up to n pairs in whole groups (fewer only when no question has `group` users left to draw)."""
-        weight = np.array([len(self.by_topic[t]) for t in self.topics], dtype=float)
-        out: list[Pair] = []
-        used: set[int] = set()
-        while len(out) + self.group <= n and weight.sum() > 0:
-            t = int(rng.choice(len(self.topics), p=weight / weight.sum()))
-            cands = [p for p in self.by_topic[self.topics[t]] if p.user not in used]
-            if len(cands) < self.group:  # this question's users are already in the batch: never draw it again
-                weight[t] = 0.0
-                continue
-            for i in rng.choice(len(cands), self.group, replace=False):
-                out.append(cands[int(i)])
-                used.add(cands[int(i)].user)
-        return out
 
 
 # ---- one step ------------------------------------------------------------------------------------------------
@@ -146,160 +99,6 @@ def train_step(model: QAnchorModel, users: UserBatch, queries: list[str], answer
                 dist.all_reduce(p.grad)  # sum: each rank holds its rows' part of one global loss
     stats.pop("chunks", None)
     return stats
-
-
-# ---- held-out evaluation ---------------------------------------------------------------------------------------
-class HeldOutEval:
-    """Fixed pairs of held-out (val) users, scored in eval mode: the learning curve that can be compared across steps.
-
-    The training loss is a poor curve: every step sees other users, and the false-negative filter's mask is a
-    function of the model (as s(u_i, v_i) grows, negatives that were dropped come back in, so the objective can rise
-    while retrieval improves). The held-out numbers: `val_contrastive` (the training objective on these pairs),
-    `val_infonce` (plain InfoNCE anchor -> answer, no filter, no extra terms), `val_acc1` (the true answer is the
-    nearest of all M answers), `val_ntp`, and `val_gap` (mean s(u_i, v_i) minus mean s(u_i, v_j)).
-    """
-
-    def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, top_k: int, seed: int = 0,
-                 same_question: int = 16) -> None:
-        pairs = build_pairs(world, world.users("val"), top_k=top_k)
-        sampler = PairSampler(pairs, seed)
-        self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
-        self.users = collate.batch([x.user for x in self.pairs])
-        # `val_acc1_same_q`: groups of `same_question` users answering one question; retrieval within a group can
-        # only use the user (chance 1/same_question). The plain draw mixes questions, so acc@1 there also credits
-        # matching the question to its kind of answer. (build_pairs gives a user one pair per topic at most.)
-        largest = max(len(ps) for ps in sampler.by_topic.values())
-        self.group = min(same_question, largest)  # small worlds: smaller groups
-        self.grouped = PairSampler(pairs, seed, group=self.group).batch(10**9, n_pairs) if self.group > 1 else []
-        self.grouped_users = collate.batch([x.user for x in self.grouped]) if self.grouped else None
-
-    @staticmethod
-    def _towers(model: QAnchorModel, users: UserBatch, pairs: list[Pair], chunk: int, ctx):
-        anchors, answers, ntp_sum, ntp_tokens = [], [], 0.0, 0
-        for start in range(0, len(pairs), chunk):
-            sl = slice(start, start + chunk)
-            with ctx:
-                out = model.pretrain_forward(users[sl].to(model.device), [x.query for x in pairs[sl]],
-                                             [x.answer for x in pairs[sl]])
-            anchors.append(out.anchor.float())
-            answers.append(out.answer.float())
-            ntp_sum += float(out.ntp_sum)
-            ntp_tokens += out.ntp_tokens
-        return torch.cat(anchors), torch.cat(answers), ntp_sum / max(ntp_tokens, 1)
-
-    def _same_question(self, model: QAnchorModel, cfg: QAnchorConfig, ctx) -> dict[str, float]:
-        if not self.grouped:
-            return {}
-        u, d, _ = self._towers(model, self.grouped_users, self.grouped, cfg.optim.chunk_size, ctx)
-        g = self.group  # each block of g rows answers one question: retrieval inside a block needs the user
-        sim = torch.einsum("kid,kjd->kij", u.view(-1, g, u.shape[-1]), d.view(-1, g, d.shape[-1]))  # [K, g, g]
-        target = torch.arange(g, device=sim.device).expand(sim.shape[0], -1)
-        off = ~torch.eye(g, dtype=torch.bool, device=sim.device).expand_as(sim)
-        return {"val_acc1_same_q": float((sim.argmax(dim=2) == target).float().mean()),
-                "val_gap_same_q": float(sim.diagonal(dim1=1, dim2=2).mean() - sim[off].mean()),
-                "val_same_q_group": float(g)}
-
-    @torch.no_grad()
-    def __call__(self, model: QAnchorModel, cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
-        was_training = model.training
-        model.eval()
-        ctx = autocast or torch.autocast("cpu", enabled=False)
-        u, d, ntp = self._towers(model, self.users, self.pairs, cfg.optim.chunk_size, ctx)
-        same_q = self._same_question(model, cfg, ctx)
-        model.train(was_training)
-        sim = u @ d.T  # [M, M]
-        target = torch.arange(len(u), device=sim.device)
-        off = ~torch.eye(len(u), dtype=torch.bool, device=sim.device)
-        return {**same_q, "val_contrastive": float(contrastive_loss(u, d, cfg.loss)),
-                "val_infonce": float(torch.nn.functional.cross_entropy(sim / cfg.loss.tau, target)),
-                "val_acc1": float((sim.argmax(dim=1) == target).float().mean()),
-                "val_gap": float(sim.diagonal().mean() - sim[off].mean()),
-                "val_ntp": ntp, "val_pairs": float(len(u))}
-
-
-# ---- run state: checkpoint (training.artifacts) + optimiser/schedule for exact resume ------------------------
-# Optimiser moments are tensors, so they go to safetensors too (keyed by parameter name, never pickled). The
-# trainer dir is written after the checkpoint and records its id: a crash between the two is caught on resume.
-def save_trainer_state(out: Path, model, cfg: QAnchorConfig, opt: torch.optim.Optimizer, sched, step: int,
-                       extra: dict | None = None) -> None:
-    ckpt = save_checkpoint(out / "checkpoint", model, cfg, extra={"step": step, **(extra or {})})
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if not st:
-                continue
-            for k, v in st.items():
-                tensors[f"{names[id(p)]}::{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu()
-    tmp = out / ".trainer.tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "scheduler": sched.state_dict(),
-                                                 "checkpoint_id": checkpoint_id(ckpt)}, indent=1))
-    final = out / "trainer"
-    if final.exists():
-        for f in final.iterdir():
-            f.unlink()
-        final.rmdir()
-    tmp.rename(final)
-    log.info("checkpoint_saved step=%d dir=%s", step, ckpt)
-
-
-def load_trainer_state(out: Path, model, opt: torch.optim.Optimizer, sched, device) -> int:
-    """Load weights + optimiser + schedule into the given objects; returns the step to continue from."""
-    trainer, ckpt = out / "trainer", out / "checkpoint"
-    if not (trainer / "state.json").is_file() or not ckpt.is_dir():
-        raise FileNotFoundError(f"nothing to resume in {out}: expected checkpoint/ and trainer/; drop --resume "
-                                "to start a new run")
-    state = json.loads((trainer / "state.json").read_text())
-    if state["checkpoint_id"] != checkpoint_id(ckpt):
-        raise RuntimeError(f"{trainer} belongs to another checkpoint (the run stopped while saving); "
-                           "start over or restore a consistent pair")
-    loaded, _, extra = load_checkpoint(ckpt, device="cpu")
-    model.load_trainable_state_dict({k: v.to(device) for k, v in loaded.trainable_state_dict().items()})
-    del loaded
-    tensors = load_file(str(trainer / "optimizer.safetensors"))
-    params = dict(model.named_parameters())
-    for key, v in tensors.items():
-        name, k = key.split("::")
-        opt.state[params[name]][k] = v.to(device) if k != "step" else v
-    sched.load_state_dict(state["scheduler"])
-    assert extra.get("step") == state["step"], (extra, state["step"])
-    return int(state["step"])
-
-
-def plot_curve(metrics: Path, png: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    every = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
-    rows = [r for r in every if "contrastive" in r]
-    evals = [r for r in every if "val_acc1" in r]
-    if not rows and not evals:
-        return
-    fig, ax = plt.subplots(1, 3, figsize=(15, 3.5))
-    steps = [r["step"] for r in rows]
-    for k in ("contrastive", "ntp"):
-        ax[0].plot(steps, [r[k] for r in rows], label=f"train {k}")
-    for k in ("val_contrastive", "val_infonce", "val_ntp"):
-        ax[0].plot([r["step"] for r in evals], [r[k] for r in evals], marker="o", label=k)
-    ax[0].set_xlabel("step"), ax[0].set_ylabel("loss"), ax[0].legend(fontsize=7)
-    ax[1].plot([r["step"] for r in evals], [r["val_acc1"] for r in evals], marker="o", label="val acc@1")
-    same = [r for r in evals if "val_acc1_same_q" in r]
-    if same:  # within groups of users answering one question: only the user can separate them
-        ax[1].plot([r["step"] for r in same], [r["val_acc1_same_q"] for r in same], marker="s",
-                   label=f"val acc@1, same question (chance {1 / same[0]['val_same_q_group']:.3f})")
-    if evals:
-        chance = 1.0 / evals[0]["val_pairs"]
-        ax[1].axhline(chance, ls="--", c="grey", label=f"chance {chance:.3f}")
-    ax[1].set_xlabel("step"), ax[1].set_ylabel("held-out retrieval acc@1"), ax[1].legend(fontsize=7)
-    ax[2].plot(steps, [r["lr"] for r in rows])
-    ax[2].set_xlabel("step"), ax[2].set_ylabel("learning rate")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
 
 
 # ---- loop ----------------------------------------------------------------------------------------------------

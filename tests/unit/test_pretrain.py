@@ -10,6 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from training import pretrain  # noqa: E402
+from training.data.sampler import PairSampler  # noqa: E402
 from training.data.pairs import Pair  # noqa: E402
 
 pytestmark = pytest.mark.model
@@ -24,7 +25,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_sampler_deterministic_and_disjoint_across_ranks():
     pairs = [Pair(u, "qa", f"t{k}", "q", f"a{u}-{k}", 1.0) for u in range(50) for k in range(3)]
-    s = pretrain.PairSampler(pairs, seed=3)
+    s = PairSampler(pairs, seed=3)
     a, b = s.batch(7, 8), s.batch(7, 8)
     assert [p.answer for p in a] == [p.answer for p in b]
     assert len({p.user for p in a}) == 8  # one pair per user: no user is its own negative
@@ -34,7 +35,7 @@ def test_sampler_deterministic_and_disjoint_across_ranks():
 
 def test_question_groups_put_users_answering_the_same_question_in_one_batch():
     pairs = [Pair(u, "qa", f"t{k}", f"q{k}", f"a{u}-{k}", 1.0) for u in range(50) for k in range(u % 4, 4)]
-    s = pretrain.PairSampler(pairs, seed=3, group=4)
+    s = PairSampler(pairs, seed=3, group=4)
     a = s.batch(7, 8)
     assert [p.answer for p in a] == [p.answer for p in s.batch(7, 8)]  # still a pure function of the step
     assert len(a) == 8 and len({p.user for p in a}) == 8  # distinct users: no user is its own negative
@@ -44,10 +45,10 @@ def test_question_groups_put_users_answering_the_same_question_in_one_batch():
     assert not ({p.user for p in r0} & {p.user for p in r1}) and len(r0) == len(r1) == 8
     # a question with fewer users than a group is never drawn; running out of users ends the batch early
     few = [Pair(u, "qa", "rare" if u < 2 else "common", "q", f"a{u}", 1.0) for u in range(10)]
-    got = pretrain.PairSampler(few, seed=0, group=4).batch(0, 16)
+    got = PairSampler(few, seed=0, group=4).batch(0, 16)
     assert len(got) == 8 and {p.topic for p in got} == {"common"}
     with pytest.raises(ValueError, match="question_group"):
-        pretrain.PairSampler(few, seed=0, group=16)
+        PairSampler(few, seed=0, group=16)
 
 
 def test_question_group_must_divide_the_batch():

@@ -1,0 +1,38 @@
+"""The pretraining curve: training losses, held-out retrieval and the learning rate from metrics.jsonl."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def plot_curve(metrics: Path, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    every = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    rows = [r for r in every if "contrastive" in r]
+    evals = [r for r in every if "val_acc1" in r]
+    if not rows and not evals:
+        return
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.5))
+    steps = [r["step"] for r in rows]
+    for k in ("contrastive", "ntp"):
+        ax[0].plot(steps, [r[k] for r in rows], label=f"train {k}")
+    for k in ("val_contrastive", "val_infonce", "val_ntp"):
+        ax[0].plot([r["step"] for r in evals], [r[k] for r in evals], marker="o", label=k)
+    ax[0].set_xlabel("step"), ax[0].set_ylabel("loss"), ax[0].legend(fontsize=7)
+    ax[1].plot([r["step"] for r in evals], [r["val_acc1"] for r in evals], marker="o", label="val acc@1")
+    same = [r for r in evals if "val_acc1_same_q" in r]
+    if same:  # within groups of users answering one question: only the user can separate them
+        ax[1].plot([r["step"] for r in same], [r["val_acc1_same_q"] for r in same], marker="s",
+                   label=f"val acc@1, same question (chance {1 / same[0]['val_same_q_group']:.3f})")
+    if evals:
+        chance = 1.0 / evals[0]["val_pairs"]
+        ax[1].axhline(chance, ls="--", c="grey", label=f"chance {chance:.3f}")
+    ax[1].set_xlabel("step"), ax[1].set_ylabel("held-out retrieval acc@1"), ax[1].legend(fontsize=7)
+    ax[2].plot(steps, [r["lr"] for r in rows])
+    ax[2].set_xlabel("step"), ax[2].set_ylabel("learning rate")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)

@@ -1,0 +1,81 @@
+"""Held-out evaluation during pretraining: fixed val pairs scored every N steps (the curve to read)."""
+from __future__ import annotations
+
+import torch
+
+from training.config import QAnchorConfig
+from training.data.collate import UserCollator
+from training.data.pairs import Pair, build_pairs
+from training.data.sampler import PairSampler
+from training.data.world import UserWorld
+from training.losses import contrastive_loss
+from training.model.embedder import QAnchorModel
+from training.model.inputs import UserBatch
+
+
+class HeldOutEval:
+    """Fixed pairs of held-out (val) users, scored in eval mode: the learning curve that can be compared across steps.
+
+    The training loss is a poor curve: every step sees other users, and the false-negative filter's mask is a
+    function of the model (as s(u_i, v_i) grows, negatives that were dropped come back in, so the objective can rise
+    while retrieval improves). The held-out numbers: `val_contrastive` (the training objective on these pairs),
+    `val_infonce` (plain InfoNCE anchor -> answer, no filter, no extra terms), `val_acc1` (the true answer is the
+    nearest of all M answers), `val_ntp`, and `val_gap` (mean s(u_i, v_i) minus mean s(u_i, v_j)).
+    """
+
+    def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, top_k: int, seed: int = 0,
+                 same_question: int = 16) -> None:
+        pairs = build_pairs(world, world.users("val"), top_k=top_k)
+        sampler = PairSampler(pairs, seed)
+        self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
+        self.users = collate.batch([x.user for x in self.pairs])
+        # `val_acc1_same_q`: groups of `same_question` users answering one question; retrieval within a group can
+        # only use the user (chance 1/same_question). The plain draw mixes questions, so acc@1 there also credits
+        # matching the question to its kind of answer. (build_pairs gives a user one pair per topic at most.)
+        largest = max(len(ps) for ps in sampler.by_topic.values())
+        self.group = min(same_question, largest)  # small worlds: smaller groups
+        self.grouped = PairSampler(pairs, seed, group=self.group).batch(10**9, n_pairs) if self.group > 1 else []
+        self.grouped_users = collate.batch([x.user for x in self.grouped]) if self.grouped else None
+
+    @staticmethod
+    def _towers(model: QAnchorModel, users: UserBatch, pairs: list[Pair], chunk: int, ctx):
+        anchors, answers, ntp_sum, ntp_tokens = [], [], 0.0, 0
+        for start in range(0, len(pairs), chunk):
+            sl = slice(start, start + chunk)
+            with ctx:
+                out = model.pretrain_forward(users[sl].to(model.device), [x.query for x in pairs[sl]],
+                                             [x.answer for x in pairs[sl]])
+            anchors.append(out.anchor.float())
+            answers.append(out.answer.float())
+            ntp_sum += float(out.ntp_sum)
+            ntp_tokens += out.ntp_tokens
+        return torch.cat(anchors), torch.cat(answers), ntp_sum / max(ntp_tokens, 1)
+
+    def _same_question(self, model: QAnchorModel, cfg: QAnchorConfig, ctx) -> dict[str, float]:
+        if not self.grouped:
+            return {}
+        u, d, _ = self._towers(model, self.grouped_users, self.grouped, cfg.optim.chunk_size, ctx)
+        g = self.group  # each block of g rows answers one question: retrieval inside a block needs the user
+        sim = torch.einsum("kid,kjd->kij", u.view(-1, g, u.shape[-1]), d.view(-1, g, d.shape[-1]))  # [K, g, g]
+        target = torch.arange(g, device=sim.device).expand(sim.shape[0], -1)
+        off = ~torch.eye(g, dtype=torch.bool, device=sim.device).expand_as(sim)
+        return {"val_acc1_same_q": float((sim.argmax(dim=2) == target).float().mean()),
+                "val_gap_same_q": float(sim.diagonal(dim1=1, dim2=2).mean() - sim[off].mean()),
+                "val_same_q_group": float(g)}
+
+    @torch.no_grad()
+    def __call__(self, model: QAnchorModel, cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        ctx = autocast or torch.autocast("cpu", enabled=False)
+        u, d, ntp = self._towers(model, self.users, self.pairs, cfg.optim.chunk_size, ctx)
+        same_q = self._same_question(model, cfg, ctx)
+        model.train(was_training)
+        sim = u @ d.T  # [M, M]
+        target = torch.arange(len(u), device=sim.device)
+        off = ~torch.eye(len(u), dtype=torch.bool, device=sim.device)
+        return {**same_q, "val_contrastive": float(contrastive_loss(u, d, cfg.loss)),
+                "val_infonce": float(torch.nn.functional.cross_entropy(sim / cfg.loss.tau, target)),
+                "val_acc1": float((sim.argmax(dim=1) == target).float().mean()),
+                "val_gap": float(sim.diagonal().mean() - sim[off].mean()),
+                "val_ntp": ntp, "val_pairs": float(len(u))}
