@@ -89,6 +89,9 @@ class BackboneConfig:
     intermediate: int = 64  # kind=tiny: MLP width
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # CPU runs fp32; GPUs may use bf16
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"  # both accept our custom 4-D masks
+    # matmul precision (training.precision): auto = bf16 on CUDA and on CPUs with AMX / AVX512-BF16, else fp32.
+    # Frozen weights are then stored in bf16, trainable ones stay fp32. QANCHOR_PRECISION overrides at run time.
+    compute: Literal["auto", "float32", "bfloat16"] = "auto"
     seed: int = 0  # kind=tiny weights and all new parameters are drawn from this seed
 
     def __post_init__(self) -> None:
@@ -96,6 +99,8 @@ class BackboneConfig:
             raise ConfigError(f"backbone.kind must be tiny|smollm2|hf, got {self.kind!r}")
         if self.kind == "hf" and not self.path:
             raise ConfigError("backbone.kind=hf needs backbone.path (a local HF directory, e.g. '$QWEN25_05B_DIR')")
+        if self.compute not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"backbone.compute must be auto|float32|bfloat16, got {self.compute!r}")
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ConfigError("backbone.hidden must divide by heads and heads by kv_heads")
 
@@ -132,6 +137,12 @@ class LossConfig:
     negative_terms: list[str] = field(default_factory=lambda: list(NEGATIVE_PRESETS["paper"]))  # or "code"
     contrastive_weight: float = 1.0  # paper: L = L_con + L_ntp, 1:1
     ntp_weight: float = 1.0  # weight of next-token prediction on answer tokens
+    # user-identity term (not in the paper; docs/model.md "A user-identity term"): the <USER_EMB> state of each
+    # anchor must pick its own user's input summary (per-source mean event vectors + tabular) among the batch's
+    # users, symmetric InfoNCE at tau. 0 = off (the paper's objective).
+    identity_weight: float = 0.0
+    identity_on: Literal["hidden", "embedding"] = "hidden"  # the LLM state before the head, or the served embedding
+    identity_dim: int = 64  # width of the two small projections compared by the identity term
 
     def __post_init__(self) -> None:
         if isinstance(self.negative_terms, str):
@@ -141,6 +152,8 @@ class LossConfig:
         bad = [t for t in self.negative_terms if t not in NEGATIVE_TERMS]
         if bad or not self.negative_terms:
             raise ConfigError(f"loss.negative_terms: unknown {bad}; choose from {NEGATIVE_TERMS} or 'paper'/'code'")
+        if self.identity_on not in ("hidden", "embedding") or self.identity_dim < 1 or self.identity_weight < 0:
+            raise ConfigError("loss: identity_on must be hidden|embedding, identity_dim >= 1, identity_weight >= 0")
         if self.tau <= 0 or self.margin < 0 or self.contrastive_weight < 0 or self.ntp_weight < 0:
             raise ConfigError("loss: tau must be > 0; margin and weights must be >= 0")
 
@@ -160,15 +173,33 @@ class OptimConfig:
     # *other* questions and the contrastive loss is solved by the question alone (docs/model.md, "Question
     # groups"). g > 1: the batch is batch_size / g groups of g users answering the same question.
     question_group: int = 1
+    # learning-rate multiplier for parameters trained from scratch (adapters, head, added-token rows, identity
+    # views); LoRA factors use `lr`. Randomly initialised parts need larger steps to leave the collapse phase.
+    new_params_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.steps < 1 or self.batch_size < 2 or self.chunk_size < 1 or self.warmup_steps < 0:
             raise ConfigError("optim: need lr>0, steps>=1, batch_size>=2 (in-batch negatives), chunk_size>=1")
+        if self.new_params_lr_scale <= 0:
+            raise ConfigError(f"optim.new_params_lr_scale must be > 0, got {self.new_params_lr_scale}")
         if self.question_group < 1 or self.batch_size % self.question_group:
             raise ConfigError(f"optim.question_group must divide batch_size={self.batch_size}, "
                               f"got {self.question_group}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"optim.schedule must be cosine|constant, got {self.schedule!r}")
+
+
+@dataclass
+class DataConfig:
+    top_k: int = 10  # QA pairs per user: the k history topics on which the user is most unusual
+    # one question per aspect of the future window (genres, activity, ratings, era, what they like), besides the
+    # one-summary future question (training.data.future_topics): same-question batches then hold answers that
+    # differ only in what each user goes on to do
+    future_aspects: bool = False
+
+    def __post_init__(self) -> None:
+        if self.top_k < 0:
+            raise ConfigError(f"data.top_k must be >= 0, got {self.top_k}")
 
 
 @dataclass
@@ -195,6 +226,7 @@ class QAnchorConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,7 +239,7 @@ class QAnchorConfig:
     def from_dict(cls, d: dict[str, Any]) -> "QAnchorConfig":
         sections = {f.name: f.type for f in dataclasses.fields(cls)}
         known = {"input": InputConfig, "backbone": BackboneConfig, "lora": LoraSettings, "head": HeadConfig,
-                 "loss": LossConfig, "optim": OptimConfig, "tune": TuneConfig}
+                 "loss": LossConfig, "optim": OptimConfig, "data": DataConfig, "tune": TuneConfig}
         unknown = set(d) - set(sections)
         if unknown:
             raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {sorted(sections)}")

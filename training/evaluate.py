@@ -24,41 +24,72 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
 # ---- metrics -------------------------------------------------------------------------------------------------
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their average rank (what the Mann-Whitney statistic needs)."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.r_[0, np.nonzero(xs[1:] != xs[:-1])[0] + 1]
-    ends = np.r_[starts[1:], len(xs)]
-    avg = (starts + ends + 1) / 2.0  # mean of ranks starts+1 .. ends
-    ranks = np.empty(len(x), np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+def _check_classes(y: np.ndarray, what: str) -> np.ndarray:
+    y = np.asarray(y).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"{what} needs both classes; got {n_pos} positives and {n_neg} negatives")
+    return y
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC = P(score of a random positive > a random negative), ties counted half."""
-    y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"AUC needs both classes; got {n_pos} positives and {n_neg} negatives")
-    r = _average_ranks(np.asarray(score, np.float64))
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(_check_classes(y, "AUC"), np.asarray(score, np.float64)))
 
 
 def ks(y: np.ndarray, score: np.ndarray) -> float:
     """Kolmogorov-Smirnov statistic: max over thresholds t of TPR(t) - FPR(t), predicting positive when score >= t."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(_check_classes(y, "KS"), np.asarray(score, np.float64), drop_intermediate=False)
+    return float(max(0.0, (tpr - fpr).max()))  # roc_curve starts at t above every score: TPR = FPR = 0
+
+
+def variance_shares(emb: np.ndarray) -> dict[str, float]:
+    """Two-way decomposition of embeddings E [U users, S scenarios, D] around the grand mean:
+    user = S * sum_u |mean_u - mean|^2, scenario = U * sum_s |mean_s - mean|^2, interaction = the rest; each as a
+    share of the total sum of squares. "user" is how much of the spread says who the user is whatever the question;
+    "scenario" how much is the question alone (the same for every user)."""
+    e = np.asarray(emb, np.float64)
+    u, s = e.shape[:2]
+    grand = e.mean(axis=(0, 1))
+    total = float(((e - grand) ** 2).sum())
+    user = s * float(((e.mean(axis=1) - grand) ** 2).sum())
+    scen = u * float(((e.mean(axis=0) - grand) ** 2).sum())
+    if total <= 0:
+        return {"user": 0.0, "scenario": 0.0, "interaction": 0.0}
+    return {"user": user / total, "scenario": scen / total, "interaction": max(0.0, 1 - (user + scen) / total)}
+
+
+def weighted_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC of one scorer under many reweightings of the same users at once (a bootstrap resample is a vector of
+    counts): y, score [n]; weights [B, n] -> [B]. Ties count half, as in `auc`."""
     y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"KS needs both classes; got {n_pos} positives and {n_neg} negatives")
-    s = np.asarray(score, np.float64)
-    order = np.argsort(-s, kind="mergesort")
-    ss, yy = s[order], y[order]
-    tp, fp = np.cumsum(yy), np.cumsum(~yy)
-    last_of_group = np.r_[ss[1:] != ss[:-1], True]  # a threshold takes all tied scores at once
-    diff = tp[last_of_group] / n_pos - fp[last_of_group] / n_neg
-    return float(max(0.0, diff.max()))  # t above every score gives TPR = FPR = 0
+    uniq, inv = np.unique(np.asarray(score, np.float64), return_inverse=True)  # groups of tied scores, ascending
+    onehot = sp.csr_matrix((np.ones(len(inv)), (np.arange(len(inv)), inv)), shape=(len(inv), len(uniq)))
+    w = np.asarray(weights, np.float64)
+    neg = np.asarray((onehot.T @ (w * ~y).T).T)  # [B, G] negative weight per score group
+    pos = np.asarray((onehot.T @ (w * y).T).T)  # [B, G]
+    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each group
+    num = (pos * (below + 0.5 * neg)).sum(axis=1)
+    den = pos.sum(axis=1) * neg.sum(axis=1)
+    return np.divide(num, den, out=np.full(len(w), np.nan), where=den > 0)
+
+
+def bootstrap_counts(n: int, draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """[draws, n] multinomial counts: each row is one resample of n users with replacement."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
+
+
+def interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap draws (NaN draws, a resample without both classes, are dropped)."""
+    x = np.asarray(x, np.float64)
+    x = x[~np.isnan(x)]
+    a = (1 - level) / 2
+    return float(np.quantile(x, a)), float(np.quantile(x, 1 - a))
 
 
 # ---- probe ---------------------------------------------------------------------------------------------------
@@ -74,6 +105,10 @@ class ProbeResult:
     n_test: int
     aucs: list[float]
     kss: list[float]
+    # the seed-0 fit's decision scores on the test users (what bootstrap intervals resample); not in the JSON
+    test_users: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    test_score: np.ndarray | None = None
 
 
 def _fit(x, y, c: float, seed: int):
@@ -104,17 +139,18 @@ def probe(emb, world: UserWorld, scenario: Scenario, seeds: tuple[int, ...] = (0
             a = auc(va_y, _score(_fit(x[tr_u], tr_y, c, 0), x[va_u]))
             if a > best:
                 best_c, best = c, a
-    aucs, kss = [], []
+    aucs, kss, first = [], [], None
     for seed in seeds:
         rng = np.random.default_rng(seed)
         keep = np.concatenate([rng.choice(np.nonzero(tr_y == k)[0], int(round(subsample * (tr_y == k).sum())),
                                           replace=False) for k in (0, 1)])
         m = _fit(x[tr_u[keep]], tr_y[keep], best_c, seed)
         s = _score(m, x[te_u])
+        first = s if first is None else first
         aucs.append(auc(te_y, s))
         kss.append(ks(te_y, s))
     return ProbeResult(scenario.name, float(np.mean(aucs)), float(np.std(aucs)), float(np.mean(kss)),
-                       float(np.std(kss)), best_c, len(tr_u), len(te_u), aucs, kss)
+                       float(np.std(kss)), best_c, len(tr_u), len(te_u), aucs, kss, te_u, te_y, first)
 
 
 def evaluate_embeddings(emb, world: UserWorld, scenarios: list[Scenario], seeds: tuple[int, ...] = (0, 1, 2)

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from training.config import QAnchorConfig
+from training.config import DataConfig, QAnchorConfig
 from training.data.collate import UserCollator
 from training.data.pairs import Pair, build_pairs
 from training.data.sampler import PairSampler
 from training.data.world import UserWorld
+from training.evaluate import variance_shares
 from training.losses import contrastive_loss
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
+from training.model.suffix import ScenarioSpec
 
 
 class HeldOutEval:
@@ -23,9 +25,9 @@ class HeldOutEval:
     nearest of all M answers), `val_ntp`, and `val_gap` (mean s(u_i, v_i) minus mean s(u_i, v_j)).
     """
 
-    def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, top_k: int, seed: int = 0,
-                 same_question: int = 16) -> None:
-        pairs = build_pairs(world, world.users("val"), top_k=top_k)
+    def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, data: DataConfig, seed: int = 0,
+                 same_question: int = 16, split: str = "val") -> None:
+        pairs = build_pairs(world, world.users(split), top_k=data.top_k, future_aspects=data.future_aspects)
         sampler = PairSampler(pairs, seed)
         self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
         self.users = collate.batch([x.user for x in self.pairs])
@@ -51,6 +53,15 @@ class HeldOutEval:
             ntp_tokens += out.ntp_tokens
         return torch.cat(anchors), torch.cat(answers), ntp_sum / max(ntp_tokens, 1)
 
+    def same_question(self, model: QAnchorModel, cfg: QAnchorConfig, autocast=None) -> dict[str, float]:
+        """Only the same-question retrieval (the quality benchmark's diagnostic column), in eval mode."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = self._same_question(model, cfg, autocast or torch.autocast("cpu", enabled=False))
+        model.train(was_training)
+        return out
+
     def _same_question(self, model: QAnchorModel, cfg: QAnchorConfig, ctx) -> dict[str, float]:
         if not self.grouped:
             return {}
@@ -63,6 +74,18 @@ class HeldOutEval:
                 "val_gap_same_q": float(sim.diagonal(dim1=1, dim2=2).mean() - sim[off].mean()),
                 "val_same_q_group": float(g)}
 
+    def _user_share(self, model: QAnchorModel, cfg: QAnchorConfig, ctx, n_queries: int = 8) -> dict[str, float]:
+        """Share of the embeddings' variance that is the user (users x questions decomposition, as in
+        benchmarks/quality): the held-out users under the first `n_queries` distinct questions of the eval draw."""
+        queries = list(dict.fromkeys(p.query for p in self.pairs))[:n_queries]
+        embs = []
+        for start in range(0, len(self.pairs), cfg.optim.chunk_size):
+            with ctx:
+                cache = model.encode_prefix(self.users[start:start + cfg.optim.chunk_size].to(model.device))
+                embs.append(model.embed(cache, [ScenarioSpec(q) for q in queries]).float().cpu())
+        shares = variance_shares(torch.cat(embs).numpy())  # [M, Q, D]
+        return {"val_user_share": shares["user"], "val_scenario_share": shares["scenario"]}
+
     @torch.no_grad()
     def __call__(self, model: QAnchorModel, cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
         was_training = model.training
@@ -70,6 +93,7 @@ class HeldOutEval:
         ctx = autocast or torch.autocast("cpu", enabled=False)
         u, d, ntp = self._towers(model, self.users, self.pairs, cfg.optim.chunk_size, ctx)
         same_q = self._same_question(model, cfg, ctx)
+        same_q.update(self._user_share(model, cfg, ctx))
         model.train(was_training)
         sim = u @ d.T  # [M, M]
         target = torch.arange(len(u), device=sim.device)

@@ -48,12 +48,33 @@ def ntp_loss(ntp_sum: torch.Tensor, ntp_tokens: int) -> torch.Tensor:
     return ntp_sum / max(ntp_tokens, 1)
 
 
+def identity_loss(view: torch.Tensor, summary: torch.Tensor, tau: float) -> torch.Tensor:
+    """Symmetric InfoNCE: row i of `view` (what the LLM state says about user i) must pick user i's own input
+    summary among the batch's users, and vice versa. view, summary: [B, k] unit vectors. -> scalar."""
+    logits = view @ summary.T / tau  # [B, B]
+    target = torch.arange(len(view), device=view.device)
+    return 0.5 * (torch.nn.functional.cross_entropy(logits, target) +
+                  torch.nn.functional.cross_entropy(logits.T, target))
+
+
+def batch_objective(emb: dict[str, torch.Tensor], cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The batch-coupled part of the loss from whole-batch embeddings (anchor, answer; identity, summary when the
+    user-identity term is on): weighted InfoNCE + weighted identity InfoNCE. -> (loss, float stats)."""
+    con = contrastive_loss(emb["anchor"], emb["answer"], cfg)
+    loss, stats = cfg.contrastive_weight * con, {"contrastive": float(con.detach())}
+    if cfg.identity_weight > 0 and emb.get("identity") is not None:
+        ident = identity_loss(emb["identity"], emb["summary"], cfg.tau)
+        loss = loss + cfg.identity_weight * ident
+        stats["identity"] = float(ident.detach())
+    return loss, stats
+
+
 def total_loss(out, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    """Whole-batch objective from a `PretrainOutput`: weighted InfoNCE + NTP. Returns (loss, float stats)."""
-    con = contrastive_loss(out.anchor, out.answer, cfg)
+    """Whole-batch objective from a `PretrainOutput`: weighted InfoNCE (+ identity) + NTP. -> (loss, float stats)."""
+    coupled, stats = batch_objective(out.embeddings(), cfg)
     ntp = ntp_loss(out.ntp_sum, out.ntp_tokens)
-    loss = cfg.contrastive_weight * con + cfg.ntp_weight * ntp
-    return loss, {"loss": loss.item(), "contrastive": con.item(), "ntp": ntp.item()}
+    loss = coupled + cfg.ntp_weight * ntp
+    return loss, {"loss": loss.item(), **stats, "ntp": ntp.item()}
 
 
 @dataclass
@@ -81,10 +102,11 @@ def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], ans
                     all_sum: Callable[[float], float] | None = None) -> dict[str, float]:
     """Accumulate into .grad the gradient of the *whole-batch* loss while holding one chunk's activations at a time.
 
-    GradCache (Gao et al., 2021): (1) embed every chunk without a graph, (2) compute the contrastive loss over the
-    full batch and its gradient w.r.t. the embeddings only, (3) re-run each chunk with a graph (same RNG state, so
-    dropout repeats) and backpropagate the cached embedding gradients plus that chunk's share of NTP. Gradients
-    equal those of one big-batch step; negatives per anchor stay at batch_size - 1 at any chunk size.
+    GradCache (Gao et al., 2021): (1) embed every chunk without a graph, (2) compute the batch-coupled losses
+    (InfoNCE, and the identity term when on) over the full batch and their gradient w.r.t. the embeddings only,
+    (3) re-run each chunk with a graph (same RNG state, so dropout repeats) and backpropagate the cached embedding
+    gradients plus that chunk's share of NTP. Gradients equal those of one big-batch step; negatives per anchor
+    stay at batch_size - 1 at any chunk size. A batch that fits one chunk on one rank skips the replay.
     `forward` is `QAnchorModel.pretrain_forward`. The caller zeroes grads before and steps the optimiser after.
     Data parallel (training.pretrain): `gather(x)` returns every rank's rows with this rank's rows being `x` itself
     (so gradient flows to them) and the offset of those rows; `all_sum` sums a float over ranks (NTP is a mean over
@@ -92,25 +114,33 @@ def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], ans
     """
     ctx = autocast or torch.autocast("cpu", enabled=False)
     b = len(queries)
+    if gather is None and b <= chunk_size:  # one chunk, one rank: plain autograd, no replay (same gradients)
+        with ctx:
+            out = forward(users, queries, answers)
+        coupled, stats = batch_objective({k: v.float() for k, v in out.embeddings().items()}, cfg)
+        ntp = ntp_loss(out.ntp_sum.float(), out.ntp_tokens)
+        (coupled + cfg.ntp_weight * ntp).backward()
+        ntp_value = float(ntp.detach())
+        return {"loss": float(coupled.detach()) + cfg.ntp_weight * ntp_value, **stats, "ntp": ntp_value,
+                "chunks": 1.0, "negatives": float(b - 1)}
     chunks = []
     for start in range(0, b, chunk_size):
         sl = slice(start, min(start + chunk_size, b))
         chunks.append(_Chunk(users[sl], queries[sl], answers[sl], _rng_state()))  # refreshed below
-    anchors, answers_emb, ntp_tokens = [], [], 0
+    parts: dict[str, list[torch.Tensor]] = {}
+    ntp_tokens = 0
     with torch.no_grad():
         for c in chunks:
             c.rng = _rng_state()  # each chunk draws fresh dropout masks; pass 2 replays exactly these
             with ctx:
                 out = forward(c.users, c.queries, c.answers)
-            anchors.append(out.anchor.float())
-            answers_emb.append(out.answer.float())
+            for k, v in out.embeddings().items():
+                parts.setdefault(k, []).append(v.float())
             ntp_tokens += out.ntp_tokens
-    u = torch.cat(anchors).requires_grad_(True)  # [B, D] leaf: its .grad is the cached gradient
-    d = torch.cat(answers_emb).requires_grad_(True)
-    u_all, _ = gather(u) if gather else (u, 0)  # [R*B, D]
-    d_all, _ = gather(d) if gather else (d, 0)
-    con = contrastive_loss(u_all, d_all, cfg)  # identical on every rank
-    (cfg.contrastive_weight * con).backward()  # -> u.grad, d.grad: this rank's share
+    leaves = {k: torch.cat(v).requires_grad_(True) for k, v in parts.items()}  # [B, D] leaves: .grad is the cache
+    full = {k: gather(v)[0] if gather else v for k, v in leaves.items()}  # [R*B, D]
+    coupled, stats = batch_objective(full, cfg)  # identical on every rank
+    coupled.backward()  # -> leaf .grad: this rank's share
     tokens_all = all_sum(float(ntp_tokens)) if all_sum else float(ntp_tokens)
     ntp_total = 0.0
     offset = 0
@@ -120,12 +150,10 @@ def grad_cache_step(forward: Callable, users: UserBatch, queries: list[str], ans
         with ctx:
             out = forward(c.users, c.queries, c.answers)
         ntp_part = out.ntp_sum.float() / max(tokens_all, 1.0)  # this chunk's share of the global token mean
-        surrogate = (out.anchor.float() * u.grad[offset: offset + n]).sum() + \
-            (out.answer.float() * d.grad[offset: offset + n]).sum()
+        surrogate = sum((v.float() * leaves[k].grad[offset: offset + n]).sum() for k, v in out.embeddings().items())
         (surrogate + cfg.ntp_weight * ntp_part).backward()
         ntp_total += float(ntp_part.detach())
         offset += n
     ntp_mean = all_sum(ntp_total) if all_sum else ntp_total
-    con_value = float(con.detach())
-    return {"loss": cfg.contrastive_weight * con_value + cfg.ntp_weight * ntp_mean, "contrastive": con_value,
-            "ntp": ntp_mean, "chunks": float(len(chunks)), "negatives": float(u_all.shape[0] - 1)}
+    return {"loss": float(coupled.detach()) + cfg.ntp_weight * ntp_mean, **stats, "ntp": ntp_mean,
+            "chunks": float(len(chunks)), "negatives": float(full["anchor"].shape[0] - 1)}

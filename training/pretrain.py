@@ -35,6 +35,8 @@ from training.heldout import HeldOutEval
 from training.losses import grad_cache_step
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
+from training.precision import apply_precision, resolve_precision
+from training.precision import autocast as precision_autocast
 from training.run_state import load_trainer_state, save_trainer_state
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,17 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
         return 1.0
     progress = min(1.0, (step - warmup) / max(total - warmup, 1))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: QAnchorModel, lr: float, new_scale: float) -> list[dict]:
+    """Trainable parameters in two groups: LoRA factors at `lr`, parts trained from scratch (adapters, head,
+    added-token rows, identity views) at `lr * new_scale`. A group that would be empty is left out."""
+    lora, new = [], []
+    for name, q in model.named_parameters():
+        if q.requires_grad:
+            (lora if "lora_" in name else new).append(q)
+    groups = [{"params": lora, "lr": lr, "name": "lora"}, {"params": new, "lr": lr * new_scale, "name": "new"}]
+    return [g for g in groups if g["params"]]
 
 
 # ---- one step ------------------------------------------------------------------------------------------------
@@ -111,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="override optim.batch_size (users per rank)")
     p.add_argument("--lr", type=float, default=None, help="override optim.lr")
     p.add_argument("--max-users", type=int, default=None, help="keep the first N users (quick runs)")
-    p.add_argument("--top-k", type=int, default=10, help="QA pairs per user")
+    p.add_argument("--top-k", type=int, default=None, help="QA pairs per user (override data.top_k)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint + OUT/trainer")
@@ -133,23 +146,29 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     overrides = list(args.set)
-    for key, val in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)):
+    for key, val in (("optim.steps", args.steps), ("optim.batch_size", args.batch_size), ("optim.lr", args.lr),
+                     ("data.top_k", args.top_k)):
         if val is not None:
-            overrides.append(f"optim.{key}={val}")
+            overrides.append(f"{key}={val}")
     cfg = load_config(args.config, overrides)
     world = build_world(WorldConfig(dataset=args.dataset, max_users=args.max_users))
     cfg = align_config(cfg, world)
     o = cfg.optim
     torch.manual_seed(o.seed + rank)
     vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
-    pairs = build_pairs(world, world.users("train"), top_k=args.top_k)  # train users only: val/test stay unseen
+    # train users only: val/test stay unseen
+    pairs = build_pairs(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects)
     sampler, collate = PairSampler(pairs, o.seed, group=o.question_group), UserCollator(world, vecs)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = QAnchorModel(cfg).to(device)
-    params = [q for q in model.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    dtype = resolve_precision(cfg.backbone.compute, device)
+    apply_precision(model, dtype)  # frozen backbone in bf16 where the hardware runs it natively
+    autocast = precision_autocast(dtype, device) if dtype != torch.float32 else None
+    groups = param_groups(model, o.lr, o.new_params_lr_scale)
+    params = [q for g in groups for q in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, o.warmup_steps, o.steps, o.schedule))
     start, provenance = 0, {}
     if args.init_from:
@@ -160,13 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         start = load_trainer_state(out_dir, model, opt, sched, device)
         log.info("resumed step=%d out=%s", start, out_dir)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     metrics_path = out_dir / "metrics.jsonl"
     if rank == 0 and not args.resume:
         metrics_path.write_text("")
     from tqdm.auto import tqdm
 
-    held_out = HeldOutEval(world, collate, args.eval_pairs, args.top_k, o.seed) if args.eval_every > 0 else None
+    held_out = HeldOutEval(world, collate, args.eval_pairs, cfg.data, o.seed) if args.eval_every > 0 else None
 
     def evaluate(step: int) -> None:
         if held_out is None or rank != 0:

@@ -27,6 +27,7 @@ from training.model.attention import PrefixCache
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
 from training.model.suffix import ScenarioSpec
+from training.precision import autocast_for
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, stats)
@@ -136,7 +137,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         raise ValueError(f"{len(y)} labels for {n_users} users")
     train_idx, val_idx = _split(y, val_fraction, seed)
     t0 = time.perf_counter()
-    with frozen(model):
+    with frozen(model), autocast_for(model):  # bf16 matmuls when the model's frozen weights are bf16
         cache = _encode_cache(model, users, batch_size)  # the frozen prefix: computed once, reused every step
         zero = ScenarioSpec(query_text)
         e_tr0, e_va0 = (_embed(model, cache, ix, zero, batch_size, False) for ix in (train_idx, val_idx))

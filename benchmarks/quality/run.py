@@ -52,6 +52,9 @@ class Context:
     tune_log: dict = field(default_factory=dict)  # scenario -> training.tune held-out metrics
     embed_cache: str | None = None  # directory for model embeddings (.npz), reused across runs
     ablations: dict = field(default_factory=dict)  # row label -> checkpoint of a separately pretrained variant
+    subsample: float = 1.0  # share of train users each seed's probe is fitted on (1.0: all; intervals bootstrap)
+    same_question: bool = True  # model rows: held-out same-question retrieval on the test users (a model pass)
+    same_q: dict = field(default_factory=dict)  # model key -> {"acc1", "chance"}, memoised
 
 
 class CappedWorld:
@@ -116,7 +119,6 @@ def _checkpoint(ctx: Context, key: str) -> str:
 def _load_model(ctx: Context, key: str = "trained"):
     path = _checkpoint(ctx, key)
     try:
-        import torch  # noqa: F401
 
         from training.pretrain import load_pretrained
     except ImportError as exc:  # the model API is still landing
@@ -163,11 +165,15 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     from training.model.attention import PrefixCache
     from training.model.suffix import ScenarioSpec
 
+    from training.precision import apply_precision, autocast, resolve_precision
+
     model = _load_model(ctx, key)
+    dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
+    apply_precision(model, dtype)
     collate = UserCollator(ctx.world, ctx.vecs)
     t0 = time.perf_counter()
     parts = []
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(dtype, ctx.device):
         for i in range(0, len(users), 16):
             parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
             log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
@@ -184,7 +190,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     out: dict[str, dict[str, np.ndarray]] = {}
     emb_all = np.zeros((len(users), len(names), model.cfg.head.out), np.float32)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(dtype, ctx.device):
         for i in range(0, len(users), 16):
             emb_all[i:i + 16] = model.embed(cache[list(range(i, min(i + 16, len(users))))],
                                             [specs[n] for n in names]).float().cpu().numpy()
@@ -280,6 +286,40 @@ ROWS: dict[str, Callable[[Context], Any]] = {
 BASELINES = list(ROWS)[:5]
 
 
+# model rows -> which model's same-question retrieval they report (the model, not the probe, is measured there)
+MODEL_KEYS = {"Q-Anchor static query": "trained", "Q-Anchor zero-shot": "trained",
+              "Q-Anchor prompt-tuned": "trained", "ablation: zero-shot, no pretraining": "untrained"}
+
+
+def _user_share(ctx: Context, emb: dict[str, np.ndarray]) -> float | None:
+    """Share of the test users' embedding variance that is the user (users x scenarios decomposition)."""
+    stacked = np.stack([np.asarray(emb[s.name]) for s in ctx.scenarios], axis=1)  # [n_users, S, D]
+    test = np.asarray(ctx.world.users("test"))
+    if len({id(emb[s.name]) for s in ctx.scenarios}) == 1:
+        return None  # one embedding for every scenario: nothing to decompose
+    return ev.variance_shares(stacked[test])["user"]
+
+
+def _same_question(ctx: Context, key: str) -> dict[str, float]:
+    """Held-out same-question retrieval of one model on the test users (chance = 1 / group)."""
+    if key in ctx.same_q:
+        return ctx.same_q[key]
+    import torch
+
+    from training.data.collate import UserCollator
+    from training.heldout import HeldOutEval
+    from training.precision import apply_precision, autocast, resolve_precision
+
+    model = _load_model(ctx, key)
+    dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
+    apply_precision(model, dtype)
+    ho = HeldOutEval(ctx.world, UserCollator(ctx.world, ctx.vecs), 256, model.cfg.data, seed=0, split="test")
+    got = ho.same_question(model, model.cfg, autocast(dtype, ctx.device) if dtype != torch.float32 else None)
+    ctx.same_q[key] = {"acc1": got.get("val_acc1_same_q"), "chance": 1.0 / got.get("val_same_q_group", 1.0)}
+    log.info("same_question model=%s acc1=%.4f chance=%.4f", key, ctx.same_q[key]["acc1"], ctx.same_q[key]["chance"])
+    return ctx.same_q[key]
+
+
 def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
     t0 = time.perf_counter()
     try:
@@ -287,11 +327,19 @@ def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
     except RowSkipped as exc:
         log.info("row_skipped row=%r reason=%s", name, exc)
         return {"row": name, "skipped": str(exc)}
-    results = []
+    probes = []
     for s in ctx.scenarios:
         e = emb[s.name] if isinstance(emb, dict) else emb
-        results.append(asdict(ev.probe(e, ctx.world, s, seeds)))
-    row = {"row": name, "scenarios": results, "seconds": round(time.perf_counter() - t0, 1),
+        probes.append(ev.probe(e, ctx.world, s, seeds, subsample=ctx.subsample))
+    results = [{k: v for k, v in asdict(p).items() if not k.startswith("test_")} for p in probes]
+    key = MODEL_KEYS.get(name, name.removeprefix(ABLATION_PREFIX) if name.startswith(ABLATION_PREFIX) else None)
+    diagnostics = {}
+    if isinstance(emb, dict):
+        diagnostics["user_share"] = _user_share(ctx, emb)
+    if key is not None and ctx.same_question:
+        diagnostics["same_q"] = _same_question(ctx, key)
+    row = {"row": name, "scenarios": results, "probes": probes, **diagnostics,
+           "seconds": round(time.perf_counter() - t0, 1),
            "auc_avg": float(np.mean([r["auc_mean"] for r in results])),
            "ks_avg": float(np.mean([r["ks_mean"] for r in results])),
            # spread of the average over seeds: average per seed, then std
@@ -302,41 +350,62 @@ def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
     return row
 
 
+def _fmt(x, spec=".3f") -> str:
+    return "" if x is None else format(x, spec)
+
+
 def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
-    head = "| row | avg AUC | avg KS | " + " | ".join(s.name for s in scenarios) + " |"
-    lines = [f"Linear-probe AUC (KS in the avg column) on {meta['dataset']}, train/val/test users="
-             f"{meta['n_train']}/{meta.get('n_val', '?')}/{meta['n_test']}, "
-             f"seeds={meta['seeds']}; mean +- std over seeds.", "", head,
-             "|" + "---|" * (3 + len(scenarios))]
+    done = [r for r in rows if "skipped" not in r]
+    lines = [f"Linear-probe AUC on {meta['dataset']}: the same {meta['n_train']} train / {meta.get('n_val', '?')} val "
+             f"(C choice) / {meta['n_test']} test users for every row; 95% intervals bootstrap the test users "
+             f"({meta.get('draws', 0)} draws). User share: share of the test users' embedding variance that is the "
+             "user (users x scenarios); same-q acc@1: the model's held-out retrieval among test users answering one "
+             "pretraining question.", "",
+             "| row | avg AUC | 95% interval | avg KS | user share | same-q acc@1 (chance) |", "|---|---|---|---|---|---|"]
+    for r in sorted(done, key=lambda r: -r["auc_avg"]):
+        ci = r.get("auc_ci")
+        sq = r.get("same_q")
+        ci_text = f"{ci[0]:.4f} - {ci[1]:.4f}" if ci else ""
+        sq_text = f"{sq['acc1']:.3f} ({sq['chance']:.3f})" if sq else ""
+        lines.append(f"| {r['row']} | {r['auc_avg']:.4f} | {ci_text} | {r['ks_avg']:.4f} | "
+                     f"{_fmt(r.get('user_share'))} | {sq_text} |")
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['row']} | skipped: {r['skipped']} |" + " |" * (1 + len(scenarios)))
-            continue
-        cells = [f"{x['auc_mean']:.3f}" for x in r["scenarios"]]
-        lines.append(f"| {r['row']} | {r['auc_avg']:.4f} +- {r['auc_avg_std']:.4f} | "
-                     f"{r['ks_avg']:.4f} +- {r['ks_avg_std']:.4f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r['row']} | skipped: {r['skipped']} | | | | |")
+    claims = meta.get("claims") or []
+    if claims:
+        lines += ["", "Paired differences (the same bootstrap draws for both rows):", "",
+                  "| claim | difference | 95% interval | holds (interval above 0) |", "|---|---|---|---|"]
+        for c in claims:
+            verdict = "yes" if c["low"] > 0 else ("point estimate only" if c["diff"] > 0 else "no")
+            lines.append(f"| {c['better']} > {c['worse']} | {c['diff']:+.4f} | {c['low']:+.4f} - {c['high']:+.4f} | "
+                         f"{verdict} |")
+    lines += ["", "Per scenario (test AUC):", "", "| row | " + " | ".join(s.name for s in scenarios) + " |",
+              "|" + "---|" * (1 + len(scenarios))]
+    for r in sorted(done, key=lambda r: -r["auc_avg"]):
+        lines.append(f"| {r['row']} | " + " | ".join(f"{x['auc_mean']:.3f}" for x in r["scenarios"]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], scenarios: list[Scenario], path: Path) -> None:
+def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = [r for r in rows if "skipped" not in r]
-    names = [s.name for s in scenarios] + ["AVERAGE"]
-    width = 0.8 / max(len(done), 1)
-    fig, ax = plt.subplots(figsize=(14, 5))
-    for i, r in enumerate(done):
-        vals = [x["auc_mean"] for x in r["scenarios"]] + [r["auc_avg"]]
-        errs = [x["auc_std"] for x in r["scenarios"]] + [r["auc_avg_std"]]
-        ax.bar(np.arange(len(names)) + i * width, vals, width, yerr=errs, label=r["row"])
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right")
-    ax.set_ylim(0.45, 1.0)
-    ax.axhline(0.5, color="grey", lw=0.5)
-    ax.set_ylabel("test AUC (linear probe)")
-    ax.legend(fontsize=8)
+    done = sorted([r for r in rows if "skipped" not in r], key=lambda r: r["auc_avg"])
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(done) + 1.6))
+    y = np.arange(len(done))
+    vals = np.array([r["auc_avg"] for r in done])
+    ci = np.array([r.get("auc_ci") or (r["auc_avg"], r["auc_avg"]) for r in done])
+    colors = ["tab:blue" if r["row"].startswith("Q-Anchor") else "tab:grey" for r in done]
+    ax.errorbar(vals, y, xerr=[vals - ci[:, 0], ci[:, 1] - vals], fmt="none", ecolor="black", capsize=3)
+    ax.scatter(vals, y, c=colors, zorder=3)
+    ax.set_yticks(y, [r["row"] for r in done])
+    ax.set_xlabel("average test AUC over the scenarios (linear probe), with 95% bootstrap interval")
+    n = f" ({meta['n_train']} train / {meta['n_test']} test users)" if meta else ""
+    ax.set_title(f"User-embedding quality on {len(scenarios)} MovieLens scenarios{n}")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -345,7 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
     p.add_argument("--rows", nargs="*", default=None, help=f"subset of rows (default: all); known: {list(ROWS)}")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="probe refits per scenario; with more than 1, each fits on a seeded 80%% of train users")
+    p.add_argument("--draws", type=int, default=1000, help="bootstrap draws over test users (0 = no intervals)")
+    p.add_argument("--no-same-question", action="store_true",
+                   help="skip the model rows' held-out same-question retrieval column (a model pass)")
     p.add_argument("--checkpoint", default=os.environ.get("QANCHOR_CHECKPOINT"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-users", type=int, default=None, help="alias of --train-users (older CLI)")
@@ -381,15 +454,32 @@ def main(argv: list[str] | None = None) -> int:
     if n_train or n_val or args.eval_users:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
     ctx = Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
-                  embed_cache=args.embed_cache, ablations=ablations)
+                  embed_cache=args.embed_cache, ablations=ablations, subsample=1.0 if args.seeds == 1 else 0.8,
+                  same_question=not args.no_same_question)
     seeds = tuple(range(args.seeds))
     base = list(ROWS) if args.rows is None else args.rows  # `--rows` with no names: only the --ablation rows
     names = list(dict.fromkeys(base + [ABLATION_PREFIX + a for a in ablations]))
     rows = [run_row(n, ctx, seeds) for n in names]
+    claims = []
+    if args.draws:
+        from benchmarks.quality.intervals import CLAIMS, RowBootstrap
+
+        boot = RowBootstrap(rows, draws=args.draws)
+        for r in rows:
+            if "skipped" not in r:
+                r["auc_ci"] = boot.row_interval(r["row"])
+        for better, worse in CLAIMS:
+            d = boot.difference(better, worse)
+            if d is not None:
+                point = next(r["auc_avg"] for r in rows if r["row"] == better) - \
+                    next(r["auc_avg"] for r in rows if r["row"] == worse)
+                claims.append({"better": better, "worse": worse, **d, "diff": point})
+    for r in rows:
+        r.pop("probes", None)
     meta = {"dataset": args.dataset, "n_train": len(world.users("train")), "n_val": len(world.users("val")),
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
             "ablations": ablations,
-            "tune_heldout": ctx.tune_log,
+            "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -399,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(rows, scenarios, meta)
     out.with_suffix(".md").write_text(md + f"\n{meta['machine']}, {meta['date']}: `{meta['command']}`\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    plot(rows, scenarios, out.with_suffix(".png"))
+    plot(rows, scenarios, out.with_suffix(".png"), meta)
     print(md)
     return 0
 

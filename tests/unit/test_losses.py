@@ -83,8 +83,10 @@ def _six_users(*overrides):
     return cfg, model, users, queries, answers
 
 
-def test_gradcache_gradients_equal_the_full_batch_step():
-    cfg, model, users, queries, answers = _six_users()
+@pytest.mark.parametrize("identity", [None, "hidden", "embedding"])
+def test_gradcache_gradients_equal_the_full_batch_step(identity):
+    extra = [] if identity is None else ["loss.identity_weight=0.5", f"loss.identity_on={identity}"]
+    cfg, model, users, queries, answers = _six_users(*extra)
 
     def grads():
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -99,9 +101,15 @@ def test_gradcache_gradients_equal_the_full_batch_step():
     assert gc_stats["chunks"] == 3.0
     assert gc_stats["loss"] == pytest.approx(stats["loss"], rel=1e-5)
     assert set(full) == set(cached) and len(full) > 10
+    assert (identity is not None) == any(n.startswith("identity.") for n in full)  # the term reaches its views
     for n in full:
         scale = full[n].abs().max().item()
         assert (full[n] - cached[n]).abs().max().item() <= 1e-5 * scale + 1e-8, n  # float summation order only
+    model.zero_grad()  # one chunk on one rank takes the no-replay path: the same gradients again
+    one = grad_cache_step(model.pretrain_forward, users, queries, answers, cfg.loss, chunk_size=6)
+    assert one["chunks"] == 1.0 and one["loss"] == pytest.approx(stats["loss"], rel=1e-5)
+    for n, g in grads().items():
+        assert (full[n] - g).abs().max().item() <= 1e-5 * full[n].abs().max().item() + 1e-8, n
 
 
 def _ddp_rank(rank: int, world: int, init_file: str, out_dir: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from training.data.future_topics import FUTURE_TOPICS
 from training.data.movielens import GENRES
 from training.data.qa_topics import TOPICS, Population
 from training.data.view import DAY, WindowView, window_view
@@ -110,8 +111,10 @@ def topic_moments(world: UserWorld, pop: Population, max_users: int = 1000) -> t
     return mu, sd
 
 
-def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 10) -> list[Pair]:
-    """Future pair + top-k QA pairs for each user (default: every kept user)."""
+def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 10,
+                future_aspects: bool = False) -> list[Pair]:
+    """Future pair + top-k QA pairs for each user (default: every kept user); with `future_aspects` also one pair
+    per future-window aspect (training.data.future_topics)."""
     users = world.users() if users is None else users
     pop = population(world)
     mu, sd = topic_moments(world, pop)
@@ -123,6 +126,12 @@ def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 1
     for u in users:
         ans, facts = future_summary(window_view(world, u, "future"))
         out.append(Pair(u, "future", "future_behaviour", FUTURE_QUERY, ans, 1.0, facts))
+        if future_aspects:
+            hist, fut = window_view(world, u, "history"), window_view(world, u, "future")
+            for ft in FUTURE_TOPICS:
+                a = ft.fn(hist, fut)
+                if a is not None:
+                    out.append(Pair(u, "future", ft.name, ft.question(u), a.answer, 1.0, a.facts))
         scored = []
         for t, a in answers[u]:
             if a is None:

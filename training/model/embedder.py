@@ -31,7 +31,7 @@ from torch import nn
 from training.backbones import Backbone, load_backbone
 from training.config import QAnchorConfig
 from training.model.attention import PrefixCache, additive_mask, causal_allowed, positions
-from training.model.encoders import UserTokenEncoder
+from training.model.encoders import IdentityViews, UserTokenEncoder, user_summary
 from training.model.inputs import UserBatch
 from training.model.suffix import IGNORE, ScenarioSpec, SuffixBatch, build_suffix, tokenize_texts
 from training.model.tokens import add_special_tokens, build_layout
@@ -45,6 +45,15 @@ class PretrainOutput:
     answer: torch.Tensor  # [B, out] L2-normalised semantic-tower embeddings
     ntp_sum: torch.Tensor  # scalar: summed NTP cross-entropy over answer tokens (sum, so chunks add up)
     ntp_tokens: int  # number of answer tokens in that sum
+    identity: torch.Tensor | None = None  # [B, k] anchor-side view for the user-identity term (None when off)
+    summary: torch.Tensor | None = None  # [B, k] the users' input-summary view, same term
+
+    def embeddings(self) -> dict[str, torch.Tensor]:
+        """The rows the batch-coupled losses compare across users (training.losses.batch_objective)."""
+        out = {"anchor": self.anchor, "answer": self.answer}
+        if self.identity is not None:
+            out.update(identity=self.identity, summary=self.summary)
+        return out
 
 
 class QAnchorModel(nn.Module):
@@ -69,6 +78,11 @@ class QAnchorModel(nn.Module):
             self.user_encoder = UserTokenEncoder(cfg.input, self.hidden)
             self.head = nn.Sequential(nn.Linear(self.hidden, cfg.head.mid), nn.ReLU(),
                                       nn.Linear(cfg.head.mid, cfg.head.out))
+            # training-only (the user-identity term); built last so every other init is unchanged by it
+            self.identity = IdentityViews(
+                self.hidden if cfg.loss.identity_on == "hidden" else cfg.head.out,
+                len(cfg.input.sources) * cfg.input.d_enc + cfg.input.d_tab,
+                cfg.loss.identity_dim) if cfg.loss.identity_weight > 0 else None
         layout = build_layout(self.tokenizer, cfg.input, self.special)
         self.register_buffer("prefix_ids", layout.ids, persistent=False)  # [P]
         self.register_buffer("prefix_slot", layout.slot, persistent=False)  # [P]
@@ -160,7 +174,7 @@ class QAnchorModel(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden state [..., hidden] -> L2-normalised embedding [..., out] (shared by both towers)."""
-        return F.normalize(self.head(h.float()), dim=-1)
+        return F.normalize(self.head(h.float()).float(), dim=-1)  # fp32 norm even when the head ran in bf16
 
     # ---- training towers -------------------------------------------------------------------------------------
     def _anchor(self, pre: torch.Tensor, pre_valid: torch.Tensor, suf: SuffixBatch):
@@ -179,13 +193,17 @@ class QAnchorModel(nn.Module):
         pre, pre_valid = self.prefix_embeds(users)
         suf = self._suffix(queries, [None] * len(queries), answers)
         suffix_hidden, h = self._anchor(pre, pre_valid, suf)
-        labels = suf.labels.to(self.device)
-        logits = self._lm().lm_head(suffix_hidden[:, :-1]).float()  # position t predicts token t + 1
-        target = labels[:, 1:]
-        ntp_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE,
-                                  reduction="sum")
-        return PretrainOutput(anchor=self.project(h), answer=self.encode_answers(answers), ntp_sum=ntp_sum,
-                              ntp_tokens=int((target != IGNORE).sum()))
+        target = suf.labels.to(self.device)[:, 1:]  # position t predicts token t + 1
+        scored = target != IGNORE  # [N, L - 1]: answer tokens only; the vocab projection skips every other row
+        logits = self._lm().lm_head(suffix_hidden[:, :-1][scored]).float()  # [n_tokens, vocab]
+        ntp_sum = F.cross_entropy(logits, target[scored], reduction="sum")
+        anchor = self.project(h)
+        identity = summary = None
+        if self.identity is not None:
+            side = h if self.cfg.loss.identity_on == "hidden" else anchor
+            identity, summary = self.identity(side, user_summary(users.to(self.device)))
+        return PretrainOutput(anchor=anchor, answer=self.encode_answers(answers), ntp_sum=ntp_sum,
+                              ntp_tokens=int(scored.sum()), identity=identity, summary=summary)
 
     def encode_answers(self, texts: list[str]) -> torch.Tensor:
         """Semantic tower: the same LLM reads the answer text; last non-pad token -> head. -> [N, out]."""

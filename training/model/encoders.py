@@ -85,3 +85,24 @@ class UserTokenEncoder(nn.Module):
         tab_valid = torch.ones(b, self.cfg.tabular_tokens, dtype=torch.bool, device=soft.device)
         valid = torch.cat([ones, *event_valid, tab_valid], dim=1)  # [B, n_soft]
         return soft, valid
+
+
+def user_summary(users: UserBatch) -> torch.Tensor:
+    """What the prefix holds, as one plain vector: per-source masked mean of the event vectors, then the tabular
+    vector. -> [B, M * d_enc + d_tab]. The user-identity term asks the LLM's reading of the prefix to recover it."""
+    means = [masked_mean(users.event_vecs[k].float(), users.event_mask[k].bool())[0] for k in users.event_vecs]
+    return torch.cat([*means, users.tabular.float()], dim=1)
+
+
+class IdentityViews(nn.Module):
+    """Two small projections compared by the user-identity term: the anchor side (LLM state or embedding) and
+    the input summary side. Used in pretraining only; serving never calls them."""
+
+    def __init__(self, d_anchor: int, d_summary: int, dim: int) -> None:
+        super().__init__()
+        self.anchor = nn.Linear(d_anchor, dim)
+        self.summary = nn.Sequential(nn.LayerNorm(d_summary, eps=1e-6), nn.Linear(d_summary, dim))
+
+    def forward(self, anchor: torch.Tensor, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.nn.functional.normalize(self.anchor(anchor.float()), dim=-1),
+                torch.nn.functional.normalize(self.summary(summary.float()), dim=-1))

@@ -1,0 +1,111 @@
+"""Future-behaviour questions: one aspect of the user's *future* window per question, a multi-fact answer each.
+
+The paper's future-behaviour pairs summarise the next window "aggregated by category and time". One summary
+question ("What will this user do next?", training.data.pairs.future_summary) mixes every aspect, titles
+included; here each aspect gets its own question, so that in a batch of users answering the *same* question
+(optim.question_group) the answers differ only in what the user goes on to do: the anchor can match its own
+answer only by reading the user's history. Answers lead with a word for the level ("Mostly", "Rarely") and then
+give the numbers, so the semantic tower can tell answers apart before it learns to read digits.
+
+Each aspect has a few wordings; a user's wording is fixed by a hash of (user, topic), so runs are reproducible
+and the model meets every wording without memorising one string per aspect.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from training.data.movielens import GENRES
+from training.data.qa_topics import TopicAnswer
+from training.data.view import DAY, WindowView
+
+
+@dataclass
+class FutureTopic:
+    name: str
+    questions: tuple[str, ...]  # wordings of one question
+    fn: Callable[[WindowView, WindowView], TopicAnswer | None]  # (history, future) -> answer
+
+    def question(self, user: int) -> str:
+        h = int.from_bytes(hashlib.sha256(f"{self.name}:{user}".encode()).digest()[:4], "big")
+        return self.questions[h % len(self.questions)]
+
+
+def _level(share: float) -> str:
+    return "Mostly" if share >= 0.5 else "Often" if share >= 0.25 else "Sometimes" if share >= 0.1 else "Rarely"
+
+
+def future_genres(h: WindowView, f: WindowView) -> TopicAnswer:
+    c = f.genre_counts()
+    top = sorted((g for g in GENRES if c[g] > 0), key=lambda g: (-c[g], GENRES.index(g)))[:3]
+    before = h.genre_counts()
+    new = [g for g in top if before[g] == 0]
+    text = f"{_level(c[top[0]] / f.n)} {top[0]}: " + ", ".join(f"{g} {c[g]} of {f.n}" for g in top) + "."
+    if new:
+        text += " New for them: " + ", ".join(new) + "."
+    return TopicAnswer(text, {"genres": {g: c[g] for g in top}, "new": new}, c[top[0]] / f.n)
+
+
+def future_activity(h: WindowView, f: WindowView) -> TopicAnswer:
+    span = int((f.ts.max() - f.ts.min()) // DAY)
+    first = int((f.day == f.day[0]).sum())
+    pace = "A burst" if span <= 2 else "Steady" if f.n / max(span, 1) >= 0.5 else "Occasional"
+    return TopicAnswer(f"{pace}: {f.n} more ratings over {span + 1} day{'s' if span else ''}, {first} on the first day.",
+                       {"count": f.n, "days": span + 1, "first_day": first}, float(np.log(f.n)))
+
+
+def future_ratings(h: WindowView, f: WindowView) -> TopicAnswer:
+    m, before = float(f.rating.mean()), float(h.rating.mean())
+    word = "Lower than before" if m < before - 0.2 else "Higher than before" if m > before + 0.2 else "As before"
+    five, low = int((f.rating == 5).sum()), int((f.rating <= 2).sum())
+    return TopicAnswer(f"{word}: {m:.1f}/5 on average (was {before:.1f}); {five} five-star and {low} low ratings.",
+                       {"mean": round(m, 1), "before": round(before, 1), "five": five, "low": low}, m - before)
+
+
+def future_era(h: WindowView, f: WindowView) -> TopicAnswer | None:
+    y = f.year[f.year > 0]
+    if not len(y):
+        return None
+    dec, cnt = np.unique(y // 10 * 10, return_counts=True)
+    d = int(dec[cnt.argmax()])
+    old = int((y < 1980).sum())
+    return TopicAnswer(f"{_level(cnt.max() / len(y))} from the {d}s ({int(cnt.max())} of {len(y)}); {old} released "
+                       f"before 1980, median year {int(np.median(y))}.",
+                       {"decade": d, "old": old, "median": int(np.median(y))}, float(np.median(y)))
+
+
+def future_taste(h: WindowView, f: WindowView) -> TopicAnswer | None:
+    loved = np.nonzero(f.rating >= 4)[0]
+    if not len(loved):
+        return TopicAnswer("Nothing: they will not rate any upcoming movie 4 or 5 stars.", {"loved": []}, 0.0)
+    c = {g: 0 for g in GENRES}
+    for i in loved:
+        for g in f.genres[i]:
+            c[g] += 1
+    top = sorted((g for g in GENRES if c[g] > 0), key=lambda g: (-c[g], GENRES.index(g)))[:2]
+    best = int(loved[np.lexsort((-f.ts[loved], -f.rating[loved]))[0]])
+    return TopicAnswer(f"{_level(len(loved) / f.n)} liked: {len(loved)} of {f.n}, mostly "
+                       f"{' and '.join(top)}, such as '{f.titles[best]}'.",
+                       {"loved": len(loved), "genres": top, "title": f.titles[best]}, len(loved) / f.n)
+
+
+FUTURE_TOPICS: list[FutureTopic] = [
+    FutureTopic("future_genres", ("Which genres will this user watch next?",
+                                  "What kinds of movies is this user going to watch next?",
+                                  "Which genres will dominate this user's upcoming ratings?"), future_genres),
+    FutureTopic("future_activity", ("How active will this user be from now on?",
+                                    "How many more movies will this user rate, and how quickly?",
+                                    "What will this user's upcoming rating activity look like?"), future_activity),
+    FutureTopic("future_ratings", ("How will this user rate the movies they watch next?",
+                                   "Will this user's upcoming ratings be generous or strict?",
+                                   "What scores will this user give from now on?"), future_ratings),
+    FutureTopic("future_era", ("How old will the movies this user watches next be?",
+                               "From which decades will this user's next movies come?",
+                               "Will this user's upcoming movies be recent or old?"), future_era),
+    FutureTopic("future_taste", ("Which upcoming movies will this user enjoy?",
+                                 "What will this user like among the movies they watch next?",
+                                 "Which of their next movies will this user rate highly?"), future_taste),
+]
