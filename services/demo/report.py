@@ -62,6 +62,12 @@ class DemoReport:
     similarity_user: str = ""
     similarity_scenarios: list[str] = field(default_factory=list)
     similarity: list[list[float]] = field(default_factory=list)
+    # users x scenarios: how much of the embeddings' spread says who the user is (variance decomposition)
+    spread_users: int = 0
+    user_share: float | None = None
+    scenario_share: float | None = None
+    cos_same_scenario: float | None = None  # mean cosine of two different users under one scenario
+    cos_same_user: float | None = None  # mean cosine of one user under two different scenarios
     endpoints: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -75,6 +81,22 @@ def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     unit = v / np.where(norms == 0, 1.0, norms)  # a zero row (error) compares as 0, not NaN
     return unit @ unit.T
+
+
+def spread(emb: np.ndarray) -> dict[str, float]:
+    """emb [U users, S scenarios, D]: shares of the total sum of squares that are the user (user means around the
+    grand mean) and the scenario (scenario means), and the two mean cosines people read off such a grid."""
+    e = np.asarray(emb, np.float64)
+    n_users, n_scen = e.shape[:2]
+    grand = e.mean(axis=(0, 1))
+    total = max(float(((e - grand) ** 2).sum()), 1e-12)
+    unit = e / np.maximum(np.linalg.norm(e, axis=2, keepdims=True), 1e-12)
+    by_scenario = np.einsum("usd,vsd->suv", unit, unit)  # [S, U, U]
+    by_user = np.einsum("usd,utd->ust", unit, unit)  # [U, S, S]
+    return {"user_share": n_scen * float(((e.mean(axis=1) - grand) ** 2).sum()) / total,
+            "scenario_share": n_users * float(((e.mean(axis=0) - grand) ** 2).sum()) / total,
+            "cos_same_scenario": float(np.mean([off_diagonal(m).mean() for m in by_scenario])),
+            "cos_same_user": float(np.mean([off_diagonal(m).mean() for m in by_user]))}
 
 
 def off_diagonal(m: np.ndarray) -> np.ndarray:
@@ -137,6 +159,11 @@ def render(r: DemoReport) -> str:
         rows = [[names[i], *[f"{x:.2f}" for x in m[i]]] for i in range(len(names))]
         out.append(table(rows, ["", *[f"s{i + 1}" for i in range(len(names))]]))
         out.append("   " + "  ".join(f"s{i + 1}={n}" for i, n in enumerate(names)))
+    if r.user_share is not None:
+        out.append(f"\n== 8. whose embedding is it? {r.spread_users} users x {len(r.scenarios)} scenarios\n"
+                   f"user share of the embeddings' variance {r.user_share:.1%} (scenario share "
+                   f"{r.scenario_share:.1%}); two users under one scenario: mean cosine {r.cos_same_scenario:.2f}; "
+                   f"one user under two scenarios: {r.cos_same_user:.2f}")
     if r.endpoints:
         out.append("\n== where everything listens\n" + table([[k, v] for k, v in r.endpoints.items()],
                                                            ["component", "address"]))

@@ -18,7 +18,7 @@ import yaml
 
 from services.common.errors import AlreadyExists
 from services.common.settings import repo_root
-from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, cosine_matrix
+from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, cosine_matrix, spread
 from services.gateway.client import EmbeddingClient
 from services.ingest.schema import EVENTS_TOPIC
 from services.registry.client import RegistryClient
@@ -174,3 +174,16 @@ def fetch_embeddings(client: EmbeddingClient, report: DemoReport, users: list[st
     if vectors is not None:
         report.similarity_user, report.similarity_scenarios = uid, list(scenarios)
         report.similarity = [[round(float(x), 4) for x in row] for row in cosine_matrix(vectors)]
+
+    grid = []
+    crowd = users[:8]
+    progress(f"gateway: GetUserEmbeddings for {len(crowd)} users x {len(scenarios)} scenarios (whose embedding is it?)")
+    for u in crowd:
+        resp = client.get_user_embeddings(u, scenarios)
+        embs = [r.embedding for r in resp.results if r.WhichOneof("result") == "embedding"]
+        if len(embs) == len(scenarios) and not any(e.fallback for e in embs):
+            grid.append([list(e.values) for e in embs])
+    if len(grid) >= 2:
+        report.spread_users = len(grid)
+        for k, v in spread(np.asarray(grid, np.float32)).items():
+            setattr(report, k, round(v, 4))

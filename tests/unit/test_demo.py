@@ -118,3 +118,19 @@ def test_models_step_is_stale_until_both_models_are_written(settings: StackSetti
         (step.repo / m).mkdir(parents=True)
         (step.repo / m / "config.pbtxt").write_text("")
     assert step.exported(source)
+
+
+def test_spread_separates_user_and_scenario_variance() -> None:
+    from services.demo.report import spread
+
+    rng = np.random.default_rng(0)
+    users, scen = rng.normal(size=(6, 1, 16)), rng.normal(size=(1, 4, 16))
+    only_users = spread(np.broadcast_to(users, (6, 4, 16)) + 0.0)
+    assert only_users["user_share"] == pytest.approx(1.0) and only_users["scenario_share"] == pytest.approx(0.0)
+    assert only_users["cos_same_user"] == pytest.approx(1.0)
+    only_scen = spread(np.broadcast_to(scen, (6, 4, 16)) + 0.0)
+    assert only_scen["scenario_share"] == pytest.approx(1.0) and only_scen["cos_same_scenario"] == pytest.approx(1.0)
+    mixed = spread(users + scen)
+    assert 0.2 < mixed["user_share"] < 0.8 and mixed["user_share"] + mixed["scenario_share"] == pytest.approx(1.0)
+    r = DemoReport(scenarios={"a": "A?", "b": "B?"}, spread_users=6, **{k: round(v, 4) for k, v in mixed.items()})
+    assert "whose embedding is it? 6 users x 2 scenarios" in render(r) and "user share" in render(r)

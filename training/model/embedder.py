@@ -174,7 +174,10 @@ class QAnchorModel(nn.Module):
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden state [..., hidden] -> L2-normalised embedding [..., out] (shared by both towers)."""
-        return F.normalize(self.head(h.float()).float(), dim=-1)  # fp32 norm even when the head ran in bf16
+        # fp32 even under bf16 autocast: early in training every embedding sits near one direction and the
+        # cosines that tell users apart differ in the third decimal, below bf16's resolution
+        with torch.autocast(h.device.type, enabled=False):
+            return F.normalize(self.head(h.float()), dim=-1)
 
     # ---- training towers -------------------------------------------------------------------------------------
     def _anchor(self, pre: torch.Tensor, pre_valid: torch.Tensor, suf: SuffixBatch):

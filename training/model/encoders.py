@@ -104,5 +104,6 @@ class IdentityViews(nn.Module):
         self.summary = nn.Sequential(nn.LayerNorm(d_summary, eps=1e-6), nn.Linear(d_summary, dim))
 
     def forward(self, anchor: torch.Tensor, summary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (torch.nn.functional.normalize(self.anchor(anchor.float()), dim=-1),
-                torch.nn.functional.normalize(self.summary(summary.float()), dim=-1))
+        with torch.autocast(anchor.device.type, enabled=False):  # fp32, like the head (see QAnchorModel.project)
+            return (torch.nn.functional.normalize(self.anchor(anchor.float()), dim=-1),
+                    torch.nn.functional.normalize(self.summary(summary.float()), dim=-1))
