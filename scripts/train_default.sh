@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Rebuild the default model artifact (artifacts/default) from scratch: SmolLM2-135M + LoRA r=8, preset
-# smollm2-cpu, pretrained on ML-1M train users. Deterministic on one machine: data order and dropout are a pure
-# function of (seed, step), dropout is 0 and the schedule is constant after warm-up, so `STEPS` reproduces the
-# committed run exactly (float summation order may differ across CPUs/thread counts).
-#   scripts/train_default.sh                      # CPU, the committed step count
-#   STEPS=200 DEVICE=cuda scripts/train_default.sh
-# Env: STEPS, DEVICE (cpu|cuda), RUN_DIR (run directory, default $QANCHOR_STATE_DIR/runs/smollm2-cpu),
-#      THREADS (torch threads on CPU, default 1), RESUME=1 to continue an interrupted run in RUN_DIR.
+# Rebuild the default model artifact (artifacts/default) from scratch: SmolLM2-135M + LoRA r=8, preset smollm2-cpu
+# (its recipe: docs/model.md "The recipe"), pretrained on ML-1M train users, then published with its curve.
+# Resumable: a run stopped at any point continues with RESUME=1 (checkpoint every 50 steps). Deterministic on one
+# machine: data order is a pure function of (seed, step) and dropout is 0 (float summation order may differ across
+# CPUs, thread counts and bf16/fp32).
+#   scripts/train_default.sh                        # CPU: the preset's 1,800 steps, ~2.5 h on 2 AMX cores (bf16)
+#   RESUME=1 scripts/train_default.sh               # continue an interrupted run
+#   DEVICE=cuda scripts/train_default.sh            # one GPU: the same recipe, bf16 autocast (~10 min on an H100)
+#   DEVICE=cuda STEPS=6000 scripts/train_default.sh # more steps where a GPU allows (the cosine follows STEPS)
+# Env: STEPS (default: the preset's optim.steps), DEVICE (cpu|cuda), RUN_DIR (default
+#      $QANCHOR_STATE_DIR/runs/smollm2-cpu), THREADS (torch threads on CPU, default: all cores), NICE (default 10),
+#      RESUME=1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+THREADS="${THREADS:-$(nproc)}"
 # shellcheck source=scripts/model_job_env.sh
 . "$ROOT/scripts/model_job_env.sh"
-# default: the step count recorded in the committed artifact's manifest (extra.step)
-STEPS="${STEPS:-$(manifest_step artifacts/default)}"
-[ "$STEPS" -gt 0 ] || STEPS=12
 RUN_DIR="${RUN_DIR:-$STATE/runs/smollm2-cpu}"
 log() { printf '[train_default] %s\n' "$*" >&2; }
 
@@ -30,11 +32,12 @@ if missing:
 PY
 
 # 2. pretrain (train users only); nice: a shared CPU machine keeps serving other work
-resume=()
-if [ "${RESUME:-0}" = 1 ]; then resume=(--resume); fi
-log "pretrain steps=$STEPS device=$DEVICE run_dir=$RUN_DIR"
-nice -n 19 "$PY" -m training.pretrain --config smollm2-cpu --dataset ml-1m --steps "$STEPS" \
-  --device "$DEVICE" --out "$RUN_DIR" --save-every 10 --eval-every 20 "${resume[@]}"
+args=()
+if [ "${RESUME:-0}" = 1 ]; then args+=(--resume); fi
+if [ -n "${STEPS:-}" ]; then args+=(--steps "$STEPS"); fi
+log "pretrain steps=${STEPS:-preset} device=$DEVICE threads=$THREADS run_dir=$RUN_DIR"
+nice -n "${NICE:-10}" "$PY" -m training.pretrain --config smollm2-cpu --dataset ml-1m \
+  --device "$DEVICE" --out "$RUN_DIR" --save-every 50 --eval-every 150 "${args[@]}"
 
 # 3. publish: the checkpoint directory as is (its manifest carries the sha256 of every file), plus the curve
 "$PY" - "$RUN_DIR" "$ROOT/artifacts/default" <<'PY'

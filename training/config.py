@@ -173,6 +173,10 @@ class OptimConfig:
     # *other* questions and the contrastive loss is solved by the question alone (docs/model.md, "Question
     # groups"). g > 1: the batch is batch_size / g groups of g users answering the same question.
     question_group: int = 1
+    # grouped batches start at this step; before it every user draws its own question. Mixed batches leave the
+    # collapse phase in ~30 steps by matching question to answer kind; grouped batches from step 0 stay collapsed
+    # far longer (docs/model.md, "The recipe").
+    question_group_from: int = 0
     # learning-rate multiplier for parameters trained from scratch (adapters, head, added-token rows, identity
     # views); LoRA factors use `lr`. Randomly initialised parts need larger steps to leave the collapse phase.
     new_params_lr_scale: float = 1.0
@@ -180,6 +184,8 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.steps < 1 or self.batch_size < 2 or self.chunk_size < 1 or self.warmup_steps < 0:
             raise ConfigError("optim: need lr>0, steps>=1, batch_size>=2 (in-batch negatives), chunk_size>=1")
+        if self.question_group_from < 0:
+            raise ConfigError(f"optim.question_group_from must be >= 0, got {self.question_group_from}")
         if self.new_params_lr_scale <= 0:
             raise ConfigError(f"optim.new_params_lr_scale must be > 0, got {self.new_params_lr_scale}")
         if self.question_group < 1 or self.batch_size % self.question_group:

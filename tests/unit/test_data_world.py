@@ -59,9 +59,11 @@ def test_no_user_in_two_splits(world):
 
 
 def test_tabular_standardised_on_train_users(world):
+    from training.data.features import TABULAR_FEATURES
+
     tab = world.tabular
     train = world.users("train")
-    assert tab.shape == (943, world.sources.tabular_dim)
+    assert tab.shape == (943, len(TABULAR_FEATURES))
     assert np.allclose(tab[train].mean(0), 0, atol=1e-4)
     assert np.allclose(tab[train].std(0), 1, atol=1e-3)
     assert (tab[list(world.excluded)] == 0).all()
@@ -72,7 +74,7 @@ def test_collate_takes_newest_k_of_history(world):
     col = UserCollator(world, vecs)
     users = world.users("train")[:5]
     b = col(users)
-    assert b.batch_size == 5 and b.tabular.shape == (5, 16)
+    assert b.batch_size == 5 and b.tabular.shape == (5, world.sources.tabular_dim)
     for s in world.sources.sources:
         assert b.event_vecs[s.name].shape == (5, s.k, 384)
         for j, u in enumerate(users):
@@ -87,7 +89,8 @@ def test_collate_takes_newest_k_of_history(world):
 
 def test_export_records_follow_event_contract(world):
     users = world.users()[:3]
-    recs = export_records(world, users)
+    vecs = np.random.default_rng(0).standard_normal((len(world.texts), 384)).astype(np.float16)
+    recs = export_records(world, users, vecs=vecs)
     events = [r for r in recs if r["kind"] == "event"]
     assert len(events) == sum(len(world.timelines[u].history) for u in users)
     assert [r["ts"] for r in recs] == sorted(r["ts"] for r in recs)
@@ -97,4 +100,25 @@ def test_export_records_follow_event_contract(world):
         assert r["source"] in world.sources.names and isinstance(r["ts"], int)
         assert all(isinstance(v, (str, int, float, bool)) for v in r["attributes"].values())
     tab = [r for r in recs if r["kind"] == "tabular"]
-    assert len(tab) == 3 and all(len(r["vector"]) == 16 for r in tab)
+    assert len(tab) == 3 and all(len(r["vector"]) == world.sources.tabular_dim for r in tab)
+    assert not [r for r in export_records(world, users) if r["kind"] == "tabular"]  # no vectors, no dense record
+
+
+def test_dense_user_vector_is_statistics_then_standardised_history_mean(world):
+    from training.data.features import TABULAR_FEATURES, dense_user_features
+
+    vecs = np.random.default_rng(1).standard_normal((len(world.texts), 384)).astype(np.float16)
+    dense = dense_user_features(world, vecs)
+    assert dense.shape == (943, world.sources.tabular_dim) == (943, len(TABULAR_FEATURES) + 384)
+    assert dense_user_features(world, vecs) is dense  # memoised per (world, vectors)
+    np.testing.assert_array_equal(dense[:, :len(TABULAR_FEATURES)], world.tabular)
+    train = world.users("train")
+    hist = dense[train, len(TABULAR_FEATURES):]
+    assert np.allclose(hist.mean(0), 0, atol=1e-4) and np.allclose(hist.std(0), 1, atol=1e-3)
+    u = train[0]  # the mean of *every* history event, not only the newest K per source
+    raw = np.stack([vecs[world.text_of_rating[world.timelines[v].history]].astype(np.float64).mean(0) for v in train])
+    want = (raw[0] - raw.mean(0)) / raw.std(0)
+    np.testing.assert_allclose(dense[u, len(TABULAR_FEATURES):], want, rtol=1e-3, atol=1e-3)
+    assert (dense[list(world.excluded)] == 0).all()
+    b = UserCollator(world, vecs).batch([u])
+    np.testing.assert_allclose(b.tabular[0].numpy(), dense[u])

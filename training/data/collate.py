@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from training.data.features import dense_user_features
 from training.data.world import UserWorld
 from training.model.inputs import UserBatch
 
@@ -20,14 +21,15 @@ class UserRecord:
 
 
 def user_record(world: UserWorld, vecs: np.ndarray, user: int) -> UserRecord:
-    """Prefix inputs of one user from the history window only (the future never reaches the prefix)."""
+    """Prefix inputs of one user from the history window only (the future never reaches the prefix): the newest K
+    events per source and the dense user vector (statistics + whole-history mean, training.data.features)."""
     rows = world.timelines[user].history  # oldest first
     src = world.source_of_rating[rows]
     per_source = {}
     for i, spec in enumerate(world.sources.sources):
         mine = rows[src == i][-spec.k:]  # newest K, still oldest first
         per_source[spec.name] = vecs[world.text_of_rating[mine]]
-    return UserRecord(user, per_source, world.tabular[user])
+    return UserRecord(user, per_source, dense_user_features(world, vecs)[user])
 
 
 def collate_records(records: list[UserRecord], ks: dict[str, int]) -> UserBatch:

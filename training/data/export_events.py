@@ -3,8 +3,9 @@
     python -m training.data.export_events --dataset ml-1m --users 100 --out /tmp/events.jsonl
 
 One line per rating of the chosen window (default: history, the part that feeds the prefix), ordered by time
-as a live stream would be, plus (with --tabular) one `kind: tabular` record per user carrying the same
-standardised statistics vector the training data uses, timestamped at the user's last history event.
+as a live stream would be, plus (unless --no-tabular) one `kind: tabular` record per user carrying the same dense
+user vector the training data uses (standardised statistics + whole-history mean event vector), timestamped at the
+user's last history event.
 """
 from __future__ import annotations
 
@@ -14,13 +15,20 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from training.data.encoder import cached_text_vectors
+from training.data.features import dense_user_features
 from training.data.world import SPLITS, UserWorld, WorldConfig, build_world
 
 log = logging.getLogger(__name__)
 
 
-def export_records(world: UserWorld, users: list[int], window: str = "history", tabular: bool = True) -> list[dict]:
-    """Event-contract records of `users`, sorted by (ts, user_id, event_id)."""
+def export_records(world: UserWorld, users: list[int], window: str = "history",
+                   vecs: np.ndarray | None = None) -> list[dict]:
+    """Event-contract records of `users`, sorted by (ts, user_id, event_id). With `vecs` (the event-text vectors)
+    each user also gets a `kind: tabular` record: the dense user vector training reads (statistics + history mean)."""
+    dense = dense_user_features(world, vecs) if vecs is not None else None
     out: list[dict] = []
     for u in users:
         uid = world.ml.users[u].user_id
@@ -38,9 +46,9 @@ def export_records(world: UserWorld, users: list[int], window: str = "history", 
                 })
                 if w == "history":
                     last_ts = max(last_ts, e["ts"])
-        if tabular and last_ts:
+        if dense is not None and last_ts:
             out.append({"schema_version": 1, "event_id": f"{world.cfg.dataset}-tab-{uid}", "user_id": uid,
-                        "kind": "tabular", "ts": last_ts, "vector": [round(float(x), 6) for x in world.tabular[u]]})
+                        "kind": "tabular", "ts": last_ts, "vector": [round(float(x), 6) for x in dense[u]]})
     # tabular after the events of the same second, so a replay ends with the statistics in place
     out.sort(key=lambda r: (r["ts"], r["user_id"], r["kind"] == "tabular", r["event_id"]))
     return out
@@ -58,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     world = build_world(WorldConfig(dataset=args.dataset))
     users = world.users(None if args.split == "all" else args.split)[:args.users]
-    records = export_records(world, users, args.window, tabular=not args.no_tabular)
+    vecs = None if args.no_tabular else cached_text_vectors(world.texts, args.dataset, progress=False)
+    records = export_records(world, users, args.window, vecs)
     fh = sys.stdout if args.out == "-" else Path(args.out).open("w", encoding="utf-8")
     try:
         for r in records:

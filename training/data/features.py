@@ -59,13 +59,20 @@ def raw_stats(ratings: np.ndarray, ts: np.ndarray, years: np.ndarray, genre_list
     ] + [gc[GENRES.index(g)] / max(len(genre_lists), 1) for g in SHARE_GENRES], np.float64)
 
 
+def dense_dim(encoder_dim: int) -> int:
+    """Width of the dense user vector (feature `tabular`): the statistics, then the history mean vector."""
+    return len(TABULAR_FEATURES) + encoder_dim
+
+
 def fit_tabular(world: "UserWorld") -> np.ndarray:
-    """[n_users, d_tab] float32 standardised statistics; rows of excluded users stay zero (cold start)."""
-    d = world.sources.tabular_dim
-    if d != len(TABULAR_FEATURES):
+    """[n_users, len(TABULAR_FEATURES)] float32 standardised statistics; excluded users' rows stay zero (cold start)."""
+    d, want = world.sources.tabular_dim, dense_dim(world.sources.encoder_dim)
+    if d != want:
         raise ValueError(
-            f"sources.yaml asks for tabular_dim={d} but training.data.features builds {len(TABULAR_FEATURES)} "
-            "statistics; change TABULAR_FEATURES and tabular_dim together")
+            f"sources.yaml asks for tabular_dim={d} but the dense user vector is {len(TABULAR_FEATURES)} statistics "
+            f"+ the {world.sources.encoder_dim}-d history mean = {want}; change TABULAR_FEATURES and tabular_dim "
+            "together")
+    d = len(TABULAR_FEATURES)
     r, movies = world.ml.ratings, world.ml.movies
     years_all = np.array([m.year for m in movies], np.float64)
     raw = np.zeros((len(world.ml.users), d), np.float64)
@@ -80,4 +87,28 @@ def fit_tabular(world: "UserWorld") -> np.ndarray:
     out = np.zeros_like(raw, dtype=np.float32)
     kept = list(world.timelines)
     out[kept] = ((raw[kept] - mu) / sd).astype(np.float32)
+    return out
+
+
+def dense_user_features(world: "UserWorld", vecs: np.ndarray) -> np.ndarray:
+    """[n_users, tabular_dim] float32, the dense user vector the prefix's tabular token reads: the standardised
+    statistics (fit_tabular), then the mean event-text vector of the *whole* history window, each dimension
+    standardised with train-user moments. The prefix holds only the newest K events per source; this mean is what
+    carries the rest of the window (a mean MiniLM vector of all history is a strong baseline on its own:
+    docs/quality.md). Memoised per (world, vectors); rows of excluded users stay zero (cold start)."""
+    key = (id(vecs), vecs.shape)
+    cached = getattr(world, "_dense_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    means = np.zeros((len(world.ml.users), vecs.shape[1]), np.float64)
+    for u, tl in world.timelines.items():
+        means[u] = vecs[world.text_of_rating[tl.history]].astype(np.float64).mean(0)
+    train = world.users("train") or list(world.timelines)
+    mu, sd = means[train].mean(0), means[train].std(0)
+    sd[sd < 1e-9] = 1.0
+    kept = list(world.timelines)
+    std_means = np.zeros_like(means, dtype=np.float32)
+    std_means[kept] = ((means[kept] - mu) / sd).astype(np.float32)
+    out = np.concatenate([world.tabular, std_means], axis=1)
+    world._dense_cache = (key, out)
     return out

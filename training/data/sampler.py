@@ -15,21 +15,21 @@ class PairSampler:
     anchor's in-batch negatives include g - 1 answers to its own question: only the user can tell them apart.
     """
 
-    def __init__(self, pairs: list[Pair], seed: int, group: int = 1) -> None:
+    def __init__(self, pairs: list[Pair], seed: int, group: int = 1, group_from: int = 0) -> None:
         self.by_user: dict[int, list[Pair]] = {}
         self.by_topic: dict[str, list[Pair]] = {}
         for p in pairs:
             self.by_user.setdefault(p.user, []).append(p)
             self.by_topic.setdefault(p.topic, []).append(p)
         self.users = sorted(self.by_user)
-        self.seed, self.group = seed, group
+        self.seed, self.group, self.group_from = seed, group, group_from
         self.topics = sorted(t for t, ps in self.by_topic.items() if len(ps) >= group)
         if group > 1 and not self.topics:
             raise ValueError(f"no question is answered by {group} users; lower optim.question_group")
 
     def batch(self, step: int, size: int, rank: int = 0, world_size: int = 1) -> list[Pair]:
         rng = np.random.default_rng([self.seed, step])
-        if self.group > 1:
+        if self.group > 1 and step >= self.group_from:
             return self._grouped(rng, size * world_size)[rank * size:(rank + 1) * size]  # disjoint across ranks
         n = min(size * world_size, len(self.users))
         picked = rng.choice(len(self.users), n, replace=False)[rank::world_size][:size]  # disjoint across ranks
