@@ -100,6 +100,13 @@ def row_minilm_mean(ctx: Context):
     return ev.mean_text_vector(ctx.world, ctx.vecs)
 
 
+def row_dense_vector(ctx: Context):
+    """What the prefix's tabular token reads: statistics + the whole-history mean event vector (LR on 400 dims)."""
+    from training.data.features import dense_user_features
+
+    return dense_user_features(ctx.world._world if isinstance(ctx.world, CappedWorld) else ctx.world, ctx.vecs)
+
+
 def row_minilm_source_mean(ctx: Context):
     return ev.mean_text_vector(ctx.world, ctx.vecs, per_source=True)
 
@@ -175,7 +182,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     parts = []
     with torch.inference_mode(), autocast(dtype, ctx.device):
         for i in range(0, len(users), 16):
-            parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
+            parts.append(model.encode_prefix(_fit_tabular_width(collate.batch(users[i:i + 16]), model)))
             log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
                      len(users), time.perf_counter() - t0)
     cache = PrefixCache.cat(parts)
@@ -209,6 +216,14 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
         np.savez(disk.with_suffix(".tmp.npz"), **{f"{k}::{n}": emb_all[:, j] for j, (k, n) in enumerate(names)})
         disk.with_suffix(".tmp.npz").rename(disk)
     return out
+
+
+def _fit_tabular_width(batch, model):
+    """Checkpoints from before the dense user vector (d_tab 16) read only the statistics: its first columns."""
+    d_tab = model.cfg.input.d_tab
+    if batch.tabular.shape[1] > d_tab:
+        batch.tabular = batch.tabular[:, :d_tab].contiguous()
+    return batch
 
 
 def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
@@ -278,12 +293,13 @@ ROWS: dict[str, Callable[[Context], Any]] = {
     "tabular stats (LR)": row_tabular,
     "mean MiniLM of event texts": row_minilm_mean,
     "per-source mean MiniLM": row_minilm_source_mean,
+    "dense user vector (LR)": row_dense_vector,
     "Q-Anchor static query": row_static_query,
     "Q-Anchor zero-shot": row_qanchor_zero_shot,
     "Q-Anchor prompt-tuned": row_qanchor_prompt_tuned,
     "ablation: zero-shot, no pretraining": row_untrained_zero_shot,
 }
-BASELINES = list(ROWS)[:5]
+BASELINES = list(ROWS)[:6]
 
 
 # model rows -> which model's same-question retrieval they report (the model, not the probe, is measured there)

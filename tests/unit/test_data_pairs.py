@@ -93,3 +93,33 @@ def test_future_summary_grounded_in_future_window(world, pairs):
         for g, c in p.facts["genres"].items():
             assert c == sum(g in movies[i].genres for i in r.item[rows])
         assert int(re.search(r"rates (\d+) movies", p.answer).group(1)) == len(rows)
+
+
+def test_future_aspect_pairs_are_grounded_in_the_future_window(world):
+    from training.data.future_topics import FUTURE_TOPICS
+
+    users = world.users()[:30]
+    plain = build_pairs(world, users, top_k=3)
+    pairs = build_pairs(world, users, top_k=3, future_aspects=True)
+    aspects = [p for p in pairs if p.topic in {t.name for t in FUTURE_TOPICS}]
+    assert len(pairs) == len(plain) + len(aspects) and not [p for p in plain if p in aspects]
+    assert {p.topic for p in aspects} == {t.name for t in FUTURE_TOPICS}
+    for t in FUTURE_TOPICS:  # every user gets the aspect (era only if a release year is known), in one of its wordings
+        got = [p for p in aspects if p.topic == t.name]
+        assert len(got) >= 25 and all(p.query in t.questions and p.kind == "future" for p in got)
+        assert len({p.answer for p in got}) > len(got) // 2  # answers differ between users answering one question
+    r, movies = world.ml.ratings, world.ml.movies
+    for p in aspects:
+        fut = world.timelines[p.user].future
+        if p.topic == "future_activity":
+            assert p.facts["count"] == len(fut) and f"{len(fut)} more ratings" in p.answer
+        if p.topic == "future_genres":
+            counts = {g: sum(g in movies[i].genres for i in r.item[fut]) for g in GENRES}
+            assert all(counts[g] == c for g, c in p.facts["genres"].items())
+            assert max(p.facts["genres"].values()) == max(counts.values())
+        if p.topic == "future_ratings":
+            assert p.facts["mean"] == round(float(r.rating[fut].mean()), 1)
+            assert p.facts["five"] == int((r.rating[fut] == 5).sum())
+    # the wording is a pure function of (user, topic): reproducible runs
+    again = build_pairs(world, users, top_k=3, future_aspects=True)
+    assert [p.query for p in again] == [p.query for p in pairs]

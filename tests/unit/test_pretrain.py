@@ -117,3 +117,12 @@ def load_config_with_head(cfg, out):
     d = cfg.to_dict()
     d["head"]["out"] = out
     return QAnchorConfig.from_dict(d)
+
+
+def test_question_groups_start_at_question_group_from():
+    pairs = [Pair(u, "qa", f"t{k}", f"q{k}", f"a{u}-{k}", 1.0) for u in range(60) for k in range(4)]
+    s = PairSampler(pairs, seed=1, group=4, group_from=10)
+    before, after = s.batch(9, 8), s.batch(10, 8)
+    assert len({p.topic for p in before}) > 2  # mixed: one pair per user, any question
+    assert all(len({p.topic for p in after[g:g + 4]}) == 1 for g in (0, 4))  # grouped from step 10 on
+    assert [p.answer for p in s.batch(9, 8)] == [p.answer for p in before]
