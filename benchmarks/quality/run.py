@@ -447,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="prompt-tuned row: training.tune steps per scenario on the train users (0 = skip row)")
     p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT",
                    help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh)")
+    p.add_argument("--scenarios", default=None,
+                   help="scenario YAML (default: training/data/scenarios.yaml; benchmarks/quality/"
+                        "scenarios_unseen.yaml holds eight that no recipe decision saw)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
     ablations = {}
@@ -464,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     threadpool_limits(1)  # tiny LR fits: BLAS threads only contend on a shared machine
     world = build_world(WorldConfig(dataset=args.dataset))
     vecs = cached_text_vectors(world.texts, args.dataset)
-    scenarios = load_scenarios()
+    scenarios = load_scenarios(Path(args.scenarios) if args.scenarios else None)
     n_train = args.train_users or args.model_users
     n_val = args.val_users or args.eval_users
     if n_train or n_val or args.eval_users:
@@ -492,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                 claims.append({"better": better, "worse": worse, **d, "diff": point})
     for r in rows:
         r.pop("probes", None)
-    meta = {"dataset": args.dataset, "n_train": len(world.users("train")), "n_val": len(world.users("val")),
+    meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",
+            "n_train": len(world.users("train")), "n_val": len(world.users("val")),
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
             "ablations": ablations,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
