@@ -31,7 +31,7 @@ def progress(msg: str) -> None:
 
 
 def run(settings: DemoSettings, json_out: Path | None = None) -> int:
-    from services.gateway.client import EmbeddingClient
+    from services.gateway.embedding_client import EmbeddingClient
     from services.registry.client import RegistryClient
     from services.stack import Stack, StackError, StackSettings
     from services.stack.apps import read_tokens

@@ -19,7 +19,7 @@ import yaml
 from services.common.errors import AlreadyExists
 from services.common.settings import repo_root
 from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, cosine_matrix
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.ingest.schema import EVENTS_TOPIC
 from services.registry.client import RegistryClient
 

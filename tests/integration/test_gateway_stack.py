@@ -26,7 +26,7 @@ from services.common.features_online import FeatureWriter
 from services.common.grpc_server import mark_serving
 from services.common.settings import repo_root
 from services.gateway import contract_model
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.contract_model.model import reference_embedding, user_vector
 from services.gateway.routing import assign, load_config
 from services.gateway.server import build_gateway, create_gateway_server

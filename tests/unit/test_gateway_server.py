@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from services.common.grpc_server import mark_serving
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.clients.triton import TritonModelClient, build_inputs
 from services.gateway.core import ModelRequest
 from services.gateway.metrics import GatewayMetrics

@@ -40,7 +40,7 @@ def _as_dict(e: pb.Embedding, brief: bool) -> dict[str, object]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.gateway.client import EmbeddingClient  # grpc channel setup only when the command runs
+    from services.gateway.embedding_client import EmbeddingClient  # grpc channel setup only when the command runs
 
     settings = CliGatewaySettings()
     target = args.gateway or settings.gateway_target or f"127.0.0.1:{settings.port('gateway_grpc')}"
