@@ -1,0 +1,69 @@
+"""The per-user prefix KV cache: computed once per user, shared by every scenario's suffix (and by training's
+GradCache chunks and the serving LRU in training.export.cache).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class PrefixCache:
+    """Per-user prefix KV cache. Tensors are batch-first, so a user slice is a view and caches concatenate.
+
+    keys/values: per layer [B, kv_heads, P, head_dim]; valid [B, P]; next_pos [B] (first suffix position).
+    """
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor
+    next_pos: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.valid.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.valid.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (what a serving LRU bounded by memory should charge for this entry)."""
+        ts = [*self.keys, *self.values, self.valid, self.next_pos]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def __getitem__(self, idx: int | slice | list[int] | torch.Tensor) -> "PrefixCache":
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)  # keep the batch dimension: a one-user cache
+        return PrefixCache([k[idx] for k in self.keys], [v[idx] for v in self.values], self.valid[idx],
+                           self.next_pos[idx])
+
+    @classmethod
+    def cat(cls, caches: list["PrefixCache"]) -> "PrefixCache":
+        """Re-batch per-user caches (all from the same model and prefix layout)."""
+        if len({c.length for c in caches}) != 1:
+            raise ValueError("caches have different prefix lengths: they come from different model configs")
+        n_layers = len(caches[0].keys)
+        return cls([torch.cat([c.keys[i] for c in caches]) for i in range(n_layers)],
+                   [torch.cat([c.values[i] for c in caches]) for i in range(n_layers)],
+                   torch.cat([c.valid for c in caches]), torch.cat([c.next_pos for c in caches]))
+
+    def to(self, device: torch.device | str) -> "PrefixCache":
+        return PrefixCache([k.to(device) for k in self.keys], [v.to(device) for v in self.values],
+                           self.valid.to(device), self.next_pos.to(device))
+
+    def detach(self) -> "PrefixCache":
+        return PrefixCache([k.detach() for k in self.keys], [v.detach() for v in self.values], self.valid,
+                           self.next_pos)
+
+    def as_hf_cache(self) -> DynamicCache:
+        # DynamicCache.update concatenates into new tensors, so the stored cache is never mutated by a suffix run.
+        return DynamicCache(ddp_cache_data=list(zip(self.keys, self.values)))
+
+    @classmethod
+    def from_hf_cache(cls, cache: DynamicCache, valid: torch.Tensor) -> "PrefixCache":
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        return cls(keys, values, valid, valid.long().sum(dim=1))
