@@ -2,7 +2,7 @@
 
 Pure numpy + PyYAML on purpose: the gateway (services env, numpy 2) and the Triton model (model env, numpy < 2,
 no Feast) both import this module. The Feast-backed `FeatureReader` / `FeatureWriter` live in
-`services.common.features_online` and are re-exported here lazily, so importing this module never imports Feast.
+`services.common.features_online` (services env only), which imports this module, never the other way round.
 
 Layout of one user's features (docs/features.md): per source `<source>_texts` (list[str]), `<source>_vectors`
 (little-endian float16 bytes, [n, encoder_dim], newest last), `<source>_timestamps` (list[int], unix seconds),
@@ -14,18 +14,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
 
-if TYPE_CHECKING:  # only for type checkers: importing them for real pulls in Feast
-    from services.common.features_online import FeatureReader, FeatureWriter
-
 __all__ = [
     "FeatureSpec", "SourceSpec", "SourceEvents", "UserFeatures", "UserBatchArrays", "load_feature_spec",
     "default_sources_path", "encode_vectors", "decode_vectors", "to_push_columns", "from_feature_dict",
-    "build_user_batch_arrays", "FeatureReader", "FeatureWriter",
+    "build_user_batch_arrays",
 ]
 
 ENTITY_KEY = "user_id"
@@ -301,12 +298,3 @@ def build_user_batch_arrays(users: Sequence[UserFeatures], spec: FeatureSpec) ->
         tabular[i] = t
     return UserBatchArrays(event_vecs=event_vecs, event_mask=event_mask, tabular=tabular)
 
-
-def __getattr__(name: str) -> Any:
-    # Lazy re-export: `from services.common.features import FeatureReader` works in the services env while the
-    # model env (no Feast) can still import everything else from this module.
-    if name in ("FeatureReader", "FeatureWriter"):
-        from services.common import features_online
-
-        return getattr(features_online, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

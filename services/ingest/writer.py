@@ -27,7 +27,7 @@ class FeastFeatureStore:
 
     def __init__(self, location: Path, spec: FeatureSpec) -> None:
         from services.common.feast_store import get_store
-        from services.common.features import FeatureReader, FeatureWriter
+        from services.common.features_online import FeatureReader, FeatureWriter
 
         if spec.layout != "single":
             # per_source writes one view per source, then user_meta: not one atomic row, so a crash between
