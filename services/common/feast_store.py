@@ -14,9 +14,9 @@ import importlib.util
 import io
 import logging
 import os
+import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
@@ -100,25 +100,44 @@ def render_config(state_dir: Path, online_store: str = "sqlite", redis_url: str 
     return path
 
 
-def _load_definitions_module() -> ModuleType:
-    # Loaded from its file under a fresh name on every call, so an edited sources.yaml or definitions.py is
-    # always re-read (a plain import would be cached for the life of the process).
+_DEFINITIONS_LOCK = threading.Lock()
+
+
+def _load_definitions(sources_yaml: Path | None, data_dir: Path) -> list[object]:
+    """The objects `feast apply` would collect from feature_repo/definitions.py, for this sources.yaml and data dir.
+
+    The definitions read both from the environment at import time (the Feast CLI's only channel), so they are set
+    around a fresh load of the file, under a fresh module name so an edited sources.yaml or definitions.py is
+    always re-read (a plain import would be cached for the life of the process).
+    """
+    overrides = {"QANCHOR_FEAST_DATA_DIR": str(data_dir)}
+    if sources_yaml is not None:
+        overrides["QANCHOR_SOURCES_YAML"] = str(sources_yaml)
     spec = importlib.util.spec_from_file_location(f"_qanchor_feature_repo_{time.monotonic_ns()}",
                                                   FEATURE_REPO / "definitions.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    with _DEFINITIONS_LOCK:
+        saved = {k: os.environ.get(k) for k in overrides}
+        os.environ.update(overrides)
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return list(vars(module).values())
 
 
-def _repo_contents(objects: dict[str, object]) -> "RepoContents":
-    """What `feast apply` would collect from the repo's module attributes, from our generated objects."""
+def _repo_contents(values: list[object]) -> "RepoContents":
+    """What `feast apply` collects from the repo's module attributes: the Feast objects among them."""
     from feast import Entity, FeatureService, FeatureView
     from feast.data_source import DataSource
     from feast.project import Project
     from feast.repo_contents import RepoContents
 
-    values = list(objects.values())
     return RepoContents(
         projects=[Project(name=PROJECT)],
         data_sources=[o for o in values if isinstance(o, DataSource)],
@@ -140,16 +159,12 @@ def apply(state_dir: Path, online_store: str = "sqlite", redis_url: str | None =
     """
     from feast.repo_operations import apply_total_with_repo_instance
 
-    from services.common.features import load_feature_spec
-
     yaml_path = render_config(state_dir, online_store=online_store, redis_url=redis_url)
     data_dir = feast_dir(state_dir).resolve() / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    spec = load_feature_spec(sources_yaml)
-    objects = _load_definitions_module().build_definitions(spec, data_dir)
     store = get_store(yaml_path)
-    repo = _repo_contents(objects)
+    repo = _repo_contents(_load_definitions(sources_yaml, data_dir))
     out = io.StringIO()
     try:
         # Feast's own `feast apply` core (plan, registry + infra diff, deletes of objects no longer defined), so
@@ -166,8 +181,8 @@ def apply(state_dir: Path, online_store: str = "sqlite", redis_url: str | None =
             log.info("feast apply change=%r", line.strip()[:160])
     if online_store == "sqlite":
         _enable_wal(feast_dir(state_dir).resolve() / "online_store.db")
-    log.info("feast apply done config=%s online_store=%s layout=%s views=%d seconds=%.1f", yaml_path,
-             online_store, spec.layout, len(repo.feature_views), time.perf_counter() - t0)
+    log.info("feast apply done config=%s online_store=%s views=%d seconds=%.1f", yaml_path,
+             online_store, len(repo.feature_views), time.perf_counter() - t0)
     return yaml_path
 
 

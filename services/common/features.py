@@ -27,7 +27,6 @@ __all__ = [
 
 ENTITY_KEY = "user_id"
 VECTOR_DTYPE = np.dtype("<f2")  # little-endian float16, whatever the host byte order
-LAYOUTS = ("single", "per_source")
 STATS_FIELDS = ("tabular",)
 META_FIELDS = ("feature_version", "updated_at")
 
@@ -72,15 +71,11 @@ class FeatureSpec:
     encoder_dim: int = 384
     # Versioned FeatureService the gateway reads; renamed (v2, ...) on a breaking schema change.
     feature_service: str = "user_features_v1"
-    # "single" (one FeatureView) or "per_source" (a view per source + user_stats + user_meta).
-    layout: str = "single"
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
         if not names or len(set(names)) != len(names):
             raise ValueError(f"sources must be a non-empty list of distinct names, got {names}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
         if self.tabular_dim < 0 or self.encoder_dim <= 0:
             raise ValueError("tabular_dim must be >= 0 and encoder_dim > 0")
 
@@ -113,7 +108,6 @@ def load_feature_spec(path: Path | str | None = None) -> FeatureSpec:
         tabular_dim=int(raw.get("tabular_dim", 16)),
         encoder_dim=int(raw.get("encoder_dim", 384)),
         feature_service=str(raw.get("feature_service", "user_features_v1")),
-        layout=str(raw.get("layout", "single")),
     )
 
 

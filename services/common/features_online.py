@@ -113,8 +113,9 @@ class FeatureWriter:
                 if view.stream_source is None:
                     raise Unavailable(f"feature view {view.name!r} has no PushSource; re-apply feature_repo/")
                 plan.append((view.name, [f.name for f in view.features]))
-            # The view holding feature_version goes last (see feature_repo/definitions.py): its new value must
-            # never be visible before the data it versions.
+            # feature_repo/definitions.py puts everything in one view (one atomic row); should a service ever span
+            # several, the view holding feature_version goes last: its new value must never be visible before the
+            # data it versions.
             self._plan = sorted(plan, key=lambda p: "feature_version" in p[1])
         return self._plan
 
