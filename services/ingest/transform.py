@@ -20,18 +20,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import yaml
 
-from services.common.features import (
-    VECTOR_DTYPE, FeatureSpec, SourceEvents, UserFeatures, default_sources_path, load_feature_spec,
-)
+from services.common.features import VECTOR_DTYPE, FeatureSpec, SourceEvents, UserFeatures, load_feature_spec
 from services.ingest.schema import Event
 
 # Bit 62 marks a version written by ingest; versions without it (a backfill's 1, 2, ...) carry no position.
 VERSION_FLAG = 1 << 62
 OFFSET_BITS = 40  # 10^12 records per partition before the layout runs out
 PARTITION_BITS = 21
-DEFAULT_WINDOW_DAYS = 90.0  # paper: 90-day behaviour window
 
 
 @dataclass(frozen=True, order=True)
@@ -79,18 +75,14 @@ class IngestSpec:
     def k(self, source: str) -> int:
         return self.features.source(source).k
 
+    @classmethod
+    def of(cls, features: FeatureSpec) -> "IngestSpec":
+        return cls(features=features, window_s={s.name: s.window_days * 86400.0 for s in features.sources})
+
 
 def load_ingest_spec(path: Path | str | None = None) -> IngestSpec:
-    """Read sources.yaml: `window_days` at the top level (default 90) and optionally per source."""
-    path = Path(path) if path is not None else default_sources_path()
-    features = load_feature_spec(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    default_days = float(raw.get("window_days", DEFAULT_WINDOW_DAYS))
-    per_source = {str(s["name"]): float(s.get("window_days", default_days)) for s in raw.get("sources", [])}
-    for name, days in per_source.items():
-        if days <= 0:
-            raise ValueError(f"{path}: source {name!r} has window_days={days}; use a positive number of days")
-    return IngestSpec(features=features, window_s={n: d * 86400.0 for n, d in per_source.items()})
+    """sources.yaml through the one schema parser (`load_feature_spec`), with each source's window in seconds."""
+    return IngestSpec.of(load_feature_spec(path))
 
 
 @dataclass
