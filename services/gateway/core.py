@@ -23,9 +23,8 @@ from services.common.errors import (
 )
 from services.common.features import FeatureSpec, UserFeatures
 from services.common.validation import validate_scenario_name, validate_user_id
-from services.gateway.routing import (
-    ACTIVE, DEFAULT_ARM, ZERO_SHOT, ABConfig, Assignment, PromptInfo, ScenarioInfo, ScenarioLookup, assign,
-)
+from services.gateway.routing import ACTIVE, DEFAULT_ARM, ABConfig, Assignment, ScenarioLookup, assign
+from services.registry.serving_view import ZERO_SHOT, PromptInfo, ScenarioInfo
 
 if TYPE_CHECKING:
     from services.gateway.metrics import GatewayMetrics
@@ -78,7 +77,7 @@ class EmbeddingItem:
     scenario: str
     values: np.ndarray  # [D] float32
     model_version: str
-    prompt_version: str  # "zero-shot" or "v<N>"
+    prompt_version: str  # ZERO_SHOT or "v<N>"
     arm: str
     feature_version: int
     feature_timestamp: float  # unix seconds; 0 = no features
@@ -271,7 +270,7 @@ class GatewayCore:
                     user=users[user_id], model_version=model_version,
                     scenarios=[p.scenario for p in firsts],
                     query_texts=[p.info.query_text for p in firsts],
-                    prompts=[None if p.prompt.kind == "zero-shot" else p.prompt for p in firsts],
+                    prompts=[None if p.prompt.kind == ZERO_SHOT else p.prompt for p in firsts],
                 ))
                 owners.append(list(rows.values()))
         return requests, owners

@@ -21,17 +21,18 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Protocol, Union
+from typing import Callable, Iterable, Protocol, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.registry.serving_view import ZERO_SHOT, ScenarioInfo
+
 log = logging.getLogger("qanchor.gateway.routing")
 
 BUCKETS = 10_000  # 1/10,000 resolution, like GrowthBook: weights may have two decimals (12.34 %).
-ZERO_SHOT = "zero-shot"
 ACTIVE = "active"
 DEFAULT_ARM = "default"
 
@@ -147,38 +148,6 @@ def assign(config: ABConfig, scenario: str, user_id: str) -> Assignment:
 # ---- validation against the registry ----------------------------------------------------------------------
 class ConfigError(ValueError):
     """A config that must not be served. The message names the field and says what to fix."""
-
-
-@dataclass(frozen=True)
-class PromptInfo:
-    version: int
-    kind: Literal["zero-shot", "tuned"]
-    status: Literal["READY", "ACTIVE", "RETIRED", "UNSPECIFIED"]
-    model_version: str = ""  # the model a tuned prompt was trained for; "" = any
-    artifact_uri: str = ""
-    sha256: str = ""
-
-    @property
-    def servable(self) -> bool:
-        return self.status in ("READY", "ACTIVE")
-
-    @property
-    def label(self) -> str:
-        """What responses carry in `prompt_version`: 'zero-shot' or 'v<N>'."""
-        return ZERO_SHOT if self.kind == "zero-shot" else f"v{self.version}"
-
-
-@dataclass(frozen=True)
-class ScenarioInfo:
-    name: str
-    query_text: str
-    active_version: int
-    versions: dict[int, PromptInfo] = field(default_factory=dict)
-
-    @property
-    def zero_shot(self) -> PromptInfo | None:
-        servable = [p for p in self.versions.values() if p.kind == "zero-shot" and p.servable]
-        return min(servable, key=lambda p: p.version) if servable else None
 
 
 class ScenarioLookup(Protocol):

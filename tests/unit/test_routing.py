@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from services.gateway.routing import (
-    ABConfig, ConfigError, ConfigWatcher, PromptInfo, ScenarioInfo, assign, bucket, fnv1a32, load_config,
-    validate_against,
+    ABConfig, ConfigError, ConfigWatcher, assign, bucket, fnv1a32, load_config, validate_against,
 )
+from services.registry.serving_view import PromptInfo, ScenarioInfo
 
 REPO = Path(__file__).resolve().parents[2]
 
