@@ -64,6 +64,14 @@ class ModelResult:
 class ModelClient(Protocol):
     def infer(self, requests: Sequence[ModelRequest], timeout_s: float) -> list[ModelResult | QAnchorError]: ...
 
+    def ready(self) -> bool:
+        """Readiness: the model server answers and has the model loaded."""
+        ...
+
+    def known_model_versions(self) -> set[str]:
+        """Model versions the server can serve (what A/B arms may name); may raise when the server is down."""
+        ...
+
 
 class ConfigSource(Protocol):
     @property
@@ -134,9 +142,7 @@ class GatewayCore:
     # ---- the three RPCs ----------------------------------------------------------------------------------
     def get_embedding(self, user_id: str, scenario: str,
                       timeout_s: float | None = None) -> tuple[EmbeddingItem, Timing]:
-        validate_user_id(user_id)
-        validate_scenario_name(scenario)
-        results, timing = self._run([(user_id, scenario)], timeout_s)
+        results, timing = self._run([(user_id, scenario)], timeout_s)  # a bad id comes back as the item's error
         item = results[0]
         if isinstance(item, ItemError):
             raise error_for_code(item.code, item.message)
@@ -153,7 +159,7 @@ class GatewayCore:
         dupes = sorted({s for s in scenarios if list(scenarios).count(s) > 1})
         if dupes:
             raise InvalidArgument(f"scenarios must be distinct; repeated: {dupes}")
-        return self._run([(user_id, s) for s in scenarios], timeout_s)
+        return self._run([(user_id, s) for s in scenarios], timeout_s, user_checked=True)
 
     def batch_get(self, items: Sequence[tuple[str, str]],
                   timeout_s: float | None = None) -> tuple[list[ItemResult], Timing]:
@@ -165,7 +171,8 @@ class GatewayCore:
         return self._run(list(items), timeout_s)
 
     # ---- pipeline ----------------------------------------------------------------------------------------
-    def _run(self, pairs: list[tuple[str, str]], timeout_s: float | None) -> tuple[list[ItemResult], Timing]:
+    def _run(self, pairs: list[tuple[str, str]], timeout_s: float | None,
+             user_checked: bool = False) -> tuple[list[ItemResult], Timing]:
         t0 = time.perf_counter()
         budget = self.limits.default_timeout_s if timeout_s is None else timeout_s
         deadline = t0 + budget
@@ -176,7 +183,8 @@ class GatewayCore:
         by_user: "OrderedDict[str, list[_Planned]]" = OrderedDict()
         for i, (user_id, scenario) in enumerate(pairs):
             try:
-                validate_user_id(user_id)
+                if not user_checked:
+                    validate_user_id(user_id)
                 validate_scenario_name(scenario)
                 planned = self._plan(i, user_id, scenario, config)
             except QAnchorError as exc:

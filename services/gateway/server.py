@@ -33,9 +33,8 @@ class Gateway:
                         SERVICE_NAME)
 
     def ready(self) -> bool:
-        """Readiness: the model server answers and has the model loaded (a client without `ready` counts as up)."""
-        check = getattr(self.core.model, "ready", None)
-        return True if check is None else bool(check())
+        """Readiness: the model server answers and has the model loaded."""
+        return bool(self.core.model.ready())
 
     def close(self) -> None:
         self.watcher.stop()
@@ -47,11 +46,8 @@ def known_models(settings: GatewaySettings, model: ModelClient) -> Callable[[], 
     def get() -> set[str]:
         if settings.model_versions:
             return set(settings.model_versions)
-        ask = getattr(model, "known_model_versions", None)
-        if ask is None:
-            return set()
         try:
-            return set(ask())
+            return set(model.known_model_versions())
         except Exception as exc:  # model server down at reload time: routing checks models again next reload
             log.warning("event=model_versions_unknown error=%r (model_version fields not checked)", exc)
             return set()

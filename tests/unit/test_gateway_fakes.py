@@ -94,6 +94,12 @@ class FakeModel:
             out.append(ModelResult(emb, hit, status, errors, self.served_version or r.model_version or "m-default"))
         return out
 
+    def ready(self) -> bool:
+        return True
+
+    def known_model_versions(self) -> set[str]:
+        return set()
+
 
 class StaticRouting:
     def __init__(self, config: ABConfig | str) -> None:
