@@ -8,7 +8,7 @@ import sys
 from services.common.errors import QAnchorError
 from services.common.grpc_server import serve
 from services.common.logging import setup_logging
-from services.gateway.routing import ConfigError
+from services.gateway.ab_config import ConfigError
 from services.gateway.server import SERVICE_NAME, build_gateway
 from services.gateway.settings import GatewaySettings
 

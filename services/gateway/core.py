@@ -23,7 +23,8 @@ from services.common.errors import (
 )
 from services.common.features import FeatureSpec, UserFeatures
 from services.common.validation import validate_scenario_name, validate_user_id
-from services.gateway.routing import ACTIVE, DEFAULT_ARM, ABConfig, Assignment, ScenarioLookup, assign
+from services.gateway.ab_config import ACTIVE, DEFAULT_ARM, ABConfig, ScenarioLookup
+from services.gateway.routing import Assignment, assign
 from services.registry.serving_view import ZERO_SHOT, PromptInfo, ScenarioInfo
 
 if TYPE_CHECKING:

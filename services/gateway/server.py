@@ -12,9 +12,8 @@ from services.common.grpc_server import Servicer, create_server
 from services.common.proto.qanchor.v1 import embedding_pb2_grpc
 from services.gateway.core import CoreLimits, FeatureSource, GatewayCore, ModelClient
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routing import (
-    ABConfig, ConfigError, ConfigWatcher, ScenarioLookup, load_config, validate_against,
-)
+from services.gateway.ab_config import ABConfig, ConfigError, ScenarioLookup, load_config, validate_against
+from services.gateway.ab_watcher import ConfigWatcher
 from services.gateway.servicer import SERVICE_NAME, EmbeddingServicer
 from services.gateway.settings import GatewaySettings
 

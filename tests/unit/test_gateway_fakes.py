@@ -11,7 +11,7 @@ import numpy as np
 from services.common.errors import QAnchorError
 from services.common.features import FeatureSpec, SourceEvents, SourceSpec, UserFeatures
 from services.gateway.core import ModelRequest, ModelResult
-from services.gateway.routing import ABConfig, load_config
+from services.gateway.ab_config import ABConfig, load_config
 from services.registry.serving_view import PromptInfo, ScenarioInfo
 
 SPEC = FeatureSpec(sources=(SourceSpec("liked", 4), SourceSpec("disliked", 2)), tabular_dim=3, encoder_dim=384)

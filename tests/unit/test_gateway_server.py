@@ -21,7 +21,7 @@ from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.clients.triton import TritonModelClient, build_inputs
 from services.gateway.core import ModelRequest
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routing import ConfigError
+from services.gateway.ab_config import ConfigError
 from services.gateway.server import build_gateway, create_gateway_server
 from services.gateway.servicer import SERVICE_NAME
 from services.gateway.settings import GatewaySettings

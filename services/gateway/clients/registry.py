@@ -11,7 +11,7 @@ from services.registry.serving_view import ScenarioInfo
 
 
 class RegistryLookup:
-    """Implements `services.gateway.routing.ScenarioLookup`; unknown scenarios are None, not errors."""
+    """Implements `services.gateway.ab_config.ScenarioLookup`; unknown scenarios are None, not errors."""
 
     def __init__(self, client: RegistryClient) -> None:
         self.client = client
