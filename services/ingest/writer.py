@@ -1,7 +1,8 @@
 """The ingest service's view of the online store: read users' current features, write new rows.
 
-Thin on purpose: `services.common.features_online` owns the Feast reads and writes (FeatureReader / FeatureWriter); this module
-only adapts it to the two calls the consumer needs, so the consumer is testable with an in-memory store.
+Thin on purpose: `services.common.features_online` owns the Feast reads and writes (FeatureReader / FeatureWriter);
+this module only adapts them to the two calls the consumer needs, so the consumer is testable with an in-memory
+store.
 """
 from __future__ import annotations
 

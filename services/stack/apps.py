@@ -157,7 +157,7 @@ class Ingest(AppComponent):
         h = self.settings.host
         return {"INGEST_KAFKA_BOOTSTRAP": f"{h}:{self.settings.port('kafka')}",
                 "INGEST_TRITON_URL": f"{h}:{self.settings.port('triton_grpc')}",
-                "INGEST_FEAST_CONFIG": str(self.feast_config)}
+                "INGEST_FEAST_LOCATION": str(self.feast_config)}
 
     def healthy(self) -> bool:
         # /metrics is served once the worker is built (Triton encoder ready, Feast open, consumer subscribed).
