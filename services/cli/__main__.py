@@ -17,7 +17,7 @@ from services.cli import commands
 from services.common.errors import QAnchorError
 from services.common.logging import setup_logging
 
-log = logging.getLogger("services.cli")
+log = logging.getLogger(__name__)
 
 # Mounted from outside services/cli: (module, what it provides).
 EXTERNAL_COMMANDS = {"stack": ("services.stack.cli", "start/stop/inspect the local stack")}

@@ -90,8 +90,8 @@ class FeatureReader:
                                   "backoff, and check the online store in feature_store.yaml is up") from exc
             raise
         rows = from_feature_dict(user_ids, response_columns(response.proto), self.spec)
-        log.debug("features read users=%d found=%d ms=%.2f", len(rows), sum(r.found for r in rows),
-                  (time.perf_counter() - t0) * 1000)
+        log.debug("features read", extra={"users": len(rows), "found": sum(r.found for r in rows),
+                                          "ms": round((time.perf_counter() - t0) * 1000, 2)})
         return rows
 
 
@@ -141,5 +141,5 @@ class FeatureWriter:
                 raise Unavailable(f"feature store unreachable while writing {len(rows)} users "
                                   f"({type(exc).__name__}: {exc}); retry the batch (writes are idempotent)") from exc
             raise
-        log.info("features written users=%d views=%d ms=%.1f", len(rows), len(plan),
-                 (time.perf_counter() - t0) * 1000)
+        log.info("features written", extra={"users": len(rows), "views": len(plan),
+                                            "ms": round((time.perf_counter() - t0) * 1000, 1)})

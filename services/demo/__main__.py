@@ -22,7 +22,7 @@ from services.demo import steps
 from services.demo.report import DemoReport, render
 from services.demo.settings import DemoSettings
 
-log = logging.getLogger("services.demo")
+log = logging.getLogger(__name__)
 
 
 def progress(msg: str) -> None:

@@ -23,7 +23,7 @@ from services.gateway.embedding_client import EmbeddingClient
 from services.ingest.schema import EVENTS_TOPIC
 from services.registry.client import RegistryClient
 
-log = logging.getLogger("services.demo")
+log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 

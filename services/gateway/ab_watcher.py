@@ -89,8 +89,9 @@ class ConfigWatcher:
             self._config, self._digest, self._rejected = cfg, digest, None
             self.generation += 1
             self.last_error = None
-        log.info("event=ab_config_loaded path=%s generation=%d sha256=%s scenarios=%d",
-                 self.path, self.generation, digest[:12], len(cfg.scenarios))
+        log.info("ab config loaded", extra={"event": "ab_config_loaded", "path": str(self.path),
+                                            "generation": self.generation, "sha256": digest[:12],
+                                            "scenarios": len(cfg.scenarios)})
         if self._listener is not None:
             self._listener.reload_succeeded(self.generation)
         return True
@@ -98,7 +99,8 @@ class ConfigWatcher:
     def _fail(self, message: str) -> bool:
         self.last_error = message
         kept = f"keeping generation {self.generation}" if self._config is not None else "no config loaded"
-        log.error("event=ab_config_rejected path=%s %s error=%r", self.path, kept, message)
+        log.error(f"ab config rejected, {kept}", extra={"event": "ab_config_rejected", "path": str(self.path),
+                                                        "error": message})
         if self._listener is not None:
             self._listener.reload_failed()
         return False
@@ -112,7 +114,8 @@ class ConfigWatcher:
             try:
                 self.poll()
             except Exception:  # a watcher that dies silently would freeze the config forever
-                log.exception("event=ab_config_poll_crashed path=%s", self.path)
+                log.exception("ab config poll crashed", extra={"event": "ab_config_poll_crashed",
+                                                               "path": str(self.path)})
 
     def stop(self) -> None:
         self._stop.set()

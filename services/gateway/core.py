@@ -30,7 +30,7 @@ from services.registry.serving_view import ZERO_SHOT, PromptInfo, ScenarioInfo
 if TYPE_CHECKING:
     from services.gateway.metrics import GatewayMetrics
 
-log = logging.getLogger("qanchor.gateway.core")
+log = logging.getLogger(__name__)
 
 
 # ---- the three dependencies ----------------------------------------------------------------------------------
@@ -240,8 +240,9 @@ class GatewayCore:
         if active is None or not active.servable:
             raise FailedPrecondition(f"scenario {info.name!r} has no servable prompt version; promote a READY "
                                      "version with PromotePromptVersion")
-        log.warning("event=arm_prompt_unservable scenario=%s arm=%s prompt_version=%s served=active:v%d",
-                    info.name, a.arm, a.prompt_version, active.version)
+        log.warning("arm prompt not servable: serving the active version",
+                    extra={"event": "arm_prompt_unservable", "scenario": info.name, "arm": a.arm,
+                           "prompt_version": a.prompt_version, "served": f"active:v{active.version}"})
         if self.metrics is not None:
             self.metrics.arm_fallbacks.labels(info.name, a.arm).inc()
         return active, DEFAULT_ARM
@@ -253,7 +254,8 @@ class GatewayCore:
         except QAnchorError:
             raise
         except Exception as exc:  # the store's own exception types vary by backend (SQLite, Redis)
-            log.error("event=feature_lookup_failed users=%d error=%r", len(user_ids), exc)
+            log.error("feature lookup failed", extra={"event": "feature_lookup_failed", "users": len(user_ids),
+                                                      "error": repr(exc)})
             raise Unavailable(f"feature store lookup failed ({type(exc).__name__}: {exc}); retry with backoff, "
                               "and check the online store (Redis/SQLite) is reachable") from exc
         elapsed = time.perf_counter() - t

@@ -17,7 +17,7 @@ from services.gateway.ab_watcher import ConfigWatcher
 from services.gateway.servicer import SERVICE_NAME, EmbeddingServicer
 from services.gateway.settings import GatewaySettings
 
-log = logging.getLogger("qanchor.gateway")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,7 +48,8 @@ def known_models(settings: GatewaySettings, model: ModelClient) -> Callable[[], 
         try:
             return set(model.known_model_versions())
         except Exception as exc:  # model server down at reload time: routing checks models again next reload
-            log.warning("event=model_versions_unknown error=%r (model_version fields not checked)", exc)
+            log.warning("model versions unknown: model_version fields not checked",
+                        extra={"event": "model_versions_unknown", "error": repr(exc)})
             return set()
     return get
 

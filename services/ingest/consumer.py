@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 from services.common.features import UserFeatures
@@ -107,8 +107,9 @@ class IngestWorker:
             try:
                 ev = parse_event(rec.value, rec.key, self._sources, self.spec.features.tabular_dim)
             except EventRejected as exc:
-                log.warning("event rejected reason=%s topic=%s partition=%d offset=%d detail=%r", exc.reason,
-                            rec.topic, rec.partition, rec.offset, exc.detail[:200])
+                log.warning("event rejected", extra={"reason": exc.reason, "topic": rec.topic,
+                                                     "partition": rec.partition, "offset": rec.offset,
+                                                     "detail": exc.detail[:200]})
                 dlq_futures.append(self.dlq.send(rec, exc))
                 m.dlq.labels(reason=exc.reason).inc()
                 result.dlq += 1
@@ -215,8 +216,8 @@ class IngestWorker:
                 self.metrics.batch_failures.labels(error=type(exc).__name__).inc()
                 if attempt == self.limits.max_batch_attempts:
                     raise
-                log.warning("batch failed, replaying attempt=%d error=%s: %s", attempt, type(exc).__name__, exc,
-                            exc_info=attempt == 1)
+                log.warning("batch failed, replaying", exc_info=attempt == 1,
+                            extra={"attempt": attempt, "error": type(exc).__name__, "detail": str(exc)[:300]})
                 time.sleep(self.limits.retry_backoff_s)
                 continue
             try:
@@ -224,7 +225,8 @@ class IngestWorker:
             except CommitFailedError as exc:
                 # The group rebalanced under us: whoever owns the partitions now replays from the last commit,
                 # and the stored positions turn that replay into no-ops.
-                log.warning("commit failed after rebalance, batch will be replayed by the owner: %s", exc)
+                log.warning("commit failed after rebalance, batch will be replayed by the owner",
+                            extra={"detail": str(exc)[:300]})
                 self.state.clear("commit_failed")
                 self.metrics.batch_failures.labels(error="commit_failed").inc()
             return result
@@ -255,7 +257,8 @@ class IngestWorker:
                 pos = self.consumer.position(tp, timeout_ms=1000) if hw is not None else None
             except (KafkaError, IllegalStateError) as exc:
                 # The lag gauge is best effort: a rebalance or a slow coordinator must never stop the consumer.
-                log.warning("lag update skipped partition=%d error=%s: %s", tp.partition, type(exc).__name__, exc)
+                log.warning("lag update skipped", extra={"partition": tp.partition, "error": type(exc).__name__,
+                                                         "detail": str(exc)[:300]})
                 continue
             if hw is not None and pos is not None:
                 self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, hw - pos))
@@ -273,7 +276,7 @@ class IngestWorker:
                 try:
                     res = self.run_batch(records)
                 except BatchTooSlow as exc:
-                    log.error("%s", exc)
+                    log.error("batch too slow, not written", extra={"detail": str(exc)})
                     continue
                 for f in ("records", "applied", "duplicates", "dlq", "users_written", "texts_encoded"):
                     setattr(totals, f, getattr(totals, f) + getattr(res, f))
@@ -282,8 +285,5 @@ class IngestWorker:
                 self.watchdog()
             if time.monotonic() - last_log > 10.0:
                 last_log = time.monotonic()
-                log.info("ingest progress records=%d applied=%d duplicates=%d dlq=%d users_written=%d "
-                         "texts_encoded=%d", totals.records, totals.applied, totals.duplicates, totals.dlq,
-                         totals.users_written, totals.texts_encoded)
-        log.info("ingest stopping records=%d applied=%d duplicates=%d dlq=%d", totals.records, totals.applied,
-                 totals.duplicates, totals.dlq)
+                log.info("ingest progress", extra=asdict(totals))
+        log.info("ingest stopping", extra=asdict(totals))

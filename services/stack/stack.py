@@ -143,7 +143,7 @@ class Stack:
                 except StackError as exc:
                     errors.append(exc)
                 except Exception as exc:  # a bug in a component must still be reported with its name
-                    log.exception("unexpected error starting component=%s", name)
+                    log.exception("unexpected error starting a component", extra={"component": name})
                     errors.append(StackError(name, f"unexpected error: {exc!r}"))
 
     @staticmethod
@@ -161,7 +161,7 @@ class Stack:
         action = next_action(alive, alive and comp.healthy())
         if action == "none":
             comp.after_healthy()  # cheap and idempotent; repairs e.g. a deleted topic
-            log.info("component already healthy component=%s pid=%d", comp.name, record.pid)
+            log.info("component already healthy", extra={"component": comp.name, "pid": record.pid})
             return StartResult(comp.name, "already healthy", time.monotonic() - t0)
         if action == "launch":
             self._check_ports_free(comp)
@@ -169,12 +169,14 @@ class Stack:
             proc, record = spawn(comp.command(), comp.log_path, env=comp.env(), cwd=comp.workdir,
                                  ports=comp.ports())
             record.save(self.layout.pid_file(comp.name))
-            log.info("component launched component=%s pid=%d log=%s", comp.name, record.pid, comp.log_path)
+            log.info("component launched", extra={"component": comp.name, "pid": record.pid,
+                                                  "log": str(comp.log_path)})
         assert record is not None
         self._wait_healthy(comp, record, timeout_s or self.settings.start_timeout_s)
         comp.after_healthy()
         outcome = "started" if action == "launch" else "was starting, now healthy"
-        log.info("component healthy component=%s pid=%d seconds=%.1f", comp.name, record.pid, time.monotonic() - t0)
+        log.info("component healthy", extra={"component": comp.name, "pid": record.pid,
+                                             "seconds": round(time.monotonic() - t0, 1)})
         return StartResult(comp.name, outcome, time.monotonic() - t0)
 
     def _check_ports_free(self, comp: Component) -> None:
@@ -239,7 +241,7 @@ class Stack:
             how = stop_group(record, comp.stop_timeout_s(record.cmd))
             pid_file.unlink(missing_ok=True)
             comp.after_stop()
-            log.info("component stopped component=%s pid=%d how=%s", name, record.pid, how)
+            log.info("component stopped", extra={"component": name, "pid": record.pid, "how": how})
         problems = []
         for port in wait_ports_closed(self.settings.host, comp.ports(), timeout_s=5.0):
             owners = ", ".join(describe_pid(p) for p in listener_pids(port)) or "an unknown process"

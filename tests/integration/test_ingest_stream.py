@@ -267,7 +267,7 @@ def test_sigterm_finishes_batch_and_commits_exactly_what_was_applied(ctx):
 
 def last_assignment(log: Path) -> set[int]:
     """Partitions the consumer owns per its log: its last "assigned" line, or nothing after a later "revoked"."""
-    lines = re.findall(r'partitions (assigned|revoked) partitions=([0-9,]*)', log.read_text())
+    lines = re.findall(r'partitions (assigned|revoked)" partitions=([0-9,]*)', log.read_text())
     if not lines or lines[-1][0] == "revoked":
         return set()
     return {int(p) for p in lines[-1][1].split(",") if p}
