@@ -47,7 +47,7 @@ class Tokens:
 
 def read_tokens(settings: StackSettings) -> Tokens:
     """The state dir's tokens, created on first use (a dev stack needs no secret store, but no open admin API)."""
-    path = settings.layout.run / "tokens.json"
+    path = settings.layout.tokens_file
     try:
         return Tokens(**json.loads(path.read_text()))
     except (FileNotFoundError, ValueError, TypeError):

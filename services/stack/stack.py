@@ -8,6 +8,7 @@ them) the application: the models step, the registry, ingest and gateway process
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -103,12 +104,22 @@ class Stack:
             out.append(ComponentStatus(name, state, record.pid if alive else None, comp.address(), detail))
         return out
 
+    def _record_endpoints(self) -> None:
+        """Where clients reach this stack (`qanchor embed` and friends read it to find the stack on their own)."""
+        h = self.settings.host
+        doc = {"port_base": self.settings.port_base, "gateway": f"{h}:{self.settings.port('gateway_grpc')}",
+               "registry": f"{h}:{self.settings.port('registry_grpc')}", "kafka": f"{h}:{self.settings.port('kafka')}"}
+        tmp = self.layout.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(self.layout.endpoints_file)
+
     # --- up ------------------------------------------------------------------------------------------------
     def up(self, names: list[str] | None = None, timeout_s: float | None = None) -> list[StartResult]:
         """Start the selected components (all by default) and wait until each is healthy."""
         selected = resolve_components(names, self.settings.online_store)
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         self.layout.run.mkdir(parents=True, exist_ok=True)
+        self._record_endpoints()
         procs = [n for n in selected if n in PROCESS_COMPONENTS and n not in APP_PROCESSES]
         results: dict[str, StartResult] = {}
         errors: list[StackError] = []
