@@ -83,7 +83,6 @@ class IngestWorker:
         # Rows this worker wrote, per owned partition; capacity 0 = always read the store.
         self.state = state if state is not None else PartitionUserState(capacity=0)
         self._sources = set(spec.source_names)
-        self._last_lag_update = 0.0
 
     # ---- one batch -----------------------------------------------------------------------------------------
     def process(self, records: Sequence[Record], started: float | None = None) -> BatchResult:
@@ -101,6 +100,7 @@ class IngestWorker:
         result = BatchResult(records=len(records))
         m = self.metrics
         by_user: dict[str, list[tuple[Position, Event]]] = defaultdict(list)
+        appended: dict[Position, float] = {}  # Kafka's record time (producer send or broker append), seconds
         dlq_futures = []
         t0 = time.perf_counter()
         for rec in records:
@@ -114,7 +114,11 @@ class IngestWorker:
                 m.dlq.labels(reason=exc.reason).inc()
                 result.dlq += 1
                 continue
-            by_user[ev.user_id].append((Position(rec.partition, rec.offset), ev))
+            pos = Position(rec.partition, rec.offset)
+            by_user[ev.user_id].append((pos, ev))
+            record_ms = getattr(rec, "timestamp", None)
+            if isinstance(record_ms, (int, float)) and record_ms > 0:
+                appended[pos] = record_ms / 1000.0
         m.stage_seconds.labels(stage="validate").observe(time.perf_counter() - t0)
 
         updates = self._plan(by_user)
@@ -149,7 +153,10 @@ class IngestWorker:
                     self.state.put(last.partition, row)
             for u in todo:
                 for ts in u.applied_ts:
-                    m.freshness.observe(max(0.0, written - ts))
+                    m.event_lag.observe(max(0.0, written - ts))
+                for pos in u.applied_positions:
+                    if pos in appended:
+                        m.latency.observe(max(0.0, written - appended[pos]))
             result.users_written = len(rows)
             m.users_written.inc(len(rows))
 
@@ -244,25 +251,6 @@ class IngestWorker:
             if tp in assigned:
                 self.consumer.seek(tp, off)
 
-    def update_lag(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_lag_update < 1.0:
-            return
-        self._last_lag_update = now
-        from kafka.errors import IllegalStateError, KafkaError
-
-        for tp in self.consumer.assignment():
-            try:
-                hw = self.consumer.highwater(tp)
-                pos = self.consumer.position(tp, timeout_ms=1000) if hw is not None else None
-            except (KafkaError, IllegalStateError) as exc:
-                # The lag gauge is best effort: a rebalance or a slow coordinator must never stop the consumer.
-                log.warning("lag update skipped", extra={"partition": tp.partition, "error": type(exc).__name__,
-                                                         "detail": str(exc)[:300]})
-                continue
-            if hw is not None and pos is not None:
-                self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, hw - pos))
-
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set; the batch in hand is always finished, pushed and committed first."""
         totals = BatchResult()
@@ -280,7 +268,6 @@ class IngestWorker:
                     continue
                 for f in ("records", "applied", "duplicates", "dlq", "users_written", "texts_encoded"):
                     setattr(totals, f, getattr(totals, f) + getattr(res, f))
-            self.update_lag()
             if self.watchdog is not None:
                 self.watchdog()
             if time.monotonic() - last_log > 10.0:

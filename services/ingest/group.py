@@ -62,16 +62,20 @@ class RebalanceListener(ConsumerRebalanceListener):
         self.state = state
         self.clock = clock
         self.rejoining_since: float | None = None  # set by a revoke, cleared by the assign that ends the rejoin
+        # Partitions this member owns now; replaced, never mutated, so other threads (the lag monitor) read it.
+        self.owned: frozenset[int] = frozenset()
 
     def on_partitions_revoked(self, revoked) -> None:  # type: ignore[no-untyped-def]
         log.info("partitions revoked", extra={"partitions": ",".join(str(tp.partition) for tp in sorted(revoked))})
         self.state.forget_partitions([tp.partition for tp in revoked], "revoked")
+        self.owned = self.owned - {tp.partition for tp in revoked}
         self.rejoining_since = self.clock()
 
     def on_partitions_assigned(self, assigned) -> None:  # type: ignore[no-untyped-def]
         log.info("partitions assigned",
                  extra={"partitions": ",".join(str(tp.partition) for tp in sorted(assigned))})
         self.state.forget_partitions([tp.partition for tp in assigned], "assigned")
+        self.owned = frozenset(tp.partition for tp in assigned)
         self.rejoining_since = None
 
     def rejoin_stuck(self, timeout_s: float) -> bool:
@@ -92,9 +96,9 @@ def rejoin_watchdog(consumer: Any, topic: str, listener: RebalanceListener,
     return check
 
 
-def join(consumer: Any, settings: IngestSettings, state: PartitionUserState) -> Callable[[], None]:
-    """Wait for the topic, subscribe with the rebalance listener; -> the rejoin watchdog for the worker's loop."""
+def join(consumer: Any, settings: IngestSettings, state: PartitionUserState) -> RebalanceListener:
+    """Wait for the topic and subscribe with the rebalance listener (which then knows the owned partitions)."""
     wait_for_topic(consumer, settings.topic, timeout_s=60.0)
     listener = RebalanceListener(state)
     consumer.subscribe([settings.topic], listener=listener)
-    return rejoin_watchdog(consumer, settings.topic, listener, settings.rejoin_timeout_s)
+    return listener

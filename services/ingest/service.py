@@ -36,7 +36,8 @@ def build_ingest(settings: IngestSettings) -> IngestService:
 
     from services.ingest.dlq import DeadLetterQueue
     from services.ingest.encoder import CachedEncoder, RedisVectorCache, TritonTextEncoder
-    from services.ingest.group import join, open_consumer
+    from services.ingest.group import join, open_consumer, rejoin_watchdog
+    from services.ingest.lag import GroupLagReader, LagMonitor
     from services.ingest.metrics import IngestMetrics
     from services.ingest.producer import make_producer
     from services.ingest.state import PartitionUserState
@@ -55,7 +56,10 @@ def build_ingest(settings: IngestSettings) -> IngestService:
     store.warm_up()
     consumer = open_consumer(settings)
     state = PartitionUserState(settings.user_state_size)
-    watchdog = join(consumer, settings, state)
+    listener = join(consumer, settings, state)
+    lag = LagMonitor(GroupLagReader(settings.resolved_kafka_bootstrap(), settings.group_id, settings.topic),
+                     metrics.lag, owned=lambda: listener.owned, interval_s=settings.lag_refresh_s)
+    lag.start()
     producer = make_producer(settings.resolved_kafka_bootstrap(), client_id="qanchor-ingest-dlq")
     l2 = None
     url = settings.resolved_vector_cache_url()
@@ -67,10 +71,10 @@ def build_ingest(settings: IngestSettings) -> IngestService:
     worker = IngestWorker(
         consumer, DeadLetterQueue(producer, settings.dlq_topic, settings.group_id, time.time), store,
         CachedEncoder(triton, settings.encoder_cache_size, l2), spec, metrics, limits_from(settings),
-        state=state, watchdog=watchdog,
+        state=state, watchdog=rejoin_watchdog(consumer, settings.topic, listener, settings.rejoin_timeout_s),
     )
     # Leaving the group first moves the partitions at once, without waiting for the session timeout.
-    closers = [lambda: consumer.close(autocommit=False), lambda: producer.close(timeout=10), triton.close]
+    closers = [lambda: consumer.close(autocommit=False), lag.stop, lambda: producer.close(timeout=10), triton.close]
     if l2 is not None:
         closers.append(l2.close)
     return IngestService(worker, closers)

@@ -65,6 +65,8 @@ class IngestSettings(ServiceSettings):
     sources_yaml: Path | None = None
     # Prometheus /metrics port; None = QANCHOR_PORT_BASE+61, 0 = do not serve metrics.
     metrics_port: int | None = None
+    # Seconds between refreshes of the consumer-lag gauge (end offset minus committed offset, per owned partition).
+    lag_refresh_s: float = Field(default=5.0, gt=0)
     # Seconds to back off after a failed batch (Triton or the store down) before replaying it.
     retry_backoff_s: float = 2.0
     # Consecutive failed attempts of one batch before the process exits non-zero (let the supervisor restart it).

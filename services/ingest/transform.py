@@ -106,6 +106,8 @@ class UserUpdate:
     applied: int = 0
     skipped: int = 0
     applied_ts: list[float] = field(default_factory=list)
+    # Log positions of the applied events (ingest latency is measured from their Kafka record time).
+    applied_positions: list[Position] = field(default_factory=list)
 
     def texts_to_encode(self) -> list[str]:
         return [e.text for entries in self.sources.values() for e in entries if e.vector is None]
@@ -177,4 +179,5 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
             sources[name] = kept[-spec.k(name):]
     last = max(p for p, _ in fresh)
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),
-                      applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh])
+                      applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh],
+                      applied_positions=[p for p, _ in fresh])

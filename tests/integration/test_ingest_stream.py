@@ -238,7 +238,8 @@ def test_events_to_features_dlq_and_graceful_stop(ctx):
     assert m['qanchor_ingest_events_total{outcome="applied"}'] == len(valid)
     assert m['qanchor_ingest_events_total{outcome="dlq"}'] == 3
     assert m['qanchor_ingest_dlq_total{reason="key_mismatch"}'] == 1
-    assert m["qanchor_ingest_freshness_seconds_count"] == len(valid)
+    assert m["qanchor_ingest_event_lag_seconds_count"] == len(valid)
+    assert m["qanchor_ingest_latency_seconds_count"] == len(valid)
     assert "ingest stopped" in log.read_text()
 
 
