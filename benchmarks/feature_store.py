@@ -1,4 +1,4 @@
-"""Feature store read/write latency: layouts (single view vs per source) x online stores (SQLite, Redis).
+"""Feature store read/write latency on both online stores (SQLite, Redis).
 
     .venv/bin/python benchmarks/feature_store.py [--redis-url redis://127.0.0.1:6379/0] [--out results.json]
 
@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from services.common.feast_store import apply, get_store
 from services.common.features import (
-    FeatureSpec, SourceEvents, UserFeatures, default_sources_path, from_feature_dict, load_feature_spec,
+    FeatureSpec, SourceEvents, UserFeatures, from_feature_dict, load_feature_spec,
 )
 from services.common.features_online import FeatureReader, FeatureWriter
 
@@ -85,16 +84,12 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
 
 
 class Case:
-    """One (online store, layout) configuration with its own state dir, written full once."""
+    """One online store with its own state dir, written full once."""
 
-    def __init__(self, tmp: Path, online: str, layout: str, redis_url: str | None, n_users: int) -> None:
-        raw = yaml.safe_load(default_sources_path().read_text())
-        raw["layout"] = layout
-        spec_path = tmp / f"sources_{layout}.yaml"
-        spec_path.write_text(yaml.safe_dump(raw))
-        self.online, self.layout, self.n_users = online, layout, n_users
-        self.spec = load_feature_spec(spec_path)
-        self.store = get_store(apply(tmp / f"state_{online}_{layout}", online, redis_url, sources_yaml=spec_path))
+    def __init__(self, tmp: Path, online: str, redis_url: str | None, n_users: int) -> None:
+        self.online, self.n_users = online, n_users
+        self.spec = load_feature_spec()
+        self.store = get_store(apply(tmp / f"state_{online}", online, redis_url))
         self.reader, self.writer = FeatureReader(self.store, self.spec), FeatureWriter(self.store, self.spec)
         self.service = self.store.get_feature_service(self.spec.feature_service)
         self.users = _users(self.spec, n_users)
@@ -125,7 +120,7 @@ class Case:
             _timed(fn, repeats if name.startswith("read") else max(2, repeats // 10), wall, cpu)
 
     def result(self) -> dict:
-        out: dict = {"online": self.online, "layout": self.layout}
+        out: dict = {"online": self.online}
         for name, (wall, cpu) in self.samples.items():
             out[f"{name}_ms"] = _summary(wall)
             out[f"{name}_cpu_ms"] = _summary(cpu)
@@ -144,8 +139,7 @@ def main() -> None:
         tmp = Path(tmp_s)
         redis_proc, url = (None, args.redis_url) if args.redis_url else _start_redis(tmp)
         try:
-            cases = [Case(tmp, online, layout, url if online == "redis" else None, args.users)
-                     for online in ("sqlite", "redis") for layout in ("single", "per_source")]
+            cases = [Case(tmp, online, url if online == "redis" else None, args.users) for online in ("sqlite", "redis")]
             for case in cases:
                 case.round(5)  # warm registry caches and connections; discarded
                 case.samples.clear()
@@ -162,11 +156,11 @@ def main() -> None:
             "users": args.users, "repeats": args.repeats}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"\n{meta['machine']}  {meta['date']}  (ms, p50 wall / p50 client CPU; every source at its K)")
-    print("| store | layout | read 1 | read 32 | read 32 via to_dict | write 1 | write 32 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| store | read 1 | read 32 | read 32 via to_dict | write 1 | write 32 |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         f = lambda k: f"{r[k + '_ms']['p50']:.2f} / {r[k + '_cpu_ms']['p50']:.2f}"  # noqa: E731
-        print(f"| {r['online']} | {r['layout']} | {f('read_1')} | {f('read_32')} | {f('read_32_to_dict')} "
+        print(f"| {r['online']} | {f('read_1')} | {f('read_32')} | {f('read_32_to_dict')} "
               f"| {f('write_1')} | {f('write_32')} |")
     print(f"full results: {args.out}")
 

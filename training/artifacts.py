@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,49 +20,20 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.backbones import Backbone, file_sha256
+from training.artifact_io import verify_manifest, write_dir_atomic, write_manifest
+from training.backbones import Backbone
 from training.config import QAnchorConfig
 
 CHECKPOINT_FORMAT = "qanchor-checkpoint/1"
 PROMPT_FORMAT = "qanchor-soft-prompt/1"
-MANIFEST = "manifest.json"
 
 
 class ArtifactError(RuntimeError):
     """An artifact is missing, corrupt or made for another backbone; the message says which file and why."""
 
 
-def _write_dir(target: Path, write) -> Path:
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-    return target
-
-
-def _manifest(d: Path, files: list[str], body: dict[str, Any]) -> None:
-    body = {**body, "files": {f: file_sha256(d / f) for f in files}, "created_at": time.time()}
-    (d / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True))
-
-
 def _verified_manifest(d: Path, fmt: str) -> dict[str, Any]:
-    d = Path(d)
-    path = d / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{path} not found: not a {fmt} directory")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != fmt:
-        raise ArtifactError(f"{path}: format {manifest.get('format')!r}, expected {fmt!r}")
-    for name, sha in manifest["files"].items():
-        if not (d / name).is_file():
-            raise ArtifactError(f"{d / name} listed in the manifest is missing")
-        if file_sha256(d / name) != sha:
-            raise ArtifactError(f"{d / name} sha256 mismatch: the file is corrupt or was edited; re-export it")
-    return manifest
+    return verify_manifest(d, fmt, ArtifactError, not_found=f"not a {fmt} directory", fix="re-create the artifact")
 
 
 def checkpoint_id(d: str | Path) -> str:
@@ -80,13 +48,13 @@ def save_checkpoint(d: str | Path, model, config: QAnchorConfig, extra: dict[str
     def write(tmp: Path) -> None:
         save_file(state, str(tmp / "weights.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
         (tmp / "config.json").write_text(config.to_json())
-        _manifest(tmp, ["weights.safetensors", "config.json"], {
+        write_manifest(tmp, files=["weights.safetensors", "config.json"], body={
             "format": CHECKPOINT_FORMAT, "extra": extra or {},
             "backbone": {"name": model.backbone_name, "sha256": model.backbone_sha256},
             "special_tokens": model.special.ids,
         })
 
-    return _write_dir(Path(d), write)
+    return write_dir_atomic(Path(d), write)
 
 
 def load_checkpoint(d: str | Path, backbone: Backbone | None = None, device: str | torch.device = "cpu"):
@@ -145,13 +113,13 @@ def save_soft_prompt(d: str | Path, result, model_id: str = "", extra: dict[str,
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / "prompt.safetensors"), metadata={"format": PROMPT_FORMAT})
-        _manifest(tmp, ["prompt.safetensors"], {
+        write_manifest(tmp, files=["prompt.safetensors"], body={
             "format": PROMPT_FORMAT, "query": result.query, "classes": list(result.classes),
             "metrics": result.metrics, "model_id": model_id, "n_tokens": int(tensors["prompt"].shape[0]),
             "hidden": int(tensors["prompt"].shape[1]), "extra": extra or {},
         })
 
-    return _write_dir(Path(d), write)
+    return write_dir_atomic(Path(d), write)
 
 
 def load_soft_prompt(d: str | Path, expect_model_id: str | None = None) -> SoftPromptArtifact:

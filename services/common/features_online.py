@@ -90,8 +90,8 @@ class FeatureReader:
                                   "backoff, and check the online store in feature_store.yaml is up") from exc
             raise
         rows = from_feature_dict(user_ids, response_columns(response.proto), self.spec)
-        log.debug("features read users=%d found=%d ms=%.2f", len(rows), sum(r.found for r in rows),
-                  (time.perf_counter() - t0) * 1000)
+        log.debug("features read", extra={"users": len(rows), "found": sum(r.found for r in rows),
+                                          "ms": round((time.perf_counter() - t0) * 1000, 2)})
         return rows
 
 
@@ -113,8 +113,9 @@ class FeatureWriter:
                 if view.stream_source is None:
                     raise Unavailable(f"feature view {view.name!r} has no PushSource; re-apply feature_repo/")
                 plan.append((view.name, [f.name for f in view.features]))
-            # The view holding feature_version goes last (see feature_repo/definitions.py): its new value must
-            # never be visible before the data it versions.
+            # feature_repo/definitions.py puts everything in one view (one atomic row); should a service ever span
+            # several, the view holding feature_version goes last: its new value must never be visible before the
+            # data it versions.
             self._plan = sorted(plan, key=lambda p: "feature_version" in p[1])
         return self._plan
 
@@ -140,5 +141,5 @@ class FeatureWriter:
                 raise Unavailable(f"feature store unreachable while writing {len(rows)} users "
                                   f"({type(exc).__name__}: {exc}); retry the batch (writes are idempotent)") from exc
             raise
-        log.info("features written users=%d views=%d ms=%.1f", len(rows), len(plan),
-                 (time.perf_counter() - t0) * 1000)
+        log.info("features written", extra={"users": len(rows), "views": len(plan),
+                                            "ms": round((time.perf_counter() - t0) * 1000, 1)})

@@ -130,8 +130,8 @@ class ReadinessMonitor:
             for name in self.service_names:
                 health_of(self.server).set(name, status)
             level = logging.INFO if ok else logging.WARNING
-            log.log(level, "event=readiness_changed ready=%s services=%s reason=%r", str(ok).lower(),
-                    ",".join(self.service_names), reason)
+            log.log(level, "readiness changed", extra={"event": "readiness_changed", "ready": str(ok).lower(),
+                                                       "services": ",".join(self.service_names), "reason": reason})
             self.ready = ok
         return ok
 

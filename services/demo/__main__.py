@@ -22,7 +22,7 @@ from services.demo import steps
 from services.demo.report import DemoReport, render
 from services.demo.settings import DemoSettings
 
-log = logging.getLogger("services.demo")
+log = logging.getLogger(__name__)
 
 
 def progress(msg: str) -> None:
@@ -31,7 +31,7 @@ def progress(msg: str) -> None:
 
 
 def run(settings: DemoSettings, json_out: Path | None = None) -> int:
-    from services.gateway.client import EmbeddingClient
+    from services.gateway.embedding_client import EmbeddingClient
     from services.registry.client import RegistryClient
     from services.stack import Stack, StackError, StackSettings
     from services.stack.apps import read_tokens
@@ -87,7 +87,7 @@ def run(settings: DemoSettings, json_out: Path | None = None) -> int:
     print(render(report))
     print(f"\ndemo took {report.wall_s:.0f} s. The stack keeps running (state: {stack_settings.layout.root}).\n"
           f"  try:  .venv/bin/qanchor embed {users[0]} --scenario {next(iter(report.scenarios))}   "
-          f"(token: QANCHOR_GATEWAY_TOKEN from {stack_settings.layout.run / 'tokens.json'}, key \"client\")\n"
+          f"(the CLI finds this stack's address and token in {stack_settings.layout.run})\n"
           f"  stop: .venv/bin/qanchor stack down")
     if json_out:
         json_out.write_text(json.dumps(report.to_json(), indent=1))

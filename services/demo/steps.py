@@ -19,11 +19,11 @@ import yaml
 from services.common.errors import AlreadyExists
 from services.common.settings import repo_root
 from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, cosine_matrix, spread
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.ingest.schema import EVENTS_TOPIC
 from services.registry.client import RegistryClient
 
-log = logging.getLogger("services.demo")
+log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
@@ -70,19 +70,14 @@ def replay(path: Path, bootstrap: str) -> tuple[int, list[str]]:
 
 def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVENTS_TOPIC) -> int | None:
     """Events in `topic` not yet committed by the ingest group (ingest commits only after the Feast push)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from services.ingest.lag import GroupLagReader
 
-    # A consumer carrying the group id reads the group's committed offsets without joining it (no subscribe).
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False,
-                             client_id="qanchor-demo-lag")
+    reader = GroupLagReader(bootstrap, group, topic)
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not parts:
-            return None
-        ends = consumer.end_offsets(parts)
-        return sum(ends[tp] - (consumer.committed(tp) or 0) for tp in parts)
+        lags = reader.read()
+        return sum(lags.values()) if lags else None
     finally:
-        consumer.close(autocommit=False)
+        reader.close()
 
 
 def wait_for_features(feast_config: Path, users: list[str], bootstrap: str, timeout_s: float,

@@ -8,11 +8,11 @@ import sys
 from services.common.errors import QAnchorError
 from services.common.grpc_server import serve
 from services.common.logging import setup_logging
-from services.gateway.routing import ConfigError
+from services.gateway.ab_config import ConfigError
 from services.gateway.server import SERVICE_NAME, build_gateway
 from services.gateway.settings import GatewaySettings
 
-log = logging.getLogger("qanchor.gateway")
+log = logging.getLogger(__name__)
 
 
 def main() -> int:
@@ -21,17 +21,19 @@ def main() -> int:
         settings = settings.model_copy(update={"metrics_port": settings.resolved_metrics_port()})
     setup_logging("gateway", settings.log_level)
     # Before the slow part: importing Feast and opening the store can take tens of seconds on a busy machine.
-    log.info("event=gateway_starting service=%s triton=%s registry=%s ab_config=%s", SERVICE_NAME,
-             settings.resolved_triton_url(), settings.resolved_registry_target(), settings.ab_config)
+    log.info("gateway starting", extra={"event": "gateway_starting", "service": SERVICE_NAME,
+                                        "triton": settings.resolved_triton_url(),
+                                        "registry": settings.resolved_registry_target(),
+                                        "ab_config": str(settings.ab_config)})
     try:
         gateway = build_gateway(settings)
     except ConfigError as exc:
-        log.error("event=startup_failed reason=ab_config error=%r", str(exc))
+        log.error("startup failed", extra={"event": "startup_failed", "reason": "ab_config", "error": str(exc)})
         print(f"gateway: cannot start: {exc}\nFix {settings.ab_config} (GATEWAY_AB_CONFIG) and start again.",
               file=sys.stderr)
         return 2
     except (FileNotFoundError, QAnchorError) as exc:  # e.g. Feast never applied, registry unreachable
-        log.error("event=startup_failed error=%r", str(exc))
+        log.error("startup failed", extra={"event": "startup_failed", "error": str(exc)})
         print(f"gateway: cannot start: {exc}", file=sys.stderr)
         return 1
     gateway.watcher.start()
@@ -40,7 +42,7 @@ def main() -> int:
     if settings.gc_freeze:
         gc.collect()
         gc.freeze()
-        log.info("event=gc_frozen objects=%d", gc.get_freeze_count())
+        log.info("gc frozen", extra={"event": "gc_frozen", "objects": gc.get_freeze_count()})
     serve(settings, gateway.servicer(), service="gateway", on_stop=[gateway.close], readiness=gateway.ready,
           readiness_interval_s=settings.readiness_interval_s)
     return 0

@@ -23,14 +23,14 @@ from services.common.errors import (
 )
 from services.common.features import FeatureSpec, UserFeatures
 from services.common.validation import validate_scenario_name, validate_user_id
-from services.gateway.routing import (
-    ACTIVE, DEFAULT_ARM, ZERO_SHOT, ABConfig, Assignment, PromptInfo, ScenarioInfo, ScenarioLookup, assign,
-)
+from services.gateway.ab_config import ACTIVE, DEFAULT_ARM, ABConfig, ScenarioLookup
+from services.gateway.routing import Assignment, assign
+from services.registry.serving_view import ZERO_SHOT, PromptInfo, ScenarioInfo
 
 if TYPE_CHECKING:
     from services.gateway.metrics import GatewayMetrics
 
-log = logging.getLogger("qanchor.gateway.core")
+log = logging.getLogger(__name__)
 
 
 # ---- the three dependencies ----------------------------------------------------------------------------------
@@ -65,6 +65,14 @@ class ModelResult:
 class ModelClient(Protocol):
     def infer(self, requests: Sequence[ModelRequest], timeout_s: float) -> list[ModelResult | QAnchorError]: ...
 
+    def ready(self) -> bool:
+        """Readiness: the model server answers and has the model loaded."""
+        ...
+
+    def known_model_versions(self) -> set[str]:
+        """Model versions the server can serve (what A/B arms may name); may raise when the server is down."""
+        ...
+
 
 class ConfigSource(Protocol):
     @property
@@ -78,7 +86,7 @@ class EmbeddingItem:
     scenario: str
     values: np.ndarray  # [D] float32
     model_version: str
-    prompt_version: str  # "zero-shot" or "v<N>"
+    prompt_version: str  # ZERO_SHOT or "v<N>"
     arm: str
     feature_version: int
     feature_timestamp: float  # unix seconds; 0 = no features
@@ -135,9 +143,7 @@ class GatewayCore:
     # ---- the three RPCs ----------------------------------------------------------------------------------
     def get_embedding(self, user_id: str, scenario: str,
                       timeout_s: float | None = None) -> tuple[EmbeddingItem, Timing]:
-        validate_user_id(user_id)
-        validate_scenario_name(scenario)
-        results, timing = self._run([(user_id, scenario)], timeout_s)
+        results, timing = self._run([(user_id, scenario)], timeout_s)  # a bad id comes back as the item's error
         item = results[0]
         if isinstance(item, ItemError):
             raise error_for_code(item.code, item.message)
@@ -154,7 +160,7 @@ class GatewayCore:
         dupes = sorted({s for s in scenarios if list(scenarios).count(s) > 1})
         if dupes:
             raise InvalidArgument(f"scenarios must be distinct; repeated: {dupes}")
-        return self._run([(user_id, s) for s in scenarios], timeout_s)
+        return self._run([(user_id, s) for s in scenarios], timeout_s, user_checked=True)
 
     def batch_get(self, items: Sequence[tuple[str, str]],
                   timeout_s: float | None = None) -> tuple[list[ItemResult], Timing]:
@@ -166,7 +172,8 @@ class GatewayCore:
         return self._run(list(items), timeout_s)
 
     # ---- pipeline ----------------------------------------------------------------------------------------
-    def _run(self, pairs: list[tuple[str, str]], timeout_s: float | None) -> tuple[list[ItemResult], Timing]:
+    def _run(self, pairs: list[tuple[str, str]], timeout_s: float | None,
+             user_checked: bool = False) -> tuple[list[ItemResult], Timing]:
         t0 = time.perf_counter()
         budget = self.limits.default_timeout_s if timeout_s is None else timeout_s
         deadline = t0 + budget
@@ -177,7 +184,8 @@ class GatewayCore:
         by_user: "OrderedDict[str, list[_Planned]]" = OrderedDict()
         for i, (user_id, scenario) in enumerate(pairs):
             try:
-                validate_user_id(user_id)
+                if not user_checked:
+                    validate_user_id(user_id)
                 validate_scenario_name(scenario)
                 planned = self._plan(i, user_id, scenario, config)
             except QAnchorError as exc:
@@ -232,8 +240,9 @@ class GatewayCore:
         if active is None or not active.servable:
             raise FailedPrecondition(f"scenario {info.name!r} has no servable prompt version; promote a READY "
                                      "version with PromotePromptVersion")
-        log.warning("event=arm_prompt_unservable scenario=%s arm=%s prompt_version=%s served=active:v%d",
-                    info.name, a.arm, a.prompt_version, active.version)
+        log.warning("arm prompt not servable: serving the active version",
+                    extra={"event": "arm_prompt_unservable", "scenario": info.name, "arm": a.arm,
+                           "prompt_version": a.prompt_version, "served": f"active:v{active.version}"})
         if self.metrics is not None:
             self.metrics.arm_fallbacks.labels(info.name, a.arm).inc()
         return active, DEFAULT_ARM
@@ -245,7 +254,8 @@ class GatewayCore:
         except QAnchorError:
             raise
         except Exception as exc:  # the store's own exception types vary by backend (SQLite, Redis)
-            log.error("event=feature_lookup_failed users=%d error=%r", len(user_ids), exc)
+            log.error("feature lookup failed", extra={"event": "feature_lookup_failed", "users": len(user_ids),
+                                                      "error": repr(exc)})
             raise Unavailable(f"feature store lookup failed ({type(exc).__name__}: {exc}); retry with backoff, "
                               "and check the online store (Redis/SQLite) is reachable") from exc
         elapsed = time.perf_counter() - t
@@ -271,7 +281,7 @@ class GatewayCore:
                     user=users[user_id], model_version=model_version,
                     scenarios=[p.scenario for p in firsts],
                     query_texts=[p.info.query_text for p in firsts],
-                    prompts=[None if p.prompt.kind == "zero-shot" else p.prompt for p in firsts],
+                    prompts=[None if p.prompt.kind == ZERO_SHOT else p.prompt for p in firsts],
                 ))
                 owners.append(list(rows.values()))
         return requests, owners

@@ -49,7 +49,7 @@ class GatewayMetrics:
             "qanchor_gateway_ab_config_generation", "Generation of the A/B config in use (1 = initial load).",
             registry=r)
 
-    # ReloadListener (services.gateway.routing)
+    # ReloadListener (services.gateway.ab_watcher)
     def reload_succeeded(self, generation: int) -> None:
         self.ab_reloads.labels("success").inc()
         self.ab_generation.set(generation)

@@ -12,13 +12,12 @@ from services.common.grpc_server import Servicer, create_server
 from services.common.proto.qanchor.v1 import embedding_pb2_grpc
 from services.gateway.core import CoreLimits, FeatureSource, GatewayCore, ModelClient
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routing import (
-    ABConfig, ConfigError, ConfigWatcher, ScenarioLookup, load_config, validate_against,
-)
+from services.gateway.ab_config import ABConfig, ConfigError, ScenarioLookup, load_config, validate_against
+from services.gateway.ab_watcher import ConfigWatcher
 from services.gateway.servicer import SERVICE_NAME, EmbeddingServicer
 from services.gateway.settings import GatewaySettings
 
-log = logging.getLogger("qanchor.gateway")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,9 +32,8 @@ class Gateway:
                         SERVICE_NAME)
 
     def ready(self) -> bool:
-        """Readiness: the model server answers and has the model loaded (a client without `ready` counts as up)."""
-        check = getattr(self.core.model, "ready", None)
-        return True if check is None else bool(check())
+        """Readiness: the model server answers and has the model loaded."""
+        return bool(self.core.model.ready())
 
     def close(self) -> None:
         self.watcher.stop()
@@ -47,13 +45,11 @@ def known_models(settings: GatewaySettings, model: ModelClient) -> Callable[[], 
     def get() -> set[str]:
         if settings.model_versions:
             return set(settings.model_versions)
-        ask = getattr(model, "known_model_versions", None)
-        if ask is None:
-            return set()
         try:
-            return set(ask())
+            return set(model.known_model_versions())
         except Exception as exc:  # model server down at reload time: routing checks models again next reload
-            log.warning("event=model_versions_unknown error=%r (model_version fields not checked)", exc)
+            log.warning("model versions unknown: model_version fields not checked",
+                        extra={"event": "model_versions_unknown", "error": repr(exc)})
             return set()
     return get
 

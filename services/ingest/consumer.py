@@ -1,10 +1,11 @@
 """The poll -> validate -> apply -> encode -> push -> commit loop (docs/ingest.md explains the ordering).
 
 One batch, in order:
-  1. validate every record (schema.parse_event); rejects go to the DLQ with the reason and the original bytes;
+  1. validate every record (schema.parse_event); rejects go to the DLQ (services/ingest/dlq.py) with the reason
+     and the original bytes;
   2. read the batch's users from the online store (or, for users whose row this consumer wrote last on a
-     partition it still owns, from memory: services/ingest/state.py) and plan each user's update (transform.plan_user_update),
-     skipping events at or below the user's stored position (already applied before a crash);
+     partition it still owns, from memory: services/ingest/state.py) and plan each user's update
+     (transform.plan_user_update), skipping events at or below the user's stored position (applied before a crash);
   3. encode the new event texts that survive windowing (Triton, through an LRU cache);
   4. push the rows (features + feature_version = new position, one atomic row per user);
   5. wait for the DLQ sends, then commit offsets. Nothing is committed before its effect is durable.
@@ -16,10 +17,11 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Sequence
 
 from services.common.features import UserFeatures
+from services.ingest.dlq import DeadLetterQueue, Record
 from services.ingest.encoder import CachedEncoder
 from services.ingest.metrics import IngestMetrics
 from services.ingest.schema import Event, EventRejected, parse_event
@@ -28,17 +30,6 @@ from services.ingest.transform import IngestSpec, Position, UserUpdate, decode_v
 from services.ingest.writer import FeatureStoreIO
 
 log = logging.getLogger(__name__)
-
-
-class Record(Protocol):
-    """The parts of kafka-python's ConsumerRecord the worker reads."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
 
 
 class BatchTooSlow(RuntimeError):
@@ -55,41 +46,43 @@ class BatchResult:
     texts_encoded: int = 0
 
 
-def dlq_headers(record: Record, exc: EventRejected, group_id: str, now: float) -> list[tuple[str, bytes]]:
-    """Original headers plus where the record came from and why it was rejected."""
-    ours = [
-        ("qanchor.reason", exc.reason.encode()),
-        ("qanchor.detail", exc.detail.encode("utf-8", "replace")[:1000]),
-        ("qanchor.topic", record.topic.encode()),
-        ("qanchor.partition", str(record.partition).encode()),
-        ("qanchor.offset", str(record.offset).encode()),
-        ("qanchor.group", group_id.encode()),
-        ("qanchor.rejected_at", f"{now:.3f}".encode()),
-    ]
-    return [*(record.headers or []), *ours]
+@dataclass(frozen=True)
+class IngestLimits:
+    """How much one poll takes and how long a batch may try (INGEST_* settings, docs/ingest.md)."""
+
+    # Records per poll: bigger batches amortise store reads/writes and encoder calls; smaller ones cut latency.
+    max_poll_records: int = 500
+    # How long one poll waits for data; also how quickly an idle consumer notices a stop.
+    poll_timeout_ms: int = 200
+    # Kafka evicts a member whose batch takes longer (max.poll.interval.ms).
+    max_poll_interval_s: float = 120.0
+    # Pause after a failed batch (encoder or store down) before replaying it.
+    retry_backoff_s: float = 2.0
+    # Consecutive failed attempts of one batch before the worker gives up (the process exits non-zero).
+    max_batch_attempts: int = 30
+
+    @property
+    def batch_budget_s(self) -> float:
+        # A margin below Kafka's limit: the write must finish before the group could hand the partition on.
+        return self.max_poll_interval_s * 0.8
 
 
 class IngestWorker:
     """Processes polled batches; owns no Kafka connection setup (see __main__), so tests can drive it."""
 
-    def __init__(self, consumer: Any, dlq_producer: Any, store: FeatureStoreIO, encoder: CachedEncoder,
-                 spec: IngestSpec, metrics: IngestMetrics, *, dlq_topic: str, group_id: str,
-                 max_poll_interval_s: float, max_poll_records: int = 500, poll_timeout_ms: int = 200,
-                 retry_backoff_s: float = 2.0, max_batch_attempts: int = 30,
-                 clock: Callable[[], float] = time.time, state: PartitionUserState | None = None,
-                 watchdog: Callable[[], None] | None = None) -> None:
-        self.consumer, self.dlq_producer, self.store, self.encoder = consumer, dlq_producer, store, encoder
-        self.spec, self.metrics, self.dlq_topic, self.group_id = spec, metrics, dlq_topic, group_id
-        # Keep a margin below Kafka's limit: the write must finish before the group could hand the partition on.
-        self.batch_budget_s = max_poll_interval_s * 0.8
-        self.max_poll_records, self.poll_timeout_ms = max_poll_records, poll_timeout_ms
-        self.retry_backoff_s, self.max_batch_attempts = retry_backoff_s, max_batch_attempts
+    def __init__(self, consumer: Any, dlq: DeadLetterQueue, store: FeatureStoreIO, encoder: CachedEncoder,
+                 spec: IngestSpec, metrics: IngestMetrics, limits: IngestLimits | None = None, *,
+                 state: PartitionUserState | None = None, watchdog: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.consumer, self.dlq, self.store, self.encoder = consumer, dlq, store, encoder
+        self.spec, self.metrics = spec, metrics
+        self.limits = limits or IngestLimits()
+        self.batch_budget_s = self.limits.batch_budget_s
         self.clock = clock
-        self.watchdog = watchdog  # called once per poll loop (the group-rejoin check in services.ingest.__main__)
+        self.watchdog = watchdog  # called once per poll loop (the group-rejoin check, services.ingest.group)
         # Rows this worker wrote, per owned partition; capacity 0 = always read the store.
         self.state = state if state is not None else PartitionUserState(capacity=0)
         self._sources = set(spec.source_names)
-        self._last_lag_update = 0.0
 
     # ---- one batch -----------------------------------------------------------------------------------------
     def process(self, records: Sequence[Record], started: float | None = None) -> BatchResult:
@@ -107,21 +100,25 @@ class IngestWorker:
         result = BatchResult(records=len(records))
         m = self.metrics
         by_user: dict[str, list[tuple[Position, Event]]] = defaultdict(list)
+        appended: dict[Position, float] = {}  # Kafka's record time (producer send or broker append), seconds
         dlq_futures = []
         t0 = time.perf_counter()
         for rec in records:
             try:
                 ev = parse_event(rec.value, rec.key, self._sources, self.spec.features.tabular_dim)
             except EventRejected as exc:
-                log.warning("event rejected reason=%s topic=%s partition=%d offset=%d detail=%r", exc.reason,
-                            rec.topic, rec.partition, rec.offset, exc.detail[:200])
-                dlq_futures.append(self.dlq_producer.send(
-                    self.dlq_topic, key=rec.key, value=rec.value,
-                    headers=dlq_headers(rec, exc, self.group_id, self.clock())))
+                log.warning("event rejected", extra={"reason": exc.reason, "topic": rec.topic,
+                                                     "partition": rec.partition, "offset": rec.offset,
+                                                     "detail": exc.detail[:200]})
+                dlq_futures.append(self.dlq.send(rec, exc))
                 m.dlq.labels(reason=exc.reason).inc()
                 result.dlq += 1
                 continue
-            by_user[ev.user_id].append((Position(rec.partition, rec.offset), ev))
+            pos = Position(rec.partition, rec.offset)
+            by_user[ev.user_id].append((pos, ev))
+            record_ms = getattr(rec, "timestamp", None)
+            if isinstance(record_ms, (int, float)) and record_ms > 0:
+                appended[pos] = record_ms / 1000.0
         m.stage_seconds.labels(stage="validate").observe(time.perf_counter() - t0)
 
         updates = self._plan(by_user)
@@ -156,15 +153,15 @@ class IngestWorker:
                     self.state.put(last.partition, row)
             for u in todo:
                 for ts in u.applied_ts:
-                    m.freshness.observe(max(0.0, written - ts))
+                    m.event_lag.observe(max(0.0, written - ts))
+                for pos in u.applied_positions:
+                    if pos in appended:
+                        m.latency.observe(max(0.0, written - appended[pos]))
             result.users_written = len(rows)
             m.users_written.inc(len(rows))
 
         t0 = time.perf_counter()
-        if dlq_futures:
-            self.dlq_producer.flush()
-            for fut in dlq_futures:
-                fut.get(timeout=60)  # a DLQ send that failed must fail the batch, not vanish
+        self.dlq.wait(dlq_futures)
         m.stage_seconds.labels(stage="dlq").observe(time.perf_counter() - t0)
         m.events.labels(outcome="applied").inc(result.applied)
         m.events.labels(outcome="duplicate").inc(result.duplicates)
@@ -214,7 +211,7 @@ class IngestWorker:
         from kafka.errors import CommitFailedError
 
         started = time.monotonic()
-        for attempt in range(1, self.max_batch_attempts + 1):
+        for attempt in range(1, self.limits.max_batch_attempts + 1):
             try:
                 result = self.process(records, started)
             except BatchTooSlow:
@@ -224,18 +221,19 @@ class IngestWorker:
                 raise
             except Exception as exc:
                 self.metrics.batch_failures.labels(error=type(exc).__name__).inc()
-                if attempt == self.max_batch_attempts:
+                if attempt == self.limits.max_batch_attempts:
                     raise
-                log.warning("batch failed, replaying attempt=%d error=%s: %s", attempt, type(exc).__name__, exc,
-                            exc_info=attempt == 1)
-                time.sleep(self.retry_backoff_s)
+                log.warning("batch failed, replaying", exc_info=attempt == 1,
+                            extra={"attempt": attempt, "error": type(exc).__name__, "detail": str(exc)[:300]})
+                time.sleep(self.limits.retry_backoff_s)
                 continue
             try:
                 self.commit(records)
             except CommitFailedError as exc:
                 # The group rebalanced under us: whoever owns the partitions now replays from the last commit,
                 # and the stored positions turn that replay into no-ops.
-                log.warning("commit failed after rebalance, batch will be replayed by the owner: %s", exc)
+                log.warning("commit failed after rebalance, batch will be replayed by the owner",
+                            extra={"detail": str(exc)[:300]})
                 self.state.clear("commit_failed")
                 self.metrics.batch_failures.labels(error="commit_failed").inc()
             return result
@@ -253,47 +251,26 @@ class IngestWorker:
             if tp in assigned:
                 self.consumer.seek(tp, off)
 
-    def update_lag(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_lag_update < 1.0:
-            return
-        self._last_lag_update = now
-        from kafka.errors import IllegalStateError, KafkaError
-
-        for tp in self.consumer.assignment():
-            try:
-                hw = self.consumer.highwater(tp)
-                pos = self.consumer.position(tp, timeout_ms=1000) if hw is not None else None
-            except (KafkaError, IllegalStateError) as exc:
-                # The lag gauge is best effort: a rebalance or a slow coordinator must never stop the consumer.
-                log.warning("lag update skipped partition=%d error=%s: %s", tp.partition, type(exc).__name__, exc)
-                continue
-            if hw is not None and pos is not None:
-                self.metrics.lag.labels(partition=str(tp.partition)).set(max(0, hw - pos))
-
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set; the batch in hand is always finished, pushed and committed first."""
         totals = BatchResult()
         last_log = time.monotonic()
         while not stop.is_set():
-            polled = self.consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.max_poll_records)
+            polled = self.consumer.poll(timeout_ms=self.limits.poll_timeout_ms,
+                                        max_records=self.limits.max_poll_records)
             records = [r for recs in polled.values() for r in recs]
             if records:
                 self.metrics.batch_size.observe(len(records))
                 try:
                     res = self.run_batch(records)
                 except BatchTooSlow as exc:
-                    log.error("%s", exc)
+                    log.error("batch too slow, not written", extra={"detail": str(exc)})
                     continue
                 for f in ("records", "applied", "duplicates", "dlq", "users_written", "texts_encoded"):
                     setattr(totals, f, getattr(totals, f) + getattr(res, f))
-            self.update_lag()
             if self.watchdog is not None:
                 self.watchdog()
             if time.monotonic() - last_log > 10.0:
                 last_log = time.monotonic()
-                log.info("ingest progress records=%d applied=%d duplicates=%d dlq=%d users_written=%d "
-                         "texts_encoded=%d", totals.records, totals.applied, totals.duplicates, totals.dlq,
-                         totals.users_written, totals.texts_encoded)
-        log.info("ingest stopping records=%d applied=%d duplicates=%d dlq=%d", totals.records, totals.applied,
-                 totals.duplicates, totals.dlq)
+                log.info("ingest progress", extra=asdict(totals))
+        log.info("ingest stopping", extra=asdict(totals))

@@ -135,8 +135,8 @@ class RedisVectorCache:
         now = time.monotonic()
         if now - self._last_error_log > 30.0:  # one line per 30 s, not one per batch, while Redis is down
             self._last_error_log = now
-            log.warning("vector cache %s failed, encoding instead errors=%d error=%s: %s (check INGEST_VECTOR_"
-                        "CACHE_URL and that Redis is up)", op, self.errors, type(exc).__name__, exc)
+            log.warning(f"vector cache {op} failed, encoding instead (check INGEST_VECTOR_CACHE_URL and that Redis "
+                        "is up)", extra={"errors": self.errors, "error": type(exc).__name__, "detail": str(exc)[:300]})
 
     def close(self) -> None:
         try:

@@ -1,9 +1,13 @@
-"""Settings of the ingest service (env prefix INGEST_), built once in `__main__` and passed in."""
+"""Settings of the ingest service (env prefix INGEST_), built once in `__main__` and passed in.
+
+The same words as the gateway's settings for the same things (`triton_url`, `triton_model`, `feast_location`,
+`metrics_port`, `resolved_*()`); the older names INGEST_FEAST_CONFIG and INGEST_ENCODER_MODEL still work.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -39,7 +43,9 @@ class IngestSettings(ServiceSettings):
     auto_offset_reset: str = "earliest"
     # Triton gRPC address ("host:port"); None = the local stack's Triton (QANCHOR_PORT_BASE+1).
     triton_url: str | None = None
-    encoder_model: str = "text_encoder"
+    # Name of the text-encoder model in Triton's repository.
+    triton_model: str = Field(default="text_encoder", validation_alias=AliasChoices(
+        "INGEST_TRITON_MODEL", "INGEST_ENCODER_MODEL", "triton_model"))
     encoder_max_batch: int = 256
     # Distinct texts cached (text -> 384 float16 ~ 0.8 KB each): 100k ~ 80 MB.
     encoder_cache_size: int = 100_000
@@ -52,30 +58,33 @@ class IngestSettings(ServiceSettings):
     # Users whose last written row is kept per owned partition to skip the store read (~55 KB each with the
     # default sources.yaml, K=64 in all); 0 = always read the store.
     user_state_size: int = Field(default=10_000, ge=0)
-    # feature_store.yaml (or a state dir); None = $QANCHOR_STATE_DIR/feast/feature_store.yaml.
-    feast_config: Path | None = None
+    # feature_store.yaml or a state dir holding feast/feature_store.yaml; None = QANCHOR_STATE_DIR.
+    feast_location: Path | None = Field(default=None, validation_alias=AliasChoices(
+        "INGEST_FEAST_LOCATION", "INGEST_FEAST_CONFIG", "feast_location"))
     # sources.yaml with K and window per source; None = the repository's feature_repo/sources.yaml.
     sources_yaml: Path | None = None
     # Prometheus /metrics port; None = QANCHOR_PORT_BASE+61, 0 = do not serve metrics.
     metrics_port: int | None = None
+    # Seconds between refreshes of the consumer-lag gauge (end offset minus committed offset, per owned partition).
+    lag_refresh_s: float = Field(default=5.0, gt=0)
     # Seconds to back off after a failed batch (Triton or the store down) before replaying it.
     retry_backoff_s: float = 2.0
     # Consecutive failed attempts of one batch before the process exits non-zero (let the supervisor restart it).
     max_batch_attempts: int = Field(default=30, ge=1)
 
-    def bootstrap(self) -> str:
+    def resolved_kafka_bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.port('kafka')}"
 
-    def triton(self) -> str:
+    def resolved_triton_url(self) -> str:
         return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"
 
-    def vector_cache(self) -> str:
+    def resolved_vector_cache_url(self) -> str:
         if self.vector_cache_url is None:
             return f"redis://127.0.0.1:{self.port('redis')}/0"
         return self.vector_cache_url
 
-    def feast_location(self) -> Path:
-        return self.feast_config or Path(self.state_dir) / "feast" / "feature_store.yaml"
+    def resolved_feast_location(self) -> Path:
+        return self.feast_location or Path(self.state_dir) / "feast" / "feature_store.yaml"
 
     def resolved_metrics_port(self) -> int:
         return self.port("ingest_metrics") if self.metrics_port is None else self.metrics_port

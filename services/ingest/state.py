@@ -74,7 +74,7 @@ class PartitionUserState:
                 dropped += len(rows)
         self._size -= dropped
         if dropped:
-            log.info("user state forgotten reason=%s users=%d", reason, dropped)
+            log.info("user state forgotten", extra={"reason": reason, "users": dropped})
 
     def clear(self, reason: str) -> None:
         self.forget_partitions(list(self._rows), reason)

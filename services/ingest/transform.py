@@ -20,18 +20,14 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-import yaml
 
-from services.common.features import (
-    VECTOR_DTYPE, FeatureSpec, SourceEvents, UserFeatures, default_sources_path, load_feature_spec,
-)
+from services.common.features import VECTOR_DTYPE, FeatureSpec, SourceEvents, UserFeatures, load_feature_spec
 from services.ingest.schema import Event
 
 # Bit 62 marks a version written by ingest; versions without it (a backfill's 1, 2, ...) carry no position.
 VERSION_FLAG = 1 << 62
 OFFSET_BITS = 40  # 10^12 records per partition before the layout runs out
 PARTITION_BITS = 21
-DEFAULT_WINDOW_DAYS = 90.0  # paper: 90-day behaviour window
 
 
 @dataclass(frozen=True, order=True)
@@ -79,18 +75,14 @@ class IngestSpec:
     def k(self, source: str) -> int:
         return self.features.source(source).k
 
+    @classmethod
+    def of(cls, features: FeatureSpec) -> "IngestSpec":
+        return cls(features=features, window_s={s.name: s.window_days * 86400.0 for s in features.sources})
+
 
 def load_ingest_spec(path: Path | str | None = None) -> IngestSpec:
-    """Read sources.yaml: `window_days` at the top level (default 90) and optionally per source."""
-    path = Path(path) if path is not None else default_sources_path()
-    features = load_feature_spec(path)
-    raw = yaml.safe_load(path.read_text()) or {}
-    default_days = float(raw.get("window_days", DEFAULT_WINDOW_DAYS))
-    per_source = {str(s["name"]): float(s.get("window_days", default_days)) for s in raw.get("sources", [])}
-    for name, days in per_source.items():
-        if days <= 0:
-            raise ValueError(f"{path}: source {name!r} has window_days={days}; use a positive number of days")
-    return IngestSpec(features=features, window_s={n: d * 86400.0 for n, d in per_source.items()})
+    """sources.yaml through the one schema parser (`load_feature_spec`), with each source's window in seconds."""
+    return IngestSpec.of(load_feature_spec(path))
 
 
 @dataclass
@@ -114,6 +106,8 @@ class UserUpdate:
     applied: int = 0
     skipped: int = 0
     applied_ts: list[float] = field(default_factory=list)
+    # Log positions of the applied events (ingest latency is measured from their Kafka record time).
+    applied_positions: list[Position] = field(default_factory=list)
 
     def texts_to_encode(self) -> list[str]:
         return [e.text for entries in self.sources.values() for e in entries if e.vector is None]
@@ -185,4 +179,5 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
             sources[name] = kept[-spec.k(name):]
     last = max(p for p, _ in fresh)
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),
-                      applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh])
+                      applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh],
+                      applied_positions=[p for p, _ in fresh])

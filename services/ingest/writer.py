@@ -1,17 +1,15 @@
 """The ingest service's view of the online store: read users' current features, write new rows.
 
-Thin on purpose: `services.common.features` owns the Feast layout (FeatureReader / FeatureWriter); this module
-only adapts it to the two calls the consumer needs, so the consumer is testable with an in-memory store.
+Thin on purpose: `services.common.features_online` owns the Feast reads and writes (FeatureReader / FeatureWriter);
+this module only adapts them to the two calls the consumer needs, so the consumer is testable with an in-memory
+store.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Protocol, Sequence
 
 from services.common.features import FeatureSpec, UserFeatures
-
-log = logging.getLogger(__name__)
 
 
 class FeatureStoreIO(Protocol):
@@ -27,13 +25,8 @@ class FeastFeatureStore:
 
     def __init__(self, location: Path, spec: FeatureSpec) -> None:
         from services.common.feast_store import get_store
-        from services.common.features import FeatureReader, FeatureWriter
+        from services.common.features_online import FeatureReader, FeatureWriter
 
-        if spec.layout != "single":
-            # per_source writes one view per source, then user_meta: not one atomic row, so a crash between
-            # views could leave a source newer than the version that guards it (docs/ingest.md).
-            log.warning("feature layout=%s is not atomic per user; effectively-once needs layout=single",
-                        spec.layout)
         store = get_store(location)
         self._reader = FeatureReader(store, spec)
         self._writer = FeatureWriter(store, spec)

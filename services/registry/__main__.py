@@ -11,7 +11,7 @@ from services.registry.server import build_app
 from services.registry.servicer import AUTH_POLICY
 from services.registry.settings import RegistrySettings
 
-log = logging.getLogger("services.registry")
+log = logging.getLogger(__name__)
 
 
 def main() -> int:

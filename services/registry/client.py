@@ -1,15 +1,15 @@
 """Python client of the registry, used by the CLI and the gateway.
 
 Errors come back as services.common.errors exceptions (same classes the server raised). For the gateway's hot
-path, `serving_info(name)` returns what it needs to route a request (query text, active version, READY versions)
-from a short TTL cache, so a registry blip or a burst of requests does not turn into a registry round trip each.
+path, `serving_info(name)` returns the serving view (`services.registry.serving_view.ScenarioInfo`: query text,
+active version, servable versions) from a short TTL cache, so a registry blip or a burst of requests does not turn
+into a registry round trip each.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -17,39 +17,9 @@ import grpc
 from services.common.errors import DeadlineExceeded, NotFound, QAnchorError, Unavailable, error_for_code
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
 from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
+from services.registry.serving_view import ScenarioInfo, scenario_from_proto
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ServingVersion:
-    version: int
-    kind: int            # registry_pb2.PromptKind value
-    model_version: str   # "" = any model (zero-shot)
-    artifact_uri: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class ServingInfo:
-    """What the gateway needs to serve a scenario: the anchor query and which prompt versions may serve."""
-
-    scenario: str
-    query_text: str
-    active_version: int
-    versions: Mapping[int, ServingVersion]  # ACTIVE and READY versions only (RETIRED never serve)
-    fetched_at: float
-
-    @property
-    def active(self) -> ServingVersion:
-        return self.versions[self.active_version]
-
-
-def serving_info_from_proto(s: pb.Scenario, fetched_at: float) -> ServingInfo:
-    servable = (pb.PROMPT_STATUS_ACTIVE, pb.PROMPT_STATUS_READY)
-    versions = {v.version: ServingVersion(v.version, v.kind, v.model_version, v.artifact_uri, v.sha256)
-                for v in s.versions if v.status in servable}
-    return ServingInfo(s.name, s.query_text, s.active_version, versions, fetched_at)
 
 
 class RegistryClient:
@@ -68,7 +38,7 @@ class RegistryClient:
         # How long an expired entry may still be served while the registry is unreachable.
         self.max_stale_s = max_stale_s
         self._clock = clock
-        self._cache: dict[str, ServingInfo] = {}
+        self._cache: dict[str, tuple[float, ScenarioInfo]] = {}  # name -> (fetched at, view)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -137,7 +107,7 @@ class RegistryClient:
 
     # --- gateway view ----------------------------------------------------------------------------------------
 
-    def serving_info(self, scenario: str) -> ServingInfo:
+    def serving_info(self, scenario: str) -> ScenarioInfo:
         """Cached for `cache_ttl_s`; NotFound is not cached (a just-registered scenario serves at once).
 
         If the registry is unreachable, an expired entry younger than `max_stale_s` is served instead of failing:
@@ -146,19 +116,19 @@ class RegistryClient:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(scenario)
-        if hit is not None and now - hit.fetched_at < self.cache_ttl_s:
-            return hit
+        if hit is not None and now - hit[0] < self.cache_ttl_s:
+            return hit[1]
         try:
-            info = serving_info_from_proto(self.get_scenario(scenario), now)
+            info = scenario_from_proto(self.get_scenario(scenario))
         except (Unavailable, DeadlineExceeded):
-            if hit is not None and now - hit.fetched_at < self.max_stale_s:
-                return hit
+            if hit is not None and now - hit[0] < self.max_stale_s:
+                return hit[1]
             raise
         except NotFound:
             self.invalidate(scenario)
             raise
         with self._lock:
-            self._cache[scenario] = info
+            self._cache[scenario] = (now, info)
         return info
 
     def invalidate(self, scenario: str | None = None) -> None:

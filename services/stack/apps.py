@@ -47,7 +47,7 @@ class Tokens:
 
 def read_tokens(settings: StackSettings) -> Tokens:
     """The state dir's tokens, created on first use (a dev stack needs no secret store, but no open admin API)."""
-    path = settings.layout.run / "tokens.json"
+    path = settings.layout.tokens_file
     try:
         return Tokens(**json.loads(path.read_text()))
     except (FileNotFoundError, ValueError, TypeError):
@@ -157,7 +157,7 @@ class Ingest(AppComponent):
         h = self.settings.host
         return {"INGEST_KAFKA_BOOTSTRAP": f"{h}:{self.settings.port('kafka')}",
                 "INGEST_TRITON_URL": f"{h}:{self.settings.port('triton_grpc')}",
-                "INGEST_FEAST_CONFIG": str(self.feast_config)}
+                "INGEST_FEAST_LOCATION": str(self.feast_config)}
 
     def healthy(self) -> bool:
         # /metrics is served once the worker is built (Triton encoder ready, Feast open, consumer subscribed).
@@ -296,7 +296,7 @@ class ModelsStep:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", QANCHOR_STATE_DIR=str(self.settings.layout.root),
                    PYTHONPATH=project_pythonpath())
-        log.info("models export starting source=%s out=%s", source.label(), self.repo)
+        log.info("models export starting", extra={"source": source.label(), "out": str(self.repo)})
         t0 = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
@@ -321,8 +321,8 @@ class ModelsStep:
         record = ModelsRecord(source.key, source.label(), source.trained, version, time.time())
         self.record_path.parent.mkdir(parents=True, exist_ok=True)
         self.record_path.write_text(json.dumps(asdict(record), indent=1))
-        log.info("models exported model_version=%s trained=%s seconds=%.1f", version, source.trained,
-                 time.monotonic() - t0)
+        log.info("models exported", extra={"model_version": version, "trained": source.trained,
+                                           "seconds": round(time.monotonic() - t0, 1)})
 
     def load(self) -> None:
         import tritonclient.grpc as tgrpc
@@ -334,7 +334,7 @@ class ModelsStep:
                 t0 = time.monotonic()
                 # load_model on a loaded model reloads it: the new version list is served once it is ready.
                 client.load_model(model, client_timeout=self.settings.model_export_timeout_s)
-                log.info("model loaded model=%s seconds=%.1f", model, time.monotonic() - t0)
+                log.info("model loaded", extra={"model": model, "seconds": round(time.monotonic() - t0, 1)})
         except InferenceServerException as exc:
             raise StackError(self.name, f"Triton could not load the exported models: {exc}",
                              hint="see `qanchor stack logs triton -n 100`; re-export by deleting "

@@ -8,18 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import asdict
 
+from services.cli.output import add_json_flag, format_table, print_json
 from services.stack.components import StackError
 from services.stack.settings import ALL_COMPONENTS, StackSettings
 from services.stack.stack import UP, Stack
 
 log = logging.getLogger(__name__)
-
-
-def format_table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines)
 
 
 def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
@@ -29,14 +25,20 @@ def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
     except StackError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    ep = stack.endpoints()
+    apps = {r.component: stack.components[r.component].address() for r in results
+            if r.component in ("registry", "ingest", "gateway")}
+    if args.json:
+        print_json({"results": [asdict(r) for r in results],
+                    "endpoints": {k: str(v) if v is not None else None for k, v in asdict(ep).items()} | apps})
+        return 0
     print(format_table([[r.component, r.outcome, f"{r.seconds:.1f}s"] for r in results],
                        ["component", "result", "took"]))
-    ep = stack.endpoints()
     print(f"\nkafka bootstrap  {ep.kafka_bootstrap}\nredis            {ep.redis_url}\n"
           f"triton grpc      {ep.triton_grpc}\ntriton http      {ep.triton_http}\n"
           f"feast config     {ep.feast_config or '-'}\nstate dir        {ep.state_dir}")
-    for name in (r.component for r in results if r.component in ("registry", "ingest", "gateway")):
-        print(f"{name:<17}{stack.components[name].address()}")
+    for name, address in apps.items():
+        print(f"{name:<17}{address}")
     return 0
 
 
@@ -46,14 +48,20 @@ def cmd_down(stack: Stack, args: argparse.Namespace) -> int:
     except StackError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
-    print(format_table([[name, how] for name, how in outcomes.items()], ["component", "result"]))
+    if args.json:
+        print_json(outcomes)
+    else:
+        print(format_table([[name, how] for name, how in outcomes.items()], ["component", "result"]))
     return 0
 
 
 def cmd_status(stack: Stack, args: argparse.Namespace) -> int:
     statuses = stack.status(args.components or list(ALL_COMPONENTS))
-    rows = [[s.component, s.state, str(s.pid or "-"), s.address, s.detail] for s in statuses]
-    print(format_table(rows, ["component", "state", "pid", "address", "detail"]))
+    if args.json:
+        print_json([asdict(s) for s in statuses])
+    else:
+        rows = [[s.component, s.state, str(s.pid or "-"), s.address, s.detail] for s in statuses]
+        print(format_table(rows, ["component", "state", "pid", "address", "detail"]))
     # Non-zero when anything is not up, so scripts can `status || up`.
     return 0 if all(s.state == UP for s in statuses) else 3
 
@@ -80,6 +88,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     p_down.add_argument("components", nargs="*", metavar="COMPONENT", help=choices_help)
     p_status = sub.add_parser("status", help="table of component/state/pid/address; exit 3 if any is not up")
     p_status.add_argument("components", nargs="*", metavar="COMPONENT", help=choices_help)
+    for p in (p_up, p_down, p_status):
+        add_json_flag(p)
     p_logs = sub.add_parser("logs", help="tail one component's log")
     p_logs.add_argument("component", choices=ALL_COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=50, help="number of lines (default 50)")

@@ -69,7 +69,7 @@ class FeastStep:
         try:
             from services.common import feast_store
         except ImportError as exc:
-            log.warning("feast step skipped reason=%s", exc)
+            log.warning("feast step skipped", extra={"reason": str(exc)})
             return f"skipped (services.common.feast_store not importable: {exc})", None
         if not hasattr(feast_store, "apply") or not hasattr(feast_store, "render_config"):
             return "skipped (services.common.feast_store has no apply/render_config yet)", None
@@ -100,8 +100,8 @@ class FeastStep:
                           definitions_sha256=digest, applied_at=time.time())
         self.record_path.parent.mkdir(parents=True, exist_ok=True)
         self.record_path.write_text(json.dumps(asdict(rec), indent=1))
-        log.info("feast applied config=%s online_store=%s seconds=%.1f", config, self.settings.online_store,
-                 time.monotonic() - t0)
+        log.info("feast applied", extra={"config": str(config), "online_store": self.settings.online_store,
+                                         "seconds": round(time.monotonic() - t0, 1)})
         return "applied", config
 
 

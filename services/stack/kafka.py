@@ -153,7 +153,8 @@ class Kafka(Component):
         # Copy into a temp dir and rename: an interrupted download never looks complete.
         tmp = self.libs.with_name(f"libs.tmp-{uuid.uuid4().hex[:8]}")
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        log.info("resolving kafka jars version=%s cache=%s (first time only, ~1 min)", KAFKA_VERSION, self.libs)
+        log.info("resolving kafka jars (first time only, ~1 min)", extra={"version": KAFKA_VERSION,
+                                                                           "cache": str(self.libs)})
         cmd = [mvn, "-q", "-B", "-f", str(pom), f"-Dkafka.version={KAFKA_VERSION}",
                "dependency:copy-dependencies", f"-DoutputDirectory={tmp}"]
         self._run_setup_step(cmd, "resolving the Kafka JARs with Maven failed",
@@ -169,7 +170,7 @@ class Kafka(Component):
         if not cluster_id_file.exists():
             cluster_id_file.write_text(new_cluster_id() + "\n")
         cluster_id = cluster_id_file.read_text().strip()
-        log.info("formatting kafka storage dir=%s cluster_id=%s", self.data_dir, cluster_id)
+        log.info("formatting kafka storage", extra={"dir": str(self.data_dir), "cluster_id": cluster_id})
         # Map the broker's archive when there is one (most classes overlap); never dump from this short run.
         cds = [a for a in self.cds_opts(self.java) if not a.startswith("-XX:ArchiveClassesAtExit")]
         cmd = [self.java, "-Xmx256m", *self.settings.kafka_jvm_opts.split(), *cds, *self._log_opts(), "-cp",
@@ -244,11 +245,11 @@ class Kafka(Component):
         check = subprocess.run([java, "-Xshare:on", f"-XX:SharedArchiveFile={pending}", "-cp", str(self.libs / "*"),
                                 "-version"], capture_output=True, timeout=60)
         if check.returncode != 0:
-            log.warning("discarding unusable kafka class-data archive path=%s", pending)
+            log.warning("discarding unusable kafka class-data archive", extra={"path": str(pending)})
             pending.unlink(missing_ok=True)
             return
         pending.replace(self.cds_archive(java))  # atomic publish: readers see no archive or a whole one
-        log.info("kafka class-data archive saved path=%s", self.cds_archive(java))
+        log.info("kafka class-data archive saved", extra={"path": str(self.cds_archive(java))})
 
     def healthy(self) -> bool:
         if not port_open(self.settings.host, self.settings.port("kafka")):
@@ -271,7 +272,7 @@ class Kafka(Component):
     def after_healthy(self) -> None:
         created = ensure_topics(self.bootstrap, load_topics())
         if created:
-            log.info("kafka topics created topics=%s", ",".join(created))
+            log.info("kafka topics created", extra={"topics": ",".join(created)})
         wait_group_coordinator(self.bootstrap, timeout_s=60.0)
 
 

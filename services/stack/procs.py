@@ -47,7 +47,7 @@ class PidRecord:
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable pid record path=%s error=%s", path, exc)
+            log.warning("ignoring unreadable pid record", extra={"path": str(path), "error": str(exc)})
             return None
 
 
@@ -98,7 +98,7 @@ def stop_group(record: PidRecord, timeout_s: float) -> str:
             time.sleep(0.1)
         _reap(record.pid)
         if is_alive(record):
-            log.warning("process ignored SIGTERM, killing pid=%d timeout_s=%.0f", record.pid, timeout_s)
+            log.warning("process ignored SIGTERM, killing", extra={"pid": record.pid, "timeout_s": timeout_s})
             _kill_group(pgid)
             return "killed"
     # Children that outlived their leader (e.g. Triton's backend stubs) still carry its pgid.

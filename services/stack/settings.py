@@ -119,6 +119,16 @@ class StateLayout:
         return self.root / "run"
 
     @property
+    def tokens_file(self) -> Path:
+        """Client and admin tokens of this stack (mode 600), created on first `up`."""
+        return self.run / "tokens.json"
+
+    @property
+    def endpoints_file(self) -> Path:
+        """Addresses of this stack's services, written by `up`, read by the CLI to find the stack."""
+        return self.run / "endpoints.json"
+
+    @property
     def model_repository(self) -> Path:
         # Fixed by docs/contracts.md: training's exporter writes here, Triton serves it.
         return self.root / "model_repository"

@@ -8,6 +8,7 @@ them) the application: the models step, the registry, ingest and gateway process
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -103,12 +104,22 @@ class Stack:
             out.append(ComponentStatus(name, state, record.pid if alive else None, comp.address(), detail))
         return out
 
+    def _record_endpoints(self) -> None:
+        """Where clients reach this stack (`qanchor embed` and friends read it to find the stack on their own)."""
+        h = self.settings.host
+        doc = {"port_base": self.settings.port_base, "gateway": f"{h}:{self.settings.port('gateway_grpc')}",
+               "registry": f"{h}:{self.settings.port('registry_grpc')}", "kafka": f"{h}:{self.settings.port('kafka')}"}
+        tmp = self.layout.endpoints_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(self.layout.endpoints_file)
+
     # --- up ------------------------------------------------------------------------------------------------
     def up(self, names: list[str] | None = None, timeout_s: float | None = None) -> list[StartResult]:
         """Start the selected components (all by default) and wait until each is healthy."""
         selected = resolve_components(names, self.settings.online_store)
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         self.layout.run.mkdir(parents=True, exist_ok=True)
+        self._record_endpoints()
         procs = [n for n in selected if n in PROCESS_COMPONENTS and n not in APP_PROCESSES]
         results: dict[str, StartResult] = {}
         errors: list[StackError] = []
@@ -143,7 +154,7 @@ class Stack:
                 except StackError as exc:
                     errors.append(exc)
                 except Exception as exc:  # a bug in a component must still be reported with its name
-                    log.exception("unexpected error starting component=%s", name)
+                    log.exception("unexpected error starting a component", extra={"component": name})
                     errors.append(StackError(name, f"unexpected error: {exc!r}"))
 
     @staticmethod
@@ -161,7 +172,7 @@ class Stack:
         action = next_action(alive, alive and comp.healthy())
         if action == "none":
             comp.after_healthy()  # cheap and idempotent; repairs e.g. a deleted topic
-            log.info("component already healthy component=%s pid=%d", comp.name, record.pid)
+            log.info("component already healthy", extra={"component": comp.name, "pid": record.pid})
             return StartResult(comp.name, "already healthy", time.monotonic() - t0)
         if action == "launch":
             self._check_ports_free(comp)
@@ -169,12 +180,14 @@ class Stack:
             proc, record = spawn(comp.command(), comp.log_path, env=comp.env(), cwd=comp.workdir,
                                  ports=comp.ports())
             record.save(self.layout.pid_file(comp.name))
-            log.info("component launched component=%s pid=%d log=%s", comp.name, record.pid, comp.log_path)
+            log.info("component launched", extra={"component": comp.name, "pid": record.pid,
+                                                  "log": str(comp.log_path)})
         assert record is not None
         self._wait_healthy(comp, record, timeout_s or self.settings.start_timeout_s)
         comp.after_healthy()
         outcome = "started" if action == "launch" else "was starting, now healthy"
-        log.info("component healthy component=%s pid=%d seconds=%.1f", comp.name, record.pid, time.monotonic() - t0)
+        log.info("component healthy", extra={"component": comp.name, "pid": record.pid,
+                                             "seconds": round(time.monotonic() - t0, 1)})
         return StartResult(comp.name, outcome, time.monotonic() - t0)
 
     def _check_ports_free(self, comp: Component) -> None:
@@ -239,7 +252,7 @@ class Stack:
             how = stop_group(record, comp.stop_timeout_s(record.cmd))
             pid_file.unlink(missing_ok=True)
             comp.after_stop()
-            log.info("component stopped component=%s pid=%d how=%s", name, record.pid, how)
+            log.info("component stopped", extra={"component": name, "pid": record.pid, "how": how})
         problems = []
         for port in wait_ports_closed(self.settings.host, comp.ports(), timeout_s=5.0):
             owners = ", ".join(describe_pid(p) for p in listener_pids(port)) or "an unknown process"

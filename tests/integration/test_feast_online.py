@@ -73,12 +73,11 @@ def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         proc.wait(timeout=10)
 
 
-def _spec_file(tmp: Path, layout: str, extra_source: bool = False) -> Path:
+def _spec_file(tmp: Path, extra_source: bool = False) -> Path:
     raw = yaml.safe_load(default_sources_path().read_text())
-    raw["layout"] = layout
     if extra_source:
         raw["sources"].append({"name": "searched", "k": 8, "description": "search queries"})
-    path = tmp / f"sources_{layout}_{int(extra_source)}.yaml"
+    path = tmp / f"sources_{int(extra_source)}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -92,13 +91,12 @@ class Env:
         self.writer = FeatureWriter(self.store, self.spec)
 
 
-@pytest.fixture(scope="module", params=[("sqlite", "single"), ("redis", "single"), ("sqlite", "per_source"),
-                                        ("redis", "per_source")], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
 def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Env:
-    online, layout = request.param
+    online = request.param
     url = request.getfixturevalue("redis_url") if online == "redis" else None
-    tmp = tmp_path_factory.mktemp(f"feast_{online}_{layout}")
-    return Env(tmp / "state", _spec_file(tmp, layout), online, url)
+    tmp = tmp_path_factory.mktemp(f"feast_{online}")
+    return Env(tmp / "state", _spec_file(tmp), online, url)
 
 
 def _uid(tag: str) -> str:
@@ -181,7 +179,7 @@ def test_adding_a_source_keeps_existing_users_readable(env: Env, tmp_path: Path)
     uid = _uid("evolve")
     old = _user(env.spec, uid, {env.spec.sources[0].name: 4}, version=3, seed=20)
     env.writer.write([old])
-    grown = Env(env.state_dir, _spec_file(tmp_path, env.spec.layout, extra_source=True), env.online, env.redis_url)
+    grown = Env(env.state_dir, _spec_file(tmp_path, extra_source=True), env.online, env.redis_url)
     try:
         got = grown.reader.get([uid])[0]
         assert got.found and got.feature_version == 3
@@ -207,17 +205,12 @@ def test_unreachable_redis_is_unavailable(tmp_path: Path) -> None:
         FeatureWriter(store, spec).write([UserFeatures("u1", feature_version=1, updated_at=time.time())])
 
 
-def test_feature_version_is_read_first_and_written_last(env: Env) -> None:
-    # The ordering that keeps a racing read from pairing a new feature_version with old data (per_source only;
-    # the single layout writes and reads one row).
+def test_one_view_is_read_and_written(env: Env) -> None:
+    # One FeatureView: a write is one atomic row (features and feature_version together), a read one lookup.
     service = env.store.get_feature_service(env.spec.feature_service)
     views = [p.name for p in service.feature_view_projections]
     written = [name for name, _ in env.writer._views()]
-    if env.spec.layout == "single":
-        assert views == written == ["user_features"]
-    else:
-        assert views[0] == "user_meta" and written[-1] == "user_meta"
-        assert sorted(views) == sorted(written) and len(views) == len(env.spec.sources) + 2
+    assert views == written == ["user_features"]
 
 
 def test_sqlite_online_store_is_in_wal_mode(env: Env) -> None:

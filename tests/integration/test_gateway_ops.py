@@ -21,7 +21,7 @@ from services.common.feast_store import get_store
 from services.common.features import load_feature_spec
 from services.common.features_online import FeatureWriter
 from services.common.grpc_server import ReadinessMonitor, mark_serving
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.server import build_gateway, create_gateway_server
 from services.gateway.servicer import SERVICE_NAME
 from services.gateway.settings import GatewaySettings

@@ -26,9 +26,10 @@ from services.common.features_online import FeatureWriter
 from services.common.grpc_server import mark_serving
 from services.common.settings import repo_root
 from services.gateway import contract_model
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.contract_model.model import reference_embedding, user_vector
-from services.gateway.routing import assign, load_config
+from services.gateway.ab_config import load_config
+from services.gateway.routing import assign
 from services.gateway.server import build_gateway, create_gateway_server
 from services.gateway.servicer import SERVICE_NAME
 from services.gateway.settings import GatewaySettings

@@ -238,7 +238,8 @@ def test_events_to_features_dlq_and_graceful_stop(ctx):
     assert m['qanchor_ingest_events_total{outcome="applied"}'] == len(valid)
     assert m['qanchor_ingest_events_total{outcome="dlq"}'] == 3
     assert m['qanchor_ingest_dlq_total{reason="key_mismatch"}'] == 1
-    assert m["qanchor_ingest_freshness_seconds_count"] == len(valid)
+    assert m["qanchor_ingest_event_lag_seconds_count"] == len(valid)
+    assert m["qanchor_ingest_latency_seconds_count"] == len(valid)
     assert "ingest stopped" in log.read_text()
 
 
@@ -267,7 +268,7 @@ def test_sigterm_finishes_batch_and_commits_exactly_what_was_applied(ctx):
 
 def last_assignment(log: Path) -> set[int]:
     """Partitions the consumer owns per its log: its last "assigned" line, or nothing after a later "revoked"."""
-    lines = re.findall(r'partitions (assigned|revoked) partitions=([0-9,]*)', log.read_text())
+    lines = re.findall(r'partitions (assigned|revoked)" partitions=([0-9,]*)', log.read_text())
     if not lines or lines[-1][0] == "revoked":
         return set()
     return {int(p) for p in lines[-1][1].split(",") if p}

@@ -160,7 +160,7 @@ def test_ab_config_is_mounted_as_a_directory_and_parses(services: dict) -> None:
     assert host_dir.is_dir()
     host_file = host_dir / Path(path).relative_to(target)
     assert host_file == REPO / "config" / "ab.yaml" and host_file.is_file()
-    from services.gateway.routing import load_config
+    from services.gateway.ab_config import load_config
 
     load_config(host_file.read_text(), source=str(host_file))  # the gateway's own validator accepts it
 

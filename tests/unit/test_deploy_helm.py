@@ -206,7 +206,7 @@ def test_env_names_exist_in_the_services_settings(default_docs: list[dict]) -> N
 
 @needs_helm
 def test_ab_config_is_a_directory_mount_and_the_repo_file_renders_and_parses() -> None:
-    from services.gateway.routing import load_config
+    from services.gateway.ab_config import load_config
 
     ab_file = REPO / "config" / "ab.yaml"
     docs = _docs("--set-file", f"abConfig.content={ab_file}")

@@ -9,7 +9,9 @@ from prometheus_client import CollectorRegistry
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.gateway.core import CoreLimits, EmbeddingItem, GatewayCore, ItemError
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routing import PromptInfo, assign, load_config
+from services.gateway.ab_config import load_config
+from services.gateway.routing import assign
+from services.registry.serving_view import PromptInfo
 from test_gateway_fakes import (
     AB_YAML, FakeFeatures, FakeModel, FakeRegistry, StaticRouting, expected_embedding, scenario, user,
 )

@@ -11,7 +11,8 @@ import numpy as np
 from services.common.errors import QAnchorError
 from services.common.features import FeatureSpec, SourceEvents, SourceSpec, UserFeatures
 from services.gateway.core import ModelRequest, ModelResult
-from services.gateway.routing import ABConfig, PromptInfo, ScenarioInfo, load_config
+from services.gateway.ab_config import ABConfig, load_config
+from services.registry.serving_view import PromptInfo, ScenarioInfo
 
 SPEC = FeatureSpec(sources=(SourceSpec("liked", 4), SourceSpec("disliked", 2)), tabular_dim=3, encoder_dim=384)
 DIM = 8
@@ -92,6 +93,12 @@ class FakeModel:
             errors = ["prompt artifact missing" if s in self.failing_scenarios else "" for s in r.scenarios]
             out.append(ModelResult(emb, hit, status, errors, self.served_version or r.model_version or "m-default"))
         return out
+
+    def ready(self) -> bool:
+        return True
+
+    def known_model_versions(self) -> set[str]:
+        return set()
 
 
 class StaticRouting:

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from services.common.grpc_server import mark_serving
-from services.gateway.client import EmbeddingClient
+from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.clients.triton import TritonModelClient, build_inputs
 from services.gateway.core import ModelRequest
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routing import ConfigError
+from services.gateway.ab_config import ConfigError
 from services.gateway.server import build_gateway, create_gateway_server
 from services.gateway.servicer import SERVICE_NAME
 from services.gateway.settings import GatewaySettings
@@ -217,12 +217,12 @@ def test_cli_embed_prints_metadata_and_item_errors(running, monkeypatch, capsys)
     _, _, target, _ = running
     monkeypatch.setenv("QANCHOR_GATEWAY_TARGET", target)
     monkeypatch.setenv("QANCHOR_GATEWAY_TOKEN", TOKEN)
-    assert cli_main(["embed", "alice", "--scenario", "churn", "--brief"]) == 0
-    row = json.loads(capsys.readouterr().out.strip())
+    assert cli_main(["embed", "alice", "--scenario", "churn", "--brief", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["embeddings"][0]
     assert (row["user_id"], row["scenario"], row["feature_version"], row["arm"]) == ("alice", "churn", 3, "default")
     assert "values" not in row
-    assert cli_main(["embed", "alice", "-s", "churn", "-s", "ghost"]) == 1  # one scenario failed
-    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert cli_main(["embed", "alice", "-s", "churn", "-s", "ghost", "--json"]) == 1  # one scenario failed
+    rows = json.loads(capsys.readouterr().out)["embeddings"]
     assert len(rows[0]["values"]) == 8 and rows[1]["error"]["code"] == grpc.StatusCode.NOT_FOUND.value[0]
 
 
@@ -235,3 +235,25 @@ def test_two_gateways_in_one_process_share_the_default_metrics(tmp_path: Path) -
     assert built[0].metrics is built[1].metrics is GatewayMetrics.shared()
     for g in built:
         g.close()
+
+
+def test_cli_embed_finds_the_local_stack_without_token_handling(running, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`qanchor embed USER -s NAME` right after `qanchor stack up`: address and client token come from the state
+    dir the stack wrote (run/endpoints.json, run/tokens.json); nothing to export by hand."""
+    import json
+
+    from services.cli.__main__ import main as cli_main
+
+    _, _, target, tmp_path = running
+    run = tmp_path / "state" / "run"
+    run.mkdir(parents=True)
+    (run / "endpoints.json").write_text(json.dumps({"gateway": target}))
+    (run / "tokens.json").write_text(json.dumps({"client": TOKEN, "admin": "adm"}))
+    for name in ("QANCHOR_GATEWAY_TARGET", "QANCHOR_GATEWAY_TOKEN", "QANCHOR_PORT_BASE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QANCHOR_STATE_DIR", str(tmp_path / "state"))
+    assert cli_main(["embed", "alice", "-s", "churn"]) == 0
+    out = capsys.readouterr().out
+    assert "churn" in out and "zero-shot" in out
+    assert cli_main(["embed", "alice", "-s", "churn", "--token", "wrong"]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err

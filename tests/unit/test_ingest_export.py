@@ -34,6 +34,6 @@ def test_ingest_settings_resolve_stack_ports(monkeypatch):
     monkeypatch.setenv("QANCHOR_PORT_BASE", "26000")
     monkeypatch.setenv("INGEST_GROUP_ID", "g1")
     s = IngestSettings()
-    assert (s.bootstrap(), s.triton(), s.resolved_metrics_port(), s.group_id) == \
+    assert (s.resolved_kafka_bootstrap(), s.resolved_triton_url(), s.resolved_metrics_port(), s.group_id) == \
         ("127.0.0.1:26092", "127.0.0.1:26001", 26061, "g1")
-    assert str(s.feast_location()).endswith("feast/feature_store.yaml")
+    assert str(s.resolved_feast_location()).endswith("feast/feature_store.yaml")

@@ -1,7 +1,7 @@
 """Rejoin watchdog: a revoke must be followed by an assign; a stalled rejoin re-subscribes once per timeout."""
 from __future__ import annotations
 
-from services.ingest.__main__ import _RebalanceListener, rejoin_watchdog
+from services.ingest.group import RebalanceListener, rejoin_watchdog
 from services.ingest.state import PartitionUserState
 
 
@@ -25,7 +25,7 @@ class FakeConsumer:  # records what the watchdog asks of the Kafka client
 
 def test_a_completed_rejoin_even_with_no_partitions_is_not_stuck():
     clock = Clock()
-    listener = _RebalanceListener(PartitionUserState(0), clock)
+    listener = RebalanceListener(PartitionUserState(0), clock)
     listener.on_partitions_revoked([])
     clock.t = 100.0
     assert listener.rejoin_stuck(30.0)
@@ -35,7 +35,7 @@ def test_a_completed_rejoin_even_with_no_partitions_is_not_stuck():
 
 def test_a_stalled_rejoin_resubscribes_once_per_timeout():
     clock, consumer = Clock(), FakeConsumer()
-    listener = _RebalanceListener(PartitionUserState(0), clock)
+    listener = RebalanceListener(PartitionUserState(0), clock)
     check = rejoin_watchdog(consumer, "events", listener, 30.0)
     listener.on_partitions_revoked([])
     clock.t = 29.0
@@ -48,4 +48,4 @@ def test_a_stalled_rejoin_resubscribes_once_per_timeout():
     clock.t = 62.0
     check()
     assert consumer.calls.count("unsubscribe") == 2
-    assert not rejoin_watchdog(consumer, "events", _RebalanceListener(PartitionUserState(0), clock), 0.0)()
+    assert not rejoin_watchdog(consumer, "events", RebalanceListener(PartitionUserState(0), clock), 0.0)()

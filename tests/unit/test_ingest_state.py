@@ -6,6 +6,7 @@ crash property is tests/integration/test_ingest_crash.py (the service runs with 
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ import pytest
 pytest.importorskip("prometheus_client", reason="services env only (the worker's metrics)")
 
 from services.common.features import SourceEvents, UserFeatures
-from services.ingest.consumer import IngestWorker
+from services.ingest.consumer import IngestLimits, IngestWorker
+from services.ingest.dlq import DeadLetterQueue
 from services.ingest.encoder import CachedEncoder
 from services.ingest.metrics import IngestMetrics
 from services.ingest.state import PartitionUserState
@@ -31,9 +33,9 @@ class CountingStore(MemStore):
 
 
 def stateful_worker(store, capacity: int = 1000) -> IngestWorker:
-    return IngestWorker(None, MemProducer(), store, CachedEncoder(HashEncoder(), 1000), SPEC, IngestMetrics.create(),
-                        dlq_topic="dlq", group_id="g", max_poll_interval_s=300,
-                        state=PartitionUserState(capacity))
+    return IngestWorker(None, DeadLetterQueue(MemProducer(), "dlq", "g", time.time), store,
+                        CachedEncoder(HashEncoder(), 1000), SPEC, IngestMetrics.create(),
+                        IngestLimits(max_poll_interval_s=300), state=PartitionUserState(capacity))
 
 
 def row(uid: str, version: int = 1) -> UserFeatures:
@@ -101,7 +103,7 @@ def _partition0(log):
 
 def test_partition_moving_away_and_back_is_reread():
     """A writes p0's users, p0 moves to B (B writes), then back to A: A must read B's rows, not its memory."""
-    from services.ingest.__main__ import _RebalanceListener
+    from services.ingest.group import RebalanceListener
     from kafka.structs import TopicPartition
 
     log = _partition0(make_log(600, seed=5))
@@ -112,7 +114,7 @@ def test_partition_moving_away_and_back_is_reread():
     def run(forget: bool) -> dict:
         store = MemStore()
         a, b = stateful_worker(store), stateful_worker(store)
-        listener_a = _RebalanceListener(a.state)
+        listener_a = RebalanceListener(a.state)
         a.process(thirds[0])
         if forget:
             listener_a.on_partitions_revoked({TopicPartition("events", 0)})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,8 @@ import pytest
 pytest.importorskip("prometheus_client", reason="services env only (the worker's metrics)")
 
 from services.common.features import FeatureSpec, SourceSpec, UserFeatures
-from services.ingest.consumer import IngestWorker
+from services.ingest.consumer import IngestLimits, IngestWorker
+from services.ingest.dlq import DeadLetterQueue
 from services.ingest.encoder import CachedEncoder
 from services.ingest.metrics import IngestMetrics
 from services.ingest.transform import IngestSpec
@@ -85,8 +87,9 @@ SPEC = IngestSpec(features=FeatureSpec(sources=(SourceSpec("a", 4), SourceSpec("
 
 
 def worker(store, producer=None, encoder=None):
-    return IngestWorker(None, producer or MemProducer(), store, encoder or CachedEncoder(HashEncoder(), 1000), SPEC,
-                        IngestMetrics.create(), dlq_topic="dlq", group_id="g", max_poll_interval_s=300)
+    return IngestWorker(None, DeadLetterQueue(producer or MemProducer(), "dlq", "g", time.time), store,
+                        encoder or CachedEncoder(HashEncoder(), 1000), SPEC, IngestMetrics.create(),
+                        IngestLimits(max_poll_interval_s=300))
 
 
 def make_log(n: int, users: int = 12, partitions: int = 3, seed: int = 0) -> list[Rec]:

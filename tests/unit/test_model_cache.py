@@ -3,7 +3,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from training.config import load_config  # noqa: E402
-from training.model.attention import PrefixCache  # noqa: E402
+from training.model.prefix_cache import PrefixCache  # noqa: E402
 from training.model.embedder import QAnchorModel  # noqa: E402
 from training.model.suffix import ScenarioSpec  # noqa: E402
 from training.model.synthetic import activate_lora, random_users  # noqa: E402

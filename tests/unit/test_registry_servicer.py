@@ -14,6 +14,7 @@ from services.registry.client import RegistryClient
 from services.registry.domain import JobState
 from services.registry.enqueue import DisabledJobQueue
 from services.registry.server import build_app
+from services.registry.serving_view import ZERO_SHOT
 from services.registry.servicer import AUTH_POLICY
 from services.registry.settings import RegistrySettings
 
@@ -120,7 +121,7 @@ def test_serving_info_cache(stack: tuple[object, int]) -> None:
         info = client.serving_info("promo")
         assert (info.query_text, info.active_version, sorted(info.versions)) == (
             "Is this user sensitive to promotions?", 1, [1])
-        assert info.active.kind == pb.PROMPT_KIND_ZERO_SHOT
+        assert info.active.kind == ZERO_SHOT
         app.repo.add_prompt_version("promo", artifact_uri="file:///p", sha256=SHA)
         assert sorted(client.serving_info("promo").versions) == [1]  # cached
         now[0] += 6

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.gateway.routing import (
-    ABConfig, ConfigError, ConfigWatcher, PromptInfo, ScenarioInfo, assign, bucket, fnv1a32, load_config,
-    validate_against,
-)
+from services.gateway.ab_config import ABConfig, ConfigError, load_config, validate_against
+from services.gateway.ab_watcher import ConfigWatcher
+from services.gateway.routing import assign, bucket, fnv1a32
+from services.registry.serving_view import PromptInfo, ScenarioInfo
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -210,14 +210,14 @@ def test_initial_bad_config_is_fatal(tmp_path: Path) -> None:
 def test_cli_assign_is_reproducible(tmp_path: Path) -> None:
     path = tmp_path / "ab.yaml"
     path.write_text(AB_YAML)
-    cmd = [sys.executable, "-m", "services.gateway.routing", "assign", "--config", str(path),
+    cmd = [sys.executable, "-m", "services.cli", "ab", "assign", "--config", str(path),
            "--scenario", "concert_ads", "alice", "bob"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO).stdout
     rows = [line.split("\t") for line in out.strip().splitlines()[1:]]
     cfg = load_config(AB_YAML)
     assert [(r[0], r[2], int(r[5])) for r in rows] == [
         (u, assign(cfg, "concert_ads", u).arm, bucket("s1", "concert_ads", u)) for u in ("alice", "bob")]
-    bad_cmd = [sys.executable, "-m", "services.gateway.routing", "assign", "--config", str(tmp_path / "no.yaml"),
+    bad_cmd = [sys.executable, "-m", "services.cli", "ab", "assign", "--config", str(tmp_path / "no.yaml"),
                "--scenario", "concert_ads", "alice"]
     bad = subprocess.run(bad_cmd, capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "error:" in bad.stderr

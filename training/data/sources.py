@@ -1,44 +1,164 @@
-"""Which behaviour sources a user has, how many events each keeps, and how a MovieLens rating maps onto them.
+"""The feature schema, read from `feature_repo/sources.yaml`: which behaviour sources a user has, how many events
+each keeps (K), over what event-time window, and the vector widths. Parsed here and nowhere else.
 
-Names and K come from `feature_repo/sources.yaml` (the feature-store schema, shared with ingest and serving)
-when it exists; the rating range of each source is a MovieLens-world rule and lives here.
+Torch-free and Feast-free (PyYAML and dataclasses only) on purpose: the services environment (gateway, ingest,
+the Feast repository via `services.common.features`) and the model environment (training, Triton) both import
+it, and `training/` never imports `services/`.
+
+How a MovieLens rating maps onto the sources is a rule of the MovieLens world, not of the schema: `SourcesConfig`
+pairs the schema with those rating ranges for training.
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-log = logging.getLogger(__name__)
+# Paper: a 90-day behaviour window; sources.yaml may set `window_days` at the top level and per source.
+DEFAULT_WINDOW_DAYS = 90.0
+# Feature names besides the per-source ones (docs/features.md).
+STATS_FIELDS = ("tabular",)
+META_FIELDS = ("feature_version", "updated_at")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SOURCES_YAML = REPO_ROOT / "feature_repo" / "sources.yaml"
 
+def default_sources_path() -> Path:
+    """`feature_repo/sources.yaml` of this checkout; `QANCHOR_SOURCES_YAML` overrides it (tests, other worlds)."""
+    override = os.environ.get("QANCHOR_SOURCES_YAML")
+    if override:
+        return Path(override)
+    # training/data/sources.py -> repo root; the editable install keeps this layout.
+    return Path(__file__).resolve().parents[2] / "feature_repo" / "sources.yaml"
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    # Source name; prefixes its feature names, so lowercase letters, digits and '_' only.
+    name: str
+    # Events kept per user (the newest K); the model pads to exactly K.
+    k: int
+    # What counts as an event of this source (documentation for the ingest rules).
+    description: str = ""
+    # Days of event time kept behind the user's newest event (ingest's window).
+    window_days: float = DEFAULT_WINDOW_DAYS
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("_", "").isalnum() or not self.name.islower() or self.name[0].isdigit():
+            raise ValueError(f"source name {self.name!r}: use lowercase letters, digits and '_' (e.g. 'liked')")
+        if self.k <= 0:
+            raise ValueError(f"source {self.name!r}: k must be a positive number of events, got {self.k}")
+        if self.window_days <= 0:
+            raise ValueError(f"source {self.name!r} has window_days={self.window_days}; use a positive number "
+                             "of days")
+
+    @property
+    def fields(self) -> tuple[str, str, str, str]:
+        """Feature names of this source: texts, vectors, timestamps, count."""
+        return (f"{self.name}_texts", f"{self.name}_vectors", f"{self.name}_timestamps", f"{self.name}_count")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    # Sources in a fixed order (the model's source-token order follows it).
+    sources: tuple[SourceSpec, ...]
+    # Width of the dense statistics vector.
+    tabular_dim: int
+    # Sentence-encoder width; every stored event vector has it.
+    encoder_dim: int = 384
+    # Versioned FeatureService the gateway reads; renamed (v2, ...) on a breaking schema change.
+    feature_service: str = "user_features_v1"
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.sources]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"sources must be a non-empty list of distinct names, got {names}")
+        if self.tabular_dim < 0 or self.encoder_dim <= 0:
+            raise ValueError("tabular_dim must be >= 0 and encoder_dim > 0")
+
+    def source(self, name: str) -> SourceSpec:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"unknown source {name!r}; sources.yaml declares {[s.name for s in self.sources]}")
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Every feature of the FeatureService, in a stable order."""
+        names = [f for s in self.sources for f in s.fields]
+        return names + list(STATS_FIELDS) + list(META_FIELDS)
+
+
+def load_feature_spec(path: Path | str | None = None) -> FeatureSpec:
+    """Parse sources.yaml (default: `default_sources_path()`); ValueError names the file and what to fix."""
+    path = Path(path) if path is not None else default_sources_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"feature sources file {path} not found; set QANCHOR_SOURCES_YAML or restore "
+                                "feature_repo/sources.yaml") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list):
+        raise ValueError(f"{path}: expected a mapping with a 'sources' list (see feature_repo/sources.yaml)")
+    default_days = float(raw.get("window_days", DEFAULT_WINDOW_DAYS))
+    try:
+        sources = tuple(SourceSpec(name=str(s["name"]), k=int(s["k"]), description=str(s.get("description", "")),
+                                   window_days=float(s.get("window_days", default_days)))
+                        for s in raw["sources"])
+        return FeatureSpec(
+            sources=sources,
+            tabular_dim=int(raw.get("tabular_dim", 16)),
+            encoder_dim=int(raw.get("encoder_dim", 384)),
+            feature_service=str(raw.get("feature_service", "user_features_v1")),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+# ---- the MovieLens world: which ratings feed which source --------------------------------------------------
 # Ratings (inclusive range) that route an event to a source; a source in sources.yaml without a rule here
 # cannot be built from MovieLens and is reported as an error rather than silently left empty.
 RATING_RULES: dict[str, tuple[int, int]] = {"liked": (4, 5), "neutral": (3, 3), "disliked": (1, 2)}
 
 
 @dataclass(frozen=True)
-class SourceSpec:
-    name: str
-    k: int  # events kept per user (newest K of the history window)
-    min_rating: int  # inclusive rating range routed to this source
+class RatedSource:
+    """A source of the schema and the rating range (inclusive) that routes MovieLens ratings to it."""
+
+    spec: SourceSpec
+    min_rating: int
     max_rating: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def k(self) -> int:  # events kept per user (newest K of the history window)
+        return self.spec.k
 
 
 @dataclass(frozen=True)
 class SourcesConfig:
-    sources: tuple[SourceSpec, ...] = field(default_factory=lambda: (
-        SourceSpec("liked", 32, 4, 5), SourceSpec("neutral", 16, 3, 3), SourceSpec("disliked", 16, 1, 2)))
-    encoder_dim: int = 384  # all-MiniLM-L6-v2 width
-    tabular_dim: int = 16  # width of the standardised statistics vector
+    """The feature schema paired with each source's rating range: training's view of sources.yaml."""
+
+    spec: FeatureSpec
+    sources: tuple[RatedSource, ...]
 
     @property
     def names(self) -> list[str]:
-        return [s.name for s in self.sources]
+        return self.spec.names
+
+    @property
+    def encoder_dim(self) -> int:  # all-MiniLM-L6-v2 width
+        return self.spec.encoder_dim
+
+    @property
+    def tabular_dim(self) -> int:  # width of the standardised statistics vector
+        return self.spec.tabular_dim
 
     def source_of_rating(self, rating: int) -> str | None:
         for s in self.sources:
@@ -48,22 +168,12 @@ class SourcesConfig:
 
 
 def load_sources(path: Path | None = None, rating_rules: dict[str, tuple[int, int]] | None = None) -> SourcesConfig:
-    """Read sources.yaml (or fall back to the built-in defaults when the file does not exist)."""
-    path = path or SOURCES_YAML
+    """sources.yaml (the one parser above) paired with the MovieLens rating rules."""
+    spec = load_feature_spec(path)
     rules = rating_rules or RATING_RULES
-    if not path.exists():
-        log.info("sources_default reason=missing path=%s", path)
-        return SourcesConfig()
-    raw = yaml.safe_load(path.read_text()) or {}
-    specs = []
-    for entry in raw.get("sources", []):
-        name, k = str(entry["name"]), int(entry["k"])
-        if name not in rules:
-            raise ValueError(
-                f"source {name!r} in {path} has no MovieLens rating rule; add it to "
-                f"training.data.sources.RATING_RULES (known: {sorted(rules)}) or pass rating_rules=")
-        lo, hi = rules[name]
-        specs.append(SourceSpec(name, k, lo, hi))
-    if not specs:
-        raise ValueError(f"{path} lists no sources; see docs/data.md for the expected layout")
-    return SourcesConfig(tuple(specs), int(raw.get("encoder_dim", 384)), int(raw.get("tabular_dim", 16)))
+    unknown = [n for n in spec.names if n not in rules]
+    if unknown:
+        raise ValueError(f"sources {unknown} in {path or default_sources_path()} have no MovieLens rating rule; add "
+                         f"them to training.data.sources.RATING_RULES (known: {sorted(rules)}) or pass "
+                         "rating_rules=")
+    return SourcesConfig(spec, tuple(RatedSource(s, *rules[s.name]) for s in spec.sources))

@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
+from training.artifact_io import default_model_repository
 from training.export.qanchor import QAnchorExportConfig, export_qanchor
-
-
-def _default_repository() -> Path:
-    state = os.environ.get("QANCHOR_STATE_DIR") or str(Path(__file__).resolve().parents[2] / "var")
-    return Path(state) / "model_repository"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-encoder", action="store_true", help="also export the event text_encoder model")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    repo = args.out or _default_repository()
+    repo = args.out or default_model_repository()
     cfg = QAnchorExportConfig(preset=args.preset, checkpoint=args.checkpoint, overrides=args.overrides,
                               model_version=args.model_version, instance_kind=args.instance_kind,
                               instances=args.instances, torch_threads=args.torch_threads, cache_mb=args.cache_mb,

@@ -29,13 +29,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from training.backbones import Backbone, file_sha256, load_backbone
+from training.artifact_io import MANIFEST, verify_manifest, write_dir_atomic, write_manifest
+from training.backbones import Backbone, load_backbone
 from training.config import QAnchorConfig, load_config
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = "qanchor-serving-model/1"
-MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 BACKBONE_DIR = "backbone"
@@ -52,10 +52,6 @@ class LoadedModel:
     model_version: str  # the version string requests name (MODEL_VERSION)
     source_id: str  # checkpoint id (what soft prompts were tuned for) or "preset:<name>"
     manifest: dict[str, Any]
-
-
-def _sha_tree(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): file_sha256(p) for p in sorted(d.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
 @dataclass
@@ -98,22 +94,17 @@ def _snapshot_backbone(backbone: Backbone) -> BackboneSnapshot:
 def write_model_artifact(target: Path, model: Any, pristine: BackboneSnapshot, cfg: QAnchorConfig, model_version: str,
                          source_id: str) -> Path:
     """Write the artifact atomically (temp sibling + rename) and return `target`."""
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / WEIGHTS), metadata={"format": ARTIFACT_FORMAT, "model_version": model_version})
-    (tmp / CONFIG).write_text(cfg.to_json())
-    shutil.copytree(pristine.dir, tmp / BACKBONE_DIR)
+    def write(tmp: Path) -> None:
+        save_model(model, str(tmp / WEIGHTS), metadata={"format": ARTIFACT_FORMAT, "model_version": model_version})
+        (tmp / CONFIG).write_text(cfg.to_json())
+        shutil.copytree(pristine.dir, tmp / BACKBONE_DIR)
+        write_manifest(tmp, {"format": ARTIFACT_FORMAT, "model_version": model_version, "source_id": source_id,
+                             "backbone": {"name": pristine.name, "sha256": pristine.sha256},
+                             "special_tokens": model.special.ids})
+
+    target = write_dir_atomic(Path(target), write)
     shutil.rmtree(pristine.dir, ignore_errors=True)  # the snapshot is single-use
-    files = _sha_tree(tmp)
-    manifest = {"format": ARTIFACT_FORMAT, "model_version": model_version, "source_id": source_id,
-                "backbone": {"name": pristine.name, "sha256": pristine.sha256}, "special_tokens": model.special.ids,
-                "files": files, "created_at": time.time()}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    files = json.loads((target / MANIFEST).read_text())["files"]
     log.info("event=model_artifact_written model_version=%s path=%s bytes=%d", model_version, target,
              sum((target / f).stat().st_size for f in files))
     return target
@@ -121,21 +112,9 @@ def write_model_artifact(target: Path, model: Any, pristine: BackboneSnapshot, c
 
 def verify_artifact(d: Path) -> dict[str, Any]:
     """Check format and every listed sha256; -> manifest. Raises ServingArtifactError naming the bad file."""
-    d = Path(d)
-    path = d / MANIFEST
-    if not path.is_file():
-        raise ServingArtifactError(f"{path} not found: {d} is not an exported qanchor model; run python -m "
-                                   "training.export")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != ARTIFACT_FORMAT:
-        raise ServingArtifactError(f"{path}: format {manifest.get('format')!r}, expected {ARTIFACT_FORMAT!r}")
-    for name, sha in manifest["files"].items():
-        f = d / name
-        if not f.is_file():
-            raise ServingArtifactError(f"{f} is listed in the manifest but missing; re-export the model")
-        if file_sha256(f) != sha:
-            raise ServingArtifactError(f"{f} sha256 mismatch (corrupt or edited); re-export the model")
-    return manifest
+    return verify_manifest(d, ARTIFACT_FORMAT, ServingArtifactError,
+                           not_found=f"{d} is not an exported qanchor model; run python -m training.export",
+                           fix="re-export the model")
 
 
 def load_model_artifact(d: Path, device: str | torch.device = "cpu") -> LoadedModel:

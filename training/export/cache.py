@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlparse
 
 import torch
 
-from training.model.attention import PrefixCache
+from training.model.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 

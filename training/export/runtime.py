@@ -20,8 +20,9 @@ import torch
 
 from training.export.artifact import LoadedModel
 from training.export.cache import CacheKey, PrefixLRU, PromptError, PromptStore, cache_key, own
-from training.model.attention import PrefixCache, causal_allowed
 from training.model.inputs import UserBatch
+from training.model.masks import causal_allowed
+from training.model.prefix_cache import PrefixCache
 from training.model.suffix import ScenarioSpec
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from training.artifact_io import default_model_repository, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +62,15 @@ parameters {{ key: "torch_threads" value {{ string_value: "{cfg.torch_threads}" 
 """
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)  # Triton polling the repository never sees half a file
-
-
 def export_text_encoder(repository: Path, cfg: TextEncoderExportConfig | None = None) -> Path:
     """Write `<repository>/text_encoder` and return it."""
     cfg = cfg or TextEncoderExportConfig()
     model_dir = Path(repository) / MODEL_NAME
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
-    _write_atomic(model_dir / "1" / "model.py", (SOURCE_DIR / "model.py").read_text())
-    _write_atomic(model_dir / "config.pbtxt", render_config(cfg))
+    write_text_atomic(model_dir / "1" / "model.py", (SOURCE_DIR / "model.py").read_text())
+    write_text_atomic(model_dir / "config.pbtxt", render_config(cfg))
     log.info("text_encoder exported path=%s dtype=%s device=%s", model_dir, cfg.dtype, cfg.device)
     return model_dir
-
-
-def _default_repository() -> Path:
-    state = os.environ.get("QANCHOR_STATE_DIR") or str(Path(__file__).resolve().parents[2] / "var")
-    return Path(state) / "model_repository"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -96,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     cfg = TextEncoderExportConfig(dtype=args.dtype, device=args.device, max_batch_size=args.max_batch_size,
                                   instances=args.instances, torch_threads=args.torch_threads)
-    print(export_text_encoder(args.repository or _default_repository(), cfg))
+    print(export_text_encoder(args.repository or default_model_repository(), cfg))
 
 
 if __name__ == "__main__":

@@ -30,9 +30,10 @@ from torch import nn
 
 from training.backbones import Backbone, load_backbone
 from training.config import QAnchorConfig
-from training.model.attention import PrefixCache, additive_mask, causal_allowed, positions
 from training.model.encoders import IdentityViews, UserTokenEncoder, user_summary
 from training.model.inputs import UserBatch
+from training.model.masks import additive_mask, causal_allowed, positions
+from training.model.prefix_cache import PrefixCache
 from training.model.suffix import IGNORE, ScenarioSpec, SuffixBatch, build_suffix, tokenize_texts
 from training.model.tokens import add_special_tokens, build_layout
 

@@ -1,30 +1,17 @@
 """`qanchor embed USER --scenario NAME [--scenario NAME ...]`: embeddings from a running gateway.
 
-One scenario -> GetEmbedding; several -> GetUserEmbeddings (the user's prefix is computed once). Prints one JSON
-object per scenario (metadata + values), or a short table with --brief.
+One scenario -> GetEmbedding; several -> GetUserEmbeddings (the user's prefix is computed once). Prints each
+embedding's metadata and its first values (all of them with --full), or one JSON document with --json. The local
+stack's gateway and client token are found on their own (services/cli/target.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+from typing import Any
 
-from pydantic import SecretStr
-from pydantic_settings import SettingsConfigDict
-
+from services.cli.output import add_json_flag, format_table, print_json
+from services.cli.target import CliSettings, gateway_target
 from services.common.proto.qanchor.v1 import embedding_pb2 as pb
-from services.common.settings import ServiceSettings
-
-
-class CliGatewaySettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="QANCHOR_", extra="ignore", frozen=True)
-
-    # host:port of the gateway; None = 127.0.0.1 at QANCHOR_PORT_BASE + gateway offset.
-    gateway_target: str | None = None
-    # Bearer token of the gateway (GATEWAY_TOKEN on the server side).
-    gateway_token: SecretStr | None = None
-    # Per-call deadline in seconds.
-    gateway_timeout_s: float = 5.0
 
 
 def _as_dict(e: pb.Embedding, brief: bool) -> dict[str, object]:
@@ -39,19 +26,34 @@ def _as_dict(e: pb.Embedding, brief: bool) -> dict[str, object]:
     return out
 
 
-def _run(args: argparse.Namespace) -> int:
-    from services.gateway.client import EmbeddingClient  # grpc channel setup only when the command runs
+def _text(rows: list[dict[str, Any]], full: bool) -> str:
+    table = [[r["scenario"], r.get("prompt_version", "-"), r.get("arm", "-"), r.get("model_version", "-"),
+              "no features (cold start)" if r.get("fallback") else f"version {r.get('feature_version')}",
+              "hit" if r.get("cache_hit") else "miss", r.get("dim", "-")]
+             if "error" not in r else [r["scenario"], "-", "-", "-", "-", "-", f"error: {r['error']['message']}"]
+             for r in rows]
+    out = [format_table(table, ["scenario", "prompt", "arm", "model", "features", "prefix cache", "dim"])]
+    for r in rows:
+        values = r.get("values")
+        if values:
+            shown = values if full else values[:8]
+            out.append(f"{r['scenario']}: [{', '.join(f'{v:.4f}' for v in shown)}"
+                       f"{'' if full else f', ... ({len(values)} values; --full or --json for all)'}]")
+    return "\n".join(out)
 
-    settings = CliGatewaySettings()
-    target = args.gateway or settings.gateway_target or f"127.0.0.1:{settings.port('gateway_grpc')}"
-    token = args.token or (settings.gateway_token.get_secret_value() if settings.gateway_token else None)
+
+def _run(args: argparse.Namespace) -> int:
+    from services.gateway.embedding_client import EmbeddingClient  # grpc channel setup only when the command runs
+
+    settings = CliSettings()
+    target = gateway_target(args, settings)
     timeout = args.timeout if args.timeout is not None else settings.gateway_timeout_s
     scenarios = list(dict.fromkeys(args.scenario))  # distinct, order kept
     status = 0
-    with EmbeddingClient(target, token=token, timeout_s=timeout) as client:
+    with EmbeddingClient(target.address, token=target.token, timeout_s=timeout) as client:
         if len(scenarios) == 1:
             resp = client.get_embedding(args.user, scenarios[0])
-            rows: list[dict[str, object]] = [_as_dict(resp.embedding, args.brief)]
+            rows: list[dict[str, Any]] = [_as_dict(resp.embedding, args.brief)]
         else:
             resp = client.get_user_embeddings(args.user, scenarios)
             rows = []
@@ -62,11 +64,16 @@ def _run(args: argparse.Namespace) -> int:
                                  "error": {"code": r.error.code, "message": r.error.message}})
                 else:
                     rows.append(_as_dict(r.embedding, args.brief))
-    for row in rows:
-        print(json.dumps(row))
     t = resp.timing
-    print(f"timing total_ms={t.total_ms:.2f} features_ms={t.features_ms:.2f} model_ms={t.model_ms:.2f}",
-          file=sys.stderr)
+    timing = {"total_ms": round(t.total_ms, 2), "features_ms": round(t.features_ms, 2),
+              "model_ms": round(t.model_ms, 2)}
+    if args.json:
+        print_json({"user_id": args.user, "gateway": target.address, "embeddings": rows, "timing": timing})
+    else:
+        print(f"user {args.user} at {target.address}")
+        print(_text(rows, args.full))
+        print(f"took {timing['total_ms']:.1f} ms (features {timing['features_ms']:.1f} ms, "
+              f"model {timing['model_ms']:.1f} ms)")
     return status
 
 
@@ -76,8 +83,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("user", help="user id")
     p.add_argument("--scenario", "-s", action="append", required=True,
                    help="scenario name; repeat for several (one shared-prefix call)")
-    p.add_argument("--gateway", help="gateway host:port (env QANCHOR_GATEWAY_TARGET; default: local stack)")
-    p.add_argument("--token", help="bearer token (env QANCHOR_GATEWAY_TOKEN)")
+    p.add_argument("--gateway", help="gateway host:port (env QANCHOR_GATEWAY_TARGET; default: the local stack)")
+    p.add_argument("--token", help="bearer token (env QANCHOR_GATEWAY_TOKEN; default: the local stack's client "
+                                   "token from $QANCHOR_STATE_DIR/run/tokens.json)")
     p.add_argument("--timeout", type=float, help="deadline in seconds (env QANCHOR_GATEWAY_TIMEOUT_S; default 5)")
     p.add_argument("--brief", action="store_true", help="metadata only, no vector values")
+    p.add_argument("--full", action="store_true", help="print every value (text output)")
+    add_json_flag(p)
     p.set_defaults(func=_run)

@@ -1,69 +1,141 @@
-"""`qanchor scenario register|get|list|versions|promote|tune|job`: talk to the scenario registry."""
+"""`qanchor scenario register|get|list|versions|promote|tune|job`: talk to the scenario registry.
+
+    qanchor scenario register horror_next "Will this user watch a horror film in the next month?"
+    qanchor scenario tune horror_next labels.csv --param steps=200
+    qanchor scenario versions horror_next --json
+
+Text by default, one JSON document with --json. The local stack's address and admin token are found on their own
+(services/cli/target.py); --registry / --token (or QANCHOR_REGISTRY_TARGET / QANCHOR_REGISTRY_TOKEN) override them.
+"""
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+from services.cli.output import CliError, add_json_flag, as_dict, format_table, print_json
+from services.cli.target import registry_target
+from services.common.proto.qanchor.v1 import registry_pb2 as pb
+from services.registry.client import RegistryClient
 
-from services.cli.commands._registry_target import add_connection_args, client_from_args
+
+def _client(args: argparse.Namespace) -> RegistryClient:
+    from services.cli.target import CliSettings
+
+    settings = CliSettings()
+    target = registry_target(args, settings)
+    return RegistryClient(target.address, token=target.token, timeout_s=settings.registry_timeout_s)
 
 
-def _print(msg: Any) -> None:
-    print(json.dumps(MessageToDict(msg, preserving_proto_field_name=True), indent=2, sort_keys=True))
+def _enum(value: int, enum: Any, prefix: str) -> str:
+    return enum.Name(value).removeprefix(prefix)
+
+
+def _version_rows(versions: Any) -> list[list[object]]:
+    return [[v.version, _enum(v.kind, pb.PromptKind, "PROMPT_KIND_"), _enum(v.status, pb.PromptStatus, "PROMPT_STATUS_"),
+             v.model_version or "-", " ".join(f"{k}={m:.4f}" for k, m in sorted(v.metrics.items())) or "-"]
+            for v in versions]
+
+
+def _show_scenario(s: pb.Scenario, args: argparse.Namespace, verb: str = "") -> None:
+    if args.json:
+        print_json(as_dict(s))
+        return
+    if verb:
+        print(f"{verb} scenario {s.name!r}; active version {s.active_version}")
+    print(f"name:    {s.name}\nquery:   {s.query_text}\nactive:  v{s.active_version}")
+    if s.description:
+        print(f"about:   {s.description}")
+    print(format_table(_version_rows(s.versions), ["version", "kind", "status", "model", "metrics"]))
+
+
+def _show_job(job: pb.TuningJob, args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(as_dict(job))
+        return
+    state = _enum(job.state, pb.JobState, "JOB_STATE_")
+    print(f"job {job.job_id}  scenario {job.scenario}  {state}  {job.progress:.0%}"
+          + (f"  -> version {job.prompt_version}" if job.prompt_version else "")
+          + (f"\n{job.message}" if job.message else ""))
 
 
 def _register(args: argparse.Namespace) -> int:
-    with client_from_args(args) as c:
-        _print(c.register_scenario(args.name, args.query, args.description))
+    query = _one_of(args.query_text, args.query, "QUERY", "--query")
+    with _client(args) as c:
+        _show_scenario(c.register_scenario(args.name, query, args.description), args, verb="registered")
+    if not args.json:
+        print(f"it serves zero-shot now: qanchor embed USER --scenario {args.name}")
     return 0
 
 
 def _get(args: argparse.Namespace) -> int:
-    with client_from_args(args) as c:
-        _print(c.get_scenario(args.name))
+    with _client(args) as c:
+        _show_scenario(c.get_scenario(args.name), args)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    with client_from_args(args) as c:
+    with _client(args) as c:
         scenarios = c.list_scenarios()
     if args.json:
-        print(json.dumps([MessageToDict(s, preserving_proto_field_name=True) for s in scenarios], indent=2))
+        print_json([as_dict(s) for s in scenarios])
         return 0
-    rows = [[s.name, str(s.active_version), str(len(s.versions)), s.query_text] for s in scenarios]
-    header = ["name", "active", "versions", "query"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+    print(format_table([[s.name, s.active_version, len(s.versions), s.query_text] for s in scenarios],
+                       ["name", "active", "versions", "query"]))
     return 0
 
 
 def _versions(args: argparse.Namespace) -> int:
-    with client_from_args(args) as c:
-        for v in c.list_prompt_versions(args.name):
-            _print(v)
+    with _client(args) as c:
+        versions = c.list_prompt_versions(args.name)
+    if args.json:
+        print_json([as_dict(v) for v in versions])
+    else:
+        print(format_table(_version_rows(versions), ["version", "kind", "status", "model", "metrics"]))
     return 0
 
 
 def _promote(args: argparse.Namespace) -> int:
-    with client_from_args(args) as c:
-        _print(c.promote(args.name, args.version))
+    with _client(args) as c:
+        v = c.promote(args.name, args.version)
+    if args.json:
+        print_json(as_dict(v))
+    else:
+        print(f"scenario {args.name!r} now serves version {v.version} "
+              f"({_enum(v.status, pb.PromptStatus, 'PROMPT_STATUS_')})")
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
+    labels = _one_of(args.labels_uri, args.labels, "LABELS", "--labels")
+    if "://" not in labels:  # a local path: the worker reads a file:// URI (docs/tuning.md)
+        path = Path(labels).expanduser()
+        if not path.is_file():
+            raise CliError(f"labels file {path} not found; pass a CSV or Parquet of user_id,label (or a URI the "
+                           "tuning worker can read)")
+        labels = path.resolve().as_uri()
     params = dict(kv.split("=", 1) for kv in args.param)
-    with client_from_args(args) as c:
-        _print(c.start_tuning_job(args.name, args.labels, args.model_version, params))
+    with _client(args) as c:
+        job = c.start_tuning_job(args.name, labels, args.model_version, params)
+    _show_job(job, args)
+    if not args.json:
+        print(f"follow it with: qanchor scenario job {job.job_id}")
     return 0
 
 
 def _job(args: argparse.Namespace) -> int:
-    with client_from_args(args) as c:
-        _print(c.get_tuning_job(args.job_id))
+    with _client(args) as c:
+        _show_job(c.get_tuning_job(args.job_id), args)
     return 0
+
+
+def _one_of(positional: str | None, flag: str | None, name: str, flag_name: str) -> str:
+    if positional is not None and flag is not None and positional != flag:
+        raise CliError(f"give {name} once: as the argument or as {flag_name}, not both")
+    value = positional if positional is not None else flag
+    if not value:
+        raise CliError(f"{name} is missing; pass it after the scenario name (or as {flag_name})")
+    return value
 
 
 def _param(text: str) -> str:
@@ -72,13 +144,22 @@ def _param(text: str) -> str:
     return text
 
 
+def add_connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--registry", help="registry host:port (env QANCHOR_REGISTRY_TARGET; default: the local stack)")
+    p.add_argument("--token", help="bearer token (env QANCHOR_REGISTRY_TOKEN; default: the local stack's admin "
+                                   "token from $QANCHOR_STATE_DIR/run/tokens.json)")
+    add_json_flag(p)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("scenario", help="register, inspect and promote scenarios in the registry")
+    p = subparsers.add_parser("scenario", help="register, inspect, tune and promote scenarios in the registry",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="scenario_command", metavar="ACTION", required=True)
 
     r = sub.add_parser("register", help="register a scenario by its query text (serves zero-shot at once)")
     r.add_argument("name", help="scenario name: [a-z][a-z0-9_-]{1,63}")
-    r.add_argument("--query", required=True, help="the natural-language anchor query")
+    r.add_argument("query_text", nargs="?", metavar="QUERY", help="the natural-language anchor query")
+    r.add_argument("--query", help="the same, as a flag")
     r.add_argument("--description", default="")
     r.set_defaults(func=_register)
 
@@ -87,7 +168,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.set_defaults(func=_get)
 
     ls = sub.add_parser("list", help="list all scenarios")
-    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(func=_list)
 
     v = sub.add_parser("versions", help="list a scenario's prompt versions")
@@ -101,7 +181,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("tune", help="queue a soft-prompt tuning job on labelled users (admin)")
     t.add_argument("name")
-    t.add_argument("--labels", required=True, help="URI of a CSV/Parquet of user_id,label")
+    t.add_argument("labels_uri", nargs="?", metavar="LABELS",
+                   help="CSV/Parquet of user_id,label: a local path or a URI the tuning worker can read")
+    t.add_argument("--labels", help="the same, as a flag")
     t.add_argument("--model-version", default="")
     t.add_argument("--param", action="append", default=[], type=_param, help="KEY=VALUE tuning parameter")
     t.set_defaults(func=_tune)

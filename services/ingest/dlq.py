@@ -1,0 +1,56 @@
+"""The dead-letter queue: where a record that cannot be applied goes, with why and where it came from.
+
+A rejected record is copied with its original key, value and headers, plus `qanchor.*` headers (reason, detail,
+source topic/partition/offset, group, time); docs/ingest.md lists the reasons. The batch waits for every DLQ send
+before it commits, so a rejected record is never lost (delivery is at-least-once: a replay may send it again).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, Sequence
+
+from services.ingest.schema import EventRejected
+
+
+class Record(Protocol):
+    """The parts of kafka-python's ConsumerRecord the worker reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+def dlq_headers(record: Record, exc: EventRejected, group_id: str, now: float) -> list[tuple[str, bytes]]:
+    """Original headers plus where the record came from and why it was rejected."""
+    ours = [
+        ("qanchor.reason", exc.reason.encode()),
+        ("qanchor.detail", exc.detail.encode("utf-8", "replace")[:1000]),
+        ("qanchor.topic", record.topic.encode()),
+        ("qanchor.partition", str(record.partition).encode()),
+        ("qanchor.offset", str(record.offset).encode()),
+        ("qanchor.group", group_id.encode()),
+        ("qanchor.rejected_at", f"{now:.3f}".encode()),
+    ]
+    return [*(record.headers or []), *ours]
+
+
+class DeadLetterQueue:
+    """Sends rejected records to `topic` through a Kafka producer (or anything with send/flush)."""
+
+    def __init__(self, producer: Any, topic: str, group_id: str, clock: Callable[[], float]) -> None:
+        self.producer, self.topic, self.group_id, self.clock = producer, topic, group_id, clock
+
+    def send(self, record: Record, exc: EventRejected) -> Any:
+        """Start the send; -> a future the batch waits on (`wait`) before committing."""
+        return self.producer.send(self.topic, key=record.key, value=record.value,
+                                  headers=dlq_headers(record, exc, self.group_id, self.clock()))
+
+    def wait(self, futures: Sequence[Any], timeout_s: float = 60.0) -> None:
+        """Block until every send is acknowledged; a failed send raises (it must fail the batch, not vanish)."""
+        if not futures:
+            return
+        self.producer.flush()
+        for fut in futures:
+            fut.get(timeout=timeout_s)

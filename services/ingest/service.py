@@ -1,0 +1,80 @@
+"""Wiring: settings -> Triton encoder, Feast store, Kafka group, DLQ -> IngestWorker (like services.gateway.server).
+
+`python -m services.ingest` calls `build_ingest` and runs the worker; tests drive `IngestWorker` directly.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+from services.ingest.consumer import IngestLimits, IngestWorker
+from services.ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestService:
+    worker: IngestWorker
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
+
+
+def limits_from(settings: IngestSettings) -> IngestLimits:
+    return IngestLimits(max_poll_records=settings.max_poll_records, poll_timeout_ms=settings.poll_timeout_ms,
+                        max_poll_interval_s=settings.max_poll_interval_ms / 1000.0,
+                        retry_backoff_s=settings.retry_backoff_s, max_batch_attempts=settings.max_batch_attempts)
+
+
+def build_ingest(settings: IngestSettings) -> IngestService:
+    """Connect everything (Kafka consumer + DLQ producer, Feast, Triton, the shared text-vector cache)."""
+    import time
+
+    from services.ingest.dlq import DeadLetterQueue
+    from services.ingest.encoder import CachedEncoder, RedisVectorCache, TritonTextEncoder
+    from services.ingest.group import join, open_consumer, rejoin_watchdog
+    from services.ingest.lag import GroupLagReader, LagMonitor
+    from services.ingest.metrics import IngestMetrics
+    from services.ingest.producer import make_producer
+    from services.ingest.state import PartitionUserState
+    from services.ingest.transform import load_ingest_spec
+    from services.ingest.writer import FeastFeatureStore
+
+    spec = load_ingest_spec(settings.sources_yaml)
+    metrics = IngestMetrics.create()
+    port = settings.resolved_metrics_port()
+    if port:
+        metrics.serve(port)
+        log.info("metrics serving", extra={"port": port})
+    triton = TritonTextEncoder(settings.resolved_triton_url(), settings.triton_model, settings.encoder_max_batch)
+    triton.wait_ready(timeout_s=120)
+    store = FeastFeatureStore(settings.resolved_feast_location(), spec.features)
+    store.warm_up()
+    consumer = open_consumer(settings)
+    state = PartitionUserState(settings.user_state_size)
+    listener = join(consumer, settings, state)
+    lag = LagMonitor(GroupLagReader(settings.resolved_kafka_bootstrap(), settings.group_id, settings.topic),
+                     metrics.lag, owned=lambda: listener.owned, interval_s=settings.lag_refresh_s)
+    lag.start()
+    producer = make_producer(settings.resolved_kafka_bootstrap(), client_id="qanchor-ingest-dlq")
+    l2 = None
+    url = settings.resolved_vector_cache_url()
+    if url:
+        l2 = RedisVectorCache.from_url(url, settings.encoder_id, spec.features.encoder_dim,
+                                       settings.vector_cache_ttl_s)
+        log.info("vector cache", extra={"url": url, "encoder_id": settings.encoder_id,
+                                        "ttl_s": settings.vector_cache_ttl_s})
+    worker = IngestWorker(
+        consumer, DeadLetterQueue(producer, settings.dlq_topic, settings.group_id, time.time), store,
+        CachedEncoder(triton, settings.encoder_cache_size, l2), spec, metrics, limits_from(settings),
+        state=state, watchdog=rejoin_watchdog(consumer, settings.topic, listener, settings.rejoin_timeout_s),
+    )
+    # Leaving the group first moves the partitions at once, without waiting for the session timeout.
+    closers = [lambda: consumer.close(autocommit=False), lag.stop, lambda: producer.close(timeout=10), triton.close]
+    if l2 is not None:
+        closers.append(l2.close)
+    return IngestService(worker, closers)
