@@ -17,7 +17,7 @@ def test_v1_config_matches_the_gateway_contract():
     assert "max_batch_size: 0" in text and "dynamic_batching" not in text and "allow_ragged_batch" not in text
     assert '{ name: "EVENTS__liked" data_type: TYPE_FP16 dims: [ 32, 384 ] }' in text
     assert '{ name: "MASK__disliked" data_type: TYPE_BOOL dims: [ 16 ] }' in text
-    assert '{ name: "TABULAR" data_type: TYPE_FP32 dims: [ 16 ] }' in text
+    assert f'{{ name: "TABULAR" data_type: TYPE_FP32 dims: [ {cfg.input.d_tab} ] }}' in text  # = sources.yaml
     assert '{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ -1, 128 ] }' in text
     assert 'string_value: "a,b"' in text and "KIND_CPU" in text
 

@@ -64,8 +64,8 @@ def test_encode_rejects_wrong_shape() -> None:
 def test_repo_sources_yaml_is_the_movielens_default() -> None:
     spec = load_feature_spec()
     assert [(s.name, s.k) for s in spec.sources] == [("liked", 32), ("neutral", 16), ("disliked", 16)]
-    assert spec.encoder_dim == 384 and spec.tabular_dim == 16
-    assert spec.feature_service == "user_features_v1"
+    assert spec.encoder_dim == 384 and spec.tabular_dim == 400  # 16 statistics + the 384-d history mean
+    assert spec.feature_service == "user_features_v2"
     assert spec.feature_names[:4] == ["liked_texts", "liked_vectors", "liked_timestamps", "liked_count"]
     assert spec.feature_names[-3:] == ["tabular", "feature_version", "updated_at"]
 
