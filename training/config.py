@@ -177,6 +177,9 @@ class OptimConfig:
     # collapse phase in ~30 steps by matching question to answer kind; grouped batches from step 0 stay collapsed
     # far longer (docs/model.md, "The recipe").
     question_group_from: int = 0
+    # [[from_step, group], ...]: group sizes that change during the run (overrides the two fields above when set);
+    # larger groups later leave fewer negatives that another question alone beats
+    question_group_schedule: list = field(default_factory=list)
     # learning-rate multiplier for parameters trained from scratch (adapters, head, added-token rows, identity
     # views); LoRA factors use `lr`. Randomly initialised parts need larger steps to leave the collapse phase.
     new_params_lr_scale: float = 1.0
@@ -184,6 +187,11 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.steps < 1 or self.batch_size < 2 or self.chunk_size < 1 or self.warmup_steps < 0:
             raise ConfigError("optim: need lr>0, steps>=1, batch_size>=2 (in-batch negatives), chunk_size>=1")
+        sched = [tuple(x) for x in self.question_group_schedule]
+        if any(len(x) != 2 or x[0] < 0 or x[1] < 1 or self.batch_size % x[1] for x in sched) or \
+                [x[0] for x in sched] != sorted({x[0] for x in sched}):
+            raise ConfigError("optim.question_group_schedule must be [[from_step, group], ...] with increasing "
+                              f"steps and groups dividing batch_size={self.batch_size}, got {sched}")
         if self.question_group_from < 0:
             raise ConfigError(f"optim.question_group_from must be >= 0, got {self.question_group_from}")
         if self.new_params_lr_scale <= 0:

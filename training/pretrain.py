@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
     # train users only: val/test stay unseen
     pairs = build_pairs(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects)
-    sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from), UserCollator(world, vecs)
+    sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from,
+                           schedule=o.question_group_schedule), UserCollator(world, vecs)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -126,3 +126,17 @@ def test_question_groups_start_at_question_group_from():
     assert len({p.topic for p in before}) > 2  # mixed: one pair per user, any question
     assert all(len({p.topic for p in after[g:g + 4]}) == 1 for g in (0, 4))  # grouped from step 10 on
     assert [p.answer for p in s.batch(9, 8)] == [p.answer for p in before]
+
+
+def test_question_group_schedule_changes_the_group_size_at_its_steps():
+    pairs = [Pair(u, "qa", f"t{k}", f"q{k}", f"a{u}-{k}", 1.0) for u in range(80) for k in range(3)]
+    s = PairSampler(pairs, seed=2, schedule=[[5, 2], [10, 8]])
+    assert [s.group_at(x) for x in (0, 4, 5, 9, 10, 99)] == [1, 1, 2, 2, 8, 8]
+    plain = PairSampler(pairs, seed=2, group=2, group_from=5)  # the schedule's first phase is the two-field form
+    assert [p.answer for p in s.batch(7, 8)] == [p.answer for p in plain.batch(7, 8)]
+    late = s.batch(10, 16)
+    assert len({p.user for p in late}) == 16 and all(len({p.topic for p in late[g:g + 8]}) == 1 for g in (0, 8))
+    from training.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="question_group_schedule"):
+        load_config("tiny", ["optim.batch_size=8", "optim.question_group_schedule=[[5, 3]]"])
