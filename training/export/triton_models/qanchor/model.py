@@ -57,12 +57,13 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"config.pbtxt lists no model_versions; re-run python -m "
                                                 "training.export")
         loaded = [load_model_artifact(root / v, device=device) for v in order]  # raises on any sha256 mismatch
-        for m in loaded:
-            prepare_for_serving(m.model)  # LoRA merged into the base weights: same output, fewer matmuls
+        # LoRA merged into the base weights (same output, fewer matmuls), stored in the serving dtype: the model
+        # config's backbone.compute (auto = bf16 on AMX / AVX512-BF16 CPUs and on CUDA; QANCHOR_PRECISION overrides)
+        dtypes = {m.model_version: str(prepare_for_serving(m.model)).removeprefix("torch.") for m in loaded}
         self.runtime = QAnchorRuntime(loaded, cache_bytes=int(parameter(config, "cache_bytes", str(1 << 30))))
         self.contract = Contract.for_input(loaded[0].cfg.input, loaded[0].cfg.head.out)
-        log.info("event=qanchor_ready versions=%s device=%s batched=%s cache_bytes=%d torch_threads=%d", order,
-                 device, self.batched, self.runtime.cache.max_bytes, threads)
+        log.info("event=qanchor_ready versions=%s device=%s dtypes=%s batched=%s cache_bytes=%d torch_threads=%d",
+                 order, device, dtypes, self.batched, self.runtime.cache.max_bytes, threads)
 
     def _decode(self, request):
         from training.export.runtime import EmbedRequest
