@@ -4,7 +4,6 @@ within rounding of the fp32 reference encoder (training.data.encoder.TextEncoder
 import importlib.util
 import json
 import sys
-import types
 
 import pytest
 
@@ -12,38 +11,17 @@ np = pytest.importorskip("numpy")
 torch = pytest.importorskip("torch")
 from training.export.text_encoder import SOURCE_DIR, TextEncoderExportConfig, export_text_encoder  # noqa: E402
 
+from tests.unit import fake_pb_utils  # noqa: E402
+
 pytestmark = pytest.mark.model
 TEXTS = ["liked: Toy Story (1995) Animation|Children's|Comedy", "disliked: Jaws 2 (1978) Horror|Thriller", "x"]
-
-
-class _T:
-    def __init__(self, name, array):
-        self._name, self._a = name, np.asarray(array)
-
-    def name(self):
-        return self._name
-
-    def as_numpy(self):
-        return self._a
-
-
-def _pb_utils() -> types.ModuleType:
-    m = types.ModuleType("triton_python_backend_utils")
-    m.Tensor, m.TritonModelException = _T, RuntimeError
-    m.InferenceResponse = lambda output_tensors=(), error=None: types.SimpleNamespace(
-        outputs={t.name(): t.as_numpy() for t in output_tensors}, error=error)
-    m.TritonError = type("TritonError", (), {"__init__": lambda self, msg: setattr(self, "msg", msg)})
-    m.get_input_tensor_by_name = lambda req, name: _T(name, req[name]) if name in req else None
-    m.get_output_config_by_name = lambda cfg, name: next(o for o in cfg["output"] if o["name"] == name)
-    m.triton_string_to_numpy = lambda s: {"TYPE_FP16": np.float16, "TYPE_FP32": np.float32}[s]
-    return m
 
 
 def _served(tmp_path, compute: str, monkeypatch):
     from training.export.contract import config_json
 
     monkeypatch.delenv("QANCHOR_PRECISION", raising=False)
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _pb_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils.module())
     folder = export_text_encoder(tmp_path / compute, TextEncoderExportConfig(dtype="float32", compute=compute))
     spec = importlib.util.spec_from_file_location(f"text_encoder_{compute}", SOURCE_DIR / "model.py")
     mod = importlib.util.module_from_spec(spec)
