@@ -22,7 +22,7 @@ def _tensors(entries) -> dict:
 
 def test_v1_config_matches_the_gateway_contract():
     cfg = load_config("smollm2")
-    text = render_config(QAnchorExportConfig(preset="smollm2"), cfg.input, ["a", "b"], 128)
+    text = render_config(QAnchorExportConfig(preset="smollm2", contract="v1"), cfg.input, ["a", "b"], 128)
     parsed = read_model_config(text)  # config.pbtxt is protobuf text format: Triton reads exactly this
     assert parsed.max_batch_size == 0 and not parsed.HasField("dynamic_batching")
     inputs, outputs = _tensors(parsed.input), _tensors(parsed.output)
@@ -35,6 +35,10 @@ def test_v1_config_matches_the_gateway_contract():
     assert "KIND_CPU" in text
 
 
+def test_v2_is_the_default():
+    assert QAnchorExportConfig(preset="tiny").contract == "v2"
+
+
 def test_v2_config_batches_ragged_requests_on_gpu():
     cfg = load_config("tiny")
     text = render_config(QAnchorExportConfig(preset="tiny", contract="v2", instance_kind="gpu", max_batch_size=8),
@@ -44,7 +48,8 @@ def test_v2_config_batches_ragged_requests_on_gpu():
     assert all(ragged for _, _, ragged in _tensors(parsed.input).values())
 
 
-@pytest.mark.parametrize("bad", [dict(instance_kind="tpu"), dict(contract="v3"), dict(model_version="a,b")])
+@pytest.mark.parametrize("bad", [dict(instance_kind="tpu"), dict(contract="v3"), dict(model_version="a,b"),
+                                 dict(max_batch_size=0), dict(max_queue_delay_us=-1)])
 def test_bad_export_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         QAnchorExportConfig(preset="tiny", **bad)

@@ -47,9 +47,14 @@ class QAnchorExportConfig:
     instances: int = 1  # one instance holds one prefix cache; several would each keep their own
     torch_threads: int = 0  # 0 = torch default (all cores); 1 on a CPU shared with other busy processes
     cache_mb: int = 1024  # prefix-KV LRU budget; SmolLM2 fp32 256-token prefix = 11.8 MB per user (measured)
-    contract: str = "v1"  # v1: max_batch_size 0 (the gateway's shapes); v2: leading batch dim 1, dynamic batcher
+    # v2: a leading batch dim of 1 on every tensor + Triton's dynamic batcher, so concurrent requests reach one
+    # execute and share the prefix forward of their misses and one packed suffix forward; v1: max_batch_size 0, one
+    # request per execute. The gateway reads which from the model config and speaks both.
+    contract: str = "v2"
     max_batch_size: int = 16  # v2 only: requests the dynamic batcher may hand one execute
-    max_queue_delay_us: int = 2000  # v2 only: how long to wait for company
+    # v2 only: the longest an idle-arriving request waits for company; under load requests queue behind the running
+    # execute anyway and are batched with no added wait.
+    max_queue_delay_us: int = 2000
     only: bool = False  # drop other model versions from the repository
     reference_users: int = 2  # users in the written reference (one warm, one cold start)
 
@@ -57,7 +62,9 @@ class QAnchorExportConfig:
         if self.instance_kind not in ("cpu", "gpu"):
             raise ValueError(f"instance kind {self.instance_kind!r}: choose cpu or gpu")
         if self.contract not in ("v1", "v2"):
-            raise ValueError(f"contract {self.contract!r}: choose v1 (gateway today) or v2 (dynamic batching)")
+            raise ValueError(f"contract {self.contract!r}: choose v2 (dynamic batching) or v1 (no batch dimension)")
+        if self.max_batch_size < 1 or self.max_queue_delay_us < 0:
+            raise ValueError("max_batch_size must be >= 1 and max_queue_delay_us >= 0")
         if self.model_version and ("," in self.model_version or "/" in self.model_version):
             raise ValueError(f"model version {self.model_version!r} must not contain ',' or '/'")
 

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from services.common.errors import DeadlineExceeded, Internal, QAnchorError, Unavailable
 from services.common.features import FeatureSpec, build_user_batch_arrays
 from services.gateway.core import ModelRequest, ModelResult
-from training.export.contract import ZERO_SHOT, Contract, model_versions
+from training.export.contract import ZERO_SHOT, Contract, batched, model_versions
 
 log = logging.getLogger("qanchor.gateway.triton")
 # The reply's tensors (names, datatypes, which are optional) do not depend on the feature schema.
@@ -43,8 +43,10 @@ def request_values(req: ModelRequest, spec: FeatureSpec) -> dict[str, object]:
     }
 
 
-def build_inputs(req: ModelRequest, spec: FeatureSpec, batched: bool = False) -> list[tgrpc.InferInput]:
-    contract = Contract.for_feature_spec(spec)
+def build_inputs(req: ModelRequest, spec: FeatureSpec, batched: bool = False,
+                 contract: Contract | None = None) -> list[tgrpc.InferInput]:
+    """The request's tensors; `batched` (contract v2) adds the leading batch dimension of 1 to each."""
+    contract = contract or Contract.for_feature_spec(spec)
     inputs = []
     for t, value in contract.encode(contract.inputs, request_values(req, spec), batched):
         inp = tgrpc.InferInput(t.name, list(value.shape), t.datatype)
@@ -83,9 +85,29 @@ class TritonModelClient:
         self.url = url
         self.spec = spec
         self.model_name = model_name
+        self.contract = Contract.for_feature_spec(spec)
         self._client = tgrpc.InferenceServerClient(url=url)
+        # Contract v1 or v2 (leading batch dimension, Triton's dynamic batcher): read from the model's config on
+        # first use and again at every readiness check, so a reload that switches contracts is picked up.
+        self._batched: bool | None = None
+
+    def _is_batched(self, timeout_s: float) -> bool:
+        if self._batched is None:
+            cfg = self._client.get_model_config(self.model_name, as_json=True, client_timeout=max(timeout_s, 0.05))
+            self._batched = batched(cfg)
+        return self._batched
+
+    def _inputs(self, req: ModelRequest) -> list[tgrpc.InferInput]:
+        return build_inputs(req, self.spec, bool(self._batched), self.contract)
+
+    def _parse(self, result: tgrpc.InferResult, req: ModelRequest) -> ModelResult:
+        return parse_result(result, len(req.scenarios), req.model_version, bool(self._batched))
 
     def infer(self, requests: Sequence[ModelRequest], timeout_s: float) -> list[ModelResult | QAnchorError]:
+        try:
+            self._is_batched(timeout_s)
+        except InferenceServerException as exc:
+            return [self._error(exc)] * len(requests)
         if len(requests) == 1:
             # Blocking call for the common case: grpc's future API starts a channel spin thread whenever no
             # other call is in flight, which cost ~5 ms per call on a 2-core machine (profiled).
@@ -94,8 +116,8 @@ class TritonModelClient:
 
     def _infer_one(self, req: ModelRequest, timeout_s: float) -> ModelResult | QAnchorError:
         try:
-            result = self._client.infer(self.model_name, build_inputs(req, self.spec), client_timeout=timeout_s)
-            return parse_result(result, len(req.scenarios), req.model_version)
+            result = self._client.infer(self.model_name, self._inputs(req), client_timeout=timeout_s)
+            return self._parse(result, req)
         except InferenceServerException as exc:
             return self._error(exc)
         except QAnchorError as exc:
@@ -121,14 +143,14 @@ class TritonModelClient:
                     if error is not None:
                         finish(i, self._error(error))
                     else:
-                        finish(i, parse_result(result, len(req.scenarios), req.model_version))
+                        finish(i, self._parse(result, req))
                 except QAnchorError as exc:
                     finish(i, exc)
                 except Exception as exc:  # a callback that raises would leave the call waiting forever
                     finish(i, Internal(f"cannot read the model's reply: {exc!r}"))
 
             try:
-                self._client.async_infer(self.model_name, build_inputs(req, self.spec), callback,
+                self._client.async_infer(self.model_name, self._inputs(req), callback,
                                          outputs=None, client_timeout=timeout_s)
             except InferenceServerException as exc:
                 finish(i, self._error(exc))
@@ -157,7 +179,11 @@ class TritonModelClient:
 
     def ready(self) -> bool:
         try:
-            return bool(self._client.is_model_ready(self.model_name, client_timeout=2.0))
+            up = bool(self._client.is_model_ready(self.model_name, client_timeout=2.0))
+            if up:
+                self._batched = batched(self._client.get_model_config(self.model_name, as_json=True,
+                                                                      client_timeout=2.0))
+            return up
         except InferenceServerException:
             return False
 
