@@ -19,19 +19,22 @@ NAME = "qanchor_contract"
 MODEL_FILE = Path(__file__).with_name("model.py")
 
 
-def render_config(spec: FeatureSpec, name: str = NAME, model_versions: str = "contract-v1", dim: int = 128) -> str:
+def render_config(spec: FeatureSpec, name: str = NAME, model_versions: str = "contract-v1", dim: int = 128,
+                  cache_entries: int | None = None) -> str:
+    params = {"model_versions": model_versions}
+    if cache_entries is not None:  # users its prefix LRU holds (default 10,000)
+        params["cache_entries"] = str(cache_entries)
     # One request = one user with S scenarios; no implicit batch dimension (contract v1, docs/gateway.md).
-    msg = Contract.for_feature_spec(spec, dim).model_config(name, max_batch_size=0,
-                                                             parameters={"model_versions": model_versions})
+    msg = Contract.for_feature_spec(spec, dim).model_config(name, max_batch_size=0, parameters=params)
     return render_model_config(msg, tool="python -m services.gateway.contract_model install")
 
 
-def install(repo: Path, spec: FeatureSpec | None = None, name: str = NAME) -> Path:
+def install(repo: Path, spec: FeatureSpec | None = None, name: str = NAME, cache_entries: int | None = None) -> Path:
     """Write `<repo>/<name>/config.pbtxt` and `<repo>/<name>/1/model.py`; returns the model folder."""
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(MODEL_FILE, folder / "1" / "model.py")
-    (folder / "config.pbtxt").write_text(render_config(spec or load_feature_spec(), name))
+    (folder / "config.pbtxt").write_text(render_config(spec or load_feature_spec(), name, cache_entries=cache_entries))
     return folder
 
 

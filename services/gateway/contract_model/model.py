@@ -27,7 +27,7 @@ for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pat
     if _entry not in sys.path:
         sys.path.insert(0, _entry)
 
-from training.export.contract import Contract, model_versions  # noqa: E402
+from training.export.contract import Contract, model_versions, parameter  # noqa: E402
 
 try:  # only inside Triton's Python backend
     import triton_python_backend_utils as pb_utils
@@ -83,6 +83,7 @@ class TritonPythonModel:
         self.contract = Contract.from_model_config(config)
         self.sources = [name for name, _ in self.contract.sources]
         self.model_versions = model_versions(config) or [DEFAULT_MODEL_VERSION]
+        self.cache_entries = int(parameter(config, "cache_entries", str(_CACHE_ENTRIES)))  # users the LRU holds
         self.cache: "OrderedDict[tuple[str, str, int], np.ndarray]" = OrderedDict()
 
     def execute(self, requests: list) -> list:
@@ -107,7 +108,7 @@ class TritonPythonModel:
                 u = user_vector([req["event_vecs"][s] for s in self.sources],
                                 [req["event_mask"][s] for s in self.sources], req["tabular"])
                 self.cache[key] = u
-                if len(self.cache) > _CACHE_ENTRIES:
+                if len(self.cache) > self.cache_entries:
                     self.cache.popitem(last=False)
             else:
                 self.cache.move_to_end(key)
