@@ -169,13 +169,10 @@ PLAIN = {
 
 
 def _plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from benchmarks.plot import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG written", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     names = list(result["median_ms"])
     fig, ax = plt.subplots(figsize=(9, 4))

@@ -89,9 +89,9 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
         closers.append(lookup.close)
         registry = lookup
     if model is None:
-        from services.gateway.clients.triton import TritonModelClient
+        from services.gateway.clients.triton_pool import pool_from_settings
 
-        triton = TritonModelClient(settings.resolved_triton_url(), features.spec, settings.triton_model)
+        triton = pool_from_settings(settings, features.spec)  # one or more replicas, user affinity, failover
         closers.append(triton.close)
         model = triton
     metrics = metrics or GatewayMetrics.shared()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -25,8 +25,19 @@ class GatewaySettings(GrpcServerSettings):
     # gc.freeze() after startup: full collections stop rescanning Feast's/pandas' startup objects. Common practice
     # for latency-sensitive Python servers; no measurable difference at 100 req/s on 2 cores (BENCHMARKS.md).
     gc_freeze: bool = True
-    # Triton gRPC endpoint host:port; None = 127.0.0.1:<QANCHOR_PORT_BASE + 1>.
+    # Triton gRPC endpoint host:port, comma-separated for several replicas; None = 127.0.0.1:<QANCHOR_PORT_BASE + 1>.
     triton_url: str | None = None
+    # "static": the addresses in triton_url; "dns": each is a name (a headless Service) re-resolved to all of its
+    # addresses every triton_dns_refresh_s, so Triton replicas joining or leaving are picked up.
+    triton_discovery: Literal["static", "dns"] = "static"
+    triton_dns_refresh_s: float = 10.0
+    # "affinity": each user's calls go to one replica (consistent hashing with bounded load), so its prefix-KV LRU
+    # hits; "round_robin" ignores the user (every replica then has to cache every user; for comparison).
+    triton_routing: Literal["affinity", "round_robin"] = "affinity"
+    # Bounded load: a replica holding more than this multiple of the mean in-flight calls takes no new ones.
+    triton_load_factor: float = 1.25
+    # Seconds a replica that answered UNAVAILABLE is skipped (its calls fail over to the user's next replica).
+    triton_retry_cooldown_s: float = 2.0
     # Name of the model in Triton's repository.
     triton_model: str = "qanchor"
     # Registry gRPC endpoint host:port; None = 127.0.0.1:<QANCHOR_PORT_BASE + 52>.

@@ -71,12 +71,10 @@ def resolve_model_dir(repository: Path, model_version: str) -> tuple[str, Path]:
     """-> (model version, its serving artifact folder). "" = the default version (first in config.pbtxt)."""
     versions_dir = Path(repository) / MODELS_SUBDIR
     if not model_version:
-        listed: list[str] = []
-        cfg = Path(repository) / "qanchor" / "config.pbtxt"
-        if cfg.is_file():
-            for line in cfg.read_text().splitlines():
-                if '"model_versions"' in line:
-                    listed = [v for v in line.split('string_value: "')[1].split('"')[0].split(",") if v]
+        from training.export.contract import MODEL_NAME, model_versions, read_model_config
+
+        cfg = Path(repository) / MODEL_NAME / "config.pbtxt"
+        listed = model_versions(read_model_config(cfg)) if cfg.is_file() else []
         if not listed:
             raise JobError(f"no model version given and {cfg} lists none; export a model (python -m "
                            "training.export) or pass model_version")

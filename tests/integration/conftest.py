@@ -53,3 +53,27 @@ def stack_manager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def stack(stack_manager: Stack) -> Endpoints:
     """Endpoints of the running session stack: kafka_bootstrap, redis_url, triton_grpc, triton_http, ..."""
     return stack_manager.endpoints()
+
+
+def export_tiny_qanchor(model_python: Path, repo: Path, version: str, *extra: str) -> Path:
+    """`python -m training.export --preset tiny` in the model env (the interpreter Triton runs) -> the version folder."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["HF_HUB_OFFLINE"] = "1"
+    out = subprocess.run([str(model_python), "-m", "training.export", "--preset", "tiny", "--out", str(repo),
+                          "--model-version", version, "--only", "--torch-threads", "1", *extra],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-3000:]
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def load_model_and_wait(client, name: str, timeout_s: float = 120.0) -> None:
+    """Explicit model control: load `name` into Triton and wait until it is ready."""
+    import time
+
+    client.load_model(name)
+    deadline = time.monotonic() + timeout_s
+    while not client.is_model_ready(name):
+        assert time.monotonic() < deadline, f"{name} did not become ready; see the triton log"
+        time.sleep(0.5)

@@ -215,7 +215,8 @@ def test_events_to_features_dlq_and_graceful_stop(ctx):
             assert f.sources[s].texts == [e["text"] for e in evs]
             assert list(f.sources[s].timestamps) == [int(e["ts"]) for e in evs]
             for text, vec in zip(f.sources[s].texts, f.sources[s].vectors.astype(np.float32)):
-                np.testing.assert_allclose(vec, ref[text], atol=2e-3)  # Triton fp16 vs torch fp32 reference
+                # Triton (bf16 compute on AMX CPUs, fp16 on the wire) vs the torch fp32 reference
+                np.testing.assert_allclose(vec, ref[text], atol=5e-3)
     np.testing.assert_array_equal(got[users[3]].tabular, [0.5] * SPEC.features.tabular_dim)
     assert f.updated_at > t0
 

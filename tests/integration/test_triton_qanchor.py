@@ -8,9 +8,6 @@ and the PyTorch reference embeddings next to the model (reference/reference.json
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from services.stack import Endpoints, Stack
+from tests.integration.conftest import export_tiny_qanchor, load_model_and_wait
 
 pytestmark = pytest.mark.integration
 VERSION = "tiny-roundtrip"
@@ -27,21 +25,10 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def exported(stack_manager: Stack, stack: Endpoints) -> dict:
-    repo = stack.model_repository
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["HF_HUB_OFFLINE"] = "1"
-    out = subprocess.run([str(stack_manager.settings.model_python), "-m", "training.export", "--preset", "tiny",
-                          "--out", str(repo), "--model-version", VERSION, "--only", "--torch-threads", "1"],
-                         capture_output=True, text=True, timeout=300, env=env,
-                         cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stderr[-3000:]
-    version_dir = Path(out.stdout.strip().splitlines()[-1])
+    version_dir = export_tiny_qanchor(stack_manager.settings.model_python, stack.model_repository, VERSION,
+                                      "--contract", "v1")  # v2 (dynamic batching): test_triton_batching.py
     client = grpcclient.InferenceServerClient(stack.triton_grpc)
-    client.load_model("qanchor")
-    deadline = time.monotonic() + 120
-    while not client.is_model_ready("qanchor"):
-        assert time.monotonic() < deadline, "qanchor did not become ready; see the triton log"
-        time.sleep(0.5)
+    load_model_and_wait(client, "qanchor")
     ref = json.loads((version_dir / "reference" / "reference.json").read_text())
     yield {"client": client, "ref": ref, "dir": version_dir}
     client.unload_model("qanchor")

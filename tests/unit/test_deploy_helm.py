@@ -168,8 +168,19 @@ def test_workloads_and_their_wiring(default_docs: list[dict]) -> None:
     # Named target ports exist on the selected pods.
     specs = _pod_specs(default_docs)
     for svc in (d for d in default_docs if d["kind"] == "Service"):
-        pod_ports = {p["name"] for c in specs[svc["metadata"]["name"]]["containers"] for p in c.get("ports", [])}
+        target = next(n for n, labels in pods.items() if svc["spec"]["selector"].items() <= labels.items())
+        pod_ports = {p["name"] for c in specs[target]["containers"] for p in c.get("ports", [])}
         assert {p["targetPort"] for p in svc["spec"]["ports"]} <= pod_ports, svc["metadata"]["name"]
+
+
+@needs_helm
+def test_gateway_reaches_every_triton_replica_through_the_headless_service(default_docs: list[dict]) -> None:
+    headless = _by(default_docs, "Service", "qanchor-triton-headless")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is False
+    assert _by(default_docs, "Deployment", "qanchor-triton")["spec"]["replicas"] == VALUES["triton"]["replicas"] > 1
+    env = {e["name"]: e.get("value") for e in _pod_specs(default_docs)["qanchor-gateway"]["containers"][0]["env"]}
+    assert env["GATEWAY_TRITON_URL"] == "qanchor-triton-headless:19001" and env["GATEWAY_TRITON_DISCOVERY"] == "dns"
+    assert env["GATEWAY_TRITON_ROUTING"] == "affinity" and float(env["GATEWAY_TRITON_LOAD_FACTOR"]) == 1.25
 
 
 @needs_helm

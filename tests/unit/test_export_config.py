@@ -6,32 +6,50 @@ import pytest
 pytest.importorskip("torch")
 from training.config import load_config  # noqa: E402
 from training.export.artifact import ServingArtifactError, verify_artifact  # noqa: E402
+from training.export.contract import read_model_config  # noqa: E402
 from training.export.qanchor import QAnchorExportConfig, export_qanchor, render_config  # noqa: E402
 
 pytestmark = pytest.mark.model
 
 
+def _tensors(entries) -> dict:
+    """{name: (config datatype, dims, allow_ragged_batch)} of a ModelConfig's inputs or outputs."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return {t.name: (mc.DataType.Name(t.data_type), list(t.dims), getattr(t, "allow_ragged_batch", False))
+            for t in entries}
+
+
 def test_v1_config_matches_the_gateway_contract():
     cfg = load_config("smollm2")
-    text = render_config(QAnchorExportConfig(preset="smollm2"), cfg.input, ["a", "b"], 128)
-    assert "max_batch_size: 0" in text and "dynamic_batching" not in text and "allow_ragged_batch" not in text
-    assert '{ name: "EVENTS__liked" data_type: TYPE_FP16 dims: [ 32, 384 ] }' in text
-    assert '{ name: "MASK__disliked" data_type: TYPE_BOOL dims: [ 16 ] }' in text
-    assert f'{{ name: "TABULAR" data_type: TYPE_FP32 dims: [ {cfg.input.d_tab} ] }}' in text  # = sources.yaml
-    assert '{ name: "EMBEDDING" data_type: TYPE_FP32 dims: [ -1, 128 ] }' in text
-    assert 'string_value: "a,b"' in text and "KIND_CPU" in text
+    text = render_config(QAnchorExportConfig(preset="smollm2", contract="v1"), cfg.input, ["a", "b"], 128)
+    parsed = read_model_config(text)  # config.pbtxt is protobuf text format: Triton reads exactly this
+    assert parsed.max_batch_size == 0 and not parsed.HasField("dynamic_batching")
+    inputs, outputs = _tensors(parsed.input), _tensors(parsed.output)
+    assert not any(ragged for _, _, ragged in inputs.values())
+    assert inputs["EVENTS__liked"] == ("TYPE_FP16", [32, 384], False)
+    assert inputs["MASK__disliked"] == ("TYPE_BOOL", [16], False)
+    assert inputs["TABULAR"] == ("TYPE_FP32", [cfg.input.d_tab], False)  # = sources.yaml tabular_dim
+    assert outputs["EMBEDDING"] == ("TYPE_FP32", [-1, 128], False)
+    assert 'string_value: "a,b"' in text and parsed.parameters["model_versions"].string_value == "a,b"
+    assert "KIND_CPU" in text
+
+
+def test_v2_is_the_default():
+    assert QAnchorExportConfig(preset="tiny").contract == "v2"
 
 
 def test_v2_config_batches_ragged_requests_on_gpu():
     cfg = load_config("tiny")
     text = render_config(QAnchorExportConfig(preset="tiny", contract="v2", instance_kind="gpu", max_batch_size=8),
                          cfg.input, ["a"], 128)
-    assert "max_batch_size: 8" in text and "dynamic_batching" in text and "KIND_GPU" in text
-    inputs = text.split("input [")[1].split("]\noutput")[0]
-    assert inputs.count("allow_ragged_batch: true") == inputs.count("name:")
+    parsed = read_model_config(text)
+    assert parsed.max_batch_size == 8 and parsed.HasField("dynamic_batching") and "KIND_GPU" in text
+    assert all(ragged for _, _, ragged in _tensors(parsed.input).values())
 
 
-@pytest.mark.parametrize("bad", [dict(instance_kind="tpu"), dict(contract="v3"), dict(model_version="a,b")])
+@pytest.mark.parametrize("bad", [dict(instance_kind="tpu"), dict(contract="v3"), dict(model_version="a,b"),
+                                 dict(max_batch_size=0), dict(max_queue_delay_us=-1)])
 def test_bad_export_settings_are_rejected(bad):
     with pytest.raises(ValueError):
         QAnchorExportConfig(preset="tiny", **bad)

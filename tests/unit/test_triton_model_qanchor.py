@@ -4,7 +4,6 @@ against PyTorch on the real Triton in tests/integration/test_triton_qanchor.py."
 import importlib.util
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -13,36 +12,9 @@ np = pytest.importorskip("numpy")
 pytest.importorskip("torch")
 from training.export.qanchor import SOURCE_DIR, QAnchorExportConfig, export_qanchor  # noqa: E402
 
+from tests.unit import fake_pb_utils  # noqa: E402
+
 pytestmark = pytest.mark.model
-
-
-class _T:
-    def __init__(self, name, array):
-        self._name, self._a = name, np.asarray(array)
-
-    def name(self):
-        return self._name
-
-    def as_numpy(self):
-        return self._a
-
-
-class _Resp:
-    def __init__(self, output_tensors=(), error=None):
-        self.outputs = {t.name(): t.as_numpy() for t in output_tensors}
-        self.error = error
-
-
-class _Err:
-    def __init__(self, msg):
-        self.msg = msg
-
-
-def _fake_pb_utils() -> types.ModuleType:
-    m = types.ModuleType("triton_python_backend_utils")
-    m.Tensor, m.InferenceResponse, m.TritonError, m.TritonModelException = _T, _Resp, _Err, RuntimeError
-    m.get_input_tensor_by_name = lambda req, name: _T(name, req[name]) if name in req else None
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +25,7 @@ def exported(tmp_path_factory):
 
 
 def _load(repo: Path, contract: str, monkeypatch):
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _fake_pb_utils())
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake_pb_utils.module())
     spec = importlib.util.spec_from_file_location("qanchor_triton_model", SOURCE_DIR / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads per instance (0 = all cores; "
                    "use 1 when the CPU is shared with other busy processes)")
     p.add_argument("--cache-mb", type=int, default=1024, help="prefix KV cache budget in MiB")
-    p.add_argument("--contract", choices=["v1", "v2"], default="v1",
-                   help="v1: gateway shapes, max_batch_size 0; v2: leading batch dim + dynamic batcher")
+    p.add_argument("--contract", choices=["v1", "v2"], default="v2",
+                   help="v2 (default): leading batch dim + dynamic batcher, concurrent requests share forwards; "
+                   "v1: no batch dim, one request per execute (the gateway speaks both)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="v2: most requests one execute batches")
+    p.add_argument("--max-queue-delay-us", type=int, default=2000,
+                   help="v2: longest a request waits for others to batch with (microseconds)")
     p.add_argument("--only", action="store_true", help="serve only this model version (drop the others)")
     p.add_argument("--text-encoder", action="store_true", help="also export the event text_encoder model")
     args = p.parse_args(argv)
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = QAnchorExportConfig(preset=args.preset, checkpoint=args.checkpoint, overrides=args.overrides,
                               model_version=args.model_version, instance_kind=args.instance_kind,
                               instances=args.instances, torch_threads=args.torch_threads, cache_mb=args.cache_mb,
-                              contract=args.contract, only=args.only)
+                              contract=args.contract, max_batch_size=args.max_batch_size,
+                              max_queue_delay_us=args.max_queue_delay_us, only=args.only)
     try:
         folder = export_qanchor(repo, cfg)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

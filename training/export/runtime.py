@@ -24,6 +24,7 @@ from training.model.inputs import UserBatch
 from training.model.masks import causal_allowed
 from training.model.prefix_cache import PrefixCache
 from training.model.suffix import ScenarioSpec
+from training.precision import autocast_for
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,27 @@ def configure_threads(threads: int) -> int:
     return n
 
 
-def prepare_for_serving(model) -> None:
-    """Inference-only model: LoRA folded into the base weights (one matmul per projection instead of three),
-    no autograd state. Embeddings are unchanged up to float rounding; the model can no longer be trained."""
+def prepare_for_serving(model) -> torch.dtype:
+    """Inference-only model: LoRA folded into the base weights (one matmul per projection instead of three), no
+    autograd state, weights stored in the serving dtype. -> that dtype.
+
+    The dtype is the model config's `backbone.compute` through training.precision (auto = bf16 where the hardware
+    multiplies bf16 natively: CUDA, or CPUs with AMX / AVX512-BF16; QANCHOR_PRECISION overrides): the same switch
+    training uses. In bf16 the prefix KV cache is bf16 too, so the LRU holds twice the users per byte. Merging first
+    and storing the merged weights in bf16 spares autocast a cast of every weight on every call. Embeddings are
+    unchanged up to float rounding (fp32) or bf16 rounding; the model can no longer be trained.
+    """
+    from training.precision import apply_precision, resolve_precision
+
     bb = model.backbone
     if hasattr(bb, "merge_and_unload"):  # a peft wrapper: untrained or trained adapters alike
         model.backbone = bb.merge_and_unload()
         log.info("event=lora_merged")
     model.requires_grad_(False)
     model.eval()
+    dtype = resolve_precision(model.cfg.backbone.compute, model.device)
+    apply_precision(model, dtype)  # every parameter is frozen now, so all of them take the serving dtype
+    return dtype
 
 
 def embed_many(model, cache: PrefixCache, per_user: list[list[ScenarioSpec]]) -> list[torch.Tensor]:
@@ -214,7 +227,9 @@ class QAnchorRuntime:
                 out[i] = exc
         for version, idx in groups.items():
             try:
-                for i, res in zip(idx, self._serve_version(version, [requests[i] for i in idx])):
+                with autocast_for(self.models[version].model):  # bf16 matmuls when the weights are stored in bf16
+                    served = self._serve_version(version, [requests[i] for i in idx])
+                for i, res in zip(idx, served):
                     out[i] = res
             except Exception as exc:  # a model failure fails this version's requests, never the whole call
                 log.exception("event=serve_failed model_version=%s requests=%d", version, len(idx))

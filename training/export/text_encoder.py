@@ -39,12 +39,17 @@ class TextEncoderExportConfig:
     torch_threads: int = 0
     # Token cap per text: behaviour texts are short, and cost grows with the longest text of a chunk.
     max_length: int = 64
+    # Compute precision (training.precision): auto = bf16 where the hardware multiplies bf16 natively (CUDA, AMX /
+    # AVX512-BF16 CPUs; ~2.7x less CPU than fp32 here, vectors within 2.3e-3 of fp32, cosine >= 0.9999), else fp32.
+    compute: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in TRITON_DTYPES:
             raise ValueError(f"dtype {self.dtype!r}: choose one of {sorted(TRITON_DTYPES)}")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device {self.device!r}: choose cpu or gpu")
+        if self.compute not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"compute {self.compute!r}: choose auto, float32 or bfloat16")
 
 
 def render_config(cfg: TextEncoderExportConfig) -> str:
@@ -59,6 +64,7 @@ output [ {{ name: "EMBEDDING" data_type: {TRITON_DTYPES[cfg.dtype]} dims: [ {ENC
 instance_group [ {{ kind: {kind} count: {cfg.instances} }} ]
 parameters {{ key: "max_length" value {{ string_value: "{cfg.max_length}" }} }}
 parameters {{ key: "torch_threads" value {{ string_value: "{cfg.torch_threads}" }} }}
+parameters {{ key: "compute" value {{ string_value: "{cfg.compute}" }} }}
 """
 
 
@@ -82,10 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=0)
+    parser.add_argument("--compute", choices=["auto", "float32", "bfloat16"], default="auto",
+                        help="compute precision (auto: bf16 on AMX / AVX512-BF16 CPUs and CUDA, else fp32)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     cfg = TextEncoderExportConfig(dtype=args.dtype, device=args.device, max_batch_size=args.max_batch_size,
-                                  instances=args.instances, torch_threads=args.torch_threads)
+                                  instances=args.instances, torch_threads=args.torch_threads, compute=args.compute)
     print(export_text_encoder(args.repository or default_model_repository(), cfg))
 
 

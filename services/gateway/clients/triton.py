@@ -1,8 +1,8 @@
 """tritonclient (gRPC) adapter for the `qanchor` model: one request per user with all of its scenarios.
 
-Builds the tensors of the contract in docs/gateway.md from `UserFeatures` with the shared numpy builder
-(`services.common.features.build_user_batch_arrays`, the same one the model side uses), sends every request of a
-call concurrently with `async_infer`, and bounds the whole wait by the caller's remaining deadline.
+Builds the tensors of the one tensor contract (training.export.contract, docs/gateway.md) from `UserFeatures` with the
+shared numpy builder (`services.common.features.build_user_batch_arrays`), sends every request of a call
+concurrently with `async_infer`, and bounds the whole wait by the caller's remaining deadline.
 """
 from __future__ import annotations
 
@@ -17,60 +17,60 @@ from tritonclient.utils import InferenceServerException
 from services.common.errors import DeadlineExceeded, Internal, QAnchorError, Unavailable
 from services.common.features import FeatureSpec, build_user_batch_arrays
 from services.gateway.core import ModelRequest, ModelResult
+from training.export.contract import ZERO_SHOT, Contract, batched, model_versions
 
 log = logging.getLogger("qanchor.gateway.triton")
-
-OUTPUTS = ("EMBEDDING", "CACHE_HIT", "STATUS", "ERROR", "MODEL_VERSION")
-ZERO_SHOT_PROMPT = "zero-shot"
-
-
-def _bytes(values: Sequence[str]) -> np.ndarray:
-    return np.array([v.encode("utf-8") for v in values], dtype=np.object_)
+# The reply's tensors (names, datatypes, which are optional) do not depend on the feature schema.
+REPLY = Contract(sources=(), d_enc=0, d_tab=0).outputs
 
 
-def build_inputs(req: ModelRequest, spec: FeatureSpec) -> list[tgrpc.InferInput]:
+def request_values(req: ModelRequest, spec: FeatureSpec) -> dict[str, object]:
+    """The contract's request fields for one user with all of its scenarios."""
     arrays = build_user_batch_arrays([req.user], spec)
-    tensors: list[tuple[str, np.ndarray, str]] = [
-        ("USER_ID", _bytes([req.user.user_id]), "BYTES"),
-        ("FEATURE_VERSION", np.array([req.user.feature_version if req.user.found else 0], dtype=np.int64), "INT64"),
-        ("MODEL_VERSION", _bytes([req.model_version]), "BYTES"),
-    ]
-    for s in spec.sources:
-        # Feast stores float16; sending float16 halves the bytes and loses nothing (f16 -> f32 -> f16 is exact).
-        tensors.append((f"EVENTS__{s.name}", arrays.event_vecs[s.name][0].astype(np.float16), "FP16"))  # [K, d]
-        tensors.append((f"MASK__{s.name}", arrays.event_mask[s.name][0], "BOOL"))  # [K]
-    tensors += [
-        ("TABULAR", arrays.tabular[0], "FP32"),  # [D_tab]
-        ("SCENARIO", _bytes(req.scenarios), "BYTES"),
-        ("QUERY_TEXT", _bytes(req.query_texts), "BYTES"),
-        ("PROMPT_VERSION", _bytes([ZERO_SHOT_PROMPT if p is None else str(p.version) for p in req.prompts]),
-         "BYTES"),
-        ("PROMPT_ARTIFACT", _bytes(["" if p is None else p.artifact_uri for p in req.prompts]), "BYTES"),
-        ("PROMPT_SHA256", _bytes(["" if p is None else p.sha256 for p in req.prompts]), "BYTES"),
-    ]
+    return {
+        "user_id": req.user.user_id,
+        "feature_version": req.user.feature_version if req.user.found else 0,
+        "model_version": req.model_version,
+        # Feast stores float16; the contract sends FP16, which halves the bytes and loses nothing.
+        "event_vecs": {s.name: arrays.event_vecs[s.name][0] for s in spec.sources},  # [K, d] per source
+        "event_mask": {s.name: arrays.event_mask[s.name][0] for s in spec.sources},  # [K]
+        "tabular": arrays.tabular[0],  # [D_tab]
+        "scenarios": req.scenarios,
+        "queries": req.query_texts,
+        "prompt_versions": [ZERO_SHOT if p is None else str(p.version) for p in req.prompts],
+        "prompt_artifacts": ["" if p is None else p.artifact_uri for p in req.prompts],
+        "prompt_shas": ["" if p is None else p.sha256 for p in req.prompts],
+    }
+
+
+def build_inputs(req: ModelRequest, spec: FeatureSpec, batched: bool = False,
+                 contract: Contract | None = None) -> list[tgrpc.InferInput]:
+    """The request's tensors; `batched` (contract v2) adds the leading batch dimension of 1 to each."""
+    contract = contract or Contract.for_feature_spec(spec)
     inputs = []
-    for name, value, dtype in tensors:
-        inp = tgrpc.InferInput(name, list(value.shape), dtype)
+    for t, value in contract.encode(contract.inputs, request_values(req, spec), batched):
+        inp = tgrpc.InferInput(t.name, list(value.shape), t.datatype)
         inp.set_data_from_numpy(value)
         inputs.append(inp)
     return inputs
 
 
-def parse_result(result: tgrpc.InferResult, n_scenarios: int, requested_model: str) -> ModelResult:
-    emb = result.as_numpy("EMBEDDING")
-    if emb is None or emb.ndim != 2 or emb.shape[0] != n_scenarios:
-        raise Internal(f"model returned EMBEDDING of shape {None if emb is None else list(emb.shape)}, "
+def parse_result(result: tgrpc.InferResult, n_scenarios: int, requested_model: str,
+                 batched: bool = False) -> ModelResult:
+    try:
+        out = Contract.decode(REPLY, result.as_numpy, batched)
+    except ValueError as exc:
+        raise Internal(f"model reply is incomplete ({exc}); the model does not follow docs/gateway.md") from None
+    emb = out["embedding"]
+    if emb.ndim != 2 or emb.shape[0] != n_scenarios:
+        raise Internal(f"model returned EMBEDDING of shape {list(emb.shape)}, "
                        f"expected [{n_scenarios}, D]; the model does not follow docs/gateway.md")
-    hit = result.as_numpy("CACHE_HIT")
-    status = result.as_numpy("STATUS")
-    errors = result.as_numpy("ERROR")
-    version = result.as_numpy("MODEL_VERSION")
     return ModelResult(
         embeddings=emb.astype(np.float32, copy=False),
-        cache_hit=bool(hit.reshape(-1)[0]) if hit is not None and hit.size else False,
-        status=[int(x) for x in status.reshape(-1)] if status is not None else [0] * n_scenarios,
-        errors=[_text(x) for x in errors.reshape(-1)] if errors is not None else [""] * n_scenarios,
-        model_version=_text(version.reshape(-1)[0]) if version is not None and version.size else requested_model,
+        cache_hit=bool(out["cache_hit"]),
+        status=[int(x) for x in out["status"]] if out["status"] is not None else [0] * n_scenarios,
+        errors=out["errors"] or [""] * n_scenarios,
+        model_version=out["model_version"] or requested_model,
     )
 
 
@@ -85,9 +85,29 @@ class TritonModelClient:
         self.url = url
         self.spec = spec
         self.model_name = model_name
+        self.contract = Contract.for_feature_spec(spec)
         self._client = tgrpc.InferenceServerClient(url=url)
+        # Contract v1 or v2 (leading batch dimension, Triton's dynamic batcher): read from the model's config on
+        # first use and again at every readiness check, so a reload that switches contracts is picked up.
+        self._batched: bool | None = None
+
+    def _is_batched(self, timeout_s: float) -> bool:
+        if self._batched is None:
+            cfg = self._client.get_model_config(self.model_name, as_json=True, client_timeout=max(timeout_s, 0.05))
+            self._batched = batched(cfg)
+        return self._batched
+
+    def _inputs(self, req: ModelRequest) -> list[tgrpc.InferInput]:
+        return build_inputs(req, self.spec, bool(self._batched), self.contract)
+
+    def _parse(self, result: tgrpc.InferResult, req: ModelRequest) -> ModelResult:
+        return parse_result(result, len(req.scenarios), req.model_version, bool(self._batched))
 
     def infer(self, requests: Sequence[ModelRequest], timeout_s: float) -> list[ModelResult | QAnchorError]:
+        try:
+            self._is_batched(timeout_s)
+        except InferenceServerException as exc:
+            return [self._error(exc)] * len(requests)
         if len(requests) == 1:
             # Blocking call for the common case: grpc's future API starts a channel spin thread whenever no
             # other call is in flight, which cost ~5 ms per call on a 2-core machine (profiled).
@@ -96,8 +116,8 @@ class TritonModelClient:
 
     def _infer_one(self, req: ModelRequest, timeout_s: float) -> ModelResult | QAnchorError:
         try:
-            result = self._client.infer(self.model_name, build_inputs(req, self.spec), client_timeout=timeout_s)
-            return parse_result(result, len(req.scenarios), req.model_version)
+            result = self._client.infer(self.model_name, self._inputs(req), client_timeout=timeout_s)
+            return self._parse(result, req)
         except InferenceServerException as exc:
             return self._error(exc)
         except QAnchorError as exc:
@@ -123,14 +143,14 @@ class TritonModelClient:
                     if error is not None:
                         finish(i, self._error(error))
                     else:
-                        finish(i, parse_result(result, len(req.scenarios), req.model_version))
+                        finish(i, self._parse(result, req))
                 except QAnchorError as exc:
                     finish(i, exc)
                 except Exception as exc:  # a callback that raises would leave the call waiting forever
                     finish(i, Internal(f"cannot read the model's reply: {exc!r}"))
 
             try:
-                self._client.async_infer(self.model_name, build_inputs(req, self.spec), callback,
+                self._client.async_infer(self.model_name, self._inputs(req), callback,
                                          outputs=None, client_timeout=timeout_s)
             except InferenceServerException as exc:
                 finish(i, self._error(exc))
@@ -155,14 +175,15 @@ class TritonModelClient:
 
     def known_model_versions(self) -> set[str]:
         """Versions the model declares in config.pbtxt `parameters { key: "model_versions" }` (comma list)."""
-        cfg = self._client.get_model_config(self.model_name, as_json=True, client_timeout=5.0)
-        params = cfg.get("config", cfg).get("parameters", {})
-        raw = params.get("model_versions", {}).get("string_value", "")
-        return {v.strip() for v in raw.split(",") if v.strip()}
+        return set(model_versions(self._client.get_model_config(self.model_name, as_json=True, client_timeout=5.0)))
 
     def ready(self) -> bool:
         try:
-            return bool(self._client.is_model_ready(self.model_name, client_timeout=2.0))
+            up = bool(self._client.is_model_ready(self.model_name, client_timeout=2.0))
+            if up:
+                self._batched = batched(self._client.get_model_config(self.model_name, as_json=True,
+                                                                      client_timeout=2.0))
+            return up
         except InferenceServerException:
             return False
 

@@ -8,15 +8,26 @@ the gateway's own overhead (its compute is ~0). It keeps a prefix cache keyed ex
 
 The embedding: user vector u = [masked mean of each source's event vectors ..., tabular];
 e = normalise(W_model @ u + b(query text, prompt version, prompt sha256)), W and b from seeded Gaussians.
-numpy only (the Triton env has numpy<2; this file also imports under numpy 2 for the reference).
+numpy only (the Triton env has numpy<2; this file also imports under numpy 2 for the reference). Tensors are decoded
+and encoded by the one contract module, training.export.contract (torch-free), exactly as the real model does.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from collections import OrderedDict
 
 import numpy as np
+
+# The Python-backend stub does not apply PYTHONPATH to its interpreter; put the checkout first by hand (the same
+# shim as the real qanchor model; a no-op where the package is installed).
+for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
+
+from training.export.contract import Contract, model_versions, parameter  # noqa: E402
 
 try:  # only inside Triton's Python backend
     import triton_python_backend_utils as pb_utils
@@ -66,55 +77,47 @@ def reference_embedding(u: np.ndarray, query_text: str, prompt_version: str, pro
     return (e / np.linalg.norm(e)).astype(np.float32)
 
 
-def _texts(request: object, name: str) -> list[str]:
-    arr = pb_utils.get_input_tensor_by_name(request, name).as_numpy().reshape(-1)
-    return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in arr]
-
-
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
-        self.sources = [i["name"][len("EVENTS__"):] for i in config["input"] if i["name"].startswith("EVENTS__")]
-        raw = config.get("parameters", {}).get("model_versions", {}).get("string_value", DEFAULT_MODEL_VERSION)
-        self.model_versions = [v.strip() for v in raw.split(",") if v.strip()]
+        self.contract = Contract.from_model_config(config)
+        self.sources = [name for name, _ in self.contract.sources]
+        self.model_versions = model_versions(config) or [DEFAULT_MODEL_VERSION]
+        self.cache_entries = int(parameter(config, "cache_entries", str(_CACHE_ENTRIES)))  # users the LRU holds
         self.cache: "OrderedDict[tuple[str, str, int], np.ndarray]" = OrderedDict()
 
     def execute(self, requests: list) -> list:
         return [self._one(r) for r in requests]
 
     def _one(self, request: object) -> object:
+        def get(name: str) -> np.ndarray | None:
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
         try:
-            model_version = _texts(request, "MODEL_VERSION")[0] or self.model_versions[0]
+            req = self.contract.decode(self.contract.inputs, get)
+            model_version = req["model_version"] or self.model_versions[0]
             if model_version not in self.model_versions:
                 return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     f"model version {model_version!r} is not served here (serving {self.model_versions})"))
-            user_id = _texts(request, "USER_ID")[0]
-            fv = int(pb_utils.get_input_tensor_by_name(request, "FEATURE_VERSION").as_numpy().reshape(-1)[0])
-            key = (model_version, user_id if fv else "", fv)  # every cold-start user shares one prefix
+            fv = req["feature_version"]
+            key = (model_version, req["user_id"] if fv else "", fv)  # every cold-start user shares one prefix
             u = self.cache.get(key)
             hit = u is not None
             if u is None:
-                events = [pb_utils.get_input_tensor_by_name(request, f"EVENTS__{s}").as_numpy() for s in self.sources]
-                masks = [pb_utils.get_input_tensor_by_name(request, f"MASK__{s}").as_numpy() for s in self.sources]
-                tab = pb_utils.get_input_tensor_by_name(request, "TABULAR").as_numpy()
-                u = user_vector(events, masks, tab)
+                u = user_vector([req["event_vecs"][s] for s in self.sources],
+                                [req["event_mask"][s] for s in self.sources], req["tabular"])
                 self.cache[key] = u
-                if len(self.cache) > _CACHE_ENTRIES:
+                if len(self.cache) > self.cache_entries:
                     self.cache.popitem(last=False)
             else:
                 self.cache.move_to_end(key)
-            queries = _texts(request, "QUERY_TEXT")
-            prompts = _texts(request, "PROMPT_VERSION")
-            shas = _texts(request, "PROMPT_SHA256")
-            emb = np.stack([reference_embedding(u, q, p, s, model_version)
-                            for q, p, s in zip(queries, prompts, shas)])  # [S, DIM]
+            emb = np.stack([reference_embedding(u, q, p, s, model_version) for q, p, s in
+                            zip(req["queries"], req["prompt_versions"], req["prompt_shas"])])  # [S, DIM]
             n = emb.shape[0]
+            out = {"embedding": emb, "cache_hit": hit, "status": [0] * n, "errors": [""] * n,
+                   "model_version": model_version}
             return pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("EMBEDDING", emb.astype(np.float32)),
-                pb_utils.Tensor("CACHE_HIT", np.array([hit], dtype=bool)),
-                pb_utils.Tensor("STATUS", np.zeros(n, dtype=np.int32)),
-                pb_utils.Tensor("ERROR", np.array([b""] * n, dtype=np.object_)),
-                pb_utils.Tensor("MODEL_VERSION", np.array([model_version.encode()], dtype=np.object_)),
-            ])
+                pb_utils.Tensor(t.name, a) for t, a in self.contract.encode(self.contract.outputs, out)])
         except Exception as exc:  # one bad request gets its own error; the others in the batch still answer
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"contract model: {exc!r}"))

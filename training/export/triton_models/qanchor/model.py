@@ -33,13 +33,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from training.export.contract import Contract, batched, model_versions, parameter  # noqa: E402  (torch-free)
+
 log = logging.getLogger("qanchor.triton")
-TEXT_INPUTS = {"scenarios": "SCENARIO", "queries": "QUERY_TEXT", "prompt_versions": "PROMPT_VERSION",
-               "prompt_artifacts": "PROMPT_ARTIFACT", "prompt_shas": "PROMPT_SHA256"}
-
-
-def _param(config: dict, name: str, default: str) -> str:
-    return config.get("parameters", {}).get(name, {}).get("string_value") or default
 
 
 class TritonPythonModel:
@@ -50,51 +46,36 @@ class TritonPythonModel:
         from training.export.runtime import QAnchorRuntime, configure_threads, prepare_for_serving
 
         config = json.loads(args["model_config"])
-        threads = configure_threads(int(_param(config, "torch_threads", "0")))
-        self.batched = int(config.get("max_batch_size", 0)) > 0
+        threads = configure_threads(int(parameter(config, "torch_threads", "0")))
+        self.batched = batched(config)
         device = "cpu"
         if args.get("model_instance_kind") == "GPU" and torch.cuda.is_available():
             device = f"cuda:{args['model_instance_device_id']}"
         root = Path(args["model_repository"]) / args["model_version"] / "models"
-        order = [v.strip() for v in _param(config, "model_versions", "").split(",") if v.strip()]
+        order = model_versions(config)
         if not order:
             raise pb_utils.TritonModelException(f"config.pbtxt lists no model_versions; re-run python -m "
                                                 "training.export")
         loaded = [load_model_artifact(root / v, device=device) for v in order]  # raises on any sha256 mismatch
-        for m in loaded:
-            prepare_for_serving(m.model)  # LoRA merged into the base weights: same output, fewer matmuls
-        self.runtime = QAnchorRuntime(loaded, cache_bytes=int(_param(config, "cache_bytes", str(1 << 30))))
-        self.sources = [s.name for s in loaded[0].cfg.input.sources]
-        log.info("event=qanchor_ready versions=%s device=%s batched=%s cache_bytes=%d torch_threads=%d", order,
-                 device, self.batched, self.runtime.cache.max_bytes, threads)
-
-    def _np(self, request, name: str) -> np.ndarray:
-        t = pb_utils.get_input_tensor_by_name(request, name)
-        if t is None:
-            raise ValueError(f"input {name} is missing (docs/gateway.md lists every input)")
-        a = t.as_numpy()
-        return a[0] if self.batched else a  # contract v2 adds a leading batch dimension of 1
-
-    def _texts(self, request, name: str) -> list[str]:
-        t = pb_utils.get_input_tensor_by_name(request, name)
-        if t is None:
-            return []
-        a = t.as_numpy()
-        a = (a[0] if self.batched else a).reshape(-1)
-        return [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in a]
+        # LoRA merged into the base weights (same output, fewer matmuls), stored in the serving dtype: the model
+        # config's backbone.compute (auto = bf16 on AMX / AVX512-BF16 CPUs and on CUDA; QANCHOR_PRECISION overrides)
+        dtypes = {m.model_version: str(prepare_for_serving(m.model)).removeprefix("torch.") for m in loaded}
+        self.runtime = QAnchorRuntime(loaded, cache_bytes=int(parameter(config, "cache_bytes", str(1 << 30))))
+        self.contract = Contract.for_input(loaded[0].cfg.input, loaded[0].cfg.head.out)
+        log.info("event=qanchor_ready versions=%s device=%s dtypes=%s batched=%s cache_bytes=%d torch_threads=%d",
+                 order, device, dtypes, self.batched, self.runtime.cache.max_bytes, threads)
 
     def _decode(self, request):
         from training.export.runtime import EmbedRequest
 
-        return EmbedRequest(
-            user_id=self._texts(request, "USER_ID")[0],
-            feature_version=int(self._np(request, "FEATURE_VERSION").reshape(-1)[0]),
-            model_version=(self._texts(request, "MODEL_VERSION") or [""])[0],
-            event_vecs={s: self._np(request, f"EVENTS__{s}") for s in self.sources},
-            event_mask={s: self._np(request, f"MASK__{s}").astype(bool) for s in self.sources},
-            tabular=self._np(request, "TABULAR").astype(np.float32).reshape(-1),
-            **{field: self._texts(request, name) for field, name in TEXT_INPUTS.items()},
-        )
+        def get(name: str):
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
+        fields = self.contract.decode(self.contract.inputs, get, self.batched)
+        fields["tabular"] = fields["tabular"].astype(np.float32).reshape(-1)
+        fields["event_mask"] = {s: m.astype(bool) for s, m in fields["event_mask"].items()}
+        return EmbedRequest(**fields)
 
     def execute(self, requests: list) -> list:
         from training.export.runtime import RequestError
@@ -115,16 +96,10 @@ class TritonPythonModel:
 
         if isinstance(res, RequestError):
             return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(res)))
-        n = res.embedding.shape[0]
-        outs = {
-            "EMBEDDING": res.embedding.astype(np.float32),
-            "CACHE_HIT": np.array([res.cache_hit], dtype=bool),
-            "STATUS": np.array(res.status, dtype=np.int32),
-            "ERROR": np.array([e.encode("utf-8") for e in res.errors], dtype=np.object_).reshape(n),
-            "MODEL_VERSION": np.array([res.model_version.encode("utf-8")], dtype=np.object_),
-        }
+        values = {"embedding": res.embedding, "cache_hit": res.cache_hit, "status": res.status,
+                  "errors": res.errors, "model_version": res.model_version}
         return pb_utils.InferenceResponse(output_tensors=[
-            pb_utils.Tensor(k, v[None] if self.batched else v) for k, v in outs.items()])
+            pb_utils.Tensor(t.name, a) for t, a in self.contract.encode(self.contract.outputs, values, self.batched)])
 
     def finalize(self) -> None:
         log.info("event=qanchor_finalize %s", " ".join(f"{k}={v}" for k, v in self.runtime.stats().items()))

