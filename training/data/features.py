@@ -96,9 +96,8 @@ def dense_user_features(world: "UserWorld", vecs: np.ndarray) -> np.ndarray:
     standardised with train-user moments. The prefix holds only the newest K events per source; this mean is what
     carries the rest of the window (a mean MiniLM vector of all history is a strong baseline on its own:
     docs/quality.md). Memoised per (world, vectors); rows of excluded users stay zero (cold start)."""
-    key = (id(vecs), vecs.shape)
     cached = getattr(world, "_dense_cache", None)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0] is vecs:  # the same array object (an id() could be reused after GC)
         return cached[1]
     means = np.zeros((len(world.ml.users), vecs.shape[1]), np.float64)
     for u, tl in world.timelines.items():
@@ -110,5 +109,5 @@ def dense_user_features(world: "UserWorld", vecs: np.ndarray) -> np.ndarray:
     std_means = np.zeros_like(means, dtype=np.float32)
     std_means[kept] = ((means[kept] - mu) / sd).astype(np.float32)
     out = np.concatenate([world.tabular, std_means], axis=1)
-    world._dense_cache = (key, out)
+    world._dense_cache = (vecs, out)
     return out
