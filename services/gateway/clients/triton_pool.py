@@ -165,7 +165,7 @@ class TritonPool:
             for i in pending:
                 ep = self._pick(requests[i].user.user_id, tried[i])
                 if ep is None:
-                    self.stats["no_endpoint"] += 1
+                    self._count("no_endpoint")
                     out[i] = last[i] or Unavailable("no model server is reachable (GATEWAY_TRITON_URL lists none "
                                                     "or all failed); retry with backoff")
                     continue
@@ -179,13 +179,17 @@ class TritonPool:
                     if isinstance(r, Unavailable):  # down, stopping, model unloaded, queue full: next replica
                         last[i] = r
                         pending.append(i)
-                        self.stats["failover"] += 1
+                        self._count("failover")
                         log.warning("event=triton_failover endpoint=%s user=%s error=%r", ep,
                                     requests[i].user.user_id, r.message)
                     else:
                         out[i] = r
-                        self.stats[f"served:{ep}"] += 1
+                        self._count(f"served:{ep}")
         return [o if o is not None else Unavailable("no model outcome; retry") for o in out]
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
 
     def _release_many(self, ep: str, n: int, failed: bool) -> None:
         for _ in range(n):
