@@ -30,6 +30,7 @@ class IngestMetrics:
     user_state: Counter
     users_written: Counter
     batch_failures: Counter
+    partition_stopped: Gauge
 
     @classmethod
     def create(cls) -> "IngestMetrics":
@@ -59,6 +60,9 @@ class IngestMetrics:
                                   registry=r),
             batch_failures=Counter("qanchor_ingest_batch_failures", "batches replayed after an error", ["error"],
                                    registry=r),
+            partition_stopped=Gauge("qanchor_ingest_partition_stopped", "1 while a partition is stopped because "
+                                    "its rejected records cannot be written to the DLQ (restart after fixing it)",
+                                    ["partition"], registry=r),
         )
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:

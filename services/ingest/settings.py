@@ -71,6 +71,19 @@ class IngestSettings(ServiceSettings):
     retry_backoff_s: float = 2.0
     # Consecutive failed attempts of one batch before the process exits non-zero (let the supervisor restart it).
     max_batch_attempts: int = Field(default=30, ge=1)
+    # Attempts of a batch whose rejected records cannot be written to the DLQ before their partitions are stopped
+    # (paused, `qanchor_ingest_partition_stopped` = 1) while the other partitions go on.
+    dlq_attempts: int = Field(default=3, ge=1)
+    # Limits on one record (a record beyond them goes to the DLQ with its reason; docs/ingest.md).
+    max_record_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_json_depth: int = Field(default=4, ge=2)
+    max_text_chars: int = Field(default=2000, ge=1)
+    # Seconds an event's ts may run ahead of its record's Kafka time before it is rejected (ts_in_future).
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    # Event ids remembered per user to apply a producer's re-sent event (same event_id, new offset) once.
+    recent_event_ids: int = Field(default=64, ge=1)
+    # Test/drill hook (services/ingest/gate.py): a directory of gate files the worker waits on; None = off.
+    batch_gate: Path | None = None
 
     def resolved_kafka_bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.port('kafka')}"
