@@ -24,6 +24,8 @@ from services.common.settings import GrpcServerSettings
 
 log = logging.getLogger(__name__)
 
+HEALTH_THREADS = 4
+
 
 @dataclass(frozen=True)
 class Servicer:
@@ -58,15 +60,19 @@ def create_server(
     Pass `health_servicer` to control readiness yourself; otherwise one is created (all services NOT_SERVING
     until `serve` or `mark_serving`).
     """
+    limit = settings.resolved_max_concurrent_rpcs()
     if interceptors is None:
         interceptors = default_interceptors(
             service,
             settings.token.get_secret_value() if settings.token else None,
             settings.admin_token.get_secret_value() if settings.admin_token else None,
             auth_policy,
+            max_in_flight=limit,
         )
+    # Spare threads beyond the in-flight limit: health checks and reflection always find one.
+    workers = settings.max_workers + (HEALTH_THREADS if limit else 0)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"{service}-rpc"),
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{service}-rpc"),
         interceptors=list(interceptors),
         options=server_options(settings),
     )

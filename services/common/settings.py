@@ -80,8 +80,11 @@ class GrpcServerSettings(ServiceSettings):
     host: str = "127.0.0.1"
     # Explicit port (0 = pick a free one, for tests); None = port_base + offset of GRPC_PORT_NAME.
     grpc_port: int | None = None
-    # Worker threads: bounds concurrent RPCs; extra calls queue in gRPC.
+    # Worker threads for RPCs (a few more are added for health checks and reflection).
     max_workers: int = 16
+    # Calls in flight at once; one more is refused at once with RESOURCE_EXHAUSTED (retryable) rather than queued
+    # behind a slow dependency. None = max_workers, 0 = no limit (extra calls queue in gRPC).
+    max_concurrent_rpcs: int | None = None
     # Largest request/response accepted; a batch of 256 x 1024-d float embeddings is ~1 MiB.
     max_message_bytes: int = 16 * 1024 * 1024
     # Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.
@@ -92,6 +95,9 @@ class GrpcServerSettings(ServiceSettings):
     admin_token: SecretStr | None = None
     # Prometheus /metrics HTTP port; None = not exported over HTTP.
     metrics_port: int | None = None
+
+    def resolved_max_concurrent_rpcs(self) -> int:
+        return self.max_workers if self.max_concurrent_rpcs is None else self.max_concurrent_rpcs
 
     def resolved_grpc_port(self) -> int:
         if self.grpc_port is not None:

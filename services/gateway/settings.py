@@ -35,6 +35,11 @@ class GatewaySettings(GrpcServerSettings):
     registry_token: SecretStr | None = None
     # Seconds a scenario lookup is cached: how long a newly promoted prompt takes to reach traffic.
     registry_cache_ttl_s: float = 5.0
+    # Seconds an unknown scenario name is remembered (one registry call per name, not per request); a scenario
+    # registered elsewhere serves within this long.
+    registry_negative_ttl_s: float = 1.0
+    # Longest single registry call; a call also never outlives the caller's remaining deadline.
+    registry_timeout_s: float = 1.0
     # feature_store.yaml or a state dir holding feast/feature_store.yaml; None = QANCHOR_STATE_DIR.
     feast_location: Path | None = None
     # Model versions A/B arms may name; empty = ask the model (config.pbtxt parameter "model_versions").
@@ -42,7 +47,7 @@ class GatewaySettings(GrpcServerSettings):
     # Request size limits (INVALID_ARGUMENT above them).
     max_batch_items: int = 256
     max_scenarios: int = 64
-    # Model budget for calls that carry no gRPC deadline.
+    # Budget of a call that carries no gRPC deadline (grpcurl and most client libraries send none by default).
     default_timeout_s: float = 2.0
     # Kept back from the caller's deadline to build and send the reply.
     deadline_margin_s: float = 0.005

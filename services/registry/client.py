@@ -25,7 +25,7 @@ T = TypeVar("T")
 class RegistryClient:
     def __init__(
         self, target: str, *, token: str | None = None, timeout_s: float = 5.0, cache_ttl_s: float = 5.0,
-        max_stale_s: float = 300.0, channel: grpc.Channel | None = None,
+        max_stale_s: float = 300.0, negative_ttl_s: float = 1.0, channel: grpc.Channel | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.target = target
@@ -39,6 +39,10 @@ class RegistryClient:
         self.max_stale_s = max_stale_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ScenarioInfo]] = {}  # name -> (fetched at, view)
+        # Unknown names are remembered this long, so a burst of requests for one does not become a burst of
+        # registry calls; a registration through this client forgets it at once.
+        self.negative_ttl_s = negative_ttl_s
+        self._missing: dict[str, float] = {}  # name -> when the registry said NOT_FOUND
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -51,14 +55,16 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any, request_id: str | None = None) -> T:
+    def _call(self, method: Callable[..., T], request: Any, request_id: str | None = None,
+              timeout_s: float | None = None) -> T:
         metadata = []
         if self.token:
             metadata.append(("authorization", f"Bearer {self.token}"))
         if request_id:
             metadata.append(("x-request-id", request_id))
         try:
-            return method(request, metadata=metadata, timeout=self.timeout_s)
+            timeout = self.timeout_s if timeout_s is None else max(0.001, min(timeout_s, self.timeout_s))
+            return method(request, metadata=metadata, timeout=timeout)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or str(exc.code())  # type: ignore[attr-defined]
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -74,8 +80,8 @@ class RegistryClient:
         self.invalidate(name)
         return s
 
-    def get_scenario(self, name: str) -> pb.Scenario:
-        return self._call(self.stub.GetScenario, pb.GetScenarioRequest(name=name))
+    def get_scenario(self, name: str, timeout_s: float | None = None) -> pb.Scenario:
+        return self._call(self.stub.GetScenario, pb.GetScenarioRequest(name=name), timeout_s=timeout_s)
 
     def list_scenarios(self, page_size: int = 0) -> list[pb.Scenario]:
         """Every scenario (follows page tokens)."""
@@ -107,8 +113,10 @@ class RegistryClient:
 
     # --- gateway view ----------------------------------------------------------------------------------------
 
-    def serving_info(self, scenario: str) -> ScenarioInfo:
-        """Cached for `cache_ttl_s`; NotFound is not cached (a just-registered scenario serves at once).
+    def serving_info(self, scenario: str, timeout_s: float | None = None) -> ScenarioInfo:
+        """Cached for `cache_ttl_s`; NotFound for `negative_ttl_s` (short: a scenario registered elsewhere serves
+        within it; one registered through this client at once). `timeout_s` bounds the registry call (at most
+        the client's own timeout): the gateway passes what is left of its caller's deadline.
 
         If the registry is unreachable, an expired entry younger than `max_stale_s` is served instead of failing:
         routing on slightly old versions beats failing every embedding request.
@@ -116,24 +124,35 @@ class RegistryClient:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(scenario)
+            missing_since = self._missing.get(scenario)
         if hit is not None and now - hit[0] < self.cache_ttl_s:
             return hit[1]
+        if missing_since is not None and now - missing_since < self.negative_ttl_s:
+            raise NotFound(f"scenario {scenario!r} is not registered (cached answer); register it with "
+                           "RegisterScenario")
         try:
-            info = scenario_from_proto(self.get_scenario(scenario))
+            info = scenario_from_proto(self.get_scenario(scenario, timeout_s=timeout_s))
         except (Unavailable, DeadlineExceeded):
             if hit is not None and now - hit[0] < self.max_stale_s:
                 return hit[1]
             raise
         except NotFound:
-            self.invalidate(scenario)
+            with self._lock:
+                self._cache.pop(scenario, None)
+                if len(self._missing) >= 10_000:  # bounded: a client sending random names cannot grow it
+                    self._missing.clear()
+                self._missing[scenario] = now
             raise
         with self._lock:
             self._cache[scenario] = (now, info)
+            self._missing.pop(scenario, None)
         return info
 
     def invalidate(self, scenario: str | None = None) -> None:
         with self._lock:
             if scenario is None:
                 self._cache.clear()
+                self._missing.clear()
             else:
                 self._cache.pop(scenario, None)
+                self._missing.pop(scenario, None)

@@ -115,7 +115,8 @@ def world(stack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     mark_serving(server, [SERVICE_NAME])
     client = EmbeddingClient(f"127.0.0.1:{port}", token=TOKEN, timeout_s=10.0)
     yield {"client": client, "gateway": gateway, "users": users, "queries": queries, "writer": writer,
-           "triton": triton, "ab": ab, "stack": stack, "tmp": tmp, "settings": settings}
+           "triton": triton, "ab": ab, "stack": stack, "tmp": tmp, "settings": settings,
+           "registry_target": f"127.0.0.1:{reg_port}"}
     client.close()
     server.stop(0)
     gateway.close()
