@@ -89,6 +89,8 @@ class IngestWorker:
         # that makes a stop or a crash land at an exact point instead of racing the machine.
         self.gate = gate or (lambda stage, batch: None)
         self.batches = 0
+        # When the loop last turned (a poll, or an attempt of a batch): liveness proves the loop, not the process.
+        self.last_progress = time.monotonic()
         # Partitions whose rejected records could not be dead-lettered: paused until a restart.
         self.stopped: set[int] = set()
         self._rejected_partitions: set[int] = set()
@@ -244,6 +246,7 @@ class IngestWorker:
         self.gate("process", self.batches)
         dlq_failures = 0
         for attempt in range(1, self.limits.max_batch_attempts + 1):
+            self.last_progress = time.monotonic()
             try:
                 result = self.process(records, started)
             except DeadLetterUnavailable as exc:
@@ -312,6 +315,11 @@ class IngestWorker:
             if tp in assigned:
                 self.consumer.seek(tp, off)
 
+    def stalled(self, limit_s: float) -> str | None:
+        """Why the loop looks dead (no poll or batch attempt for `limit_s`), or None: the liveness answer."""
+        idle = time.monotonic() - self.last_progress
+        return f"no poll or batch attempt for {idle:.0f} s (limit {limit_s:.0f} s)" if idle > limit_s else None
+
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set; the batch in hand is always finished, pushed and committed first."""
         totals = BatchResult()
@@ -320,6 +328,7 @@ class IngestWorker:
             polled = self.consumer.poll(timeout_ms=self.limits.poll_timeout_ms,
                                         max_records=self.limits.max_poll_records)
             records = [r for recs in polled.values() for r in recs]
+            self.last_progress = time.monotonic()
             if records:
                 self.metrics.batch_size.observe(len(records))
                 try:

@@ -52,10 +52,13 @@ def build_ingest(settings: IngestSettings) -> IngestService:
 
     spec = dataclasses.replace(load_ingest_spec(settings.sources_yaml), recent_ids=settings.recent_event_ids)
     metrics = IngestMetrics.create()
+    worker_ref: list[IngestWorker] = []
     port = settings.resolved_metrics_port()
     if port:
-        metrics.serve(port)
-        log.info("metrics serving", extra={"port": port})
+        # Until the worker exists the loop cannot be stalled: start-up is the startup probe's business.
+        metrics.serve(port, settings.metrics_host,
+                      alive=lambda: worker_ref[0].stalled(settings.liveness_timeout_s) if worker_ref else None)
+        log.info("metrics serving", extra={"host": settings.metrics_host, "port": port})
     triton = TritonTextEncoder(settings.resolved_triton_url(), settings.triton_model, settings.encoder_max_batch)
     triton.wait_ready(timeout_s=120)
     store = FeastFeatureStore(settings.resolved_feast_location(), spec.features)
@@ -82,6 +85,7 @@ def build_ingest(settings: IngestSettings) -> IngestService:
         state=state, watchdog=rejoin_watchdog(consumer, settings.topic, listener, settings.rejoin_timeout_s),
         gate=FileGate(settings.batch_gate) if settings.batch_gate else None,
     )
+    worker_ref.append(worker)
     # Leaving the group first moves the partitions at once, without waiting for the session timeout.
     closers = [lambda: consumer.close(autocommit=False), lag.stop, lambda: producer.close(timeout=10), triton.close]
     if l2 is not None:

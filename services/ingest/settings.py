@@ -63,8 +63,13 @@ class IngestSettings(ServiceSettings):
         "INGEST_FEAST_LOCATION", "INGEST_FEAST_CONFIG", "feast_location"))
     # sources.yaml with K and window per source; None = the repository's feature_repo/sources.yaml.
     sources_yaml: Path | None = None
-    # Prometheus /metrics port; None = QANCHOR_PORT_BASE+61, 0 = do not serve metrics.
+    # Prometheus /metrics and /healthz port; None = QANCHOR_PORT_BASE+61, 0 = do not serve them.
     metrics_port: int | None = None
+    # Interface of that port; 0.0.0.0 in containers, so Kubernetes probes and Prometheus reach it on the pod IP.
+    metrics_host: str = "127.0.0.1"
+    # /healthz answers 503 once the poll loop has not turned for this long (a wedged worker, not a slow batch:
+    # keep it above max_poll_interval_ms), so the orchestrator restarts it.
+    liveness_timeout_s: float = Field(default=300.0, gt=0)
     # Seconds between refreshes of the consumer-lag gauge (end offset minus committed offset, per owned partition).
     lag_refresh_s: float = Field(default=5.0, gt=0)
     # Seconds to back off after a failed batch (Triton or the store down) before replaying it.

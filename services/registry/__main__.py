@@ -19,8 +19,9 @@ def main() -> int:
     setup_logging("registry", settings.log_level)
     try:
         app = build_app(settings)
+        # Readiness: SERVING only while the database answers (a registry without its database serves nothing).
         serve(settings, app.grpc_servicer(), service="registry", auth_policy=AUTH_POLICY,
-              on_stop=[app.db.dispose])
+              on_stop=[app.db.dispose], readiness=app.db.ping, readiness_interval_s=settings.readiness_interval_s)
     except QAnchorError as exc:
         log.error("registry failed to start", extra={"error": exc.message})
         return 1
