@@ -100,6 +100,22 @@ def create_server(
     return server, port
 
 
+class InsecureServer(ValueError):
+    """A server about to start open to anyone; the message names the setting that fixes it."""
+
+
+def require_token(settings: GrpcServerSettings) -> None:
+    """Secure by default: refuse to serve regular RPCs without a token unless the development flag says so."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    if (settings.token is None or not settings.token.get_secret_value()) and not settings.allow_no_token:
+        raise InsecureServer(f"{prefix}TOKEN is not set, so every regular RPC would be open to anyone who reaches "
+                             f"the port. Set {prefix}TOKEN (the Helm chart and `qanchor stack up` generate one), or "
+                             f"{prefix}ALLOW_NO_TOKEN=true for a development server.")
+    if settings.token is None or not settings.token.get_secret_value():
+        log.warning("serving without a token: every regular RPC is open (development flag ALLOW_NO_TOKEN)",
+                    extra={"event": "insecure_no_token"})
+
+
 def health_of(server: grpc.Server) -> health.HealthServicer:
     return server._qanchor_health  # type: ignore[attr-defined,no-any-return]
 
@@ -169,7 +185,9 @@ def serve(
     """Run until SIGTERM/SIGINT; then NOT_SERVING, graceful stop (settings.grace_seconds), `on_stop` hooks.
 
     `readiness`: a dependency check; while it fails the servicers' health is NOT_SERVING (ReadinessMonitor).
+    Raises InsecureServer when no token is configured (see `require_token`).
     """
+    require_token(settings)
     server, port = create_server(settings, *servicers, service=service, auth_policy=auth_policy)
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server

@@ -89,8 +89,10 @@ class GrpcServerSettings(ServiceSettings):
     max_message_bytes: int = 16 * 1024 * 1024
     # Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.
     grace_seconds: float = 5.0
-    # Bearer token for regular RPCs; None = regular RPCs are open.
+    # Bearer token for regular RPCs. Required: a server without one refuses to start unless allow_no_token is set.
     token: SecretStr | None = None
+    # Development only: serve regular RPCs without a token (anyone who reaches the port may call them).
+    allow_no_token: bool = False
     # Bearer token for admin RPCs; None = admin RPCs are refused (fail closed).
     admin_token: SecretStr | None = None
     # Prometheus /metrics HTTP port; None = not exported over HTTP.

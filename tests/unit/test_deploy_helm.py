@@ -6,6 +6,7 @@ manifests: wiring between objects, probes, GPU scheduling, the A/B ConfigMap mou
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -280,7 +281,10 @@ def test_existing_secret_replaces_the_chart_secret() -> None:
     assert refs == {"prod-tokens"}
     # Chart-made secret: only the keys that were given, base64-encoded.
     docs = [d for d in yaml.safe_load_all(_template("--set", "secrets.gatewayToken=abc", defaults=True).stdout) if d]
-    assert _by(docs, "Secret", "qanchor-secrets")["data"] == {"gateway-token": "YWJj"}
+    data = _by(docs, "Secret", "qanchor-secrets")["data"]
+    # Secure by default: the tokens not given are generated (the servers refuse to start without one).
+    assert data["gateway-token"] == "YWJj" and set(data) == {"gateway-token", "registry-token", "registry-admin-token"}
+    assert len(base64.b64decode(data["registry-token"])) == 40
 
 
 @needs_helm
