@@ -46,6 +46,19 @@ def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
     ]
 
 
+def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files (mutual TLS when a client CA is set); None = plaintext."""
+    if settings.tls_cert_file is None and settings.tls_key_file is None:
+        if settings.tls_client_ca_file is not None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE: mutual TLS is TLS first")
+        return None
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        raise ValueError("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE (PEM files of this server)")
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file is not None else None
+    return grpc.ssl_server_credentials([(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+                                       root_certificates=ca, require_client_auth=ca is not None)
+
+
 def create_server(
     settings: GrpcServerSettings,
     *servicers: Servicer,
@@ -86,9 +99,11 @@ def create_server(
     reflection.enable_server_reflection(names, server)
 
     address = f"{settings.host}:{settings.resolved_grpc_port()}"
+    credentials = server_credentials(settings)
     cause: RuntimeError | None = None
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
     except RuntimeError as exc:
         port, cause = 0, exc
     if not port:

@@ -97,6 +97,11 @@ class GrpcServerSettings(ServiceSettings):
     admin_token: SecretStr | None = None
     # Prometheus /metrics HTTP port; None = not exported over HTTP.
     metrics_port: int | None = None
+    # TLS: PEM certificate chain and private key of this server; both None = plaintext (the local stack).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Mutual TLS: PEM CA bundle that client certificates must chain to; None = clients need no certificate.
+    tls_client_ca_file: Path | None = None
 
     def resolved_max_concurrent_rpcs(self) -> int:
         return self.max_workers if self.max_concurrent_rpcs is None else self.max_concurrent_rpcs

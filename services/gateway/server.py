@@ -88,7 +88,8 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
         lookup = RegistryLookup(RegistryClient(settings.resolved_registry_target(), token=token,
                                                timeout_s=settings.registry_timeout_s,
                                                cache_ttl_s=settings.registry_cache_ttl_s,
-                                               negative_ttl_s=settings.registry_negative_ttl_s))
+                                               negative_ttl_s=settings.registry_negative_ttl_s,
+                                               tls=settings.registry_tls()))
         closers.append(lookup.close)
         registry = lookup
     if model is None:

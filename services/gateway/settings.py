@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from services.common.grpc_client import ClientTls
 from services.common.settings import GrpcServerSettings, repo_root
 
 
@@ -40,6 +41,10 @@ class GatewaySettings(GrpcServerSettings):
     registry_negative_ttl_s: float = 1.0
     # Longest single registry call; a call also never outlives the caller's remaining deadline.
     registry_timeout_s: float = 1.0
+    # TLS to the registry: CA bundle to trust (set it to use TLS), and this gateway's certificate for mutual TLS.
+    registry_tls_ca_file: Path | None = None
+    registry_tls_cert_file: Path | None = None
+    registry_tls_key_file: Path | None = None
     # feature_store.yaml or a state dir holding feast/feature_store.yaml; None = QANCHOR_STATE_DIR.
     feast_location: Path | None = None
     # Model versions A/B arms may name; empty = ask the model (config.pbtxt parameter "model_versions").
@@ -60,6 +65,11 @@ class GatewaySettings(GrpcServerSettings):
 
     def resolved_triton_url(self) -> str:
         return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"
+
+    def registry_tls(self) -> ClientTls | None:
+        if self.registry_tls_ca_file is None and self.registry_tls_cert_file is None:
+            return None
+        return ClientTls(self.registry_tls_ca_file, self.registry_tls_cert_file, self.registry_tls_key_file)
 
     def resolved_registry_target(self) -> str:
         return self.registry_target or f"127.0.0.1:{self.port('registry_grpc')}"

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.common.errors import DeadlineExceeded, NotFound, QAnchorError, Unavailable, error_for_code
+from services.common.errors import DeadlineExceeded, NotFound, Unavailable
+from services.common.grpc_client import ClientTls, open_channel, unary_call
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
 from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
 from services.registry.serving_view import ScenarioInfo, scenario_from_proto
@@ -26,10 +27,10 @@ class RegistryClient:
     def __init__(
         self, target: str, *, token: str | None = None, timeout_s: float = 5.0, cache_ttl_s: float = 5.0,
         max_stale_s: float = 300.0, negative_ttl_s: float = 1.0, channel: grpc.Channel | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, tls: ClientTls | None = None,
     ) -> None:
         self.target = target
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or open_channel(target, tls)
         self._owns_channel = channel is None
         self.stub = pb_grpc.ScenarioRegistryStub(self._channel)
         self.token = token
@@ -57,20 +58,9 @@ class RegistryClient:
 
     def _call(self, method: Callable[..., T], request: Any, request_id: str | None = None,
               timeout_s: float | None = None) -> T:
-        metadata = []
-        if self.token:
-            metadata.append(("authorization", f"Bearer {self.token}"))
-        if request_id:
-            metadata.append(("x-request-id", request_id))
-        try:
-            timeout = self.timeout_s if timeout_s is None else max(0.001, min(timeout_s, self.timeout_s))
-            return method(request, metadata=metadata, timeout=timeout)
-        except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details() or str(exc.code())  # type: ignore[attr-defined]
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                details += f" (registry at {self.target}: is it running and reachable? retry with backoff)"
-            err: QAnchorError = error_for_code(code, details)
-            raise err from None
+        timeout = self.timeout_s if timeout_s is None else max(0.001, min(timeout_s, self.timeout_s))
+        return unary_call(method, request, token=self.token, timeout_s=timeout, request_id=request_id,
+                          where=f"registry at {self.target}")
 
     # --- RPCs ----------------------------------------------------------------------------------------------
 
