@@ -352,3 +352,15 @@ def test_default_chart_is_coherent_and_refuses_a_worker_without_a_shared_databas
     env = {e["name"]: e.get("value") for e in ingest["env"]}
     assert env["INGEST_METRICS_HOST"] == "0.0.0.0" and env["INGEST_VECTOR_CACHE_URL"].startswith("redis://")
     assert ingest["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@needs_helm
+def test_only_the_gateway_and_ingest_reach_tritons_api() -> None:
+    policy = _by(_docs(), "NetworkPolicy", "qanchor-triton")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "triton"
+    api, metrics = policy["spec"]["ingress"]
+    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in api["from"]} == {"gateway",
+                                                                                                      "ingest"}
+    assert {p["port"] for p in api["ports"]} == {19000, 19001} and metrics["ports"] == [{"port": 19002,
+                                                                                          "protocol": "TCP"}]
+    assert not [d for d in _docs("--set", "triton.networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]
