@@ -60,6 +60,8 @@ user_features_fv = FeatureView(
             Field(name=s.fields[2], dtype=Array(Int64), description="event unix seconds, newest last"),
             Field(name=s.fields[3], dtype=Int64, description="number of events stored (<= k)"),
         )],
+        Field(name="recent_event_ids", dtype=Array(String),
+              description="event ids ingest applied last, newest last (applies a re-sent event once)"),
         Field(name="tabular", dtype=Array(Float32), description=f"[{spec.tabular_dim}] user statistics"),
         Field(name="feature_version", dtype=Int64, description="bumped on every write; serving cache key"),
         Field(name="updated_at", dtype=Int64, description="write time, unix milliseconds"),

@@ -56,10 +56,14 @@ make_env() {  # make_env NAME LOCKFILE LINK
   # The project itself, editable and without deps: cheap, so done on every run (the clone path may differ).
   "$UV" pip install -q -p "$dir/bin/python" --no-deps -e "$ROOT"
   ln -sfn "$dir" "$ROOT/$link"
-  # Keep the cache bounded: the two most recently used environments of this kind stay, older ones go.
+  # Keep the cache bounded, without pulling an environment from under another clone on this machine that still
+  # uses it (several checkouts share the cache, each on its own lock): beyond the two most recently used, an
+  # environment goes only once no setup has used it for QANCHOR_ENV_PRUNE_DAYS (default 14) days.
   touch "$dir"
   ls -1dt "$CACHE/venvs/$name"-*/ 2>/dev/null | tail -n +3 | while read -r old; do
-    log "$name env: pruning old $old"; rm -rf "$old"
+    if [ -n "$(find "$old" -maxdepth 0 -mtime +"${QANCHOR_ENV_PRUNE_DAYS:-14}" 2>/dev/null)" ]; then
+      log "$name env: pruning unused $old"; rm -rf "$old"
+    fi
   done
 }
 

@@ -18,6 +18,10 @@ log "setup done in $(( $(date +%s) - start ))s"
 
 if [ -x scripts/check_protos.sh ]; then bash scripts/check_protos.sh; fi
 if [ -x scripts/helm_lint.sh ]; then bash scripts/helm_lint.sh --ensure-helm; fi
+# grpcurl (built once from the Go module proxy) for the no-deadline test; without Go that test says so and skips.
+if [ -z "${QANCHOR_GRPCURL:-}" ] && command -v go >/dev/null 2>&1; then
+  QANCHOR_GRPCURL="$(bash scripts/ensure_grpcurl.sh)" && export QANCHOR_GRPCURL || log "grpcurl could not be built"
+fi
 
 status=0
 run() {  # run LABEL PYTHON ARGS...

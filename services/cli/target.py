@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from services.common.grpc_client import ClientTls
 from services.common.settings import ServiceSettings
 from services.stack.settings import StateLayout
 
@@ -38,6 +39,16 @@ class CliSettings(ServiceSettings):
     registry_timeout_s: float = 10.0
     # Kafka bootstrap servers; None = the local stack's broker.
     kafka_bootstrap: str | None = None
+    # TLS to the gateway and the registry: the CA bundle to trust (set it to use TLS), and a client certificate
+    # for servers that require one (mutual TLS).
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    def tls(self) -> ClientTls | None:
+        if self.tls_ca_file is None and self.tls_cert_file is None:
+            return None
+        return ClientTls(self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 PROJECT = "qanchor"
 ONLINE_STORES = ("sqlite", "redis")
+# Seconds a Redis online-store call may block (connect, read): a hung Redis must fail a lookup within the caller's
+# budget, not hold a gateway worker forever (Feast passes these to the redis client).
+REDIS_SOCKET_TIMEOUT_S = 2.0
 # services/common/feast_store.py -> repo root; the editable install keeps this layout.
 FEATURE_REPO = Path(__file__).resolve().parents[2] / "feature_repo"
 
@@ -68,9 +71,12 @@ def render_config(state_dir: Path, online_store: str = "sqlite", redis_url: str 
     elif online_store == "redis":
         if not redis_url:
             raise ValueError("online_store='redis' needs redis_url (e.g. redis://127.0.0.1:19079/0)")
+        conn = redis_connection_string(redis_url)
+        if "socket_timeout=" not in conn:
+            conn += f",socket_timeout={REDIS_SOCKET_TIMEOUT_S:g},socket_connect_timeout={REDIS_SOCKET_TIMEOUT_S:g}"
         online = {
             "type": "redis",
-            "connection_string": redis_connection_string(redis_url),
+            "connection_string": conn,
             # Last write wins, as on SQLite. Feast's default drops a write whose event time is not newer than
             # the stored one (one extra round trip per write); qanchor has one writer per user (Kafka partition
             # by user) and versions rows itself (feature_version), so that check only loses same-instant writes.

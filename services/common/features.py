@@ -75,6 +75,8 @@ class UserFeatures:
     updated_at: float = 0.0
     # False when the store has no row for this user (reads only; never raised as an error).
     found: bool = True
+    # The most recent event ids ingest applied to this row, newest last (its duplicate check; not a model input).
+    event_ids: list[str] = field(default_factory=list)
 
     @classmethod
     def missing(cls, user_id: str) -> "UserFeatures":
@@ -121,6 +123,7 @@ def to_push_columns(rows: Sequence[UserFeatures], spec: FeatureSpec) -> dict[str
             cols[ts_f].append([int(t) for t in ev.timestamps])
             cols[count_f].append(len(ev.texts))
         cols["tabular"].append([float(x) for x in np.asarray(row.tabular, dtype=np.float32)])
+        cols["recent_event_ids"].append([str(x) for x in row.event_ids])
         cols["feature_version"].append(int(row.feature_version))
         cols["updated_at"].append(int(round(row.updated_at * 1000)))
     return cols
@@ -156,6 +159,7 @@ def from_feature_dict(user_ids: Sequence[str], values: Mapping[str, Sequence[Any
             feature_version=int(versions[i]),
             updated_at=(updated or 0) / 1000.0,
             found=True,
+            event_ids=list(_at(values, "recent_event_ids", i) or []),
         ))
     return out
 

@@ -24,6 +24,8 @@ from services.common.settings import GrpcServerSettings
 
 log = logging.getLogger(__name__)
 
+HEALTH_THREADS = 4
+
 
 @dataclass(frozen=True)
 class Servicer:
@@ -44,6 +46,19 @@ def server_options(settings: GrpcServerSettings) -> list[tuple[str, Any]]:
     ]
 
 
+def server_credentials(settings: GrpcServerSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files (mutual TLS when a client CA is set); None = plaintext."""
+    if settings.tls_cert_file is None and settings.tls_key_file is None:
+        if settings.tls_client_ca_file is not None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE: mutual TLS is TLS first")
+        return None
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        raise ValueError("TLS needs both TLS_CERT_FILE and TLS_KEY_FILE (PEM files of this server)")
+    ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file is not None else None
+    return grpc.ssl_server_credentials([(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+                                       root_certificates=ca, require_client_auth=ca is not None)
+
+
 def create_server(
     settings: GrpcServerSettings,
     *servicers: Servicer,
@@ -58,15 +73,19 @@ def create_server(
     Pass `health_servicer` to control readiness yourself; otherwise one is created (all services NOT_SERVING
     until `serve` or `mark_serving`).
     """
+    limit = settings.resolved_max_concurrent_rpcs()
     if interceptors is None:
         interceptors = default_interceptors(
             service,
             settings.token.get_secret_value() if settings.token else None,
             settings.admin_token.get_secret_value() if settings.admin_token else None,
             auth_policy,
+            max_in_flight=limit,
         )
+    # Spare threads beyond the in-flight limit: health checks and reflection always find one.
+    workers = settings.max_workers + (HEALTH_THREADS if limit else 0)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix=f"{service}-rpc"),
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{service}-rpc"),
         interceptors=list(interceptors),
         options=server_options(settings),
     )
@@ -80,9 +99,11 @@ def create_server(
     reflection.enable_server_reflection(names, server)
 
     address = f"{settings.host}:{settings.resolved_grpc_port()}"
+    credentials = server_credentials(settings)
     cause: RuntimeError | None = None
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
     except RuntimeError as exc:
         port, cause = 0, exc
     if not port:
@@ -92,6 +113,22 @@ def create_server(
         ) from cause
     server._qanchor_health = health_servicer  # type: ignore[attr-defined]  # read back by serve()/mark_serving()
     return server, port
+
+
+class InsecureServer(ValueError):
+    """A server about to start open to anyone; the message names the setting that fixes it."""
+
+
+def require_token(settings: GrpcServerSettings) -> None:
+    """Secure by default: refuse to serve regular RPCs without a token unless the development flag says so."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    if (settings.token is None or not settings.token.get_secret_value()) and not settings.allow_no_token:
+        raise InsecureServer(f"{prefix}TOKEN is not set, so every regular RPC would be open to anyone who reaches "
+                             f"the port. Set {prefix}TOKEN (the Helm chart and `qanchor stack up` generate one), or "
+                             f"{prefix}ALLOW_NO_TOKEN=true for a development server.")
+    if settings.token is None or not settings.token.get_secret_value():
+        log.warning("serving without a token: every regular RPC is open (development flag ALLOW_NO_TOKEN)",
+                    extra={"event": "insecure_no_token"})
 
 
 def health_of(server: grpc.Server) -> health.HealthServicer:
@@ -163,7 +200,9 @@ def serve(
     """Run until SIGTERM/SIGINT; then NOT_SERVING, graceful stop (settings.grace_seconds), `on_stop` hooks.
 
     `readiness`: a dependency check; while it fails the servicers' health is NOT_SERVING (ReadinessMonitor).
+    Raises InsecureServer when no token is configured (see `require_token`).
     """
+    require_token(settings)
     server, port = create_server(settings, *servicers, service=service, auth_policy=auth_policy)
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server

@@ -1,7 +1,7 @@
-"""Server interceptors: request id, bearer-token auth, error mapping, Prometheus metrics.
+"""Server interceptors: request id, bearer-token auth, error mapping, Prometheus metrics, load shedding.
 
-Order matters (first is outermost): request id -> metrics -> error mapping -> auth. `default_interceptors` builds
-that chain. Each interceptor wraps the method handler's behaviour in a context manager, so unary and streaming
+Order matters (first is outermost): request id -> metrics -> error mapping -> load shedding -> auth.
+`default_interceptors` builds that chain. Each interceptor wraps the method handler's behaviour in a context manager, so unary and streaming
 RPCs are handled the same way.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ import contextlib
 import enum
 import hmac
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +19,7 @@ from typing import Any
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
-from services.common.errors import PermissionDenied, QAnchorError, Unauthenticated
+from services.common.errors import PermissionDenied, QAnchorError, ResourceExhausted, Unauthenticated
 from services.common.logging import request_id_var
 
 log = logging.getLogger(__name__)
@@ -237,13 +238,39 @@ class MetricsInterceptor(_AroundInterceptor):
             self.metrics.requests.labels(self.service, short, code.name).inc()
 
 
+class LoadSheddingInterceptor(_AroundInterceptor):
+    """At most `limit` calls in flight; one more is refused at once with RESOURCE_EXHAUSTED (retryable) instead of
+    queueing behind the others (a hung dependency would otherwise hold every caller, then every thread). Health
+    and reflection are never refused: probes must keep answering under load."""
+
+    EXEMPT = ("/grpc.health.v1.", "/grpc.reflection.")
+
+    def __init__(self, limit: int, setting: str = "MAX_CONCURRENT_RPCS") -> None:
+        self.limit, self.setting = limit, setting
+        self._slots = threading.BoundedSemaphore(limit) if limit > 0 else None
+
+    @contextlib.contextmanager
+    def around(self, method: str, metadata: Mapping[str, str], context: grpc.ServicerContext) -> Iterator[None]:
+        if self._slots is None or method.startswith(self.EXEMPT):
+            yield
+            return
+        if not self._slots.acquire(blocking=False):
+            raise ResourceExhausted(f"the server has {self.limit} calls in flight, its limit ({self.setting}); "
+                                    "retry with backoff")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 def default_interceptors(
     service: str, token: str | None, admin_token: str | None, policy: Mapping[str, Access] | None = None,
-    registry: CollectorRegistry | None = None,
+    registry: CollectorRegistry | None = None, max_in_flight: int = 0,
 ) -> list[grpc.ServerInterceptor]:
     return [
         RequestIdInterceptor(),
         MetricsInterceptor(service, registry),
         ErrorMappingInterceptor(),
+        LoadSheddingInterceptor(max_in_flight, f"{service.upper()}_MAX_CONCURRENT_RPCS"),
         AuthInterceptor(token, admin_token, policy),
     ]

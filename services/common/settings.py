@@ -80,18 +80,31 @@ class GrpcServerSettings(ServiceSettings):
     host: str = "127.0.0.1"
     # Explicit port (0 = pick a free one, for tests); None = port_base + offset of GRPC_PORT_NAME.
     grpc_port: int | None = None
-    # Worker threads: bounds concurrent RPCs; extra calls queue in gRPC.
+    # Worker threads for RPCs (a few more are added for health checks and reflection).
     max_workers: int = 16
+    # Calls in flight at once; one more is refused at once with RESOURCE_EXHAUSTED (retryable) rather than queued
+    # behind a slow dependency. None = max_workers, 0 = no limit (extra calls queue in gRPC).
+    max_concurrent_rpcs: int | None = None
     # Largest request/response accepted; a batch of 256 x 1024-d float embeddings is ~1 MiB.
     max_message_bytes: int = 16 * 1024 * 1024
     # Seconds in-flight RPCs get to finish after SIGTERM before they are cancelled.
     grace_seconds: float = 5.0
-    # Bearer token for regular RPCs; None = regular RPCs are open.
+    # Bearer token for regular RPCs. Required: a server without one refuses to start unless allow_no_token is set.
     token: SecretStr | None = None
+    # Development only: serve regular RPCs without a token (anyone who reaches the port may call them).
+    allow_no_token: bool = False
     # Bearer token for admin RPCs; None = admin RPCs are refused (fail closed).
     admin_token: SecretStr | None = None
     # Prometheus /metrics HTTP port; None = not exported over HTTP.
     metrics_port: int | None = None
+    # TLS: PEM certificate chain and private key of this server; both None = plaintext (the local stack).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Mutual TLS: PEM CA bundle that client certificates must chain to; None = clients need no certificate.
+    tls_client_ca_file: Path | None = None
+
+    def resolved_max_concurrent_rpcs(self) -> int:
+        return self.max_workers if self.max_concurrent_rpcs is None else self.max_concurrent_rpcs
 
     def resolved_grpc_port(self) -> int:
         if self.grpc_port is not None:

@@ -10,16 +10,24 @@ USER_ID_MAX_LEN = 128
 SCENARIO_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{1,63}")
 
 
+def user_id_problem(user_id: str) -> str | None:
+    """What is wrong with a user id (1..128 printable characters, any string, not only integers), or None.
+    The gateway and ingest apply the same rule, so an id ingest accepts is one the gateway serves."""
+    if not user_id:
+        return "user_id is empty; pass the caller's user identifier (1..128 printable characters)"
+    if len(user_id) > USER_ID_MAX_LEN:
+        return f"user_id is {len(user_id)} characters long; the maximum is {USER_ID_MAX_LEN}"
+    if not user_id.isprintable() or user_id != user_id.strip():
+        return (f"user_id {user_id!r:.160} has control characters or surrounding whitespace; send the id exactly "
+                "as stored")
+    return None
+
+
 def validate_user_id(user_id: str) -> str:
     """1..128 printable characters, any string (not only integers); returned unchanged."""
-    if not user_id:
-        raise InvalidArgument("user_id is empty; pass the caller's user identifier (1..128 printable characters)")
-    if len(user_id) > USER_ID_MAX_LEN:
-        raise InvalidArgument(f"user_id is {len(user_id)} characters long; the maximum is {USER_ID_MAX_LEN}")
-    if not user_id.isprintable() or user_id != user_id.strip():
-        raise InvalidArgument(
-            f"user_id {user_id!r} has control characters or surrounding whitespace; send the id exactly as stored"
-        )
+    problem = user_id_problem(user_id)
+    if problem:
+        raise InvalidArgument(problem)
     return user_id
 
 

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from services.common.errors import QAnchorError
-from services.common.grpc_server import serve
+from services.common.grpc_server import InsecureServer, require_token, serve
 from services.common.logging import setup_logging
 from services.gateway.ab_config import ConfigError
 from services.gateway.server import SERVICE_NAME, build_gateway
@@ -20,6 +20,12 @@ def main() -> int:
     if settings.metrics_port is None:
         settings = settings.model_copy(update={"metrics_port": settings.resolved_metrics_port()})
     setup_logging("gateway", settings.log_level)
+    try:
+        require_token(settings)  # before the slow start-up: a misconfigured pod fails in a second
+    except InsecureServer as exc:
+        log.error("startup failed", extra={"event": "startup_failed", "reason": "no_token", "error": str(exc)})
+        print(f"gateway: cannot start: {exc}", file=sys.stderr)
+        return 2
     # Before the slow part: importing Feast and opening the store can take tens of seconds on a busy machine.
     log.info("gateway starting", extra={"event": "gateway_starting", "service": SERVICE_NAME,
                                         "triton": settings.resolved_triton_url(),

@@ -88,10 +88,17 @@ class ConfigError(ValueError):
     """A config that must not be served. The message names the field and says what to fix."""
 
 
+class ValidationUnavailable(ConfigError):
+    """The config could not be checked now (registry or model server unreachable): not proven safe, so it is
+    not swapped in; the watcher checks again on its next poll."""
+
+
 class ScenarioLookup(Protocol):
     """What routing and the core need from the registry (a cached read)."""
 
-    def get_scenario(self, name: str) -> ScenarioInfo | None: ...
+    def get_scenario(self, name: str, timeout_s: float | None = None) -> ScenarioInfo | None:
+        """The serving view, None for an unknown name; `timeout_s` bounds a registry call (the caller's budget)."""
+        ...
 
 
 def load_config(text: str, source: str = "<string>") -> ABConfig:

@@ -1,5 +1,10 @@
 """Hot reload of the A/B routing file: the gateway's live `ABConfig`, swapped only for a file that parses and
 validates; a bad file is rejected with a message naming the field, and the last good config keeps serving.
+
+Fail closed, but start anyway: a change that cannot be validated now (registry or model server down) is not
+swapped in and is checked again every poll. At start-up there is no last good config, so a file that parses is
+served *provisionally* until its validation succeeds (a dependency that is down fails the requests that need it
+anyway); once validated, the config is checked again whenever the set of known models changes.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
-from services.gateway.ab_config import ABConfig, ConfigError, load_config
+from services.gateway.ab_config import ABConfig, ConfigError, ValidationUnavailable, load_config
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +37,15 @@ class ConfigWatcher:
     """
 
     def __init__(self, path: str | os.PathLike[str], validate: Validator | None = None,
-                 listener: ReloadListener | None = None, interval_s: float = 5.0) -> None:
+                 listener: ReloadListener | None = None, interval_s: float = 5.0,
+                 models: Callable[[], frozenset[str]] | None = None) -> None:
         self.path = Path(path)
         self._validate = validate
+        # The known model set; a change re-validates the live config (a model it routes to may be gone).
+        self._models = models
+        self._validated_models: frozenset[str] | None = None
+        # True while the live config has not been validated (loaded at start-up with a dependency down).
+        self.provisional = False
         self._listener = listener
         self._interval_s = interval_s
         self._lock = threading.Lock()
@@ -55,13 +66,16 @@ class ConfigWatcher:
         return cfg
 
     def load_initial(self) -> ABConfig:
-        """First load: a bad config here is fatal (there is no last good one to keep)."""
+        """First load: a bad config here is fatal (there is no last good one to keep); one that cannot be
+        validated yet is served provisionally and validated by later polls."""
         if not self.poll() and self._config is None:
             raise ConfigError(self.last_error or f"could not load {self.path}")
         return self.config
 
     def poll(self) -> bool:
         """Check the file once; returns True if a new config was swapped in."""
+        if self._config is not None:
+            self._recheck()
         try:
             st = os.stat(self.path)  # follows symlinks: the ConfigMap's current target
             stat_key = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -78,10 +92,19 @@ class ConfigWatcher:
         # A rejected file is re-checked every poll (the registry may have made its version READY since), but
         # logged and counted only once per content.
         quiet = digest == self._rejected
+        provisional = False
         try:
             cfg = load_config(data.decode("utf-8"), str(self.path))
+            models = self._models() if self._models is not None else None
             if self._validate is not None:
                 self._validate(cfg)
+        except ValidationUnavailable as exc:
+            if self._config is not None:  # keep the last good config: a change is never served unchecked
+                self._rejected = digest
+                return False if quiet else self._fail(str(exc))
+            provisional, models = True, None
+            log.warning("ab config served provisionally: it cannot be validated yet, validation is retried every "
+                        "poll", extra={"event": "ab_config_provisional", "path": str(self.path), "error": str(exc)})
         except (ConfigError, UnicodeDecodeError) as exc:
             self._rejected = digest
             return False if quiet else self._fail(str(exc))
@@ -89,12 +112,43 @@ class ConfigWatcher:
             self._config, self._digest, self._rejected = cfg, digest, None
             self.generation += 1
             self.last_error = None
+            self.provisional, self._validated_models = provisional, models
         log.info("ab config loaded", extra={"event": "ab_config_loaded", "path": str(self.path),
                                             "generation": self.generation, "sha256": digest[:12],
                                             "scenarios": len(cfg.scenarios)})
         if self._listener is not None:
             self._listener.reload_succeeded(self.generation)
         return True
+
+    def _recheck(self) -> None:
+        """Validate the live config again when it is provisional or the known model set changed."""
+        if self._validate is None:
+            return
+        try:
+            models = self._models() if self._models is not None else None
+        except ConfigError:
+            return  # the model server is unreachable: nothing new to check against
+        if not self.provisional and models == self._validated_models:
+            return
+        cfg = self._config
+        assert cfg is not None
+        try:
+            self._validate(cfg)
+        except ValidationUnavailable:
+            return
+        except ConfigError as exc:
+            self._validated_models = models
+            self.provisional = False
+            log.error("the live ab config no longer validates; it keeps serving (routes to missing versions fall "
+                      "back to the active prompt): fix the file", extra={"event": "ab_config_invalid",
+                                                                          "path": str(self.path), "error": str(exc)})
+            if self._listener is not None:
+                self._listener.reload_failed()
+            return
+        if self.provisional:
+            log.info("ab config validated", extra={"event": "ab_config_validated", "path": str(self.path),
+                                                   "generation": self.generation})
+        self.provisional, self._validated_models = False, models
 
     def _fail(self, message: str) -> bool:
         self.last_error = message

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, Union
 
 import grpc
 import numpy as np
@@ -110,12 +110,24 @@ class Timing:
     model_ms: float = 0.0
 
 
+# A "deadline" further away than this is no deadline: gRPC reports ~9e18 s remaining for a call without one
+# (grpcurl and most client libraries send none by default).
+NO_DEADLINE_S = 1e6
+
+
 @dataclass(frozen=True)
 class CoreLimits:
     max_batch_items: int = 256  # BatchGetEmbeddings items per call
     max_scenarios: int = 64  # GetUserEmbeddings scenarios per call
-    default_timeout_s: float = 2.0  # model budget when the caller set no deadline
+    default_timeout_s: float = 2.0  # the call's budget when the caller set no deadline
     deadline_margin_s: float = 0.005  # kept back from the caller's deadline to build and send the reply
+
+
+def call_budget(timeout_s: float | None, limits: CoreLimits) -> float:
+    """Seconds this call may take: the caller's deadline, or the configured default when it set none."""
+    if timeout_s is None or timeout_s > NO_DEADLINE_S:
+        return limits.default_timeout_s
+    return timeout_s
 
 
 @dataclass
@@ -175,19 +187,27 @@ class GatewayCore:
     def _run(self, pairs: list[tuple[str, str]], timeout_s: float | None,
              user_checked: bool = False) -> tuple[list[ItemResult], Timing]:
         t0 = time.perf_counter()
-        budget = self.limits.default_timeout_s if timeout_s is None else timeout_s
-        deadline = t0 + budget
+        deadline = t0 + call_budget(timeout_s, self.limits)
         results: list[ItemResult | None] = [None] * len(pairs)
         config = self.routing.config
 
-        # validate + route: per item, so one bad pair does not sink a batch
-        by_user: "OrderedDict[str, list[_Planned]]" = OrderedDict()
+        # validate, then look each distinct scenario up once (with what is left of the budget), then route:
+        # per item, so one bad pair does not sink a batch
+        valid: list[tuple[int, str, str]] = []
         for i, (user_id, scenario) in enumerate(pairs):
             try:
                 if not user_checked:
                     validate_user_id(user_id)
                 validate_scenario_name(scenario)
-                planned = self._plan(i, user_id, scenario, config)
+            except QAnchorError as exc:
+                results[i] = ItemError(exc.code, exc.message)
+                continue
+            valid.append((i, user_id, scenario))
+        infos = self._scenarios(dict.fromkeys(s for _, _, s in valid), deadline)
+        by_user: "OrderedDict[str, list[_Planned]]" = OrderedDict()
+        for i, user_id, scenario in valid:
+            try:
+                planned = self._plan(i, user_id, infos[scenario], config)
             except QAnchorError as exc:
                 results[i] = ItemError(exc.code, exc.message)
                 continue
@@ -197,7 +217,7 @@ class GatewayCore:
 
         timing = Timing()
         if by_user:
-            users = self._lookup(list(by_user), timing)
+            users = self._lookup(list(by_user), timing, deadline)
             requests, owners = self._requests(by_user, users)
             self._infer(requests, owners, users, deadline, results, timing)
 
@@ -212,11 +232,26 @@ class GatewayCore:
                     self.metrics.item_errors.labels(r.code.name).inc()
         return out, timing
 
-    def _plan(self, index: int, user_id: str, scenario: str, config: ABConfig) -> _Planned:
-        info = self.registry.get_scenario(scenario)
-        if info is None:
-            raise NotFound(f"scenario {scenario!r} is not registered; register it with RegisterScenario "
-                           "(or check the spelling with ListScenarios)")
+    def _scenarios(self, names: Iterable[str], deadline: float) -> dict[str, ScenarioInfo | QAnchorError]:
+        """Each distinct scenario of the call looked up once; a registry call gets what is left of the budget."""
+        out: dict[str, ScenarioInfo | QAnchorError] = {}
+        for name in names:
+            remaining = deadline - time.perf_counter() - self.limits.deadline_margin_s
+            try:
+                if remaining <= 0:
+                    raise DeadlineExceeded("the deadline passed while looking up scenarios; raise the deadline")
+                info = self.registry.get_scenario(name, timeout_s=remaining)
+                out[name] = info if info is not None else NotFound(
+                    f"scenario {name!r} is not registered; register it with RegisterScenario (or check the "
+                    "spelling with ListScenarios)")
+            except QAnchorError as exc:
+                out[name] = exc
+        return out
+
+    def _plan(self, index: int, user_id: str, info: ScenarioInfo | QAnchorError, config: ABConfig) -> _Planned:
+        if isinstance(info, QAnchorError):
+            raise info
+        scenario = info.name
         a = assign(config, scenario, user_id)
         prompt, arm = self._resolve_prompt(a, info)
         # A tuned prompt only fits the model it was tuned for: that model wins over the arm's default.
@@ -247,8 +282,11 @@ class GatewayCore:
             self.metrics.arm_fallbacks.labels(info.name, a.arm).inc()
         return active, DEFAULT_ARM
 
-    def _lookup(self, user_ids: list[str], timing: Timing) -> dict[str, UserFeatures]:
+    def _lookup(self, user_ids: list[str], timing: Timing, deadline: float) -> dict[str, UserFeatures]:
         t = time.perf_counter()
+        if deadline - t - self.limits.deadline_margin_s <= 0:
+            raise DeadlineExceeded("the deadline passed before the feature lookup (the scenario lookups took it); "
+                                   "raise the deadline or retry")
         try:
             rows = self.features.get(user_ids)
         except QAnchorError:

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import grpc
 
-from services.common.errors import QAnchorError, error_for_code
+from services.common.grpc_client import ClientTls, open_channel, unary_call
 from services.common.proto.qanchor.v1 import embedding_pb2 as pb
 from services.common.proto.qanchor.v1 import embedding_pb2_grpc as pb_grpc
 
@@ -22,9 +22,10 @@ T = TypeVar("T")
 
 class EmbeddingClient:
     def __init__(self, target: str, *, token: str | None = None, timeout_s: float = 2.0,
-                 channel: grpc.Channel | None = None, max_message_bytes: int = 16 * 1024 * 1024) -> None:
+                 channel: grpc.Channel | None = None, max_message_bytes: int = 16 * 1024 * 1024,
+                 tls: ClientTls | None = None) -> None:
         self.target = target
-        self._channel = channel or grpc.insecure_channel(target, options=[
+        self._channel = channel or open_channel(target, tls, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ])
@@ -46,16 +47,8 @@ class EmbeddingClient:
 
     def _call(self, method: Callable[..., T], request: Any, timeout_s: float | None,
               request_id: str | None) -> T:
-        metadata = []
-        if self.token:
-            metadata.append(("authorization", f"Bearer {self.token}"))
-        if request_id:
-            metadata.append(("x-request-id", request_id))
-        try:
-            return method(request, metadata=metadata, timeout=timeout_s if timeout_s is not None else self.timeout_s)
-        except grpc.RpcError as exc:
-            err: QAnchorError = error_for_code(exc.code(), exc.details() or str(exc.code()))  # type: ignore[attr-defined]
-            raise err from None
+        return unary_call(method, request, token=self.token, request_id=request_id,
+                          timeout_s=timeout_s if timeout_s is not None else self.timeout_s)
 
     def get_embedding(self, user_id: str, scenario: str, *, timeout_s: float | None = None,
                       request_id: str | None = None) -> pb.GetEmbeddingResponse:

@@ -12,7 +12,9 @@ from services.common.grpc_server import Servicer, create_server
 from services.common.proto.qanchor.v1 import embedding_pb2_grpc
 from services.gateway.core import CoreLimits, FeatureSource, GatewayCore, ModelClient
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.ab_config import ABConfig, ConfigError, ScenarioLookup, load_config, validate_against
+from services.gateway.ab_config import (
+    ABConfig, ConfigError, ScenarioLookup, ValidationUnavailable, load_config, validate_against,
+)
 from services.gateway.ab_watcher import ConfigWatcher
 from services.gateway.servicer import SERVICE_NAME, EmbeddingServicer
 from services.gateway.settings import GatewaySettings
@@ -41,27 +43,26 @@ class Gateway:
             close()
 
 
-def known_models(settings: GatewaySettings, model: ModelClient) -> Callable[[], set[str]]:
-    def get() -> set[str]:
+def known_models(settings: GatewaySettings, model: ModelClient) -> Callable[[], frozenset[str]]:
+    def get() -> frozenset[str]:
         if settings.model_versions:
-            return set(settings.model_versions)
+            return frozenset(settings.model_versions)
         try:
-            return set(model.known_model_versions())
-        except Exception as exc:  # model server down at reload time: routing checks models again next reload
-            log.warning("model versions unknown: model_version fields not checked",
-                        extra={"event": "model_versions_unknown", "error": repr(exc)})
-            return set()
+            return frozenset(model.known_model_versions())
+        except Exception as exc:  # fail closed: a config naming models cannot be checked without the model server
+            raise ValidationUnavailable(f"cannot read the model versions from the model server ({exc!r}); "
+                                        "the A/B config is checked again when it answers") from exc
     return get
 
 
-def make_validator(registry: ScenarioLookup, models: Callable[[], set[str]]) -> Callable[[ABConfig], None]:
+def make_validator(registry: ScenarioLookup, models: Callable[[], frozenset[str]]) -> Callable[[ABConfig], None]:
     def validate(cfg: ABConfig) -> None:
         try:
             validate_against(cfg, registry, models())
         except ConfigError:
             raise
         except QAnchorError as exc:  # registry unreachable: cannot prove the config safe, so do not swap it in
-            raise ConfigError(f"cannot validate against the registry: {exc.message}") from exc
+            raise ValidationUnavailable(f"cannot validate against the registry: {exc.message}") from exc
     return validate
 
 
@@ -84,8 +85,11 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
         from services.registry.client import RegistryClient
 
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
-        lookup = RegistryLookup(RegistryClient(settings.resolved_registry_target(), token=token, timeout_s=1.0,
-                                               cache_ttl_s=settings.registry_cache_ttl_s))
+        lookup = RegistryLookup(RegistryClient(settings.resolved_registry_target(), token=token,
+                                               timeout_s=settings.registry_timeout_s,
+                                               cache_ttl_s=settings.registry_cache_ttl_s,
+                                               negative_ttl_s=settings.registry_negative_ttl_s,
+                                               tls=settings.registry_tls()))
         closers.append(lookup.close)
         registry = lookup
     if model is None:
@@ -95,8 +99,9 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
         closers.append(triton.close)
         model = triton
     metrics = metrics or GatewayMetrics.shared()
-    watcher = ConfigWatcher(settings.ab_config, make_validator(registry, known_models(settings, model)),
-                            listener=metrics, interval_s=settings.ab_poll_s)
+    models = known_models(settings, model)
+    watcher = ConfigWatcher(settings.ab_config, make_validator(registry, models), listener=metrics,
+                            interval_s=settings.ab_poll_s, models=models)
     watcher.load_initial()
     limits = CoreLimits(max_batch_items=settings.max_batch_items, max_scenarios=settings.max_scenarios,
                         default_timeout_s=settings.default_timeout_s, deadline_margin_s=settings.deadline_margin_s)

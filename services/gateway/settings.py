@@ -7,6 +7,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from services.common.grpc_client import ClientTls
 from services.common.settings import GrpcServerSettings, repo_root
 
 
@@ -46,6 +47,15 @@ class GatewaySettings(GrpcServerSettings):
     registry_token: SecretStr | None = None
     # Seconds a scenario lookup is cached: how long a newly promoted prompt takes to reach traffic.
     registry_cache_ttl_s: float = 5.0
+    # Seconds an unknown scenario name is remembered (one registry call per name, not per request); a scenario
+    # registered elsewhere serves within this long.
+    registry_negative_ttl_s: float = 1.0
+    # Longest single registry call; a call also never outlives the caller's remaining deadline.
+    registry_timeout_s: float = 1.0
+    # TLS to the registry: CA bundle to trust (set it to use TLS), and this gateway's certificate for mutual TLS.
+    registry_tls_ca_file: Path | None = None
+    registry_tls_cert_file: Path | None = None
+    registry_tls_key_file: Path | None = None
     # feature_store.yaml or a state dir holding feast/feature_store.yaml; None = QANCHOR_STATE_DIR.
     feast_location: Path | None = None
     # Model versions A/B arms may name; empty = ask the model (config.pbtxt parameter "model_versions").
@@ -53,7 +63,7 @@ class GatewaySettings(GrpcServerSettings):
     # Request size limits (INVALID_ARGUMENT above them).
     max_batch_items: int = 256
     max_scenarios: int = 64
-    # Model budget for calls that carry no gRPC deadline.
+    # Budget of a call that carries no gRPC deadline (grpcurl and most client libraries send none by default).
     default_timeout_s: float = 2.0
     # Kept back from the caller's deadline to build and send the reply.
     deadline_margin_s: float = 0.005
@@ -66,6 +76,11 @@ class GatewaySettings(GrpcServerSettings):
 
     def resolved_triton_url(self) -> str:
         return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"
+
+    def registry_tls(self) -> ClientTls | None:
+        if self.registry_tls_ca_file is None and self.registry_tls_cert_file is None:
+            return None
+        return ClientTls(self.registry_tls_ca_file, self.registry_tls_cert_file, self.registry_tls_key_file)
 
     def resolved_registry_target(self) -> str:
         return self.registry_target or f"127.0.0.1:{self.port('registry_grpc')}"

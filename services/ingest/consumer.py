@@ -17,14 +17,14 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 from services.common.features import UserFeatures
-from services.ingest.dlq import DeadLetterQueue, Record
+from services.ingest.dlq import DeadLetterQueue, DeadLetterUnavailable, Record
 from services.ingest.encoder import CachedEncoder
 from services.ingest.metrics import IngestMetrics
-from services.ingest.schema import Event, EventRejected, parse_event
+from services.ingest.schema import Event, EventLimits, EventRejected, parse_event
 from services.ingest.state import PartitionUserState
 from services.ingest.transform import IngestSpec, Position, UserUpdate, decode_version, plan_user_update
 from services.ingest.writer import FeatureStoreIO
@@ -60,6 +60,11 @@ class IngestLimits:
     retry_backoff_s: float = 2.0
     # Consecutive failed attempts of one batch before the worker gives up (the process exits non-zero).
     max_batch_attempts: int = 30
+    # Attempts of a batch whose dead letters cannot be written before the partitions holding them are stopped
+    # (paused, loudly) while the others go on.
+    dlq_attempts: int = 3
+    # What one record may hold (schema.EventLimits).
+    events: EventLimits = field(default_factory=EventLimits)
 
     @property
     def batch_budget_s(self) -> float:
@@ -73,13 +78,22 @@ class IngestWorker:
     def __init__(self, consumer: Any, dlq: DeadLetterQueue, store: FeatureStoreIO, encoder: CachedEncoder,
                  spec: IngestSpec, metrics: IngestMetrics, limits: IngestLimits | None = None, *,
                  state: PartitionUserState | None = None, watchdog: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, gate: Callable[[str, int], None] | None = None) -> None:
         self.consumer, self.dlq, self.store, self.encoder = consumer, dlq, store, encoder
         self.spec, self.metrics = spec, metrics
         self.limits = limits or IngestLimits()
         self.batch_budget_s = self.limits.batch_budget_s
         self.clock = clock
         self.watchdog = watchdog  # called once per poll loop (the group-rejoin check, services.ingest.group)
+        # Called as gate("process" | "commit", batch number) before each step: a test/drill hook (services.ingest.gate)
+        # that makes a stop or a crash land at an exact point instead of racing the machine.
+        self.gate = gate or (lambda stage, batch: None)
+        self.batches = 0
+        # When the loop last turned (a poll, or an attempt of a batch): liveness proves the loop, not the process.
+        self.last_progress = time.monotonic()
+        # Partitions whose rejected records could not be dead-lettered: paused until a restart.
+        self.stopped: set[int] = set()
+        self._rejected_partitions: set[int] = set()
         # Rows this worker wrote, per owned partition; capacity 0 = always read the store.
         self.state = state if state is not None else PartitionUserState(capacity=0)
         self._sources = set(spec.source_names)
@@ -101,27 +115,29 @@ class IngestWorker:
         m = self.metrics
         by_user: dict[str, list[tuple[Position, Event]]] = defaultdict(list)
         appended: dict[Position, float] = {}  # Kafka's record time (producer send or broker append), seconds
-        dlq_futures = []
+        dlq_futures: list[Any] = []
+        self._rejected_partitions = set()
         t0 = time.perf_counter()
         for rec in records:
-            try:
-                ev = parse_event(rec.value, rec.key, self._sources, self.spec.features.tabular_dim)
-            except EventRejected as exc:
-                log.warning("event rejected", extra={"reason": exc.reason, "topic": rec.topic,
-                                                     "partition": rec.partition, "offset": rec.offset,
-                                                     "detail": exc.detail[:200]})
-                dlq_futures.append(self.dlq.send(rec, exc))
-                m.dlq.labels(reason=exc.reason).inc()
-                result.dlq += 1
-                continue
             pos = Position(rec.partition, rec.offset)
-            by_user[ev.user_id].append((pos, ev))
             record_ms = getattr(rec, "timestamp", None)
-            if isinstance(record_ms, (int, float)) and record_ms > 0:
-                appended[pos] = record_ms / 1000.0
+            sent = record_ms / 1000.0 if isinstance(record_ms, (int, float)) and record_ms > 0 else None
+            try:
+                ev = parse_event(rec.value, rec.key, self._sources, self.spec.features.tabular_dim,
+                                 self.limits.events, now=sent if sent is not None else self.clock())
+            except EventRejected as exc:
+                self._reject(rec, exc, dlq_futures, result)
+                continue
+            except Exception as exc:  # nothing in a record may stop the stream: whatever else breaks is its fault
+                self._reject(rec, EventRejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]), dlq_futures,
+                             result)
+                continue
+            if sent is not None:
+                appended[pos] = sent
+            by_user[ev.user_id].append((pos, ev))
         m.stage_seconds.labels(stage="validate").observe(time.perf_counter() - t0)
 
-        updates = self._plan(by_user)
+        updates = self._plan(by_user, {Position(r.partition, r.offset): r for r in records}, dlq_futures, result)
         result.duplicates = sum(u.skipped for u in updates)
         todo = [u for u in updates if u.applied]
         result.applied = sum(u.applied for u in todo)
@@ -168,7 +184,16 @@ class IngestWorker:
         m.events.labels(outcome="dlq").inc(result.dlq)
         return result
 
-    def _plan(self, by_user: dict[str, list[tuple[Position, Event]]]) -> list[UserUpdate]:
+    def _reject(self, rec: Record, exc: EventRejected, futures: list[Any], result: BatchResult) -> None:
+        log.warning("event rejected", extra={"reason": exc.reason, "topic": rec.topic, "partition": rec.partition,
+                                             "offset": rec.offset, "detail": exc.detail[:200]})
+        self._rejected_partitions.add(rec.partition)
+        futures.append(self.dlq.send(rec, exc))
+        self.metrics.dlq.labels(reason=exc.reason).inc()
+        result.dlq += 1
+
+    def _plan(self, by_user: dict[str, list[tuple[Position, Event]]], records: dict[Position, Record],
+              dlq_futures: list[Any], result: BatchResult) -> list[UserUpdate]:
         if not by_user:
             return []
         current: dict[str, UserFeatures] = {}
@@ -189,7 +214,13 @@ class IngestWorker:
         for uid in by_user:
             # Log order per user; a batch may interleave partitions but one user lives in one partition.
             events = sorted(by_user[uid], key=lambda pe: pe[0])
-            upd = plan_user_update(current[uid], events, self.spec)
+            try:
+                upd = plan_user_update(current[uid], events, self.spec)
+            except Exception as exc:  # a rule this data breaks: its records go to the DLQ, not the batch down
+                for pos, _ in events:
+                    self._reject(records[pos], EventRejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
+                                 dlq_futures, result)
+                continue
             if upd is not None:
                 updates.append(upd)
         return updates
@@ -211,9 +242,23 @@ class IngestWorker:
         from kafka.errors import CommitFailedError
 
         started = time.monotonic()
+        self.batches += 1
+        self.gate("process", self.batches)
+        dlq_failures = 0
         for attempt in range(1, self.limits.max_batch_attempts + 1):
+            self.last_progress = time.monotonic()
             try:
                 result = self.process(records, started)
+            except DeadLetterUnavailable as exc:
+                dlq_failures += 1
+                self.metrics.batch_failures.labels(error="dlq_unavailable").inc()
+                if dlq_failures >= self.limits.dlq_attempts:
+                    records = self._stop_partitions(records, exc)
+                    if not records:
+                        return BatchResult()
+                    continue
+                time.sleep(self.limits.retry_backoff_s)
+                continue
             except BatchTooSlow:
                 self.state.clear("batch_too_slow")
                 self.metrics.batch_failures.labels(error="too_slow").inc()
@@ -227,6 +272,7 @@ class IngestWorker:
                             extra={"attempt": attempt, "error": type(exc).__name__, "detail": str(exc)[:300]})
                 time.sleep(self.limits.retry_backoff_s)
                 continue
+            self.gate("commit", self.batches)
             try:
                 self.commit(records)
             except CommitFailedError as exc:
@@ -238,6 +284,24 @@ class IngestWorker:
                 self.metrics.batch_failures.labels(error="commit_failed").inc()
             return result
         raise AssertionError("unreachable")
+
+    def _stop_partitions(self, records: Sequence[Record], exc: Exception) -> list[Record]:
+        """The dead letters of some partitions cannot be written: stop those partitions (paused at this batch, so
+        nothing of theirs is committed or lost), loudly, and hand back the records of the others."""
+        from kafka.structs import TopicPartition
+
+        bad = set(self._rejected_partitions) or {r.partition for r in records}
+        held = [r for r in records if r.partition in bad]
+        self._rewind(held)
+        self.consumer.pause(*{TopicPartition(r.topic, r.partition) for r in held})
+        self.stopped |= bad
+        for p in bad:
+            self.metrics.partition_stopped.labels(partition=str(p)).set(1)
+        log.error("partitions stopped: their rejected records cannot be written to the DLQ; fix the DLQ topic "
+                  "(it exists, this consumer may write it) and restart ingest",
+                  extra={"partitions": ",".join(map(str, sorted(bad))), "dlq_topic": self.dlq.topic,
+                         "error": type(exc).__name__, "detail": str(exc)[:300]})
+        return [r for r in records if r.partition not in bad]
 
     def _rewind(self, records: Sequence[Record]) -> None:
         from kafka.structs import TopicPartition
@@ -251,6 +315,11 @@ class IngestWorker:
             if tp in assigned:
                 self.consumer.seek(tp, off)
 
+    def stalled(self, limit_s: float) -> str | None:
+        """Why the loop looks dead (no poll or batch attempt for `limit_s`), or None: the liveness answer."""
+        idle = time.monotonic() - self.last_progress
+        return f"no poll or batch attempt for {idle:.0f} s (limit {limit_s:.0f} s)" if idle > limit_s else None
+
     def run(self, stop: threading.Event) -> None:
         """Poll until `stop` is set; the batch in hand is always finished, pushed and committed first."""
         totals = BatchResult()
@@ -259,6 +328,7 @@ class IngestWorker:
             polled = self.consumer.poll(timeout_ms=self.limits.poll_timeout_ms,
                                         max_records=self.limits.max_poll_records)
             records = [r for recs in polled.values() for r in recs]
+            self.last_progress = time.monotonic()
             if records:
                 self.metrics.batch_size.observe(len(records))
                 try:

@@ -36,6 +36,15 @@ def dlq_headers(record: Record, exc: EventRejected, group_id: str, now: float) -
     return [*(record.headers or []), *ours]
 
 
+# The most of a rejected value the DLQ keeps (Kafka's default request limit is 1 MiB, and headers ride along);
+# a longer value is cut, and `qanchor.truncated_from` says how long it was.
+MAX_DLQ_VALUE_BYTES = 900 * 1024
+
+
+class DeadLetterUnavailable(RuntimeError):
+    """A dead letter could not be written: the batch must not commit (its rejected records would be lost)."""
+
+
 class DeadLetterQueue:
     """Sends rejected records to `topic` through a Kafka producer (or anything with send/flush)."""
 
@@ -44,13 +53,23 @@ class DeadLetterQueue:
 
     def send(self, record: Record, exc: EventRejected) -> Any:
         """Start the send; -> a future the batch waits on (`wait`) before committing."""
-        return self.producer.send(self.topic, key=record.key, value=record.value,
-                                  headers=dlq_headers(record, exc, self.group_id, self.clock()))
+        headers = dlq_headers(record, exc, self.group_id, self.clock())
+        value = record.value if record.value is not None else b""  # a record may have neither key nor value
+        if len(value) > MAX_DLQ_VALUE_BYTES:
+            headers.append(("qanchor.truncated_from", str(len(value)).encode()))
+            value = value[:MAX_DLQ_VALUE_BYTES]
+        try:
+            return self.producer.send(self.topic, key=record.key, value=value, headers=headers)
+        except Exception as err:
+            raise DeadLetterUnavailable(f"cannot send to {self.topic}: {type(err).__name__}: {err}") from err
 
     def wait(self, futures: Sequence[Any], timeout_s: float = 60.0) -> None:
         """Block until every send is acknowledged; a failed send raises (it must fail the batch, not vanish)."""
         if not futures:
             return
-        self.producer.flush()
-        for fut in futures:
-            fut.get(timeout=timeout_s)
+        try:
+            self.producer.flush(timeout=timeout_s)
+            for fut in futures:
+                fut.get(timeout=timeout_s)
+        except Exception as err:
+            raise DeadLetterUnavailable(f"{self.topic} did not acknowledge: {type(err).__name__}: {err}") from err

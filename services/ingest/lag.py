@@ -3,7 +3,8 @@
 Ingest commits only after the features are written, so this is the number of records not yet servable. It is
 read on a timer by its own client (`GroupLagReader`), not from the worker's fetch position (which runs ahead of
 what is written) nor from the high watermark of the last fetch (stale while a long batch runs): a gauge that
-read 368 while ~35,000 records were queued was the reason. Each member exports the partitions it owns.
+read 368 while ~35,000 records were queued was the reason. Each member exports the partitions it owns (0 for one
+it gave away), so the sum over members is the group's lag.
 """
 from __future__ import annotations
 
@@ -73,8 +74,8 @@ class LagMonitor:
         lags = self.reader.read()
         owned = self.owned()
         shown = {p: lag for p, lag in lags.items() if owned is None or p in owned}
-        for p in self._shown - set(shown):  # a partition that moved to another member: its gauge is theirs now
-            self.gauge.remove(str(p))
+        for p in self._shown - set(shown):  # a partition that moved to another member: its lag is theirs now
+            self.gauge.labels(partition=str(p)).set(0)
         for p, lag in shown.items():
             self.gauge.labels(partition=str(p)).set(lag)
         self._shown = set(shown)

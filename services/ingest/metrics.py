@@ -1,9 +1,12 @@
 """Prometheus metrics of the ingest service (one registry per consumer, so tests can run several)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Ingest latency: the record's Kafka time -> features servable; the goal is p99 <= 2 s, so resolve 50 ms .. 60 s
 # finely, and keep coarse buckets up to 30 min so a lagging consumer still shows how far behind it is.
@@ -30,6 +33,7 @@ class IngestMetrics:
     user_state: Counter
     users_written: Counter
     batch_failures: Counter
+    partition_stopped: Gauge
 
     @classmethod
     def create(cls) -> "IngestMetrics":
@@ -59,7 +63,33 @@ class IngestMetrics:
                                   registry=r),
             batch_failures=Counter("qanchor_ingest_batch_failures", "batches replayed after an error", ["error"],
                                    registry=r),
+            partition_stopped=Gauge("qanchor_ingest_partition_stopped", "1 while a partition is stopped because "
+                                    "its rejected records cannot be written to the DLQ (restart after fixing it)",
+                                    ["partition"], registry=r),
         )
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1", alive: Callable[[], str | None] | None = None) -> None:
+        """/metrics, and /healthz: 200 while `alive()` returns None (the poll loop turns), else 503 with the
+        reason. One thread; a probe never waits on the worker."""
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path.startswith("/healthz"):
+                    problem = alive() if alive is not None else None
+                    body, code, kind = (problem or "ok").encode(), 503 if problem else 200, "text/plain"
+                elif self.path.startswith("/metrics") or self.path == "/":
+                    body, code, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+                else:
+                    body, code, kind = b"not found: try /metrics or /healthz", 404, "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:  # probes every few seconds: not worth a log line
+                pass
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=server.serve_forever, name="ingest-metrics", daemon=True).start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -62,7 +63,7 @@ def publish_lines(producer, lines: Iterable[bytes], topic: str = EVENTS_TOPIC, v
         key = user_key(line)
         if validate:
             try:
-                parse_event(line, key, known, tabular_dim)
+                parse_event(line, key, known, tabular_dim, now=time.time())
             except EventRejected as exc:
                 report.refused.append((n, str(exc)))
                 continue

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from services.ingest.consumer import IngestLimits, IngestWorker
+from services.ingest.schema import EventLimits
 from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -25,17 +26,22 @@ class IngestService:
 
 
 def limits_from(settings: IngestSettings) -> IngestLimits:
+    events = EventLimits(max_record_bytes=settings.max_record_bytes, max_depth=settings.max_json_depth,
+                         max_text_chars=settings.max_text_chars, max_future_skew_s=settings.max_future_skew_s)
     return IngestLimits(max_poll_records=settings.max_poll_records, poll_timeout_ms=settings.poll_timeout_ms,
                         max_poll_interval_s=settings.max_poll_interval_ms / 1000.0,
-                        retry_backoff_s=settings.retry_backoff_s, max_batch_attempts=settings.max_batch_attempts)
+                        retry_backoff_s=settings.retry_backoff_s, max_batch_attempts=settings.max_batch_attempts,
+                        dlq_attempts=settings.dlq_attempts, events=events)
 
 
 def build_ingest(settings: IngestSettings) -> IngestService:
     """Connect everything (Kafka consumer + DLQ producer, Feast, Triton, the shared text-vector cache)."""
+    import dataclasses
     import time
 
     from services.ingest.dlq import DeadLetterQueue
     from services.ingest.encoder import CachedEncoder, RedisVectorCache, TritonTextEncoder
+    from services.ingest.gate import FileGate
     from services.ingest.group import join, open_consumer, rejoin_watchdog
     from services.ingest.lag import GroupLagReader, LagMonitor
     from services.ingest.metrics import IngestMetrics
@@ -44,12 +50,15 @@ def build_ingest(settings: IngestSettings) -> IngestService:
     from services.ingest.transform import load_ingest_spec
     from services.ingest.writer import FeastFeatureStore
 
-    spec = load_ingest_spec(settings.sources_yaml)
+    spec = dataclasses.replace(load_ingest_spec(settings.sources_yaml), recent_ids=settings.recent_event_ids)
     metrics = IngestMetrics.create()
+    worker_ref: list[IngestWorker] = []
     port = settings.resolved_metrics_port()
     if port:
-        metrics.serve(port)
-        log.info("metrics serving", extra={"port": port})
+        # Until the worker exists the loop cannot be stalled: start-up is the startup probe's business.
+        metrics.serve(port, settings.metrics_host,
+                      alive=lambda: worker_ref[0].stalled(settings.liveness_timeout_s) if worker_ref else None)
+        log.info("metrics serving", extra={"host": settings.metrics_host, "port": port})
     triton = TritonTextEncoder(settings.resolved_triton_url(), settings.triton_model, settings.encoder_max_batch)
     triton.wait_ready(timeout_s=120)
     store = FeastFeatureStore(settings.resolved_feast_location(), spec.features)
@@ -60,7 +69,9 @@ def build_ingest(settings: IngestSettings) -> IngestService:
     lag = LagMonitor(GroupLagReader(settings.resolved_kafka_bootstrap(), settings.group_id, settings.topic),
                      metrics.lag, owned=lambda: listener.owned, interval_s=settings.lag_refresh_s)
     lag.start()
-    producer = make_producer(settings.resolved_kafka_bootstrap(), client_id="qanchor-ingest-dlq")
+    # A DLQ that does not answer must fail its batch within seconds, not hold it for the default two minutes.
+    producer = make_producer(settings.resolved_kafka_bootstrap(), client_id="qanchor-ingest-dlq",
+                             max_block_ms=15_000, delivery_timeout_ms=30_000, request_timeout_ms=10_000)
     l2 = None
     url = settings.resolved_vector_cache_url()
     if url:
@@ -72,7 +83,9 @@ def build_ingest(settings: IngestSettings) -> IngestService:
         consumer, DeadLetterQueue(producer, settings.dlq_topic, settings.group_id, time.time), store,
         CachedEncoder(triton, settings.encoder_cache_size, l2), spec, metrics, limits_from(settings),
         state=state, watchdog=rejoin_watchdog(consumer, settings.topic, listener, settings.rejoin_timeout_s),
+        gate=FileGate(settings.batch_gate) if settings.batch_gate else None,
     )
+    worker_ref.append(worker)
     # Leaving the group first moves the partitions at once, without waiting for the session timeout.
     closers = [lambda: consumer.close(autocommit=False), lag.stop, lambda: producer.close(timeout=10), triton.close]
     if l2 is not None:

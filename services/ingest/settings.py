@@ -63,14 +63,32 @@ class IngestSettings(ServiceSettings):
         "INGEST_FEAST_LOCATION", "INGEST_FEAST_CONFIG", "feast_location"))
     # sources.yaml with K and window per source; None = the repository's feature_repo/sources.yaml.
     sources_yaml: Path | None = None
-    # Prometheus /metrics port; None = QANCHOR_PORT_BASE+61, 0 = do not serve metrics.
+    # Prometheus /metrics and /healthz port; None = QANCHOR_PORT_BASE+61, 0 = do not serve them.
     metrics_port: int | None = None
+    # Interface of that port; 0.0.0.0 in containers, so Kubernetes probes and Prometheus reach it on the pod IP.
+    metrics_host: str = "127.0.0.1"
+    # /healthz answers 503 once the poll loop has not turned for this long (a wedged worker, not a slow batch:
+    # keep it above max_poll_interval_ms), so the orchestrator restarts it.
+    liveness_timeout_s: float = Field(default=300.0, gt=0)
     # Seconds between refreshes of the consumer-lag gauge (end offset minus committed offset, per owned partition).
     lag_refresh_s: float = Field(default=5.0, gt=0)
     # Seconds to back off after a failed batch (Triton or the store down) before replaying it.
     retry_backoff_s: float = 2.0
     # Consecutive failed attempts of one batch before the process exits non-zero (let the supervisor restart it).
     max_batch_attempts: int = Field(default=30, ge=1)
+    # Attempts of a batch whose rejected records cannot be written to the DLQ before their partitions are stopped
+    # (paused, `qanchor_ingest_partition_stopped` = 1) while the other partitions go on.
+    dlq_attempts: int = Field(default=3, ge=1)
+    # Limits on one record (a record beyond them goes to the DLQ with its reason; docs/ingest.md).
+    max_record_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_json_depth: int = Field(default=4, ge=2)
+    max_text_chars: int = Field(default=2000, ge=1)
+    # Seconds an event's ts may run ahead of its record's Kafka time before it is rejected (ts_in_future).
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    # Event ids remembered per user to apply a producer's re-sent event (same event_id, new offset) once.
+    recent_event_ids: int = Field(default=64, ge=1)
+    # Test/drill hook (services/ingest/gate.py): a directory of gate files the worker waits on; None = off.
+    batch_gate: Path | None = None
 
     def resolved_kafka_bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.port('kafka')}"

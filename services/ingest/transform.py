@@ -67,6 +67,9 @@ class IngestSpec:
     features: FeatureSpec
     # Source name -> seconds of event time kept behind the user's newest event.
     window_s: Mapping[str, float]
+    # Event ids remembered per user (in the row itself) to apply a re-sent event once: a producer that retries a
+    # send puts the same event_id at a new offset, which the position test alone would apply twice.
+    recent_ids: int = 64
 
     @property
     def source_names(self) -> tuple[str, ...]:
@@ -108,6 +111,8 @@ class UserUpdate:
     applied_ts: list[float] = field(default_factory=list)
     # Log positions of the applied events (ingest latency is measured from their Kafka record time).
     applied_positions: list[Position] = field(default_factory=list)
+    # The user's most recent applied event ids, newest last (stored with the row; duplicates are checked against it).
+    event_ids: list[str] = field(default_factory=list)
 
     def texts_to_encode(self) -> list[str]:
         return [e.text for entries in self.sources.values() for e in entries if e.vector is None]
@@ -126,7 +131,7 @@ class UserUpdate:
             out[name] = SourceEvents(texts=[e.text for e in entries], vectors=mat,
                                      timestamps=np.asarray([e.ts for e in entries], dtype=np.int64))
         return UserFeatures(user_id=self.user_id, sources=out, tabular=self.tabular, feature_version=self.version,
-                            updated_at=updated_at)
+                            updated_at=updated_at, event_ids=list(self.event_ids))
 
 
 def _entries(current: UserFeatures | None, spec: IngestSpec) -> dict[str, list[Entry]]:
@@ -146,7 +151,9 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
                      spec: IngestSpec) -> UserUpdate | None:
     """Apply a user's events (in log order) to the stored features; None when every event was already applied.
 
-    Events at or below the stored position are skipped (replay after a crash). Behaviour events are inserted by
+    Events at or below the stored position are skipped (replay after a crash), and so is an event whose event_id
+    the user's row already holds or an earlier event of the batch carried (a producer's retry at a new offset; the
+    row keeps the last `spec.recent_ids` ids). Behaviour events are inserted by
     event time (after equal times, so ties keep log order), then each source is cut to its window and its last K.
     A tabular update replaces the statistics vector; the later one in the log wins (not the later event time:
     the store keeps no time for the vector, and log order is what makes replays agree whatever the batching).
@@ -154,8 +161,15 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
     if not events:
         return None
     user_id = events[0][1].user_id
-    stored_version = current.feature_version if current is not None and current.found else 0
-    fresh = [(p, e) for p, e in events if not already_applied(stored_version, p)]
+    found = current is not None and current.found
+    stored_version = current.feature_version if found else 0
+    new = [(p, e) for p, e in events if not already_applied(stored_version, p)]
+    seen = set(current.event_ids) if found else set()
+    fresh = []
+    for p, e in new:
+        if e.event_id not in seen:
+            seen.add(e.event_id)
+            fresh.append((p, e))
     skipped = len(events) - len(fresh)
     if not fresh:
         return UserUpdate(user_id=user_id, sources={}, tabular=np.zeros(0, np.float32), version=stored_version,
@@ -177,7 +191,8 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
             horizon = newest - spec.window_s[name]
             kept = [e for e in entries if e.ts >= horizon]
             sources[name] = kept[-spec.k(name):]
-    last = max(p for p, _ in fresh)
+    last = max(p for p, _ in new)  # re-sent events count as consumed too: a replay skips them by position
+    ids = (list(current.event_ids) if found else []) + [e.event_id for _, e in fresh]
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),
                       applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh],
-                      applied_positions=[p for p, _ in fresh])
+                      applied_positions=[p for p, _ in fresh], event_ids=ids[-spec.recent_ids:])

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from services.common.errors import DeadlineExceeded, NotFound, QAnchorError, Unavailable, error_for_code
+from services.common.errors import DeadlineExceeded, NotFound, Unavailable
+from services.common.grpc_client import ClientTls, open_channel, unary_call
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
 from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
 from services.registry.serving_view import ScenarioInfo, scenario_from_proto
@@ -25,11 +26,11 @@ T = TypeVar("T")
 class RegistryClient:
     def __init__(
         self, target: str, *, token: str | None = None, timeout_s: float = 5.0, cache_ttl_s: float = 5.0,
-        max_stale_s: float = 300.0, channel: grpc.Channel | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        max_stale_s: float = 300.0, negative_ttl_s: float = 1.0, channel: grpc.Channel | None = None,
+        clock: Callable[[], float] = time.monotonic, tls: ClientTls | None = None,
     ) -> None:
         self.target = target
-        self._channel = channel or grpc.insecure_channel(target)
+        self._channel = channel or open_channel(target, tls)
         self._owns_channel = channel is None
         self.stub = pb_grpc.ScenarioRegistryStub(self._channel)
         self.token = token
@@ -39,6 +40,10 @@ class RegistryClient:
         self.max_stale_s = max_stale_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ScenarioInfo]] = {}  # name -> (fetched at, view)
+        # Unknown names are remembered this long, so a burst of requests for one does not become a burst of
+        # registry calls; a registration through this client forgets it at once.
+        self.negative_ttl_s = negative_ttl_s
+        self._missing: dict[str, float] = {}  # name -> when the registry said NOT_FOUND
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -51,20 +56,11 @@ class RegistryClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., T], request: Any, request_id: str | None = None) -> T:
-        metadata = []
-        if self.token:
-            metadata.append(("authorization", f"Bearer {self.token}"))
-        if request_id:
-            metadata.append(("x-request-id", request_id))
-        try:
-            return method(request, metadata=metadata, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            code, details = exc.code(), exc.details() or str(exc.code())  # type: ignore[attr-defined]
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                details += f" (registry at {self.target}: is it running and reachable? retry with backoff)"
-            err: QAnchorError = error_for_code(code, details)
-            raise err from None
+    def _call(self, method: Callable[..., T], request: Any, request_id: str | None = None,
+              timeout_s: float | None = None) -> T:
+        timeout = self.timeout_s if timeout_s is None else max(0.001, min(timeout_s, self.timeout_s))
+        return unary_call(method, request, token=self.token, timeout_s=timeout, request_id=request_id,
+                          where=f"registry at {self.target}")
 
     # --- RPCs ----------------------------------------------------------------------------------------------
 
@@ -74,8 +70,8 @@ class RegistryClient:
         self.invalidate(name)
         return s
 
-    def get_scenario(self, name: str) -> pb.Scenario:
-        return self._call(self.stub.GetScenario, pb.GetScenarioRequest(name=name))
+    def get_scenario(self, name: str, timeout_s: float | None = None) -> pb.Scenario:
+        return self._call(self.stub.GetScenario, pb.GetScenarioRequest(name=name), timeout_s=timeout_s)
 
     def list_scenarios(self, page_size: int = 0) -> list[pb.Scenario]:
         """Every scenario (follows page tokens)."""
@@ -107,8 +103,10 @@ class RegistryClient:
 
     # --- gateway view ----------------------------------------------------------------------------------------
 
-    def serving_info(self, scenario: str) -> ScenarioInfo:
-        """Cached for `cache_ttl_s`; NotFound is not cached (a just-registered scenario serves at once).
+    def serving_info(self, scenario: str, timeout_s: float | None = None) -> ScenarioInfo:
+        """Cached for `cache_ttl_s`; NotFound for `negative_ttl_s` (short: a scenario registered elsewhere serves
+        within it; one registered through this client at once). `timeout_s` bounds the registry call (at most
+        the client's own timeout): the gateway passes what is left of its caller's deadline.
 
         If the registry is unreachable, an expired entry younger than `max_stale_s` is served instead of failing:
         routing on slightly old versions beats failing every embedding request.
@@ -116,24 +114,35 @@ class RegistryClient:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(scenario)
+            missing_since = self._missing.get(scenario)
         if hit is not None and now - hit[0] < self.cache_ttl_s:
             return hit[1]
+        if missing_since is not None and now - missing_since < self.negative_ttl_s:
+            raise NotFound(f"scenario {scenario!r} is not registered (cached answer); register it with "
+                           "RegisterScenario")
         try:
-            info = scenario_from_proto(self.get_scenario(scenario))
+            info = scenario_from_proto(self.get_scenario(scenario, timeout_s=timeout_s))
         except (Unavailable, DeadlineExceeded):
             if hit is not None and now - hit[0] < self.max_stale_s:
                 return hit[1]
             raise
         except NotFound:
-            self.invalidate(scenario)
+            with self._lock:
+                self._cache.pop(scenario, None)
+                if len(self._missing) >= 10_000:  # bounded: a client sending random names cannot grow it
+                    self._missing.clear()
+                self._missing[scenario] = now
             raise
         with self._lock:
             self._cache[scenario] = (now, info)
+            self._missing.pop(scenario, None)
         return info
 
     def invalidate(self, scenario: str | None = None) -> None:
         with self._lock:
             if scenario is None:
                 self._cache.clear()
+                self._missing.clear()
             else:
                 self._cache.pop(scenario, None)
+                self._missing.pop(scenario, None)

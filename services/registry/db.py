@@ -71,6 +71,18 @@ class Database:
     def migrate(self) -> None:
         run_migrations(self.url, self.engine)
 
+    def ping(self) -> bool:
+        """One trivial query: readiness means the database answers, not just that the process runs."""
+        from sqlalchemy import text
+
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception as exc:  # any driver error means "not ready"; the readiness log line says which
+            log.warning("database did not answer", extra={"error": type(exc).__name__, "detail": str(exc)[:200]})
+            return False
+
     def dispose(self) -> None:
         self.engine.dispose()
 

@@ -21,6 +21,9 @@ class RegistrySettings(GrpcServerSettings):
     tuning_queue: str | None = None
     # Seconds to wait for the broker when enqueueing before reporting UNAVAILABLE.
     celery_publish_timeout_s: float = 5.0
+    # How often health re-checks the database; while it does not answer, qanchor.v1.ScenarioRegistry is
+    # NOT_SERVING (readiness) and the overall "" status stays SERVING (liveness).
+    readiness_interval_s: float = 5.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:

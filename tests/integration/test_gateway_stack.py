@@ -74,6 +74,15 @@ def reference(user: UserFeatures | None, query: str, prompt: str, sha: str = "")
     return reference_embedding(u, query, prompt, sha)
 
 
+def serve_gateway(settings: GatewaySettings, token: str, timeout_s: float):  # type: ignore[no-untyped-def]
+    """A real gateway (real clients of Triton, the registry and Feast) on a free port: (gateway, server, client)."""
+    gateway = build_gateway(settings)
+    server, port = create_gateway_server(settings, gateway)
+    server.start()
+    mark_serving(server, [SERVICE_NAME])
+    return gateway, server, EmbeddingClient(f"127.0.0.1:{port}", token=token, timeout_s=timeout_s)
+
+
 @pytest.fixture(scope="module")
 def world(stack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("gateway")
@@ -109,13 +118,10 @@ def world(stack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
                                triton_url=stack.triton_grpc, triton_model=contract_model.NAME,
                                registry_target=f"127.0.0.1:{reg_port}", registry_cache_ttl_s=0.5,
                                feast_location=stack.feast_config)
-    gateway = build_gateway(settings)
-    server, port = create_gateway_server(settings, gateway)
-    server.start()
-    mark_serving(server, [SERVICE_NAME])
-    client = EmbeddingClient(f"127.0.0.1:{port}", token=TOKEN, timeout_s=10.0)
+    gateway, server, client = serve_gateway(settings, TOKEN, timeout_s=10.0)
     yield {"client": client, "gateway": gateway, "users": users, "queries": queries, "writer": writer,
-           "triton": triton, "ab": ab, "stack": stack, "tmp": tmp, "settings": settings}
+           "triton": triton, "ab": ab, "stack": stack, "tmp": tmp, "settings": settings,
+           "registry_target": f"127.0.0.1:{reg_port}"}
     client.close()
     server.stop(0)
     gateway.close()

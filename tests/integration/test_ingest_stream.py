@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -27,6 +26,7 @@ from services.common.feast_store import apply as feast_apply
 from services.common.feast_store import get_store
 from services.common.features_online import FeatureReader
 from services.common.settings import repo_root
+from services.ingest.gate import open_gate, waiting_at
 from services.ingest.producer import make_producer
 from services.ingest.transform import Position, decode_version, encode_version, load_ingest_spec
 from training.export.text_encoder import export_text_encoder
@@ -72,7 +72,7 @@ def new_topic(ctx: Ctx, partitions: int = 4) -> str:
 
 
 def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Path | None = None,
-                   max_poll_records: int = 200) -> tuple[subprocess.Popen, Path, int]:
+                   max_poll_records: int = 200, gate: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
     import socket
 
     with socket.socket() as s:
@@ -85,6 +85,8 @@ def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Pa
                INGEST_MAX_POLL_RECORDS=str(max_poll_records), INGEST_RETRY_BACKOFF_S="0.5",
                INGEST_SESSION_TIMEOUT_MS="6000", QANCHOR_STATE_DIR=str(ctx.tmp / "state"),
                INGEST_VECTOR_CACHE_URL=ctx.redis_url)
+    if gate is not None:  # the batch-cycle hook (services/ingest/gate.py): the test decides where it stops
+        env["INGEST_BATCH_GATE"] = str(gate)
     with log.open("ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=repo_root())
@@ -244,17 +246,32 @@ def test_events_to_features_dlq_and_graceful_stop(ctx):
     assert "ingest stopped" in log.read_text()
 
 
+def wait_at_gate(gate: Path, stage: str, batch: int, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    """Until the consumer waits at `stage` of batch `batch` (it cannot get past it before the test opens it)."""
+    deadline = time.monotonic() + timeout
+    while not waiting_at(gate, stage, batch):
+        assert proc.poll() is None, f"consumer exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"consumer never reached {stage} of batch {batch}"
+        time.sleep(0.05)
+
+
 def test_sigterm_finishes_batch_and_commits_exactly_what_was_applied(ctx):
     topic, group = new_topic(ctx, partitions=2), f"g-{uuid.uuid4().hex[:6]}"
     users = [f"{uuid.uuid4().hex[:6]}-s{i}" for i in range(30)]
     records = [(users[i % 30].encode(), event(users[i % 30], i, 1_700_000_000 + i)) for i in range(3000)]
     positions = produce(ctx, topic, records)
-    proc, log, _ = start_consumer(ctx, topic, group, "sigterm", max_poll_records=50)
-    deadline = time.monotonic() + 180
-    while not committed(ctx, group, topic) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(random.uniform(0.5, 2.0))
+    gate = ctx.tmp / f"gate-{uuid.uuid4().hex[:6]}"
+    proc, log, _ = start_consumer(ctx, topic, group, "sigterm", max_poll_records=50, gate=gate)
+    # Batch 1 runs to its commit; batch 2 is polled and held before it is processed: the stop lands mid-stream
+    # whatever the machine's speed.
+    open_gate(gate, "process", 1)
+    open_gate(gate, "commit", 1)
+    wait_at_gate(gate, "process", 2, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    open_gate(gate, "process", 2)  # the batch in hand is finished, pushed and committed; batch 3 never starts
+    open_gate(gate, "commit", 2)
     assert stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+    assert not waiting_at(gate, "process", 3)
     done = committed(ctx, group, topic)
     got = read_users(ctx.feast_config, users)
     # Every event below the committed offset is applied and nothing above it: the batch in hand was finished.

@@ -134,3 +134,43 @@ def test_migrations_match_models_on_postgres(repo: Repository) -> None:
 
     with repo.db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_fifty_concurrent_registrations_over_grpc_create_exactly_one(pg_url: str) -> None:
+    """The reliability goal's size: 50 clients register one name at once through the real registry server."""
+    from services.registry.client import RegistryClient
+    from services.registry.server import create_registry_server
+    from services.registry.settings import RegistrySettings
+
+    settings = RegistrySettings(grpc_port=0, token="tok", admin_token="adm", database_url=pg_url, max_workers=64)
+    server, port, app = create_registry_server(settings)
+    server.start()
+    n = 50
+    barrier = threading.Barrier(n)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def attempt(i: int) -> None:
+        with RegistryClient(f"127.0.0.1:{port}", token="adm", timeout_s=60) as client:
+            barrier.wait()
+            try:
+                client.register_scenario("stampede", f"query {i}")
+                result = "created"
+            except AlreadyExists:
+                result = "exists"
+        with lock:
+            outcomes.append(result)
+
+    try:
+        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(outcomes) == ["created"] + ["exists"] * (n - 1)
+        with RegistryClient(f"127.0.0.1:{port}", token="adm") as client:
+            assert [s.name for s in client.list_scenarios()].count("stampede") == 1
+        print(f"registrations attempted={n} created={outcomes.count('created')}")
+    finally:
+        server.stop(0)
+        app.db.dispose()

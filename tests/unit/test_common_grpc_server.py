@@ -79,7 +79,7 @@ _SERVE = textwrap.dedent("""
     from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
     from services.common.settings import GrpcServerSettings
     setup_logging("demo", "INFO")
-    serve(GrpcServerSettings(grpc_port=int(sys.argv[1]), grace_seconds=1),
+    serve(GrpcServerSettings(grpc_port=int(sys.argv[1]), grace_seconds=1, token="t"),
           Servicer(pb_grpc.add_ScenarioRegistryServicer_to_server, pb_grpc.ScenarioRegistryServicer(),
                    "qanchor.v1.ScenarioRegistry"),
           service="demo", on_stop=[lambda: print("on_stop ran", flush=True)])
@@ -148,3 +148,24 @@ def test_readiness_monitor_follows_the_dependency_and_leaves_liveness_alone(capl
     finally:
         monitor.stop()
         server.stop(0)
+
+
+def test_a_server_without_a_token_refuses_to_start_unless_told_it_is_a_dev_server() -> None:
+    from services.common.grpc_server import InsecureServer, require_token
+    from services.gateway.settings import GatewaySettings
+    from services.registry.settings import RegistrySettings
+
+    for settings, prefix in ((GatewaySettings(), "GATEWAY_"), (RegistrySettings(), "REGISTRY_")):
+        with pytest.raises(InsecureServer, match=f"{prefix}TOKEN is not set.*{prefix}ALLOW_NO_TOKEN=true"):
+            require_token(settings)
+    require_token(GatewaySettings(token="t"))
+    require_token(RegistrySettings(allow_no_token=True))
+
+
+def test_gateway_main_refuses_to_start_open(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    proc = subprocess.run([sys.executable, "-m", "services.gateway"], env=dict(env, QANCHOR_STATE_DIR=str(tmp_path)),
+                          capture_output=True, text=True, timeout=120, cwd=repo_root())
+    assert proc.returncode == 2 and "GATEWAY_TOKEN is not set" in proc.stderr

@@ -109,9 +109,14 @@ def test_long_running_services_have_healthchecks_and_restart(services: dict) -> 
 def _published(svc: dict) -> list[tuple[int, int]]:
     out = []
     for spec in svc.get("ports", []):
-        host, _, container = str(spec).rpartition(":")
+        *_, host, container = str(spec).split(":")  # [ip:]host:container
         out.append((int(host), int(container)))
     return out
+
+
+def test_triton_is_published_on_loopback_only(services: dict) -> None:
+    # Its API manages models and runs any of them: other hosts must not reach it.
+    assert all(str(spec).startswith("127.0.0.1:") for spec in services["triton"].get("ports", []))
 
 
 def test_host_ports_are_unique(services: dict) -> None:

@@ -6,6 +6,7 @@ manifests: wiring between objects, probes, GPU scheduling, the A/B ConfigMap mou
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -108,9 +109,17 @@ needs_helm = pytest.mark.skipif(HELM is None, reason="no helm binary: run `scrip
                                                      "(builds it with Go) or set QANCHOR_HELM")
 
 
-def _template(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+# The tuning worker is off by default (it needs a database shared with the registry); these checks render the
+# whole application, so they turn it on with such a database. Later --set arguments win.
+WITH_WORKER = ("--set", "tuningWorker.enabled=true",
+               "--set", "secrets.databaseUrl=postgresql+psycopg://qanchor:pw@postgres:5432/qanchor")
+
+
+def _template(*args: str, check: bool = True, defaults: bool = False) -> subprocess.CompletedProcess:
+    """`helm template`; `defaults=True` renders the chart's defaults alone (no worker, no database)."""
+    extra = () if defaults else WITH_WORKER
     run = subprocess.run([HELM, "template", "qanchor", str(CHART), "--namespace", "qanchor",
-                          "--kube-version", "1.29.0", *args], capture_output=True, text=True, timeout=120)
+                          "--kube-version", "1.29.0", *extra, *args], capture_output=True, text=True, timeout=120)
     if check:
         assert run.returncode == 0, run.stderr
     return run
@@ -282,8 +291,11 @@ def test_existing_secret_replaces_the_chart_secret() -> None:
             e["valueFrom"]}
     assert refs == {"prod-tokens"}
     # Chart-made secret: only the keys that were given, base64-encoded.
-    docs = _docs("--set", "secrets.gatewayToken=abc")
-    assert _by(docs, "Secret", "qanchor-secrets")["data"] == {"gateway-token": "YWJj"}
+    docs = [d for d in yaml.safe_load_all(_template("--set", "secrets.gatewayToken=abc", defaults=True).stdout) if d]
+    data = _by(docs, "Secret", "qanchor-secrets")["data"]
+    # Secure by default: the tokens not given are generated (the servers refuse to start without one).
+    assert data["gateway-token"] == "YWJj" and set(data) == {"gateway-token", "registry-token", "registry-admin-token"}
+    assert len(base64.b64decode(data["registry-token"])) == 40
 
 
 @needs_helm
@@ -339,3 +351,27 @@ def test_the_job_command_in_the_deploy_guide_renders_one_gpu_job() -> None:
     (job,) = [d for d in yaml.safe_load_all(run.stdout) if d]
     assert job["kind"] == "Job" and job["metadata"]["name"] == "qanchor-tuning-job-pretrain-2"
     assert _gpu_limit(job["spec"]["template"]["spec"]["containers"][0]) == 1
+
+
+@needs_helm
+def test_default_chart_is_coherent_and_refuses_a_worker_without_a_shared_database() -> None:
+    docs = [d for d in yaml.safe_load_all(_template(defaults=True).stdout) if d]
+    assert not [d for d in docs if d["metadata"]["name"].endswith("tuning-worker")]
+    run = _template("--set", "tuningWorker.enabled=true", check=False, defaults=True)
+    assert run.returncode != 0 and "secrets.databaseUrl" in run.stderr and "QUEUED" in run.stderr
+    ingest = _pod_specs(docs)["qanchor-ingest"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in ingest["env"]}
+    assert env["INGEST_METRICS_HOST"] == "0.0.0.0" and env["INGEST_VECTOR_CACHE_URL"].startswith("redis://")
+    assert ingest["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+@needs_helm
+def test_only_the_gateway_and_ingest_reach_tritons_api() -> None:
+    policy = _by(_docs(), "NetworkPolicy", "qanchor-triton")
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "triton"
+    api, metrics = policy["spec"]["ingress"]
+    assert {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for p in api["from"]} == {"gateway",
+                                                                                                      "ingest"}
+    assert {p["port"] for p in api["ports"]} == {19000, 19001} and metrics["ports"] == [{"port": 19002,
+                                                                                          "protocol": "TCP"}]
+    assert not [d for d in _docs("--set", "triton.networkPolicy.enabled=false") if d["kind"] == "NetworkPolicy"]

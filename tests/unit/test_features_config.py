@@ -23,7 +23,8 @@ def test_sqlite_config_keeps_everything_under_the_state_dir(tmp_path: Path) -> N
 def test_redis_config_uses_feast_connection_string(tmp_path: Path) -> None:
     cfg = yaml.safe_load(render_config(tmp_path, "redis", "redis://127.0.0.1:23079/2").read_text())
     assert cfg["online_store"]["type"] == "redis"
-    assert cfg["online_store"]["connection_string"] == "127.0.0.1:23079,db=2"
+    # socket timeouts: a hung Redis fails the lookup instead of holding a gateway worker forever
+    assert cfg["online_store"]["connection_string"] == "127.0.0.1:23079,db=2,socket_timeout=2,socket_connect_timeout=2"
     assert cfg["online_store"]["skip_dedup"] is True
 
 

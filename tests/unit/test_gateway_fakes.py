@@ -54,7 +54,7 @@ class FakeRegistry:
     def __init__(self, *names: str) -> None:
         self.scenarios = {n: scenario(n) for n in names}
 
-    def get_scenario(self, name: str) -> ScenarioInfo | None:
+    def get_scenario(self, name: str, timeout_s: float | None = None) -> ScenarioInfo | None:
         return self.scenarios.get(name)
 
 

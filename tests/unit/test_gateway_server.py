@@ -201,7 +201,8 @@ def test_main_refuses_a_bad_ab_config_fast(tmp_path: Path) -> None:
 
     bad = tmp_path / "ab.yaml"
     bad.write_text("salt: x\nscenarios:\n  s:\n    arms:\n      - {name: a, weight: 90, prompt_version: 1}\n")
-    env = dict(os.environ, GATEWAY_AB_CONFIG=str(bad), GATEWAY_GRPC_PORT="0", QANCHOR_STATE_DIR=str(tmp_path))
+    env = dict(os.environ, GATEWAY_AB_CONFIG=str(bad), GATEWAY_GRPC_PORT="0", QANCHOR_STATE_DIR=str(tmp_path),
+               GATEWAY_TOKEN="t")
     proc = subprocess.run([sys.executable, "-m", "services.gateway"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2

@@ -25,8 +25,8 @@ def test_behaviour_event_round_trips():
     assert parse_event(ev.to_json(), b"u1", SOURCES, 4) == ev
 
 
-def test_kind_defaults_to_event_and_key_is_optional():
-    ev = parse_event(_raw(kind=...), None, SOURCES, 4)
+def test_kind_defaults_to_event():
+    ev = parse_event(_raw(kind=...), b"u1", SOURCES, 4)
     assert ev.kind == "event"
 
 
@@ -54,6 +54,7 @@ def test_tabular_update():
     (_raw(source="pages"), b"u1", "unknown_source"),
     (_raw(kind="click"), b"u1", "unknown_kind"),
     (_raw(), b"u2", "key_mismatch"),
+    (_raw(), None, "missing_key"),  # a keyless record lands on any partition: its order cannot be kept
     (_raw(attributes=[1]), b"u1", "invalid_field"),
     (_raw(attributes={"nested": {"a": 1}}), b"u1", "invalid_field"),
     (_raw(kind="tabular", vector=[1, 2]), b"u1", "vector_dim_mismatch"),
@@ -69,7 +70,7 @@ def test_rejections_carry_reason(value, key, reason):
 
 def test_millisecond_timestamps_get_a_hint():
     with pytest.raises(EventRejected, match="milliseconds"):
-        parse_event(_raw(ts=1_700_000_000_000), None, SOURCES, 4)
+        parse_event(_raw(ts=1_700_000_000_000), b"u1", SOURCES, 4)
 
 
 def test_user_key():

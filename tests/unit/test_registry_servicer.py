@@ -151,3 +151,33 @@ def test_serving_info_serves_stale_while_registry_is_down(tmp_path: Path) -> Non
         client.close()
         server.stop(0)
         app.db.dispose()
+
+
+def test_readiness_pings_the_database(tmp_path: Path) -> None:
+    settings = RegistrySettings(grpc_port=0, admin_token="adm", database_url=f"sqlite:///{tmp_path / 'r.db'}")
+    app = build_app(settings)
+    assert app.db.ping()
+    (tmp_path / "r.db").unlink()
+    (tmp_path / "r.db").mkdir()  # the file is gone and cannot be re-created: the database does not answer
+    app.db.dispose()
+    assert not app.db.ping()
+
+
+def test_not_found_is_cached_and_a_registration_clears_it(stack: tuple[object, int]) -> None:
+    _, port = stack
+    now = [0.0]
+    client = RegistryClient(f"127.0.0.1:{port}", token="adm", negative_ttl_s=5, clock=lambda: now[0])
+    calls: list[str] = []
+    real = client.get_scenario
+    client.get_scenario = lambda name, timeout_s=None: (calls.append(name), real(name, timeout_s))[1]  # type: ignore
+    with client:
+        for _ in range(256):
+            with pytest.raises(NotFound):
+                client.serving_info("promo")
+        assert calls == ["promo"]  # one registry call for 256 lookups of an unknown name
+        now[0] += 6
+        with pytest.raises(NotFound):
+            client.serving_info("promo")
+        assert calls == ["promo", "promo"]  # asked again after the negative TTL
+        client.register_scenario("promo", "Is this user sensitive to promotions?")
+        assert client.serving_info("promo").query_text.startswith("Is this user")  # at once, not after the TTL

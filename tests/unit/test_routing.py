@@ -33,7 +33,7 @@ class FakeRegistry:
     def __init__(self, scenarios: dict[str, ScenarioInfo]) -> None:
         self.scenarios = scenarios
 
-    def get_scenario(self, name: str) -> ScenarioInfo | None:
+    def get_scenario(self, name: str, timeout_s: float | None = None) -> ScenarioInfo | None:
         return self.scenarios.get(name)
 
 

@@ -18,7 +18,8 @@ import yaml
 
 # Paper: a 90-day behaviour window; sources.yaml may set `window_days` at the top level and per source.
 DEFAULT_WINDOW_DAYS = 90.0
-# Feature names besides the per-source ones (docs/features.md).
+# Feature names besides the per-source ones (docs/features.md): ingest's bookkeeping, statistics, the version.
+INGEST_FIELDS = ("recent_event_ids",)
 STATS_FIELDS = ("tabular",)
 META_FIELDS = ("feature_version", "updated_at")
 
@@ -90,7 +91,7 @@ class FeatureSpec:
     def feature_names(self) -> list[str]:
         """Every feature of the FeatureService, in a stable order."""
         names = [f for s in self.sources for f in s.fields]
-        return names + list(STATS_FIELDS) + list(META_FIELDS)
+        return names + list(INGEST_FIELDS) + list(STATS_FIELDS) + list(META_FIELDS)
 
 
 def load_feature_spec(path: Path | str | None = None) -> FeatureSpec:

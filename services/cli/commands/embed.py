@@ -50,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     timeout = args.timeout if args.timeout is not None else settings.gateway_timeout_s
     scenarios = list(dict.fromkeys(args.scenario))  # distinct, order kept
     status = 0
-    with EmbeddingClient(target.address, token=target.token, timeout_s=timeout) as client:
+    with EmbeddingClient(target.address, token=target.token, timeout_s=timeout, tls=settings.tls()) as client:
         if len(scenarios) == 1:
             resp = client.get_embedding(args.user, scenarios[0])
             rows: list[dict[str, Any]] = [_as_dict(resp.embedding, args.brief)]

@@ -24,7 +24,8 @@ def _client(args: argparse.Namespace) -> RegistryClient:
 
     settings = CliSettings()
     target = registry_target(args, settings)
-    return RegistryClient(target.address, token=target.token, timeout_s=settings.registry_timeout_s)
+    return RegistryClient(target.address, token=target.token, timeout_s=settings.registry_timeout_s,
+                          tls=settings.tls())
 
 
 def _enum(value: int, enum: Any, prefix: str) -> str:

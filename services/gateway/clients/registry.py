@@ -16,9 +16,9 @@ class RegistryLookup:
     def __init__(self, client: RegistryClient) -> None:
         self.client = client
 
-    def get_scenario(self, name: str) -> ScenarioInfo | None:
+    def get_scenario(self, name: str, timeout_s: float | None = None) -> ScenarioInfo | None:
         try:
-            return self.client.serving_info(name)
+            return self.client.serving_info(name, timeout_s=timeout_s)
         except NotFound:
             return None
 
