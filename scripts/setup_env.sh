@@ -56,9 +56,12 @@ make_env() {  # make_env NAME LOCKFILE LINK
   # The project itself, editable and without deps: cheap, so done on every run (the clone path may differ).
   "$UV" pip install -q -p "$dir/bin/python" --no-deps -e "$ROOT"
   ln -sfn "$dir" "$ROOT/$link"
-  # Keep the cache bounded: the two most recently used environments of this kind stay, older ones go.
+  # Keep the cache bounded: the two most recently used environments of this kind stay, and so does any other
+  # one used within QANCHOR_ENV_KEEP_DAYS (default 7): several clones with different lock files may share this
+  # cache, and pruning an environment another clone still links to would break it.
   touch "$dir"
   ls -1dt "$CACHE/venvs/$name"-*/ 2>/dev/null | tail -n +3 | while read -r old; do
+    if [ -n "$(find "$old" -maxdepth 0 -mtime "-${QANCHOR_ENV_KEEP_DAYS:-7}" 2>/dev/null)" ]; then continue; fi
     log "$name env: pruning old $old"; rm -rf "$old"
   done
 }

@@ -10,7 +10,7 @@ import logging
 import sys
 
 from services.stack.components import StackError
-from services.stack.settings import ALL_COMPONENTS, StackSettings
+from services.stack.settings import ALL_COMPONENTS, KNOWN_COMPONENTS, OPTIONAL_COMPONENTS, StackSettings
 from services.stack.stack import UP, Stack
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
     print(f"\nkafka bootstrap  {ep.kafka_bootstrap}\nredis            {ep.redis_url}\n"
           f"triton grpc      {ep.triton_grpc}\ntriton http      {ep.triton_http}\n"
           f"feast config     {ep.feast_config or '-'}\nstate dir        {ep.state_dir}")
-    for name in (r.component for r in results if r.component in ("registry", "ingest", "gateway")):
+    for name in (r.component for r in results if r.component in ("registry", "ingest", "gateway", "tuning", "kube")):
         print(f"{name:<17}{stack.components[name].address()}")
     return 0
 
@@ -72,7 +72,8 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_lo
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="stack_command", required=True, metavar="{up,down,status,logs}")
-    choices_help = f"components (default: all): {' '.join(ALL_COMPONENTS)}"
+    choices_help = (f"components (default: all): {' '.join(ALL_COMPONENTS)}; "
+                    f"only when named: {' '.join(OPTIONAL_COMPONENTS)}")
     p_up = sub.add_parser("up", help="start components and wait until healthy (idempotent)")
     p_up.add_argument("components", nargs="*", metavar="COMPONENT", help=choices_help)
     p_up.add_argument("--timeout", type=float, default=None, help="seconds to wait per component for health")
@@ -81,7 +82,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     p_status = sub.add_parser("status", help="table of component/state/pid/address; exit 3 if any is not up")
     p_status.add_argument("components", nargs="*", metavar="COMPONENT", help=choices_help)
     p_logs = sub.add_parser("logs", help="tail one component's log")
-    p_logs.add_argument("component", choices=ALL_COMPONENTS)
+    p_logs.add_argument("component", choices=KNOWN_COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=50, help="number of lines (default 50)")
     parser.set_defaults(func=run)
 
