@@ -146,7 +146,8 @@ def tuning_job(s: KubeJobSettings, spec: TuningJobSpec) -> dict[str, Any]:
            {"name": "HF_HUB_OFFLINE", "value": "1"},
            {"name": "TUNING_ARTIFACT_DIR", "value": str(s.artifacts_mount)},
            {"name": "TUNING_MODEL_REPOSITORY", "value": str(s.model_repository)},
-           {"name": "TUNING_DEVICE", "value": "cuda" if s.gpus else "cpu"}]
+           # auto = the GPU the pod was given, else the CPU (a CPU pod, or a GPU node whose driver failed).
+           {"name": "TUNING_DEVICE", "value": "auto"}]
     container = {"name": "tune", "command": command, "env": env, "resources": _resources(s, min(s.gpus, 1))}
     return _job(s, tuning_job_name(spec.job_id), labels, annotations, _pod_spec(s, container), spec.active_deadline_s)
 

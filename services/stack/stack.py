@@ -227,7 +227,9 @@ class Stack:
         selected = [n for n in reversed(KNOWN_COMPONENTS) if n in wanted and n in PROCESS_COMPONENTS]
         stopped: dict[str, tuple[str, list[str]]] = {}
         # Apps first: ingest must commit its last batch while Kafka and Triton are still there.
-        for phase in ([n for n in selected if n in APP_PROCESSES], [n for n in selected if n not in APP_PROCESSES]):
+        # The API server before etcd: with its storage gone it would hang in its graceful shutdown.
+        for phase in ([n for n in selected if n in APP_PROCESSES], [n for n in selected if n == "kube"],
+                      [n for n in selected if n not in APP_PROCESSES and n != "kube"]):
             if not phase:
                 continue
             with ThreadPoolExecutor(max_workers=len(phase), thread_name_prefix="stack-down") as pool:
