@@ -23,13 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pytest
 import yaml
 
 from services.common.errors import FailedPrecondition, PermissionDenied
 from services.common.feast_store import get_store
-from services.common.features import SourceEvents, UserFeatures, load_feature_spec
+from services.common.features import load_feature_spec
 from services.common.features_online import FeatureWriter
 from services.common.files import sha256_file
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
@@ -43,6 +42,7 @@ from services.stack import Stack
 from services.tuning.pod import parse_progress
 from tests.integration import kube_cluster as kc
 from tests.integration.conftest import integration_settings
+from tests.integration.planted import planted_users
 
 pytestmark = pytest.mark.integration
 
@@ -67,24 +67,6 @@ def wait_for(what: str, probe: Callable[[], T | None], flow: dict[str, Any], tim
             break
         time.sleep(0.3)
     pytest.fail(f"{what}: not seen; worker log:\n{flow['log'].read_text(errors='replace')[-4000:]}")
-
-
-def _users(spec: Any, seed: int = 11) -> tuple[list[UserFeatures], dict[str, int]]:
-    rng = np.random.default_rng(seed)
-    direction = rng.standard_normal(spec.encoder_dim)
-    rows, labels = [], {}
-    for i in range(N_USERS):
-        sources = {}
-        for s in spec.sources:
-            n = int(rng.integers(1, 5))
-            sources[s.name] = SourceEvents([f"{s.name} {j}" for j in range(n)],
-                                           rng.standard_normal((n, spec.encoder_dim)).astype(np.float16),
-                                           np.arange(n, dtype=np.int64) + 1_700_000_000)
-        uid = f"kube-user-{i}"
-        labels[uid] = int(sources["liked"].vectors[-1].astype(np.float64) @ direction > 0)
-        rows.append(UserFeatures(uid, sources, rng.standard_normal(spec.tabular_dim).astype(np.float32), i + 1,
-                                 1_763_000_000.0))
-    return rows, labels
 
 
 def _helm() -> str:
@@ -142,7 +124,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
                                  "--out", str(artifacts / "model_repository")],
                                 capture_output=True, text=True, timeout=900)
         assert export.returncode == 0, export.stderr[-2000:]
-        rows, labels = _users(spec)
+        rows, labels = planted_users(N_USERS, seed=11, prefix="kube-user", max_events=5)
         FeatureWriter(get_store(ep.feast_config), spec).write(rows)
         labels_csv = artifacts / "labels" / "planted.csv"
         labels_csv.parent.mkdir(parents=True)
