@@ -47,7 +47,6 @@ build_module() {
   start=$(date +%s)
   log "build_start binary=$(basename "$out") package=$pkg (first time: minutes; cached afterwards)"
   printf 'module qanchor.local/kubebuild\n\ngo 1.24\n\n%s\n' "$replaces" >"$work/go.mod"
-  printf 'package main\n\nimport _ "%s"\n' "$pkg" >"$work/tools.go"
   # GOFLAGS=-mod=mod: let go get write go.sum; the module cache is Go's own (GOMODCACHE), shared by builds.
   (cd "$work" && GOFLAGS=-mod=mod go get "$req" >/dev/null 2>"$work/get.log") \
     || { cat "$work/get.log" >&2; log "build_failed step=go_get module=$req"; exit 1; }

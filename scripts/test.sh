@@ -18,6 +18,9 @@ log "setup done in $(( $(date +%s) - start ))s"
 
 if [ -x scripts/check_protos.sh ]; then bash scripts/check_protos.sh; fi
 if [ -x scripts/helm_lint.sh ]; then bash scripts/helm_lint.sh --ensure-helm; fi
+# kube-apiserver + etcd for the Kubernetes job-backend tests, built once from the Go module proxy (minutes) and
+# cached in $QANCHOR_CACHE_DIR/bin like helm; later runs reuse them.
+if [ -x scripts/kube_build.sh ]; then bash scripts/kube_build.sh >/dev/null; fi
 
 status=0
 run() {  # run LABEL PYTHON ARGS...

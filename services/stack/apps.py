@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -178,10 +179,17 @@ class Gateway(AppComponent):
     def service_env(self) -> dict[str, str]:
         h, tokens = self.settings.host, read_tokens(self.settings)
         return {"GATEWAY_HOST": h, "GATEWAY_TOKEN": tokens.client, "GATEWAY_REGISTRY_TOKEN": tokens.client,
-                "GATEWAY_AB_CONFIG": str(self.settings.ab_config),
+                "GATEWAY_AB_CONFIG": str(self.settings.resolved_ab_config()),
                 "GATEWAY_TRITON_URL": f"{h}:{self.settings.port('triton_grpc')}",
                 "GATEWAY_REGISTRY_TARGET": f"{h}:{self.settings.port('registry_grpc')}",
                 "GATEWAY_FEAST_LOCATION": str(self.feast_config)}
+
+    def prepare(self) -> None:
+        super().prepare()
+        ab = self.settings.resolved_ab_config()
+        if self.settings.ab_config is None and not ab.exists():
+            ab.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo_root() / "config" / "ab.yaml", ab)
 
     def healthy(self) -> bool:
         return grpc_serving(f"{self.settings.host}:{self.settings.port('gateway_grpc')}", GATEWAY_SERVICE)

@@ -92,8 +92,10 @@ class StackSettings(ServiceSettings):
 
     # Interpreter of the services env, which runs the registry, ingest and gateway processes.
     services_python: Path = Field(default_factory=lambda: repo_root() / ".venv" / "bin" / "python")
-    # The gateway's A/B routing file (docs/ab.md).
-    ab_config: Path = Field(default_factory=lambda: repo_root() / "config" / "ab.yaml")
+    # The gateway's A/B routing file (docs/ab.md); None = $QANCHOR_STATE_DIR/ab.yaml, copied from the repository's
+    # config/ab.yaml at the first start, so experiments on a local stack (the demo's among them) never edit a
+    # tracked file.
+    ab_config: Path | None = None
     # Trained checkpoint to serve; None = the newest one under <repo>/artifacts, else `model_preset` untrained.
     model_checkpoint: Path | None = None
     # Config preset exported with freshly initialised adapters when no checkpoint exists.
@@ -108,6 +110,9 @@ class StackSettings(ServiceSettings):
     @property
     def layout(self) -> StateLayout:
         return StateLayout(Path(self.state_dir).expanduser().resolve())
+
+    def resolved_ab_config(self) -> Path:
+        return Path(self.ab_config) if self.ab_config else self.layout.root / "ab.yaml"
 
     @property
     def kafka_home(self) -> Path:

@@ -325,3 +325,59 @@ def test_the_charts_role_allows_the_backend_and_refuses_the_rest(flow) -> None: 
                 "app.kubernetes.io/component=tuning-job")
     finally:
         backend.close()
+
+
+def test_train_submit_runs_multi_node_pretraining_as_an_indexed_job(flow, monkeypatch, capsys) -> None:  # type: ignore
+    from services.cli import __main__ as cli
+
+    kube = flow["kube"]
+    monkeypatch.setenv("QANCHOR_KUBE_KUBECONFIG", str(kube.settings.kubeconfig))
+    monkeypatch.setenv("QANCHOR_KUBE_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("QANCHOR_KUBE_ARTIFACTS_CLAIM", "qanchor-artifacts")
+    monkeypatch.setenv("QANCHOR_KUBE_TOLERATIONS", '[{"key": "nvidia.com/gpu", "operator": "Exists"}]')
+    assert cli.main(["train", "submit", "it-1", "--nodes", "2", "--gpus-per-node", "4", "--",
+                     "--config", "smollm2", "--dataset", "ml-1m", "--steps", "100"]) == 0
+    submitted = json.loads(capsys.readouterr().out)
+    name = "qanchor-pretrain-it-1"
+    assert submitted["job"] == name and submitted["indexed"] is True
+    job = kube.read(name)
+    assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == ("Indexed", 2, 2)
+    pod_spec = job.spec.template.spec
+    assert pod_spec.subdomain == name and pod_spec.containers[0].resources.limits["nvidia.com/gpu"] == "4"
+    command = pod_spec.containers[0].command
+    assert f"--rdzv-endpoint={name}-0.{name}:29500" in command and "--nnodes=2" in command
+    service = flow["core"].read_namespaced_service(name, NAMESPACE)
+    assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses is True
+    assert [(o.kind, o.name, o.uid) for o in service.metadata.owner_references] == [("Job", name, job.metadata.uid)]
+    # Submitting the same run again adopts it (one Job, one Service).
+    assert cli.main(["train", "submit", "it-1", "--nodes", "2", "--gpus-per-node", "4", "--", "--config",
+                     "smollm2", "--dataset", "ml-1m", "--steps", "100"]) == 0
+    capsys.readouterr()
+    assert kube.read(name).metadata.uid == job.metadata.uid
+
+    # Both ranks run and finish; rank 0 leaves the result in its termination message.
+    pods = [kc.start_pod(kube.api_client, NAMESPACE, job, index=i) for i in (0, 1)]
+    result = {"checkpoint": "/var/lib/qanchor/artifacts/runs/it-1/checkpoint", "sha256": "ab" * 32,
+              "metrics": {"step": 100.0, "val_acc1": 0.31}}
+    kc.pod_terminated(flow["core"], NAMESPACE, pods[0]["metadata"]["name"], "train", 0, json.dumps(result))
+    kc.pod_terminated(flow["core"], NAMESPACE, pods[1]["metadata"]["name"], "train", 0, "")
+    assert cli.main(["train", "status", "it-1"]) == 0
+    assert json.loads(capsys.readouterr().out)["phase"] == "RUNNING"
+    kc.job_succeeded(kube.batch, NAMESPACE, name)
+    assert cli.main(["train", "wait", "it-1"]) == 0
+    waited = json.loads(capsys.readouterr().out)
+    assert waited["phase"] == "SUCCEEDED" and waited["result"] == result
+    assert cli.main(["train", "list"]) == 0
+    assert any(line.startswith("it-1") and "SUCCEEDED" in line for line in capsys.readouterr().out.splitlines())
+    # No kubelet: logs say why they are not there, and what to do.
+    assert cli.main(["train", "logs", "it-1"]) == 1
+    assert "not scheduled on a node" in capsys.readouterr().err
+
+    # A second run, cancelled: deleted with foreground propagation.
+    assert cli.main(["train", "submit", "it-2", "--gpus-per-node", "1", "--", "--config", "smollm2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "cancel", "it-2"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"job": "qanchor-pretrain-it-2", "deleted": True}
+    assert "foregroundDeletion" in kube.read("qanchor-pretrain-it-2").metadata.finalizers
+    assert cli.main(["train", "submit", "Bad_Id", "--", "--config", "x"]) == 1
+    assert "run id" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, co
 from services.demo.steps import load_scenarios
 from services.stack.apps import Gateway, Ingest, ModelsStep, Registry, find_checkpoint, read_tokens, \
     resolve_model_source
+from services.common.settings import repo_root
 from services.stack.settings import ALL_COMPONENTS, COMPONENTS, StackSettings, resolve_components
 
 
@@ -84,13 +85,16 @@ def test_app_components_use_contract_ports_and_stack_endpoints(settings: StackSe
     env = gw.env()
     assert env["QANCHOR_PORT_BASE"] == "31000" and env["QANCHOR_STATE_DIR"] == str(settings.layout.root)
     assert env["GATEWAY_TRITON_URL"] == "127.0.0.1:31001" and env["GATEWAY_REGISTRY_TARGET"] == "127.0.0.1:31052"
-    assert env["GATEWAY_FEAST_LOCATION"] == str(feast) and env["GATEWAY_AB_CONFIG"].endswith("config/ab.yaml")
+    assert env["GATEWAY_FEAST_LOCATION"] == str(feast) and env["GATEWAY_AB_CONFIG"] == str(settings.layout.root / "ab.yaml")
     assert ing.env()["INGEST_KAFKA_BOOTSTRAP"] == "127.0.0.1:31092"
     tokens = read_tokens(settings)
     assert reg.env()["REGISTRY_ADMIN_TOKEN"] == tokens.admin and env["GATEWAY_TOKEN"] == tokens.client
     assert read_tokens(settings) == tokens  # stable per state dir
     assert (settings.layout.run / "tokens.json").stat().st_mode & 0o077 == 0  # private to the user
     assert not gw.healthy()  # nothing listens on this base
+    gw.prepare()  # the local stack's A/B file: a copy of the repository's, which experiments never edit
+    assert (settings.layout.root / "ab.yaml").read_text() == (REPO_AB := repo_root() / "config" / "ab.yaml").read_text()
+    assert REPO_AB.is_file()
 
 
 def test_tuning_worker_and_registry_share_the_stacks_redis(settings: StackSettings) -> None:

@@ -1,13 +1,18 @@
-"""`qanchor scenario register|get|list|versions|promote|tune|job`: talk to the scenario registry."""
+"""`qanchor scenario register|get|list|versions|promote|tune|job|jobs|cancel`: talk to the scenario registry."""
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
 from services.cli.commands._registry_target import add_connection_args, client_from_args
+from services.cli.commands._tuning_jobs import add_job_actions
+from services.common.errors import InvalidArgument
+from services.common.proto.qanchor.v1 import registry_pb2 as pb
 
 
 def _print(msg: Any) -> None:
@@ -54,16 +59,28 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
+    labels = args.labels_opt or args.labels
+    if not labels:
+        raise InvalidArgument("give the labels file (CSV user_id,label): qanchor scenario tune NAME labels.csv")
     params = dict(kv.split("=", 1) for kv in args.param)
     with client_from_args(args) as c:
-        _print(c.start_tuning_job(args.name, args.labels, args.model_version, params))
-    return 0
+        job = c.start_tuning_job(args.name, _labels_uri(labels), args.model_version, params)
+        if not args.watch:
+            _print(job)
+            return 0
+        from services.cli.commands._tuning_jobs import watch_job
+
+        print(f"job {job.job_id} queued; watching (Ctrl-C stops watching, not the job)", file=sys.stderr)
+        job = watch_job(lambda: c.get_tuning_job(job.job_id))
+    _print(job)
+    return 0 if job.state == pb.JOB_STATE_SUCCEEDED else 1
 
 
-def _job(args: argparse.Namespace) -> int:
-    with client_from_args(args) as c:
-        _print(c.get_tuning_job(args.job_id))
-    return 0
+def _labels_uri(labels: str) -> str:
+    # A local path is sent absolute: the worker resolves it, not this shell's working directory.
+    if "://" in labels:
+        return labels
+    return str(Path(labels).expanduser().resolve())
 
 
 def _param(text: str) -> str:
@@ -101,14 +118,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("tune", help="queue a soft-prompt tuning job on labelled users (admin)")
     t.add_argument("name")
-    t.add_argument("--labels", required=True, help="URI of a CSV/Parquet of user_id,label")
+    t.add_argument("labels", nargs="?", help="CSV of user_id,label (a path the tuning worker can read), or a "
+                   "feature snapshot .npz")
+    t.add_argument("--labels", dest="labels_opt", help="the same, as an option")
     t.add_argument("--model-version", default="")
     t.add_argument("--param", action="append", default=[], type=_param, help="KEY=VALUE tuning parameter")
+    t.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends")
     t.set_defaults(func=_tune)
 
-    j = sub.add_parser("job", help="show a tuning job")
-    j.add_argument("job_id")
-    j.set_defaults(func=_job)
-
-    for action in (r, g, ls, v, pr, t, j):
+    for action in (r, g, ls, v, pr, t):
         add_connection_args(action)
+    add_job_actions(sub, add_connection_args)
