@@ -112,8 +112,9 @@ def tune_and_split(settings: DemoSettings, stack_settings: Any, tokens: Any, use
     if scenario not in queries:
         raise RuntimeError(f"DEMO_TUNE_SCENARIO={scenario!r} is not in {settings.scenarios_file}; choose one of "
                            f"{sorted(queries)}")
+    n = min(settings.tune_users, settings.users)
     labels = steps.export_labels(stack_settings.model_python, stack_settings.layout.root / "demo" /
-                                 f"labels-{scenario}-{settings.users}.csv", scenario, settings.users, progress_)
+                                 f"labels-{scenario}-{n}.csv", scenario, n, progress_)
     t0 = time.monotonic()
     with RegistryClient(f"{host}:{stack_settings.port('registry_grpc')}", token=tokens.admin) as registry:
         steps.register_scenarios(registry, {scenario: queries[scenario]})

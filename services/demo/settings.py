@@ -30,5 +30,7 @@ class DemoSettings(ServiceSettings):
     tune_scenario: str = "gender_female"
     # Optimiser steps of that tuning job (each is suffix-only: the users' prefixes are computed once).
     tune_steps: int = Field(default=20, ge=1)
+    # Labelled users it tunes on: the first N replayed users (the prefix of each is computed once, on CPU).
+    tune_users: int = Field(default=100, ge=10)
     # Seconds to wait for the tuning job (it shares 2 cores with Triton and ingest).
     tune_timeout_s: float = 900.0

@@ -40,13 +40,17 @@ def watch_job(get: Callable[[], pb.TuningJob], interval_s: float = 1.0, out: Any
 
     out = out or sys.stderr
     job = get()
+    shown = None
     with tqdm(total=100, file=out, unit="%", bar_format="{desc} |{bar}| {n:.0f}% {postfix}",
               dynamic_ncols=True) as bar:
         while True:
-            bar.set_description_str(f"{job.scenario} {state_name(job.state):<9}")
-            bar.set_postfix_str(job.message[:60])
-            bar.n = round(100 * job.progress, 1)
-            bar.refresh()
+            now = (job.state, round(100 * job.progress, 1), job.message[:60])
+            if now != shown:  # redraw on change only: a log file or pipe gets one line per change, not per poll
+                bar.set_description_str(f"{job.scenario} {state_name(job.state):<9}", refresh=False)
+                bar.set_postfix_str(now[2], refresh=False)
+                bar.n = now[1]
+                bar.refresh()
+                shown = now
             if job.state in TERMINAL:
                 return job
             sleep(interval_s)
