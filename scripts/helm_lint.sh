@@ -7,8 +7,9 @@
 #
 # Checks: compose-check (docker/compose-check: the compose-go loader behind `docker compose config`: schema,
 # interpolation, references) on docker-compose.yml; `helm lint --strict` with the default and GPU values;
-# `helm template` of each value set (plus the ServiceMonitor variant); every rendered manifest and
-# helm/jobs/*.yaml validated with kubernetes-validate (--strict: unknown fields fail) per pinned Kubernetes version.
+# `helm template` of each value set (plus the ServiceMonitor and Kubernetes-job-backend variants); every rendered
+# manifest and helm/jobs/*.yaml validated with kubernetes-validate (--strict: unknown fields fail) per pinned
+# Kubernetes version.
 # No cluster and no Docker engine are needed. Neither tool is packaged for pip/apt here, so both are built with
 # Go from the Go module proxy into a cache outside the clone, once, and reused afterwards.
 #
@@ -100,12 +101,15 @@ render() {  # render NAME [helm template args...]
 }
 render default
 render gpu -f "$CHART/values-gpu.yaml" --set jobs.tuning.enabled=true
+# The Kubernetes job backend: the worker's ServiceAccount, Role and RoleBinding (RBAC), no GPU on the worker.
+render jobs-kubernetes --set jobs.kubernetes.enabled=true
 # ServiceMonitor is a CRD: validated for shape by the chart, and skipped by kubernetes-validate (no schema).
 render servicemonitor --set serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1
 
 status=0
 for kv in $KUBE_VERSIONS; do
-  for f in "$OUT/default.yaml" "$OUT/gpu.yaml" "$OUT/servicemonitor.yaml" "$ROOT"/helm/jobs/*.yaml; do
+  for f in "$OUT/default.yaml" "$OUT/gpu.yaml" "$OUT/jobs-kubernetes.yaml" "$OUT/servicemonitor.yaml" \
+           "$ROOT"/helm/jobs/*.yaml; do
     if "$KVALIDATE" --strict --quiet -k "$kv" "$f" >"$OUT/validate.log" 2>&1; then
       log "kubernetes_validate_ok kube=$kv file=$(basename "$f")"
     else

@@ -22,6 +22,9 @@ if [ -x scripts/helm_lint.sh ]; then bash scripts/helm_lint.sh --ensure-helm; fi
 if [ -z "${QANCHOR_GRPCURL:-}" ] && command -v go >/dev/null 2>&1; then
   QANCHOR_GRPCURL="$(bash scripts/ensure_grpcurl.sh)" && export QANCHOR_GRPCURL || log "grpcurl could not be built"
 fi
+# kube-apiserver + etcd for the Kubernetes job-backend tests, built once from the Go module proxy (minutes) and
+# cached in $QANCHOR_CACHE_DIR/bin like helm; later runs reuse them.
+if [ -x scripts/kube_build.sh ]; then bash scripts/kube_build.sh >/dev/null; fi
 
 status=0
 run() {  # run LABEL PYTHON ARGS...

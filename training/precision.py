@@ -79,11 +79,15 @@ def autocast(dtype: torch.dtype, device: str | torch.device = "cpu"):
 
 
 def apply_precision(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Store frozen floating-point parameters in `dtype`; trainable ones stay fp32 (master weights)."""
+    """Store frozen floating-point parameters in `dtype`; trainable ones stay fp32 (master weights), and so do the
+    submodules a model names in `keep_fp32` (QAnchorModel: the embedding head, which runs in fp32 even when
+    everything else is frozen for serving: a few hundred KB, and the cosines that tell users apart live there)."""
+    keep = {id(p) for name in getattr(model, "keep_fp32", ()) if getattr(model, name, None) is not None
+            for p in getattr(model, name).parameters()}
     with torch.no_grad():
         for p in model.parameters():
             if p.is_floating_point():
-                p.data = p.data.to(torch.float32 if p.requires_grad else dtype)
+                p.data = p.data.to(torch.float32 if p.requires_grad or id(p) in keep else dtype)
     return model
 
 

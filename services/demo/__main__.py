@@ -4,7 +4,10 @@
 2. replays a few hundred MovieLens-1M users' ratings through Kafka and waits until ingest has written their
    features to Feast;
 3. registers scenarios by their query text through the registry's gRPC API (existing ones are reused);
-4. fetches embeddings through the gateway's gRPC API and prints a compact report.
+4. fetches embeddings through the gateway's gRPC API;
+5. tunes one scenario's soft prompt on the replayed users' labels (a Celery job on the stack's tuning worker),
+   splits that scenario 50/50 between zero-shot and the tuned version in the stack's A/B file, and shows what
+   each arm serves next to the tuned version's held-out AUC and zero-shot's; then prints a compact report.
 
 The stack is left running: `qanchor stack down` stops it. Settings: QANCHOR_STATE_DIR, QANCHOR_PORT_BASE, DEMO_*.
 """
@@ -16,10 +19,11 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from services.common.logging import setup_logging
 from services.demo import steps
-from services.demo.report import DemoReport, render
+from services.demo.report import DemoReport, TunedArm, TuningResult, render
 from services.demo.settings import DemoSettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,7 @@ def run(settings: DemoSettings, json_out: Path | None = None) -> int:
     stack = Stack(stack_settings)
     report = DemoReport()
     if not settings.skip_stack_up:
-        progress("stack: starting Kafka, Redis, Triton, Feast, models, registry, ingest, gateway "
+        progress("stack: starting Kafka, Redis, Triton, Feast, models, registry, ingest, gateway, tuning worker "
                  "(first run: the model export takes a few minutes)")
         try:
             for r in stack.up(list(ALL_COMPONENTS)):
@@ -82,6 +86,9 @@ def run(settings: DemoSettings, json_out: Path | None = None) -> int:
                          timeout_s=settings.rpc_timeout_s) as client:
         steps.fetch_embeddings(client, report, users, list(report.scenarios), progress)
 
+    if settings.tune_scenario:
+        report.tuning = tune_and_split(settings, stack_settings, tokens, users, progress)
+
     report.endpoints = {s.component: s.address for s in stack.status(list(ALL_COMPONENTS))}
     report.wall_s = time.monotonic() - t_start
     print(render(report))
@@ -94,15 +101,49 @@ def run(settings: DemoSettings, json_out: Path | None = None) -> int:
     return 0
 
 
+def tune_and_split(settings: DemoSettings, stack_settings: Any, tokens: Any, users: list[str],
+                   progress_: Any) -> TuningResult:
+    """Register -> tune on labelled users -> A/B arm on the tuned version -> both arms' responses."""
+    from services.gateway.client import EmbeddingClient
+    from services.registry.client import RegistryClient
+
+    scenario, host = settings.tune_scenario, stack_settings.host
+    queries = steps.load_scenarios(settings.scenarios_file, 1000)
+    if scenario not in queries:
+        raise RuntimeError(f"DEMO_TUNE_SCENARIO={scenario!r} is not in {settings.scenarios_file}; choose one of "
+                           f"{sorted(queries)}")
+    n = min(settings.tune_users, settings.users)
+    labels = steps.export_labels(stack_settings.model_python, stack_settings.layout.root / "demo" /
+                                 f"labels-{scenario}-{n}.csv", scenario, n, progress_)
+    t0 = time.monotonic()
+    with RegistryClient(f"{host}:{stack_settings.port('registry_grpc')}", token=tokens.admin) as registry:
+        steps.register_scenarios(registry, {scenario: queries[scenario]})
+        job = steps.tune(registry, scenario, labels, settings.tune_steps, settings.tune_timeout_s, progress_)
+    result = TuningResult(scenario, queries[scenario], job.job_id, settings.tune_steps, time.monotonic() - t0,
+                          job.prompt_version, {k: float(v) for k, v in job.metrics.items()})
+    ab = stack_settings.resolved_ab_config()
+    steps.write_ab_split(ab, scenario, job.prompt_version)
+    progress_(f"A/B: {ab}: {scenario} split 50/50 between zero-shot and prompt version {job.prompt_version}")
+    with EmbeddingClient(f"{host}:{stack_settings.port('gateway_grpc')}", token=tokens.client,
+                         timeout_s=settings.rpc_timeout_s) as client:
+        by_arm = steps.arm_responses(client, users[:12], scenario, {"zero-shot", "tuned"}, 120.0, progress_)
+    result.arms = [TunedArm(arm, len(rows), rows[0].prompt_version, rows[0].model_version, rows[0].user_id,
+                            rows[0].head) for arm, rows in sorted(by_arm.items())]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m services.demo", description=__doc__.split("\n")[0])
     p.add_argument("--users", type=int, help="MovieLens-1M users to replay (DEMO_USERS, default 200)")
     p.add_argument("--scenarios", type=int, help="scenarios to register and query (DEMO_SCENARIOS, default 10)")
     p.add_argument("--skip-stack-up", action="store_true", help="use the running stack as is")
+    p.add_argument("--tune-steps", type=int, help="steps of the demo's tuning job (DEMO_TUNE_STEPS, default 20)")
+    p.add_argument("--no-tune", action="store_true", help="skip tuning and the A/B split (DEMO_TUNE_SCENARIO='')")
     p.add_argument("--json", type=Path, help="also write the report's facts as JSON here")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in {"users": args.users, "scenarios": args.scenarios,
-                                   "skip_stack_up": args.skip_stack_up or None}.items() if v is not None}
+                                   "skip_stack_up": args.skip_stack_up or None, "tune_steps": args.tune_steps,
+                                   "tune_scenario": "" if args.no_tune else None}.items() if v is not None}
     settings = DemoSettings(**overrides)
     setup_logging("demo", "WARNING")  # the demo speaks through its progress lines and the report
     try:

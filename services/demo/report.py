@@ -41,6 +41,32 @@ class MultiScenarioCall:
 
 
 @dataclass
+class TunedArm:
+    """What one A/B arm of the tuned scenario served."""
+
+    arm: str
+    users: int
+    prompt_version: str
+    model_version: str
+    example_user: str
+    head: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TuningResult:
+    """The demo's tuning job and the A/B split on its prompt version."""
+
+    scenario: str
+    query: str
+    job_id: str
+    steps: int
+    seconds: float
+    version: int
+    metrics: dict[str, float] = field(default_factory=dict)  # auc, ks, auc_zero_shot, ks_zero_shot, n_train, n_val
+    arms: list[TunedArm] = field(default_factory=list)
+
+
+@dataclass
 class DemoReport:
     model_version: str = ""
     model_trained: bool = False
@@ -68,6 +94,7 @@ class DemoReport:
     scenario_share: float | None = None
     cos_same_scenario: float | None = None  # mean cosine of two different users under one scenario
     cos_same_user: float | None = None  # mean cosine of one user under two different scenarios
+    tuning: TuningResult | None = None
     endpoints: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
 
@@ -164,7 +191,27 @@ def render(r: DemoReport) -> str:
                    f"user share of the embeddings' variance {r.user_share:.1%} (scenario share "
                    f"{r.scenario_share:.1%}); two users under one scenario: mean cosine {r.cos_same_scenario:.2f}; "
                    f"one user under two scenarios: {r.cos_same_user:.2f}")
+    if r.tuning:
+        out.append(render_tuning(r.tuning))
     if r.endpoints:
         out.append("\n== where everything listens\n" + table([[k, v] for k, v in r.endpoints.items()],
                                                            ["component", "address"]))
     return "\n".join(out)
+
+
+def render_tuning(t: TuningResult) -> str:
+    m = t.metrics
+    lines = [f"\n== 9. a tuned soft prompt in an A/B arm: {t.scenario} (\"{t.query}\")",
+             f"tuning job {t.job_id}: {t.steps} steps on {m.get('n_train', 0):.0f} labelled users in {t.seconds:.0f} s "
+             f"-> prompt version {t.version}",
+             table([["zero-shot (query alone)", "1", f"{m.get('auc_zero_shot', float('nan')):.3f}",
+                     f"{m.get('ks_zero_shot', float('nan')):.3f}"],
+                    [f"tuned ({m.get('steps', t.steps):.0f} steps)", str(t.version), f"{m.get('auc', float('nan')):.3f}",
+                     f"{m.get('ks', float('nan')):.3f}"]],
+                   ["prompt", "version", f"held-out AUC ({m.get('n_val', 0):.0f} users)", "KS"])]
+    if t.arms:
+        lines.append(f"A/B split 50/50 (the stack's A/B file), GetEmbedding for {sum(a.users for a in t.arms)} users:")
+        lines.append(table([[a.arm, a.users, a.prompt_version, a.model_version, a.example_user,
+                             " ".join(f"{x:+.3f}" for x in a.head[:4])] for a in t.arms],
+                           ["arm", "users", "prompt", "model", "e.g. user", "embedding[:4]"]))
+    return "\n".join(lines)

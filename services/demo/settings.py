@@ -25,3 +25,12 @@ class DemoSettings(ServiceSettings):
     rpc_timeout_s: float = 120.0
     # Skip the stack start (it is already up, e.g. started by a test or by hand).
     skip_stack_up: bool = False
+    # Scenario whose soft prompt the demo tunes on the replayed users' labels, then splits 50/50 with its
+    # zero-shot version in the A/B config ("" = skip that part). A demographic label: known for every user.
+    tune_scenario: str = "gender_female"
+    # Optimiser steps of that tuning job (each is suffix-only: the users' prefixes are computed once).
+    tune_steps: int = Field(default=20, ge=1)
+    # Labelled users it tunes on: the first N replayed users (the prefix of each is computed once, on CPU).
+    tune_users: int = Field(default=100, ge=10)
+    # Seconds to wait for the tuning job (it shares 2 cores with Triton and ingest).
+    tune_timeout_s: float = 900.0

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -182,3 +183,79 @@ def fetch_embeddings(client: EmbeddingClient, report: DemoReport, users: list[st
         report.spread_users = len(grid)
         for k, v in spread(np.asarray(grid, np.float32)).items():
             setattr(report, k, round(v, 4))
+
+
+# --- tuning and the A/B arm ---------------------------------------------------------------------------------------
+
+def export_labels(model_python: Path, out: Path, scenario: str, users: int, progress: Progress) -> Path:
+    """The scenario's labels for the replayed users (services.demo.labels, model env); cached."""
+    if out.is_file() and out.stat().st_size > 0:
+        progress(f"labels: reusing {out}")
+        return out
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run([str(model_python), "-m", "services.demo.labels", "--scenario", scenario, "--users",
+                           str(users), "--out", str(out)], cwd=repo_root(), env=env, capture_output=True,
+                          text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"labelling users for {scenario} failed (exit {proc.returncode}): {proc.stderr[-800:]}")
+    progress(f"labels: {proc.stdout.strip()}")
+    return out
+
+
+def tune(registry: RegistryClient, scenario: str, labels: Path, steps: int, timeout_s: float,
+         progress: Progress) -> Any:
+    """StartTuningJob on the stack's Celery worker and follow it (progress lines) until it ends."""
+    from services.common.proto.qanchor.v1 import registry_pb2 as pb
+
+    job = registry.start_tuning_job(scenario, str(labels), params={"steps": str(steps), "batch_size": "32"})
+    progress(f"tuning: job {job.job_id} queued ({steps} steps); follow it with "
+             f"`qanchor scenario job {job.job_id} --watch`")
+    deadline = time.monotonic() + timeout_s
+    said = ""
+    while job.state not in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"tuning job {job.job_id} not finished after {timeout_s:.0f} s ({job.message}); "
+                               "see `qanchor stack logs tuning -n 100`")
+        line = f"{pb.JobState.Name(job.state).removeprefix('JOB_STATE_')} {100 * job.progress:3.0f}% {job.message}"
+        if line != said:
+            progress(f"tuning: {line}")
+            said = line
+        time.sleep(1.0)
+        job = registry.get_tuning_job(job.job_id)
+    if job.state != pb.JOB_STATE_SUCCEEDED:
+        raise RuntimeError(f"tuning job {job.job_id} {pb.JobState.Name(job.state)}: {job.message}")
+    return job
+
+
+def write_ab_split(path: Path, scenario: str, tuned_version: int) -> None:
+    """Route `scenario` 50/50 between its zero-shot query and the tuned prompt; other scenarios are kept."""
+    config = yaml.safe_load(path.read_text()) if path.is_file() else None
+    config = config or {"salt": "qanchor-demo", "default": {"model_version": ""}}
+    config.setdefault("scenarios", {})
+    config["scenarios"] = dict(config["scenarios"] or {})
+    config["scenarios"][scenario] = {"arms": [
+        {"name": "zero-shot", "weight": 50, "prompt_version": "zero-shot"},
+        {"name": "tuned", "weight": 50, "prompt_version": tuned_version}]}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("# Written by the demo (services/demo/steps.py: write_ab_split); edit freely (docs/ab.md).\n"
+                   + yaml.safe_dump(config, sort_keys=False))
+    tmp.replace(path)  # atomic: the gateway's watcher never reads half a file
+
+
+def arm_responses(client: EmbeddingClient, users: list[str], scenario: str, want: set[str], timeout_s: float,
+                  progress: Progress) -> dict[str, list[EmbeddingRow]]:
+    """Embeddings of `scenario` for the users, grouped by the arm that served them, once every arm in `want` has
+    served (the gateway picks up the new A/B file within its poll interval)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        by_arm: dict[str, list[EmbeddingRow]] = {}
+        for uid in users:
+            resp, ms = _timed(client.get_embedding, uid, scenario)
+            by_arm.setdefault(resp.embedding.arm, []).append(_row(resp.embedding, ms))
+        if want <= set(by_arm):
+            return by_arm
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gateway still serves arms {sorted(by_arm)} for {scenario}, not {sorted(want)}; "
+                               "see `qanchor stack logs gateway -n 50` (event=ab_config_rejected)")
+        progress(f"gateway: waiting for the new A/B config (arms so far: {sorted(by_arm)})")
+        time.sleep(2.0)

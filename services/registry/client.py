@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -100,6 +100,22 @@ class RegistryClient:
 
     def get_tuning_job(self, job_id: str) -> pb.TuningJob:
         return self._call(self.stub.GetTuningJob, pb.GetTuningJobRequest(job_id=job_id))
+
+    def list_tuning_jobs(self, scenario: str = "", states: Sequence[int] = (), limit: int = 0) -> list[pb.TuningJob]:
+        """Jobs newest first (follows page tokens); `states` are registry_pb2.JobState values; limit 0 = all."""
+        out: list[pb.TuningJob] = []
+        token = ""
+        while True:
+            page_size = min(limit - len(out), 1000) if limit else 0
+            resp = self._call(self.stub.ListTuningJobs, pb.ListTuningJobsRequest(
+                scenario=scenario, states=list(states), page_size=page_size, page_token=token))
+            out.extend(resp.jobs)
+            token = resp.next_page_token
+            if not token or (limit and len(out) >= limit):
+                return out[:limit] if limit else out
+
+    def cancel_tuning_job(self, job_id: str, reason: str = "") -> pb.TuningJob:
+        return self._call(self.stub.CancelTuningJob, pb.CancelTuningJobRequest(job_id=job_id, reason=reason))
 
     # --- gateway view ----------------------------------------------------------------------------------------
 

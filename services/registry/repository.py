@@ -9,6 +9,7 @@ For the tuning worker (it writes through this module, in-process, against the sa
     adds the TUNED prompt version (READY) and marks the job SUCCEEDED in one transaction; idempotent (a retried
     task gets the version it already created);
   - `update_tuning_job(job_id, state=FAILED, message=...)` on error;
+  - `cancel_tuning_job(job_id)` (CancelTuningJob): the worker sees CANCELLED at its next progress step;
   - `add_prompt_version(...)` adds a version outside any job (imports, backfills).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import base64
 import logging
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
@@ -261,6 +262,59 @@ class Repository:
             row = self._job_row(session, job_id)
             return _job_record(row, row.scenario.name)
 
+    def list_tuning_jobs(
+        self, scenario: str = "", states: Sequence[JobState] = (), page_size: int = 0, page_token: str = "",
+    ) -> tuple[list[TuningJobRecord], str]:
+        """Jobs newest first (created_at, then id), optionally of one scenario and/or in some states."""
+        if page_size < 0:
+            raise InvalidArgument("page_size must be >= 0 (0 = default of 100)")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        stmt = (select(TuningJobRow).options(selectinload(TuningJobRow.scenario))
+                .order_by(TuningJobRow.created_at.desc(), TuningJobRow.id.desc()))
+        if scenario:
+            validate_scenario_name(scenario)
+            stmt = stmt.join(ScenarioRow, TuningJobRow.scenario_id == ScenarioRow.id).where(ScenarioRow.name == scenario)
+        if states:
+            stmt = stmt.where(TuningJobRow.state.in_([JobState(s).value for s in states]))
+        if page_token:
+            created, _, last_id = _decode_token(page_token).partition("|")
+            try:
+                after = datetime.fromisoformat(created)
+            except ValueError:
+                raise InvalidArgument("page_token is not valid; pass next_page_token from the previous response") \
+                    from None
+            stmt = stmt.where((TuningJobRow.created_at < after)
+                              | ((TuningJobRow.created_at == after) & (TuningJobRow.id < last_id)))
+        with self.db.read() as session:
+            rows = list(session.scalars(stmt.limit(size + 1)))
+            page = [_job_record(r, r.scenario.name) for r in rows[:size]]
+            last = rows[size - 1] if len(rows) > size else None
+            next_token = _encode_token(f"{last.created_at.isoformat()}|{last.id}") if last is not None else ""
+        return page, next_token
+
+    def count_tuning_jobs(self) -> dict[JobState, int]:
+        """Jobs per state (every state present, zeros included): the worker's `jobs by state` gauge."""
+        with self.db.read() as session:
+            counted = dict(session.execute(select(TuningJobRow.state, func.count()).group_by(TuningJobRow.state)).all())
+        return {state: int(counted.get(state.value, 0)) for state in JobState}
+
+    def cancel_tuning_job(self, job_id: str, reason: str = "") -> TuningJobRecord:
+        """QUEUED/RUNNING -> CANCELLED. Idempotent for a cancelled job; a finished one cannot be cancelled."""
+        with self.db.write() as session, session.begin():
+            row = self._job_row(session, job_id)
+            current = JobState(row.state)
+            if current in (JobState.SUCCEEDED, JobState.FAILED):
+                raise FailedPrecondition(f"tuning job {job_id} already {current.value}; nothing to cancel"
+                                         + (f" (its prompt version {row.prompt_version} can be retired instead)"
+                                            if row.prompt_version else ""))
+            if current is not JobState.CANCELLED:
+                row.state = JobState.CANCELLED.value
+                row.message = f"cancelled{': ' + reason.strip() if reason.strip() else ''} (was {current.value})"
+                row.updated_at = utcnow()
+            record = _job_record(row, row.scenario.name)
+        log.info("tuning job cancelled", extra={"job_id": job_id, "was": current.value})
+        return record
+
     def update_tuning_job(
         self, job_id: str, *, state: JobState | None = None, progress: float | None = None,
         message: str | None = None, prompt_version: int | None = None, metrics: Mapping[str, float] | None = None,
@@ -300,8 +354,8 @@ class Repository:
             existing = session.scalars(select(PromptVersionRow).where(PromptVersionRow.job_id == job_id)).first()
             if existing is not None:
                 return _version_record(existing, scenario)
-            if job.state == JobState.FAILED.value:
-                raise FailedPrecondition(f"tuning job {job_id} already FAILED; start a new job instead")
+            if job.state in (JobState.FAILED.value, JobState.CANCELLED.value):
+                raise FailedPrecondition(f"tuning job {job_id} already {job.state}; start a new job instead")
             srow = self._scenario_row(session, scenario, lock=True)
             row = self._add_version(
                 session, srow, kind=PromptKind.TUNED, status=PromptStatus.READY, artifact_uri=artifact_uri,

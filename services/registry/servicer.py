@@ -25,13 +25,16 @@ AUTH_POLICY = {
     _PREFIX + "RegisterScenario": Access.ADMIN,
     _PREFIX + "PromotePromptVersion": Access.ADMIN,
     _PREFIX + "StartTuningJob": Access.ADMIN,
+    _PREFIX + "CancelTuningJob": Access.ADMIN,
 }
 
 _KIND = {PromptKind.ZERO_SHOT: pb.PROMPT_KIND_ZERO_SHOT, PromptKind.TUNED: pb.PROMPT_KIND_TUNED}
 _STATUS = {PromptStatus.READY: pb.PROMPT_STATUS_READY, PromptStatus.ACTIVE: pb.PROMPT_STATUS_ACTIVE,
            PromptStatus.RETIRED: pb.PROMPT_STATUS_RETIRED}
 _STATE = {JobState.QUEUED: pb.JOB_STATE_QUEUED, JobState.RUNNING: pb.JOB_STATE_RUNNING,
-          JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, JobState.FAILED: pb.JOB_STATE_FAILED}
+          JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, JobState.FAILED: pb.JOB_STATE_FAILED,
+          JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
+_STATE_FROM_PB = {v: k for k, v in _STATE.items()}
 
 
 def _ts(dt: datetime) -> Timestamp:
@@ -59,7 +62,7 @@ def job_to_proto(j: TuningJobRecord) -> pb.TuningJob:
     return pb.TuningJob(
         job_id=j.job_id, scenario=j.scenario, state=_STATE[j.state], progress=j.progress, message=j.message,
         prompt_version=j.prompt_version or 0, metrics=j.metrics, created_at=_ts(j.created_at),
-        updated_at=_ts(j.updated_at),
+        updated_at=_ts(j.updated_at), labels_uri=j.labels_uri, model_version=j.model_version,
     )
 
 
@@ -107,3 +110,17 @@ class ScenarioRegistryServicer(pb_grpc.ScenarioRegistryServicer):
         if not request.job_id:
             raise InvalidArgument("job_id is empty; pass the id StartTuningJob returned")
         return job_to_proto(self.repo.get_tuning_job(request.job_id))
+
+    def ListTuningJobs(self, request: pb.ListTuningJobsRequest, context: grpc.ServicerContext
+                       ) -> pb.ListTuningJobsResponse:
+        unknown = [s for s in request.states if s not in _STATE_FROM_PB]
+        if unknown:
+            raise InvalidArgument(f"unknown job state(s) {unknown}; use QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED")
+        jobs, token = self.repo.list_tuning_jobs(request.scenario, [_STATE_FROM_PB[s] for s in request.states],
+                                                 request.page_size, request.page_token)
+        return pb.ListTuningJobsResponse(jobs=[job_to_proto(j) for j in jobs], next_page_token=token)
+
+    def CancelTuningJob(self, request: pb.CancelTuningJobRequest, context: grpc.ServicerContext) -> pb.TuningJob:
+        if not request.job_id:
+            raise InvalidArgument("job_id is empty; pass the id StartTuningJob returned (see ListTuningJobs)")
+        return job_to_proto(self.repo.cancel_tuning_job(request.job_id, request.reason))

@@ -5,9 +5,11 @@ They start after the infrastructure (Kafka, Redis, Triton, Feast) and take every
 
     models    export the Q-Anchor model + MiniLM text encoder into $QANCHOR_STATE_DIR/model_repository when
               missing or stale (model env), then load them into Triton (explicit model control)
-    registry  python -m services.registry   SQLite under $QANCHOR_STATE_DIR/registry, gRPC health probe
+    registry  python -m services.registry   SQLite under $QANCHOR_STATE_DIR/registry, gRPC health probe;
+                                            tuning jobs are published to the stack's Redis (db 1)
     ingest    python -m services.ingest     Kafka -> Feast, /metrics probe
     gateway   python -m services.gateway    config/ab.yaml, gRPC health probe
+    tuning    python -m services.tuning     Celery tuning worker (model env) on the same Redis, /metrics probe
 
 Tokens: the registry's admin token and the gateway's client token are generated once per state dir
 (`run/tokens.json`, mode 600) and handed to the processes as env vars; `read_tokens` gives them to clients.
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -137,7 +140,7 @@ class Registry(AppComponent):
     def service_env(self) -> dict[str, str]:
         tokens = read_tokens(self.settings)
         return {"REGISTRY_HOST": self.settings.host, "REGISTRY_ADMIN_TOKEN": tokens.admin,
-                "REGISTRY_TOKEN": tokens.client}
+                "REGISTRY_TOKEN": tokens.client, "REGISTRY_CELERY_BROKER": tuning_broker(self.settings)}
 
     def healthy(self) -> bool:
         return grpc_serving(f"{self.settings.host}:{self.settings.port('registry_grpc')}", REGISTRY_SERVICE)
@@ -176,13 +179,58 @@ class Gateway(AppComponent):
     def service_env(self) -> dict[str, str]:
         h, tokens = self.settings.host, read_tokens(self.settings)
         return {"GATEWAY_HOST": h, "GATEWAY_TOKEN": tokens.client, "GATEWAY_REGISTRY_TOKEN": tokens.client,
-                "GATEWAY_AB_CONFIG": str(self.settings.ab_config),
+                "GATEWAY_AB_CONFIG": str(self.settings.resolved_ab_config()),
                 "GATEWAY_TRITON_URL": f"{h}:{self.settings.port('triton_grpc')}",
                 "GATEWAY_REGISTRY_TARGET": f"{h}:{self.settings.port('registry_grpc')}",
                 "GATEWAY_FEAST_LOCATION": str(self.feast_config)}
 
+    def prepare(self) -> None:
+        super().prepare()
+        ab = self.settings.resolved_ab_config()
+        if self.settings.ab_config is None and not ab.exists():
+            ab.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(repo_root() / "config" / "ab.yaml", ab)
+
     def healthy(self) -> bool:
         return grpc_serving(f"{self.settings.host}:{self.settings.port('gateway_grpc')}", GATEWAY_SERVICE)
+
+
+def tuning_broker(settings: StackSettings) -> str:
+    """The Celery broker shared by the registry (producer) and the tuning worker: the stack's Redis, db 1."""
+    return f"redis://{settings.host}:{settings.port('redis')}/1"
+
+
+class TuningWorker(AppComponent):
+    """`python -m services.tuning` from the *model* env (torch): consumes the registry's tuning jobs."""
+
+    name, module = "tuning", "services.tuning"
+    hints = [(r"No module named 'torch'|numpy", "the model env is missing or broken: run scripts/setup_env.sh model")]
+
+    def command(self) -> list[str]:
+        python = Path(self.settings.model_python)
+        if not python.exists():
+            raise StackError(self.name, f"model env interpreter {python} does not exist",
+                             hint="run scripts/setup_env.sh model")
+        return [str(python), "-m", self.module]
+
+    def ports(self) -> list[int]:
+        return [self.settings.port("tuning_metrics")]
+
+    def address(self) -> str:
+        return f"celery worker on {tuning_broker(self.settings)}, " \
+               f"metrics http://{self.settings.host}:{self.settings.port('tuning_metrics')}/metrics"
+
+    def service_env(self) -> dict[str, str]:
+        return {"TUNING_BROKER_URL": tuning_broker(self.settings),
+                "TUNING_FEAST_CONFIG": str(self.feast_config),
+                "TUNING_FEATURES_PYTHON": str(self.settings.services_python),
+                "TUNING_METRICS_HOST": self.settings.host,
+                # Two cores are shared with Triton and ingest: one intra-op thread keeps serving responsive.
+                "TUNING_TORCH_THREADS": str(self.settings.tuning_torch_threads)}
+
+    def healthy(self) -> bool:
+        # /metrics is served once the worker has imported torch and the model code (worker_init).
+        return http_ok(f"http://{self.settings.host}:{self.settings.port('tuning_metrics')}/metrics")
 
 
 # --- the models step -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 from services.cli.output import add_json_flag, format_table, print_json
 from services.stack.components import StackError
-from services.stack.settings import ALL_COMPONENTS, StackSettings
+from services.stack.settings import ALL_COMPONENTS, KNOWN_COMPONENTS, OPTIONAL_COMPONENTS, StackSettings
 from services.stack.stack import UP, Stack
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
         return 1
     ep = stack.endpoints()
     apps = {r.component: stack.components[r.component].address() for r in results
-            if r.component in ("registry", "ingest", "gateway")}
+            if r.component in ("registry", "ingest", "gateway", "tuning", "kube")}
     if args.json:
         print_json({"results": [asdict(r) for r in results],
                     "endpoints": {k: str(v) if v is not None else None for k, v in asdict(ep).items()} | apps})
@@ -80,7 +80,8 @@ COMMANDS = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "logs": cmd_lo
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="stack_command", required=True, metavar="{up,down,status,logs}")
-    choices_help = f"components (default: all): {' '.join(ALL_COMPONENTS)}"
+    choices_help = (f"components (default: all): {' '.join(ALL_COMPONENTS)}; "
+                    f"only when named: {' '.join(OPTIONAL_COMPONENTS)}")
     p_up = sub.add_parser("up", help="start components and wait until healthy (idempotent)")
     p_up.add_argument("components", nargs="*", metavar="COMPONENT", help=choices_help)
     p_up.add_argument("--timeout", type=float, default=None, help="seconds to wait per component for health")
@@ -91,7 +92,7 @@ def _configure(parser: argparse.ArgumentParser) -> None:
     for p in (p_up, p_down, p_status):
         add_json_flag(p)
     p_logs = sub.add_parser("logs", help="tail one component's log")
-    p_logs.add_argument("component", choices=ALL_COMPONENTS)
+    p_logs.add_argument("component", choices=KNOWN_COMPONENTS)
     p_logs.add_argument("-n", "--lines", type=int, default=50, help="number of lines (default 50)")
     parser.set_defaults(func=run)
 

@@ -19,17 +19,25 @@ from services.common.settings import ServiceSettings, repo_root
 # COMPONENTS is the infrastructure: what `Stack.up()` with no names starts (the integration-test fixture).
 COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "feast")
 # The application (services/stack/apps.py): the models step, then the services; after the infrastructure.
-APP_COMPONENTS: tuple[str, ...] = ("models", "registry", "ingest", "gateway")
+# `tuning` is the Celery tuning worker (model env) the registry hands StartTuningJob to, through Redis.
+APP_COMPONENTS: tuple[str, ...] = ("models", "registry", "ingest", "gateway", "tuning")
 # What `qanchor stack up` with no names starts, and `down` with no names stops (apps first).
 ALL_COMPONENTS: tuple[str, ...] = COMPONENTS + APP_COMPONENTS
-PROCESS_COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "registry", "ingest", "gateway")
-APP_PROCESSES: tuple[str, ...] = ("registry", "ingest", "gateway")
-# What each app component needs running first; `resolve_components` adds these.
+# Started only when named (`qanchor stack up kube`): a Kubernetes control plane without nodes for the
+# Kubernetes job backend (services/stack/kube.py, docs/jobs.md). `down` with no names stops them too.
+OPTIONAL_COMPONENTS: tuple[str, ...] = ("etcd", "kube")
+KNOWN_COMPONENTS: tuple[str, ...] = COMPONENTS + OPTIONAL_COMPONENTS + APP_COMPONENTS
+PROCESS_COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "etcd", "kube", "registry", "ingest", "gateway",
+                                       "tuning")
+APP_PROCESSES: tuple[str, ...] = ("registry", "ingest", "gateway", "tuning")
+# What each component needs running first; `resolve_components` adds these.
 DEPENDS: dict[str, tuple[str, ...]] = {
+    "kube": ("etcd",),
     "models": ("triton",),
-    "registry": (),
+    "registry": ("redis",),  # the Celery broker StartTuningJob publishes to
     "ingest": ("kafka", "feast", "models"),
     "gateway": ("feast", "models", "registry"),
+    "tuning": ("redis", "feast", "models", "registry"),
 }
 
 # Bump together with <kafka.version> in scripts/kafka/pom.xml; the JAR cache folder is keyed by it.
@@ -84,20 +92,27 @@ class StackSettings(ServiceSettings):
 
     # Interpreter of the services env, which runs the registry, ingest and gateway processes.
     services_python: Path = Field(default_factory=lambda: repo_root() / ".venv" / "bin" / "python")
-    # The gateway's A/B routing file (docs/ab.md).
-    ab_config: Path = Field(default_factory=lambda: repo_root() / "config" / "ab.yaml")
+    # The gateway's A/B routing file (docs/ab.md); None = $QANCHOR_STATE_DIR/ab.yaml, copied from the repository's
+    # config/ab.yaml at the first start, so experiments on a local stack (the demo's among them) never edit a
+    # tracked file.
+    ab_config: Path | None = None
     # Trained checkpoint to serve; None = the newest one under <repo>/artifacts, else `model_preset` untrained.
     model_checkpoint: Path | None = None
     # Config preset exported with freshly initialised adapters when no checkpoint exists.
     model_preset: str = "smollm2"
     # Intra-op threads of the Triton model instance (0 = torch default); 2-core machines share them with ingest.
     model_torch_threads: int = 0
+    # torch intra-op threads of the tuning worker (0 = torch default); 1 leaves a core to serving on 2 cores.
+    tuning_torch_threads: int = 1
     # Seconds the export (SmolLM2: ~1 min on 2 cores) and Triton's model load may take.
     model_export_timeout_s: float = 600.0
 
     @property
     def layout(self) -> StateLayout:
         return StateLayout(Path(self.state_dir).expanduser().resolve())
+
+    def resolved_ab_config(self) -> Path:
+        return Path(self.ab_config) if self.ab_config else self.layout.root / "ab.yaml"
 
     @property
     def kafka_home(self) -> Path:
@@ -179,9 +194,9 @@ def resolve_components(names: list[str] | tuple[str, ...] | None, online_store: 
     the infrastructure (COMPONENTS); pass ALL_COMPONENTS for everything.
     """
     wanted = set(names or COMPONENTS)
-    unknown = sorted(wanted - set(ALL_COMPONENTS))
+    unknown = sorted(wanted - set(KNOWN_COMPONENTS))
     if unknown:
-        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from: {', '.join(ALL_COMPONENTS)}")
+        raise ValueError(f"unknown component(s) {', '.join(unknown)}; choose from: {', '.join(KNOWN_COMPONENTS)}")
     todo = list(wanted)
     while todo:  # transitive: gateway -> models -> triton
         for dep in DEPENDS.get(todo.pop(), ()):
@@ -190,4 +205,4 @@ def resolve_components(names: list[str] | tuple[str, ...] | None, online_store: 
                 todo.append(dep)
     if "feast" in wanted and online_store == "redis":
         wanted.add("redis")
-    return [c for c in ALL_COMPONENTS if c in wanted]
+    return [c for c in KNOWN_COMPONENTS if c in wanted]

@@ -14,14 +14,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from services.stack.apps import Gateway, Ingest, ModelsStep, Registry
+from services.stack.apps import Gateway, Ingest, ModelsStep, Registry, TuningWorker
 from services.stack.components import Component, Redis, StackError
 from services.stack.feast import FeastStep
 from services.stack.kafka import Kafka
+from services.stack.kube import Etcd, KubeApiserver
 from services.stack.procs import (PidRecord, describe_pid, is_alive, listener_pids, port_open, spawn, stop_group,
                                   tail, wait_ports_closed)
-from services.stack.settings import (ALL_COMPONENTS, APP_PROCESSES, PROCESS_COMPONENTS, Endpoints, StackSettings,
-                                     resolve_components)
+from services.stack.settings import (ALL_COMPONENTS, APP_PROCESSES, KNOWN_COMPONENTS, OPTIONAL_COMPONENTS,
+                                     PROCESS_COMPONENTS, Endpoints, StackSettings, resolve_components)
 from services.stack.triton import Triton
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,12 @@ class Stack:
         self.layout = settings.layout
         self.components: dict[str, Component] = {
             "kafka": Kafka(settings), "redis": Redis(settings), "triton": Triton(settings),
+            "etcd": Etcd(settings), "kube": KubeApiserver(settings),
         }
         self.feast = FeastStep(settings, redis_url=self.components["redis"].address())
         feast_config = settings.layout.root / "feast" / "feature_store.yaml"
         self.components.update(registry=Registry(settings), ingest=Ingest(settings, feast_config),
-                               gateway=Gateway(settings, feast_config))
+                               gateway=Gateway(settings, feast_config), tuning=TuningWorker(settings, feast_config))
         self.models = ModelsStep(settings)
 
     # --- queries -------------------------------------------------------------------------------------------
@@ -77,6 +79,9 @@ class Stack:
 
     def status(self, names: list[str] | None = None) -> list[ComponentStatus]:
         out = []
+        if names is not None and list(names) == list(ALL_COMPONENTS):
+            # Optional components (the Kubernetes control plane) are listed once they have been started.
+            names = [*names, *(n for n in OPTIONAL_COMPONENTS if self.layout.pid_file(n).exists())]
         for name in resolve_components(names):
             if name == "feast":
                 config = self.feast.applied_config()
@@ -120,7 +125,8 @@ class Stack:
         self.layout.logs.mkdir(parents=True, exist_ok=True)
         self.layout.run.mkdir(parents=True, exist_ok=True)
         self._record_endpoints()
-        procs = [n for n in selected if n in PROCESS_COMPONENTS and n not in APP_PROCESSES]
+        procs = [n for n in selected if n in PROCESS_COMPONENTS and n not in APP_PROCESSES
+                 and n not in OPTIONAL_COMPONENTS]
         results: dict[str, StartResult] = {}
         errors: list[StackError] = []
         self._up_parallel(procs, timeout_s, results, errors)
@@ -132,13 +138,16 @@ class Stack:
             except StackError as exc:
                 errors.append(exc)
         self._raise(errors)
+        for phase in (["etcd"], ["kube"]):  # the API server needs etcd serving first
+            self._up_parallel([n for n in phase if n in selected], timeout_s, results, errors)
+            self._raise(errors)
         # The application, in dependency order: models before anything that calls Triton, the registry before
         # the gateway (which validates the A/B config against it); ingest and gateway side by side.
         if "models" in selected:
             t0 = time.monotonic()
             outcome, _ = self.models.up()
             results["models"] = StartResult("models", outcome, time.monotonic() - t0)
-        for phase in (["registry"], ["ingest", "gateway"]):
+        for phase in (["registry"], ["ingest", "gateway", "tuning"]):
             self._up_parallel([n for n in phase if n in selected], timeout_s, results, errors)
             self._raise(errors)
         return [results[n] for n in selected if n in results]
@@ -226,12 +235,14 @@ class Stack:
 
         Only the named components stop (`down gateway` leaves the registry it depends on running).
         """
-        wanted = set(names) if names else set(ALL_COMPONENTS)
+        wanted = set(names) if names else set(KNOWN_COMPONENTS)
         resolve_components(list(wanted))  # validates the names
-        selected = [n for n in reversed(ALL_COMPONENTS) if n in wanted and n in PROCESS_COMPONENTS]
+        selected = [n for n in reversed(KNOWN_COMPONENTS) if n in wanted and n in PROCESS_COMPONENTS]
         stopped: dict[str, tuple[str, list[str]]] = {}
         # Apps first: ingest must commit its last batch while Kafka and Triton are still there.
-        for phase in ([n for n in selected if n in APP_PROCESSES], [n for n in selected if n not in APP_PROCESSES]):
+        # The API server before etcd: with its storage gone it would hang in its graceful shutdown.
+        for phase in ([n for n in selected if n in APP_PROCESSES], [n for n in selected if n == "kube"],
+                      [n for n in selected if n not in APP_PROCESSES and n != "kube"]):
             if not phase:
                 continue
             with ThreadPoolExecutor(max_workers=len(phase), thread_name_prefix="stack-down") as pool:

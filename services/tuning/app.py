@@ -56,6 +56,9 @@ def celery_config(s: TuningSettings) -> dict[str, Any]:
         "result_serializer": "json",
         "result_expires": 7 * 24 * 3600,
         "worker_hijack_root_logger": False,
+        # Enforced by Celery only in a prefork pool; the threads pool relies on control.py (same values).
+        "task_soft_time_limit": s.resolved_soft_time_limit_s(),
+        "task_time_limit": s.resolved_time_limit_s(),
     }
 
 
@@ -80,17 +83,47 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
     logging.getLogger("celery").setLevel(level)
 
 
+_metrics_repo: dict[str, Any] = {}
+
+
+def _metrics_repository() -> Any:
+    # One Repository for /metrics scrapes (jobs by state), made on the first scrape.
+    if "repo" not in _metrics_repo:
+        from services.registry.db import Database
+        from services.registry.repository import Repository
+
+        _metrics_repo["repo"] = Repository(Database(settings().resolved_database_url()))
+    return _metrics_repo["repo"]
+
+
 @signals.worker_init.connect
 def _preload(**_: Any) -> None:
     # Import torch, the model code and the repository at start-up, not inside the first job: a broken install
     # fails the worker at once (visible to the liveness probe), and the first job is not slowed by imports.
-    import torch
-
-    import training.export.artifact  # noqa: F401
-    import training.tune  # noqa: F401
+    # A Kubernetes-backend worker runs no model: it needs neither torch nor a GPU (it may run the services image).
     from services.registry import repository  # noqa: F401
+    from services.tuning.metrics import METRICS
 
     s = settings()
+    extra: dict[str, Any] = {"backend": s.backend}
+    if s.backend == "local":
+        import torch
+
+        import training.export.artifact  # noqa: F401
+        import training.tune  # noqa: F401
+
+        extra.update(cuda=torch.cuda.is_available(), device=s.device)
+    else:
+        from services.tuning import on_kubernetes  # noqa: F401
+    if s.resolved_metrics_port():
+        METRICS.watch_registry(_metrics_repository)
+        try:
+            METRICS.serve(s.metrics_host, s.resolved_metrics_port())
+        except OSError as exc:
+            logging.getLogger(__name__).error("tuning metrics not served", extra={
+                "error": str(exc), "hint": "port in use: set TUNING_METRICS_PORT (0 = off) or another "
+                                           "QANCHOR_PORT_BASE"})
     logging.getLogger(__name__).info("tuning worker preloaded", extra={
-        "cuda": torch.cuda.is_available(), "device": s.device, "queue": s.queue or "celery",
-        "model_repository": str(s.resolved_model_repository()), "artifact_dir": str(s.resolved_artifact_dir())})
+        **extra, "queue": s.queue or "celery", "model_repository": str(s.resolved_model_repository()),
+        "artifact_dir": str(s.resolved_artifact_dir()), "soft_time_limit_s": s.resolved_soft_time_limit_s(),
+        "time_limit_s": s.resolved_time_limit_s()})

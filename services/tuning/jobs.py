@@ -1,13 +1,13 @@
 """The tuning job as a plain function: labels -> users' inputs -> serving model -> tune -> artifact -> registry.
 
     version = run_tuning_job(job, repo, settings, models, progress)   # -> PromptVersionRecord (READY)
+    # = tune_to_artifact(...) (no registry: a Kubernetes tuning pod runs just this) + record_outcome(repo, ...)
 
 No Celery here (tasks.py is the thin wrapper), so tests call it directly. Errors a user can fix raise `JobError`
 (or the data/artifact errors below) with a message that is written verbatim to the job row.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -19,8 +19,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from services.common.files import sha256_file
 from services.common.validation import validate_scenario_name
-from services.registry.domain import PromptVersionRecord, TuningJobRecord
+from services.registry.domain import JobState, PromptVersionRecord, TuningJobRecord
 from services.registry.repository import Repository
 from services.tuning.dataset import DatasetError, TuningData, local_path, model_arrays
 from services.tuning.settings import TuningSettings
@@ -118,19 +119,13 @@ class ModelCache:
             return self._loaded
 
 
-def load_job_data(labels_uri: str, settings: TuningSettings, workdir: Path) -> TuningData:
-    """A snapshot (.npz) is read as is; a CSV is turned into one through the services env (Feast)."""
-    path = local_path(labels_uri)
-    if path.suffix == ".npz":
-        return TuningData.load(path)
-    if path.suffix != ".csv":
-        raise JobError(f"labels_uri {labels_uri!r}: give a .csv (user_id,label) or a snapshot .npz")
+def snapshot_csv(path: Path, settings: TuningSettings, out: Path) -> Path:
+    """Read the CSV's labelled users' features from the online store into a snapshot .npz (services env)."""
     python = settings.features_python
     if python is None or not Path(python).exists():
         raise JobError("a CSV labels file needs the users' features from the online store, and this worker has no "
                        "Feast interpreter (TUNING_FEATURES_PYTHON); make a snapshot with python -m "
                        "services.tuning.snapshot in the services image and pass the .npz as labels_uri")
-    out = workdir / "snapshot.npz"
     cmd = [str(python), "-m", "services.tuning.snapshot", "--labels", str(path), "--out", str(out),
            "--feast-config", str(settings.resolved_feast_config())]
     env = {**os.environ, "PYTHONNOUSERSITE": "1"}
@@ -138,7 +133,17 @@ def load_job_data(labels_uri: str, settings: TuningSettings, workdir: Path) -> T
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise JobError(f"reading features for {path.name} failed (exit {proc.returncode}): {' | '.join(tail)}")
-    return TuningData.load(out)
+    return out
+
+
+def load_job_data(labels_uri: str, settings: TuningSettings, workdir: Path) -> TuningData:
+    """A snapshot (.npz) is read as is; a CSV is turned into one through the services env (Feast)."""
+    path = local_path(labels_uri)
+    if path.suffix == ".npz":
+        return TuningData.load(path)
+    if path.suffix != ".csv":
+        raise JobError(f"labels_uri {labels_uri!r}: give a .csv (user_id,label) or a snapshot .npz")
+    return TuningData.load(snapshot_csv(path, settings, workdir / "snapshot.npz"))
 
 
 def _user_batch(data: TuningData, cfg: Any, device: str) -> Any:
@@ -150,14 +155,6 @@ def _user_batch(data: TuningData, cfg: Any, device: str) -> Any:
     vecs, mask, tab = model_arrays(data, sources, cfg.input.d_enc, cfg.input.d_tab)
     return UserBatch({k: torch.from_numpy(v) for k, v in vecs.items()},
                      {k: torch.from_numpy(m) for k, m in mask.items()}, torch.from_numpy(tab)).to(device)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_prompt(result: Any, scenario_dir: Path, job_id: str, model_id: str,
@@ -172,7 +169,7 @@ def write_prompt(result: Any, scenario_dir: Path, job_id: str, model_id: str,
     scenario_dir.mkdir(parents=True, exist_ok=True)
     staging = scenario_dir / f".staging-{job_id}-{os.getpid()}-{threading.get_ident()}"
     save_soft_prompt(staging, result, model_id=model_id, extra=extra)
-    sha = _sha256(staging / "prompt.safetensors")
+    sha = sha256_file(staging / "prompt.safetensors")
     final = scenario_dir / f"{job_id}-{sha[:12]}"
     if final.exists():
         shutil.rmtree(staging)
@@ -181,55 +178,104 @@ def write_prompt(result: Any, scenario_dir: Path, job_id: str, model_id: str,
     return final / "prompt.safetensors", sha
 
 
-def run_tuning_job(job: TuningJobRecord, repo: Repository, settings: TuningSettings, models: ModelCache,
-                   progress: Progress) -> PromptVersionRecord:
+@dataclass(frozen=True)
+class TuneOutcome:
+    """What a tuning run leaves: the artifact on disk and what the registry records about it."""
+
+    artifact_path: Path
+    sha256: str
+    metrics: dict[str, float]
+    model_version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"artifact_uri": self.artifact_path.resolve().as_uri(), "sha256": self.sha256,
+                "metrics": self.metrics, "model_version": self.model_version}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TuneOutcome":
+        try:
+            return cls(local_path(str(data["artifact_uri"])), str(data["sha256"]),
+                       {k: float(v) for k, v in dict(data["metrics"]).items()}, str(data["model_version"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JobError(f"the tuning result is incomplete or malformed ({exc!r}): {str(data)[:300]}") from None
+
+
+def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, model_version: str,
+                     params: dict[str, str], settings: TuningSettings, models: ModelCache,
+                     progress: Progress) -> TuneOutcome:
+    """Labels -> features -> the serving model -> tuned prompt -> artifact folder. No registry access: this is
+    also what a Kubernetes tuning pod runs (services.tuning.pod)."""
     from training.tune import tune_soft_prompt
 
-    scenario = validate_scenario_name(job.scenario)
-    query = repo.get_scenario(scenario).query_text
-    with tempfile.TemporaryDirectory(prefix=f"qanchor-tune-{job.job_id[:8]}-") as tmp:
+    scenario = validate_scenario_name(scenario)
+    with tempfile.TemporaryDirectory(prefix=f"qanchor-tune-{job_id[:8]}-") as tmp:
         progress(0.02, "reading labels and features", {})
-        data = load_job_data(job.labels_uri, settings, Path(tmp))
+        data = load_job_data(labels_uri, settings, Path(tmp))
     n_missing = int(data.meta.get("n_missing", 0))
     if len(data.user_ids) < settings.min_users:
         raise JobError(f"only {len(data.user_ids)} labelled users have features ({n_missing} unknown to the online "
                        f"store); tuning needs at least {settings.min_users}")
-    model_version, folder = resolve_model_dir(settings.resolved_model_repository(), job.model_version)
+    model_version, folder = resolve_model_dir(settings.resolved_model_repository(), model_version)
     progress(0.05, f"loading model {model_version}", {"users": float(len(data.user_ids))})
     loaded = models.get(folder)
-    params = TuneParams.resolve(loaded.cfg.tune, job.params)
+    p = TuneParams.resolve(loaded.cfg.tune, params)
     users = _user_batch(data, loaded.cfg, str(loaded.model.device))
-    progress(0.10, f"tuning {params.steps} steps on {len(data.user_ids)} users", {})
+    progress(0.10, f"tuning {p.steps} steps on {len(data.user_ids)} users", {})
 
     def on_step(step: int, total: int, stats: dict[str, float]) -> None:
         progress(0.10 + 0.85 * step / total, f"step {step}/{total}", {**stats, "total": float(total)})
 
     try:
-        result = tune_soft_prompt(loaded.model, users, data.labels, query, n_tokens=params.n_tokens,
-                                  steps=params.steps, lr=params.lr, tau=params.tau, seed=params.seed,
-                                  val_fraction=params.val_fraction, batch_size=params.batch_size,
-                                  eval_every=max(1, params.steps // 5), progress=on_step)
+        result = tune_soft_prompt(loaded.model, users, data.labels, query, n_tokens=p.n_tokens,
+                                  steps=p.steps, lr=p.lr, tau=p.tau, seed=p.seed,
+                                  val_fraction=p.val_fraction, batch_size=p.batch_size,
+                                  eval_every=max(1, p.steps // 5), progress=on_step)
     except ValueError as exc:  # tune_soft_prompt's data complaints (one class, too few users per class)
         raise JobError(f"cannot tune on these labels: {exc}") from None
     metrics = {**{k: float(v) for k, v in result.metrics.items()}, "n_missing": float(n_missing),
-               "steps": float(params.steps)}
+               "steps": float(p.steps)}
     scenario_dir = settings.resolved_artifact_dir() / "prompts" / scenario
-    extra = {"job_id": job.job_id, "scenario": scenario, "model_version": model_version,
-             "params": {f.name: getattr(params, f.name) for f in fields(params)}}
-    path, sha = write_prompt(result, scenario_dir, job.job_id, loaded.source_id, extra)
-    progress(0.97, "registering prompt version", {})
-    version = repo.complete_tuning_job(job.job_id, artifact_uri=path.resolve().as_uri(), sha256=sha,
-                                       metrics=metrics, model_version=model_version)
+    extra = {"job_id": job_id, "scenario": scenario, "model_version": model_version,
+             "params": {f.name: getattr(p, f.name) for f in fields(p)}}
+    path, sha = write_prompt(result, scenario_dir, job_id, loaded.source_id, extra)
+    return TuneOutcome(path, sha, metrics, model_version)
+
+
+def record_outcome(repo: Repository, job_id: str, outcome: TuneOutcome) -> PromptVersionRecord:
+    """Register the outcome as the job's TUNED prompt version (idempotent per job)."""
+    from services.common.errors import FailedPrecondition
+    from services.tuning.control import JobCancelled
+
+    path, sha = outcome.artifact_path, outcome.sha256
+    try:
+        version = repo.complete_tuning_job(job_id, artifact_uri=path.resolve().as_uri(), sha256=sha,
+                                           metrics=outcome.metrics, model_version=outcome.model_version)
+    except FailedPrecondition:
+        job = repo.get_tuning_job(job_id)
+        if job.state is JobState.CANCELLED:  # cancelled while it ran: its result is not wanted
+            shutil.rmtree(path.parent, ignore_errors=True)
+            raise JobCancelled(job_id) from None
+        raise
     if version.sha256 != sha:  # an earlier delivery of this job already registered its own artifact
         log.warning("job already completed by an earlier delivery; dropping this run's artifact",
-                    extra={"job_id": job.job_id, "version": version.version, "kept": version.sha256[:12]})
+                    extra={"job_id": job_id, "version": version.version, "kept": version.sha256[:12]})
         if path.parent.name != Path(version.artifact_uri).parent.name:
             shutil.rmtree(path.parent, ignore_errors=True)
-    log.info("tuning job done", extra={"job_id": job.job_id, "scenario": scenario, "version": version.version,
-                                       "auc": round(metrics["auc"], 4), "ks": round(metrics["ks"], 4),
-                                       "model_version": model_version, "sha256": sha[:12]})
+    log.info("tuning job done", extra={"job_id": job_id, "scenario": version.scenario, "version": version.version,
+                                       "auc": round(outcome.metrics.get("auc", float("nan")), 4),
+                                       "ks": round(outcome.metrics.get("ks", float("nan")), 4),
+                                       "model_version": outcome.model_version, "sha256": sha[:12]})
     return version
 
 
-__all__ = ["JobError", "DatasetError", "ModelCache", "TuneParams", "resolve_model_dir", "run_tuning_job",
-           "write_prompt", "load_job_data"]
+def run_tuning_job(job: TuningJobRecord, repo: Repository, settings: TuningSettings, models: ModelCache,
+                   progress: Progress) -> PromptVersionRecord:
+    query = repo.get_scenario(validate_scenario_name(job.scenario)).query_text
+    outcome = tune_to_artifact(job.job_id, job.scenario, query, job.labels_uri, job.model_version, job.params,
+                               settings, models, progress)
+    progress(0.97, "registering prompt version", {})
+    return record_outcome(repo, job.job_id, outcome)
+
+
+__all__ = ["JobError", "DatasetError", "ModelCache", "TuneOutcome", "TuneParams", "resolve_model_dir",
+           "run_tuning_job", "tune_to_artifact", "record_outcome", "write_prompt", "load_job_data"]

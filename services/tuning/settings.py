@@ -6,8 +6,9 @@ Helm chart set; keep them stable.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings, repo_root
@@ -52,6 +53,41 @@ class TuningSettings(ServiceSettings):
     progress_every_s: float = 2.0
     # Fewest labelled users with features a job accepts (AUC on a handful of users is noise).
     min_users: int = 8
+    # Where a job runs: "local" = in this worker (torch, the GPU it has); "kubernetes" = as a Kubernetes Job per
+    # tuning job, created, watched and cancelled by this worker (services/kube, QANCHOR_KUBE_* settings); the
+    # worker itself then needs neither torch nor a GPU.
+    backend: Literal["local", "kubernetes"] = "local"
+    # Soft time limit, seconds: the job fails ("time limit") at its next progress step after this; a Kubernetes
+    # Job is deleted. Hard limit: a local job still running is failed and the worker process exits (its
+    # supervisor restarts it: the threads pool cannot stop a thread); a Kubernetes Job gets it as
+    # activeDeadlineSeconds. Celery's own task_soft_time_limit/task_time_limit are set to the same values (they
+    # act only in a prefork pool).
+    # None = derived from max_job_s: soft = 7/8 of it, hard = max_job_s.
+    soft_time_limit_s: int | None = None
+    time_limit_s: int | None = None
+    # /metrics (Prometheus) of the worker: jobs by state, durations. Port None = QANCHOR_PORT_BASE+62, 0 = off.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+
+    @model_validator(mode="after")
+    def _limits(self) -> "TuningSettings":
+        soft, hard = self.resolved_soft_time_limit_s(), self.resolved_time_limit_s()
+        if not 0 < soft < hard:
+            raise ValueError(f"need 0 < soft time limit ({soft} s) < hard time limit ({hard} s): the soft limit lets "
+                             "a job fail cleanly before the hard one (TUNING_SOFT_TIME_LIMIT_S, TUNING_TIME_LIMIT_S)")
+        if hard > self.max_job_s:
+            raise ValueError(f"TUNING_TIME_LIMIT_S ({hard}) exceeds TUNING_MAX_JOB_S ({self.max_job_s}), which sets "
+                             "the broker's visibility timeout: raise TUNING_MAX_JOB_S too")
+        return self
+
+    def resolved_time_limit_s(self) -> int:
+        return self.time_limit_s or self.max_job_s
+
+    def resolved_soft_time_limit_s(self) -> int:
+        return self.soft_time_limit_s or self.resolved_time_limit_s() * 7 // 8
+
+    def resolved_metrics_port(self) -> int:
+        return self.port("tuning_metrics") if self.metrics_port is None else self.metrics_port
 
     def resolved_broker_url(self) -> str:
         return self.broker_url or f"redis://127.0.0.1:{self.port('redis')}/1"

@@ -1,7 +1,8 @@
 """The README's first command, end to end: `python -m services.demo` on its own state dir and port base.
 
 Runs the real demo as a subprocess (stack up with every component, the models step, MovieLens replay through
-Kafka and ingest, registry gRPC, gateway gRPC) and checks the facts of its JSON report; then runs it again to
+Kafka and ingest, registry gRPC, gateway gRPC, a tuning job on the stack's Celery worker and an A/B split on its
+prompt version) and checks the facts of its JSON report; then runs it again to
 prove it is idempotent (scenarios reused, stack already healthy). Slow: the first model export alone takes
 minutes on 2 cores.
 """
@@ -39,7 +40,8 @@ def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 
 def run_demo(env: dict[str, str], out: Path, *extra: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, "-m", "services.demo", "--users", str(USERS), "--json", str(out), *extra],
+    proc = subprocess.run([sys.executable, "-m", "services.demo", "--users", str(USERS), "--tune-steps", "5",
+                           "--json", str(out), *extra],
                           env=env, capture_output=True, text=True, timeout=1800, cwd=repo_root())
     assert proc.returncode == 0, f"demo exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(out.read_text()), proc.stdout
@@ -71,7 +73,19 @@ def test_demo_end_to_end_then_again(demo_env: dict[str, str], tmp_path: Path) ->
     assert "qanchor stack down" in stdout and report["endpoints"]["gateway"].endswith(
         str(int(demo_env["QANCHOR_PORT_BASE"]) + 51))
 
+    # register -> tune on labelled users -> A/B arm on the tuned version, both arms served.
+    tuning = report["tuning"]
+    assert tuning["scenario"] == "gender_female" and tuning["version"] >= 2 and tuning["steps"] == 5
+    assert {"auc", "auc_zero_shot", "ks", "n_train", "n_val"} <= set(tuning["metrics"])
+    assert tuning["metrics"]["n_train"] + tuning["metrics"]["n_val"] == USERS
+    arms = {a["arm"]: a for a in tuning["arms"]}
+    assert set(arms) == {"zero-shot", "tuned"} and sum(a["users"] for a in arms.values()) == 12
+    assert arms["tuned"]["prompt_version"] != arms["zero-shot"]["prompt_version"]
+    assert str(tuning["version"]) in arms["tuned"]["prompt_version"]
+    assert "held-out AUC" in stdout and "zero-shot" in stdout
+
     again, _ = run_demo(demo_env, tmp_path / "second.json")
+    assert again["tuning"]["version"] == tuning["version"] + 1  # a new job, a new version; the split follows it
     assert again["scenarios_reused"] == n and again["scenarios_registered"] == 0
     assert again["model_version"] == report["model_version"]
     assert again["multi"][1]["cache_hit"]

@@ -21,7 +21,7 @@ import pytest
 from celery import Celery
 
 from services.common.feast_store import get_store
-from services.common.features import SourceEvents, UserFeatures, load_feature_spec
+from services.common.features import UserFeatures, load_feature_spec
 from services.common.features_online import FeatureWriter
 from services.common.settings import repo_root
 from services.registry.client import RegistryClient
@@ -35,6 +35,7 @@ from services.stack import Stack
 from services.tuning.dataset import TuningData
 from services.tuning.snapshot import make_snapshot
 from tests.integration.conftest import integration_settings
+from tests.integration.planted import planted_users as _planted
 
 pytestmark = pytest.mark.integration
 
@@ -45,23 +46,7 @@ MODEL_VERSION = "tiny-tuning-it"
 
 
 def planted_users(seed: int = 5) -> tuple[list[UserFeatures], dict[str, int]]:
-    """Users whose label is the side of a fixed direction their newest liked event lies on (learnable signal)."""
-    spec = load_feature_spec()
-    rng = np.random.default_rng(seed)
-    direction = rng.standard_normal(spec.encoder_dim)
-    rows, labels = [], {}
-    for i in range(N_USERS):
-        sources = {}
-        for s in spec.sources:
-            n = int(rng.integers(1, 6))
-            vecs = rng.standard_normal((n, spec.encoder_dim)).astype(np.float16)
-            sources[s.name] = SourceEvents([f"{s.name} {j}" for j in range(n)], vecs,
-                                           np.arange(n, dtype=np.int64) + 1_700_000_000)
-        uid = f"tune-user-{i}"
-        labels[uid] = int(sources["liked"].vectors[-1].astype(np.float64) @ direction > 0)
-        rows.append(UserFeatures(uid, sources, rng.standard_normal(spec.tabular_dim).astype(np.float32), i + 1,
-                                 1_763_000_000.0))
-    return rows, labels
+    return _planted(N_USERS, seed)
 
 
 @pytest.fixture(scope="module")

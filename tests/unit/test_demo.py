@@ -11,6 +11,7 @@ from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, co
 from services.demo.steps import load_scenarios
 from services.stack.apps import Gateway, Ingest, ModelsStep, Registry, find_checkpoint, read_tokens, \
     resolve_model_source
+from services.common.settings import repo_root
 from services.stack.settings import ALL_COMPONENTS, COMPONENTS, StackSettings, resolve_components
 
 
@@ -67,9 +68,13 @@ def test_scenarios_file_gives_ten_named_queries() -> None:
 def test_no_names_is_infrastructure_all_adds_apps_and_dependencies() -> None:
     assert resolve_components(None) == list(COMPONENTS)  # the integration fixture's `up()` is unchanged
     assert resolve_components(list(ALL_COMPONENTS)) == list(ALL_COMPONENTS)
-    assert resolve_components(["gateway"]) == ["triton", "feast", "models", "registry", "gateway"]
+    # The registry publishes tuning jobs to the stack's Redis; the tuning worker needs the registry's database.
+    assert resolve_components(["gateway"]) == ["redis", "triton", "feast", "models", "registry", "gateway"]
     assert resolve_components(["ingest"]) == ["kafka", "triton", "feast", "models", "ingest"]
-    assert resolve_components(["registry"]) == ["registry"]
+    assert resolve_components(["registry"]) == ["redis", "registry"]
+    assert resolve_components(["tuning"]) == ["redis", "triton", "feast", "models", "registry", "tuning"]
+    # The Kubernetes control plane only when named; the API server brings etcd.
+    assert resolve_components(["kube"]) == ["etcd", "kube"]
 
 
 def test_app_components_use_contract_ports_and_stack_endpoints(settings: StackSettings) -> None:
@@ -80,13 +85,30 @@ def test_app_components_use_contract_ports_and_stack_endpoints(settings: StackSe
     env = gw.env()
     assert env["QANCHOR_PORT_BASE"] == "31000" and env["QANCHOR_STATE_DIR"] == str(settings.layout.root)
     assert env["GATEWAY_TRITON_URL"] == "127.0.0.1:31001" and env["GATEWAY_REGISTRY_TARGET"] == "127.0.0.1:31052"
-    assert env["GATEWAY_FEAST_LOCATION"] == str(feast) and env["GATEWAY_AB_CONFIG"].endswith("config/ab.yaml")
+    assert env["GATEWAY_FEAST_LOCATION"] == str(feast) and env["GATEWAY_AB_CONFIG"] == str(settings.layout.root / "ab.yaml")
     assert ing.env()["INGEST_KAFKA_BOOTSTRAP"] == "127.0.0.1:31092"
     tokens = read_tokens(settings)
     assert reg.env()["REGISTRY_ADMIN_TOKEN"] == tokens.admin and env["GATEWAY_TOKEN"] == tokens.client
     assert read_tokens(settings) == tokens  # stable per state dir
     assert (settings.layout.run / "tokens.json").stat().st_mode & 0o077 == 0  # private to the user
     assert not gw.healthy()  # nothing listens on this base
+    gw.prepare()  # the local stack's A/B file: a copy of the repository's, which experiments never edit
+    assert (settings.layout.root / "ab.yaml").read_text() == (REPO_AB := repo_root() / "config" / "ab.yaml").read_text()
+    assert REPO_AB.is_file()
+
+
+def test_tuning_worker_and_registry_share_the_stacks_redis(settings: StackSettings) -> None:
+    from services.stack.apps import TuningWorker
+
+    feast = settings.layout.root / "feast" / "feature_store.yaml"
+    worker = TuningWorker(settings, feast)
+    assert worker.command()[0] == str(settings.model_python) and worker.command()[-2:] == ["-m", "services.tuning"]
+    assert worker.ports() == [31062]
+    env = worker.env()
+    assert env["TUNING_BROKER_URL"] == Registry(settings).env()["REGISTRY_CELERY_BROKER"] == "redis://127.0.0.1:31079/1"
+    assert env["TUNING_FEAST_CONFIG"] == str(feast) and env["QANCHOR_STATE_DIR"] == str(settings.layout.root)
+    assert env["TUNING_FEATURES_PYTHON"] == str(settings.services_python)
+    assert not worker.healthy()
 
 
 def test_models_source_prefers_a_checkpoint_and_keys_on_its_manifest(tmp_path: Path) -> None:

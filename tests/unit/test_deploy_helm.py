@@ -282,6 +282,70 @@ def test_tuning_job_shape(gpu_docs: list[dict]) -> None:
         "helm.sh/resource-policy": "keep"}
 
 
+@pytest.fixture(scope="module")
+def kube_docs() -> list[dict]:
+    return _docs("--set", "jobs.kubernetes.enabled=true")
+
+
+@needs_helm
+def test_job_backend_rbac_is_namespaced_minimal_and_only_the_worker_holds_a_token(
+        default_docs: list[dict], kube_docs: list[dict]) -> None:
+    assert not [d for d in default_docs if d["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+    assert not [d for d in kube_docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    role = _by(kube_docs, "Role", "qanchor-job-backend")
+    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+    # Exactly what services/kube/backend.py calls: no update/patch, no secrets, no cluster scope.
+    assert rules == {(("batch",), ("jobs",)): {"create", "get", "list", "watch", "delete"},
+                     (("",), ("pods",)): {"get", "list", "watch"}, (("",), ("pods/log",)): {"get"},
+                     (("",), ("services",)): {"create", "get"}}
+    no_svc = _by(_docs("--set", "jobs.kubernetes.enabled=true", "--set", "jobs.kubernetes.pretraining=false"),
+                 "Role", "qanchor-job-backend")
+    assert all("services" not in r["resources"] for r in no_svc["rules"])
+    binding = _by(kube_docs, "RoleBinding", "qanchor-job-backend")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "qanchor-job-backend"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "qanchor-job-backend", "namespace": "qanchor"}]
+    sa = _by(kube_docs, "ServiceAccount", "qanchor-job-backend")
+    assert sa["automountServiceAccountToken"] is False and _by(
+        kube_docs, "ServiceAccount", "qanchor")["automountServiceAccountToken"] is False
+    # The token is mounted into the tuning worker only; every other pod keeps the permission-less account.
+    for name, spec in _pod_specs(kube_docs).items():
+        if name == "qanchor-tuning-worker":
+            assert spec["serviceAccountName"] == "qanchor-job-backend"
+            assert spec["automountServiceAccountToken"] is True
+        else:
+            assert spec["serviceAccountName"] == "qanchor" and not spec.get("automountServiceAccountToken"), name
+
+
+@needs_helm
+def test_kubernetes_backend_worker_runs_no_model_and_configures_the_job_pods(
+        kube_docs: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_deploy_helpers import settings_env_names
+
+    spec = _pod_specs(kube_docs)["qanchor-tuning-worker"]
+    worker = spec["containers"][0]
+    assert worker["image"].startswith("qanchor-services:")  # a controller: no torch, no GPU
+    assert "nvidia.com/gpu" not in worker["resources"].get("limits", {}) and "nodeSelector" not in spec
+    assert [c["name"] for c in spec["initContainers"]] == ["feast-apply"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in worker["env"]}
+    assert env["TUNING_BACKEND"] == "kubernetes"
+    assert env["QANCHOR_KUBE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["QANCHOR_KUBE_IMAGE"].startswith("qanchor-model:") and env["QANCHOR_KUBE_SERVICE_ACCOUNT"] == "qanchor"
+    assert json.loads(env["QANCHOR_KUBE_TOLERATIONS"]) == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert env["QANCHOR_KUBE_ARTIFACTS_CLAIM"] == "qanchor-artifacts" and env["QANCHOR_KUBE_GPUS"] == "1"
+    kube_names = settings_env_names("QANCHOR_KUBE_")
+    if kube_names is not None:
+        assert {n for n in env if n.startswith("QANCHOR_KUBE_")} <= kube_names
+    # The values reach the backend's settings as they are rendered (JSON dicts and lists in the environment).
+    from services.kube.settings import KubeJobSettings
+
+    for name, value in env.items():
+        if name.startswith("QANCHOR_KUBE_") and isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    settings = KubeJobSettings()
+    assert settings.tolerations[0]["key"] == "nvidia.com/gpu" and settings.gpus == 1 and settings.node_selector == {}
+
+
 @needs_helm
 def test_existing_secret_replaces_the_chart_secret() -> None:
     docs = _docs("--set", "secrets.existingSecret=prod-tokens")

@@ -42,6 +42,7 @@ SETTINGS_MODULES = {
     "REGISTRY_": "services.registry.settings",
     "INGEST_": "services.ingest.settings",
     "TUNING_": "services.tuning.settings",
+    "QANCHOR_KUBE_": "services.kube.settings",
 }
 
 

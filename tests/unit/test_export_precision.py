@@ -38,7 +38,9 @@ def _cos(a, b) -> np.ndarray:
 
 
 def test_serving_dtype_follows_backbone_compute_and_the_env_override(monkeypatch):
-    assert {p.dtype for p in _served("bfloat16", monkeypatch).parameters()} == {torch.bfloat16}
+    served = _served("bfloat16", monkeypatch)
+    assert {p.dtype for n, p in served.named_parameters() if not n.startswith("head.")} == {torch.bfloat16}
+    assert {p.dtype for p in served.head.parameters()} == {torch.float32}  # the head runs fp32 (keep_fp32)
     assert {p.dtype for p in _served("float32", monkeypatch).parameters()} == {torch.float32}
     monkeypatch.setenv("QANCHOR_PRECISION", "fp32")  # the operator's override wins over the model config
     torch.manual_seed(0)

@@ -161,3 +161,41 @@ def test_retire(repo: Repository) -> None:
         repo.promote("promo", 2)
     with pytest.raises(NotFound):
         repo.retire("promo", 7)
+
+
+def test_cancel_list_and_count_tuning_jobs(repo: Repository) -> None:
+    repo.register_scenario("promo", "q")
+    repo.register_scenario("churn", "q2")
+    queued = repo.create_tuning_job("promo", "file:///a.csv")
+    running = repo.create_tuning_job("promo", "file:///b.csv")
+    repo.update_tuning_job(running.job_id, state=JobState.RUNNING, progress=0.4)
+    other = repo.create_tuning_job("churn", "file:///c.csv")
+    done = repo.create_tuning_job("promo", "file:///d.csv")
+    repo.complete_tuning_job(done.job_id, artifact_uri="file:///p", sha256=SHA, metrics={"auc": 0.7})
+
+    c1 = repo.cancel_tuning_job(queued.job_id)
+    c2 = repo.cancel_tuning_job(running.job_id, reason="wrong labels")
+    assert c1.state is JobState.CANCELLED and c1.message == "cancelled (was QUEUED)"
+    assert c2.message == "cancelled: wrong labels (was RUNNING)" and c2.state.terminal
+    assert repo.cancel_tuning_job(running.job_id).message == c2.message  # idempotent
+    with pytest.raises(FailedPrecondition, match="already SUCCEEDED; nothing to cancel"):
+        repo.cancel_tuning_job(done.job_id)
+    # A cancelled job cannot be completed or restarted by a late worker.
+    with pytest.raises(FailedPrecondition, match="already CANCELLED"):
+        repo.complete_tuning_job(running.job_id, artifact_uri="file:///p", sha256=SHA, metrics={})
+    with pytest.raises(FailedPrecondition):
+        repo.update_tuning_job(running.job_id, state=JobState.RUNNING)
+
+    everything, token = repo.list_tuning_jobs()
+    assert [j.job_id for j in everything] == [done.job_id, other.job_id, running.job_id, queued.job_id]
+    assert token == ""
+    page, token = repo.list_tuning_jobs("promo", page_size=2)
+    assert [j.job_id for j in page] == [done.job_id, running.job_id] and token
+    rest, token = repo.list_tuning_jobs("promo", page_size=2, page_token=token)
+    assert [j.job_id for j in rest] == [queued.job_id] and token == ""
+    cancelled, _ = repo.list_tuning_jobs(states=[JobState.CANCELLED])
+    assert {j.job_id for j in cancelled} == {queued.job_id, running.job_id}
+    with pytest.raises(InvalidArgument):
+        repo.list_tuning_jobs(page_token="%%%")
+    assert repo.count_tuning_jobs() == {JobState.QUEUED: 1, JobState.RUNNING: 0, JobState.SUCCEEDED: 1,
+                                        JobState.FAILED: 0, JobState.CANCELLED: 2}

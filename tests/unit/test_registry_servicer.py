@@ -181,3 +181,28 @@ def test_not_found_is_cached_and_a_registration_clears_it(stack: tuple[object, i
         assert calls == ["promo", "promo"]  # asked again after the negative TTL
         client.register_scenario("promo", "Is this user sensitive to promotions?")
         assert client.serving_info("promo").query_text.startswith("Is this user")  # at once, not after the TTL
+
+
+def test_list_and_cancel_tuning_jobs(stack: tuple[object, int]) -> None:
+    app, port = stack
+    app.servicer.jobs = _RecordingQueue()
+    with RegistryClient(f"127.0.0.1:{port}", token="adm") as admin, \
+            RegistryClient(f"127.0.0.1:{port}", token="tok") as reader:
+        admin.register_scenario("promo", "q")
+        first = admin.start_tuning_job("promo", "file:///a.csv", params={"steps": "3"})
+        second = admin.start_tuning_job("promo", "file:///b.csv", model_version="m1")
+        listed = reader.list_tuning_jobs("promo")
+        assert [j.job_id for j in listed] == [second.job_id, first.job_id]
+        assert (listed[0].labels_uri, listed[0].model_version) == ("file:///b.csv", "m1")
+        with pytest.raises(PermissionDenied):
+            reader.cancel_tuning_job(first.job_id)  # cancelling is an admin RPC
+        cancelled = admin.cancel_tuning_job(first.job_id, reason="oops")
+        assert cancelled.state == pb.JOB_STATE_CANCELLED and "oops" in cancelled.message
+        assert [j.job_id for j in reader.list_tuning_jobs(states=[pb.JOB_STATE_CANCELLED])] == [first.job_id]
+        assert [j.job_id for j in reader.list_tuning_jobs(limit=1)] == [second.job_id]
+        with pytest.raises(InvalidArgument):
+            reader.list_tuning_jobs(states=[42])
+        with pytest.raises(InvalidArgument):
+            admin.cancel_tuning_job("")
+        with pytest.raises(NotFound):
+            admin.cancel_tuning_job("no-such-job")

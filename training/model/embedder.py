@@ -88,6 +88,8 @@ class QAnchorModel(nn.Module):
         self.register_buffer("prefix_ids", layout.ids, persistent=False)  # [P]
         self.register_buffer("prefix_slot", layout.slot, persistent=False)  # [P]
         self.trainable_names = [n for n, p in self.named_parameters() if p.requires_grad]
+        # Submodules that run in fp32 under any precision (training.precision.apply_precision keeps their weights)
+        self.keep_fp32 = ("head", "identity")
         log.info("event=model_built backbone=%s hidden=%d prefix_len=%d trainable_params=%d", self.backbone_name,
                  self.hidden, layout.length, sum(p.numel() for p in self.parameters() if p.requires_grad))
 

@@ -50,6 +50,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
+{{/* ServiceAccount of the Kubernetes job backend (the tuning worker with jobs.kubernetes.enabled). */}}
+{{- define "qanchor.jobsServiceAccountName" -}}
+{{- default (include "qanchor.componentName" (list . "job-backend")) .Values.jobs.kubernetes.serviceAccountName -}}
+{{- end -}}
+
 {{- define "qanchor.secretName" -}}
 {{- default (include "qanchor.componentName" (list . "secrets")) .Values.secrets.existingSecret -}}
 {{- end -}}
@@ -111,13 +116,19 @@ affinity:
 
 {{/* Pod-level fields shared by every workload. */}}
 {{- define "qanchor.podCommon" -}}
-serviceAccountName: {{ include "qanchor.serviceAccountName" . }}
-{{- with .Values.imagePullSecrets }}
+{{ include "qanchor.podCommonAs" (list . (include "qanchor.serviceAccountName" .)) }}
+{{- end -}}
+
+{{/* The same, under another ServiceAccount. Call with (list $ "name"). */}}
+{{- define "qanchor.podCommonAs" -}}
+{{- $root := index . 0 -}}
+serviceAccountName: {{ index . 1 }}
+{{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 securityContext:
-  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
 {{- end -}}
 
 {{/* Environment every qanchor process gets (contract: docs/contracts.md). */}}

@@ -1,7 +1,8 @@
-"""`qanchor scenario register|get|list|versions|promote|tune|job`: talk to the scenario registry.
+"""`qanchor scenario register|get|list|versions|promote|tune|job|jobs|cancel`: talk to the scenario registry.
 
     qanchor scenario register horror_next "Will this user watch a horror film in the next month?"
-    qanchor scenario tune horror_next labels.csv --param steps=200
+    qanchor scenario tune horror_next labels.csv --param steps=200 --watch
+    qanchor scenario jobs --scenario horror_next
     qanchor scenario versions horror_next --json
 
 Text by default, one JSON document with --json. The local stack's address and admin token are found on their own
@@ -10,9 +11,11 @@ Text by default, one JSON document with --json. The local stack's address and ad
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
+from services.cli.commands._tuning_jobs import add_job_actions, watch_job
 from services.cli.output import CliError, add_json_flag, as_dict, format_table, print_json
 from services.cli.target import registry_target
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
@@ -118,16 +121,15 @@ def _tune(args: argparse.Namespace) -> int:
     params = dict(kv.split("=", 1) for kv in args.param)
     with _client(args) as c:
         job = c.start_tuning_job(args.name, labels, args.model_version, params)
+        if args.watch:
+            print(f"job {job.job_id} queued; watching (Ctrl-C stops watching, not the job)", file=sys.stderr)
+            job = watch_job(lambda: c.get_tuning_job(job.job_id))
     _show_job(job, args)
-    if not args.json:
-        print(f"follow it with: qanchor scenario job {job.job_id}")
-    return 0
-
-
-def _job(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        _show_job(c.get_tuning_job(args.job_id), args)
-    return 0
+    if not args.watch:
+        if not args.json:
+            print(f"follow it with: qanchor scenario job {job.job_id} --watch")
+        return 0
+    return 0 if job.state == pb.JOB_STATE_SUCCEEDED else 1
 
 
 def _one_of(positional: str | None, flag: str | None, name: str, flag_name: str) -> str:
@@ -187,11 +189,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--labels", help="the same, as a flag")
     t.add_argument("--model-version", default="")
     t.add_argument("--param", action="append", default=[], type=_param, help="KEY=VALUE tuning parameter")
+    t.add_argument("--watch", action="store_true", help="follow the job with a progress bar until it ends "
+                   "(exit 0 only when it SUCCEEDED)")
     t.set_defaults(func=_tune)
 
-    j = sub.add_parser("job", help="show a tuning job")
-    j.add_argument("job_id")
-    j.set_defaults(func=_job)
-
-    for action in (r, g, ls, v, pr, t, j):
+    for action in (r, g, ls, v, pr, t):
         add_connection_args(action)
+    add_job_actions(sub, add_connection_args, _client, _show_job)

@@ -28,7 +28,7 @@ from services.gateway.clients.affinity import HashRing, choose
 from services.gateway.clients.triton import TritonModelClient
 from services.gateway.core import ModelRequest, ModelResult
 
-log = logging.getLogger("qanchor.gateway.triton_pool")
+log = logging.getLogger(__name__)
 ROUTINGS = ("affinity", "round_robin")
 
 
@@ -64,11 +64,12 @@ class Discovery:
                 try:
                     found += self._resolve(host, port)
                 except OSError as exc:  # keep the last good list: a DNS hiccup must not empty the ring
-                    log.warning("event=triton_dns_failed name=%s error=%r", host, exc)
+                    log.warning("triton DNS lookup failed", extra={"event": "triton_dns_failed", "host": host, "error": repr(exc)})
                     return self._current
             found = sorted(set(found))
             if found != self._current:
-                log.info("event=triton_endpoints_changed before=%s after=%s", self._current, found)
+                log.info("triton endpoints changed", extra={"event": "triton_endpoints_changed", "before": ",".join(self._current),
+                                                            "after": ",".join(found)})
                 self._current = found
         return self._current
 
@@ -180,8 +181,9 @@ class TritonPool:
                         last[i] = r
                         pending.append(i)
                         self._count("failover")
-                        log.warning("event=triton_failover endpoint=%s user=%s error=%r", ep,
-                                    requests[i].user.user_id, r.message)
+                        log.warning("triton replica failed; trying the user's next one",
+                                    extra={"event": "triton_failover", "endpoint": ep,
+                                           "user": requests[i].user.user_id, "error": r.message})
                     else:
                         out[i] = r
                         self._count(f"served:{ep}")

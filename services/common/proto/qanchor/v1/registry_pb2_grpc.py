@@ -69,6 +69,16 @@ class ScenarioRegistryStub:
                 request_serializer=qanchor_dot_v1_dot_registry__pb2.GetTuningJobRequest.SerializeToString,
                 response_deserializer=qanchor_dot_v1_dot_registry__pb2.TuningJob.FromString,
                 _registered_method=True)
+        self.ListTuningJobs = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/ListTuningJobs',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.ListTuningJobsRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.ListTuningJobsResponse.FromString,
+                _registered_method=True)
+        self.CancelTuningJob = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/CancelTuningJob',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.CancelTuningJobRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.TuningJob.FromString,
+                _registered_method=True)
 
 
 class ScenarioRegistryServicer:
@@ -119,6 +129,21 @@ class ScenarioRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTuningJobs(self, request, context):
+        """Tuning jobs, newest first; filter by scenario and/or states.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTuningJob(self, request, context):
+        """Admin. QUEUED or RUNNING -> CANCELLED (a running job stops at its next progress step, or its Kubernetes Job
+        is deleted); FAILED_PRECONDITION for a finished job; idempotent for a cancelled one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScenarioRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +180,16 @@ def add_ScenarioRegistryServicer_to_server(servicer, server):
             'GetTuningJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTuningJob,
                     request_deserializer=qanchor_dot_v1_dot_registry__pb2.GetTuningJobRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.TuningJob.SerializeToString,
+            ),
+            'ListTuningJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTuningJobs,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.ListTuningJobsRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.ListTuningJobsResponse.SerializeToString,
+            ),
+            'CancelTuningJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTuningJob,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.CancelTuningJobRequest.FromString,
                     response_serializer=qanchor_dot_v1_dot_registry__pb2.TuningJob.SerializeToString,
             ),
     }
@@ -346,6 +381,60 @@ class ScenarioRegistry:
             target,
             '/qanchor.v1.ScenarioRegistry/GetTuningJob',
             qanchor_dot_v1_dot_registry__pb2.GetTuningJobRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.TuningJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTuningJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/ListTuningJobs',
+            qanchor_dot_v1_dot_registry__pb2.ListTuningJobsRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.ListTuningJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTuningJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/CancelTuningJob',
+            qanchor_dot_v1_dot_registry__pb2.CancelTuningJobRequest.SerializeToString,
             qanchor_dot_v1_dot_registry__pb2.TuningJob.FromString,
             options,
             channel_credentials,
