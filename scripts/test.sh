@@ -24,7 +24,9 @@ if [ -z "${QANCHOR_GRPCURL:-}" ] && command -v go >/dev/null 2>&1; then
 fi
 # kube-apiserver + etcd for the Kubernetes job-backend tests, built once from the Go module proxy (minutes) and
 # cached in $QANCHOR_CACHE_DIR/bin like helm; later runs reuse them.
-if [ -x scripts/kube_build.sh ]; then bash scripts/kube_build.sh >/dev/null; fi
+if [ -x scripts/kube_build.sh ]; then
+  bash scripts/kube_build.sh >/dev/null || log "kube-apiserver/etcd could not be built (see above); the Kubernetes job-backend tests will try again and report it"
+fi
 
 status=0
 run() {  # run LABEL PYTHON ARGS...
