@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 
-TABULAR_DIM = 16
+from training.data.sources import load_feature_spec
+
+TABULAR_DIM = load_feature_spec().tabular_dim  # feature_repo/sources.yaml: what the real ingest validates against
 
 
 def _event(user: str, now: float, **fields: object) -> dict:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("prometheus_client", reason="services env only (the worker's metrics)")
 
-from malformed_records import corpus
+from malformed_records import TABULAR_DIM, corpus
 from services.common.features import FeatureSpec, SourceSpec
 from services.ingest import consumer as consumer_module
 from services.ingest.consumer import IngestLimits, IngestWorker
@@ -35,7 +35,7 @@ def test_every_malformed_kind_gets_its_reason() -> None:
     assert len(kinds) >= 20
     for kind, key, value, reason in kinds:
         with pytest.raises(EventRejected) as info:
-            parse_event(value, key, SOURCES, 16, now=NOW)
+            parse_event(value, key, SOURCES, TABULAR_DIM, now=NOW)
         assert info.value.reason == reason, kind
         assert info.value.reason in REASONS and info.value.detail, kind
 
@@ -144,7 +144,7 @@ def test_batching_replays_and_resends_apply_each_event_once(evs, resend, cuts, r
 def _worker(store, producer=None, **limits):
     return IngestWorker(FakeConsumer(), DeadLetterQueue(producer or MemProducer(), "dlq", "g", time.time), store,
                         CachedEncoder(HashEncoder(), 1000), IngestSpec.of(FeatureSpec(
-                            sources=tuple(SourceSpec(s, 8) for s in SOURCES), tabular_dim=16)),
+                            sources=tuple(SourceSpec(s, 8) for s in SOURCES), tabular_dim=TABULAR_DIM)),
                         IngestMetrics.create(), IngestLimits(max_poll_interval_s=300, retry_backoff_s=0, **limits))
 
 
