@@ -283,3 +283,21 @@ def test_a_flush_that_keeps_failing_stops_the_worker_uncommitted(tmp_path):
         w.poll_once()
     assert consumer.commits == []
     assert sample(w.metrics, "qanchor_eventlog_flush_failures_total", error="NotADirectoryError") == 2
+
+
+# ---- the stack component ---------------------------------------------------------------------------------------
+def test_the_stack_runs_the_log_on_its_own_port_into_the_root_feast_reads(tmp_path, monkeypatch):
+    from services.common.settings import PORT_OFFSETS
+    from services.stack.apps import EventLog
+    from services.stack.settings import StackSettings
+
+    monkeypatch.delenv("QANCHOR_EVENT_LOG_DIR", raising=False)
+    assert sorted(PORT_OFFSETS.values()) == sorted(set(PORT_OFFSETS.values()))  # +63 is nobody else's
+    settings = StackSettings(state_dir=tmp_path / "state", port_base=21000)
+    comp = EventLog(settings)
+    assert comp.ports() == [21063]
+    env = comp.env()
+    assert env["EVENTLOG_ROOT"] == str(settings.layout.root / "eventlog")
+    assert env["EVENTLOG_KAFKA_BOOTSTRAP"] == "127.0.0.1:21092"
+    if Path(settings.services_python).exists():
+        assert comp.command()[-2:] == ["-m", "services.eventlog"]
