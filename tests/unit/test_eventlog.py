@@ -301,3 +301,31 @@ def test_the_stack_runs_the_log_on_its_own_port_into_the_root_feast_reads(tmp_pa
     assert env["EVENTLOG_KAFKA_BOOTSTRAP"] == "127.0.0.1:21092"
     if Path(settings.services_python).exists():
         assert comp.command()[-2:] == ["-m", "services.eventlog"]
+
+
+# ---- the CLI ---------------------------------------------------------------------------------------------------
+def test_cli_times_need_a_zone_or_are_unix_seconds():
+    from services.cli.commands._event_history import parse_time
+    from services.cli.output import CliError
+
+    assert parse_time("2026-01-01T00:00:00Z").timestamp() == T0
+    assert parse_time("2026-01-01T02:00:00+02:00").timestamp() == T0
+    assert parse_time(str(T0)).timestamp() == T0
+    with pytest.raises(CliError, match="no time zone; add Z"):
+        parse_time("2026-01-01T00:00:00")
+    with pytest.raises(CliError, match="not a time"):
+        parse_time("yesterday")
+
+
+def test_cli_history_prints_each_event_once(tmp_path, capsys):
+    from services.cli import __main__ as cli
+
+    rows = rows_of([("a", T0), ("b", T0 + DAY)])
+    write_segment(tmp_path, SegmentName(TOPIC, 0, 0, 1), rows)
+    write_segment(tmp_path, SegmentName(TOPIC, 0, 1, 3), rows[1:])  # a replay's overlap
+    assert cli.main(["events", "history", "u1", "--root", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [e["event_id"] for e in doc["events"]] == ["a", "b"]
+    assert doc["events"][1]["time"] == "2026-01-02T00:00:00Z"
+    assert cli.main(["events", "history", "u1", "--root", str(tmp_path / "missing")]) == 1
+    assert "qanchor stack up eventlog" in capsys.readouterr().err
