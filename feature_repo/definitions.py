@@ -38,8 +38,11 @@ def _state_dir() -> Path:
 
 
 def _event_log_dir() -> Path:
-    # The same variable and default as the writer (services/eventlog/settings.py).
-    return Path(os.environ.get("QANCHOR_EVENT_LOG_DIR") or _state_dir() / "eventlog")
+    # The same variable and default as the writer (services/eventlog/settings.py): <state dir>/eventlog, the state
+    # dir being the one whose feast/data folder this apply uses (`feast plan` with only QANCHOR_FEAST_DATA_DIR set
+    # then sees the same path as services.common.feast_store.apply).
+    explicit = os.environ.get("QANCHOR_EVENT_LOG_DIR")
+    return Path(explicit) if explicit else _data_dir().parents[1] / "eventlog"
 
 
 spec = load_feature_spec()

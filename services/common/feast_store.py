@@ -117,9 +117,6 @@ def _load_definitions(sources_yaml: Path | None, data_dir: Path) -> list[object]
     always re-read (a plain import would be cached for the life of the process).
     """
     overrides = {"QANCHOR_FEAST_DATA_DIR": str(data_dir)}
-    if not os.environ.get("QANCHOR_EVENT_LOG_DIR"):
-        # The event log lives next to the feast folder, under the same state dir (services/eventlog/settings.py).
-        overrides["QANCHOR_EVENT_LOG_DIR"] = str(Path(data_dir).parents[1] / "eventlog")
     if sources_yaml is not None:
         overrides["QANCHOR_SOURCES_YAML"] = str(sources_yaml)
     spec = importlib.util.spec_from_file_location(f"_qanchor_feature_repo_{time.monotonic_ns()}",

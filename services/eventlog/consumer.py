@@ -7,9 +7,11 @@
      as one segment (services/eventlog/segments.py: atomic files, one per event day) and only then are the
      offsets committed. A crash before the commit replays the range: the same range writes the same file names
      (replaced), a different range deletes the segments it covers, and readers dedupe by event_id.
-  4. on a partition revoke the revoked partitions are flushed and committed while this member still owns them;
-     when that fails their buffer is dropped and, if they come back, the consumer seeks to the buffer's first
-     offset, so nothing is lost either way.
+  4. on a partition revoke the revoked partitions' buffers are dropped, uncommitted, and if a partition comes back
+     the consumer seeks to its buffer's first offset; whoever owns it next reads it again from the last commit.
+     Not a flush: kafka-python 3 calls rebalance listeners on its network thread, where a blocking commit is
+     refused ("Cannot block on net.run() from the IO thread itself", seen on the real broker), so a flush there
+     would write segments it cannot commit. A rebalance costs re-reading at most one flush's worth of records.
 """
 from __future__ import annotations
 
@@ -118,9 +120,9 @@ class EventLogWorker:
             self.buffered_since is not None and self.monotonic() - self.buffered_since >= self.policy.interval_s)
 
     # ---- flushing -------------------------------------------------------------------------------------------
-    def flush(self, only: Collection[tuple[str, int]] | None = None) -> int:
-        """Write the buffered partitions (all, or `only`) as segments, then commit their offsets; -> records."""
-        keys = [k for k in sorted(self.buffers) if only is None or k in only]
+    def flush(self) -> int:
+        """Write every buffered partition as a segment, then commit their offsets; -> records flushed."""
+        keys = sorted(self.buffers)
         if not keys:
             return 0
         self.flushes += 1
@@ -150,8 +152,7 @@ class EventLogWorker:
             self.metrics.events.labels(outcome="skipped").inc(sum(b.skipped.values()))
             for reason, count in b.skipped.items():
                 self.metrics.skipped.labels(reason=reason).inc(count)
-        if not self.buffers:
-            self.buffered_since = None
+        self.buffered_since = None
         self.metrics.buffered.set(self.buffered)
         self.metrics.flush_seconds.observe(time.perf_counter() - t0)
         log.info("event log flushed", extra={
@@ -186,22 +187,22 @@ class EventLogWorker:
 
     # ---- rebalance ------------------------------------------------------------------------------------------
     def on_revoked(self, partitions: Collection[Any]) -> None:
-        keys = {(tp.topic, tp.partition) for tp in partitions} & set(self.buffers)
+        """Drop the revoked partitions' buffers (nothing of them is written or committed) and remember where
+        each began, for a seek back should the partition be assigned here again."""
+        keys = sorted({(tp.topic, tp.partition) for tp in partitions} & set(self.buffers))
         if not keys:
             return
-        try:
-            self.flush(only=keys)
-        except Exception as exc:  # the group waits for this callback: drop, and replay from the last commit
-            for key in keys:
-                buf = self.buffers.pop(key, None)
-                if buf is not None:
-                    self.rewind[key] = buf.first
-            if not self.buffers:
-                self.buffered_since = None
-            self.metrics.buffered.set(self.buffered)
-            log.warning("flush on revoke failed: buffer dropped, its offsets stay uncommitted",
-                        extra={"partitions": ",".join(str(p) for _, p in sorted(keys)), "error": type(exc).__name__,
-                               "detail": str(exc)[:300]})
+        dropped = 0
+        for key in keys:
+            buf = self.buffers.pop(key)
+            self.rewind[key] = buf.first
+            dropped += buf.records
+        if not self.buffers:
+            self.buffered_since = None
+        self.metrics.buffered.set(self.buffered)
+        self.metrics.rebalance_dropped.inc(dropped)
+        log.info("buffer dropped on revoke: uncommitted, read again by the next owner",
+                 extra={"partitions": ",".join(str(p) for _, p in keys), "records": dropped})
 
     def on_assigned(self, partitions: Collection[Any]) -> None:
         for tp in partitions:
@@ -232,7 +233,11 @@ class EventLogWorker:
 
 
 class EventLogRebalanceListener(ConsumerRebalanceListener):
-    """Hands revokes and assigns to the worker (flush-or-drop, seek back); remembers the owned partitions."""
+    """Hands revokes and assigns to the worker (drop, seek back); remembers the owned partitions.
+
+    kafka-python runs these on its network thread, but only while the worker's thread is blocked in `poll()` (or
+    `close()`) waiting for it, so the worker's buffers need no lock; nothing here may block on the broker.
+    """
 
     def __init__(self) -> None:
         self.worker: EventLogWorker | None = None

@@ -19,6 +19,7 @@ class EventLogMetrics:
     flush_seconds: Histogram
     flush_failures: Counter
     buffered: Gauge
+    rebalance_dropped: Counter
     lag: Gauge
 
     @classmethod
@@ -40,6 +41,8 @@ class EventLogMetrics:
             flush_failures=Counter("qanchor_eventlog_flush_failures", "flush attempts that failed, by error",
                                    ["error"], registry=r),
             buffered=Gauge("qanchor_eventlog_buffered_records", "records consumed but not yet durable", registry=r),
+            rebalance_dropped=Counter("qanchor_eventlog_rebalance_dropped_records", "buffered records dropped "
+                                      "(uncommitted, read again) because their partition was revoked", registry=r),
             lag=Gauge("qanchor_eventlog_consumer_lag", "records not yet in the log: the partition's end offset minus "
                       "the group's committed offset", ["partition"], registry=r),
         )

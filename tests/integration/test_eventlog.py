@@ -27,7 +27,8 @@ from services.eventlog.history import as_of, read_log
 from services.eventlog.segments import SegmentName, segment_files
 from services.ingest.gate import open_gate
 from test_ingest_stream import (
-    committed, event, metrics, new_topic, produce, stop, tabular, wait_at_gate, wait_caught_up,
+    committed, event, last_assignment, log_tail, metrics, new_topic, produce, stop, tabular, wait_at_gate,
+    wait_caught_up,
 )
 
 pytestmark = pytest.mark.integration
@@ -68,6 +69,16 @@ def start_eventlog(ctx: Ctx, topic: str, group: str, name: str, root: Path, *, f
         proc = subprocess.Popen([sys.executable, "-m", "services.eventlog"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=repo_root())
     return proc, log, port
+
+
+def buffered(port: int) -> float:
+    """The consumer's buffered-records gauge; -1 until its metrics port answers (it is still starting)."""
+    import urllib.error
+
+    try:
+        return metrics(port).get("qanchor_eventlog_buffered_records", 0)
+    except urllib.error.URLError:
+        return -1
 
 
 def stream(users: list[str], n: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -130,7 +141,7 @@ def test_the_log_holds_exactly_the_events_sent_and_feast_answers_as_of(ctx):
         if e["kind"] == "tabular":
             assert list(row["vector"]) == e["vector"]
         assert row["topic"] == topic
-    days = {p.parent.name for p in segment_files(ctx.root) if SegmentName.parse(p.name).topic == topic}
+    days = {p.parent.name for p in segment_files_of(ctx.root, topic)}
     assert len(days) >= 3  # one folder per event day
     assert m['qanchor_eventlog_events_total{outcome="logged"}'] == len(events)
     assert m['qanchor_eventlog_events_total{outcome="skipped"}'] == 3
@@ -170,7 +181,7 @@ def test_sigkill_after_write_before_commit_then_restart_logs_each_event_once(ctx
             proc.kill()
             proc.wait()
             done = committed(ctx, group, topic)
-            on_disk = {p.name for p in segment_files(ctx.root) if SegmentName.parse(p.name).topic == topic}
+            on_disk = {p.name for p in segment_files_of(ctx.root, topic)}
             # The killed flush's segments are on disk beyond the committed offsets: the replay must not double them.
             beyond = [n for n in on_disk if SegmentName.parse(n).last >= done.get(SegmentName.parse(n).partition, 0)]
             assert beyond, (done, sorted(on_disk))
@@ -190,8 +201,69 @@ def test_sigkill_after_write_before_commit_then_restart_logs_each_event_once(ctx
     assert logged["event_id"].is_unique and set(logged["event_id"]) == set(events)  # nothing lost, once each
     import pyarrow.parquet as pq
 
-    raw = sum(pq.read_metadata(p).num_rows for p in segment_files(ctx.root)
-              if SegmentName.parse(p.name).topic == topic)
+    raw = sum(pq.read_metadata(p).num_rows for p in segment_files_of(ctx.root, topic))
     print(json.dumps({"records": len(records), "kills": kills, "rows_on_disk_before_dedupe": raw,
                       "covered_deleted_by_final": m.get("qanchor_eventlog_covered_deleted_total", 0)}))
     assert_point_in_time_matches(ctx, ctx.root, events, users)
+
+
+def test_a_rebalance_drops_the_revoked_buffers_and_the_log_stays_exact(ctx):
+    """A consumer that never flushes by size or time holds everything in its buffer; a second member joining the
+    group revokes its partitions: the buffers are dropped uncommitted and read again (A seeks back to what it
+    keeps, B starts from the last commit), and the final log holds every event once."""
+    topic, group = new_topic(ctx, partitions=4), f"el-rebal-{uuid.uuid4().hex[:6]}"
+    users = [f"{uuid.uuid4().hex[:6]}-r{i}" for i in range(40)]
+    first, second = stream(users, 600, seed=3), stream(users, 400, seed=4)
+    for n, (k, v) in enumerate(second):  # other event ids than the first stream's
+        second[n] = (k, v.replace(b'"event_id": "', b'"event_id": "second-'))
+    produce(ctx, topic, first)
+    never = {"flush_records": 10**6, "flush_interval_s": 3600}
+    procs = []
+    try:
+        a, log_a, port_a = start_eventlog(ctx, topic, group, f"{group}-a", ctx.root, **never)
+        procs.append(a)
+        wait_buffered([(a, port_a, log_a)], len(first))
+        b, log_b, port_b = start_eventlog(ctx, topic, group, f"{group}-b", ctx.root, **never)
+        procs.append(b)
+        deadline = time.monotonic() + 240
+        while not ("buffer dropped on revoke" in log_a.read_text() and last_assignment(log_b)):
+            assert a.poll() is None and b.poll() is None and time.monotonic() < deadline, log_tail(log_a)
+            time.sleep(0.3)
+        produce(ctx, topic, second)
+        # Between them they hold everything again (A's kept partitions re-read from the seek, B's from the start).
+        wait_buffered([(a, port_a, log_a), (b, port_b, log_b)], len(first) + len(second))
+        assert sum(committed(ctx, group, topic).values()) == 0 and not segment_files_of(ctx.root, topic)
+        dropped = metrics(port_a)["qanchor_eventlog_rebalance_dropped_records_total"]
+        held_by_b = buffered(port_b)
+        # SIGTERM flushes what each holds and commits it. A leaving is one more rebalance for B, which drops its
+        # buffer and re-reads; what B holds when its own SIGTERM lands is flushed, the rest stays uncommitted.
+        assert stop(a) == 0 and stop(b) == 0
+        # So a successor picks up exactly from the commits: the log must end with every event, once.
+        c, log_c, port_c = start_eventlog(ctx, topic, group, f"{group}-c", ctx.root)
+        procs.append(c)
+        wait_buffered([(c, port_c, log_c)], 0)  # serving metrics: its SIGTERM handler is in place
+        wait_caught_up(ctx, group, topic, [c])
+        assert stop(c) == 0, log_tail(log_c)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert dropped >= len(first) and held_by_b > 0  # >: a join may take two rounds, each dropping what A re-read
+    logged = read_log(ctx.root, user_ids=users)
+    assert logged["event_id"].is_unique
+    assert set(logged["event_id"]) == set(sent_events(first)) | set(sent_events(second))
+
+
+def wait_buffered(members: list[tuple[subprocess.Popen, int, Path]], n: int, timeout: float = 240) -> None:
+    """Until the members hold n records between them (and, for n=0, until they serve metrics at all)."""
+    deadline = time.monotonic() + timeout
+    while min(held := [buffered(port) for _, port, _ in members]) < 0 or sum(held) < n:
+        for proc, _, log in members:
+            assert proc.poll() is None, log_tail(log)
+        assert time.monotonic() < deadline, held
+        time.sleep(0.3)
+
+
+def segment_files_of(root: Path, topic: str) -> list[Path]:
+    return [p for p in segment_files(root) if SegmentName.parse(p.name).topic == topic]
