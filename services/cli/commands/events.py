@@ -45,7 +45,10 @@ def _produce(args: argparse.Namespace) -> int:
                            " or '-' for stdin")
         lines = iter(path.read_bytes().splitlines())
     bootstrap = _connect(args)
-    producer = make_producer(bootstrap, client_id="qanchor-cli", max_block_ms=10_000, delivery_timeout_ms=30_000)
+    # kafka-python 3 refuses a delivery timeout not above linger + request timeout (its default request timeout
+    # is 30 s): name all three.
+    producer = make_producer(bootstrap, client_id="qanchor-cli", max_block_ms=10_000, delivery_timeout_ms=30_000,
+                             request_timeout_ms=10_000)
     try:
         report = publish_lines(producer, lines, topic=args.topic, validate=not args.no_validate,
                                sources=spec.source_names, tabular_dim=spec.features.tabular_dim, timeout_s=30.0)
