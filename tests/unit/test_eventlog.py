@@ -336,3 +336,15 @@ def test_cli_history_prints_each_event_once(tmp_path, capsys):
     assert doc["events"][1]["time"] == "2026-01-02T00:00:00Z"
     assert cli.main(["events", "history", "u1", "--root", str(tmp_path / "missing")]) == 1
     assert "qanchor stack up eventlog" in capsys.readouterr().err
+
+
+def test_the_feast_function_the_as_of_reader_wraps_is_still_there():
+    """history.as_of reads the log as one Dask partition by wrapping Feast's `_read_datasource` (a Dask sort gap,
+    docs/eventlog.md); a Feast upgrade that renames it must fail here, not in a user's point-in-time read."""
+    dask_store = pytest.importorskip("feast.infra.offline_stores.dask")
+    from services.eventlog.history import _one_partition_reads
+
+    original = dask_store._read_datasource
+    with _one_partition_reads():
+        assert dask_store._read_datasource is not original
+    assert dask_store._read_datasource is original
