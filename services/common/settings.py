@@ -25,6 +25,7 @@ PORT_OFFSETS: dict[str, int] = {
     "gateway_metrics": 60,
     "ingest_metrics": 61,
     "tuning_metrics": 62,
+    "eventlog_metrics": 63,
     "redis": 79,
     "kafka": 92,
     "kafka_controller": 93,

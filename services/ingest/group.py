@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from kafka import ConsumerRebalanceListener
 
@@ -15,16 +15,29 @@ from services.ingest.state import PartitionUserState
 log = logging.getLogger(__name__)
 
 
-def open_consumer(settings: IngestSettings) -> Any:
-    """A KafkaConsumer of the ingest group, not yet subscribed (see `join`)."""
+class ConsumerSettings(Protocol):
+    """The settings a group consumer reads (IngestSettings, EventLogSettings)."""
+
+    group_id: str
+    group_instance_id: str | None
+    auto_offset_reset: str
+    max_poll_records: int
+    max_poll_interval_ms: int
+    session_timeout_ms: int
+
+    def resolved_kafka_bootstrap(self) -> str: ...
+
+
+def open_consumer(settings: ConsumerSettings, client_name: str = "qanchor-ingest") -> Any:
+    """A KafkaConsumer of the settings' group, not yet subscribed (see `join`)."""
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
         bootstrap_servers=settings.resolved_kafka_bootstrap(),
         group_id=settings.group_id,
         group_instance_id=settings.group_instance_id,
-        client_id=f"qanchor-ingest-{settings.group_instance_id or 'dynamic'}",
-        enable_auto_commit=False,  # offsets are committed only after the features are pushed
+        client_id=f"{client_name}-{settings.group_instance_id or 'dynamic'}",
+        enable_auto_commit=False,  # offsets are committed only after the batch's effect is durable
         auto_offset_reset=settings.auto_offset_reset,
         max_poll_records=settings.max_poll_records,
         max_poll_interval_ms=settings.max_poll_interval_ms,

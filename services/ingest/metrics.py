@@ -69,27 +69,31 @@ class IngestMetrics:
         )
 
     def serve(self, port: int, host: str = "127.0.0.1", alive: Callable[[], str | None] | None = None) -> None:
-        """/metrics, and /healthz: 200 while `alive()` returns None (the poll loop turns), else 503 with the
-        reason. One thread; a probe never waits on the worker."""
-        registry = self.registry
+        serve_metrics(self.registry, port, host, alive, thread_name="ingest-metrics")
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                if self.path.startswith("/healthz"):
-                    problem = alive() if alive is not None else None
-                    body, code, kind = (problem or "ok").encode(), 503 if problem else 200, "text/plain"
-                elif self.path.startswith("/metrics") or self.path == "/":
-                    body, code, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
-                else:
-                    body, code, kind = b"not found: try /metrics or /healthz", 404, "text/plain"
-                self.send_response(code)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
-            def log_message(self, *args: object) -> None:  # probes every few seconds: not worth a log line
-                pass
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1",
+                  alive: Callable[[], str | None] | None = None, thread_name: str = "metrics") -> None:
+    """/metrics, and /healthz: 200 while `alive()` returns None (the poll loop turns), else 503 with the
+    reason. One thread; a probe never waits on the worker. Shared by the Kafka consumers (ingest, eventlog)."""
 
-        server = ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(target=server.serve_forever, name="ingest-metrics", daemon=True).start()
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path.startswith("/healthz"):
+                problem = alive() if alive is not None else None
+                body, code, kind = (problem or "ok").encode(), 503 if problem else 200, "text/plain"
+            elif self.path.startswith("/metrics") or self.path == "/":
+                body, code, kind = generate_latest(registry), 200, CONTENT_TYPE_LATEST
+            else:
+                body, code, kind = b"not found: try /metrics or /healthz", 404, "text/plain"
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:  # probes every few seconds: not worth a log line
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()

@@ -8,6 +8,7 @@ They start after the infrastructure (Kafka, Redis, Triton, Feast) and take every
     registry  python -m services.registry   SQLite under $QANCHOR_STATE_DIR/registry, gRPC health probe;
                                             tuning jobs are published to the stack's Redis (db 1)
     ingest    python -m services.ingest     Kafka -> Feast, /metrics probe
+    eventlog  python -m services.eventlog   Kafka -> Parquet event log under $QANCHOR_STATE_DIR/eventlog, /healthz
     gateway   python -m services.gateway    config/ab.yaml, gRPC health probe
     tuning    python -m services.tuning     Celery tuning worker (model env) on the same Redis, /metrics probe
 
@@ -165,6 +166,29 @@ class Ingest(AppComponent):
     def healthy(self) -> bool:
         # /metrics is served once the worker is built (Triton encoder ready, Feast open, consumer subscribed).
         return http_ok(f"http://{self.settings.host}:{self.settings.port('ingest_metrics')}/metrics")
+
+
+class EventLog(AppComponent):
+    name, module = "eventlog", "services.eventlog"
+
+    def ports(self) -> list[int]:
+        return [self.settings.port("eventlog_metrics")]
+
+    def log_root(self) -> Path:
+        # The default Feast's `event_log` FileSource was applied with (services.common.feast_store).
+        return Path(os.environ.get("QANCHOR_EVENT_LOG_DIR") or self.layout.root / "eventlog")
+
+    def address(self) -> str:
+        return f"log {self.log_root()}, metrics http://{self.settings.host}:{self.settings.port('eventlog_metrics')}" \
+               "/metrics"
+
+    def service_env(self) -> dict[str, str]:
+        return {"EVENTLOG_KAFKA_BOOTSTRAP": f"{self.settings.host}:{self.settings.port('kafka')}",
+                "EVENTLOG_ROOT": str(self.log_root())}
+
+    def healthy(self) -> bool:
+        # /healthz answers once the consumer is built; 503 if its poll loop stalls.
+        return http_ok(f"http://{self.settings.host}:{self.settings.port('eventlog_metrics')}/healthz")
 
 
 class Gateway(AppComponent):

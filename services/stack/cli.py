@@ -27,7 +27,7 @@ def cmd_up(stack: Stack, args: argparse.Namespace) -> int:
         return 1
     ep = stack.endpoints()
     apps = {r.component: stack.components[r.component].address() for r in results
-            if r.component in ("registry", "ingest", "gateway", "tuning", "kube")}
+            if r.component in ("registry", "ingest", "eventlog", "gateway", "tuning", "kube")}
     if args.json:
         print_json({"results": [asdict(r) for r in results],
                     "endpoints": {k: str(v) if v is not None else None for k, v in asdict(ep).items()} | apps})

@@ -19,23 +19,25 @@ from services.common.settings import ServiceSettings, repo_root
 # COMPONENTS is the infrastructure: what `Stack.up()` with no names starts (the integration-test fixture).
 COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "feast")
 # The application (services/stack/apps.py): the models step, then the services; after the infrastructure.
-# `tuning` is the Celery tuning worker (model env) the registry hands StartTuningJob to, through Redis.
-APP_COMPONENTS: tuple[str, ...] = ("models", "registry", "ingest", "gateway", "tuning")
+# `tuning` is the Celery tuning worker (model env) the registry hands StartTuningJob to, through Redis; `eventlog`
+# writes the offline event log (Parquet behind Feast's `event_log` FileSource) from its own consumer group.
+APP_COMPONENTS: tuple[str, ...] = ("models", "registry", "ingest", "eventlog", "gateway", "tuning")
 # What `qanchor stack up` with no names starts, and `down` with no names stops (apps first).
 ALL_COMPONENTS: tuple[str, ...] = COMPONENTS + APP_COMPONENTS
 # Started only when named (`qanchor stack up kube`): a Kubernetes control plane without nodes for the
 # Kubernetes job backend (services/stack/kube.py, docs/jobs.md). `down` with no names stops them too.
 OPTIONAL_COMPONENTS: tuple[str, ...] = ("etcd", "kube")
 KNOWN_COMPONENTS: tuple[str, ...] = COMPONENTS + OPTIONAL_COMPONENTS + APP_COMPONENTS
-PROCESS_COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "etcd", "kube", "registry", "ingest", "gateway",
-                                       "tuning")
-APP_PROCESSES: tuple[str, ...] = ("registry", "ingest", "gateway", "tuning")
+PROCESS_COMPONENTS: tuple[str, ...] = ("kafka", "redis", "triton", "etcd", "kube", "registry", "ingest", "eventlog",
+                                       "gateway", "tuning")
+APP_PROCESSES: tuple[str, ...] = ("registry", "ingest", "eventlog", "gateway", "tuning")
 # What each component needs running first; `resolve_components` adds these.
 DEPENDS: dict[str, tuple[str, ...]] = {
     "kube": ("etcd",),
     "models": ("triton",),
     "registry": ("redis",),  # the Celery broker StartTuningJob publishes to
     "ingest": ("kafka", "feast", "models"),
+    "eventlog": ("kafka", "feast"),  # feast: the FileSource over the log is applied with the rest
     "gateway": ("feast", "models", "registry"),
     "tuning": ("redis", "feast", "models", "registry"),
 }

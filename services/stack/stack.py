@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from services.stack.apps import Gateway, Ingest, ModelsStep, Registry, TuningWorker
+from services.stack.apps import EventLog, Gateway, Ingest, ModelsStep, Registry, TuningWorker
 from services.stack.components import Component, Redis, StackError
 from services.stack.feast import FeastStep
 from services.stack.kafka import Kafka
@@ -67,6 +67,7 @@ class Stack:
         self.feast = FeastStep(settings, redis_url=self.components["redis"].address())
         feast_config = settings.layout.root / "feast" / "feature_store.yaml"
         self.components.update(registry=Registry(settings), ingest=Ingest(settings, feast_config),
+                               eventlog=EventLog(settings, feast_config),
                                gateway=Gateway(settings, feast_config), tuning=TuningWorker(settings, feast_config))
         self.models = ModelsStep(settings)
 
@@ -147,7 +148,7 @@ class Stack:
             t0 = time.monotonic()
             outcome, _ = self.models.up()
             results["models"] = StartResult("models", outcome, time.monotonic() - t0)
-        for phase in (["registry"], ["ingest", "gateway", "tuning"]):
+        for phase in (["registry"], ["ingest", "eventlog", "gateway", "tuning"]):
             self._up_parallel([n for n in phase if n in selected], timeout_s, results, errors)
             self._raise(errors)
         return [results[n] for n in selected if n in results]

@@ -18,8 +18,8 @@ import yaml
 from test_deploy_helpers import REPO, SETTINGS_MODULES, env_dict, interpolate, settings_env_names
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
-EXPECTED_SERVICES = {"kafka", "redis", "postgres", "triton", "registry", "gateway", "ingest", "tuning-worker",
-                     "feast-apply", "model-export", "kafka-topics"}
+EXPECTED_SERVICES = {"kafka", "redis", "postgres", "triton", "registry", "gateway", "ingest", "eventlog",
+                     "tuning-worker", "feast-apply", "model-export", "kafka-topics"}
 ONE_SHOT = {"feast-apply", "model-export", "kafka-topics"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
@@ -134,6 +134,8 @@ def test_container_ports_follow_the_port_contract(services: dict) -> None:
     env = {n: env_dict(s.get("environment")) for n, s in services.items()}
     assert env["gateway"]["GATEWAY_METRICS_PORT"] == str(port_for("gateway_metrics"))
     assert env["ingest"]["INGEST_METRICS_PORT"] == str(port_for("ingest_metrics"))
+    assert env["eventlog"]["EVENTLOG_METRICS_PORT"] == str(port_for("eventlog_metrics"))
+    assert env["eventlog"]["EVENTLOG_TOPIC"] == env["ingest"]["INGEST_TOPIC"]
     triton_grpc = f"triton:{port_for('triton_grpc')}"
     assert env["gateway"]["GATEWAY_TRITON_URL"] == triton_grpc == env["ingest"]["INGEST_TRITON_URL"]
     assert env["gateway"]["GATEWAY_REGISTRY_TARGET"] == f"registry:{port_for('registry_grpc')}"

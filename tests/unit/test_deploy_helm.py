@@ -161,7 +161,8 @@ def test_helm_lint_script_passes() -> None:
 def test_workloads_and_their_wiring(default_docs: list[dict]) -> None:
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in default_docs)
     deployments = {n for k, n in kinds if k == "Deployment"}
-    assert deployments == {f"qanchor-{c}" for c in ("gateway", "registry", "ingest", "triton", "tuning-worker")}
+    assert deployments == {f"qanchor-{c}" for c in ("gateway", "registry", "ingest", "eventlog", "triton",
+                                                    "tuning-worker")}
     pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
             for d in default_docs if d["kind"] == "Deployment"}
     # Every Service and PDB selects the pods of exactly one Deployment; the HPA scales the gateway.

@@ -41,6 +41,7 @@ SETTINGS_MODULES = {
     "GATEWAY_": "services.gateway.settings",
     "REGISTRY_": "services.registry.settings",
     "INGEST_": "services.ingest.settings",
+    "EVENTLOG_": "services.eventlog.settings",
     "TUNING_": "services.tuning.settings",
     "QANCHOR_KUBE_": "services.kube.settings",
 }

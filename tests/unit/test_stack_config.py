@@ -64,6 +64,7 @@ def test_state_layout(settings: StackSettings) -> None:
         (["feast", "kafka"], "sqlite", ["kafka", "feast"]),
         (["feast"], "redis", ["redis", "feast"]),  # the redis online store needs Redis running
         (["triton", "redis"], "redis", ["redis", "triton"]),
+        (["eventlog"], "sqlite", ["kafka", "feast", "eventlog"]),  # no Triton: the log encodes nothing
     ],
 )
 def test_resolve_components_orders_and_adds_dependencies(names, store, expected) -> None:

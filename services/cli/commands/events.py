@@ -3,6 +3,8 @@
     qanchor events produce events.jsonl              # validate every line, send the valid ones
     qanchor events produce - --no-validate < x.jsonl # send as is (e.g. to exercise the DLQ)
     qanchor events dlq --max 10                      # print rejected events with their reason headers
+    qanchor events history u42                       # the user's events in the offline log (docs/eventlog.md)
+    qanchor events as-of u42 2026-01-02T12:00:00Z    # the user's last event at that instant (Feast point in time)
 
 Lines that would be rejected by the consumer are refused up front and reported with their line numbers (exit 1).
 The local stack's broker is found on its own; --bootstrap (or QANCHOR_KAFKA_BOOTSTRAP) names another.
@@ -14,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from services.cli.commands._event_history import add_history_parsers
 from services.cli.output import CliError, add_json_flag, print_json, require_reachable
 from services.cli.target import kafka_bootstrap
 from services.ingest.schema import DLQ_TOPIC, EVENTS_TOPIC
@@ -42,7 +45,10 @@ def _produce(args: argparse.Namespace) -> int:
                            " or '-' for stdin")
         lines = iter(path.read_bytes().splitlines())
     bootstrap = _connect(args)
-    producer = make_producer(bootstrap, client_id="qanchor-cli", max_block_ms=10_000, delivery_timeout_ms=30_000)
+    # kafka-python 3 refuses a delivery timeout not above linger + request timeout (its default request timeout
+    # is 30 s): name all three.
+    producer = make_producer(bootstrap, client_id="qanchor-cli", max_block_ms=10_000, delivery_timeout_ms=30_000,
+                             request_timeout_ms=10_000)
     try:
         report = publish_lines(producer, lines, topic=args.topic, validate=not args.no_validate,
                                sources=spec.source_names, tabular_dim=spec.features.tabular_dim, timeout_s=30.0)
@@ -89,7 +95,7 @@ def _dlq(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("events", help="publish events to the ingest topic; inspect the DLQ",
+    p = subparsers.add_parser("events", help="publish events to the ingest topic; inspect the DLQ; read the event log",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="events_command", metavar="ACTION", required=True)
     prod = sub.add_parser("produce", help="publish a JSONL file of events (one JSON object per line)")
@@ -108,3 +114,4 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dlq.add_argument("--max", type=int, default=20, help="stop after this many records")
     add_json_flag(dlq)
     dlq.set_defaults(func=_dlq)
+    add_history_parsers(sub)
