@@ -114,3 +114,23 @@ def test_tabular_record_overrides_until_the_next_behaviour_event(world, vecs, sp
     derived = feed([[last]], spec, vectors, current=row)
     np.testing.assert_allclose(derived.tabular, dense_user_features(world, vecs)[world.users("train")[1]],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_constants_are_loaded_checked_or_reported_missing(tmp_path, caplog, world, vecs):
+    import logging
+
+    from services.ingest.transform import load_normalisation
+
+    sp = load_ingest_spec()
+    with caplog.at_level(logging.WARNING):
+        assert load_normalisation(tmp_path / "absent.json", sp) is None
+    assert "INGEST_NORMALISATION" in caplog.text
+    good = tmp_path / "normalisation.json"
+    good.write_text(fit_normalisation(world, vecs).to_json())
+    assert load_normalisation(good, sp).names == sp.features.statistics.names
+    wrong = fit_normalisation(world, vecs)
+    wrong.names = wrong.names[:-1]
+    bad = tmp_path / "other.json"
+    bad.write_text(wrong.to_json())
+    with pytest.raises(ValueError, match="training.normalisation"):
+        load_normalisation(bad, sp)
