@@ -76,6 +76,7 @@ user_features_fv = FeatureView(
         )],
         Field(name="recent_event_ids", dtype=Array(String),
               description="event ids ingest applied last, newest last (applies a re-sent event once)"),
+        Field(name="stats_state", dtype=Bytes, description="ingest's aggregates that tabular derives from"),
         Field(name="tabular", dtype=Array(Float32), description=f"[{spec.tabular_dim}] user statistics"),
         Field(name="feature_version", dtype=Int64, description="bumped on every write; serving cache key"),
         Field(name="updated_at", dtype=Int64, description="write time, unix milliseconds"),

@@ -42,17 +42,23 @@ def checkpoint_id(d: str | Path) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-def save_checkpoint(d: str | Path, model, config: QAnchorConfig, extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(d: str | Path, model, config: QAnchorConfig, extra: dict[str, Any] | None = None,
+                    normalisation: tuple[Any, dict[str, Any]] | None = None) -> Path:
+    """`normalisation`: (training.data.stats.Normalisation, provenance), the dense user vector's constants that
+    ingest standardises with (training.normalisation); recorded in the manifest beside, not in, the id's files."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
 
     def write(tmp: Path) -> None:
+        from training.normalisation import MANIFEST_KEY, write_normalisation
+
         save_file(state, str(tmp / "weights.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
         (tmp / "config.json").write_text(config.to_json())
-        write_manifest(tmp, files=["weights.safetensors", "config.json"], body={
-            "format": CHECKPOINT_FORMAT, "extra": extra or {},
-            "backbone": {"name": model.backbone_name, "sha256": model.backbone_sha256},
-            "special_tokens": model.special.ids,
-        })
+        body = {"format": CHECKPOINT_FORMAT, "extra": extra or {},
+                "backbone": {"name": model.backbone_name, "sha256": model.backbone_sha256},
+                "special_tokens": model.special.ids}
+        if normalisation is not None:
+            body[MANIFEST_KEY] = write_normalisation(tmp, *normalisation)
+        write_manifest(tmp, files=["weights.safetensors", "config.json"], body=body)
 
     return write_dir_atomic(Path(d), write)
 

@@ -28,6 +28,7 @@ from training.config import QAnchorConfig, SourceConfig, load_config
 from training.curves import plot_curve
 from training.data.collate import UserCollator
 from training.data.encoder import cached_text_vectors
+from training.data.features import fit_normalisation, train_users
 from training.data.pairs import build_pairs
 from training.data.sampler import PairSampler
 from training.data.world import UserWorld, WorldConfig, build_world
@@ -156,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     o = cfg.optim
     torch.manual_seed(o.seed + rank)
     vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
+    # The dense user vector's constants ship with every checkpoint: ingest standardises raw events' statistics with them.
+    normalisation = (fit_normalisation(world, vecs), {"dataset": args.dataset, "max_users": args.max_users,
+                                                      "train_users": len(train_users(world)),
+                                                      "split_salt": world.cfg.split_salt})
     # train users only: val/test stay unseen
     pairs = build_pairs(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects)
     sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from,
@@ -218,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.eval_every > 0 and ((step + 1) % args.eval_every == 0 or step + 1 == o.steps):
                 evaluate(step + 1)
             if (step + 1) % args.save_every == 0 or step + 1 == o.steps:
-                save_trainer_state(out_dir, model, cfg, opt, sched, step + 1, extra=provenance)
+                save_trainer_state(out_dir, model, cfg, opt, sched, step + 1, extra=provenance,
+                                   normalisation=normalisation)
     if rank == 0:
         plot_curve(metrics_path, out_dir / "curve.png")
         log.info("pretrain_done steps=%d out=%s", o.steps, out_dir)

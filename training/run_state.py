@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 # Optimiser moments are tensors, so they go to safetensors too (keyed by parameter name, never pickled). The
 # trainer dir is written after the checkpoint and records its id: a crash between the two is caught on resume.
 def save_trainer_state(out: Path, model, cfg: QAnchorConfig, opt: torch.optim.Optimizer, sched, step: int,
-                       extra: dict | None = None) -> None:
-    ckpt = save_checkpoint(out / "checkpoint", model, cfg, extra={"step": step, **(extra or {})})
+                       extra: dict | None = None, normalisation: tuple | None = None) -> None:
+    ckpt = save_checkpoint(out / "checkpoint", model, cfg, extra={"step": step, **(extra or {})},
+                           normalisation=normalisation)
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {}
     for group in opt.param_groups:

@@ -19,9 +19,10 @@ import numpy as np
 
 # The schema is parsed from sources.yaml in one place, importable from both environments (docs/features.md).
 from training.data.sources import FeatureSpec, SourceSpec, default_sources_path, load_feature_spec
+from training.data.stats import Normalisation, StatsAggregate, StatsSpec
 
 __all__ = [
-    "FeatureSpec", "SourceSpec", "SourceEvents", "UserFeatures", "UserBatchArrays", "load_feature_spec",
+    "FeatureSpec", "SourceSpec", "StatsSpec", "StatsAggregate", "Normalisation", "SourceEvents", "UserFeatures", "UserBatchArrays", "load_feature_spec",
     "default_sources_path", "encode_vectors", "decode_vectors", "to_push_columns", "from_feature_dict",
     "build_user_batch_arrays",
 ]
@@ -77,6 +78,9 @@ class UserFeatures:
     found: bool = True
     # The most recent event ids ingest applied to this row, newest last (its duplicate check; not a model input).
     event_ids: list[str] = field(default_factory=list)
+    # Ingest's sufficient aggregates of every event applied to this row (`stats_state`, training.data.stats), from
+    # which `tabular` is derived; b"" when none. Not a model input.
+    stats: bytes = b""
 
     @classmethod
     def missing(cls, user_id: str) -> "UserFeatures":
@@ -124,6 +128,7 @@ def to_push_columns(rows: Sequence[UserFeatures], spec: FeatureSpec) -> dict[str
             cols[count_f].append(len(ev.texts))
         cols["tabular"].append([float(x) for x in np.asarray(row.tabular, dtype=np.float32)])
         cols["recent_event_ids"].append([str(x) for x in row.event_ids])
+        cols["stats_state"].append(bytes(row.stats))
         cols["feature_version"].append(int(row.feature_version))
         cols["updated_at"].append(int(round(row.updated_at * 1000)))
     return cols
@@ -160,6 +165,7 @@ def from_feature_dict(user_ids: Sequence[str], values: Mapping[str, Sequence[Any
             updated_at=(updated or 0) / 1000.0,
             found=True,
             event_ids=list(_at(values, "recent_event_ids", i) or []),
+            stats=bytes(_at(values, "stats_state", i) or b""),
         ))
     return out
 

@@ -30,7 +30,7 @@ Progress = Callable[[str], None]
 
 def export_events(model_python: Path, out_dir: Path, users: int, progress: Progress) -> Path:
     """MovieLens-1M users' history as event-contract JSONL (training.data.export_events, model env); cached."""
-    path = out_dir / f"events-ml-1m-{users}.jsonl"
+    path = out_dir / f"events-ml-1m-{users}-raw.jsonl"  # raw events only (no kind=tabular: ingest derives it)
     if path.is_file() and path.stat().st_size > 0:
         progress(f"events: reusing {path}")
         return path

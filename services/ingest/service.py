@@ -47,10 +47,11 @@ def build_ingest(settings: IngestSettings) -> IngestService:
     from services.ingest.metrics import IngestMetrics
     from services.ingest.producer import make_producer
     from services.ingest.state import PartitionUserState
-    from services.ingest.transform import load_ingest_spec
+    from services.ingest.transform import load_ingest_spec, load_normalisation
     from services.ingest.writer import FeastFeatureStore
 
     spec = dataclasses.replace(load_ingest_spec(settings.sources_yaml), recent_ids=settings.recent_event_ids)
+    spec = dataclasses.replace(spec, normalisation=load_normalisation(settings.normalisation, spec))
     metrics = IngestMetrics.create()
     worker_ref: list[IngestWorker] = []
     port = settings.resolved_metrics_port()

@@ -63,6 +63,9 @@ class IngestSettings(ServiceSettings):
         "INGEST_FEAST_LOCATION", "INGEST_FEAST_CONFIG", "feast_location"))
     # sources.yaml with K and window per source; None = the repository's feature_repo/sources.yaml.
     sources_yaml: Path | None = None
+    # The served model's normalisation constants (normalisation.json, exported beside the model); None or a missing
+    # file = `tabular` is not derived from events (left empty: the model's cold start), said once in the log.
+    normalisation: Path | None = None
     # Prometheus /metrics and /healthz port; None = QANCHOR_PORT_BASE+61, 0 = do not serve them.
     metrics_port: int | None = None
     # Interface of that port; 0.0.0.0 in containers, so Kubernetes probes and Prometheus reach it on the pod IP.

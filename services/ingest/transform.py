@@ -8,6 +8,12 @@ An event at (partition, offset) is applied iff offset + 1 is above the stored po
 after a crash (pushed but not committed, or half pushed) skips exactly what already landed. Versions stay
 strictly increasing per user (offsets grow within a partition), which is all the serving cache key needs.
 
+Statistics (`tabular`): every applied behaviour event also updates the user's sufficient aggregates
+(training.data.stats, the same code training derives the dense user vector with), stored in the same row
+(`stats_state`), so the position test that keeps the events once keeps the aggregates once. `tabular` is then the
+standardised vector of those aggregates, with the model's normalisation constants; without constants it is left as
+it was. A producer's `kind: tabular` record is an explicit override: it holds until the user's next behaviour event.
+
 Windowing is on *event time*: a source keeps its newest K events whose ts is within `window_s` of the user's
 newest event. Using event time (not the wall clock) makes the result a pure function of the event sequence, so
 a crash-and-replay and a clean replay give identical features.
@@ -15,14 +21,18 @@ a crash-and-replay and a clean replay give identical features.
 from __future__ import annotations
 
 import bisect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from services.common.features import VECTOR_DTYPE, FeatureSpec, SourceEvents, UserFeatures, load_feature_spec
+from services.common.features import (VECTOR_DTYPE, FeatureSpec, Normalisation, SourceEvents, StatsAggregate,
+                                      UserFeatures, load_feature_spec)
 from services.ingest.schema import Event
+
+log = logging.getLogger(__name__)
 
 # Bit 62 marks a version written by ingest; versions without it (a backfill's 1, 2, ...) carry no position.
 VERSION_FLAG = 1 << 62
@@ -70,6 +80,8 @@ class IngestSpec:
     # Event ids remembered per user (in the row itself) to apply a re-sent event once: a producer that retries a
     # send puts the same event_id at a new offset, which the position test alone would apply twice.
     recent_ids: int = 64
+    # The model's train-user moments (the checkpoint's normalisation.json); None = `tabular` is not derived.
+    normalisation: Normalisation | None = None
 
     @property
     def source_names(self) -> tuple[str, ...]:
@@ -86,6 +98,25 @@ class IngestSpec:
 def load_ingest_spec(path: Path | str | None = None) -> IngestSpec:
     """sources.yaml through the one schema parser (`load_feature_spec`), with each source's window in seconds."""
     return IngestSpec.of(load_feature_spec(path))
+
+
+def load_normalisation(path: Path | None, spec: IngestSpec) -> Normalisation | None:
+    """The model's constants for deriving `tabular`, checked against sources.yaml; None (logged once) without them."""
+    stats = spec.features.statistics
+    if stats is None:
+        log.warning("tabular statistics not derived: sources.yaml has no `statistics:` section; add one (see "
+                    "feature_repo/sources.yaml) or let producers send kind=tabular records")
+        return None
+    if path is None or not Path(path).is_file():
+        log.warning("tabular statistics not derived: no normalisation constants; set INGEST_NORMALISATION to the "
+                    "served model's normalisation.json (python -m training.normalisation writes it for a checkpoint)."
+                    " Until then tabular stays empty (the model's cold start); aggregates are still kept",
+                    extra={"path": str(path) if path else ""})
+        return None
+    norm = Normalisation.load(path)
+    norm.check(stats, spec.features.encoder_dim, str(path))
+    log.info("tabular statistics derived from events", extra={"path": str(path), "statistics": len(norm.names)})
+    return norm
 
 
 @dataclass
@@ -113,9 +144,32 @@ class UserUpdate:
     applied_positions: list[Position] = field(default_factory=list)
     # The user's most recent applied event ids, newest last (stored with the row; duplicates are checked against it).
     event_ids: list[str] = field(default_factory=list)
+    # Aggregates before this batch, and the applied behaviour events still to add to them (their vectors are
+    # needed, so they are added in `to_features`).
+    stats: StatsAggregate = field(default_factory=StatsAggregate)
+    stat_events: list[Event] = field(default_factory=list)
+    # True when the batch ends with a producer's `kind: tabular` record: it overrides the derived vector.
+    tabular_override: bool = False
 
     def texts_to_encode(self) -> list[str]:
-        return [e.text for entries in self.sources.values() for e in entries if e.vector is None]
+        kept = [e.text for entries in self.sources.values() for e in entries if e.vector is None]
+        # With statistics, every applied event's vector joins the user's mean vector, even one cut by last-K.
+        return list(dict.fromkeys(kept + [e.text for e in self.stat_events]))
+
+    def derive(self, vectors: Mapping[str, np.ndarray], spec: IngestSpec) -> tuple[StatsAggregate, np.ndarray]:
+        """The aggregates after this batch and the `tabular` to store (derived unless overridden or no constants)."""
+        stats_spec = spec.features.statistics
+        if stats_spec is None or not self.stat_events:
+            return self.stats, self.tabular
+        values = [stats_spec.event_values(e.attributes) for e in self.stat_events]
+        vecs = np.stack([np.asarray(vectors[e.text], VECTOR_DTYPE) for e in self.stat_events])  # [n, d], as stored
+        new = StatsAggregate.of_events(stats_spec, [e.ts for e in self.stat_events], [v[0] for v in values],
+                                       [v[1] for v in values], [v[2] for v in values], vecs)
+        agg = self.stats.merge(new, stats_spec)
+        if self.tabular_override or spec.normalisation is None:
+            return agg, self.tabular
+        dense = spec.normalisation.dense(agg, stats_spec)
+        return agg, self.tabular if dense is None else dense
 
     def to_features(self, vectors: Mapping[str, np.ndarray], spec: IngestSpec, updated_at: float) -> UserFeatures:
         """Fill the new entries from `vectors` (text -> [encoder_dim]) and build the row to write."""
@@ -130,8 +184,9 @@ class UserUpdate:
                 mat[i] = vec
             out[name] = SourceEvents(texts=[e.text for e in entries], vectors=mat,
                                      timestamps=np.asarray([e.ts for e in entries], dtype=np.int64))
-        return UserFeatures(user_id=self.user_id, sources=out, tabular=self.tabular, feature_version=self.version,
-                            updated_at=updated_at, event_ids=list(self.event_ids))
+        stats, tabular = self.derive(vectors, spec)
+        return UserFeatures(user_id=self.user_id, sources=out, tabular=tabular, feature_version=self.version,
+                            updated_at=updated_at, event_ids=list(self.event_ids), stats=stats.to_bytes())
 
 
 def _entries(current: UserFeatures | None, spec: IngestSpec) -> dict[str, list[Entry]]:
@@ -155,8 +210,10 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
     the user's row already holds or an earlier event of the batch carried (a producer's retry at a new offset; the
     row keeps the last `spec.recent_ids` ids). Behaviour events are inserted by
     event time (after equal times, so ties keep log order), then each source is cut to its window and its last K.
-    A tabular update replaces the statistics vector; the later one in the log wins (not the later event time:
-    the store keeps no time for the vector, and log order is what makes replays agree whatever the batching).
+    Every fresh behaviour event also joins the user's statistics aggregates (added in `to_features`, once its text
+    vector is known). A tabular record replaces the statistics vector until the next behaviour event re-derives it;
+    the later one in the log wins (not the later event time: the store keeps no time for the vector, and log order
+    is what makes replays agree whatever the batching).
     """
     if not events:
         return None
@@ -177,8 +234,10 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
     sources = _entries(current, spec)
     tabular = (np.asarray(current.tabular, dtype=np.float32) if current is not None and current.found
                else np.zeros(0, np.float32))
+    override = False
     for _, ev in fresh:
-        if ev.kind == "tabular":
+        override = ev.kind == "tabular"
+        if override:
             tabular = np.asarray(ev.vector, dtype=np.float32)
             continue
         entries = sources[ev.source]
@@ -195,4 +254,7 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
     ids = (list(current.event_ids) if found else []) + [e.event_id for _, e in fresh]
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),
                       applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh],
-                      applied_positions=[p for p, _ in fresh], event_ids=ids[-spec.recent_ids:])
+                      applied_positions=[p for p, _ in fresh], event_ids=ids[-spec.recent_ids:],
+                      stats=StatsAggregate.from_bytes(current.stats) if found else StatsAggregate(),
+                      stat_events=[e for _, e in fresh if e.kind == "event"] if spec.features.statistics else [],
+                      tabular_override=override)

@@ -161,7 +161,10 @@ class Ingest(AppComponent):
         h = self.settings.host
         return {"INGEST_KAFKA_BOOTSTRAP": f"{h}:{self.settings.port('kafka')}",
                 "INGEST_TRITON_URL": f"{h}:{self.settings.port('triton_grpc')}",
-                "INGEST_FEAST_LOCATION": str(self.feast_config)}
+                "INGEST_FEAST_LOCATION": str(self.feast_config),
+                # Written by the models step beside the served model (training.export.qanchor.export_normalisation).
+                "INGEST_NORMALISATION": str(self.settings.layout.model_repository / QANCHOR_MODEL
+                                            / "normalisation.json")}
 
     def healthy(self) -> bool:
         # /metrics is served once the worker is built (Triton encoder ready, Feast open, consumer subscribed).

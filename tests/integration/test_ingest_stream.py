@@ -72,7 +72,8 @@ def new_topic(ctx: Ctx, partitions: int = 4) -> str:
 
 
 def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Path | None = None,
-                   max_poll_records: int = 200, gate: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
+                   max_poll_records: int = 200, gate: Path | None = None,
+                   normalisation: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
     import socket
 
     with socket.socket() as s:
@@ -87,6 +88,8 @@ def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Pa
                INGEST_VECTOR_CACHE_URL=ctx.redis_url)
     if gate is not None:  # the batch-cycle hook (services/ingest/gate.py): the test decides where it stops
         env["INGEST_BATCH_GATE"] = str(gate)
+    if normalisation is not None:  # the served model's constants: ingest derives `tabular` from raw events
+        env["INGEST_NORMALISATION"] = str(normalisation)
     with log.open("ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=repo_root())
@@ -244,6 +247,54 @@ def test_events_to_features_dlq_and_graceful_stop(ctx):
     assert m["qanchor_ingest_event_lag_seconds_count"] == len(valid)
     assert m["qanchor_ingest_latency_seconds_count"] == len(valid)
     assert "ingest stopped" in log.read_text()
+
+
+def test_raw_events_only_give_the_platform_derived_tabular(ctx):
+    """Producers send raw events (no kind=tabular record); ingest derives the 400-d dense vector with the default
+    model's constants, equal to training's formula applied to the same events and the vectors ingest encoded.
+    Sending everything again (a producer's retry of the whole stream) changes nothing."""
+    from services.common.features import Normalisation, StatsAggregate
+
+    constants = repo_root() / "artifacts" / "default" / "normalisation.json"
+    norm = Normalisation.load(constants)
+    st = SPEC.features.statistics
+    topic, group = new_topic(ctx), f"g-{uuid.uuid4().hex[:6]}"
+    run = uuid.uuid4().hex[:6]
+    users = [f"{run}-r{i}" for i in range(3)]
+    t0 = 1_700_000_000
+    raw: dict[str, list[dict]] = {u: [] for u in users}
+    records = []
+    for i in range(36):  # 12 per user: every event stays in its source's last K, so its vector can be read back
+        uid, rating = users[i % 3], 1 + (i * 7) % 5
+        rec = {"schema_version": 1, "event_id": f"{uid}-{i}", "user_id": uid, "kind": "event",
+               "source": "liked" if rating >= 4 else "disliked" if rating <= 2 else "neutral",
+               "ts": t0 + i * 20_000, "text": VOCAB[i % len(VOCAB)],
+               "attributes": {"rating": rating, "year": 1960 + i % 40, "genres": ["Drama|Comedy", "Action", ""][i % 3]}}
+        raw[uid].append(rec)
+        records.append((uid.encode(), json.dumps(rec).encode()))
+    produce(ctx, topic, records)
+    proc, log, _ = start_consumer(ctx, topic, group, "derived", normalisation=constants)
+    try:
+        wait_caught_up(ctx, group, topic, [proc])
+        got = read_users(ctx.feast_config, users)
+        produce(ctx, topic, records)  # the same events again, at new offsets
+        wait_caught_up(ctx, group, topic, [proc])
+        again = read_users(ctx.feast_config, users)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    assert "tabular statistics derived from events" in log.read_text()
+    for uid in users:
+        f = got[uid]
+        stored = {t: v for s in f.sources.values() for t, v in zip(s.texts, s.vectors)}  # what ingest encoded
+        evs = raw[uid]
+        values = [st.event_values(e["attributes"]) for e in evs]
+        agg = StatsAggregate.of_events(st, [e["ts"] for e in evs], [v[0] for v in values], [v[1] for v in values],
+                                       [v[2] for v in values], np.stack([stored[e["text"]] for e in evs]))
+        want = norm.dense(agg, st)
+        assert f.tabular.shape == (SPEC.features.tabular_dim,) == (400,) and np.abs(f.tabular).sum() > 0
+        np.testing.assert_allclose(f.tabular, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(again[uid].tabular, f.tabular)
+        assert again[uid].feature_version == f.feature_version
 
 
 def wait_at_gate(gate: Path, stage: str, batch: int, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:

@@ -90,3 +90,47 @@ def test_soft_prompt_round_trip(tmp_path, trained):
     assert art.meta["query"] == "Likes comedies?" and art.meta["n_tokens"] == 6 and art.meta["classes"] == [0, 1]
     with pytest.raises(ArtifactError, match="re-tune"):
         load_soft_prompt(d, expect_model_id="other")
+
+
+def _constants(names=("a", "b")):
+    import numpy as np
+
+    from training.data.stats import Normalisation
+
+    return Normalisation(tuple(names), np.array([1.0, 2.0]), np.array([0.5, 3.0]), np.zeros(4), np.ones(4))
+
+
+def test_normalisation_ships_in_the_checkpoint_without_changing_its_id(tmp_path, trained):
+    from training.data.stats import Normalisation
+    from training.export.qanchor import export_normalisation
+    from training.normalisation import attach_normalisation, checkpoint_normalisation
+
+    cfg, model = trained
+    plain = save_checkpoint(tmp_path / "plain", model, cfg)
+    with_norm = save_checkpoint(tmp_path / "with", model, cfg, normalisation=(_constants(), {"dataset": "x"}))
+    assert checkpoint_id(plain) == checkpoint_id(with_norm)  # the id names the weights, which are the same
+    path = checkpoint_normalisation(with_norm)
+    assert Normalisation.load(path).stats_std.tolist() == [0.5, 3.0]
+    assert checkpoint_normalisation(plain) is None
+    before = checkpoint_id(plain)
+    attach_normalisation(plain, _constants(), {"dataset": "x"})  # a checkpoint trained before constants shipped
+    assert checkpoint_id(plain) == before and checkpoint_normalisation(plain).read_bytes() == path.read_bytes()
+    load_checkpoint(plain)  # the manifest stays valid
+    (tmp_path / "repo" / "qanchor").mkdir(parents=True)
+    out = export_normalisation(with_norm, tmp_path / "repo" / "qanchor")
+    assert out.read_bytes() == path.read_bytes()
+    path.write_text(path.read_text().replace("0.5", "0.25"))
+    with pytest.raises(RuntimeError, match="sha256"):
+        checkpoint_normalisation(with_norm)
+
+
+def test_default_artifact_carries_constants_for_this_sources_yaml():
+    from pathlib import Path
+
+    from training.data.sources import load_feature_spec
+    from training.data.stats import Normalisation
+    from training.normalisation import checkpoint_normalisation
+
+    spec = load_feature_spec()
+    path = checkpoint_normalisation(Path(__file__).resolve().parents[2] / "artifacts" / "default")
+    Normalisation.load(path).check(spec.statistics, spec.encoder_dim, str(path))

@@ -59,8 +59,7 @@ def test_no_user_in_two_splits(world):
 
 
 def test_tabular_standardised_on_train_users(world):
-    from training.data.features import TABULAR_FEATURES
-
+    TABULAR_FEATURES = world.sources.spec.statistics.names
     tab = world.tabular
     train = world.users("train")
     assert tab.shape == (943, len(TABULAR_FEATURES))
@@ -105,8 +104,9 @@ def test_export_records_follow_event_contract(world):
 
 
 def test_dense_user_vector_is_statistics_then_standardised_history_mean(world):
-    from training.data.features import TABULAR_FEATURES, dense_user_features
+    from training.data.features import dense_user_features
 
+    TABULAR_FEATURES = world.sources.spec.statistics.names
     vecs = np.random.default_rng(1).standard_normal((len(world.texts), 384)).astype(np.float16)
     dense = dense_user_features(world, vecs)
     assert dense.shape == (943, world.sources.tabular_dim) == (943, len(TABULAR_FEATURES) + 384)

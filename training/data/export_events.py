@@ -3,9 +3,10 @@
     python -m training.data.export_events --dataset ml-1m --users 100 --out /tmp/events.jsonl
 
 One line per rating of the chosen window (default: history, the part that feeds the prefix), ordered by time
-as a live stream would be, plus (unless --no-tabular) one `kind: tabular` record per user carrying the same dense
-user vector the training data uses (standardised statistics + whole-history mean event vector), timestamped at the
-user's last history event.
+as a live stream would be. Raw events are all a producer sends: ingest derives the dense user vector (statistics +
+whole-history mean event vector) from them, reading the attributes sources.yaml's `statistics:` names (rating, year,
+genres). With --tabular each user also gets the `kind: tabular` override record carrying the vector the training
+data uses, timestamped at the user's last history event (for comparing the two paths).
 """
 from __future__ import annotations
 
@@ -60,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--users", type=int, default=100, help="number of users (first N of the split, by file order)")
     p.add_argument("--split", default="all", choices=("all",) + SPLITS)
     p.add_argument("--window", default="history", choices=["history", "future", "all"])
-    p.add_argument("--no-tabular", action="store_true", help="leave out the kind=tabular records")
+    p.add_argument("--tabular", action="store_true",
+                   help="also emit kind=tabular override records (ingest derives the same vector without them)")
     p.add_argument("--out", required=True, help="output JSONL file ('-' for stdout)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     world = build_world(WorldConfig(dataset=args.dataset))
     users = world.users(None if args.split == "all" else args.split)[:args.users]
-    vecs = None if args.no_tabular else cached_text_vectors(world.texts, args.dataset, progress=False)
+    vecs = None if not args.tabular else cached_text_vectors(world.texts, args.dataset, progress=False)
     records = export_records(world, users, args.window, vecs)
     fh = sys.stdout if args.out == "-" else Path(args.out).open("w", encoding="utf-8")
     try:

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import yaml
 
+from training.data.stats import StatsSpec
+
 # Paper: a 90-day behaviour window; sources.yaml may set `window_days` at the top level and per source.
 DEFAULT_WINDOW_DAYS = 90.0
 # Feature names besides the per-source ones (docs/features.md): ingest's bookkeeping, statistics, the version.
-INGEST_FIELDS = ("recent_event_ids",)
+# `stats_state`: the sufficient aggregates the statistics derive from (training.data.stats), kept by ingest.
+INGEST_FIELDS = ("recent_event_ids", "stats_state")
 STATS_FIELDS = ("tabular",)
 META_FIELDS = ("feature_version", "updated_at")
 
@@ -69,6 +72,8 @@ class FeatureSpec:
     encoder_dim: int = 384
     # Versioned FeatureService the gateway reads; renamed (v2, ...) on a breaking schema change.
     feature_service: str = "user_features_v1"
+    # Which event attributes the statistics of `tabular` read; None = ingest derives no statistics.
+    statistics: StatsSpec | None = None
 
     def __post_init__(self) -> None:
         names = [s.name for s in self.sources]
@@ -105,6 +110,7 @@ def load_feature_spec(path: Path | str | None = None) -> FeatureSpec:
     if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list):
         raise ValueError(f"{path}: expected a mapping with a 'sources' list (see feature_repo/sources.yaml)")
     default_days = float(raw.get("window_days", DEFAULT_WINDOW_DAYS))
+    stats = raw.get("statistics")
     try:
         sources = tuple(SourceSpec(name=str(s["name"]), k=int(s["k"]), description=str(s.get("description", "")),
                                    window_days=float(s.get("window_days", default_days)))
@@ -114,6 +120,7 @@ def load_feature_spec(path: Path | str | None = None) -> FeatureSpec:
             tabular_dim=int(raw.get("tabular_dim", 16)),
             encoder_dim=int(raw.get("encoder_dim", 384)),
             feature_service=str(raw.get("feature_service", "user_features_v1")),
+            statistics=StatsSpec.from_yaml(stats) if isinstance(stats, dict) else None,
         )
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -154,9 +154,28 @@ def export_qanchor(repository: Path, cfg: QAnchorExportConfig) -> Path:
         versions = [version] + versions[:-1]  # re-exporting the default keeps it the default
     _write_atomic(model_dir / TRITON_VERSION / "model.py", (SOURCE_DIR / "model.py").read_text())
     _write_atomic(model_dir / "config.pbtxt", render_config(cfg, qcfg.input, versions, qcfg.head.out))
+    if versions[0] == version:
+        export_normalisation(cfg.checkpoint, model_dir)
     log.info("event=qanchor_exported model_version=%s versions=%s path=%s kind=%s contract=%s", version, versions,
              target, cfg.instance_kind, cfg.contract)
     return target
+
+
+def export_normalisation(checkpoint: Path | None, model_dir: Path) -> Path | None:
+    """Put the default version's normalisation constants at `<repository>/qanchor/normalisation.json`, where ingest
+    reads them (INGEST_NORMALISATION) to derive the dense user vector from raw events; remove a stale one when the
+    checkpoint has none (ingest then leaves `tabular` empty and says so)."""
+    from training.normalisation import FILE, checkpoint_normalisation
+
+    src = checkpoint_normalisation(checkpoint) if checkpoint is not None else None
+    dest = model_dir / FILE
+    if src is None:
+        dest.unlink(missing_ok=True)
+        log.warning("event=normalisation_missing checkpoint=%s: ingest will not derive tabular; write it with "
+                    "python -m training.normalisation --checkpoint DIR", checkpoint)
+        return None
+    _write_atomic(dest, src.read_text())
+    return dest
 
 
 def _listed_versions(model_dir: Path) -> list[str]:
