@@ -44,6 +44,16 @@ def valid_version(version: str) -> str:
     return version
 
 
+def _fingerprint(folder: Path, st: os.stat_result) -> tuple:
+    """Changes whenever the folder or a file in it is replaced: inode + ctime (a copy keeps mtimes, and a freed inode
+    number is reused, but a new inode always gets a new ctime)."""
+    try:
+        files = tuple(sorted((e.name, e.inode(), e.stat().st_ctime_ns, e.stat().st_size) for e in os.scandir(folder)))
+    except OSError:
+        files = ()
+    return (st.st_ino, st.st_ctime_ns, files)
+
+
 class VersionDirectory:
     """Loads versions from `root/<version>` on demand; remembers a broken folder until it changes on disk, so a
     corrupt publish costs one sha256 pass, not one per request."""
@@ -51,7 +61,7 @@ class VersionDirectory:
     def __init__(self, root: Path, load: Callable[[Path], Any]) -> None:
         self.root = Path(root)
         self._load = load
-        self._failed: dict[str, tuple[tuple[int, int], VersionError]] = {}
+        self._failed: dict[str, tuple[tuple, VersionError]] = {}
 
     def on_disk(self) -> list[str]:
         """Version folders present now (published, complete), sorted."""
@@ -69,7 +79,7 @@ class VersionDirectory:
             raise VersionError(f"{UNKNOWN_MODEL_VERSION} {version!r}: it is not in the model repository (serving "
                                f"{serving}); publish it (qanchor model publish {version}) or route the A/B arm to a "
                                "served version", NOT_FOUND) from None
-        key = (st.st_ino, st.st_mtime_ns)
+        key = _fingerprint(folder, st)
         failed = self._failed.get(version)
         if failed is not None and failed[0] == key:
             raise failed[1]
