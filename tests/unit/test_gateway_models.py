@@ -91,3 +91,21 @@ def test_registry_down_keeps_the_last_answer_and_fails_closed_before_any(stack) 
         fresh = ModelCatalog(client, ttl_s=1.0, clock=clock)
         with pytest.raises(ValidationUnavailable):
             known_models(GatewaySettings(), ServedModel(), fresh)()
+
+
+def test_a_registry_without_model_versions_means_none_published() -> None:
+    """Rolling upgrade: a gateway that knows ListModels in front of a registry that does not yet."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    old = grpc.server(ThreadPoolExecutor(1))  # serves no method at all: UNIMPLEMENTED "Method not found!"
+    port = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    try:
+        with RegistryClient(f"127.0.0.1:{port}") as client:
+            catalog = ModelCatalog(client, ttl_s=0.0)
+            assert catalog.refresh() == frozenset() and catalog.promoted() == ""
+            assert known_models(GatewaySettings(), ServedModel(), catalog)() == {"m1"}
+    finally:
+        old.stop(0)

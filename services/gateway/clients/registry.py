@@ -62,13 +62,12 @@ class ModelCatalog:
         try:
             models = self.client.list_models([pb.MODEL_STATE_PUBLISHED, pb.MODEL_STATE_PROMOTED])
         except QAnchorError as exc:
-            with self._lock:
-                self._fetched_at = now  # retry after ttl_s, not on every call
-                if self._servable is not None:
-                    log.warning("registry unreachable: keeping the last published model versions",
-                                extra={"event": "model_catalog_stale", "error": exc.message})
-                    return self._servable
-            raise
+            if "Method not found" in exc.message:  # a registry older than model versions (rolling upgrade)
+                log.warning("the registry has no ListModels yet: only the model server's versions are known; "
+                            "upgrade the registry", extra={"event": "model_catalog_unsupported"})
+                models = []
+            else:
+                return self._keep_last(now, exc)
         servable = frozenset(m.model_version for m in models)
         promoted = next((m.model_version for m in models if m.state == pb.MODEL_STATE_PROMOTED), "")
         with self._lock:
@@ -78,6 +77,16 @@ class ModelCatalog:
             log.info("published model versions changed", extra={"event": "model_catalog_changed",
                                                                  "published": sorted(servable), "promoted": promoted})
         return servable
+
+    def _keep_last(self, now: float, exc: QAnchorError) -> frozenset[str]:
+        with self._lock:
+            self._fetched_at = now  # retry after ttl_s, not on every call
+            last = self._servable
+        if last is None:
+            raise exc
+        log.warning("registry unreachable: keeping the last published model versions",
+                    extra={"event": "model_catalog_stale", "error": exc.message})
+        return last
 
     def promoted(self) -> str:
         """The promoted model version as last seen ("" = none promoted, or not fetched yet)."""
