@@ -17,14 +17,14 @@ import getpass
 import json
 from pathlib import Path
 
-from services.cli.commands.scenario import _client, _enum, add_connection_args
+from services.cli.commands._registry import add_connection_args, enum_name, registry_client
 from services.cli.output import CliError, as_dict, format_table, print_json
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
 from training.export.publish import PublishError, inspect_artifact, publish_artifact
 
 
 def _state(m: pb.ModelVersion) -> str:
-    return _enum(m.state, pb.ModelState, "MODEL_STATE_")
+    return enum_name(m.state, pb.ModelState, "MODEL_STATE_")
 
 
 def _show(m: pb.ModelVersion, args: argparse.Namespace, verb: str) -> None:
@@ -54,7 +54,7 @@ def _register(args: argparse.Namespace) -> int:
     if version != info.model_version:
         raise CliError(f"{folder} was exported as model version {info.model_version!r}; register it under that "
                        f"name, or export again with --model-version {version}")
-    with _client(args) as c:
+    with registry_client(args) as c:
         m = c.register_model(version, str(folder), info.manifest_sha256, _metrics(args.metrics), info.source_id,
                              created_by=getpass.getuser())
     _show(m, args, "registered")
@@ -74,7 +74,7 @@ def _repository(args: argparse.Namespace) -> Path:
 
 def _publish(args: argparse.Namespace) -> int:
     repo = _repository(args)
-    with _client(args) as c:
+    with registry_client(args) as c:
         m = c.get_model(args.version)
         try:
             target = publish_artifact(Path(m.artifact_uri), repo, m.model_version, m.sha256)
@@ -89,7 +89,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with registry_client(args) as c:
         m = c.promote_model(args.version)
     _show(m, args, "promoted")
     if not args.json:
@@ -99,7 +99,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _get(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with registry_client(args) as c:
         m = c.get_model(args.version)
     if args.json:
         print_json(as_dict(m))
@@ -117,7 +117,7 @@ def _row(m: pb.ModelVersion) -> list[object]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    with _client(args) as c:
+    with registry_client(args) as c:
         models = c.list_models()
     if args.json:
         print_json([as_dict(m) for m in models])
