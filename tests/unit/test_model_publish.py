@@ -29,6 +29,9 @@ def repos(tmp_path_factory):
     for v, seed in (("t2", 7), ("t3", 8)):  # other random weights than t1's
         arts[v] = export_qanchor(scratch, QAnchorExportConfig(preset="tiny", model_version=v,
                                                               overrides=[f"backbone.seed={seed}"]))
+    # another feature schema: another tensor contract than the served config.pbtxt declares
+    arts["wide"] = export_qanchor(scratch, QAnchorExportConfig(preset="tiny", model_version="wide",
+                                                               overrides=["input.d_tab=7"]))
     return serving, arts
 
 
@@ -129,3 +132,20 @@ def test_corrupt_version_fails_per_request_and_lru_bounds_loaded_versions(repos,
     assert not any(k[0] == "t3" for k in model.runtime.cache._entries)
     bad = dict(req1, MODEL_VERSION=np.array([b"../t1"], dtype=np.object_))
     assert "not valid" in model.execute([bad])[0].error.msg
+
+
+def test_version_for_another_tensor_contract_is_refused_once(repos, monkeypatch, tmp_path):
+    serving, arts = repos
+    repo = tmp_path / "repo"
+    shutil.copytree(serving, repo)
+    model = _load(repo, monkeypatch)
+    publish_artifact(arts["wide"], repo, "wide", inspect_artifact(arts["wide"]).manifest_sha256)
+    loads = []
+    load = model.versions._load
+    model.versions._load = lambda folder: loads.append(folder) or load(folder)
+    req, _ = _request(repo / "qanchor" / "1" / "models" / "t1", "wide")
+    for _ in range(2):
+        err = model.execute([req])[0].error
+        assert err is not None and "needs another tensor contract" in err.msg
+    assert len(loads) == 1  # remembered until the folder changes: one load, not one per request
+    assert model.runtime.model_versions == ["t1"]

@@ -213,17 +213,21 @@ class QAnchorRuntime:
                 return
             try:
                 loaded = self._discover(version, self.model_versions)
+                self.check_contract(loaded)
             except VersionError as exc:
                 raise RequestError(str(exc), exc.status) from exc
-            got = Contract.for_input(loaded.cfg.input, loaded.cfg.head.out)
-            if got != self.contract:
-                raise RequestError(f"model version {version!r} needs another tensor contract ({got}) than this "
-                                   f"Triton model serves ({self.contract}); export it with python -m "
-                                   "training.export and load the model again", FAILED_PRECONDITION)
             self._add(loaded)
             self.loads += 1
             log.info("event=model_version_loaded model_version=%s versions=%s", version, self.model_versions)
             self._evict()
+
+    def check_contract(self, loaded: LoadedModel) -> None:
+        """Raises VersionError unless `loaded` takes the tensors this Triton model was configured with."""
+        got = Contract.for_input(loaded.cfg.input, loaded.cfg.head.out)
+        if got != self.contract:
+            raise VersionError(f"model version {loaded.model_version!r} needs another tensor contract ({got}) than "
+                               f"this Triton model serves ({self.contract}); export it into the repository with "
+                               "python -m training.export and load the model again", FAILED_PRECONDITION)
 
     def _evict(self) -> None:
         while self.max_versions and len(self.models) > self.max_versions:

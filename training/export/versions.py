@@ -58,9 +58,12 @@ class VersionDirectory:
     """Loads versions from `root/<version>` on demand; remembers a broken folder until it changes on disk, so a
     corrupt publish costs one sha256 pass, not one per request."""
 
-    def __init__(self, root: Path, load: Callable[[Path], Any]) -> None:
+    def __init__(self, root: Path, load: Callable[[Path], Any], check: Callable[[Any], None] | None = None) -> None:
+        """`load(folder)` -> LoadedModel; `check(loaded)` raises VersionError for one this server cannot serve (its
+        tensor contract); both failures are remembered until the folder changes."""
         self.root = Path(root)
         self._load = load
+        self._check = check
         self._failed: dict[str, tuple[tuple, VersionError]] = {}
 
     def on_disk(self) -> list[str]:
@@ -85,16 +88,20 @@ class VersionDirectory:
             raise failed[1]
         try:
             loaded = self._load(folder)
+            if loaded.model_version != version:
+                raise VersionError(f"folder {folder} holds model version {loaded.model_version!r}, not {version!r}; "
+                                   "publish the artifact under its own version", DATA_LOSS)
+            if self._check is not None:
+                self._check(loaded)
+        except VersionError as err:
+            self._failed[version] = (key, err)
+            log.error("event=model_version_refused model_version=%s error=%r", version, str(err))
+            raise
         except Exception as exc:  # ServingArtifactError (sha256, missing file) or a model that does not build
             err = VersionError(f"model version {version!r} in the model repository cannot be loaded ({exc}); "
                                f"publish it again (qanchor model publish {version})", DATA_LOSS)
             self._failed[version] = (key, err)
             log.error("event=model_version_load_failed model_version=%s error=%r", version, str(exc))
             raise err from exc
-        if loaded.model_version != version:
-            err = VersionError(f"folder {folder} holds model version {loaded.model_version!r}, not {version!r}; "
-                               "publish the artifact under its own version", DATA_LOSS)
-            self._failed[version] = (key, err)
-            raise err
         self._failed.pop(version, None)
         return loaded

@@ -41,6 +41,14 @@ from training.export.contract import batched, model_versions, parameter  # noqa:
 log = logging.getLogger("qanchor.triton")
 
 
+def _triton_error(message: str, status: int):
+    """A per-request error with the closest Triton code (NOT_FOUND for an unpublished version, INVALID_ARG for a
+    malformed request, INTERNAL otherwise); the message carries the exact reason and what to do."""
+    name = {3: "INVALID_ARG", 5: "NOT_FOUND"}.get(status, "INTERNAL")
+    code = getattr(pb_utils.TritonError, name, None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         import torch
@@ -70,7 +78,7 @@ class TritonPythonModel:
             prepare_for_serving(m.model)
             return m
 
-        self.versions = VersionDirectory(root, load_published)
+        self.versions = VersionDirectory(root, load_published, check=lambda m: self.runtime.check_contract(m))
         self.runtime = QAnchorRuntime(loaded, cache_bytes=int(parameter(config, "cache_bytes", str(1 << 30))),
                                       discover=self.versions,
                                       max_versions=int(parameter(config, "max_loaded_versions", "4")))
@@ -109,7 +117,7 @@ class TritonPythonModel:
         from training.export.runtime import RequestError
 
         if isinstance(res, RequestError):
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(res)))
+            return pb_utils.InferenceResponse(output_tensors=[], error=_triton_error(str(res), res.status))
         values = {"embedding": res.embedding, "cache_hit": res.cache_hit, "status": res.status,
                   "errors": res.errors, "model_version": res.model_version}
         return pb_utils.InferenceResponse(output_tensors=[
