@@ -46,7 +46,8 @@ def _cli(*args: str) -> None:
     assert cli.main(list(args)) == 0
 
 
-def test_publish_serves_a_new_version_without_restart(world, stack_manager, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_publish_serves_a_new_version_without_restart(  # type: ignore[no-untyped-def]
+        world, stack_manager, tmp_path) -> None:
     stack, triton = world["stack"], world["triton"]
     repo = stack.model_repository
     _ensure_real_model(repo)

@@ -79,9 +79,9 @@ class VersionDirectory:
         try:
             st = os.stat(folder)
         except OSError:
-            raise VersionError(f"{UNKNOWN_MODEL_VERSION} {version!r}: it is not in the model repository (serving "
-                               f"{serving}); publish it (qanchor model publish {version}) or route the A/B arm to a "
-                               "served version", NOT_FOUND) from None
+            raise VersionError(f"{UNKNOWN_MODEL_VERSION} {version!r}: not served here, nor in the model repository "
+                               f"(serving {serving}); publish it (qanchor model publish {version}) or route the A/B "
+                               "arm to a served version", NOT_FOUND) from None
         key = _fingerprint(folder, st)
         failed = self._failed.get(version)
         if failed is not None and failed[0] == key:

@@ -1,4 +1,4 @@
-"""`qanchor model register|publish|promote|list|get`: a new model version into serving, with no restart (docs/models.md).
+"""`qanchor model register|publish|promote|list|get`: a new model version into serving, no restart (docs/models.md).
 
     python -m training.export --preset tiny --out /tmp/exports --model-version tiny-v2      # (model env)
     qanchor model register /tmp/exports/qanchor/1/models/tiny-v2 --metrics metrics.json
