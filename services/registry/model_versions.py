@@ -121,6 +121,9 @@ class ModelVersions:
         """PUBLISHED -> PROMOTED; the previously promoted version goes back to PUBLISHED."""
         check_version(model_version)
         with self.db.write() as session, session.begin():
+            # Promotions take turns: every row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises), so
+            # two concurrent promotions cannot both see "nothing promoted" and leave two PROMOTED versions.
+            session.execute(select(ModelVersionRow.id).with_for_update()).all()
             row = self._row(session, model_version)
             if row.state == ModelState.PROMOTED.value:
                 return _record(row)
