@@ -5,6 +5,7 @@ import importlib.util
 import json
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,29 @@ def test_version_for_another_tensor_contract_is_refused_once(repos, monkeypatch,
         assert err is not None and "needs another tensor contract" in err.msg
     assert len(loads) == 1  # remembered until the folder changes: one load, not one per request
     assert model.runtime.model_versions == ["t1"]
+
+
+def test_concurrent_publishes_of_one_version_both_succeed(repos, tmp_path):
+    serving, arts = repos
+    repo = tmp_path / "repo"
+    shutil.copytree(serving, repo)
+    sha = inspect_artifact(arts["t2"]).manifest_sha256
+    n = 4
+    barrier = threading.Barrier(n)
+    results: list[object] = []
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            results.append(publish_artifact(arts["t2"], repo, "t2", sha))
+        except Exception as exc:  # noqa: BLE001  (the assertion below shows it)
+            results.append(exc)
+
+    threads = [threading.Thread(target=attempt) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    models = repo / "qanchor" / "1" / "models"
+    assert results == [models / "t2"] * n
+    assert sorted(p.name for p in models.iterdir()) == ["t1", "t2"]  # no staging folder left behind

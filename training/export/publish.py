@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,14 +83,21 @@ def publish_artifact(source: Path, repository: Path, version: str, expected_sha2
     if info.model_version != version:
         raise PublishError(f"{source} was exported as model version {info.model_version!r}, not {version!r}; "
                            f"register it as {info.model_version!r} or export it with --model-version {version}")
-    staging = root / f".publishing-{version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    # A fresh dot-folder per publish (the backend ignores dot-folders); copytree gives it the source's mode.
+    staging = Path(tempfile.mkdtemp(prefix=f".publishing-{version}-", dir=root))
     try:
-        shutil.copytree(source, staging)
+        shutil.copytree(source, staging, dirs_exist_ok=True)
         copied = inspect_artifact(staging)  # what Triton will read, not what we meant to copy
         if copied.manifest_sha256 != expected_sha256:
             raise PublishError(f"the copy in {staging} differs from {source}; check the disk and publish again")
-        staging.rename(target)  # one rename: the backend sees no folder or the whole one
+        try:
+            staging.rename(target)  # one rename: the backend sees no folder or the whole one
+        except OSError:
+            # A concurrent publish of the same version got there first: fine if it is the same artifact.
+            if not ((target / MANIFEST).is_file() and manifest_sha256(target) == expected_sha256):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            return target
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
