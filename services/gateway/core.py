@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence, Union
 
 import grpc
 import numpy as np
@@ -144,8 +144,11 @@ class _Planned:
 class GatewayCore:
     def __init__(self, features: FeatureSource, registry: ScenarioLookup, model: ModelClient,
                  routing: ConfigSource, limits: CoreLimits | None = None,
-                 metrics: "GatewayMetrics | None" = None) -> None:
+                 metrics: "GatewayMetrics | None" = None, default_model: Callable[[], str] | None = None) -> None:
         self.features = features
+        # The registry's promoted model version (a cached read, never a call): serves arms and scenarios the A/B
+        # config gives no model_version; "" = the model server's own default.
+        self.default_model = default_model or (lambda: "")
         self.registry = registry
         self.model = model
         self.routing = routing
@@ -255,7 +258,7 @@ class GatewayCore:
         a = assign(config, scenario, user_id)
         prompt, arm = self._resolve_prompt(a, info)
         # A tuned prompt only fits the model it was tuned for: that model wins over the arm's default.
-        model_version = prompt.model_version or a.model_version
+        model_version = prompt.model_version or a.model_version or self.default_model()
         if self.metrics is not None:
             self.metrics.arm_requests.labels(scenario, arm).inc()
         return _Planned(index, user_id, scenario, arm, model_version, info, prompt)

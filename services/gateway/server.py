@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import grpc
 
@@ -18,6 +18,9 @@ from services.gateway.ab_config import (
 from services.gateway.ab_watcher import ConfigWatcher
 from services.gateway.servicer import SERVICE_NAME, EmbeddingServicer
 from services.gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from services.gateway.clients.registry import ModelCatalog
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +46,19 @@ class Gateway:
             close()
 
 
-def known_models(settings: GatewaySettings, model: ModelClient) -> Callable[[], frozenset[str]]:
+def known_models(settings: GatewaySettings, model: ModelClient,
+                 catalog: "ModelCatalog | None" = None) -> Callable[[], frozenset[str]]:
+    """What A/B arms may name: GATEWAY_MODEL_VERSIONS if set, else the versions the model server lists in its
+    config plus those published through the registry (the model server loads a published one on first use)."""
     def get() -> frozenset[str]:
         if settings.model_versions:
             return frozenset(settings.model_versions)
         try:
-            return frozenset(model.known_model_versions())
+            served = frozenset(model.known_model_versions())
+            return served | catalog.refresh() if catalog is not None else served
         except Exception as exc:  # fail closed: a config naming models cannot be checked without the model server
-            raise ValidationUnavailable(f"cannot read the model versions from the model server ({exc!r}); "
-                                        "the A/B config is checked again when it answers") from exc
+            raise ValidationUnavailable(f"cannot read the model versions from the model server or the registry "
+                                        f"({exc!r}); the A/B config is checked again when they answer") from exc
     return get
 
 
@@ -76,12 +83,13 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
     except OSError as exc:
         raise ConfigError(f"cannot read {settings.ab_config}: {exc}; set GATEWAY_AB_CONFIG") from exc
     closers: list[Callable[[], None]] = []
+    catalog: "ModelCatalog | None" = None
     if features is None:
         from services.gateway.clients.features import open_feature_source
 
         features = open_feature_source(settings)
     if registry is None:
-        from services.gateway.clients.registry import RegistryLookup
+        from services.gateway.clients.registry import ModelCatalog, RegistryLookup
         from services.registry.client import RegistryClient
 
         token = settings.registry_token.get_secret_value() if settings.registry_token else None
@@ -92,6 +100,7 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
                                                tls=settings.registry_tls()))
         closers.append(lookup.close)
         registry = lookup
+        catalog = ModelCatalog(lookup.client, ttl_s=settings.models_refresh_s)
     if model is None:
         from services.gateway.clients.triton_pool import pool_from_settings
 
@@ -99,13 +108,14 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
         closers.append(triton.close)
         model = triton
     metrics = metrics or GatewayMetrics.shared()
-    models = known_models(settings, model)
+    models = known_models(settings, model, catalog)
     watcher = ConfigWatcher(settings.ab_config, make_validator(registry, models), listener=metrics,
                             interval_s=settings.ab_poll_s, models=models)
     watcher.load_initial()
     limits = CoreLimits(max_batch_items=settings.max_batch_items, max_scenarios=settings.max_scenarios,
                         default_timeout_s=settings.default_timeout_s, deadline_margin_s=settings.deadline_margin_s)
-    core = GatewayCore(features, registry, model, watcher, limits, metrics)
+    core = GatewayCore(features, registry, model, watcher, limits, metrics,
+                       default_model=catalog.promoted if catalog is not None else None)
     return Gateway(core, watcher, metrics, closers)
 
 

@@ -58,8 +58,12 @@ class GatewaySettings(GrpcServerSettings):
     registry_tls_key_file: Path | None = None
     # feature_store.yaml or a state dir holding feast/feature_store.yaml; None = QANCHOR_STATE_DIR.
     feast_location: Path | None = None
-    # Model versions A/B arms may name; empty = ask the model (config.pbtxt parameter "model_versions").
+    # Model versions A/B arms may name; empty = ask the model (config.pbtxt parameter "model_versions") and the
+    # registry (versions published with `qanchor model publish`).
     model_versions: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Seconds the registry's published / promoted model versions are cached: how long a newly published version
+    # takes to become a valid A/B target, and a promoted one the default model version (docs/models.md).
+    models_refresh_s: float = 5.0
     # Request size limits (INVALID_ARGUMENT above them).
     max_batch_items: int = 256
     max_scenarios: int = 64

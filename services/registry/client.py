@@ -117,6 +117,30 @@ class RegistryClient:
     def cancel_tuning_job(self, job_id: str, reason: str = "") -> pb.TuningJob:
         return self._call(self.stub.CancelTuningJob, pb.CancelTuningJobRequest(job_id=job_id, reason=reason))
 
+    # --- model versions (docs/models.md) ---------------------------------------------------------------------
+
+    def register_model(self, model_version: str, artifact_uri: str, sha256: str,
+                       metrics: Mapping[str, float] | None = None, source_id: str = "",
+                       created_by: str = "") -> pb.ModelVersion:
+        return self._call(self.stub.RegisterModel, pb.RegisterModelRequest(
+            model_version=model_version, artifact_uri=artifact_uri, sha256=sha256, metrics=dict(metrics or {}),
+            source_id=source_id, created_by=created_by))
+
+    def get_model(self, model_version: str) -> pb.ModelVersion:
+        return self._call(self.stub.GetModel, pb.GetModelRequest(model_version=model_version))
+
+    def list_models(self, states: Sequence[int] = (), timeout_s: float | None = None) -> list[pb.ModelVersion]:
+        """Newest first; `states` are registry_pb2.ModelState values (empty = all)."""
+        return list(self._call(self.stub.ListModels, pb.ListModelsRequest(states=list(states)),
+                               timeout_s=timeout_s).models)
+
+    def publish_model(self, model_version: str, published_uri: str) -> pb.ModelVersion:
+        return self._call(self.stub.PublishModel, pb.PublishModelRequest(model_version=model_version,
+                                                                          published_uri=published_uri))
+
+    def promote_model(self, model_version: str) -> pb.ModelVersion:
+        return self._call(self.stub.PromoteModel, pb.PromoteModelRequest(model_version=model_version))
+
     # --- gateway view ----------------------------------------------------------------------------------------
 
     def serving_info(self, scenario: str, timeout_s: float | None = None) -> ScenarioInfo:

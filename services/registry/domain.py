@@ -29,6 +29,12 @@ class JobState(str, enum.Enum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+class ModelState(str, enum.Enum):
+    REGISTERED = "REGISTERED"  # recorded; not in the model repository yet
+    PUBLISHED = "PUBLISHED"    # in the model repository: servable, A/B arms may route to it
+    PROMOTED = "PROMOTED"      # the default model version (at most one)
+
+
 @dataclass(frozen=True)
 class PromptVersionRecord:
     scenario: str
@@ -66,3 +72,18 @@ class TuningJobRecord:
     metrics: dict[str, float]
     created_at: datetime
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    model_version: str
+    state: ModelState
+    artifact_uri: str
+    sha256: str  # of the artifact's manifest.json
+    metrics: dict[str, float]
+    source_id: str
+    published_uri: str
+    created_by: str
+    created_at: datetime
+    published_at: datetime | None
+    promoted_at: datetime | None

@@ -11,9 +11,10 @@ from services.common.errors import InvalidArgument
 from services.common.interceptors import Access
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
 from services.common.proto.qanchor.v1 import registry_pb2_grpc as pb_grpc
-from services.registry.domain import JobState, PromptKind, PromptStatus, PromptVersionRecord, ScenarioRecord, \
-    TuningJobRecord
+from services.registry.domain import JobState, ModelState, ModelVersionRecord, PromptKind, PromptStatus, \
+    PromptVersionRecord, ScenarioRecord, TuningJobRecord
 from services.registry.enqueue import DisabledJobQueue, JobQueue
+from services.registry.model_versions import ModelVersions
 from services.registry.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,9 @@ AUTH_POLICY = {
     _PREFIX + "PromotePromptVersion": Access.ADMIN,
     _PREFIX + "StartTuningJob": Access.ADMIN,
     _PREFIX + "CancelTuningJob": Access.ADMIN,
+    _PREFIX + "RegisterModel": Access.ADMIN,
+    _PREFIX + "PublishModel": Access.ADMIN,
+    _PREFIX + "PromoteModel": Access.ADMIN,
 }
 
 _KIND = {PromptKind.ZERO_SHOT: pb.PROMPT_KIND_ZERO_SHOT, PromptKind.TUNED: pb.PROMPT_KIND_TUNED}
@@ -35,6 +39,9 @@ _STATE = {JobState.QUEUED: pb.JOB_STATE_QUEUED, JobState.RUNNING: pb.JOB_STATE_R
           JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED, JobState.FAILED: pb.JOB_STATE_FAILED,
           JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
 _STATE_FROM_PB = {v: k for k, v in _STATE.items()}
+_MODEL_STATE = {ModelState.REGISTERED: pb.MODEL_STATE_REGISTERED, ModelState.PUBLISHED: pb.MODEL_STATE_PUBLISHED,
+                ModelState.PROMOTED: pb.MODEL_STATE_PROMOTED}
+_MODEL_STATE_FROM_PB = {v: k for k, v in _MODEL_STATE.items()}
 
 
 def _ts(dt: datetime) -> Timestamp:
@@ -66,10 +73,20 @@ def job_to_proto(j: TuningJobRecord) -> pb.TuningJob:
     )
 
 
+def model_to_proto(m: ModelVersionRecord) -> pb.ModelVersion:
+    return pb.ModelVersion(
+        model_version=m.model_version, state=_MODEL_STATE[m.state], artifact_uri=m.artifact_uri, sha256=m.sha256,
+        metrics=m.metrics, source_id=m.source_id, published_uri=m.published_uri, created_by=m.created_by,
+        created_at=_ts(m.created_at), published_at=_ts(m.published_at) if m.published_at else None,
+        promoted_at=_ts(m.promoted_at) if m.promoted_at else None,
+    )
+
+
 class ScenarioRegistryServicer(pb_grpc.ScenarioRegistryServicer):
-    def __init__(self, repo: Repository, jobs: JobQueue | None = None) -> None:
+    def __init__(self, repo: Repository, jobs: JobQueue | None = None, models: ModelVersions | None = None) -> None:
         self.repo = repo
         self.jobs = jobs or DisabledJobQueue()
+        self.models = models or ModelVersions(repo.db)
 
     def RegisterScenario(self, request: pb.RegisterScenarioRequest, context: grpc.ServicerContext) -> pb.Scenario:
         return scenario_to_proto(self.repo.register_scenario(request.name, request.query_text, request.description))
@@ -124,3 +141,26 @@ class ScenarioRegistryServicer(pb_grpc.ScenarioRegistryServicer):
         if not request.job_id:
             raise InvalidArgument("job_id is empty; pass the id StartTuningJob returned (see ListTuningJobs)")
         return job_to_proto(self.repo.cancel_tuning_job(request.job_id, request.reason))
+
+    # --- model versions ---------------------------------------------------------------------------------------
+
+    def RegisterModel(self, request: pb.RegisterModelRequest, context: grpc.ServicerContext) -> pb.ModelVersion:
+        return model_to_proto(self.models.register(
+            request.model_version, artifact_uri=request.artifact_uri, sha256=request.sha256,
+            metrics=dict(request.metrics), source_id=request.source_id, created_by=request.created_by))
+
+    def GetModel(self, request: pb.GetModelRequest, context: grpc.ServicerContext) -> pb.ModelVersion:
+        return model_to_proto(self.models.get(request.model_version))
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        unknown = [s for s in request.states if s not in _MODEL_STATE_FROM_PB]
+        if unknown:
+            raise InvalidArgument(f"unknown model state(s) {unknown}; use REGISTERED, PUBLISHED, PROMOTED")
+        found = self.models.list([_MODEL_STATE_FROM_PB[s] for s in request.states])
+        return pb.ListModelsResponse(models=[model_to_proto(m) for m in found])
+
+    def PublishModel(self, request: pb.PublishModelRequest, context: grpc.ServicerContext) -> pb.ModelVersion:
+        return model_to_proto(self.models.publish(request.model_version, request.published_uri))
+
+    def PromoteModel(self, request: pb.PromoteModelRequest, context: grpc.ServicerContext) -> pb.ModelVersion:
+        return model_to_proto(self.models.promote(request.model_version))

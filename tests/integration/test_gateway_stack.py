@@ -230,6 +230,13 @@ def _ensure_real_model(repo: Path) -> None:
     if cfg.exists() and Contract.from_model_config(read_model_config(cfg)).sources == \
             Contract.for_feature_spec(spec).sources:
         return  # another test's export on its own schema does not count
+    export_real_model(repo, "--only")
+
+
+def export_real_model(repo: Path, *extra: str) -> Path:
+    """`python -m training.export --preset tiny` (model env) on Feast's feature schema into `repo` -> the version
+    folder; skips the test when the model env or the exporter is missing."""
+    spec = load_feature_spec()
     model_python = repo_root() / ".venv-model" / "bin" / "python"
     if not model_python.exists():
         pytest.skip("no model env (.venv-model) to export the real `qanchor` model with")
@@ -237,14 +244,15 @@ def _ensure_real_model(repo: Path) -> None:
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     # The tiny preset's own feature schema is smaller; serve the one Feast holds (feature_repo/sources.yaml).
     sources = "[" + ", ".join(f"{{name: {s.name}, k: {s.k}}}" for s in spec.sources) + "]"
-    cmd = [str(model_python), "-m", "training.export", "--preset", "tiny", "--out", str(repo), "--only",
+    cmd = [str(model_python), "-m", "training.export", "--preset", "tiny", "--out", str(repo),
            "--set", f"input.sources={sources}", "--set", f"input.d_tab={spec.tabular_dim}",
-           "--set", f"input.d_enc={spec.encoder_dim}"]
+           "--set", f"input.d_enc={spec.encoder_dim}", "--torch-threads", "1", *extra]
     proc = subprocess.run(cmd,
                           capture_output=True, text=True, timeout=300, cwd=repo_root(), env=env)
     if proc.returncode != 0:
         pytest.skip(f"training's exporter could not write the real `qanchor` model (exit {proc.returncode}): "
                     f"{(proc.stderr or proc.stdout)[-500:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 def test_real_qanchor_model_cached_equals_uncached(world) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,8 @@ import pytest
 
 from services.common.errors import AlreadyExists
 from services.registry.db import Database
-from services.registry.domain import JobState, PromptStatus
+from services.registry.domain import JobState, ModelState, PromptStatus
+from services.registry.model_versions import ModelVersions
 from services.registry.repository import Repository
 
 pytestmark = pytest.mark.integration
@@ -124,6 +125,27 @@ def test_versions_promotion_and_jobs_on_postgres(repo: Repository) -> None:
     assert s.active_version == 2
     assert {x.version: x.status for x in s.versions} == {1: PromptStatus.READY, 2: PromptStatus.ACTIVE}
     assert s.created_at.utcoffset() is not None and repo.get_tuning_job(job.job_id).metrics == {"auc": 0.7}
+
+
+def test_concurrent_model_promotions_leave_one_promoted_on_postgres(repo: Repository) -> None:
+    models = ModelVersions(repo.db)
+    n = 8
+    for i in range(n):
+        models.register(f"m{i}", artifact_uri=f"/exports/m{i}", sha256=f"{i:02d}" * 32)
+        models.publish(f"m{i}", "/srv/model_repository")
+    barrier = threading.Barrier(n)
+
+    def attempt(i: int) -> None:
+        barrier.wait()
+        models.promote(f"m{i}")
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    states = [m.state for m in models.list()]
+    assert states.count(ModelState.PROMOTED) == 1 and states.count(ModelState.PUBLISHED) == n - 1
 
 
 def test_migrations_match_models_on_postgres(repo: Repository) -> None:

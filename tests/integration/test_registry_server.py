@@ -110,7 +110,7 @@ def test_migrations_applied_at_start(registry: Registry) -> None:
     with sqlite3.connect(db) as conn:
         (head,) = conn.execute("select version_num from alembic_version").fetchone()
         tables = {r[0] for r in conn.execute("select name from sqlite_master where type='table'")}
-    assert head == "0001_initial" and {"scenarios", "prompt_versions", "tuning_jobs"} <= tables
+    assert head == "0002_model_versions" and {"scenarios", "prompt_versions", "tuning_jobs", "model_versions"} <= tables
 
 
 def test_register_by_query_text_get_and_list(registry: Registry) -> None:

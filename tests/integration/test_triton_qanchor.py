@@ -103,8 +103,9 @@ def test_bad_prompt_fails_only_its_scenario_and_bad_version_only_its_request(exp
     assert not res.as_numpy("EMBEDDING")[-1].any()
     want = np.asarray(user["embedding"], np.float32)
     assert np.abs(res.as_numpy("EMBEDDING")[:-1] - want[:-1]).max() <= TOL
-    with pytest.raises(InferenceServerException, match="not served"):
-        _infer(exported, user, model_version="no-such-model")
+    with pytest.raises(InferenceServerException, match="unknown model version 'no-such-model'") as info:
+        _infer(exported, user, model_version="no-such-model")  # not in the repository: NOT_FOUND, says what to do
+    assert "NOT_FOUND" in str(info.value.status()) and "qanchor model publish" in info.value.message()
     assert _infer(exported, user).as_numpy("STATUS").tolist() == [0] * want.shape[0]  # the model is still fine
 
 

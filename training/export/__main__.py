@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-delay-us", type=int, default=2000,
                    help="v2: longest a request waits for others to batch with (microseconds)")
     p.add_argument("--only", action="store_true", help="serve only this model version (drop the others)")
+    p.add_argument("--max-loaded-versions", type=int, default=4,
+                   help="model versions one instance holds, counting those published while it runs (default 4)")
     p.add_argument("--text-encoder", action="store_true", help="also export the event text_encoder model")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                               model_version=args.model_version, instance_kind=args.instance_kind,
                               instances=args.instances, torch_threads=args.torch_threads, cache_mb=args.cache_mb,
                               contract=args.contract, max_batch_size=args.max_batch_size,
-                              max_queue_delay_us=args.max_queue_delay_us, only=args.only)
+                              max_queue_delay_us=args.max_queue_delay_us, only=args.only,
+                              max_loaded_versions=args.max_loaded_versions)
     try:
         folder = export_qanchor(repo, cfg)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

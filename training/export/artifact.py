@@ -32,10 +32,11 @@ from safetensors.torch import load_model, save_model
 from training.artifact_io import MANIFEST, verify_manifest, write_dir_atomic, write_manifest
 from training.backbones import Backbone, load_backbone
 from training.config import QAnchorConfig, load_config
+from training.export.versions import SERVING_FORMAT
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_FORMAT = "qanchor-serving-model/1"
+ARTIFACT_FORMAT = SERVING_FORMAT
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 BACKBONE_DIR = "backbone"

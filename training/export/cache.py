@@ -91,6 +91,14 @@ class PrefixLRU:
             self.nbytes += size
             return True
 
+    def drop_model_version(self, model_version: str) -> int:
+        """Forget every entry of an unloaded model version; -> entries dropped."""
+        with self._lock:
+            gone = [k for k in self._entries if k[0] == model_version]
+            for k in gone:
+                self.nbytes -= self._entries.pop(k).nbytes
+            return len(gone)
+
 
 def own(cache: PrefixCache) -> PrefixCache:
     """Copy a one-user slice out of a batched cache: a view would pin the whole batch's tensors in the LRU."""

@@ -11,7 +11,8 @@ model serves every version the A/B config routes to, chosen per request by MODEL
         reference/                                    fixed inputs + PyTorch full-forward outputs (+ a soft prompt)
 
 Exporting another version adds it next to the ones already there (the first listed is the default for an empty
-MODEL_VERSION); `only=True` serves just this one. Explicit model control: ask Triton to load `qanchor` again.
+MODEL_VERSION); `only=True` serves just this one. A running Triton serves a version added later without a reload:
+the backend loads it on the first request naming it (training.export.versions; `qanchor model publish`).
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class QAnchorExportConfig:
     # execute anyway and are batched with no added wait.
     max_queue_delay_us: int = 2000
     only: bool = False  # drop other model versions from the repository
+    # versions one instance holds at once, counting those published while it runs (loaded on first request,
+    # least recently served unloaded first; the default stays): each costs its weights in memory
+    max_loaded_versions: int = 4
     reference_users: int = 2  # users in the written reference (one warm, one cold start)
 
     def __post_init__(self) -> None:
@@ -72,7 +76,8 @@ class QAnchorExportConfig:
 def render_config(cfg: QAnchorExportConfig, input_cfg, versions: list[str], out_dim: int) -> str:
     v2 = cfg.contract == "v2"
     params = {"model_versions": ",".join(versions), "cache_bytes": str(cfg.cache_mb << 20),
-              "torch_threads": str(cfg.torch_threads), "contract": cfg.contract}
+              "torch_threads": str(cfg.torch_threads), "contract": cfg.contract,
+              "max_loaded_versions": str(cfg.max_loaded_versions)}
     msg = Contract.for_input(input_cfg, out_dim).model_config(
         MODEL_NAME, max_batch_size=cfg.max_batch_size if v2 else 0, max_queue_delay_us=cfg.max_queue_delay_us,
         instance_kind=cfg.instance_kind, instances=cfg.instances, parameters=params, specific_version=1)

@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from training.export.artifact import LoadedModel
 from training.export.cache import CacheKey, PrefixLRU, PromptError, PromptStore, cache_key, own
+from training.export.contract import Contract
+from training.export.versions import (FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, UNKNOWN_MODEL_VERSION,
+                                      VersionError)
 from training.model.inputs import UserBatch
 from training.model.masks import causal_allowed
 from training.model.prefix_cache import PrefixCache
@@ -32,7 +38,16 @@ ZERO_SHOT = "zero-shot"
 
 
 class RequestError(ValueError):
-    """The request as a whole cannot be served (shapes, unknown model version); the message says what to fix."""
+    """The request as a whole cannot be served (shapes, unknown model version); the message says what to fix,
+    `status` is the gRPC code a client should see."""
+
+    def __init__(self, message: str, status: int = INVALID_ARGUMENT) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# (version, versions served now) -> a LoadedModel prepared for serving, or raises VersionError
+Discover = Callable[[str, list[str]], LoadedModel]
 
 
 @dataclass
@@ -155,26 +170,78 @@ def to_user_batch(reqs: list[EmbedRequest], model) -> UserBatch:
 
 
 class QAnchorRuntime:
-    def __init__(self, models: list[LoadedModel], cache_bytes: int = 1 << 30, max_prompts: int = 1024) -> None:
+    def __init__(self, models: list[LoadedModel], cache_bytes: int = 1 << 30, max_prompts: int = 1024,
+                 discover: Discover | None = None, max_versions: int = 0) -> None:
+        """`discover` loads a version a request names that is not held yet (a folder published while serving);
+        `max_versions` > 0 bounds the versions held: the least recently served one is unloaded first, never the
+        default (the first of `models`)."""
         if not models:
             raise ValueError("no model versions to serve; export one with python -m training.export")
-        self.models = {m.model_version: m for m in models}
+        self.models: "OrderedDict[str, LoadedModel]" = OrderedDict()
         self.default_version = models[0].model_version
+        self.contract = Contract.for_input(models[0].cfg.input, models[0].cfg.head.out)
         self.cache = PrefixLRU(cache_bytes)
-        src = {m.model_version: m.source_id for m in models}
-        self.prompts = {v: PromptStore(m.model.hidden, "" if src[v].startswith("preset:") else src[v], max_prompts)
-                        for v, m in self.models.items()}
+        self.prompts: dict[str, PromptStore] = {}
+        self._max_prompts = max_prompts
+        self._discover = discover
+        self.max_versions = max_versions
+        self._lock = threading.Lock()  # Triton calls execute from one thread; benchmarks and tests may not
+        self.loads = self.unloads = 0
+        for m in models:
+            self._add(m)
+
+    def _add(self, m: LoadedModel) -> None:
+        self.models[m.model_version] = m
+        self.prompts[m.model_version] = PromptStore(
+            m.model.hidden, "" if m.source_id.startswith("preset:") else m.source_id, self._max_prompts)
 
     @property
     def model_versions(self) -> list[str]:
         return list(self.models)
 
+    def _resolve(self, version: str) -> None:
+        """Hold `version`, loading it from the model repository if it was published after start-up."""
+        if version in self.models:
+            self.models.move_to_end(version)
+            return
+        if self._discover is None:
+            raise RequestError(f"{UNKNOWN_MODEL_VERSION} {version!r}: not served here (serving "
+                               f"{self.model_versions}); route the A/B arm to a served version or export it",
+                               NOT_FOUND)
+        with self._lock:
+            if version in self.models:
+                return
+            try:
+                loaded = self._discover(version, self.model_versions)
+                self.check_contract(loaded)
+            except VersionError as exc:
+                raise RequestError(str(exc), exc.status) from exc
+            self._add(loaded)
+            self.loads += 1
+            log.info("event=model_version_loaded model_version=%s versions=%s", version, self.model_versions)
+            self._evict()
+
+    def check_contract(self, loaded: LoadedModel) -> None:
+        """Raises VersionError unless `loaded` takes the tensors this Triton model was configured with."""
+        got = Contract.for_input(loaded.cfg.input, loaded.cfg.head.out)
+        if got != self.contract:
+            raise VersionError(f"model version {loaded.model_version!r} needs another tensor contract ({got}) than "
+                               f"this Triton model serves ({self.contract}); export it into the repository with "
+                               "python -m training.export and load the model again", FAILED_PRECONDITION)
+
+    def _evict(self) -> None:
+        while self.max_versions and len(self.models) > self.max_versions:
+            victim = next(v for v in self.models if v != self.default_version)
+            del self.models[victim], self.prompts[victim]
+            dropped = self.cache.drop_model_version(victim)
+            self.unloads += 1
+            log.info("event=model_version_unloaded model_version=%s cache_entries=%d versions=%s", victim,
+                     dropped, self.model_versions)
+
     def validate(self, r: EmbedRequest) -> str:
         """-> the model version to serve; raises RequestError on anything a client must fix."""
         version = r.model_version or self.default_version
-        if version not in self.models:
-            raise RequestError(f"model version {version!r} is not served here (serving {self.model_versions}); "
-                               "route the A/B arm to a served version or export it")
+        self._resolve(version)
         icfg = self.models[version].cfg.input
         for s in icfg.sources:
             v, m = r.event_vecs.get(s.name), r.event_mask.get(s.name)
@@ -281,7 +348,8 @@ class QAnchorRuntime:
         s = self.cache.stats
         return {"hits": s.hits, "misses": s.misses, "evictions": s.evictions, "rejected": s.rejected,
                 "entries": len(self.cache), "bytes": self.cache.nbytes,
-                "prompt_loads": sum(p.loads for p in self.prompts.values())}
+                "prompt_loads": sum(p.loads for p in self.prompts.values()), "version_loads": self.loads,
+                "version_unloads": self.unloads}
 
 
 __all__ = ["EmbedRequest", "EmbedResult", "QAnchorRuntime", "RequestError", "configure_threads", "embed_many",

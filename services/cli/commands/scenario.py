@@ -15,24 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.cli.commands._registry import add_connection_args
+from services.cli.commands._registry import enum_name as _enum
+from services.cli.commands._registry import registry_client as _client
 from services.cli.commands._tuning_jobs import add_job_actions, watch_job
-from services.cli.output import CliError, add_json_flag, as_dict, format_table, print_json
-from services.cli.target import registry_target
+from services.cli.output import CliError, as_dict, format_table, print_json
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
-from services.registry.client import RegistryClient
-
-
-def _client(args: argparse.Namespace) -> RegistryClient:
-    from services.cli.target import CliSettings
-
-    settings = CliSettings()
-    target = registry_target(args, settings)
-    return RegistryClient(target.address, token=target.token, timeout_s=settings.registry_timeout_s,
-                          tls=settings.tls())
-
-
-def _enum(value: int, enum: Any, prefix: str) -> str:
-    return enum.Name(value).removeprefix(prefix)
 
 
 def _version_rows(versions: Any) -> list[list[object]]:
@@ -145,13 +133,6 @@ def _param(text: str) -> str:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--param expects KEY=VALUE, got {text!r}")
     return text
-
-
-def add_connection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--registry", help="registry host:port (env QANCHOR_REGISTRY_TARGET; default: the local stack)")
-    p.add_argument("--token", help="bearer token (env QANCHOR_REGISTRY_TOKEN; default: the local stack's admin "
-                                   "token from $QANCHOR_STATE_DIR/run/tokens.json)")
-    add_json_flag(p)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

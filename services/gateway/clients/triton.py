@@ -14,10 +14,11 @@ import numpy as np
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from services.common.errors import DeadlineExceeded, Internal, QAnchorError, Unavailable
+from services.common.errors import DeadlineExceeded, Internal, NotFound, QAnchorError, Unavailable
 from services.common.features import FeatureSpec, build_user_batch_arrays
 from services.gateway.core import ModelRequest, ModelResult
 from training.export.contract import ZERO_SHOT, Contract, batched, model_versions
+from training.export.versions import UNKNOWN_MODEL_VERSION
 
 log = logging.getLogger("qanchor.gateway.triton")
 # The reply's tensors (names, datatypes, which are optional) do not depend on the feature schema.
@@ -167,6 +168,8 @@ class TritonModelClient:
                                     "longer deadline")
         if "UNAVAILABLE" in status:
             return Unavailable(f"model server {self.url} is unreachable ({message}); retry with backoff")
+        if UNKNOWN_MODEL_VERSION in str(message):  # the model answered: this version is not published there
+            return NotFound(f"{message} (model server {self.url})")
         if "NOT_FOUND" in status or "unknown model" in str(message).lower():
             return Unavailable(f"model {self.model_name!r} is not loaded on {self.url} ({message}); check the "
                                "model repository and the Triton log")

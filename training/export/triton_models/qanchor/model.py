@@ -1,7 +1,10 @@
 """Triton Python-backend model `qanchor`: the tensor contract of docs/gateway.md over training.export.runtime.
 
-Runs in the model environment (torch, numpy<2, the repo installed). `initialize` loads every model version found
-under `<this version folder>/models/<model_version>/` once (verifying sha256s) into one `QAnchorRuntime`; `execute`
+Runs in the model environment (torch, numpy<2, the repo installed). `initialize` loads every model version listed
+in config.pbtxt from `<this version folder>/models/<model_version>/` once (verifying sha256s) into one
+`QAnchorRuntime`. A version published into that folder later (`qanchor model publish`) is loaded by the first request
+that names it, without a Triton restart or a model-control call (training.export.versions); at most
+`max_loaded_versions` are held, the least recently served unloaded first (never the default). `execute`
 decodes each request, hands them all to `runtime.serve` (one batched prefix forward for the misses, one batched
 suffix forward for all scenarios) and returns one response per request: a malformed request gets its own error,
 a bad soft prompt only its scenario's STATUS/ERROR row (style rule 5).
@@ -33,9 +36,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-from training.export.contract import Contract, batched, model_versions, parameter  # noqa: E402  (torch-free)
+from training.export.contract import batched, model_versions, parameter  # noqa: E402  (torch-free)
 
 log = logging.getLogger("qanchor.triton")
+
+
+def _triton_error(message: str, status: int):
+    """A per-request error with the closest Triton code (NOT_FOUND for an unpublished version, INVALID_ARG for a
+    malformed request, INTERNAL otherwise); the message carries the exact reason and what to do."""
+    name = {3: "INVALID_ARG", 5: "NOT_FOUND"}.get(status, "INTERNAL")
+    code = getattr(pb_utils.TritonError, name, None)
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
 
 
 class TritonPythonModel:
@@ -44,6 +55,7 @@ class TritonPythonModel:
 
         from training.export.artifact import load_model_artifact
         from training.export.runtime import QAnchorRuntime, configure_threads, prepare_for_serving
+        from training.export.versions import VersionDirectory
 
         config = json.loads(args["model_config"])
         threads = configure_threads(int(parameter(config, "torch_threads", "0")))
@@ -60,10 +72,20 @@ class TritonPythonModel:
         # LoRA merged into the base weights (same output, fewer matmuls), stored in the serving dtype: the model
         # config's backbone.compute (auto = bf16 on AMX / AVX512-BF16 CPUs and on CUDA; QANCHOR_PRECISION overrides)
         dtypes = {m.model_version: str(prepare_for_serving(m.model)).removeprefix("torch.") for m in loaded}
-        self.runtime = QAnchorRuntime(loaded, cache_bytes=int(parameter(config, "cache_bytes", str(1 << 30))))
-        self.contract = Contract.for_input(loaded[0].cfg.input, loaded[0].cfg.head.out)
-        log.info("event=qanchor_ready versions=%s device=%s dtypes=%s batched=%s cache_bytes=%d torch_threads=%d",
-                 order, device, dtypes, self.batched, self.runtime.cache.max_bytes, threads)
+
+        def load_published(folder: Path):
+            m = load_model_artifact(folder, device=device)  # verifies every sha256 of the manifest first
+            prepare_for_serving(m.model)
+            return m
+
+        self.versions = VersionDirectory(root, load_published, check=lambda m: self.runtime.check_contract(m))
+        self.runtime = QAnchorRuntime(loaded, cache_bytes=int(parameter(config, "cache_bytes", str(1 << 30))),
+                                      discover=self.versions,
+                                      max_versions=int(parameter(config, "max_loaded_versions", "4")))
+        self.contract = self.runtime.contract
+        log.info("event=qanchor_ready versions=%s on_disk=%s device=%s dtypes=%s batched=%s cache_bytes=%d "
+                 "torch_threads=%d", order, self.versions.on_disk(), device, dtypes, self.batched,
+                 self.runtime.cache.max_bytes, threads)
 
     def _decode(self, request):
         from training.export.runtime import EmbedRequest
@@ -95,7 +117,7 @@ class TritonPythonModel:
         from training.export.runtime import RequestError
 
         if isinstance(res, RequestError):
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(res)))
+            return pb_utils.InferenceResponse(output_tensors=[], error=_triton_error(str(res), res.status))
         values = {"embedding": res.embedding, "cache_hit": res.cache_hit, "status": res.status,
                   "errors": res.errors, "model_version": res.model_version}
         return pb_utils.InferenceResponse(output_tensors=[

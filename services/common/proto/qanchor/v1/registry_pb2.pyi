@@ -31,6 +31,13 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_SUCCEEDED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
+
+class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_STATE_UNSPECIFIED: _ClassVar[ModelState]
+    MODEL_STATE_REGISTERED: _ClassVar[ModelState]
+    MODEL_STATE_PUBLISHED: _ClassVar[ModelState]
+    MODEL_STATE_PROMOTED: _ClassVar[ModelState]
 PROMPT_KIND_UNSPECIFIED: PromptKind
 PROMPT_KIND_ZERO_SHOT: PromptKind
 PROMPT_KIND_TUNED: PromptKind
@@ -44,6 +51,10 @@ JOB_STATE_RUNNING: JobState
 JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
+MODEL_STATE_UNSPECIFIED: ModelState
+MODEL_STATE_REGISTERED: ModelState
+MODEL_STATE_PUBLISHED: ModelState
+MODEL_STATE_PROMOTED: ModelState
 
 class PromptVersion(_message.Message):
     __slots__ = ("scenario", "version", "kind", "status", "model_version", "artifact_uri", "sha256", "metrics", "created_at")
@@ -227,3 +238,91 @@ class CancelTuningJobRequest(_message.Message):
     job_id: str
     reason: str
     def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("model_version", "state", "artifact_uri", "sha256", "metrics", "source_id", "published_uri", "created_by", "created_at", "published_at", "promoted_at")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_URI_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_URI_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_AT_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    state: ModelState
+    artifact_uri: str
+    sha256: str
+    metrics: _containers.ScalarMap[str, float]
+    source_id: str
+    published_uri: str
+    created_by: str
+    created_at: _timestamp_pb2.Timestamp
+    published_at: _timestamp_pb2.Timestamp
+    promoted_at: _timestamp_pb2.Timestamp
+    def __init__(self, model_version: _Optional[str] = ..., state: _Optional[_Union[ModelState, str]] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., source_id: _Optional[str] = ..., published_uri: _Optional[str] = ..., created_by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., published_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., promoted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RegisterModelRequest(_message.Message):
+    __slots__ = ("model_version", "artifact_uri", "sha256", "metrics", "source_id", "created_by")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_URI_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    artifact_uri: str
+    sha256: str
+    metrics: _containers.ScalarMap[str, float]
+    source_id: str
+    created_by: str
+    def __init__(self, model_version: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., source_id: _Optional[str] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("states",)
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.RepeatedScalarFieldContainer[ModelState]
+    def __init__(self, states: _Optional[_Iterable[_Union[ModelState, str]]] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ...) -> None: ...
+
+class PublishModelRequest(_message.Message):
+    __slots__ = ("model_version", "published_uri")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_URI_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    published_uri: str
+    def __init__(self, model_version: _Optional[str] = ..., published_uri: _Optional[str] = ...) -> None: ...
+
+class PromoteModelRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...

@@ -79,6 +79,31 @@ class ScenarioRegistryStub:
                 request_serializer=qanchor_dot_v1_dot_registry__pb2.CancelTuningJobRequest.SerializeToString,
                 response_deserializer=qanchor_dot_v1_dot_registry__pb2.TuningJob.FromString,
                 _registered_method=True)
+        self.RegisterModel = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/RegisterModel',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/GetModel',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/ListModels',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.PublishModel = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/PublishModel',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.PublishModelRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.PromoteModel = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/PromoteModel',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.PromoteModelRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
 
 
 class ScenarioRegistryServicer:
@@ -144,6 +169,43 @@ class ScenarioRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterModel(self, request, context):
+        """Model versions (docs/models.md): register -> publish -> promote.
+        Admin. Records an exported model artifact (path, sha256 of its manifest, metrics) as REGISTERED.
+        ALREADY_EXISTS for a version taken by another artifact; idempotent for the same sha256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishModel(self, request, context):
+        """Admin. Records that the artifact was copied into the model repository Triton serves (qanchor model publish
+        copies it first): REGISTERED -> PUBLISHED; the model server loads it on the first request naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteModel(self, request, context):
+        """Admin. PUBLISHED -> PROMOTED: the gateway's default model version (arms without one); the previous promoted
+        version goes back to PUBLISHED. Idempotent for the promoted one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScenarioRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +253,31 @@ def add_ScenarioRegistryServicer_to_server(servicer, server):
                     servicer.CancelTuningJob,
                     request_deserializer=qanchor_dot_v1_dot_registry__pb2.CancelTuningJobRequest.FromString,
                     response_serializer=qanchor_dot_v1_dot_registry__pb2.TuningJob.SerializeToString,
+            ),
+            'RegisterModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterModel,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.RegisterModelRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.GetModelRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'PublishModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishModel,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.PublishModelRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'PromoteModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteModel,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.PromoteModelRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +523,141 @@ class ScenarioRegistry:
             '/qanchor.v1.ScenarioRegistry/CancelTuningJob',
             qanchor_dot_v1_dot_registry__pb2.CancelTuningJobRequest.SerializeToString,
             qanchor_dot_v1_dot_registry__pb2.TuningJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/RegisterModel',
+            qanchor_dot_v1_dot_registry__pb2.RegisterModelRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/GetModel',
+            qanchor_dot_v1_dot_registry__pb2.GetModelRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/ListModels',
+            qanchor_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/PublishModel',
+            qanchor_dot_v1_dot_registry__pb2.PublishModelRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/PromoteModel',
+            qanchor_dot_v1_dot_registry__pb2.PromoteModelRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
             insecure,
