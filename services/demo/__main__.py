@@ -104,7 +104,7 @@ def run(settings: DemoSettings, json_out: Path | None = None) -> int:
 def tune_and_split(settings: DemoSettings, stack_settings: Any, tokens: Any, users: list[str],
                    progress_: Any) -> TuningResult:
     """Register -> tune on labelled users -> A/B arm on the tuned version -> both arms' responses."""
-    from services.gateway.client import EmbeddingClient
+    from services.gateway.embedding_client import EmbeddingClient
     from services.registry.client import RegistryClient
 
     scenario, host = settings.tune_scenario, stack_settings.host
