@@ -7,11 +7,10 @@ the consumer cleanly so the group rebalances at once.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 
 from services.common.logging import setup_logging
+from services.common.signals import stop_on_signals
 from services.eventlog.service import build_eventlog
 from services.eventlog.settings import EventLogSettings
 from services.ingest.settings import IngestSettings
@@ -23,14 +22,7 @@ def main() -> int:
     settings = EventLogSettings()
     setup_logging("eventlog", settings.log_level)
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received: flushing the buffer", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "flushing the buffer")
     log.info("eventlog starting", extra={"topic": settings.topic, "group": settings.group_id,
                                          "bootstrap": settings.resolved_kafka_bootstrap(),
                                          "root": str(settings.resolved_root())})

@@ -6,11 +6,10 @@ finish the batch in hand (push + commit), then close the consumer cleanly so the
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 
 from services.common.logging import setup_logging
+from services.common.signals import stop_on_signals
 from services.ingest.service import build_ingest
 from services.ingest.settings import IngestSettings
 
@@ -23,14 +22,7 @@ def main() -> int:
     # Feast logs a registry refresh per read and kafka-python every connection at INFO: keep our lines greppable.
     for noisy in ("feast", "kafka"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal received: finishing the current batch", extra={"signal": signal.Signals(signum).name})
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals(log, "finishing the current batch")
     log.info("ingest starting", extra={"topic": settings.topic, "group": settings.group_id,
                                        "bootstrap": settings.resolved_kafka_bootstrap(),
                                        "triton": settings.resolved_triton_url()})
