@@ -38,7 +38,7 @@ class IngestMetrics:
     @classmethod
     def create(cls) -> "IngestMetrics":
         r = CollectorRegistry()
-        return cls(
+        m = cls(
             registry=r,
             events=Counter("qanchor_ingest_events", "events by outcome (applied, duplicate, dlq)", ["outcome"],
                            registry=r),
@@ -67,6 +67,11 @@ class IngestMetrics:
                                     "its rejected records cannot be written to the DLQ (restart after fixing it)",
                                     ["partition"], registry=r),
         )
+        # Every outcome's series exists from the start (at 0), so a consumer that ends before its first batch still
+        # reports them and rate()/sum() queries see no gaps.
+        for outcome in ("applied", "duplicate", "dlq"):
+            m.events.labels(outcome=outcome)
+        return m
 
     def serve(self, port: int, host: str = "127.0.0.1", alive: Callable[[], str | None] | None = None) -> None:
         serve_metrics(self.registry, port, host, alive, thread_name="ingest-metrics")
