@@ -1,6 +1,8 @@
 """Held-out evaluation during pretraining: fixed val pairs scored every N steps (the curve to read)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from training.config import DataConfig, QAnchorConfig
@@ -26,8 +28,10 @@ class HeldOutEval:
     """
 
     def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, data: DataConfig, seed: int = 0,
-                 same_question: int = 16, split: str = "val") -> None:
-        pairs = build_pairs(world, world.users(split), top_k=data.top_k, future_aspects=data.future_aspects)
+                 same_question: int = 16, split: str = "val", pair_builder: Callable[..., list[Pair]] = build_pairs,
+                 ) -> None:
+        # `pair_builder`: build_pairs for a MovieLens world, training.data.event_pairs.build_event_pairs for the log's
+        pairs = pair_builder(world, world.users(split), top_k=data.top_k, future_aspects=data.future_aspects)
         sampler = PairSampler(pairs, seed)
         self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
         self.users = collate.batch([x.user for x in self.pairs])

@@ -1,8 +1,13 @@
-"""Pretraining: contrastive (InfoNCE, anchor vs answer) + NTP on UserU-style pairs of a MovieLens world.
+"""Pretraining: contrastive (InfoNCE, anchor vs answer) + NTP on UserU-style pairs of a user world.
 
     python -m training.pretrain --config tiny --dataset ml-100k --steps 30 --out runs/tiny
+    python -m training.pretrain --config tiny --dataset offline --log-root var/eventlog --steps 30 --out runs/own
     python -m training.pretrain --config smollm2 --dataset ml-1m --steps 2000 --out runs/smollm2 --device cuda
     torchrun --nproc-per-node 2 -m training.pretrain --config smollm2 ...     # DDP, negatives gathered
+
+Worlds: `ml-1m` / `ml-100k` read MovieLens from its package (training.data.world, pairs from
+training.data.pairs); `offline` reads the platform's own event log (training.data.event_world: any team's raw events
+as ingest validated them, pairs from generic event facts in training.data.event_pairs; docs/own-data.md).
 
 One optimiser step = `optim.batch_size` users per rank, one pair each (a user never meets itself as a negative).
 The step is GradCache (training.losses explains it) extended across ranks: pass-1 embeddings of every rank are
@@ -18,6 +23,7 @@ import logging
 import math
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -28,6 +34,9 @@ from training.config import QAnchorConfig, SourceConfig, load_config
 from training.curves import plot_curve
 from training.data.collate import UserCollator
 from training.data.encoder import cached_text_vectors
+from training.data.event_log import EVENT_LOG_DIR_ENV, default_log_root
+from training.data.event_pairs import build_event_pairs
+from training.data.event_world import EventWorld, build_event_world
 from training.data.features import fit_normalisation, train_users
 from training.data.pairs import build_pairs
 from training.data.sampler import PairSampler
@@ -44,12 +53,28 @@ log = logging.getLogger(__name__)
 
 
 # ---- setup ---------------------------------------------------------------------------------------------------
-def align_config(cfg: QAnchorConfig, world: UserWorld) -> QAnchorConfig:
+def align_config(cfg: QAnchorConfig, world: "UserWorld | EventWorld") -> QAnchorConfig:
     """The model's prefix layout must match the data: sources and K from sources.yaml, tabular width."""
     cfg.input.sources = [SourceConfig(s.name, s.k) for s in world.sources.sources]
     cfg.input.d_enc = world.sources.encoder_dim
     cfg.input.d_tab = world.sources.tabular_dim
     return cfg
+
+
+def parse_cutoff(text: str | None) -> float | None:
+    """--cutoff: unix seconds or an ISO time (a time without a zone is UTC) -> unix seconds."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"--cutoff {text!r}: give unix seconds (e.g. 975000000) or an ISO time (e.g. "
+                         "2000-11-25 or 2000-11-25T12:00:00+00:00)") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def load_pretrained(checkpoint: str | Path, device: str = "cpu") -> QAnchorModel:
@@ -120,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="smollm2", help="preset (tiny, smollm2, qwen2.5-0.5b) or YAML path")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
-    p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k", "offline"],
+                   help="a MovieLens world, or `offline`: the platform's event log (--log-root)")
+    p.add_argument("--log-root", default=None,
+                   help=f"offline: the event log folder (default ${EVENT_LOG_DIR_ENV}, else the local stack's "
+                        "$QANCHOR_STATE_DIR/eventlog: where the eventlog service writes and Feast reads)")
+    p.add_argument("--cutoff", default=None, metavar="TIME",
+                   help="offline: one time cut for every user, unix seconds or an ISO time (UTC when no zone); "
+                        "default: each user's own cut at data.history_frac of their events")
     p.add_argument("--steps", type=int, default=None, help="override optim.steps")
     p.add_argument("--batch-size", type=int, default=None, help="override optim.batch_size (users per rank)")
     p.add_argument("--lr", type=float, default=None, help="override optim.lr")
@@ -152,17 +184,29 @@ def main(argv: list[str] | None = None) -> int:
         if val is not None:
             overrides.append(f"{key}={val}")
     cfg = load_config(args.config, overrides)
-    world = build_world(WorldConfig(dataset=args.dataset, max_users=args.max_users))
+    if args.dataset == "offline":
+        args.log_root = Path(args.log_root) if args.log_root else default_log_root()
+        if not args.log_root.is_dir():
+            p.error(f"--dataset offline reads the event log, and there is none at {args.log_root}: start the stack's "
+                    f"eventlog service (qanchor stack up eventlog), or pass --log-root DIR / set {EVENT_LOG_DIR_ENV}")
+        world = build_event_world(args.log_root, WorldConfig(dataset="offline", max_users=args.max_users),
+                                  cutoff=parse_cutoff(args.cutoff))
+        pair_builder = build_event_pairs
+    else:
+        world = build_world(WorldConfig(dataset=args.dataset, max_users=args.max_users))
+        pair_builder = build_pairs
     cfg = align_config(cfg, world)
     o = cfg.optim
     torch.manual_seed(o.seed + rank)
     vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
     # The dense user vector's constants ship with every checkpoint: ingest standardises raw events' statistics with them.
-    normalisation = (fit_normalisation(world, vecs), {"dataset": args.dataset, "max_users": args.max_users,
-                                                      "train_users": len(train_users(world)),
-                                                      "split_salt": world.cfg.split_salt})
+    provenance_data = {"dataset": args.dataset, "max_users": args.max_users, "train_users": len(train_users(world)),
+                       "split_salt": world.cfg.split_salt}
+    if args.dataset == "offline":
+        provenance_data.update(log_root=str(args.log_root), cutoff=world.cutoff)
+    normalisation = (fit_normalisation(world, vecs), provenance_data)
     # train users only: val/test stay unseen
-    pairs = build_pairs(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects)
+    pairs = pair_builder(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects)
     sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from,
                            schedule=o.question_group_schedule), UserCollator(world, vecs)
 
@@ -190,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics_path.write_text("")
     from tqdm.auto import tqdm
 
-    held_out = HeldOutEval(world, collate, args.eval_pairs, cfg.data, o.seed) if args.eval_every > 0 else None
+    held_out = HeldOutEval(world, collate, args.eval_pairs, cfg.data, o.seed, pair_builder=pair_builder) \
+        if args.eval_every > 0 else None
 
     def evaluate(step: int) -> None:
         if held_out is None or rank != 0:

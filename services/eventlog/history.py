@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
-from services.eventlog.segments import SCHEMA, day_of, segment_files
+from training.data.event_log import read_events, segment_files
+from training.data.event_log import utc as _utc
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,65 +26,13 @@ if TYPE_CHECKING:
 # The offline-only feature view over the log (feature_repo/definitions.py) and what it answers.
 LAST_EVENT_VIEW = "user_last_event"
 LAST_EVENT_FEATURES = ("event_id", "kind", "source", "text", "ts")
-POSITION = ["topic", "partition", "offset"]
-
-
-def _utc(t: datetime | float | None) -> datetime | None:
-    if t is None:
-        return None
-    if isinstance(t, (int, float)):
-        return datetime.fromtimestamp(t, tz=timezone.utc)
-    if t.tzinfo is None:
-        raise ValueError(f"{t.isoformat()} has no time zone; pass an aware datetime (e.g. ...+00:00)")
-    return t.astimezone(timezone.utc)
-
-
-def _files(root: Path, start: datetime | None, end: datetime | None) -> list[Path]:
-    """Segment files whose day can hold events in [start, end] (the date= folders prune the scan)."""
-    lo = day_of(start.timestamp()) if start else None
-    hi = day_of(end.timestamp()) if end else None
-    out = []
-    for path in segment_files(root):
-        day = path.parent.name.removeprefix("date=")
-        if (lo is None or day >= lo) and (hi is None or day <= hi):
-            out.append(path)
-    return out
-
-
-def dedupe(df: "pd.DataFrame") -> "pd.DataFrame":
-    """One row per event_id (the first by Kafka position), in event-time order."""
-    df = df.sort_values(POSITION, kind="stable").drop_duplicates("event_id", keep="first")
-    return df.sort_values(["event_timestamp", *POSITION], kind="stable").reset_index(drop=True)
 
 
 def read_log(root: Path, user_ids: Iterable[str] | None = None, start: datetime | float | None = None,
              end: datetime | float | None = None) -> "pd.DataFrame":
-    """Events of `user_ids` (None = everyone) with start <= event time <= end, each event_id once."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    lo, hi = _utc(start), _utc(end)
-    files = _files(Path(root), lo, hi)
-    if not files:
-        return SCHEMA.empty_table().to_pandas()
-    expr = None
-    conds = []
-    if user_ids is not None:
-        conds.append(pc.field("user_id").isin(list(user_ids)))
-    if lo is not None:
-        conds.append(pc.field("event_timestamp") >= lo)
-    if hi is not None:
-        conds.append(pc.field("event_timestamp") <= hi)
-    for c in conds:
-        expr = c if expr is None else expr & c
-    # The file list, not the folder: a segment deleted (covered) or renamed in place between listing and reading
-    # is the only race, and it is retried once below.
-    try:
-        table = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(filter=expr)
-    except FileNotFoundError:
-        table = ds.dataset([str(f) for f in _files(Path(root), lo, hi)], schema=SCHEMA,
-                           format="parquet").to_table(filter=expr)
-    return dedupe(table.to_pandas())
+    """Events of `user_ids` (None = everyone) with start <= event time <= end, each event_id once, as pandas
+    (training.data.event_log.read_events, the one reader of the log, does the work)."""
+    return read_events(Path(root), user_ids, start, end).to_pandas()
 
 
 _PATCH_LOCK = threading.Lock()

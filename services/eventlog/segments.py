@@ -23,59 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from services.ingest.schema import Event
-
-SCHEMA = pa.schema([
-    pa.field("event_id", pa.string(), nullable=False),
-    pa.field("user_id", pa.string(), nullable=False),
-    # The event's own time (its `ts`), UTC: Feast's timestamp_field, what point-in-time reads compare against.
-    pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
-    # When the log consumer read it: Feast's created_timestamp_column (breaks ties between same-time events).
-    pa.field("created", pa.timestamp("us", tz="UTC"), nullable=False),
-    # `ts` as sent (unix seconds, fractions kept): a feature Feast can return, unlike its timestamp field.
-    pa.field("ts", pa.float64(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("source", pa.string()),            # "" for tabular updates
-    pa.field("text", pa.string()),              # "" for tabular updates
-    pa.field("vector", pa.list_(pa.float32())),  # tabular statistics; empty for behaviour events
-    pa.field("attributes", pa.string()),        # the producer's attributes object as JSON; null when absent
-    pa.field("topic", pa.string(), nullable=False),
-    pa.field("partition", pa.int32(), nullable=False),
-    pa.field("offset", pa.int64(), nullable=False),
-])
-
-_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
-
-
-@dataclass(frozen=True)
-class SegmentName:
-    topic: str
-    partition: int
-    first: int  # first Kafka offset the segment covers
-    last: int   # last one, inclusive
-
-    @property
-    def filename(self) -> str:
-        return f"{self.topic}-p{self.partition}-{self.first}-{self.last}.parquet"
-
-    @classmethod
-    def parse(cls, filename: str) -> "SegmentName | None":
-        m = _NAME.match(filename)
-        if m is None:
-            return None
-        return cls(m["topic"], int(m["partition"]), int(m["first"]), int(m["last"]))
-
-    def covers(self, other: "SegmentName") -> bool:
-        return (self.topic, self.partition) == (other.topic, other.partition) and \
-            self.first <= other.first and other.last <= self.last
-
-
-def day_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
-
-
-def day_dir(root: Path, day: str) -> Path:
-    return Path(root) / f"date={day}"
-
+# The layout (schema, names, days) is shared with training, which reads the log: defined once there.
+from training.data.event_log import SCHEMA, SegmentName, day_dir, day_of, segment_files  # noqa: F401  (re-exported)
 
 def event_row(ev: Event, topic: str, partition: int, offset: int, created: float) -> dict[str, Any]:
     """One log row of a validated event (the columns of SCHEMA)."""
@@ -166,11 +115,3 @@ def delete_covered(root: Path, name: SegmentName, days: Iterable[str]) -> list[P
 
 def glob_escape(text: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def segment_files(root: Path) -> list[Path]:
-    """Every finished segment file under `root` (temporary files excluded), oldest day first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("date=*/*.parquet") if SegmentName.parse(p.name) is not None)

@@ -14,8 +14,8 @@ from pydantic_settings import SettingsConfigDict
 from services.common.settings import ServiceSettings
 from services.ingest.schema import EVENTS_TOPIC
 
-# The variable Feast's definitions (feature_repo/definitions.py) read too, so the FileSource and the writer agree.
-EVENT_LOG_DIR_ENV = "QANCHOR_EVENT_LOG_DIR"
+# The variable Feast's definitions (feature_repo/definitions.py) and training read too (defined with the log layout).
+from training.data.event_log import EVENT_LOG_DIR_ENV  # noqa: E402,F401  (re-exported)
 
 
 def default_log_root(state_dir: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Turn users of a UserWorld into the model's `UserBatch` (training/model/inputs.py)."""
+"""Turn users of a user world (MovieLens `UserWorld` or the event log's `EventWorld`) into the model's `UserBatch`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,11 +24,11 @@ def user_record(world: UserWorld, vecs: np.ndarray, user: int) -> UserRecord:
     """Prefix inputs of one user from the history window only (the future never reaches the prefix): the newest K
     events per source and the dense user vector (statistics + whole-history mean, training.data.features)."""
     rows = world.timelines[user].history  # oldest first
-    src = world.source_of_rating[rows]
+    src = world.source_of_row[rows]
     per_source = {}
     for i, spec in enumerate(world.sources.sources):
         mine = rows[src == i][-spec.k:]  # newest K, still oldest first
-        per_source[spec.name] = vecs[world.text_of_rating[mine]]
+        per_source[spec.name] = vecs[world.text_of_row[mine]]
     return UserRecord(user, per_source, dense_user_features(world, vecs)[user])
 
 

@@ -42,7 +42,8 @@ def export_records(world: UserWorld, users: list[int], window: str = "history",
                 out.append({
                     "schema_version": 1, "event_id": f"{world.cfg.dataset}-{e['row']}", "user_id": uid,
                     "kind": "event", "source": e["source"], "ts": e["ts"], "text": e["text"],
-                    "attributes": {"rating": e["rating"], "item_id": e["item_id"], "genres": "|".join(e["genres"]),
+                    "attributes": {"rating": e["rating"], "item_id": e["item_id"], "title": e["title"],
+                                   "genres": "|".join(e["genres"]),
                                    "year": e["year"], "window": w},
                 })
                 if w == "history":

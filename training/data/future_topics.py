@@ -34,7 +34,7 @@ class FutureTopic:
         return self.questions[h % len(self.questions)]
 
 
-def _level(share: float) -> str:
+def level_word(share: float) -> str:
     return "Mostly" if share >= 0.5 else "Often" if share >= 0.25 else "Sometimes" if share >= 0.1 else "Rarely"
 
 
@@ -43,7 +43,7 @@ def future_genres(h: WindowView, f: WindowView) -> TopicAnswer:
     top = sorted((g for g in GENRES if c[g] > 0), key=lambda g: (-c[g], GENRES.index(g)))[:3]
     before = h.genre_counts()
     new = [g for g in top if before[g] == 0]
-    text = f"{_level(c[top[0]] / f.n)} {top[0]}: " + ", ".join(f"{g} {c[g]} of {f.n}" for g in top) + "."
+    text = f"{level_word(c[top[0]] / f.n)} {top[0]}: " + ", ".join(f"{g} {c[g]} of {f.n}" for g in top) + "."
     if new:
         text += " New for them: " + ", ".join(new) + "."
     return TopicAnswer(text, {"genres": {g: c[g] for g in top}, "new": new}, c[top[0]] / f.n)
@@ -72,7 +72,7 @@ def future_era(h: WindowView, f: WindowView) -> TopicAnswer | None:
     dec, cnt = np.unique(y // 10 * 10, return_counts=True)
     d = int(dec[cnt.argmax()])
     old = int((y < 1980).sum())
-    return TopicAnswer(f"{_level(cnt.max() / len(y))} from the {d}s ({int(cnt.max())} of {len(y)}); {old} released "
+    return TopicAnswer(f"{level_word(cnt.max() / len(y))} from the {d}s ({int(cnt.max())} of {len(y)}); {old} released "
                        f"before 1980, median year {int(np.median(y))}.",
                        {"decade": d, "old": old, "median": int(np.median(y))}, float(np.median(y)))
 
@@ -87,7 +87,7 @@ def future_taste(h: WindowView, f: WindowView) -> TopicAnswer | None:
             c[g] += 1
     top = sorted((g for g in GENRES if c[g] > 0), key=lambda g: (-c[g], GENRES.index(g)))[:2]
     best = int(loved[np.lexsort((-f.ts[loved], -f.rating[loved]))[0]])
-    return TopicAnswer(f"{_level(len(loved) / f.n)} liked: {len(loved)} of {f.n}, mostly "
+    return TopicAnswer(f"{level_word(len(loved) / f.n)} liked: {len(loved)} of {f.n}, mostly "
                        f"{' and '.join(top)}, such as '{f.titles[best]}'.",
                        {"loved": len(loved), "genres": top, "title": f.titles[best]}, len(loved) / f.n)
 

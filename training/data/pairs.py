@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -96,19 +96,31 @@ def population(world: UserWorld) -> Population:
     return Population(mean_rating=mean, item_pop=pop)
 
 
-def topic_moments(world: UserWorld, pop: Population, max_users: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Mean / std of each topic's statistic over (up to max_users) train users: the relevance reference."""
-    ref = world.users("train")[:max_users] or world.users()[:max_users]
-    vals: list[list[float]] = [[] for _ in TOPICS]
+def relevance_moments(ref: list[int], view_of: Callable[[int], Any], fns: list[Callable[[Any, Any], Any]],
+                      pop: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean / std of each topic's statistic over the reference users' history views: the relevance reference (a
+    user's relevance for a topic is |statistic - mean| / std). Shared by these pairs and training.data.event_pairs."""
+    vals: list[list[float]] = [[] for _ in fns]
     for u in ref:
-        v = window_view(world, u, "history")
-        for t, topic in enumerate(TOPICS):
-            a = topic.fn(v, pop)
+        v = view_of(u)
+        for t, fn in enumerate(fns):
+            a = fn(v, pop)
             if a is not None and a.stat is not None:
                 vals[t].append(a.stat)
     mu = np.array([np.mean(x) if len(x) > 1 else 0.0 for x in vals])
     sd = np.array([max(np.std(x), 1e-9) if len(x) > 1 else 1.0 for x in vals])
     return mu, sd
+
+
+def reference_users(world: Any, max_users: int = 1000) -> list[int]:
+    """Up to max_users train users (all kept users when a tiny world has none): whose statistics set relevance."""
+    return world.users("train")[:max_users] or world.users()[:max_users]
+
+
+def topic_moments(world: UserWorld, pop: Population, max_users: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Mean / std of each topic's statistic over (up to max_users) train users: the relevance reference."""
+    return relevance_moments(reference_users(world, max_users), lambda u: window_view(world, u, "history"),
+                             [t.fn for t in TOPICS], pop)
 
 
 def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 10,

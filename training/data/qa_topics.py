@@ -136,12 +136,17 @@ def binge(v, pop):
                        float(np.log(counts.max())))
 
 
-def time_of_day(v, pop):
-    hours = (v.ts % DAY) // 3600
+def busiest_hours(ts: np.ndarray) -> tuple[str, int]:
+    """The part of the day (UTC, HOUR_BUCKETS) with the most events, and how many fall in it."""
+    hours = (ts % DAY) // 3600
     counts = [int(((hours >= a) & (hours < b)).sum()) for _, a, b in HOUR_BUCKETS]
     i = int(np.argmax(counts))
-    return TopicAnswer(f"Mostly in the {HOUR_BUCKETS[i][0]} (UTC): {counts[i]} of {v.n} ratings.",
-                       {"bucket": HOUR_BUCKETS[i][0], "count": counts[i]}, counts[i] / v.n)
+    return HOUR_BUCKETS[i][0], counts[i]
+
+
+def time_of_day(v, pop):
+    bucket, k = busiest_hours(v.ts)
+    return TopicAnswer(f"Mostly in the {bucket} (UTC): {k} of {v.n} ratings.", {"bucket": bucket, "count": k}, k / v.n)
 
 
 def favourite_decade(v, pop):

@@ -12,8 +12,22 @@ from training.data.world import UserWorld
 DAY = 86400
 
 
+class TimeAxes:
+    """Calendar views of a window's `ts` (unix seconds): the day number and whether it falls on a weekend."""
+
+    ts: np.ndarray
+
+    @cached_property
+    def day(self) -> np.ndarray:
+        return self.ts // DAY
+
+    @cached_property
+    def weekend(self) -> np.ndarray:
+        return (self.day + 3) % 7 >= 5  # 1970-01-01 was a Thursday
+
+
 @dataclass
-class WindowView:
+class WindowView(TimeAxes):
     rating: np.ndarray  # [n] int, oldest first
     ts: np.ndarray  # [n] int64 unix seconds
     item: np.ndarray  # [n] int movie index
@@ -24,14 +38,6 @@ class WindowView:
     @property
     def n(self) -> int:
         return len(self.rating)
-
-    @cached_property
-    def day(self) -> np.ndarray:
-        return self.ts // DAY
-
-    @cached_property
-    def weekend(self) -> np.ndarray:
-        return (self.day + 3) % 7 >= 5  # 1970-01-01 was a Thursday
 
     def genre_counts(self) -> dict[str, int]:
         c = {g: 0 for g in GENRES}

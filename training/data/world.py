@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from training.data.movielens import MovieLens, load_movielens
-from training.data.sources import SourcesConfig, load_sources
+from training.data.sources import FeatureSpec, SourcesConfig, load_sources
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,35 @@ class UserWorld:
     def users(self, split: str | None = None) -> list[int]:
         """User indices (sorted) of one split, or of all kept users."""
         return sorted(u for u, s in self.split.items() if split is None or s == split)
+
+    # ---- the interface every world offers (training.data.event_world.EventWorld is the generic one) ----------
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return self.sources.spec
+
+    @property
+    def n_users(self) -> int:
+        return len(self.ml.users)
+
+    @property
+    def text_of_row(self) -> np.ndarray:
+        return self.text_of_rating
+
+    @property
+    def source_of_row(self) -> np.ndarray:
+        return self.source_of_rating
+
+    def user_id(self, user: int) -> str:
+        return self.ml.users[user].user_id
+
+    def stats_columns(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+        """(ts, ratings, years, categories) of some rating rows: what training.data.stats aggregates."""
+        r, movies = self.ml.ratings, self.ml.movies
+        years = getattr(self, "_movie_years", None)
+        if years is None:
+            years = self._movie_years = np.array([m.year for m in movies], np.float64)
+        items = r.item[rows]
+        return r.ts[rows], r.rating[rows].astype(np.float64), years[items], [movies[i].genres for i in items]
 
     def events(self, user: int, window: str = "history") -> list[dict]:
         """Events of one user's window as plain dicts (event contract fields + rating details)."""

@@ -1,0 +1,168 @@
+"""The offline event log's layout and its reader: one definition for the service that writes it and for training.
+
+Layout (docs/eventlog.md):
+
+    <root>/date=YYYY-MM-DD/<topic>-p<partition>-<first_offset>-<last_offset>.parquet
+
+One flush of one Kafka partition is one *segment* (services/eventlog/segments.py writes them). A replay after a
+crash can leave one event in two segment files; `read_events` keeps each event_id once, the copy at the lowest Kafka
+position, in event-time order.
+
+    from training.data.event_log import read_events
+    table = read_events(root)                                   # pyarrow Table, every user, each event once
+    table = read_events(root, user_ids=["u42"], start=t0, end=t1)
+
+pyarrow + numpy only, no services code: the model environment (training.pretrain --dataset offline) and the
+services environment (services/eventlog, `qanchor events history`) both import it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+
+# Where the log lives: the variable the eventlog service, Feast's definitions (feature_repo/definitions.py) and
+# training all read, so the writer, the FileSource and the reader agree.
+EVENT_LOG_DIR_ENV = "QANCHOR_EVENT_LOG_DIR"
+
+
+def default_log_root() -> Path:
+    """$QANCHOR_EVENT_LOG_DIR, else the local stack's log: $QANCHOR_STATE_DIR/eventlog (default <checkout>/var)."""
+    explicit = os.environ.get(EVENT_LOG_DIR_ENV) or os.environ.get("EVENTLOG_ROOT")
+    if explicit:
+        return Path(explicit)
+    state = os.environ.get("QANCHOR_STATE_DIR")
+    # training/data/event_log.py -> the checkout (the editable install keeps this layout)
+    return (Path(state) if state else Path(__file__).resolve().parents[2] / "var") / "eventlog"
+
+
+SCHEMA = pa.schema([
+    pa.field("event_id", pa.string(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+    # The event's own time (its `ts`), UTC: Feast's timestamp_field, what point-in-time reads compare against.
+    pa.field("event_timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+    # When the log consumer read it: Feast's created_timestamp_column (breaks ties between same-time events).
+    pa.field("created", pa.timestamp("us", tz="UTC"), nullable=False),
+    # `ts` as sent (unix seconds, fractions kept): a feature Feast can return, unlike its timestamp field.
+    pa.field("ts", pa.float64(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("source", pa.string()),            # "" for tabular updates
+    pa.field("text", pa.string()),              # "" for tabular updates
+    pa.field("vector", pa.list_(pa.float32())),  # tabular statistics; empty for behaviour events
+    pa.field("attributes", pa.string()),        # the producer's attributes object as JSON; null when absent
+    pa.field("topic", pa.string(), nullable=False),
+    pa.field("partition", pa.int32(), nullable=False),
+    pa.field("offset", pa.int64(), nullable=False),
+])
+POSITION = ("topic", "partition", "offset")
+
+_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+
+
+@dataclass(frozen=True)
+class SegmentName:
+    topic: str
+    partition: int
+    first: int  # first Kafka offset the segment covers
+    last: int   # last one, inclusive
+
+    @property
+    def filename(self) -> str:
+        return f"{self.topic}-p{self.partition}-{self.first}-{self.last}.parquet"
+
+    @classmethod
+    def parse(cls, filename: str) -> "SegmentName | None":
+        m = _NAME.match(filename)
+        if m is None:
+            return None
+        return cls(m["topic"], int(m["partition"]), int(m["first"]), int(m["last"]))
+
+    def covers(self, other: "SegmentName") -> bool:
+        return (self.topic, self.partition) == (other.topic, other.partition) and \
+            self.first <= other.first and other.last <= self.last
+
+
+def day_of(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def day_dir(root: Path, day: str) -> Path:
+    return Path(root) / f"date={day}"
+
+
+def segment_files(root: Path) -> list[Path]:
+    """Every finished segment file under `root` (temporary files excluded), oldest day first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("date=*/*.parquet") if SegmentName.parse(p.name) is not None)
+
+
+def utc(t: datetime | float | None) -> datetime | None:
+    """An aware UTC datetime from unix seconds or an aware datetime (naive ones are refused: which zone?)."""
+    if t is None:
+        return None
+    if isinstance(t, (int, float)):
+        return datetime.fromtimestamp(t, tz=timezone.utc)
+    if t.tzinfo is None:
+        raise ValueError(f"{t.isoformat()} has no time zone; pass an aware datetime (e.g. ...+00:00)")
+    return t.astimezone(timezone.utc)
+
+
+def files_between(root: Path, start: datetime | None, end: datetime | None) -> list[Path]:
+    """Segment files whose day can hold events in [start, end] (the date= folders prune the scan)."""
+    lo = day_of(start.timestamp()) if start else None
+    hi = day_of(end.timestamp()) if end else None
+    out = []
+    for path in segment_files(root):
+        day = path.parent.name.removeprefix("date=")
+        if (lo is None or day >= lo) and (hi is None or day <= hi):
+            out.append(path)
+    return out
+
+
+def dedupe(table: pa.Table) -> pa.Table:
+    """One row per event_id (the first by Kafka position), in event-time order (ties by Kafka position)."""
+    if table.num_rows == 0:
+        return table
+    by_position = table.sort_by([(c, "ascending") for c in POSITION])
+    ids = np.asarray(by_position.column("event_id").to_pylist(), dtype=object)
+    _, first = np.unique(ids, return_index=True)
+    kept = by_position.take(pa.array(np.sort(first)))
+    return kept.sort_by([("event_timestamp", "ascending")] + [(c, "ascending") for c in POSITION])
+
+
+def read_events(root: Path, user_ids: Iterable[str] | None = None, start: datetime | float | None = None,
+                end: datetime | float | None = None) -> pa.Table:
+    """Events of `user_ids` (None = everyone) with start <= event time <= end, each event_id once (SCHEMA)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    lo, hi = utc(start), utc(end)
+    files = files_between(Path(root), lo, hi)
+    if not files:
+        return SCHEMA.empty_table()
+    conds = []
+    if user_ids is not None:
+        conds.append(pc.field("user_id").isin(list(user_ids)))
+    if lo is not None:
+        conds.append(pc.field("event_timestamp") >= lo)
+    if hi is not None:
+        conds.append(pc.field("event_timestamp") <= hi)
+    expr = None
+    for c in conds:
+        expr = c if expr is None else expr & c
+    # The file list, not the folder: a segment deleted (covered) or renamed in place between listing and reading
+    # is the only race, and it is retried once below.
+    try:
+        table = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(filter=expr)
+    except FileNotFoundError:
+        table = ds.dataset([str(f) for f in files_between(Path(root), lo, hi)], schema=SCHEMA,
+                           format="parquet").to_table(filter=expr)
+    return dedupe(table)
