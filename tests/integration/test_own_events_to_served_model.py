@@ -21,6 +21,7 @@ import pytest
 
 from services.cli import __main__ as cli
 from services.common.feast_store import apply as feast_apply
+from services.common.features import Normalisation, StatsAggregate
 from services.common.settings import repo_root
 from services.eventlog.history import as_of, read_log
 from services.eventlog.segments import SegmentName, segment_files
@@ -33,6 +34,7 @@ from test_gateway_stack import (  # noqa: F401  (world: registry, gateway settin
 from test_ingest_stream import Ctx as IngestCtx
 from test_ingest_stream import committed, new_topic, produce, read_users, start_consumer, stop, wait_at_gate
 from test_ingest_stream import wait_caught_up
+from training.data.sources import load_feature_spec
 from training.export.contract import model_versions, read_model_config
 
 pytestmark = pytest.mark.integration
@@ -136,10 +138,18 @@ def test_raw_events_to_log_to_pretraining_to_a_served_ab_arm(  # type: ignore[no
                 p.wait()
     assert "tabular statistics derived from events" in ingest_log.read_text()
     features = read_users(ingest_ctx.feast_config, users)
+    norm, spec = Normalisation.load(constants), load_feature_spec().statistics
     for uid in users:
         f = features[uid]
         assert f.tabular.shape == (400,) and np.abs(f.tabular).sum() > 0, uid  # derived by ingest
         assert sum(len(s.texts) for s in f.sources.values()) > 0
+        # its statistics are training's formula over every event the user sent, standardised with the constants
+        mine = [e for e in records if e["user_id"] == uid]
+        vals = [spec.event_values(e["attributes"]) for e in mine]
+        agg = StatsAggregate.of_events(spec, [e["ts"] for e in mine], [v[0] for v in vals], [v[1] for v in vals],
+                                       [v[2] for v in vals])
+        np.testing.assert_allclose(f.tabular[:len(spec.names)], norm.stats(agg.raw_stats(spec)), rtol=1e-5,
+                                   atol=1e-5)
 
     # the log holds exactly the events sent, once each, after the crash and the replay
     logged = read_log(log_ctx.root, user_ids=users)
