@@ -27,7 +27,6 @@ from training.export.contract import Contract
 from training.export.versions import (FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND, UNKNOWN_MODEL_VERSION,
                                       VersionError)
 from training.model.inputs import UserBatch
-from training.model.masks import causal_allowed
 from training.model.prefix_cache import PrefixCache
 from training.model.suffix import ScenarioSpec
 from training.precision import autocast_for
@@ -120,44 +119,9 @@ def prepare_for_serving(model) -> torch.dtype:
 
 
 def embed_many(model, cache: PrefixCache, per_user: list[list[ScenarioSpec]]) -> list[torch.Tensor]:
-    """Embeddings for user i of `cache` x its own scenarios per_user[i] -> list of [S_i, out].
-
-    Same packing as QAnchorModel.embed (each user's S_i suffixes in one row, one attention segment per scenario,
-    every segment reading the shared prefix KV once), generalised to a different scenario list per user so that
-    several requests share one forward. Rows shorter than the longest are padded with invalid, masked keys.
-    """
-    b, p = cache.batch_size, cache.length
-    dev = model.device
-    flat = [sc for scs in per_user for sc in scs]
-    suf = model._suffix([sc.query for sc in flat], [sc.soft_prompt for sc in flat])
-    width = suf.ids.shape[1]
-    emb = model._suffix_embeds(suf)  # [N, L, hidden]
-    s_max = max(len(scs) for scs in per_user)
-    t = s_max * width
-    packed = emb.new_zeros(b, t, emb.shape[-1])  # [B, S_max * L, hidden]
-    valid = torch.zeros(b, t, dtype=torch.bool, device=dev)
-    seg = torch.zeros(b, t, dtype=torch.long, device=dev)
-    within = torch.zeros(b, t, dtype=torch.long, device=dev)
-    suf_valid = suf.valid.to(dev)
-    gather_row, gather_col = [], []
-    start = 0
-    for i, scs in enumerate(per_user):
-        n = len(scs)
-        rows = slice(start, start + n)
-        packed[i, : n * width] = emb[rows].reshape(n * width, -1)  # [S_i * L, hidden]
-        valid[i, : n * width] = suf_valid[rows].reshape(-1)
-        seg[i, : n * width] = torch.arange(1, n + 1, device=dev).repeat_interleave(width)
-        within[i, : n * width] = (suf_valid[rows].long().cumsum(dim=1) - 1).reshape(-1)
-        gather_row += [i] * n
-        gather_col += (torch.arange(n) * width + suf.emb_pos[rows]).tolist()
-        start += n
-    key_valid = torch.cat([cache.valid, valid], dim=1)  # [B, P + T]
-    k_seg = torch.cat([torch.zeros(b, p, dtype=torch.long, device=dev), seg], dim=1)
-    allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
-    pos = (cache.next_pos.unsqueeze(1) + within).clamp(min=0)  # [B, T]
-    hidden, _ = model._decode(packed, allowed, pos, past=cache, use_cache=True)  # [B, T, hidden]
-    out = model.project(hidden[torch.tensor(gather_row, device=dev), torch.tensor(gather_col, device=dev)])  # [N, out]
-    return list(out.split([len(scs) for scs in per_user]))
+    """Embeddings for user i of `cache` x its own scenarios per_user[i] -> list of [S_i, out]: the model core's
+    packing (QAnchorModel.embed_per_user), so concurrent requests share one forward."""
+    return model.embed_per_user(cache, per_user)
 
 
 def to_user_batch(reqs: list[EmbedRequest], model) -> UserBatch:

@@ -241,29 +241,68 @@ class QAnchorModel(nn.Module):
         return PrefixCache.from_hf_cache(past, valid)
 
     def embed(self, cache: PrefixCache, scenarios: list[ScenarioSpec]) -> torch.Tensor:
-        """Embeddings for every user in `cache` x every scenario -> [B, S, out].
-
-        The S suffixes are packed into one row per user ([B, S * L]); segment ids keep scenario j from seeing
-        scenario i != j, and every scenario reads the shared prefix keys. Differentiable w.r.t. soft prompts.
-        """
-        b, s, p = cache.batch_size, len(scenarios), cache.length
-        if s == 0:
+        """Embeddings for every user in `cache` x every scenario -> [B, S, out] (`embed_per_user` with one list)."""
+        if not scenarios:
             raise ValueError("no scenarios given: pass at least one ScenarioSpec")
-        suf = self._suffix([sc.query for sc in scenarios], [sc.soft_prompt for sc in scenarios])
-        width = suf.ids.shape[1]
-        suf_emb = self._suffix_embeds(suf)  # [S, L, hidden]
-        packed = suf_emb.reshape(1, s * width, -1).expand(b, -1, -1)  # [B, S * L, hidden]
-        suf_valid = suf.valid.to(self.device)
-        seg = torch.arange(1, s + 1, device=self.device).repeat_interleave(width)  # [S * L]
-        seg = seg.unsqueeze(0).expand(b, -1)  # [B, S * L]
-        key_valid = torch.cat([cache.valid, suf_valid.reshape(1, -1).expand(b, -1)], dim=1)  # [B, P + S * L]
-        k_seg = torch.cat([torch.zeros(b, p, dtype=seg.dtype, device=self.device), seg], dim=1)
-        allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, S * L, P + S * L]
-        within = suf_valid.long().cumsum(dim=1) - 1  # [S, L] position offset inside each scenario
-        pos = (cache.next_pos.unsqueeze(1) + within.reshape(1, -1)).clamp(min=0)  # [B, S * L]
-        hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True)  # [B, S * L, hidden]
-        idx = torch.arange(s, device=self.device) * width + suf.emb_pos.to(self.device)  # [S]
-        return self.project(hidden[:, idx])  # [B, S, out]
+        return torch.stack(self.embed_per_user(cache, [scenarios] * cache.batch_size))
+
+    def embed_per_user(self, cache: PrefixCache, per_user: list[list[ScenarioSpec]]) -> list[torch.Tensor]:
+        """Embeddings for user i of `cache` x its own scenarios per_user[i] -> list of [S_i, out].
+
+        Each user's suffixes are packed into one row, padding dropped: scenario j contributes only its real tokens
+        (a query's padding to the longest query would be computed through every layer and thrown away; on ten
+        typical scenarios it was a third of the row). Segment ids keep scenario j from seeing scenario i != j, every
+        scenario reads the shared prefix keys once, and positions continue the prefix's inside each scenario. Rows
+        of users with fewer tokens are padded at the end with masked keys. Several users' requests share one
+        forward this way (training.export.runtime). Differentiable w.r.t. soft prompts (training.tune).
+        """
+        b, p = cache.batch_size, cache.length
+        if len(per_user) != b:
+            raise ValueError(f"{len(per_user)} scenario lists for {b} cached users: one list per user")
+        if any(not scs for scs in per_user):
+            raise ValueError("no scenarios given for a user: pass at least one ScenarioSpec each")
+        dev = self.device
+        flat = [sc for scs in per_user for sc in scs]
+        suf = self._suffix([sc.query for sc in flat], [sc.soft_prompt for sc in flat])
+        emb = self._suffix_embeds(suf)  # [N, L, hidden]
+        suf_valid = suf.valid.to(dev)  # [N, L]
+        tokens = emb[suf_valid]  # [sum of lengths, hidden], scenario after scenario
+        lengths = suf.valid.sum(dim=1).tolist()  # real tokens per scenario
+        # <USER_EMB>'s index among its scenario's real tokens
+        emb_at = (suf.valid.long().cumsum(dim=1).gather(1, suf.emb_pos.unsqueeze(1)).squeeze(1) - 1).tolist()
+        rows, seg_l, within_l, gather_row, gather_col = [], [], [], [], []
+        j = 0
+        for i, scs in enumerate(per_user):
+            seg_i, within_i = [], []
+            for k in range(len(scs)):
+                gather_row.append(i)
+                gather_col.append(len(seg_i) + emb_at[j])
+                seg_i += [k + 1] * lengths[j]
+                within_i += range(lengths[j])
+                j += 1
+            rows.append(len(seg_i))
+            seg_l.append(seg_i)
+            within_l.append(within_i)
+        t = max(rows)
+        packed = emb.new_zeros(b, t, emb.shape[-1])  # [B, T, hidden]
+        seg = torch.zeros(b, t, dtype=torch.long)
+        within = torch.zeros(b, t, dtype=torch.long)
+        valid = torch.zeros(b, t, dtype=torch.bool)
+        start = 0
+        for i, n in enumerate(rows):
+            packed[i, :n] = tokens[start:start + n]
+            seg[i, :n] = torch.tensor(seg_l[i])
+            within[i, :n] = torch.tensor(within_l[i])
+            valid[i, :n] = True
+            start += n
+        seg, within, valid = seg.to(dev), within.to(dev), valid.to(dev)
+        key_valid = torch.cat([cache.valid, valid], dim=1)  # [B, P + T]
+        k_seg = torch.cat([torch.zeros(b, p, dtype=torch.long, device=dev), seg], dim=1)
+        allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
+        pos = cache.next_pos.unsqueeze(1) + within  # [B, T]
+        hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True)  # [B, T, hidden]
+        out = self.project(hidden[torch.tensor(gather_row, device=dev), torch.tensor(gather_col, device=dev)])
+        return list(out.split([len(scs) for scs in per_user]))  # [S_i, out] each
 
     # ---- parameters for checkpoints --------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
