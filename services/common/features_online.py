@@ -20,6 +20,7 @@ import pandas as pd
 
 from services.common.errors import Unavailable
 from services.common.features import ENTITY_KEY, FeatureSpec, UserFeatures, from_feature_dict, to_push_columns
+from training.data.sources import INGEST_FIELDS
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -56,12 +57,19 @@ def response_columns(proto: "GetOnlineFeaturesResponse") -> dict[str, list[Any]]
 
 
 class FeatureReader:
-    """Batched online reads of the FeatureService named in sources.yaml."""
+    """Batched online reads of the FeatureService named in sources.yaml.
 
-    def __init__(self, store: "FeatureStore", spec: FeatureSpec) -> None:
+    `serving=True` (the gateway, tuning snapshots, the demo) asks only for what the model reads: the service's
+    features minus ingest's bookkeeping (`recent_event_ids`, `stats_state`: the sufficient statistics, ~5 KB a user
+    that the gateway would fetch and decode on every call for nothing). Ingest reads everything (serving=False).
+    """
+
+    def __init__(self, store: "FeatureStore", spec: FeatureSpec, serving: bool = False) -> None:
         self.store = store
         self.spec = spec
+        self.serving = serving
         self._service: "FeatureService | None" = None
+        self._refs: list[str] | None = None
 
     def _feature_service(self) -> "FeatureService":
         if self._service is None:
@@ -72,6 +80,16 @@ class FeatureReader:
                                   f"({exc}); run the stack's feast step (feast apply) first") from exc
         return self._service
 
+    def _features(self) -> "FeatureService | list[str]":
+        """What one lookup asks for: the whole service, or its features minus ingest's ("view:feature" refs)."""
+        service = self._feature_service()
+        if not self.serving:
+            return service
+        if self._refs is None:
+            self._refs = [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features
+                          if f.name not in INGEST_FIELDS]
+        return self._refs
+
     def get(self, user_ids: Sequence[str]) -> list[UserFeatures]:
         """Features of `user_ids`, same order and length; unknown users are `found=False`."""
         if not user_ids:
@@ -79,7 +97,7 @@ class FeatureReader:
         t0 = time.perf_counter()
         try:
             response = self.store.get_online_features(
-                features=self._feature_service(),
+                features=self._features(),
                 entity_rows=[{ENTITY_KEY: uid} for uid in user_ids],
             )
         except Unavailable:

@@ -88,7 +88,7 @@ def wait_for_features(feast_config: Path, users: list[str], bootstrap: str, time
     from services.common.features import load_feature_spec
     from services.common.features_online import FeatureReader
 
-    reader = FeatureReader(get_store(feast_config), load_feature_spec())
+    reader = FeatureReader(get_store(feast_config), load_feature_spec(), serving=True)
     deadline = time.monotonic() + timeout_s
     found, last_msg = 0, 0.0
     while True:

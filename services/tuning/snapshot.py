@@ -32,7 +32,7 @@ def make_snapshot(labels_csv: Path, feast_config: Path, out: Path) -> TuningData
         raise DatasetError(f"Feast config {feast_config} not found; run the stack's feast step or set "
                            "TUNING_FEAST_CONFIG")
     spec = load_feature_spec()
-    reader = FeatureReader(get_store(feast_config), spec)
+    reader = FeatureReader(get_store(feast_config), spec, serving=True)
     rows = []
     for s in range(0, len(users), CHUNK):
         rows += reader.get(users[s: s + CHUNK])

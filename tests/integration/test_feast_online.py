@@ -222,3 +222,17 @@ def test_sqlite_online_store_is_in_wal_mode(env: Env) -> None:
     db = yaml.safe_load((env.state_dir / "feast" / "feature_store.yaml").read_text())["online_store"]["path"]
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_serving_reads_leave_ingest_bookkeeping_out(env: Env) -> None:
+    """The gateway's reader (serving=True) gets everything the model reads and none of ingest's columns."""
+    spec = env.spec
+    user = _user(spec, _uid("serving"), {s.name: 2 for s in spec.sources}, version=7, seed=4)
+    user.event_ids = ["e-1", "e-2"]
+    user.stats = b"\x01sufficient-statistics" * 200
+    env.writer.write([user])
+    full = env.reader.get([user.user_id])[0]
+    served = FeatureReader(env.store, spec, serving=True).get([user.user_id])[0]
+    assert full.event_ids == ["e-1", "e-2"] and full.stats == user.stats
+    assert served.event_ids == [] and served.stats == b""
+    _assert_same(spec, served, user)
