@@ -378,6 +378,21 @@ def test_template_guards_fail_with_a_next_step(args: list[str], message: str) ->
 
 
 @needs_helm
+def test_ingest_reads_the_served_models_constants_only_when_named(default_docs: list[dict]) -> None:
+    path = "/var/lib/qanchor/artifacts/runs/pretrain-1/checkpoint/normalisation.json"
+    plain = _pod_specs(default_docs)["qanchor-ingest"]
+    assert "INGEST_NORMALISATION" not in {e["name"] for e in plain["containers"][0]["env"]}
+    assert "artifacts" not in {v["name"] for v in plain["volumes"]}
+    spec = _pod_specs(_docs("--set", f"ingest.normalisation={path}"))["qanchor-ingest"]
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["INGEST_NORMALISATION"] == path
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "artifacts")
+    assert path.startswith(mount["mountPath"] + "/") and mount["readOnly"]
+    vol = next(v for v in spec["volumes"] if v["name"] == "artifacts")
+    assert vol["persistentVolumeClaim"]["readOnly"]
+
+
+@needs_helm
 def test_autoscaling_off_sets_replicas() -> None:
     docs = _docs("--set", "gateway.autoscaling.enabled=false", "--set", "gateway.replicas=3")
     assert _by(docs, "Deployment", "qanchor-gateway")["spec"]["replicas"] == 3
