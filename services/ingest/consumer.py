@@ -78,7 +78,8 @@ class IngestWorker:
     def __init__(self, consumer: Any, dlq: DeadLetterQueue, store: FeatureStoreIO, encoder: CachedEncoder,
                  spec: IngestSpec, metrics: IngestMetrics, limits: IngestLimits | None = None, *,
                  state: PartitionUserState | None = None, watchdog: Callable[[], None] | None = None,
-                 clock: Callable[[], float] = time.time, gate: Callable[[str, int], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, gate: Callable[[str, int], None] | None = None,
+                 on_written: Callable[[list], None] | None = None) -> None:
         self.consumer, self.dlq, self.store, self.encoder = consumer, dlq, store, encoder
         self.spec, self.metrics = spec, metrics
         self.limits = limits or IngestLimits()
@@ -88,6 +89,8 @@ class IngestWorker:
         # Called as gate("process" | "commit", batch number) before each step: a test/drill hook (services.ingest.gate)
         # that makes a stop or a crash land at an exact point instead of racing the machine.
         self.gate = gate or (lambda stage, batch: None)
+        # Called with the rows just written (services.ingest.warm.PrefixWarmer.offer): must not block or raise.
+        self.on_written = on_written
         self.batches = 0
         # When the loop last turned (a poll, or an attempt of a batch): liveness proves the loop, not the process.
         self.last_progress = time.monotonic()
@@ -167,6 +170,11 @@ class IngestWorker:
                 last = decode_version(row.feature_version)
                 if last is not None:
                     self.state.put(last.partition, row)
+            if self.on_written is not None:
+                try:
+                    self.on_written(rows)
+                except Exception:  # a warm-up hook never fails a batch whose features are written
+                    log.exception("on_written hook failed; the features are written, only warming is skipped")
             for u in todo:
                 for ts in u.applied_ts:
                     m.event_lag.observe(max(0.0, written - ts))

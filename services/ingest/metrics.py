@@ -34,6 +34,7 @@ class IngestMetrics:
     users_written: Counter
     batch_failures: Counter
     partition_stopped: Gauge
+    prefix_warms: Counter
 
     @classmethod
     def create(cls) -> "IngestMetrics":
@@ -66,11 +67,16 @@ class IngestMetrics:
             partition_stopped=Gauge("qanchor_ingest_partition_stopped", "1 while a partition is stopped because "
                                     "its rejected records cannot be written to the DLQ (restart after fixing it)",
                                     ["partition"], registry=r),
+            prefix_warms=Counter("qanchor_ingest_prefix_warms", "prefix warm-ups of users whose features changed "
+                                 "(sent, failed, dropped: rate limit, full queue or paused under load)", ["outcome"],
+                                 registry=r),
         )
         # Every outcome's series exists from the start (at 0), so a consumer that ends before its first batch still
         # reports them and rate()/sum() queries see no gaps.
         for outcome in ("applied", "duplicate", "dlq"):
             m.events.labels(outcome=outcome)
+        for outcome in ("sent", "failed", "dropped"):
+            m.prefix_warms.labels(outcome=outcome)
         return m
 
     def serve(self, port: int, host: str = "127.0.0.1", alive: Callable[[], str | None] | None = None) -> None:

@@ -80,15 +80,31 @@ def build_ingest(settings: IngestSettings) -> IngestService:
                                        settings.vector_cache_ttl_s)
         log.info("vector cache", extra={"url": url, "encoder_id": settings.encoder_id,
                                         "ttl_s": settings.vector_cache_ttl_s})
+    warmer = None
+    if settings.warm_triton_url:
+        from services.gateway.clients.triton_pool import Discovery, TritonPool
+        from services.ingest.warm import PrefixWarmer
+
+        # The gateway's own pool: the same consistent-hash ring, so a warm-up lands on the user's home replica.
+        pool = TritonPool(Discovery(settings.warm_triton_url.split(","), dns=settings.warm_discovery == "dns"),
+                          spec.features, settings.warm_model)
+        warmer = PrefixWarmer(pool, rate_per_s=settings.warm_rate_per_s, max_pending=settings.warm_max_pending,
+                              busy_s=settings.warm_busy_s, cooldown_s=settings.warm_cooldown_s,
+                              counter=metrics.prefix_warms).start()
+        log.info("prefix warming on", extra={"triton": settings.warm_triton_url, "model": settings.warm_model,
+                                             "rate_per_s": settings.warm_rate_per_s})
     worker = IngestWorker(
         consumer, DeadLetterQueue(producer, settings.dlq_topic, settings.group_id, time.time), store,
         CachedEncoder(triton, settings.encoder_cache_size, l2), spec, metrics, limits_from(settings),
         state=state, watchdog=rejoin_watchdog(consumer, settings.topic, listener, settings.rejoin_timeout_s),
         gate=FileGate(settings.batch_gate) if settings.batch_gate else None,
+        on_written=warmer.offer if warmer is not None else None,
     )
     worker_ref.append(worker)
     # Leaving the group first moves the partitions at once, without waiting for the session timeout.
     closers = [lambda: consumer.close(autocommit=False), lag.stop, lambda: producer.close(timeout=10), triton.close]
     if l2 is not None:
         closers.append(l2.close)
+    if warmer is not None:
+        closers += [warmer.close, pool.close]
     return IngestService(worker, closers)

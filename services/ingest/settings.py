@@ -6,6 +6,7 @@ The same words as the gateway's settings for the same things (`triton_url`, `tri
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
@@ -90,6 +91,20 @@ class IngestSettings(ServiceSettings):
     max_future_skew_s: float = Field(default=300.0, ge=0)
     # Event ids remembered per user to apply a producer's re-sent event (same event_id, new offset) once.
     recent_event_ids: int = Field(default=64, ge=1)
+    # Warm prefixes on feature change (services/ingest/warm.py): after a user's features are written, their prefix
+    # is computed on the `qanchor` replica the gateway routes them to, so the next request hits the cache. The
+    # model servers, as the gateway's GATEWAY_TRITON_URL lists them (comma separated host:port; with
+    # warm_discovery=dns each is a headless Service re-resolved); None = off.
+    warm_triton_url: str | None = None
+    warm_discovery: Literal["static", "dns"] = "static"
+    warm_model: str = "qanchor"
+    # Warm-ups per second at most (a replay must not become a storm of prefix computations), users waiting at most
+    # (more are dropped and counted), and when to give way: a warm-up slower than warm_busy_s or failing pauses
+    # warming for warm_cooldown_s.
+    warm_rate_per_s: float = Field(default=20.0, gt=0)
+    warm_max_pending: int = Field(default=256, ge=1)
+    warm_busy_s: float = Field(default=2.0, gt=0)
+    warm_cooldown_s: float = Field(default=10.0, ge=0)
     # Test/drill hook (services/ingest/gate.py): a directory of gate files the worker waits on; None = off.
     batch_gate: Path | None = None
 

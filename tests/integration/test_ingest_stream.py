@@ -73,7 +73,8 @@ def new_topic(ctx: Ctx, partitions: int = 4) -> str:
 
 def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Path | None = None,
                    max_poll_records: int = 200, gate: Path | None = None,
-                   normalisation: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
+                   normalisation: Path | None = None,
+                   extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path, int]:
     import socket
 
     with socket.socket() as s:
@@ -90,6 +91,7 @@ def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Pa
         env["INGEST_BATCH_GATE"] = str(gate)
     if normalisation is not None:  # the served model's constants: ingest derives `tabular` from raw events
         env["INGEST_NORMALISATION"] = str(normalisation)
+    env.update(extra_env or {})
     with log.open("ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=repo_root())

@@ -1,0 +1,93 @@
+"""Warm prefixes on feature change, on the real stack: ingest (a real subprocess) writes a user's new features and
+then has the real `qanchor` model on Triton compute that user's prefix (a request with no scenario), so the first
+real request for the user is a prefix-cache hit. A user whose features reached the store without ingest's warm-up
+misses. (issue "Serving at the hardware limit", stretch item 5; services/ingest/warm.py.)"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.feast_store import get_store
+from services.common.features_online import FeatureWriter
+from services.gateway.clients.triton import TritonModelClient
+from services.gateway.core import ModelRequest
+from test_gateway_stack import _ensure_real_model
+from test_ingest_stream import SPEC, VOCAB, Ctx, metrics, new_topic, produce, read_users, start_consumer, stop
+from test_ingest_stream import wait_caught_up
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ctx(stack, tmp_path_factory) -> Ctx:  # type: ignore[no-untyped-def]
+    import tritonclient.grpc as grpcclient
+
+    from training.export.text_encoder import export_text_encoder
+
+    export_text_encoder(stack.model_repository)
+    _ensure_real_model(Path(stack.model_repository))
+    client = grpcclient.InferenceServerClient(stack.triton_grpc)
+    for name in ("text_encoder", "qanchor"):
+        client.load_model(name)
+        assert client.is_model_ready(name)
+    yield Ctx(stack.kafka_bootstrap, stack.triton_grpc, Path(stack.feast_config), tmp_path_factory.mktemp("warm"),
+              redis_url=stack.redis_url)
+    client.unload_model("qanchor")
+
+
+def _events(uid: str, n: int, t0: int) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i in range(n):
+        rating = 1 + (i * 3) % 5
+        out.append((uid.encode(), json.dumps({
+            "schema_version": 1, "event_id": f"{uid}-{i}", "user_id": uid, "kind": "event",
+            "source": "liked" if rating >= 4 else "disliked" if rating <= 2 else "neutral", "ts": t0 + 60 * i,
+            "text": VOCAB[i % len(VOCAB)], "attributes": {"rating": rating}}).encode()))
+    return out
+
+
+def test_features_written_by_ingest_are_warm_on_the_model(ctx) -> None:  # type: ignore[no-untyped-def]
+    run = uuid.uuid4().hex[:6]
+    users = [f"{run}-w{i}" for i in range(3)]
+    topic, group = new_topic(ctx, partitions=2), f"warm-{run}"
+    produce(ctx, topic, [r for i, u in enumerate(users) for r in _events(u, 5 + i, 1_700_000_000)])
+    proc, log, port = start_consumer(ctx, topic, group, f"warm-{run}", extra_env={
+        "INGEST_WARM_TRITON_URL": ctx.triton, "INGEST_WARM_RATE_PER_S": "50"})
+    try:
+        wait_caught_up(ctx, group, topic, [proc])
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            m = metrics(port)
+            if m.get('qanchor_ingest_prefix_warms_total{outcome="sent"}', 0) >= len(users):
+                break
+            time.sleep(0.5)
+        assert m['qanchor_ingest_prefix_warms_total{outcome="sent"}'] >= len(users), log.read_text()[-3000:]
+        assert m['qanchor_ingest_prefix_warms_total{outcome="failed"}'] == 0
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    assert "prefix warming on" in log.read_text()
+
+    features = read_users(ctx.feast_config, users)
+    model = TritonModelClient(ctx.triton, SPEC.features, "qanchor")
+    try:
+        def ask(f):  # type: ignore[no-untyped-def]
+            [res] = model.infer([ModelRequest(f, "", ["promo"], ["Is this user sensitive to big-sale promotions?"],
+                                              [None])], 120.0)
+            return res
+
+        for uid in users:
+            res = ask(features[uid])
+            assert res.cache_hit, f"{uid}: the first request after the write missed the prefix cache"
+            assert res.embeddings.shape[0] == 1 and abs(np.linalg.norm(res.embeddings[0]) - 1) < 1e-3
+        # Control: features that reached the store without ingest (so without a warm-up) miss on first use.
+        other = features[users[0]]
+        other.user_id = f"{run}-unwarmed"
+        FeatureWriter(get_store(ctx.feast_config), SPEC.features).write([other])
+        assert not ask(read_users(ctx.feast_config, [other.user_id])[other.user_id]).cache_hit
+    finally:
+        model.close()
