@@ -393,6 +393,17 @@ def test_ingest_reads_the_served_models_constants_only_when_named(default_docs: 
 
 
 @needs_helm
+def test_prefix_warming_uses_the_gateways_ring_over_the_headless_service(default_docs: list[dict]) -> None:
+    off = {e["name"] for e in _pod_specs(default_docs)["qanchor-ingest"]["containers"][0]["env"]}
+    assert "INGEST_WARM_TRITON_URL" not in off
+    docs = _docs("--set", "ingest.warmPrefixes.enabled=true")
+    env = {e["name"]: e.get("value") for e in _pod_specs(docs)["qanchor-ingest"]["containers"][0]["env"]}
+    gateway = {e["name"]: e.get("value") for e in _pod_specs(docs)["qanchor-gateway"]["containers"][0]["env"]}
+    assert env["INGEST_WARM_TRITON_URL"] == gateway["GATEWAY_TRITON_URL"] and env["INGEST_WARM_DISCOVERY"] == "dns"
+    assert float(env["INGEST_WARM_RATE_PER_S"]) == 20
+
+
+@needs_helm
 def test_autoscaling_off_sets_replicas() -> None:
     docs = _docs("--set", "gateway.autoscaling.enabled=false", "--set", "gateway.replicas=3")
     assert _by(docs, "Deployment", "qanchor-gateway")["spec"]["replicas"] == 3
