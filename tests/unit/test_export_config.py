@@ -72,3 +72,19 @@ def test_export_adds_versions_and_detects_tampering(tmp_path):
     export_qanchor(tmp_path, QAnchorExportConfig(preset="tiny", model_version="v-b", only=True))
     assert not first.exists()
     assert 'string_value: "v-b"' in (tmp_path / "qanchor" / "config.pbtxt").read_text()
+
+
+def test_only_keeps_published_versions(tmp_path):
+    """`--only` (what the stack runs when its default model changes) drops other exports, never what `qanchor model
+    publish` put there: A/B arms may name those, and the registry owns them."""
+    from training.export.publish import PUBLISHED_MARKER, inspect_artifact, publish_artifact
+
+    other = export_qanchor(tmp_path / "elsewhere", QAnchorExportConfig(preset="tiny", model_version="pub-1"))
+    export_qanchor(tmp_path, QAnchorExportConfig(preset="tiny", model_version="v-a"))
+    published = publish_artifact(other, tmp_path, "pub-1", inspect_artifact(other).manifest_sha256)
+    assert (published / PUBLISHED_MARKER).is_file()
+    verify_artifact(published)  # the marker is not part of the artifact: its manifest still verifies
+    export_qanchor(tmp_path, QAnchorExportConfig(preset="tiny", model_version="v-b", only=True))
+    versions = tmp_path / "qanchor" / "1" / "models"
+    assert sorted(p.name for p in versions.iterdir()) == ["pub-1", "v-b"]  # v-a (an export) went
+    assert 'string_value: "v-b,pub-1"' in (tmp_path / "qanchor" / "config.pbtxt").read_text()  # the export leads

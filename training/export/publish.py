@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "qanchor"
 TRITON_VERSION = "1"
+# Written into a version folder by `publish_artifact`: the folder belongs to the registry (a registered, published
+# version that A/B arms may name), not to whoever exports the default model; `training.export --only` keeps it.
+PUBLISHED_MARKER = "PUBLISHED"
 
 
 class PublishError(RuntimeError):
@@ -55,6 +58,11 @@ def inspect_artifact(folder: Path) -> ArtifactInfo:
                                fix="export the model again")
     return ArtifactInfo(folder, str(manifest.get("model_version", "")), manifest_sha256(folder),
                         str(manifest.get("source_id", "")))
+
+
+def is_published(folder: Path) -> bool:
+    """A version folder put there by `publish_artifact` (the registry's), not by an export."""
+    return (Path(folder) / PUBLISHED_MARKER).is_file()
 
 
 def versions_dir(repository: Path) -> Path:
@@ -87,6 +95,8 @@ def publish_artifact(source: Path, repository: Path, version: str, expected_sha2
     staging = Path(tempfile.mkdtemp(prefix=f".publishing-{version}-", dir=root))
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
+        (staging / PUBLISHED_MARKER).write_text(json.dumps({"model_version": version, "sha256": expected_sha256},
+                                                           sort_keys=True) + "\n")
         copied = inspect_artifact(staging)  # what Triton will read, not what we meant to copy
         if copied.manifest_sha256 != expected_sha256:
             raise PublishError(f"the copy in {staging} differs from {source}; check the disk and publish again")

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from training.export.artifact import build_model, write_model_artifact
+from training.export.publish import is_published
 from training.export.contract import (MODEL_NAME, Contract, model_versions, read_model_config,
                                       render_model_config)
 
@@ -149,14 +150,17 @@ def export_qanchor(repository: Path, cfg: QAnchorExportConfig) -> Path:
         shutil.rmtree(target)
     staging.rename(target)
     listed = _listed_versions(model_dir)
-    if cfg.only:
+    if cfg.only:  # other exports go; published versions stay (the registry's: A/B arms may name them)
         for d in versions_dir.iterdir():
-            if d.is_dir() and d.name != version:
-                shutil.rmtree(d)
-        listed = []
-    versions = [v for v in listed if (versions_dir / v).is_dir() and v != version] + [version]
-    if listed and listed[0] == version:
-        versions = [version] + versions[:-1]  # re-exporting the default keeps it the default
+            if d.is_dir() and not d.name.startswith(".") and d.name != version and not is_published(d):
+                shutil.rmtree(d)  # (dot-folders are publishes in progress: not ours to touch)
+        kept = sorted(d.name for d in versions_dir.iterdir()
+                      if d.is_dir() and not d.name.startswith(".") and d.name != version)
+        versions = [version] + kept  # this export is the default; the published ones stay servable
+    else:
+        versions = [v for v in listed if (versions_dir / v).is_dir() and v != version] + [version]
+        if listed and listed[0] == version:
+            versions = [version] + versions[:-1]  # re-exporting the default keeps it the default
     _write_atomic(model_dir / TRITON_VERSION / "model.py", (SOURCE_DIR / "model.py").read_text())
     _write_atomic(model_dir / "config.pbtxt", render_config(cfg, qcfg.input, versions, qcfg.head.out))
     if versions[0] == version:
