@@ -141,6 +141,9 @@ class RegistryClient:
     def promote_model(self, model_version: str) -> pb.ModelVersion:
         return self._call(self.stub.PromoteModel, pb.PromoteModelRequest(model_version=model_version))
 
+    def retire_model(self, model_version: str) -> pb.ModelVersion:
+        return self._call(self.stub.RetireModel, pb.RetireModelRequest(model_version=model_version))
+
     # --- gateway view ----------------------------------------------------------------------------------------
 
     def serving_info(self, scenario: str, timeout_s: float | None = None) -> ScenarioInfo:

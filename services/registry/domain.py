@@ -33,6 +33,7 @@ class ModelState(str, enum.Enum):
     REGISTERED = "REGISTERED"  # recorded; not in the model repository yet
     PUBLISHED = "PUBLISHED"    # in the model repository: servable, A/B arms may route to it
     PROMOTED = "PROMOTED"      # the default model version (at most one)
+    RETIRED = "RETIRED"        # taken out of serving (qanchor model retire); kept on record
 
 
 @dataclass(frozen=True)

@@ -105,13 +105,13 @@ class ModelVersions:
             return [_record(r) for r in session.scalars(stmt)]
 
     def publish(self, model_version: str, published_uri: str) -> ModelVersionRecord:
-        """REGISTERED -> PUBLISHED (idempotent for a published or promoted version)."""
+        """REGISTERED (or RETIRED: published again) -> PUBLISHED; idempotent for a published or promoted version."""
         check_version(model_version)
         if not published_uri:
             raise InvalidArgument("published_uri is empty; pass the model repository the artifact was copied to")
         with self.db.write() as session, session.begin():
             row = self._row(session, model_version)
-            if row.state == ModelState.REGISTERED.value:
+            if row.state in (ModelState.REGISTERED.value, ModelState.RETIRED.value):
                 row.state, row.published_uri, row.published_at = ModelState.PUBLISHED.value, published_uri, utcnow()
             record = _record(row)
         log.info("model version published", extra={"model_version": model_version, "published_uri": published_uri})
@@ -136,6 +136,19 @@ class ModelVersions:
             session.flush()
             record = _record(row)
         log.info("model version promoted", extra={"model_version": model_version})
+        return record
+
+    def retire(self, model_version: str) -> ModelVersionRecord:
+        """REGISTERED / PUBLISHED -> RETIRED (idempotent); the promoted version cannot retire: promote another."""
+        check_version(model_version)
+        with self.db.write() as session, session.begin():
+            row = self._row(session, model_version)
+            if row.state == ModelState.PROMOTED.value:
+                raise FailedPrecondition(f"model version {model_version!r} is the promoted (default) version: promote "
+                                         "another one first (qanchor model promote OTHER), then retire it")
+            row.state = ModelState.RETIRED.value
+            record = _record(row)
+        log.info("model version retired", extra={"model_version": model_version})
         return record
 
     def promoted(self) -> ModelVersionRecord | None:

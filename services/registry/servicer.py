@@ -30,6 +30,7 @@ AUTH_POLICY = {
     _PREFIX + "RegisterModel": Access.ADMIN,
     _PREFIX + "PublishModel": Access.ADMIN,
     _PREFIX + "PromoteModel": Access.ADMIN,
+    _PREFIX + "RetireModel": Access.ADMIN,
 }
 
 _KIND = {PromptKind.ZERO_SHOT: pb.PROMPT_KIND_ZERO_SHOT, PromptKind.TUNED: pb.PROMPT_KIND_TUNED}
@@ -40,7 +41,7 @@ _STATE = {JobState.QUEUED: pb.JOB_STATE_QUEUED, JobState.RUNNING: pb.JOB_STATE_R
           JobState.CANCELLED: pb.JOB_STATE_CANCELLED}
 _STATE_FROM_PB = {v: k for k, v in _STATE.items()}
 _MODEL_STATE = {ModelState.REGISTERED: pb.MODEL_STATE_REGISTERED, ModelState.PUBLISHED: pb.MODEL_STATE_PUBLISHED,
-                ModelState.PROMOTED: pb.MODEL_STATE_PROMOTED}
+                ModelState.PROMOTED: pb.MODEL_STATE_PROMOTED, ModelState.RETIRED: pb.MODEL_STATE_RETIRED}
 _MODEL_STATE_FROM_PB = {v: k for k, v in _MODEL_STATE.items()}
 
 
@@ -155,7 +156,7 @@ class ScenarioRegistryServicer(pb_grpc.ScenarioRegistryServicer):
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         unknown = [s for s in request.states if s not in _MODEL_STATE_FROM_PB]
         if unknown:
-            raise InvalidArgument(f"unknown model state(s) {unknown}; use REGISTERED, PUBLISHED, PROMOTED")
+            raise InvalidArgument(f"unknown model state(s) {unknown}; use REGISTERED, PUBLISHED, PROMOTED, RETIRED")
         found = self.models.list([_MODEL_STATE_FROM_PB[s] for s in request.states])
         return pb.ListModelsResponse(models=[model_to_proto(m) for m in found])
 
@@ -164,3 +165,6 @@ class ScenarioRegistryServicer(pb_grpc.ScenarioRegistryServicer):
 
     def PromoteModel(self, request: pb.PromoteModelRequest, context: grpc.ServicerContext) -> pb.ModelVersion:
         return model_to_proto(self.models.promote(request.model_version))
+
+    def RetireModel(self, request: pb.RetireModelRequest, context: grpc.ServicerContext) -> pb.ModelVersion:
+        return model_to_proto(self.models.retire(request.model_version))

@@ -62,3 +62,24 @@ def test_register_refuses_a_folder_that_is_not_an_export(local_stack: Path, tmp_
     art = _artifact(tmp_path / "exports", "tiny-v3")
     assert cli.main(["model", "register", str(art), "--version", "tiny-v4"]) == 1
     assert "--model-version tiny-v4" in capsys.readouterr().err
+
+
+def test_retire_removes_only_a_published_folder(local_stack: Path, tmp_path: Path,  # noqa: F811
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    served = local_stack / "model_repository" / "qanchor" / "1" / "models"
+    served.mkdir(parents=True, exist_ok=True)
+    art = _artifact(tmp_path / "exports", "old-v1")
+    assert cli.main(["model", "register", str(art)]) == 0
+    assert cli.main(["model", "publish", "old-v1"]) == 0
+    assert (served / "old-v1" / "PUBLISHED").is_file()
+    capsys.readouterr()
+    assert cli.main(["model", "retire", "old-v1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "MODEL_STATE_RETIRED"
+    assert not (served / "old-v1").exists() and not [p for p in served.iterdir() if p.name.startswith(".")]
+    # a folder an export put there (no PUBLISHED marker) is not the registry's to delete
+    _artifact(local_stack / "model_repository", "exported-v1")
+    assert cli.main(["model", "register", str(served / "exported-v1")]) == 0
+    assert cli.main(["model", "retire", "exported-v1"]) == 1
+    assert "no PUBLISHED marker" in capsys.readouterr().err
+    assert (served / "exported-v1").is_dir()
+    assert cli.main(["model", "retire", "../x"]) == 1  # refused before anything is asked of the registry

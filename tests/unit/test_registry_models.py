@@ -64,3 +64,26 @@ def test_repository_promoted_and_servable(stack) -> None:
     models.promote("a")
     assert models.promoted().model_version == "a"
     assert [m.model_version for m in models.list([ModelState.PUBLISHED, ModelState.PROMOTED])] == ["a"]
+
+
+def test_retire_takes_a_version_out_of_serving(stack) -> None:
+    _, port = stack
+    with RegistryClient(f"127.0.0.1:{port}", token="adm") as admin, \
+            RegistryClient(f"127.0.0.1:{port}", token="tok") as reader:
+        for v, sha in (("ret-a", SHA_A), ("ret-b", SHA_B)):
+            admin.register_model(v, f"/exports/{v}", sha)
+            admin.publish_model(v, "/srv/model_repository")
+        admin.promote_model("ret-a")
+        with pytest.raises(PermissionDenied):
+            reader.retire_model("ret-b")
+        with pytest.raises(FailedPrecondition, match="promote another one first"):
+            admin.retire_model("ret-a")
+        assert admin.retire_model("ret-b").state == pb.MODEL_STATE_RETIRED
+        assert admin.retire_model("ret-b").state == pb.MODEL_STATE_RETIRED  # idempotent
+        assert [m.model_version for m in reader.list_models([pb.MODEL_STATE_RETIRED])] == ["ret-b"]
+        with pytest.raises(FailedPrecondition, match="publish it first"):
+            admin.promote_model("ret-b")  # not servable any more
+        with pytest.raises(NotFound):
+            admin.retire_model("ret-zzz")
+        # published again (the CLI copies the files back first): servable again
+        assert admin.publish_model("ret-b", "/srv/model_repository").state == pb.MODEL_STATE_PUBLISHED

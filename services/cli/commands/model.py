@@ -1,9 +1,11 @@
-"""`qanchor model register|publish|promote|list|get`: a new model version into serving, no restart (docs/models.md).
+"""`qanchor model register|publish|promote|retire|list|get`: model versions in and out of serving, no restart
+(docs/models.md).
 
     python -m training.export --preset tiny --out /tmp/exports --model-version tiny-v2      # (model env)
     qanchor model register /tmp/exports/qanchor/1/models/tiny-v2 --metrics metrics.json
     qanchor model publish tiny-v2          # copies it into the model repository Triton serves, sha256-checked
     qanchor model promote tiny-v2          # the gateway's default model version
+    qanchor model retire tiny-v1           # out of serving: the registry stops offering it, its folder goes
     qanchor model list --json
 
 `publish` needs the model repository on this machine (default: the local stack's, $QANCHOR_STATE_DIR/
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
+import shutil
 from pathlib import Path
 
 from services.cli.commands._registry import add_connection_args, enum_name, registry_client
@@ -98,6 +102,37 @@ def _promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retire(args: argparse.Namespace) -> int:
+    from training.export.publish import is_published, versions_dir
+    from training.export.versions import VersionError, valid_version
+
+    try:
+        valid_version(args.version)
+    except VersionError as exc:
+        raise CliError(str(exc)) from None
+    with registry_client(args) as c:
+        m = c.retire_model(args.version)  # first: the gateway stops routing to it before its files go
+    _show(m, args, "retired")
+    if args.keep_files:
+        return 0
+    folder = versions_dir(_repository(args)) / m.model_version
+    if not folder.is_dir():
+        if not args.json:
+            print(f"no folder {folder}: nothing to remove from the model repository")
+        return 0
+    if not is_published(folder):
+        raise CliError(f"{folder} was not put there by `qanchor model publish` (no PUBLISHED marker): it is an "
+                       "export the stack or an operator manages; it stays (remove it by hand if you mean to)")
+    # One rename, then the delete: the model server sees the whole folder or none (dot-folders are ignored).
+    gone = folder.with_name(f".retired-{m.model_version}-{os.getpid()}")
+    folder.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
+    if not args.json:
+        print(f"removed {folder}; model servers that loaded it drop it when they unload versions "
+              "(a request naming it now gets NOT_FOUND)")
+    return 0
+
+
 def _get(args: argparse.Namespace) -> int:
     with registry_client(args) as c:
         m = c.get_model(args.version)
@@ -147,6 +182,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("version")
     pr.set_defaults(func=_promote)
 
+    rt = sub.add_parser("retire", help="take a version out of serving and remove its published folder (admin)")
+    rt.add_argument("version")
+    rt.add_argument("--repository", help="the Triton model repository (default: the local stack's, "
+                                         "$QANCHOR_STATE_DIR/model_repository)")
+    rt.add_argument("--keep-files", action="store_true", help="only mark it retired in the registry")
+    rt.set_defaults(func=_retire)
+
     g = sub.add_parser("get", help="show one model version")
     g.add_argument("version")
     g.set_defaults(func=_get)
@@ -154,5 +196,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("list", help="list model versions, newest first")
     ls.set_defaults(func=_list)
 
-    for action in (r, pub, pr, g, ls):
+    for action in (r, pub, pr, rt, g, ls):
         add_connection_args(action)

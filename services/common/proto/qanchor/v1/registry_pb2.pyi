@@ -38,6 +38,7 @@ class ModelState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_STATE_REGISTERED: _ClassVar[ModelState]
     MODEL_STATE_PUBLISHED: _ClassVar[ModelState]
     MODEL_STATE_PROMOTED: _ClassVar[ModelState]
+    MODEL_STATE_RETIRED: _ClassVar[ModelState]
 PROMPT_KIND_UNSPECIFIED: PromptKind
 PROMPT_KIND_ZERO_SHOT: PromptKind
 PROMPT_KIND_TUNED: PromptKind
@@ -55,6 +56,7 @@ MODEL_STATE_UNSPECIFIED: ModelState
 MODEL_STATE_REGISTERED: ModelState
 MODEL_STATE_PUBLISHED: ModelState
 MODEL_STATE_PROMOTED: ModelState
+MODEL_STATE_RETIRED: ModelState
 
 class PromptVersion(_message.Message):
     __slots__ = ("scenario", "version", "kind", "status", "model_version", "artifact_uri", "sha256", "metrics", "created_at")
@@ -322,6 +324,12 @@ class PublishModelRequest(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., published_uri: _Optional[str] = ...) -> None: ...
 
 class PromoteModelRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+
+class RetireModelRequest(_message.Message):
     __slots__ = ("model_version",)
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_version: str

@@ -104,6 +104,11 @@ class ScenarioRegistryStub:
                 request_serializer=qanchor_dot_v1_dot_registry__pb2.PromoteModelRequest.SerializeToString,
                 response_deserializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.RetireModel = channel.unary_unary(
+                '/qanchor.v1.ScenarioRegistry/RetireModel',
+                request_serializer=qanchor_dot_v1_dot_registry__pb2.RetireModelRequest.SerializeToString,
+                response_deserializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
 
 
 class ScenarioRegistryServicer:
@@ -206,6 +211,15 @@ class ScenarioRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetireModel(self, request, context):
+        """Admin. REGISTERED or PUBLISHED -> RETIRED: no longer servable (A/B arms naming it are refused on reload; the
+        gateway stops routing to it); `qanchor model retire` also removes its folder from the model repository.
+        FAILED_PRECONDITION for the promoted version (promote another first); idempotent for a retired one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScenarioRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +291,11 @@ def add_ScenarioRegistryServicer_to_server(servicer, server):
             'PromoteModel': grpc.unary_unary_rpc_method_handler(
                     servicer.PromoteModel,
                     request_deserializer=qanchor_dot_v1_dot_registry__pb2.PromoteModelRequest.FromString,
+                    response_serializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'RetireModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireModel,
+                    request_deserializer=qanchor_dot_v1_dot_registry__pb2.RetireModelRequest.FromString,
                     response_serializer=qanchor_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
     }
@@ -657,6 +676,33 @@ class ScenarioRegistry:
             target,
             '/qanchor.v1.ScenarioRegistry/PromoteModel',
             qanchor_dot_v1_dot_registry__pb2.PromoteModelRequest.SerializeToString,
+            qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qanchor.v1.ScenarioRegistry/RetireModel',
+            qanchor_dot_v1_dot_registry__pb2.RetireModelRequest.SerializeToString,
             qanchor_dot_v1_dot_registry__pb2.ModelVersion.FromString,
             options,
             channel_credentials,
