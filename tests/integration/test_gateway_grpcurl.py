@@ -100,3 +100,41 @@ def test_every_registry_rpc_without_a_deadline(world, grpcurl) -> None:  # type:
                                target, rpc], capture_output=True, text=True, timeout=120)
         # Answered with a status (no Celery broker in this test; an unknown job), not timed out.
         assert proc.returncode != 0 and "Code:" in proc.stderr and "DeadlineExceeded" not in proc.stderr, proc.stderr
+
+
+def _status(grpcurl: str, target: str, method: str, body: str, token: str) -> str:
+    """The gRPC status grpcurl reports for a call expected to fail (raw JSON body: malformed input too)."""
+    proc = subprocess.run([grpcurl, "-plaintext", "-H", f"authorization: Bearer {token}", "-d", body, target, method],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, f"{method} {body}: expected an error, got {proc.stdout[:300]}"
+    return proc.stderr
+
+
+def test_model_version_rpcs_and_bad_input_from_grpcurl(world, grpcurl) -> None:  # type: ignore[no-untyped-def]
+    """The model-version RPCs as an outside client calls them: the lifecycle, and bad input answered with the right
+    status (never a hang, never UNKNOWN)."""
+    target = world["registry_target"]
+    m = "qanchor.v1.ScenarioRegistry/"
+    sha = "ef" * 32
+    reg = call(grpcurl, target, m + "RegisterModel",
+               {"model_version": "grpcurl-v1", "artifact_uri": "/exports/grpcurl-v1", "sha256": sha}, ADMIN)
+    assert reg["state"] == "MODEL_STATE_REGISTERED"
+    assert call(grpcurl, target, m + "PublishModel", {"model_version": "grpcurl-v1", "published_uri": "/srv/repo"},
+                ADMIN)["state"] == "MODEL_STATE_PUBLISHED"
+    assert call(grpcurl, target, m + "RetireModel", {"model_version": "grpcurl-v1"}, ADMIN)["state"] == \
+        "MODEL_STATE_RETIRED"
+    listed = call(grpcurl, target, m + "ListModels", {"states": ["MODEL_STATE_RETIRED"]}, ADMIN)["models"]
+    assert "grpcurl-v1" in {x["model_version"] for x in listed}
+    for method, body, token, code in (
+            ("GetModel", '{"model_version": "../../etc"}', ADMIN, "InvalidArgument"),
+            ("GetModel", '{"model_version": "never-registered"}', ADMIN, "NotFound"),
+            ("RegisterModel", '{"model_version": "x1", "artifact_uri": "/a", "sha256": "nope"}', ADMIN,
+             "InvalidArgument"),
+            ("RetireModel", '{"model_version": "grpcurl-v1"}', TOKEN, "Unauthenticated"),  # not a registry token
+            ("PromoteModel", '{"model_version": "grpcurl-v1"}', ADMIN, "FailedPrecondition"),  # retired
+            ("GetModel", '{"model_version": 7}', ADMIN, ""),  # malformed JSON for the field: grpcurl refuses it
+    ):
+        err = _status(grpcurl, target, m + method, body, token)
+        assert "DeadlineExceeded" not in err and "Unknown" not in err, (method, err)
+        if code:
+            assert f"Code: {code}" in err, (method, body, err)
