@@ -14,7 +14,7 @@ list of categories). The recipe is the one docs/model.md measured (issue "Embedd
 
 Questions with several wordings pick one per (user, topic) by hash, as in training.data.future_topics.
 
-    python -m training.data.event_pairs --log-root var/eventlog --users 3     # print some pairs
+    python -m training.data.event_pairs --users 3       # print some pairs (--log-root DIR: another log)
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from training.data.event_log import default_log_root
 from training.data.event_world import EventWorld, build_event_world
 from training.data.future_topics import level_word
 from training.data.pairs import FUTURE_QUERY, Pair, reference_users, relevance_moments
@@ -491,14 +492,15 @@ def build_event_pairs(world: EventWorld, users: list[int] | None = None, top_k: 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Print or export pretraining pairs built from the event log")
-    p.add_argument("--log-root", required=True, help="the event log folder (services/eventlog writes it)")
+    p.add_argument("--log-root", default=None, help="the event log folder (default $QANCHOR_EVENT_LOG_DIR, else the "
+                                                    "local stack's $QANCHOR_STATE_DIR/eventlog)")
     p.add_argument("--cutoff", type=float, default=None, help="unix seconds: one time cut for every user")
     p.add_argument("--users", type=int, default=3)
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--out", default=None, help="JSONL file (default: print)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    world = build_event_world(Path(args.log_root), cutoff=args.cutoff)
+    world = build_event_world(Path(args.log_root) if args.log_root else default_log_root(), cutoff=args.cutoff)
     pairs = build_event_pairs(world, world.users()[:args.users], args.top_k)
     lines = [json.dumps({**asdict(x), "user_id": world.user_id(x.user)}, ensure_ascii=False, default=str)
              for x in pairs]
