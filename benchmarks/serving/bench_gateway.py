@@ -35,19 +35,22 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.feast_store import get_store
-from services.common.features import SourceEvents, UserFeatures, load_feature_spec
-from services.common.features_online import FeatureReader, FeatureWriter
-from services.common.proto.qanchor.v1 import embedding_pb2 as pb
-from services.common.settings import repo_root
-from services.gateway import contract_model
-from services.gateway.embedding_client import EmbeddingClient
-from services.gateway.clients.triton import TritonModelClient
-from services.gateway.core import ModelRequest
-from services.registry.client import RegistryClient
-from services.registry.server import create_registry_server
-from services.registry.settings import RegistrySettings
-from services.stack import Stack, StackSettings
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the repository's packages first
+
+from services.common.feast_store import get_store  # noqa: E402
+from services.common.features import SourceEvents, UserFeatures, load_feature_spec  # noqa: E402
+from services.common.features_online import FeatureReader, FeatureWriter  # noqa: E402
+from services.common.proto.qanchor.v1 import embedding_pb2 as pb  # noqa: E402
+from services.common.settings import repo_root  # noqa: E402
+from services.gateway import contract_model  # noqa: E402
+from services.gateway.embedding_client import EmbeddingClient  # noqa: E402
+from services.gateway.clients.triton import TritonModelClient  # noqa: E402
+from services.gateway.core import ModelRequest  # noqa: E402
+from services.registry.client import RegistryClient  # noqa: E402
+from services.registry.server import create_registry_server  # noqa: E402
+from services.registry.settings import RegistrySettings  # noqa: E402
+from services.stack import Stack, StackSettings  # noqa: E402
 
 SCENARIOS = [f"scenario_{i:02d}" for i in range(10)]
 ADMIN = "bench-admin"

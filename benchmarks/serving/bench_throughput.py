@@ -6,9 +6,10 @@ previous serving (fp32, contract v1: one request per execute), side by side in o
 
 One exported model version (`python -m training.export`, e.g. the default checkpoint) is served by two real Triton
 processes, started by the stack manager on their own port bases and fed the same model folder:
-  baseline  contract v1 (max_batch_size 0), QANCHOR_PRECISION=float32 in Triton's environment
-  served    contract v2 (dynamic batcher, max_batch_size 16, 2 ms queue delay), precision from the model config
-            (auto: bf16 on AMX / AVX512-BF16 CPUs)
+  baseline  contract v1 (max_batch_size 0), QANCHOR_PRECISION=float32 and QANCHOR_SERVING_ATTENTION=trained (the
+            checkpoint's own attention) in Triton's environment: what was served before
+  served    contract v2 (dynamic batcher, max_batch_size 16, --queue-delay-us, default 2 ms), precision from the
+            model config (auto: bf16 on AMX / AVX512-BF16 CPUs), SDPA attention
 Clients are threads calling the gateway's model client (services/gateway/clients/triton_pool.py: the same request
 building the gateway does) with one user and S scenarios per request; every request is a new user (a prefix miss:
 the costly case, and the one batching helps most). For each client count the two arms run back to back. Reported:
@@ -41,11 +42,12 @@ from services.stack import Stack, StackSettings  # noqa: E402
 from training.export.contract import MODEL_NAME, Contract, render_model_config  # noqa: E402
 
 MODEL_PY = ROOT / "training" / "export" / "triton_models" / "qanchor" / "model.py"
-ARMS = {"baseline": {"max_batch_size": 0, "precision": "float32", "shift": 100},
-        "served": {"max_batch_size": 16, "precision": None, "shift": 200}}
+ARMS = {"baseline": {"max_batch_size": 0, "precision": "float32", "attention": "trained", "shift": 100,
+                     "queue_delay_us": 0},
+        "served": {"max_batch_size": 16, "precision": None, "attention": "sdpa", "shift": 200, "queue_delay_us": 2000}}
 
 
-def make_repository(repo: Path, version_dir: Path, max_batch_size: int) -> None:
+def make_repository(repo: Path, version_dir: Path, max_batch_size: int, queue_delay_us: int = 2000) -> None:
     """A Triton repository serving `version_dir` (linked, not copied) with the contract v1 or v2 config."""
     cfg = json.loads((version_dir / "config.json").read_text())
     i = cfg["input"]
@@ -56,7 +58,7 @@ def make_repository(repo: Path, version_dir: Path, max_batch_size: int) -> None:
     shutil.copy2(MODEL_PY, model / "1" / "model.py")
     (model / "1" / "models" / version_dir.name).symlink_to(version_dir.resolve(), target_is_directory=True)
     params = {"model_versions": version_dir.name, "cache_bytes": str(1 << 30), "torch_threads": "0"}
-    msg = contract.model_config(MODEL_NAME, max_batch_size=max_batch_size, max_queue_delay_us=2000,
+    msg = contract.model_config(MODEL_NAME, max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us,
                                 parameters=params, specific_version=1)
     (model / "config.pbtxt").write_text(render_model_config(msg, tool="benchmarks/serving/bench_throughput.py"))
 
@@ -64,17 +66,18 @@ def make_repository(repo: Path, version_dir: Path, max_batch_size: int) -> None:
 def start_arm(name: str, version_dir: Path, state: Path, base: int) -> Stack:
     arm = ARMS[name]
     settings = StackSettings(state_dir=state / name, port_base=base + arm["shift"])
-    make_repository(settings.layout.model_repository, version_dir, arm["max_batch_size"])
-    saved = os.environ.pop("QANCHOR_PRECISION", None)
-    if arm["precision"]:
-        os.environ["QANCHOR_PRECISION"] = arm["precision"]  # Triton's Python backend inherits the environment
+    make_repository(settings.layout.model_repository, version_dir, arm["max_batch_size"], arm["queue_delay_us"])
+    env = {"QANCHOR_PRECISION": arm["precision"], "QANCHOR_SERVING_ATTENTION": arm["attention"]}
+    saved = {k: os.environ.pop(k, None) for k in env}
+    os.environ.update({k: v for k, v in env.items() if v})  # Triton's Python backend inherits the environment
     try:
         stack = Stack(settings)
         stack.up(["triton"], timeout_s=600)
     finally:
-        os.environ.pop("QANCHOR_PRECISION", None)
-        if saved is not None:
-            os.environ["QANCHOR_PRECISION"] = saved
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
     return stack
 
 
@@ -135,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests-per-client", type=int, default=2)
     ap.add_argument("--scenarios", type=int, default=10)
     ap.add_argument("--timeout-s", type=float, default=600.0)
+    ap.add_argument("--queue-delay-us", type=int, default=ARMS["served"]["queue_delay_us"],
+                    help="the served arm's dynamic-batcher max_queue_delay_microseconds (training.export's "
+                         "--max-queue-delay-us)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     args = ap.parse_args(argv)
+    ARMS["served"]["queue_delay_us"] = args.queue_delay_us
     base = int(os.environ.get("QANCHOR_PORT_BASE", "23000"))
     state = Path(os.environ.get("QANCHOR_STATE_DIR", "/tmp/qanchor-bench")) / "throughput"
     spec = load_feature_spec()
