@@ -54,6 +54,7 @@ from services.stack import Stack, StackSettings  # noqa: E402
 
 SCENARIOS = [f"scenario_{i:02d}" for i in range(10)]
 ADMIN = "bench-admin"
+TOKEN = "bench-token"  # the gateway refuses to start without one (secure by default); clients send it as a bearer
 
 
 def free_port() -> int:
@@ -143,7 +144,8 @@ def timed(fn) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - t) * 1000
 
 
-def open_loop(stub, rate: float, seconds: float, user_ids: list[str]) -> tuple[list[float], int]:  # type: ignore[no-untyped-def]
+def open_loop(stub, rate: float, seconds: float,  # type: ignore[no-untyped-def]
+              user_ids: list[str]) -> tuple[list[float], int]:
     """Fire GetEmbedding at a fixed rate regardless of completions (no coordinated omission)."""
     lat: list[float] = []
     errors = [0]
@@ -158,7 +160,8 @@ def open_loop(stub, rate: float, seconds: float, user_ids: list[str]) -> tuple[l
             time.sleep(delay)
         sent = time.perf_counter()
         fut = stub.GetEmbedding.future(pb.GetEmbeddingRequest(user_id=user_ids[i % len(user_ids)],
-                                                              scenario=SCENARIOS[0]), timeout=5.0)
+                                                              scenario=SCENARIOS[0]), timeout=5.0,
+                                      metadata=(("authorization", f"Bearer {TOKEN}"),))
 
         def done(f, sent=sent):  # type: ignore[no-untyped-def]
             with lock:
@@ -214,10 +217,11 @@ def main() -> int:
     gw, target, metrics_url = start_gateway({"GATEWAY_AB_CONFIG": str(ab), "GATEWAY_TRITON_URL": ep.triton_grpc,
                                 "GATEWAY_TRITON_MODEL": args.model,
                                 "GATEWAY_REGISTRY_TARGET": f"127.0.0.1:{reg_port}",
-                                "GATEWAY_FEAST_LOCATION": str(ep.feast_config)}, tmp / "gateway.log")
+                                "GATEWAY_FEAST_LOCATION": str(ep.feast_config), "GATEWAY_TOKEN": TOKEN},
+                               tmp / "gateway.log")
     results: dict[str, object] = {}
     try:
-        with EmbeddingClient(target, timeout_s=30.0) as client:
+        with EmbeddingClient(target, token=TOKEN, timeout_s=30.0) as client:
             for _ in range(20):  # warm up channels, registry cache, Feast registry cache
                 client.get_embedding(groups["rate"][0].user_id, SCENARIOS[0])
             miss = [timed(lambda u=u: client.get_embedding(u.user_id, SCENARIOS[0])) for u in groups["miss"]]

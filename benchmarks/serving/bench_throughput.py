@@ -42,9 +42,10 @@ from services.stack import Stack, StackSettings  # noqa: E402
 from training.export.contract import MODEL_NAME, Contract, render_model_config  # noqa: E402
 
 MODEL_PY = ROOT / "training" / "export" / "triton_models" / "qanchor" / "model.py"
-ARMS = {"baseline": {"max_batch_size": 0, "precision": "float32", "attention": "trained", "shift": 100,
-                     "queue_delay_us": 0},
-        "served": {"max_batch_size": 16, "precision": None, "attention": "sdpa", "shift": 200, "queue_delay_us": 2000}}
+ARMS = {"baseline": {"max_batch_size": 0, "precision": "float32", "attention": "trained", "cpu_wait": "passive",
+                     "shift": 100, "queue_delay_us": 0},
+        "served": {"max_batch_size": 16, "precision": None, "attention": "sdpa", "cpu_wait": "passive", "shift": 200,
+                   "queue_delay_us": 2000}}
 
 
 def make_repository(repo: Path, version_dir: Path, max_batch_size: int, queue_delay_us: int = 2000) -> None:
@@ -67,7 +68,8 @@ def start_arm(name: str, version_dir: Path, state: Path, base: int) -> Stack:
     arm = ARMS[name]
     settings = StackSettings(state_dir=state / name, port_base=base + arm["shift"])
     make_repository(settings.layout.model_repository, version_dir, arm["max_batch_size"], arm["queue_delay_us"])
-    env = {"QANCHOR_PRECISION": arm["precision"], "QANCHOR_SERVING_ATTENTION": arm["attention"]}
+    env = {"QANCHOR_PRECISION": arm["precision"], "QANCHOR_SERVING_ATTENTION": arm["attention"],
+           "QANCHOR_CPU_WAIT": arm["cpu_wait"], "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
     saved = {k: os.environ.pop(k, None) for k in env}
     os.environ.update({k: v for k, v in env.items() if v})  # Triton's Python backend inherits the environment
     try:
@@ -141,9 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue-delay-us", type=int, default=ARMS["served"]["queue_delay_us"],
                     help="the served arm's dynamic-batcher max_queue_delay_microseconds (training.export's "
                          "--max-queue-delay-us)")
+    ap.add_argument("--cpu-wait", choices=("passive", "spin"), default="passive",
+                    help="the served arm's QANCHOR_CPU_WAIT (training/export/cpu_wait.py); the baseline stays passive")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     args = ap.parse_args(argv)
     ARMS["served"]["queue_delay_us"] = args.queue_delay_us
+    ARMS["served"]["cpu_wait"] = args.cpu_wait
     base = int(os.environ.get("QANCHOR_PORT_BASE", "23000"))
     state = Path(os.environ.get("QANCHOR_STATE_DIR", "/tmp/qanchor-bench")) / "throughput"
     spec = load_feature_spec()

@@ -105,7 +105,10 @@ def triton_env(model_env: ModelEnv, base: dict[str, str], services_prefix: Path 
     env["PYTHONPATH"] = project_pythonpath()  # the Python backend imports `training` from this checkout
     # Every torch model in Triton (qanchor, text_encoder): OpenMP threads that spin while idle burn the CPU other
     # models and requests need; on a busy 2-core host that made one SmolLM2 call ~10x slower (docs/serving_model.md).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # QANCHOR_CPU_WAIT=spin for a host whose cores Triton owns (training/export/cpu_wait.py).
+    from training.export.cpu_wait import apply as apply_cpu_wait
+
+    apply_cpu_wait(env)
     return env
 
 

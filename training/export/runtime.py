@@ -82,7 +82,9 @@ def configure_threads(threads: int) -> int:
     here we set it for callers that have not imported torch yet and warn otherwise. Inter-op threads are pinned
     to 1: one request's forward is a chain of ops, there is nothing to run side by side.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from training.export.cpu_wait import apply as apply_cpu_wait
+
+    apply_cpu_wait()  # QANCHOR_CPU_WAIT: passive (default) or spin
     if threads > 0:
         torch.set_num_threads(threads)
     try:
@@ -90,8 +92,8 @@ def configure_threads(threads: int) -> int:
     except RuntimeError:  # already started by earlier torch work in this process; harmless, log and go on
         log.info("event=interop_threads_already_set threads=%d", torch.get_num_interop_threads())
     n = torch.get_num_threads()
-    log.info("event=threads_configured intra_op=%d inter_op=%d omp_wait_policy=%s", n,
-             torch.get_num_interop_threads(), os.environ.get("OMP_WAIT_POLICY"))
+    log.info("event=threads_configured intra_op=%d inter_op=%d omp_wait_policy=%s gomp_spincount=%s", n,
+             torch.get_num_interop_threads(), os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
     return n
 
 

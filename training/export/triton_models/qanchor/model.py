@@ -28,10 +28,12 @@ for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pat
     if _entry not in sys.path:
         sys.path.insert(0, _entry)
 
-# Before torch loads OpenMP (it reads these once): sleeping, not spinning, idle worker threads. With OpenMP's
-# default spin-wait, this stub on a loaded 2-core machine served one scenario in ~19 s instead of ~1.5 s
-# (benchmarks/serving/README.md). An operator's own setting in Triton's environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Before torch loads OpenMP (it reads these once): how idle worker threads wait, QANCHOR_CPU_WAIT (passive by
+# default: with OpenMP's default spin-wait this stub on a loaded 2-core machine served one scenario in ~19 s instead
+# of ~1.5 s, benchmarks/serving/README.md; spin on dedicated cores). training.export.cpu_wait explains both.
+from training.export.cpu_wait import apply as _apply_cpu_wait  # noqa: E402  (standard library only)
+
+_apply_cpu_wait()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402

@@ -23,7 +23,9 @@ from pathlib import Path
 for _entry in reversed([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]):
     if _entry not in sys.path:
         sys.path.insert(0, _entry)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from training.export.cpu_wait import apply as _apply_cpu_wait  # noqa: E402  (QANCHOR_CPU_WAIT; stdlib only)
+
+_apply_cpu_wait()
 
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
