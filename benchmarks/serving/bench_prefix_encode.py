@@ -32,7 +32,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP, as the Triton model does
+from pathlib import Path as _Path  # noqa: E402
+
+sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))
+from training.export.cpu_wait import apply as _apply_cpu_wait  # noqa: E402  (stdlib only, before torch)
+
+_apply_cpu_wait()  # QANCHOR_CPU_WAIT: passive (default, as Triton) or spin, as the served model would run
 
 import torch  # noqa: E402
 

@@ -144,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="the served arm's dynamic-batcher max_queue_delay_microseconds (training.export's "
                          "--max-queue-delay-us)")
     ap.add_argument("--cpu-wait", choices=("passive", "spin"), default="passive",
-                    help="the served arm's QANCHOR_CPU_WAIT (training/export/cpu_wait.py); the baseline stays passive")
+                    help="the served arm's QANCHOR_CPU_WAIT (training/export/cpu_wait.py)")
+    ap.add_argument("--baseline-cpu-wait", choices=("passive", "spin"), default="passive",
+                    help="the baseline arm's (passive: as served before)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput.json")
     args = ap.parse_args(argv)
     ARMS["served"]["queue_delay_us"] = args.queue_delay_us
     ARMS["served"]["cpu_wait"] = args.cpu_wait
+    ARMS["baseline"]["cpu_wait"] = args.baseline_cpu_wait
     base = int(os.environ.get("QANCHOR_PORT_BASE", "23000"))
     state = Path(os.environ.get("QANCHOR_STATE_DIR", "/tmp/qanchor-bench")) / "throughput"
     spec = load_feature_spec()
