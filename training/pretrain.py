@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="override optim.batch_size (users per rank)")
     p.add_argument("--lr", type=float, default=None, help="override optim.lr")
     p.add_argument("--max-users", type=int, default=None, help="keep the first N users (quick runs)")
+    p.add_argument("--min-history", type=int, default=WorldConfig.min_history,
+                   help="users with fewer history-window events are left out")
+    p.add_argument("--min-future", type=int, default=WorldConfig.min_future,
+                   help="users with fewer future-window events are left out")
     p.add_argument("--top-k", type=int, default=None, help="QA pairs per user (override data.top_k)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="run directory")
@@ -189,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.log_root.is_dir():
             p.error(f"--dataset offline reads the event log, and there is none at {args.log_root}: start the stack's "
                     f"eventlog service (qanchor stack up eventlog), or pass --log-root DIR / set {EVENT_LOG_DIR_ENV}")
-        world = build_event_world(args.log_root, WorldConfig(dataset="offline", max_users=args.max_users),
+        world = build_event_world(args.log_root, WorldConfig(dataset="offline", max_users=args.max_users,
+                                                             min_history=args.min_history,
+                                                             min_future=args.min_future),
                                   cutoff=parse_cutoff(args.cutoff))
         pair_builder = build_event_pairs
     else:
-        world = build_world(WorldConfig(dataset=args.dataset, max_users=args.max_users))
+        world = build_world(WorldConfig(dataset=args.dataset, max_users=args.max_users,
+                                        min_history=args.min_history, min_future=args.min_future))
         pair_builder = build_pairs
     cfg = align_config(cfg, world)
     o = cfg.optim
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
     # The dense user vector's constants ship with every checkpoint: ingest standardises raw events' statistics with them.
     provenance_data = {"dataset": args.dataset, "max_users": args.max_users, "train_users": len(train_users(world)),
-                       "split_salt": world.cfg.split_salt}
+                       "split_salt": world.cfg.split_salt, "min_history": world.cfg.min_history,
+                       "min_future": world.cfg.min_future}
     if args.dataset == "offline":
         provenance_data.update(log_root=str(args.log_root), cutoff=world.cutoff)
     normalisation = (fit_normalisation(world, vecs), provenance_data)

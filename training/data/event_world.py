@@ -167,7 +167,7 @@ def build_event_world(log_root: Path, cfg: WorldConfig | None = None, cutoff: fl
     if not timelines:
         raise ValueError(f"no user of the {len(user_ids)} in {log_root} has >= {cfg.min_history} history and "
                          f">= {cfg.min_future} future events" + (f" around cutoff {cutoff}" if cutoff else "") +
-                         "; send more events, move --cutoff, or lower data.min_history / data.min_future")
+                         "; send more events, move --cutoff, or lower --min-history / --min-future")
     from training.data.features import fit_tabular  # late import: features needs the world types
 
     world.tabular = fit_tabular(world)
