@@ -19,14 +19,9 @@ fi
 # explicit + --load-model='*': clients may load/unload at run time, and a restart comes back with every model.
 # Pinned host memory speeds GPU copies; CPU pods set QANCHOR_TRITON_PINNED_MEMORY_BYTES=0 and save ~256 MB.
 echo "event=triton_start repository=$repo http=$((base)) grpc=$((base + 1)) metrics=$((base + 2))" >&2
-# Idle OpenMP threads sleep, not spin, by default: spinning threads starve the other models on a shared CPU.
-# QANCHOR_CPU_WAIT=spin (dedicated cores) spins briefly first: half the latency of small calls (cpu_wait.py).
-if [ "${QANCHOR_CPU_WAIT:-passive}" = spin ]; then
-  [ "${OMP_WAIT_POLICY:-}" = PASSIVE ] && unset OMP_WAIT_POLICY
-  export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-20000}"
-else
-  export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-fi
+# Idle OpenMP threads must sleep, not spin: spinning threads starve the other models on a shared CPU.
+# (QANCHOR_CPU_WAIT=spin, for dedicated cores, is applied by each model's model.py: training/export/cpu_wait.py.)
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec tritonserver \
   --model-repository="$repo" \
   --backend-directory="$backends" \

@@ -32,17 +32,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pathlib import Path as _Path  # noqa: E402
-
-sys.path.insert(0, str(_Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the repository's packages, before the CPU-wait setting and torch
 from training.export.cpu_wait import apply as _apply_cpu_wait  # noqa: E402  (stdlib only, before torch)
 
 _apply_cpu_wait()  # QANCHOR_CPU_WAIT: passive (default, as Triton) or spin, as the served model would run
 
 import torch  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "prefix_cache"))
 
 from bench_prefix_cache import PREFIX, QUERIES, build  # noqa: E402

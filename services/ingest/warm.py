@@ -29,6 +29,7 @@ from typing import Callable, Protocol, Sequence
 
 from services.common.errors import QAnchorError
 from services.common.features import UserFeatures
+from services.gateway.core import ModelRequest
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,6 @@ class PrefixWarmer:
 
     def warm(self, rows: list[UserFeatures]) -> None:
         """One warm-up call for these users (the background thread's step; tests call it directly)."""
-        from services.gateway.core import ModelRequest
-
         if rows:
             t0 = self.clock()
             try:

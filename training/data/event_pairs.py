@@ -211,22 +211,23 @@ def _category_means(w: EventWindow, min_count: int = 3) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in sums.items() if len(v) >= min_count}
 
 
-def best_category(w, pop):
+def _rated_category(w: EventWindow, best: bool) -> TopicAnswer | None:
+    """The category rated highest (best) or lowest, with its distance from the user's mean as the statistic."""
     means = _category_means(w)
     if len(means) < 2:
         return None
-    k = max(sorted(means), key=lambda x: means[x])
-    return TopicAnswer(f"{k}, rated {means[k]:.1f} on average.", {"category": k, "mean": round(means[k], 1)},
-                       means[k] - float(w.rating[w.rated].mean()))
+    k = (max if best else min)(sorted(means), key=lambda x: means[x])
+    gap = means[k] - float(w.rating[w.rated].mean())
+    return TopicAnswer(f"{k}, rated {'' if best else 'only '}{means[k]:.1f} on average.",
+                       {"category": k, "mean": round(means[k], 1)}, gap if best else -gap)
+
+
+def best_category(w, pop):
+    return _rated_category(w, best=True)
 
 
 def worst_category(w, pop):
-    means = _category_means(w)
-    if len(means) < 2:
-        return None
-    k = min(sorted(means), key=lambda x: means[x])
-    return TopicAnswer(f"{k}, rated only {means[k]:.1f} on average.", {"category": k, "mean": round(means[k], 1)},
-                       float(w.rating[w.rated].mean()) - means[k])
+    return _rated_category(w, best=False)
 
 
 def era(w, pop):

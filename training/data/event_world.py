@@ -139,7 +139,7 @@ def build_event_world(log_root: Path, cfg: WorldConfig | None = None, cutoff: fl
     i_index = {k: i for i, k in enumerate(items)}
     item = np.array([i_index[k] for k in keys], np.int32)
     item_labels = list(items)
-    for k, lab, t in zip(keys, label, texts_raw):  # a title wins over the item id; the text is the fallback key
+    for k, lab in zip(keys, label):  # a title wins over the item id; the text is the fallback key
         if lab is not None:
             item_labels[i_index[k]] = lab
 

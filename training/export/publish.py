@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -63,6 +64,24 @@ def inspect_artifact(folder: Path) -> ArtifactInfo:
 def is_published(folder: Path) -> bool:
     """A version folder put there by `publish_artifact` (the registry's), not by an export."""
     return (Path(folder) / PUBLISHED_MARKER).is_file()
+
+
+def unpublish(repository: Path, version: str) -> Path | None:
+    """Remove a version folder `publish_artifact` put into `repository` -> its path, or None when there is none.
+    One rename, then the delete: the model server sees the whole folder or none (it ignores dot-folders). A folder
+    without the PUBLISHED marker is an export, not the registry's: PublishError, nothing removed."""
+    valid_version(version)
+    folder = versions_dir(repository) / version
+    if not folder.is_dir():
+        return None
+    if not is_published(folder):
+        raise PublishError(f"{folder} was not put there by `qanchor model publish` (no {PUBLISHED_MARKER} marker): it "
+                           "is an export the stack or an operator manages; it stays (remove it by hand if you mean to)")
+    gone = folder.with_name(f".retired-{version}-{os.getpid()}")
+    folder.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
+    log.info("model version unpublished", extra={"model_version": version, "path": str(folder)})
+    return folder
 
 
 def versions_dir(repository: Path) -> Path:

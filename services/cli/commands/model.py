@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
-import shutil
 from pathlib import Path
 
 from services.cli.commands._registry import add_connection_args, enum_name, registry_client
 from services.cli.output import CliError, as_dict, format_table, print_json
 from services.common.proto.qanchor.v1 import registry_pb2 as pb
-from training.export.publish import PublishError, inspect_artifact, publish_artifact
+from training.export.publish import PublishError, inspect_artifact, publish_artifact, unpublish
 
 
 def _state(m: pb.ModelVersion) -> str:
@@ -103,7 +101,6 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _retire(args: argparse.Namespace) -> int:
-    from training.export.publish import is_published, versions_dir
     from training.export.versions import VersionError, valid_version
 
     try:
@@ -115,21 +112,14 @@ def _retire(args: argparse.Namespace) -> int:
     _show(m, args, "retired")
     if args.keep_files:
         return 0
-    folder = versions_dir(_repository(args)) / m.model_version
-    if not folder.is_dir():
-        if not args.json:
-            print(f"no folder {folder}: nothing to remove from the model repository")
-        return 0
-    if not is_published(folder):
-        raise CliError(f"{folder} was not put there by `qanchor model publish` (no PUBLISHED marker): it is an "
-                       "export the stack or an operator manages; it stays (remove it by hand if you mean to)")
-    # One rename, then the delete: the model server sees the whole folder or none (dot-folders are ignored).
-    gone = folder.with_name(f".retired-{m.model_version}-{os.getpid()}")
-    folder.rename(gone)
-    shutil.rmtree(gone, ignore_errors=True)
+    try:
+        folder = unpublish(_repository(args), m.model_version)
+    except PublishError as exc:
+        raise CliError(str(exc)) from None
     if not args.json:
-        print(f"removed {folder}; model servers that loaded it drop it when they unload versions "
-              "(a request naming it now gets NOT_FOUND)")
+        print("nothing to remove from the model repository" if folder is None else
+              f"removed {folder}; model servers that loaded it drop it when they unload versions (a request naming "
+              "it now gets NOT_FOUND)")
     return 0
 
 
@@ -174,8 +164,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     pub = sub.add_parser("publish", help="copy a registered version into the served model repository (admin)")
     pub.add_argument("version")
-    pub.add_argument("--repository", help="the Triton model repository (default: the local stack's, "
-                                          "$QANCHOR_STATE_DIR/model_repository)")
     pub.set_defaults(func=_publish)
 
     pr = sub.add_parser("promote", help="make a published version the default model version (admin)")
@@ -184,8 +172,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     rt = sub.add_parser("retire", help="take a version out of serving and remove its published folder (admin)")
     rt.add_argument("version")
-    rt.add_argument("--repository", help="the Triton model repository (default: the local stack's, "
-                                         "$QANCHOR_STATE_DIR/model_repository)")
     rt.add_argument("--keep-files", action="store_true", help="only mark it retired in the registry")
     rt.set_defaults(func=_retire)
 
@@ -196,5 +182,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("list", help="list model versions, newest first")
     ls.set_defaults(func=_list)
 
+    for action in (pub, rt):
+        action.add_argument("--repository", help="the Triton model repository (default: the local stack's, "
+                                                 "$QANCHOR_STATE_DIR/model_repository)")
     for action in (r, pub, pr, rt, g, ls):
         add_connection_args(action)
