@@ -125,6 +125,64 @@ def _score(model, x) -> np.ndarray:
     return model.decision_function(x)
 
 
+def choose_c(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: np.ndarray) -> float:
+    """The C of C_GRID whose fit on (tr_u, tr_y) has the best AUC on the val users (the first C if val is one class)."""
+    best_c, best = C_GRID[0], -1.0
+    if len(np.unique(va_y)) == 2:
+        for c in C_GRID:
+            a = auc(va_y, _score(_fit(x[tr_u], tr_y, c, 0), x[va_u]))
+            if a > best:
+                best_c, best = c, a
+    return best_c
+
+
+def stratified_subsets(y: np.ndarray, n: int, repeats: int, seed: int = 0) -> list[np.ndarray]:
+    """`repeats` seeded draws of n positions of y without replacement, keeping the class balance (each class at
+    least 2, so a probe and an AUC are defined). n >= len(y): one subset, everything. Pure function of
+    (y, n, repeats, seed): every row of a label-budget table is fitted on the same subsets."""
+    y = np.asarray(y).astype(bool)
+    pos, neg = np.nonzero(y)[0], np.nonzero(~y)[0]
+    if len(pos) < 2 or len(neg) < 2:
+        raise ValueError(f"a label budget needs >= 2 users of each class; got {len(pos)} positives, "
+                         f"{len(neg)} negatives")
+    if n >= len(y):
+        return [np.arange(len(y))]
+    if n < 4:
+        raise ValueError(f"label budget {n} is too small: at least 2 positives and 2 negatives are needed")
+    k = int(np.clip(round(n * len(pos) / len(y)), 2, min(len(pos), n - 2)))
+    out = []
+    for r in range(repeats):
+        rng = np.random.default_rng([seed, n, r])
+        out.append(np.sort(np.concatenate([rng.choice(pos, k, replace=False), rng.choice(neg, n - k, replace=False)])))
+    return out
+
+
+def probe_budget(emb, world: UserWorld, scenario: Scenario, n: int, repeats: int) -> list[ProbeResult]:
+    """Few-label probes: one per stratified subset of n labelled train users (C chosen on val per subset, as in
+    `probe`), scored on every test user. The subsets depend only on the labels, never on the embedding."""
+    tr_u, tr_y = scenario.labels(world, world.users("train"))
+    va_u, va_y = scenario.labels(world, world.users("val"))
+    te_u, te_y = scenario.labels(world, world.users("test"))
+    x = sp.csr_matrix(emb) if sp.issparse(emb) else np.asarray(emb)
+    out = []
+    for keep in stratified_subsets(tr_y, n, repeats):
+        c = choose_c(x, tr_u[keep], tr_y[keep], va_u, va_y)
+        s = _score(_fit(x[tr_u[keep]], tr_y[keep], c, 0), x[te_u])
+        a, k = auc(te_y, s), ks(te_y, s)
+        out.append(ProbeResult(scenario.name, a, 0.0, k, 0.0, c, len(keep), len(te_u), [a], [k], te_u, te_y, s))
+    return out
+
+
+def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
+    """Linear CKA of two embeddings of the same users ([n, d1], [n, d2]): 1 when one is a rotation / scaling /
+    shift of the other, ~0 when their user geometries are unrelated. 1 - CKA(zero-shot, static) is how much a
+    scenario query changes *which* user differences the embedding keeps (a query that only shifts gives 0)."""
+    a = np.asarray(a, np.float64) - np.mean(a, axis=0)
+    b = np.asarray(b, np.float64) - np.mean(b, axis=0)
+    den = np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)
+    return float(np.linalg.norm(a.T @ b) ** 2 / den) if den > 0 else float("nan")
+
+
 def probe(emb, world: UserWorld, scenario: Scenario, seeds: tuple[int, ...] = (0, 1, 2),
           subsample: float = 0.8) -> ProbeResult:
     """Linear probe of one scenario. `emb` is [n_users_total, d] (dense or sparse), indexed by user index."""
@@ -133,12 +191,7 @@ def probe(emb, world: UserWorld, scenario: Scenario, seeds: tuple[int, ...] = (0
     te_u, te_y = scenario.labels(world, world.users("test"))
     x = sp.csr_matrix(emb) if sp.issparse(emb) else np.asarray(emb)
     # choose C on val (seed 0, all train users): cheap and keeps test users untouched
-    best_c, best = C_GRID[0], -1.0
-    if len(np.unique(va_y)) == 2:
-        for c in C_GRID:
-            a = auc(va_y, _score(_fit(x[tr_u], tr_y, c, 0), x[va_u]))
-            if a > best:
-                best_c, best = c, a
+    best_c = choose_c(x, tr_u, tr_y, va_u, va_y)
     aucs, kss, first = [], [], None
     for seed in seeds:
         rng = np.random.default_rng(seed)

@@ -29,11 +29,12 @@ class RowBootstrap:
         self.counts = bootstrap_counts(len(users), draws, seed)  # [draws, n_test_users], shared by every row
         self.avg: dict[str, np.ndarray] = {}  # row -> [draws] average AUC over scenarios
         for r in done:
-            per_scenario = []
-            for p in r["probes"]:
+            per_scenario: dict[str, list[np.ndarray]] = {}  # several probes of one scenario (label-budget draws)
+            for p in r["probes"]:                            # are averaged first: every scenario weighs the same
                 cols = np.array([self.index[int(u)] for u in p.test_users])
-                per_scenario.append(weighted_auc(p.test_y, p.test_score, self.counts[:, cols]))
-            self.avg[r["row"]] = np.mean(per_scenario, axis=0)
+                per_scenario.setdefault(p.scenario, []).append(
+                    weighted_auc(p.test_y, p.test_score, self.counts[:, cols]))
+            self.avg[r["row"]] = np.mean([np.mean(v, axis=0) for v in per_scenario.values()], axis=0)
 
     def row_interval(self, row: str) -> tuple[float, float]:
         return interval(self.avg[row])

@@ -316,6 +316,17 @@ def _user_share(ctx: Context, emb: dict[str, np.ndarray]) -> float | None:
     return ev.variance_shares(stacked[test])["user"]
 
 
+def _query_dependence(ctx: Context, key: str, emb: dict[str, np.ndarray]) -> float | None:
+    """1 - linear CKA between each scenario's embeddings and the same model's static-query embeddings of the test
+    users, averaged over scenarios: 0 when a scenario query only shifts the embedding (a probe then finds in the
+    static embedding whatever the query would give), larger when the query changes which user differences it keeps."""
+    static = _qanchor_pass(ctx, key).get("static", {}).get("static")
+    if static is None or len({id(emb[s.name]) for s in ctx.scenarios}) == 1:
+        return None
+    test = np.asarray(ctx.world.users("test"))
+    return float(np.mean([1.0 - ev.linear_cka(np.asarray(emb[s.name])[test], static[test]) for s in ctx.scenarios]))
+
+
 def _same_question(ctx: Context, key: str) -> dict[str, float]:
     """Held-out same-question retrieval of one model on the test users (chance = 1 / group)."""
     if key in ctx.same_q:
@@ -352,6 +363,8 @@ def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
     diagnostics = {}
     if isinstance(emb, dict):
         diagnostics["user_share"] = _user_share(ctx, emb)
+        if key is not None:
+            diagnostics["query_dependence"] = _query_dependence(ctx, key, emb)
     if key is not None and ctx.same_question:
         diagnostics["same_q"] = _same_question(ctx, key)
     row = {"row": name, "scenarios": results, "probes": probes, **diagnostics,
@@ -375,19 +388,21 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
     lines = [f"Linear-probe AUC on {meta['dataset']}: the same {meta['n_train']} train / {meta.get('n_val', '?')} val "
              f"(C choice) / {meta['n_test']} test users for every row; 95% intervals bootstrap the test users "
              f"({meta.get('draws', 0)} draws). User share: share of the test users' embedding variance that is the "
-             "user (users x scenarios); same-q acc@1: the model's held-out retrieval among test users answering one "
-             "pretraining question.", "",
-             "| row | avg AUC | 95% interval | avg KS | user share | same-q acc@1 (chance) |", "|---|---|---|---|---|---|"]
+             "user (users x scenarios); query dependence: 1 - linear CKA between each scenario's embeddings and the "
+             "static query's (0: the query only shifts the embedding); same-q acc@1: the model's held-out retrieval "
+             "among test users answering one pretraining question.", "",
+             "| row | avg AUC | 95% interval | avg KS | user share | query dependence | same-q acc@1 (chance) |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(done, key=lambda r: -r["auc_avg"]):
         ci = r.get("auc_ci")
         sq = r.get("same_q")
         ci_text = f"{ci[0]:.4f} - {ci[1]:.4f}" if ci else ""
         sq_text = f"{sq['acc1']:.3f} ({sq['chance']:.3f})" if sq else ""
         lines.append(f"| {r['row']} | {r['auc_avg']:.4f} | {ci_text} | {r['ks_avg']:.4f} | "
-                     f"{_fmt(r.get('user_share'))} | {sq_text} |")
+                     f"{_fmt(r.get('user_share'))} | {_fmt(r.get('query_dependence'))} | {sq_text} |")
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['row']} | skipped: {r['skipped']} | | | | |")
+            lines.append(f"| {r['row']} | skipped: {r['skipped']} | | | | | |")
     claims = meta.get("claims") or []
     if claims:
         lines += ["", "Paired differences (the same bootstrap draws for both rows):", "",
@@ -426,15 +441,9 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_population_args(p: argparse.ArgumentParser) -> None:
+    """Which model, users and scenarios a run measures (shared with label_budget.py, so both see the same users)."""
     p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
-    p.add_argument("--rows", nargs="*", default=None, help=f"subset of rows (default: all); known: {list(ROWS)}")
-    p.add_argument("--seeds", type=int, default=1,
-                   help="probe refits per scenario; with more than 1, each fits on a seeded 80%% of train users")
-    p.add_argument("--draws", type=int, default=1000, help="bootstrap draws over test users (0 = no intervals)")
-    p.add_argument("--no-same-question", action="store_true",
-                   help="skip the model rows' held-out same-question retrieval column (a model pass)")
     p.add_argument("--checkpoint", default=os.environ.get("QANCHOR_CHECKPOINT"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--model-users", type=int, default=None, help="alias of --train-users (older CLI)")
@@ -445,22 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embed-cache", default=None, help="directory to keep model embeddings in (reused by reruns)")
     p.add_argument("--tune-steps", type=int, default=0,
                    help="prompt-tuned row: training.tune steps per scenario on the train users (0 = skip row)")
-    p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT",
-                   help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh)")
     p.add_argument("--scenarios", default=None,
                    help="scenario YAML (default: training/data/scenarios.yaml; benchmarks/quality/"
                         "scenarios_unseen.yaml holds eight that no recipe decision saw)")
-    p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
-    args = p.parse_args(argv)
-    ablations = {}
-    for item in args.ablation:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            p.error(f"--ablation wants LABEL=CHECKPOINT, got {item!r}")
-        if not (Path(path) / "manifest.json").is_file():
-            p.error(f"--ablation {label}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
-        ablations[label] = path
-        ROWS[ABLATION_PREFIX + label] = row_ablation(label)
+
+
+def build_context(args: argparse.Namespace, **extra: Any) -> Context:
+    """The world (capped to the seeded user subsets), event-text vectors and scenarios of `add_population_args`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from threadpoolctl import threadpool_limits
 
@@ -472,9 +472,35 @@ def main(argv: list[str] | None = None) -> int:
     n_val = args.val_users or args.eval_users
     if n_train or n_val or args.eval_users:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
-    ctx = Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
-                  embed_cache=args.embed_cache, ablations=ablations, subsample=1.0 if args.seeds == 1 else 0.8,
-                  same_question=not args.no_same_question)
+    return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
+                   embed_cache=args.embed_cache, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", nargs="*", default=None, help=f"subset of rows (default: all); known: {list(ROWS)}")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="probe refits per scenario; with more than 1, each fits on a seeded 80%% of train users")
+    p.add_argument("--draws", type=int, default=1000, help="bootstrap draws over test users (0 = no intervals)")
+    p.add_argument("--no-same-question", action="store_true",
+                   help="skip the model rows' held-out same-question retrieval column (a model pass)")
+    add_population_args(p)
+    p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                   help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh)")
+    p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
+    args = p.parse_args(argv)
+    ablations = {}
+    for item in args.ablation:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            p.error(f"--ablation wants LABEL=CHECKPOINT, got {item!r}")
+        if not (Path(path) / "manifest.json").is_file():
+            p.error(f"--ablation {label}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
+        ablations[label] = path
+        ROWS[ABLATION_PREFIX + label] = row_ablation(label)
+    ctx = build_context(args, ablations=ablations, subsample=1.0 if args.seeds == 1 else 0.8,
+                        same_question=not args.no_same_question)
+    world, scenarios = ctx.world, ctx.scenarios
     seeds = tuple(range(args.seeds))
     base = list(ROWS) if args.rows is None else args.rows  # `--rows` with no names: only the --ablation rows
     names = list(dict.fromkeys(base + [ABLATION_PREFIX + a for a in ablations]))

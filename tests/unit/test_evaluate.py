@@ -62,3 +62,70 @@ def test_probe_finds_planted_signal(ml100k_world):
     assert good.auc_mean > 0.85 and good.ks_mean > 0.5
     assert abs(bad.auc_mean - 0.5) < 0.15
     assert len(good.aucs) == 3 and good.n_test > 50
+
+
+def test_stratified_subsets_keep_balance_and_are_seeded():
+    from training.evaluate import stratified_subsets
+
+    y = np.array([1] * 30 + [0] * 70)
+    subs = stratified_subsets(y, 20, repeats=5)
+    assert len(subs) == 5
+    for s in subs:
+        assert len(s) == 20 and len(set(s.tolist())) == 20 and y[s].sum() == 6  # 30% of 20
+    assert all((a == b).all() for a, b in zip(subs, stratified_subsets(y, 20, repeats=5)))  # same draws every row
+    assert len({tuple(s) for s in subs}) == 5
+    assert y[stratified_subsets(y, 5, repeats=1)[0]].sum() == 2  # never fewer than 2 of a class
+    (whole,) = stratified_subsets(y, 100, repeats=7)
+    assert (whole == np.arange(100)).all()  # a budget of everyone is one subset: everyone
+    with pytest.raises(ValueError, match="too small"):
+        stratified_subsets(y, 3, repeats=1)
+    with pytest.raises(ValueError, match="2 users of each class"):
+        stratified_subsets(np.array([1] + [0] * 9), 5, repeats=1)
+
+
+def test_linear_cka_sees_geometry_not_position_or_basis():
+    from training.evaluate import linear_cka
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((500, 16))
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    assert linear_cka(a, a) == pytest.approx(1.0)
+    assert linear_cka(a, 3.0 * a @ q + 5.0) == pytest.approx(1.0)  # rotated, scaled, shifted: same user geometry
+    assert linear_cka(a, rng.standard_normal((500, 16))) < 0.1  # unrelated geometry
+    half = np.hstack([a[:, :8], rng.standard_normal((500, 8))])
+    assert 0.3 < linear_cka(a, half) < 0.8  # half the directions kept
+
+
+def test_probe_budget_uses_n_labels_and_finds_planted_signal(ml100k_world):
+    from training.data.scenarios import load_scenarios
+    from training.evaluate import probe_budget
+
+    world = ml100k_world
+    sc = next(s for s in load_scenarios() if s.name == "gender_female")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((len(world.ml.users), 8)).astype(np.float32)
+    x[:, 0] += 2.0 * np.array([u.gender == "F" for u in world.ml.users])
+    got = probe_budget(x, world, sc, n=40, repeats=3)
+    assert len(got) == 3 and all(p.n_train == 40 for p in got)
+    assert all(p.auc_mean > 0.8 for p in got)
+    assert len({tuple(p.test_score[:5].round(6)) for p in got}) == 3  # three different draws, three probes
+
+
+def test_row_bootstrap_weighs_scenarios_not_probes():
+    import importlib
+
+    from training.evaluate import ProbeResult
+
+    boot_mod = importlib.import_module("benchmarks.quality.intervals")
+    rng = np.random.default_rng(1)
+    users = np.arange(60)
+
+    def probe_of(name, shift):
+        y = (np.arange(60) % 2).astype(int)
+        s = y * shift + rng.standard_normal(60)
+        return ProbeResult(name, 0.0, 0.0, 0.0, 0.0, 1.0, 10, 60, [], [], users, y, s)
+
+    a, b = probe_of("a", 2.0), probe_of("b", 0.1)
+    boot = boot_mod.RowBootstrap([{"row": "one each", "probes": [a, b]},
+                                  {"row": "a twice", "probes": [a, a, b]}], draws=50)
+    assert np.allclose(boot.avg["one each"], boot.avg["a twice"])  # two draws of one scenario count once

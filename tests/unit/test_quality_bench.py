@@ -83,3 +83,35 @@ def test_ablation_rows_read_their_own_checkpoint():
     assert run._checkpoint(ctx, "trained") == run._checkpoint(ctx, "untrained") == "main"
     with pytest.raises(run.RowSkipped):
         run._checkpoint(ctx, "not registered")
+
+
+def test_label_budget_table_on_planted_rows(ml100k_world, monkeypatch):
+    """Every row is probed on the same label draws; the tuned row only at the full budget; claims are paired."""
+    from benchmarks.quality import label_budget as lb
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    world = quality.CappedWorld(ml100k_world, {"train": 300, "val": 100, "test": 150})
+    female = np.array([u.gender == "F" for u in ml100k_world.ml.users])
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((len(female), 6)).astype(np.float32)
+    strong, weak = noise.copy(), noise.copy()
+    strong[:, 0] += 2.0 * female
+    weak[:, 0] += 0.3 * female
+    scen = [s for s in load_scenarios() if s.name == "gender_female"]
+    monkeypatch.setitem(quality.ROWS, lb.ZS, lambda ctx: {"gender_female": strong})
+    monkeypatch.setitem(quality.ROWS, lb.STATIC, lambda ctx: weak)
+    monkeypatch.setitem(quality.ROWS, lb.TUNED, lambda ctx: {"gender_female": strong})
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, None, "cpu", None)
+    table = lb.budget_table(ctx, [lb.STATIC, lb.ZS, lb.TUNED], [20, 10_000], repeats=3, draws=200)
+    few, full = table
+    assert [r["row"] for r in few["rows"]] == [lb.STATIC, lb.ZS]  # tuned saw every label: full budget only
+    assert [r["row"] for r in full["rows"]] == [lb.STATIC, lb.ZS, lb.TUNED]
+    assert few["rows"][0]["n_labels"]["gender_female"] == 20
+    n_labelled = len(scen[0].labels(world, world.users("train"))[0])
+    assert full["rows"][0]["n_labels"]["gender_female"] == n_labelled
+    zs_vs_static = next(c for c in few["claims"] if (c["better"], c["worse"]) == (lb.ZS, lb.STATIC))
+    assert zs_vs_static["low"] > 0  # the planted signal wins with 20 labels, and the interval says so
+    md = lb.markdown(table, {"scenario_names": ["gender_female"], "n_train": len(world.users("train")),
+                             "n_val": 100, "n_test": 150, "repeats": 3, "draws": 200})
+    assert f"| all ({len(world.users('train'))}) |" in md and "| 20 | Q-Anchor zero-shot > Q-Anchor static query |" in md
