@@ -160,6 +160,9 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
             out = {}
             for name in z.files:
                 kind, scen = name.split("::")
+                if kind == "meta":  # the tuning's own held-out metrics, kept so a rerun's JSON still reports them
+                    ctx.tune_log.update(json.loads(str(z[name])))
+                    continue
                 full = np.zeros((len(ctx.world.ml.users), z[name].shape[1]), np.float32)
                 full[np.asarray(users)] = z[name]
                 out.setdefault(kind, {})[scen] = full
@@ -213,7 +216,10 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     ctx.model_cache[key] = out
     if disk is not None:
         disk.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(disk.with_suffix(".tmp.npz"), **{f"{k}::{n}": emb_all[:, j] for j, (k, n) in enumerate(names)})
+        arrays = {f"{k}::{n}": emb_all[:, j] for j, (k, n) in enumerate(names)}
+        if key == "trained" and ctx.tune_log:
+            arrays["meta::tune_log"] = np.array(json.dumps(ctx.tune_log))
+        np.savez(disk.with_suffix(".tmp.npz"), **arrays)
         disk.with_suffix(".tmp.npz").rename(disk)
     return out
 
