@@ -210,10 +210,15 @@ class DataConfig:
     # one-summary future question (training.data.future_topics): same-question batches then hold answers that
     # differ only in what each user goes on to do
     future_aspects: bool = False
+    # answer texts of those aspects (training.data.future_topics): "counts" quote counts out of the future window in
+    # every aspect (so every answer repeats the user's volume), "own" state only each aspect's own facts
+    aspect_answers: str = "counts"
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
             raise ConfigError(f"data.top_k must be >= 0, got {self.top_k}")
+        if self.aspect_answers not in ("counts", "own"):
+            raise ConfigError(f"data.aspect_answers must be 'counts' or 'own', got {self.aspect_answers!r}")
 
 
 @dataclass

@@ -123,3 +123,36 @@ def test_future_aspect_pairs_are_grounded_in_the_future_window(world):
     # the wording is a pure function of (user, topic): reproducible runs
     again = build_pairs(world, users, top_k=3, future_aspects=True)
     assert [p.query for p in again] == [p.query for p in pairs]
+
+
+def test_own_aspect_answers_state_only_their_own_facts(world):
+    """data.aspect_answers=own: the future volume is the activity answer's alone, genres the genres answer's."""
+    import pytest
+
+    from training.config import ConfigError, DataConfig
+    from training.data.future_topics import FUTURE_TOPICS
+
+    users = world.users()[:30]
+    counts = build_pairs(world, users, top_k=0, future_aspects=True)
+    own = build_pairs(world, users, top_k=0, future_aspects=True, aspect_answers="own")
+    assert [(p.user, p.topic, p.query, p.facts) for p in counts] == [(p.user, p.topic, p.query, p.facts) for p in own]
+    aspect_names = {t.name for t in FUTURE_TOPICS}
+    changed = 0
+    for c, o in zip(counts, own):
+        if c.topic not in aspect_names:
+            assert c.answer == o.answer  # the summary question keeps its answer
+            continue
+        n = len(world.timelines[o.user].future)
+        changed += c.answer != o.answer
+        if o.topic == "future_activity":
+            assert f"{n} more ratings" in o.answer and o.answer == c.answer
+        else:
+            text = o.answer.replace("4 or 5 stars", "")  # no future volume outside activity (n as a bare number)
+            assert f"of {n}" not in text and not re.search(rf"(?<![\d./]){n}(?![\d%./])", text), (n, o.answer)
+        if o.topic == "future_taste" and o.facts.get("genres"):
+            assert not any(g in o.answer.split("such as")[0] for g in GENRES)  # genres are the genres answer's
+    assert changed >= 4 * len(users) * 0.9
+    with pytest.raises(ConfigError, match="aspect_answers"):
+        DataConfig(aspect_answers="shares")
+    with pytest.raises(ValueError, match="unknown aspect answer style"):
+        FUTURE_TOPICS[0].answer(None, None, "shares")

@@ -124,9 +124,9 @@ def topic_moments(world: UserWorld, pop: Population, max_users: int = 1000) -> t
 
 
 def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 10,
-                future_aspects: bool = False) -> list[Pair]:
+                future_aspects: bool = False, aspect_answers: str = "counts") -> list[Pair]:
     """Future pair + top-k QA pairs for each user (default: every kept user); with `future_aspects` also one pair
-    per future-window aspect (training.data.future_topics)."""
+    per future-window aspect (training.data.future_topics; `aspect_answers` is its answer style)."""
     users = world.users() if users is None else users
     pop = population(world)
     mu, sd = topic_moments(world, pop)
@@ -141,7 +141,7 @@ def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 1
         if future_aspects:
             hist, fut = window_view(world, u, "history"), window_view(world, u, "future")
             for ft in FUTURE_TOPICS:
-                a = ft.fn(hist, fut)
+                a = ft.answer(hist, fut, aspect_answers)
                 if a is not None:
                     out.append(Pair(u, "future", ft.name, ft.question(u), a.answer, 1.0, a.facts))
         scored = []
