@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from training.config import DataConfig, QAnchorConfig
@@ -10,7 +11,7 @@ from training.data.collate import UserCollator
 from training.data.pairs import Pair, build_pairs
 from training.data.sampler import PairSampler
 from training.data.world import UserWorld
-from training.evaluate import variance_shares
+from training.evaluate import linear_cka, variance_shares
 from training.losses import contrastive_loss
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
@@ -24,12 +25,13 @@ class HeldOutEval:
     function of the model (as s(u_i, v_i) grows, negatives that were dropped come back in, so the objective can rise
     while retrieval improves). The held-out numbers: `val_contrastive` (the training objective on these pairs),
     `val_infonce` (plain InfoNCE anchor -> answer, no filter, no extra terms), `val_acc1` (the true answer is the
-    nearest of all M answers), `val_ntp`, and `val_gap` (mean s(u_i, v_i) minus mean s(u_i, v_j)).
+    nearest of all M answers), `val_ntp`, and `val_gap` (mean s(u_i, v_i) minus mean s(u_i, v_j)); `val_anchor_cka`
+    / `val_answer_cka` (how little the user geometry changes between future questions, anchors and answers).
     """
 
     def __init__(self, world: UserWorld, collate: UserCollator, n_pairs: int, data: DataConfig, seed: int = 0,
                  same_question: int = 16, split: str = "val", pair_builder: Callable[..., list[Pair]] = build_pairs,
-                 ) -> None:
+                 geometry_users: int = 48) -> None:
         # `pair_builder`: build_pairs for a MovieLens world, training.data.event_pairs.build_event_pairs for the log's
         pairs = pair_builder(world, world.users(split), top_k=data.top_k, future_aspects=data.future_aspects,
                              aspect_answers=data.aspect_answers)
@@ -43,6 +45,17 @@ class HeldOutEval:
         self.group = min(same_question, largest)  # small worlds: smaller groups
         self.grouped = PairSampler(pairs, seed, group=self.group).batch(10**9, n_pairs) if self.group > 1 else []
         self.grouped_users = collate.batch([x.user for x in self.grouped]) if self.grouped else None
+        # `val_anchor_cka` / `val_answer_cka`: users who answer every future question (the summary and each aspect),
+        # each question's anchors (and answers) of those users as one matrix; the mean linear CKA between two
+        # questions' matrices says how much the user geometry changes with the question (1: not at all)
+        future: dict[int, dict[str, Pair]] = {}
+        for x in pairs:
+            if x.kind == "future":
+                future.setdefault(x.user, {})[x.topic] = x
+        topics = sorted({t for by in future.values() for t in by})
+        full = [u for u in sorted(future) if len(future[u]) == len(topics)][:geometry_users]
+        self.geometry = [[future[u][t] for u in full] for t in topics] if len(full) >= 8 and len(topics) >= 2 else []
+        self.geometry_users = collate.batch(full) if self.geometry else None
 
     @staticmethod
     def _towers(model: QAnchorModel, users: UserBatch, pairs: list[Pair], chunk: int, ctx):
@@ -91,6 +104,20 @@ class HeldOutEval:
         shares = variance_shares(torch.cat(embs).numpy())  # [M, Q, D]
         return {"val_user_share": shares["user"], "val_scenario_share": shares["scenario"]}
 
+    def _question_geometry(self, model: QAnchorModel, cfg: QAnchorConfig, ctx) -> dict[str, float]:
+        if not self.geometry:
+            return {}
+        anchors, answers = [], []
+        for topic_pairs in self.geometry:
+            u, d, _ = self._towers(model, self.geometry_users, topic_pairs, cfg.optim.chunk_size, ctx)
+            anchors.append(u.detach().cpu().numpy())
+            answers.append(d.detach().cpu().numpy())
+
+        def mean_cka(mats: list) -> float:
+            return float(np.mean([linear_cka(a, b) for i, a in enumerate(mats) for b in mats[i + 1:]]))
+
+        return {"val_anchor_cka": mean_cka(anchors), "val_answer_cka": mean_cka(answers)}
+
     @torch.no_grad()
     def __call__(self, model: QAnchorModel, cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:
         was_training = model.training
@@ -99,6 +126,7 @@ class HeldOutEval:
         u, d, ntp = self._towers(model, self.users, self.pairs, cfg.optim.chunk_size, ctx)
         same_q = self._same_question(model, cfg, ctx)
         same_q.update(self._user_share(model, cfg, ctx))
+        same_q.update(self._question_geometry(model, cfg, ctx))
         model.train(was_training)
         sim = u @ d.T  # [M, M]
         target = torch.arange(len(u), device=sim.device)
