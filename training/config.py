@@ -308,7 +308,12 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
         presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
         raise ConfigError(f"config {name_or_path!r} not found; use a preset {presets} or a path to a YAML file")
     raw = yaml.safe_load(path.read_text()) or {}
-    full = QAnchorConfig.from_dict(raw).to_dict()  # fill defaults so overrides can target any field
+    return with_overrides(QAnchorConfig.from_dict(raw), overrides)
+
+
+def with_overrides(cfg: QAnchorConfig, overrides: list[str] | None) -> QAnchorConfig:
+    """A validated copy of cfg with 'a.b=value' overrides applied (e.g. a checkpoint's config, read other ways)."""
+    full = cfg.to_dict()  # every field, defaults filled, so overrides can target any of them
     for o in overrides or []:
         _apply_override(full, o)
     return QAnchorConfig.from_dict(full)

@@ -136,3 +136,44 @@ class HeldOutEval:
                 "val_acc1": float((sim.argmax(dim=1) == target).float().mean()),
                 "val_gap": float(sim.diagonal().mean() - sim[off].mean()),
                 "val_ntp": ntp, "val_pairs": float(len(u))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Held-out metrics of a saved checkpoint on a MovieLens world, as pretraining logs them (same users and pairs):
+
+        python -m training.heldout --checkpoint artifacts/default --dataset ml-1m
+        python -m training.heldout --checkpoint artifacts/default --set data.aspect_answers=own   # other answers
+    """
+    import argparse
+    import json
+    import logging
+
+    from training.config import with_overrides
+    from training.data.encoder import cached_text_vectors
+    from training.data.world import WorldConfig, build_world
+    from training.precision import autocast as precision_autocast
+    from training.precision import resolve_precision
+    from training.pretrain import load_pretrained
+
+    p = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE", help="data config override")
+    p.add_argument("--eval-pairs", type=int, default=64)
+    p.add_argument("--seed", type=int, default=None, help="default: the checkpoint's optim.seed")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    model = load_pretrained(args.checkpoint).eval()
+    cfg = with_overrides(model.cfg, args.set)
+    world = build_world(WorldConfig(dataset=args.dataset))
+    collate = UserCollator(world, cached_text_vectors(world.texts, args.dataset))
+    held_out = HeldOutEval(world, collate, args.eval_pairs, cfg.data,
+                           cfg.optim.seed if args.seed is None else args.seed)
+    dtype = resolve_precision(cfg.backbone.compute, "cpu")
+    got = held_out(model, cfg, precision_autocast(dtype, "cpu") if dtype != torch.float32 else None)
+    print(json.dumps({"checkpoint": args.checkpoint, "overrides": args.set, **got}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
