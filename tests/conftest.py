@@ -27,6 +27,10 @@ MODEL_ENV_GLOBS = (
     "test_triton_model*",
     "test_text_encoder*",
     "test_tuning_*",
+    "test_heldout*",
+    "test_precision*",
+    "test_quality_bench*",  # sklearn and torch: they skipped in the services env and ran nowhere
+    "test_event_world*",  # its pretraining-on-the-log test needs torch; the rest needs pyarrow (both envs have it)
 )
 
 IN_MODEL_ENV = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("feast") is None

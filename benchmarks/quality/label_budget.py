@@ -111,6 +111,15 @@ def markdown(table: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _budget_axes(ax, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled train users per scenario")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def plot(table: list[dict], path: Path, meta: dict) -> None:
     import matplotlib
 
@@ -127,12 +136,7 @@ def plot(table: list[dict], path: Path, meta: dict) -> None:
         hi = np.array([r["auc_ci"][1] for _, r in pts])
         style = "o-" if name.startswith("Q-Anchor") else "s--"
         ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=style, capsize=3, label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled train users per scenario")
-    ax.set_ylabel("average test AUC (linear probe), 95% interval")
-    ax.set_title("Quality by label budget")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _budget_axes(ax, "average test AUC (linear probe), 95% interval", "Quality by label budget")
     for better, worse in CLAIMS[:3]:
         pts = [(e["budget"], c) for e in table for c in e["claims"] if (c["better"], c["worse"]) == (better, worse)]
         if not pts:
@@ -142,12 +146,7 @@ def plot(table: list[dict], path: Path, meta: dict) -> None:
         bx.errorbar(x, d, yerr=[d - np.array([c["low"] for _, c in pts]), np.array([c["high"] for _, c in pts]) - d],
                     fmt="o-", capsize=3, label=f"{better} - {worse}")
     bx.axhline(0, color="black", lw=0.8)
-    bx.set_xscale("log")
-    bx.set_xlabel("labelled train users per scenario")
-    bx.set_ylabel("paired AUC difference, 95% interval")
-    bx.set_title("What the scenario query adds, by label budget")
-    bx.grid(alpha=0.3)
-    bx.legend(fontsize=8)
+    _budget_axes(bx, "paired AUC difference, 95% interval", "What the scenario query adds, by label budget")
     fig.suptitle(f"{meta['dataset']}, {meta['n_test']} test users, checkpoint {meta['checkpoint']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
