@@ -35,11 +35,16 @@ def plot_curve(metrics: Path, png: Path, title: str | None = None) -> None:
     if same:  # within groups of users answering one question: only the user can separate them
         ax[1].plot([r["step"] for r in same], [r["val_acc1_same_q"] for r in same], marker="s",
                    label=f"same, among users asked one question (chance {1 / same[0]['val_same_q_group']:.3f})")
+    for key, label, style in (("val_user_share", "user share of the embedding variance", "^"),
+                              ("val_anchor_cka", "anchor CKA across future questions (1: question-blind)", "d")):
+        have = [r for r in evals if key in r]
+        if have:  # both in [0, 1]: the user's weight in the embedding, and how much the question moves users
+            ax[1].plot([r["step"] for r in have], [r[key] for r in have], marker=style, ls=":", label=label)
     if evals:
         chance = 1.0 / evals[0]["val_pairs"]
         ax[1].axhline(chance, ls="--", c="grey", label=f"chance {chance:.3f}")
-    ax[1].set_xlabel("optimiser step"), ax[1].set_ylabel("share of held-out users"), ax[1].legend(fontsize=7)
-    ax[1].set_title("Held-out retrieval: user -> their own answer", fontsize=10)
+    ax[1].set_xlabel("optimiser step"), ax[1].set_ylabel("share of held-out users / share / CKA"), ax[1].legend(fontsize=7)
+    ax[1].set_title("Held-out: own-answer retrieval, user share, question geometry", fontsize=10)
     ax[2].plot(steps, [r["lr"] for r in rows])
     ax[2].set_xlabel("optimiser step"), ax[2].set_ylabel("learning rate")
     ax[2].set_title("Learning-rate schedule", fontsize=10)
