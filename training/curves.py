@@ -43,7 +43,8 @@ def plot_curve(metrics: Path, png: Path, title: str | None = None) -> None:
     if evals:
         chance = 1.0 / evals[0]["val_pairs"]
         ax[1].axhline(chance, ls="--", c="grey", label=f"chance {chance:.3f}")
-    ax[1].set_xlabel("optimiser step"), ax[1].set_ylabel("share of held-out users / share / CKA"), ax[1].legend(fontsize=7)
+    ax[1].set_xlabel("optimiser step"), ax[1].set_ylabel("share of held-out users / share / CKA")
+    ax[1].legend(fontsize=7)
     ax[1].set_title("Held-out: own-answer retrieval, user share, question geometry", fontsize=10)
     ax[2].plot(steps, [r["lr"] for r in rows])
     ax[2].set_xlabel("optimiser step"), ax[2].set_ylabel("learning rate")
