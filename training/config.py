@@ -203,6 +203,9 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule must be cosine|constant, got {self.schedule!r}")
 
 
+ASPECT_ANSWER_STYLES = ("counts", "own")  # training.data.future_topics writes the answers of each
+
+
 @dataclass
 class DataConfig:
     top_k: int = 10  # QA pairs per user: the k history topics on which the user is most unusual
@@ -217,8 +220,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.top_k < 0:
             raise ConfigError(f"data.top_k must be >= 0, got {self.top_k}")
-        if self.aspect_answers not in ("counts", "own"):
-            raise ConfigError(f"data.aspect_answers must be 'counts' or 'own', got {self.aspect_answers!r}")
+        if self.aspect_answers not in ASPECT_ANSWER_STYLES:
+            raise ConfigError(f"data.aspect_answers must be one of {ASPECT_ANSWER_STYLES}, got {self.aspect_answers!r}")
 
 
 @dataclass

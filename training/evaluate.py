@@ -157,13 +157,16 @@ def stratified_subsets(y: np.ndarray, n: int, repeats: int, seed: int = 0) -> li
     return out
 
 
+def _labelled(emb, world: UserWorld, scenario: Scenario):
+    """(x, (train users, labels), (val ...), (test ...)): the users of each split whose label is defined."""
+    x = sp.csr_matrix(emb) if sp.issparse(emb) else np.asarray(emb)
+    return x, *(scenario.labels(world, world.users(split)) for split in ("train", "val", "test"))
+
+
 def probe_budget(emb, world: UserWorld, scenario: Scenario, n: int, repeats: int) -> list[ProbeResult]:
     """Few-label probes: one per stratified subset of n labelled train users (C chosen on val per subset, as in
     `probe`), scored on every test user. The subsets depend only on the labels, never on the embedding."""
-    tr_u, tr_y = scenario.labels(world, world.users("train"))
-    va_u, va_y = scenario.labels(world, world.users("val"))
-    te_u, te_y = scenario.labels(world, world.users("test"))
-    x = sp.csr_matrix(emb) if sp.issparse(emb) else np.asarray(emb)
+    x, (tr_u, tr_y), (va_u, va_y), (te_u, te_y) = _labelled(emb, world, scenario)
     out = []
     for keep in stratified_subsets(tr_y, n, repeats):
         c = choose_c(x, tr_u[keep], tr_y[keep], va_u, va_y)
@@ -186,10 +189,7 @@ def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
 def probe(emb, world: UserWorld, scenario: Scenario, seeds: tuple[int, ...] = (0, 1, 2),
           subsample: float = 0.8) -> ProbeResult:
     """Linear probe of one scenario. `emb` is [n_users_total, d] (dense or sparse), indexed by user index."""
-    tr_u, tr_y = scenario.labels(world, world.users("train"))
-    va_u, va_y = scenario.labels(world, world.users("val"))
-    te_u, te_y = scenario.labels(world, world.users("test"))
-    x = sp.csr_matrix(emb) if sp.issparse(emb) else np.asarray(emb)
+    x, (tr_u, tr_y), (va_u, va_y), (te_u, te_y) = _labelled(emb, world, scenario)
     # choose C on val (seed 0, all train users): cheap and keeps test users untouched
     best_c = choose_c(x, tr_u, tr_y, va_u, va_y)
     aucs, kss, first = [], [], None

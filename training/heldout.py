@@ -105,18 +105,28 @@ class HeldOutEval:
         return {"val_user_share": shares["user"], "val_scenario_share": shares["scenario"]}
 
     def _question_geometry(self, model: QAnchorModel, cfg: QAnchorConfig, ctx) -> dict[str, float]:
+        """Each user's prefix once, every future question of theirs from that cache (their own wordings), answers
+        through the semantic tower alone: no NTP, no prefix re-run per question."""
         if not self.geometry:
             return {}
+        chunk, n = cfg.optim.chunk_size, len(self.geometry[0])
         anchors, answers = [], []
-        for topic_pairs in self.geometry:
-            u, d, _ = self._towers(model, self.geometry_users, topic_pairs, cfg.optim.chunk_size, ctx)
-            anchors.append(u.detach().cpu().numpy())
-            answers.append(d.detach().cpu().numpy())
+        for start in range(0, n, chunk):
+            rows = range(start, min(start + chunk, n))
+            with ctx:
+                cache = model.encode_prefix(self.geometry_users[start:start + chunk].to(model.device))
+                per_user = [[ScenarioSpec(t[i].query) for t in self.geometry] for i in rows]
+                anchors += [e.detach().float().cpu() for e in model.embed_per_user(cache, per_user)]  # [T, out]
+                answers.append(model.encode_answers([t[i].answer for i in rows for t in self.geometry])
+                               .detach().float().cpu().view(len(rows), len(self.geometry), -1))
+        a = torch.stack(anchors).numpy()  # [U, T, out]
+        d = torch.cat(answers).numpy()  # [U, T, out]
 
-        def mean_cka(mats: list) -> float:
-            return float(np.mean([linear_cka(a, b) for i, a in enumerate(mats) for b in mats[i + 1:]]))
+        def mean_cka(x: np.ndarray) -> float:  # over question pairs: x[:, i] vs x[:, j], the same users
+            t = x.shape[1]
+            return float(np.mean([linear_cka(x[:, i], x[:, j]) for i in range(t) for j in range(i + 1, t)]))
 
-        return {"val_anchor_cka": mean_cka(anchors), "val_answer_cka": mean_cka(answers)}
+        return {"val_anchor_cka": mean_cka(a), "val_answer_cka": mean_cka(d)}
 
     @torch.no_grad()
     def __call__(self, model: QAnchorModel, cfg: QAnchorConfig, autocast: torch.autocast | None) -> dict[str, float]:

@@ -63,13 +63,13 @@ def budget_table(ctx: quality.Context, names: list[str], budgets: list[int], rep
             probes = []
             for s in ctx.scenarios:
                 probes += ev.probe_budget(emb[s.name] if isinstance(emb, dict) else emb, ctx.world, s, n, repeats)
-            per_scenario = {}
+            per_scenario: dict[str, list[float]] = {}
+            n_labels: dict[str, int] = {}
             for p in probes:
                 per_scenario.setdefault(p.scenario, []).append(p.auc_mean)
-            rows.append({"row": name, "probes": probes,
-                         "auc_avg": float(np.mean([np.mean(v) for v in per_scenario.values()])),
-                         "n_labels": {k: int(next(p.n_train for p in probes if p.scenario == k))
-                                      for k in per_scenario}})
+                n_labels[p.scenario] = int(p.n_train)  # every draw of a scenario has the same size
+            rows.append({"row": name, "probes": probes, "n_labels": n_labels,
+                         "auc_avg": float(np.mean([np.mean(v) for v in per_scenario.values()]))})
         boot = RowBootstrap(rows, draws=draws)
         claims = []
         for better, worse in CLAIMS:

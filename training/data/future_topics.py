@@ -28,6 +28,7 @@ from typing import Callable
 
 import numpy as np
 
+from training.config import ASPECT_ANSWER_STYLES as ANSWER_STYLES
 from training.data.movielens import GENRES
 from training.data.qa_topics import TopicAnswer
 from training.data.view import DAY, WindowView
@@ -51,9 +52,6 @@ class FutureTopic:
 
 def level_word(share: float) -> str:
     return "Mostly" if share >= 0.5 else "Often" if share >= 0.25 else "Sometimes" if share >= 0.1 else "Rarely"
-
-
-ANSWER_STYLES = ("counts", "own")
 
 
 def _pct(k: int, n: int) -> str:
