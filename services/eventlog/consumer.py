@@ -64,7 +64,8 @@ class EventLogWorker:
 
     def __init__(self, consumer: Any, root: Path, sources: Collection[str], tabular_dim: int,
                  metrics: EventLogMetrics, policy: FlushPolicy | None = None, limits: EventLimits | None = None, *,
-                 poll_timeout_ms: int = 500, max_poll_records: int = 1000, clock: Callable[[], float] = time.time,
+                 poll_timeout_ms: int = 500, max_poll_records: int = 1000, commit_timeout_ms: int = 10_000,
+                 clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
                  gate: Callable[[str, int], None] | None = None) -> None:
         self.consumer, self.root, self.metrics = consumer, Path(root), metrics
@@ -72,6 +73,7 @@ class EventLogWorker:
         self.policy = policy or FlushPolicy()
         self.limits = limits or EventLimits()
         self.poll_timeout_ms, self.max_poll_records = poll_timeout_ms, max_poll_records
+        self.commit_timeout_ms = commit_timeout_ms
         self.clock, self.monotonic = clock, monotonic
         # Called as gate("flush" | "commit", flush number) before each step: the test/drill hook of
         # services.ingest.gate, so a crash lands between "segment durable" and "offset committed" on purpose.
@@ -172,18 +174,20 @@ class EventLogWorker:
                                                             "deleted": ",".join(p.name for p in written.deleted)})
 
     def _commit(self, done: Sequence[PartitionBuffer]) -> None:
-        from kafka.errors import CommitFailedError
+        from kafka.errors import CommitFailedError, KafkaTimeoutError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
         offsets = {TopicPartition(b.topic, b.partition): OffsetAndMetadata(b.last + 1, "", -1) for b in done}
         try:
-            self.consumer.commit(offsets)
-        except CommitFailedError as exc:
+            # Bounded: kafka-python retries a commit during a rebalance until its timeout, and the rejoin it waits
+            # for only completes in poll.
+            self.consumer.commit(offsets, timeout_ms=self.commit_timeout_ms)
+        except (CommitFailedError, KafkaTimeoutError) as exc:
             # The segments are durable; the partitions' new owner replays the range and rewrites the same files
             # (or covering ones). Nothing is lost, nothing is read twice after dedupe.
             self.metrics.flush_failures.labels(error="commit_failed").inc()
             log.warning("commit failed after a rebalance; the new owner replays these offsets",
-                        extra={"detail": str(exc)[:300]})
+                        extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
 
     # ---- rebalance ------------------------------------------------------------------------------------------
     def on_revoked(self, partitions: Collection[Any]) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
 
+from services.common.lifecycle import Closer, close_in_order
 from services.eventlog.consumer import EventLogRebalanceListener, EventLogWorker, FlushPolicy
 from services.eventlog.settings import EventLogSettings
 from services.ingest.schema import EventLimits
@@ -19,11 +19,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class EventLogService:
     worker: EventLogWorker
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
 
     def close(self) -> None:
-        for close in self.closers:
-            close()
+        close_in_order("eventlog", self.closers)
 
 
 def ingest_limits(ingest: IngestSettings) -> EventLimits:
@@ -58,7 +57,7 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> EventL
                          max_attempts=settings.max_flush_attempts, retry_backoff_s=settings.retry_backoff_s)
     worker = EventLogWorker(consumer, root, spec.source_names, spec.features.tabular_dim, metrics, policy,
                             ingest_limits(ingest), poll_timeout_ms=settings.poll_timeout_ms,
-                            max_poll_records=settings.max_poll_records,
+                            max_poll_records=settings.max_poll_records, commit_timeout_ms=settings.group_timeout_ms,
                             gate=FileGate(settings.batch_gate) if settings.batch_gate else None)
     listener.worker = worker
     consumer.subscribe([settings.topic], listener=listener)
@@ -66,5 +65,8 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> EventL
     lag = LagMonitor(GroupLagReader(settings.resolved_kafka_bootstrap(), settings.group_id, settings.topic),
                      metrics.lag, owned=lambda: listener.owned, interval_s=settings.lag_refresh_s)
     lag.start()
-    # Leaving the group first moves the partitions at once, without waiting for the session timeout.
-    return EventLogService(worker, [lambda: consumer.close(autocommit=False), lag.stop])
+    # Leaving the group first moves the partitions at once, without waiting for the session timeout (best effort,
+    # bounded by group_timeout_ms like the commits).
+    return EventLogService(worker, [
+        ("consumer", lambda: consumer.close(autocommit=False, timeout_ms=settings.group_timeout_ms)),
+        ("lag", lag.stop)])

@@ -39,6 +39,9 @@ class EventLogSettings(ServiceSettings):
     poll_timeout_ms: int = 500
     max_poll_interval_ms: int = 120_000
     session_timeout_ms: int = 10_000
+    # Bounds one offset commit and leaving the group at a stop (as ingest's INGEST_GROUP_TIMEOUT_MS): past it the
+    # flush counts as not committed and the partition's next owner rewrites the same segments.
+    group_timeout_ms: int = Field(default=10_000, ge=100)
     # "earliest": a new group logs the topic's whole retention (a week by default) on its first start.
     auto_offset_reset: str = "earliest"
     # Root of the Parquet log (date=YYYY-MM-DD/ folders); None = $QANCHOR_STATE_DIR/eventlog.

@@ -63,6 +63,9 @@ class IngestLimits:
     # Attempts of a batch whose dead letters cannot be written before the partitions holding them are stopped
     # (paused, loudly) while the others go on.
     dlq_attempts: int = 3
+    # How long one offset commit may retry (kafka-python retries a commit during a rebalance until its timeout,
+    # and the rejoin it waits for only completes in poll): past it the batch counts as not committed.
+    commit_timeout_ms: int = 10_000
     # What one record may hold (schema.EventLimits).
     events: EventLimits = field(default_factory=EventLimits)
 
@@ -242,12 +245,13 @@ class IngestWorker:
             tp = TopicPartition(rec.topic, rec.partition)
             nxt[tp] = max(nxt.get(tp, 0), rec.offset + 1)
         t0 = time.perf_counter()
-        self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in nxt.items()})
+        self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in nxt.items()},
+                             timeout_ms=self.limits.commit_timeout_ms)
         self.metrics.stage_seconds.labels(stage="commit").observe(time.perf_counter() - t0)
 
     def run_batch(self, records: Sequence[Record]) -> BatchResult:
         """Process and commit one polled batch, replaying it on errors (idempotent) up to max_batch_attempts."""
-        from kafka.errors import CommitFailedError
+        from kafka.errors import CommitFailedError, KafkaTimeoutError
 
         started = time.monotonic()
         self.batches += 1
@@ -283,11 +287,11 @@ class IngestWorker:
             self.gate("commit", self.batches)
             try:
                 self.commit(records)
-            except CommitFailedError as exc:
-                # The group rebalanced under us: whoever owns the partitions now replays from the last commit,
-                # and the stored positions turn that replay into no-ops.
+            except (CommitFailedError, KafkaTimeoutError) as exc:
+                # The group rebalanced under us (or is still rebalancing): whoever owns the partitions next
+                # replays from the last commit, and the stored positions turn that replay into no-ops.
                 log.warning("commit failed after rebalance, batch will be replayed by the owner",
-                            extra={"detail": str(exc)[:300]})
+                            extra={"error": type(exc).__name__, "detail": str(exc)[:300]})
                 self.state.clear("commit_failed")
                 self.metrics.batch_failures.labels(error="commit_failed").inc()
             return result

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
 
+from services.common.lifecycle import Closer, close_in_order
 from services.ingest.consumer import IngestLimits, IngestWorker
 from services.ingest.schema import EventLimits
 from services.ingest.settings import IngestSettings
@@ -18,11 +18,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class IngestService:
     worker: IngestWorker
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
 
     def close(self) -> None:
-        for close in self.closers:
-            close()
+        close_in_order("ingest", self.closers)
 
 
 def limits_from(settings: IngestSettings) -> IngestLimits:
@@ -31,7 +30,8 @@ def limits_from(settings: IngestSettings) -> IngestLimits:
     return IngestLimits(max_poll_records=settings.max_poll_records, poll_timeout_ms=settings.poll_timeout_ms,
                         max_poll_interval_s=settings.max_poll_interval_ms / 1000.0,
                         retry_backoff_s=settings.retry_backoff_s, max_batch_attempts=settings.max_batch_attempts,
-                        dlq_attempts=settings.dlq_attempts, events=events)
+                        dlq_attempts=settings.dlq_attempts, commit_timeout_ms=settings.group_timeout_ms,
+                        events=events)
 
 
 def build_ingest(settings: IngestSettings) -> IngestService:
@@ -101,10 +101,12 @@ def build_ingest(settings: IngestSettings) -> IngestService:
         on_written=warmer.offer if warmer is not None else None,
     )
     worker_ref.append(worker)
-    # Leaving the group first moves the partitions at once, without waiting for the session timeout.
-    closers = [lambda: consumer.close(autocommit=False), lag.stop, lambda: producer.close(timeout=10), triton.close]
+    # Leaving the group first moves the partitions at once, without waiting for the session timeout; it is best
+    # effort: past group_timeout_ms the process exits anyway and the partitions move after the session timeout.
+    closers = [("consumer", lambda: consumer.close(autocommit=False, timeout_ms=settings.group_timeout_ms)),
+               ("lag", lag.stop), ("dlq_producer", lambda: producer.close(timeout=10)), ("triton", triton.close)]
     if l2 is not None:
-        closers.append(l2.close)
+        closers.append(("vector_cache", l2.close))
     if warmer is not None:
-        closers += [warmer.close, pool.close]
+        closers += [("warmer", warmer.close), ("warm_pool", pool.close)]
     return IngestService(worker, closers)

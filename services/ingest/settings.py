@@ -40,6 +40,9 @@ class IngestSettings(ServiceSettings):
     # (minus a margin), so an evicted zombie never overwrites what the partition's new owner wrote.
     max_poll_interval_ms: int = 120_000
     session_timeout_ms: int = 10_000
+    # Bounds one offset commit and leaving the group at a stop: past it the batch counts as not committed (the
+    # partition's next owner replays it, a no-op thanks to the stored positions) and a stop goes on.
+    group_timeout_ms: int = Field(default=10_000, ge=100)
     # Where a new group starts: "earliest" replays the topic's retention, "latest" only new events.
     auto_offset_reset: str = "earliest"
     # Triton gRPC address ("host:port"); None = the local stack's Triton (QANCHOR_PORT_BASE+1).

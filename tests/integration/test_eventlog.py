@@ -129,7 +129,7 @@ def test_the_log_holds_exactly_the_events_sent_and_feast_answers_as_of(ctx):
         wait_caught_up(ctx, group, topic, [proc])
         m = metrics(port)
     finally:
-        assert stop(proc) == 0, log.read_text()[-3000:]
+        assert stop(proc, log=log) == 0, log.read_text()[-3000:]
     logged = read_log(ctx.root, user_ids=users)
     assert logged["event_id"].is_unique
     assert set(logged["event_id"]) == set(events)
@@ -191,7 +191,7 @@ def test_sigkill_after_write_before_commit_then_restart_logs_each_event_once(ctx
         procs.append(proc)
         wait_caught_up(ctx, group, topic, [proc])
         m = metrics(port)
-        assert stop(proc) == 0, log.read_text()[-3000:]
+        assert stop(proc, log=log) == 0, log.read_text()[-3000:]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -237,13 +237,13 @@ def test_a_rebalance_drops_the_revoked_buffers_and_the_log_stays_exact(ctx):
         held_by_b = buffered(port_b)
         # SIGTERM flushes what each holds and commits it. A leaving is one more rebalance for B, which drops its
         # buffer and re-reads; what B holds when its own SIGTERM lands is flushed, the rest stays uncommitted.
-        assert stop(a) == 0 and stop(b) == 0
+        assert stop(a, log=log_a) == 0 and stop(b, log=log_b) == 0
         # So a successor picks up exactly from the commits: the log must end with every event, once.
         c, log_c, port_c = start_eventlog(ctx, topic, group, f"{group}-c", ctx.root)
         procs.append(c)
         wait_buffered([(c, port_c, log_c)], 0)  # serving metrics: its SIGTERM handler is in place
         wait_caught_up(ctx, group, topic, [c])
-        assert stop(c) == 0, log_tail(log_c)
+        assert stop(c, log=log_c) == 0, log_tail(log_c)
     finally:
         for p in procs:
             if p.poll() is None:

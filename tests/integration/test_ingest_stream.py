@@ -98,10 +98,20 @@ def start_consumer(ctx: Ctx, topic: str, group: str, name: str, feast_config: Pa
     return proc, log, port
 
 
-def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60, log: Path | None = None) -> int:
+    """Signal the service and wait for its exit code; one that does not exit in time dumps every thread's stack
+    into its log (SIGUSR1, services/common/signals.py), is killed, and the test fails with that log's tail."""
     if proc.poll() is None:
         proc.send_signal(sig)
-    return proc.wait(timeout=timeout)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"no exit {timeout:.0f} s after {signal.Signals(sig).name}; the stacks are at the end of the log\n"
+                    + (log_tail(log, 80) if log is not None else "(no log)"))
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -205,7 +215,7 @@ def test_events_to_features_dlq_and_graceful_stop(ctx):
         got = read_users(ctx.feast_config, users)
         m = metrics(port)
     finally:
-        assert stop(proc) == 0, log.read_text()[-3000:]
+        assert stop(proc, log=log) == 0, log.read_text()[-3000:]
 
     # features: per source the newest K texts by event time, newest last; version = user's last position
     valid = [(pos, json.loads(v)) for pos, (key, v) in zip(positions, records) if key is not None and
@@ -283,7 +293,7 @@ def test_raw_events_only_give_the_platform_derived_tabular(ctx):
         wait_caught_up(ctx, group, topic, [proc])
         again = read_users(ctx.feast_config, users)
     finally:
-        assert stop(proc) == 0, log.read_text()[-3000:]
+        assert stop(proc, log=log) == 0, log.read_text()[-3000:]
     assert "tabular statistics derived from events" in log.read_text()
     for uid in users:
         f = got[uid]
@@ -323,14 +333,20 @@ def test_sigterm_finishes_batch_and_commits_exactly_what_was_applied(ctx):
     proc.send_signal(signal.SIGTERM)
     open_gate(gate, "process", 2)  # the batch in hand is finished, pushed and committed; batch 3 never starts
     open_gate(gate, "commit", 2)
-    assert stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
+    assert stop(proc, signal.SIGTERM, log=log) == 0, log.read_text()[-3000:]
     assert not waiting_at(gate, "process", 3)
     done = committed(ctx, group, topic)
     got = read_users(ctx.feast_config, users)
+    # A commit a rebalance refused (kafka-python rejoins mid-stream at times) leaves the finished batch applied
+    # above the committed offset: its partition's next owner replays it as no-ops. Then applied may run ahead of
+    # committed, never behind.
+    refused = "commit failed after rebalance" in log.read_text()
     # Every event below the committed offset is applied and nothing above it: the batch in hand was finished.
     for uid in users:
         mine = [p for p, (k, _) in zip(positions, records) if k == uid.encode() and p.offset < done.get(p.partition, 0)]
-        if mine:
+        if refused:
+            assert not mine or got[uid].feature_version >= encode_version(max(mine))
+        elif mine:
             assert got[uid].feature_version == encode_version(max(mine))
         else:
             assert not got[uid].found
@@ -378,6 +394,6 @@ def test_two_consumers_in_one_group_split_the_partitions(ctx):
             last = max(p for p, (k, _) in zip(positions, records) if k == uid.encode())
             assert got[uid].feature_version == encode_version(last)
     finally:
-        assert stop(a) == 0
+        assert stop(a, log=log_a) == 0
         if b is not None:
-            assert stop(b) == 0
+            assert stop(b, log=log_b) == 0

@@ -73,7 +73,7 @@ class FakeConsumer:
             out.setdefault(TopicPartition(r.topic, r.partition), []).append(r)
         return out
 
-    def commit(self, offsets) -> None:  # type: ignore[no-untyped-def]
+    def commit(self, offsets, timeout_ms=None) -> None:  # type: ignore[no-untyped-def]
         if self.root is not None:
             self.files_at_commit.append(len(segment_files(self.root)))
         self.commits.append({(tp.partition, 0): om.offset for tp, om in offsets.items()})

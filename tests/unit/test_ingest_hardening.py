@@ -154,7 +154,7 @@ class FakeConsumer:  # the parts of KafkaConsumer run_batch touches
         self.paused: set[int] = set()
         self.seeks: dict[int, int] = {}
 
-    def commit(self, offsets) -> None:  # type: ignore[no-untyped-def]
+    def commit(self, offsets, timeout_ms=None) -> None:  # type: ignore[no-untyped-def]
         self.committed.update({tp.partition: om.offset for tp, om in offsets.items()})
 
     def assignment(self):  # type: ignore[no-untyped-def]
@@ -233,3 +233,33 @@ def test_a_rule_that_breaks_on_one_users_data_dead_letters_that_user(monkeypatch
     result = w.run_batch([Rec(0, 0, b"cursed", _good("cursed", 0)), Rec(0, 1, b"fine", _good("fine", 0))])
     assert (result.applied, result.dlq) == (1, 1) and "fine" in store.rows and "cursed" not in store.rows
     assert dict(producer.sent[0][3])["qanchor.reason"] == b"internal_error"
+
+
+class RebalancingConsumer(FakeConsumer):
+    """kafka-python retries a commit during a rebalance until its timeout (the rejoin completes only in poll)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[int | None] = []
+
+    def commit(self, offsets, timeout_ms=None) -> None:  # type: ignore[no-untyped-def]
+        from kafka.errors import KafkaTimeoutError
+
+        self.timeouts.append(timeout_ms)
+        raise KafkaTimeoutError("Timeout waiting for OffsetCommit")
+
+
+def test_a_commit_a_rebalance_holds_up_is_bounded_and_leaves_the_batch_to_the_replay() -> None:
+    store = MemStore()
+    w = _worker(store, commit_timeout_ms=1234)
+    w.consumer = RebalancingConsumer()
+    result = w.run_batch([Rec(0, i, b"u", _good("u", i)) for i in range(3)])
+    assert result.applied == 3 and store.rows["u"].event_ids == ["u-0", "u-1", "u-2"]  # the batch's effect stays
+    assert w.consumer.timeouts == [1234] and w.consumer.committed == {}  # one bounded try, nothing committed
+    assert w.metrics.registry.get_sample_value("qanchor_ingest_batch_failures_total",
+                                               {"error": "commit_failed"}) == 1
+    # The partition's next owner replays the batch from the last commit: a no-op.
+    w.consumer = FakeConsumer()
+    again = w.run_batch([Rec(0, i, b"u", _good("u", i)) for i in range(3)])
+    assert again.applied == 0 and store.rows["u"].event_ids == ["u-0", "u-1", "u-2"]
+    assert w.consumer.committed == {0: 3}
