@@ -8,6 +8,7 @@
 #   RESUME=1 scripts/train_default.sh               # continue an interrupted run
 #   DEVICE=cuda scripts/train_default.sh            # one GPU: the same recipe, bf16 autocast (~10 min on an H100)
 #   DEVICE=cuda STEPS=6000 scripts/train_default.sh # more steps where a GPU allows (the cosine follows STEPS)
+#   scripts/train_default.sh --set data.aspect_answers=own   # arguments go on to training.pretrain (a recipe change)
 # Env: STEPS (default: the preset's optim.steps), DEVICE (cpu|cuda), RUN_DIR (default
 #      $QANCHOR_STATE_DIR/runs/smollm2-cpu), THREADS (torch threads on CPU, default: all cores), NICE (default 10),
 #      RESUME=1.
@@ -37,7 +38,7 @@ if [ "${RESUME:-0}" = 1 ]; then args+=(--resume); fi
 if [ -n "${STEPS:-}" ]; then args+=(--steps "$STEPS"); fi
 log "pretrain steps=${STEPS:-preset} device=$DEVICE threads=$THREADS run_dir=$RUN_DIR"
 nice -n "${NICE:-10}" "$PY" -m training.pretrain --config smollm2-cpu --dataset ml-1m \
-  --device "$DEVICE" --out "$RUN_DIR" --save-every 50 --eval-every 150 "${args[@]}"
+  --device "$DEVICE" --out "$RUN_DIR" --save-every 50 --eval-every 150 "${args[@]}" "$@"
 
 # 3. publish: the checkpoint directory as is (its manifest carries the sha256 of every file), plus the curve
 "$PY" - "$RUN_DIR" "$ROOT/artifacts/default" <<'PY'
