@@ -36,7 +36,7 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> EventL
     """Connect the Kafka consumer (own group), serve metrics, and build the worker."""
     from services.eventlog.metrics import EventLogMetrics
     from services.ingest.gate import FileGate
-    from services.ingest.group import open_consumer, wait_for_topic
+    from services.ingest.group import leave_group, open_consumer, wait_for_topic
     from services.ingest.lag import GroupLagReader, LagMonitor
     from services.ingest.transform import load_ingest_spec
 
@@ -65,8 +65,5 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> EventL
     lag = LagMonitor(GroupLagReader(settings.resolved_kafka_bootstrap(), settings.group_id, settings.topic),
                      metrics.lag, owned=lambda: listener.owned, interval_s=settings.lag_refresh_s)
     lag.start()
-    # Leaving the group first moves the partitions at once, without waiting for the session timeout (best effort,
-    # bounded by group_timeout_ms like the commits).
-    return EventLogService(worker, [
-        ("consumer", lambda: consumer.close(autocommit=False, timeout_ms=settings.group_timeout_ms)),
-        ("lag", lag.stop)])
+    # Leaving the group first moves the partitions at once.
+    return EventLogService(worker, [("consumer", lambda: leave_group(consumer, settings)), ("lag", lag.stop)])

@@ -9,6 +9,7 @@ import grpc
 
 from services.common.errors import QAnchorError
 from services.common.grpc_server import Servicer, create_server
+from services.common.lifecycle import Closer, close_in_order
 from services.common.proto.qanchor.v1 import embedding_pb2_grpc
 from services.gateway.core import CoreLimits, FeatureSource, GatewayCore, ModelClient
 from services.gateway.metrics import GatewayMetrics
@@ -30,7 +31,7 @@ class Gateway:
     core: GatewayCore
     watcher: ConfigWatcher
     metrics: GatewayMetrics
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    closers: list[Closer] = field(default_factory=list)
 
     def servicer(self) -> Servicer:
         return Servicer(embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server, EmbeddingServicer(self.core),
@@ -41,9 +42,7 @@ class Gateway:
         return bool(self.core.model.ready())
 
     def close(self) -> None:
-        self.watcher.stop()
-        for close in self.closers:
-            close()
+        close_in_order("gateway", [("ab_watcher", self.watcher.stop), *self.closers])
 
 
 def known_models(settings: GatewaySettings, model: ModelClient,
@@ -82,7 +81,7 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
         load_config(settings.ab_config.read_text(encoding="utf-8"), str(settings.ab_config))
     except OSError as exc:
         raise ConfigError(f"cannot read {settings.ab_config}: {exc}; set GATEWAY_AB_CONFIG") from exc
-    closers: list[Callable[[], None]] = []
+    closers: list[Closer] = []
     catalog: "ModelCatalog | None" = None
     if features is None:
         from services.gateway.clients.features import open_feature_source
@@ -98,14 +97,14 @@ def build_gateway(settings: GatewaySettings, *, features: FeatureSource | None =
                                                cache_ttl_s=settings.registry_cache_ttl_s,
                                                negative_ttl_s=settings.registry_negative_ttl_s,
                                                tls=settings.registry_tls()))
-        closers.append(lookup.close)
+        closers.append(("registry", lookup.close))
         registry = lookup
         catalog = ModelCatalog(lookup.client, ttl_s=settings.models_refresh_s)
     if model is None:
         from services.gateway.clients.triton_pool import pool_from_settings
 
         triton = pool_from_settings(settings, features.spec)  # one or more replicas, user affinity, failover
-        closers.append(triton.close)
+        closers.append(("triton", triton.close))
         model = triton
     metrics = metrics or GatewayMetrics.shared()
     models = known_models(settings, model, catalog)

@@ -24,6 +24,7 @@ class ConsumerSettings(Protocol):
     max_poll_records: int
     max_poll_interval_ms: int
     session_timeout_ms: int
+    group_timeout_ms: int
 
     def resolved_kafka_bootstrap(self) -> str: ...
 
@@ -48,6 +49,13 @@ def open_consumer(settings: ConsumerSettings, client_name: str = "qanchor-ingest
         # within 10 s.
         metadata_max_age_ms=10_000,
     )
+
+
+def leave_group(consumer: Any, settings: ConsumerSettings) -> None:
+    """Close the consumer, leaving the group so its partitions move at once instead of after the session timeout.
+    Best effort, bounded by group_timeout_ms (kafka-python's own default is the 30 s request timeout); nothing is
+    committed here: the worker commits what it finished."""
+    consumer.close(autocommit=False, timeout_ms=settings.group_timeout_ms)
 
 
 def wait_for_topic(consumer: Any, topic: str, timeout_s: float) -> None:

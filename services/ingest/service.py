@@ -42,7 +42,7 @@ def build_ingest(settings: IngestSettings) -> IngestService:
     from services.ingest.dlq import DeadLetterQueue
     from services.ingest.encoder import CachedEncoder, RedisVectorCache, TritonTextEncoder
     from services.ingest.gate import FileGate
-    from services.ingest.group import join, open_consumer, rejoin_watchdog
+    from services.ingest.group import join, leave_group, open_consumer, rejoin_watchdog
     from services.ingest.lag import GroupLagReader, LagMonitor
     from services.ingest.metrics import IngestMetrics
     from services.ingest.producer import make_producer
@@ -101,9 +101,8 @@ def build_ingest(settings: IngestSettings) -> IngestService:
         on_written=warmer.offer if warmer is not None else None,
     )
     worker_ref.append(worker)
-    # Leaving the group first moves the partitions at once, without waiting for the session timeout; it is best
-    # effort: past group_timeout_ms the process exits anyway and the partitions move after the session timeout.
-    closers = [("consumer", lambda: consumer.close(autocommit=False, timeout_ms=settings.group_timeout_ms)),
+    # Leaving the group first moves the partitions at once.
+    closers = [("consumer", lambda: leave_group(consumer, settings)),
                ("lag", lag.stop), ("dlq_producer", lambda: producer.close(timeout=10)), ("triton", triton.close)]
     if l2 is not None:
         closers.append(("vector_cache", l2.close))

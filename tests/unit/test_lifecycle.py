@@ -3,7 +3,6 @@ open. services.common.signals: SIGUSR1 dumps the stacks and leaves the service r
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import textwrap
 import pytest
 
 from services.common.lifecycle import close_in_order
+from services.common.settings import repo_root
 
 
 def test_every_part_closes_in_order_and_a_failing_one_is_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -40,7 +40,6 @@ def test_sigusr1_dumps_every_threads_stack_and_sigterm_still_stops() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         sys.exit(0 if stop.wait(10) else 3)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=repo_root())
     assert out.returncode == 0, out.stderr
     assert "Current thread" in out.stderr and out.stderr.count("File ") >= 2  # the main thread and the worker
