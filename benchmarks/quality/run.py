@@ -470,7 +470,9 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(1)  # tiny LR fits: BLAS threads only contend on a shared machine
+    # tiny LR fits: BLAS threads only contend on a shared machine. BLAS only: a bare limit also caps OpenMP, and
+    # with it torch's intra-op threads (the model rows ran on one core of two until this said user_api="blas")
+    threadpool_limits(1, user_api="blas")
     world = build_world(WorldConfig(dataset=args.dataset))
     vecs = cached_text_vectors(world.texts, args.dataset)
     scenarios = load_scenarios(Path(args.scenarios) if args.scenarios else None)

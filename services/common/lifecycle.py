@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Generic, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 
 Closer = tuple[str, Callable[[], None]]
+W = TypeVar("W")
 
 
 def close_in_order(service: str, closers: Sequence[Closer]) -> None:
@@ -22,3 +24,15 @@ def close_in_order(service: str, closers: Sequence[Closer]) -> None:
                                                           "detail": str(exc)[:300]})
             continue
         log.info(f"{service} closed", extra={"part": part, "seconds": round(time.monotonic() - t0, 3)})
+
+
+@dataclass
+class WorkerService(Generic[W]):
+    """A built consumer service (`python -m services.ingest`, `services.eventlog`): the worker its main loop runs,
+    and the parts to close after it, in order (leaving the Kafka group first moves the partitions at once)."""
+    name: str
+    worker: W
+    closers: list[Closer] = field(default_factory=list)
+
+    def close(self) -> None:
+        close_in_order(self.name, self.closers)

@@ -5,24 +5,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
-from services.common.lifecycle import Closer, close_in_order
+from services.common.lifecycle import WorkerService
 from services.eventlog.consumer import EventLogRebalanceListener, EventLogWorker, FlushPolicy
 from services.eventlog.settings import EventLogSettings
 from services.ingest.schema import EventLimits
 from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EventLogService:
-    worker: EventLogWorker
-    closers: list[Closer] = field(default_factory=list)
-
-    def close(self) -> None:
-        close_in_order("eventlog", self.closers)
 
 
 def ingest_limits(ingest: IngestSettings) -> EventLimits:
@@ -32,7 +22,7 @@ def ingest_limits(ingest: IngestSettings) -> EventLimits:
     return limits_from(ingest).events
 
 
-def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> EventLogService:
+def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> WorkerService[EventLogWorker]:
     """Connect the Kafka consumer (own group), serve metrics, and build the worker."""
     from services.eventlog.metrics import EventLogMetrics
     from services.ingest.gate import FileGate
@@ -65,5 +55,5 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> EventL
     lag = LagMonitor(GroupLagReader(settings.resolved_kafka_bootstrap(), settings.group_id, settings.topic),
                      metrics.lag, owned=lambda: listener.owned, interval_s=settings.lag_refresh_s)
     lag.start()
-    # Leaving the group first moves the partitions at once.
-    return EventLogService(worker, [("consumer", lambda: leave_group(consumer, settings)), ("lag", lag.stop)])
+    return WorkerService("eventlog", worker,
+                         [("consumer", lambda: leave_group(consumer, settings)), ("lag", lag.stop)])

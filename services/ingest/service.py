@@ -5,23 +5,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
-from services.common.lifecycle import Closer, close_in_order
+from services.common.lifecycle import WorkerService
 from services.ingest.consumer import IngestLimits, IngestWorker
 from services.ingest.schema import EventLimits
 from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class IngestService:
-    worker: IngestWorker
-    closers: list[Closer] = field(default_factory=list)
-
-    def close(self) -> None:
-        close_in_order("ingest", self.closers)
 
 
 def limits_from(settings: IngestSettings) -> IngestLimits:
@@ -34,7 +24,7 @@ def limits_from(settings: IngestSettings) -> IngestLimits:
                         events=events)
 
 
-def build_ingest(settings: IngestSettings) -> IngestService:
+def build_ingest(settings: IngestSettings) -> WorkerService[IngestWorker]:
     """Connect everything (Kafka consumer + DLQ producer, Feast, Triton, the shared text-vector cache)."""
     import dataclasses
     import time
@@ -108,4 +98,4 @@ def build_ingest(settings: IngestSettings) -> IngestService:
         closers.append(("vector_cache", l2.close))
     if warmer is not None:
         closers += [("warmer", warmer.close), ("warm_pool", pool.close)]
-    return IngestService(worker, closers)
+    return WorkerService("ingest", worker, closers)

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from services.common.lifecycle import close_in_order
+from services.common.lifecycle import WorkerService
 from services.common.settings import repo_root
 
 
@@ -22,7 +22,9 @@ def test_every_part_closes_in_order_and_a_failing_one_is_logged(caplog: pytest.L
         raise RuntimeError("broker gone")
 
     with caplog.at_level(logging.INFO, logger="services.common.lifecycle"):
-        close_in_order("ingest", [("a", lambda: done.append("a")), ("b", broken), ("c", lambda: done.append("c"))])
+        service = WorkerService("ingest", worker=object(),
+                                closers=[("a", lambda: done.append("a")), ("b", broken), ("c", lambda: done.append("c"))])
+        service.close()
     assert done == ["a", "b", "c"]
     lines = [(r.getMessage(), r.part) for r in caplog.records]
     assert lines == [("ingest closed", "a"), ("ingest close failed", "b"), ("ingest closed", "c")]
