@@ -180,12 +180,12 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     model = _load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
-    collate = UserCollator(ctx.world, ctx.vecs)
+    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)
     t0 = time.perf_counter()
     parts = []
     with torch.inference_mode(), autocast(dtype, ctx.device):
         for i in range(0, len(users), 16):
-            parts.append(model.encode_prefix(_fit_tabular_width(collate.batch(users[i:i + 16]), model)))
+            parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
             log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
                      len(users), time.perf_counter() - t0)
     cache = PrefixCache.cat(parts)
@@ -222,14 +222,6 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
         np.savez(disk.with_suffix(".tmp.npz"), **arrays)
         disk.with_suffix(".tmp.npz").rename(disk)
     return out
-
-
-def _fit_tabular_width(batch, model):
-    """Checkpoints from before the dense user vector (d_tab 16) read only the statistics: its first columns."""
-    d_tab = model.cfg.input.d_tab
-    if batch.tabular.shape[1] > d_tab:
-        batch.tabular = batch.tabular[:, :d_tab].contiguous()
-    return batch
 
 
 def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
@@ -346,7 +338,8 @@ def _same_question(ctx: Context, key: str) -> dict[str, float]:
     model = _load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
-    ho = HeldOutEval(ctx.world, UserCollator(ctx.world, ctx.vecs), 256, model.cfg.data, seed=0, split="test")
+    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)  # older checkpoints read fewer columns
+    ho = HeldOutEval(ctx.world, collate, 256, model.cfg.data, seed=0, split="test")
     got = ho.same_question(model, model.cfg, autocast(dtype, ctx.device) if dtype != torch.float32 else None)
     ctx.same_q[key] = {"acc1": got.get("val_acc1_same_q"), "chance": 1.0 / got.get("val_same_q_group", 1.0)}
     log.info("same_question model=%s acc1=%.4f chance=%.4f", key, ctx.same_q[key]["acc1"], ctx.same_q[key]["chance"])

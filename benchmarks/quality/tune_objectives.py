@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     apply_precision(model, dtype)
     users = R._model_users(ctx)
     pos = {u: i for i, u in enumerate(users)}
-    collate = UserCollator(ctx.world, ctx.vecs)
+    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)
     with torch.inference_mode(), autocast(dtype, a.device):
-        cache = PrefixCache.cat([model.encode_prefix(R._fit_tabular_width(collate.batch(users[i:i + 16]), model))
+        cache = PrefixCache.cat([model.encode_prefix(collate.batch(users[i:i + 16]))
                                  for i in range(0, len(users), 16)])
 
     def embed(idx, spec, grad: bool) -> torch.Tensor:

@@ -122,3 +122,7 @@ def test_dense_user_vector_is_statistics_then_standardised_history_mean(world):
     assert (dense[list(world.excluded)] == 0).all()
     b = UserCollator(world, vecs).batch([u])
     np.testing.assert_allclose(b.tabular[0].numpy(), dense[u])
+    # a checkpoint from before the dense vector (d_tab 16) reads the statistics only: the first columns
+    narrow = UserCollator(world, vecs, d_tab=len(TABULAR_FEATURES)).batch([u])
+    assert narrow.tabular.shape == (1, len(TABULAR_FEATURES))
+    np.testing.assert_allclose(narrow.tabular[0].numpy(), dense[u, :len(TABULAR_FEATURES)])

@@ -55,12 +55,17 @@ def collate_records(records: list[UserRecord], ks: dict[str, int]) -> UserBatch:
 class UserCollator:
     """`collate_fn` for a DataLoader over user indices (or over dicts with a "user" key)."""
 
-    def __init__(self, world: UserWorld, vecs: np.ndarray) -> None:
-        self.world, self.vecs = world, vecs
+    def __init__(self, world: UserWorld, vecs: np.ndarray, d_tab: int | None = None) -> None:
+        """`d_tab`: the model's tabular width (`cfg.input.d_tab`) when it is narrower than the world's: checkpoints
+        from before the dense user vector (d_tab 16) read only the statistics, the first columns."""
+        self.world, self.vecs, self.d_tab = world, vecs, d_tab
         self.ks = {s.name: s.k for s in world.sources.sources}
 
     def batch(self, users: list[int]) -> UserBatch:
-        return collate_records([user_record(self.world, self.vecs, u) for u in users], self.ks)
+        out = collate_records([user_record(self.world, self.vecs, u) for u in users], self.ks)
+        if self.d_tab is not None and out.tabular.shape[1] > self.d_tab:
+            out.tabular = out.tabular[:, :self.d_tab].contiguous()
+        return out
 
     def __call__(self, items: list) -> UserBatch:
         users = [int(it["user"]) if isinstance(it, dict) else int(it) for it in items]
