@@ -66,8 +66,14 @@ def load_topics(path: Path = TOPICS_FILE) -> list[TopicSpec]:
 
 
 def new_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what kafka-storage random-uuid prints)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what kafka-storage random-uuid prints).
+
+    Never one that starts with "-" (1 in 64 of them): a command line reads it as an option (`-t -VVn...`: "argument
+    --cluster-id/-t: expected one argument"), which is why Kafka's own Uuid.randomUuid draws again too."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def render_server_properties(settings: StackSettings, data_dir: Path) -> str:
@@ -173,9 +179,10 @@ class Kafka(Component):
         log.info("formatting kafka storage", extra={"dir": str(self.data_dir), "cluster_id": cluster_id})
         # Map the broker's archive when there is one (most classes overlap); never dump from this short run.
         cds = [a for a in self.cds_opts(self.java) if not a.startswith("-XX:ArchiveClassesAtExit")]
+        # "--cluster-id=ID", not "-t ID": a state dir made before new_cluster_id skipped "-..." ids may hold one
         cmd = [self.java, "-Xmx256m", *self.settings.kafka_jvm_opts.split(), *cds, *self._log_opts(), "-cp",
                str(self.libs / "*"), "kafka.tools.StorageTool", "format", "--ignore-formatted",
-               "-t", cluster_id, "-c", str(self.workdir / "server.properties")]
+               f"--cluster-id={cluster_id}", "-c", str(self.workdir / "server.properties")]
         self._run_setup_step(cmd, "formatting the Kafka storage dir failed", self.default_hint, 180)
 
     def _run_setup_step(self, cmd: list[str], what: str, hint: str, timeout_s: float) -> None:

@@ -106,6 +106,16 @@ def test_cluster_id_is_16_random_bytes() -> None:
         assert len(base64.urlsafe_b64decode(cid + "==")) == 16 and "=" not in cid
 
 
+def test_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An id like "-VVnm..." after `-t` reads as an option and the storage format fails (1 in 64 fresh stacks)."""
+    import uuid
+
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))])
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
+    assert base64.urlsafe_b64encode(b"\xf8" + bytes(15)).decode().startswith("-")
+    assert new_cluster_id() == base64.urlsafe_b64encode(b"\x10" + bytes(15)).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(("heap", "xms"), [("512m", "64m"), ("2g", "64m"), ("32m", "32m"), ("weird", "64m")])
 def test_min_heap_never_exceeds_max(heap: str, xms: str) -> None:
     assert min_heap(heap) == xms
