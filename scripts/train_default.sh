@@ -9,9 +9,11 @@
 #   DEVICE=cuda scripts/train_default.sh            # one GPU: the same recipe, bf16 autocast (~10 min on an H100)
 #   DEVICE=cuda STEPS=6000 scripts/train_default.sh # more steps where a GPU allows (the cosine follows STEPS)
 #   scripts/train_default.sh --set data.aspect_answers=own   # arguments go on to training.pretrain (a recipe change)
+#   PUBLISH=0 RUN_DIR=runs/own-full scripts/train_default.sh --set data.aspect_answers=own
+#                                                   # a candidate: train only, artifacts/default stays as it is
 # Env: STEPS (default: the preset's optim.steps), DEVICE (cpu|cuda), RUN_DIR (default
 #      $QANCHOR_STATE_DIR/runs/smollm2-cpu), THREADS (torch threads on CPU, default: all cores), NICE (default 10),
-#      RESUME=1.
+#      RESUME=1, PUBLISH=0 (stop after training: evaluate a candidate before it replaces the served default).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -39,6 +41,11 @@ if [ -n "${STEPS:-}" ]; then args+=(--steps "$STEPS"); fi
 log "pretrain steps=${STEPS:-preset} device=$DEVICE threads=$THREADS run_dir=$RUN_DIR"
 nice -n "${NICE:-10}" "$PY" -m training.pretrain --config smollm2-cpu --dataset ml-1m \
   --device "$DEVICE" --out "$RUN_DIR" --save-every 50 --eval-every 150 "${args[@]}" "$@"
+
+if [ "${PUBLISH:-1}" = 0 ]; then
+  log "trained $RUN_DIR/checkpoint; PUBLISH=0: artifacts/default unchanged (evaluate: docs/quality.md, Run)"
+  exit 0
+fi
 
 # 3. publish: the checkpoint directory as is (its manifest carries the sha256 of every file), plus the curve
 "$PY" - "$RUN_DIR" "$ROOT/artifacts/default" <<'PY'
