@@ -52,3 +52,10 @@ def assign(config: ABConfig, scenario: str, user_id: str) -> Assignment:
             return Assignment(scenario, arm.name, arm.prompt_version,
                               arm.model_version or config.default.model_version, b)
     raise AssertionError("unreachable: weights are validated to cover every bucket")
+
+
+def routed_model_versions(config: ABConfig, user_id: str) -> list[str]:
+    """Every model version a request of this user may be served by, sorted: the default one (unlisted scenarios,
+    arms without a version) and the one each listed scenario's arm assigns them. A user's prefix depends on the model
+    version only, so this is what warming their prefix must cover (services/ingest/warm.py)."""
+    return sorted({config.default.model_version} | {assign(config, s, user_id).model_version for s in config.scenarios})

@@ -70,19 +70,31 @@ def build_ingest(settings: IngestSettings) -> WorkerService[IngestWorker]:
                                        settings.vector_cache_ttl_s)
         log.info("vector cache", extra={"url": url, "encoder_id": settings.encoder_id,
                                         "ttl_s": settings.vector_cache_ttl_s})
-    warmer = None
+    warmer = ab = None
     if settings.warm_triton_url:
         from services.gateway.clients.triton_pool import Discovery, TritonPool
         from services.ingest.warm import PrefixWarmer
 
+        versions = None
+        if settings.warm_ab_config is not None:
+            from services.gateway.ab_watcher import ConfigWatcher
+            from services.gateway.routing import routed_model_versions
+
+            # Not validated against the registry (the gateway does that): only the arms' model versions are read.
+            # A bad or missing file is logged and the default version warmed until a good one appears.
+            ab = ConfigWatcher(settings.warm_ab_config)
+            ab.poll()
+            ab.start()
+            versions = lambda user_id: routed_model_versions(ab.config, user_id)  # noqa: E731
         # The gateway's own pool: the same consistent-hash ring, so a warm-up lands on the user's home replica.
         pool = TritonPool(Discovery(settings.warm_triton_url.split(","), dns=settings.warm_discovery == "dns"),
                           spec.features, settings.warm_model)
         warmer = PrefixWarmer(pool, rate_per_s=settings.warm_rate_per_s, max_pending=settings.warm_max_pending,
                               busy_s=settings.warm_busy_s, cooldown_s=settings.warm_cooldown_s,
-                              counter=metrics.prefix_warms).start()
+                              counter=metrics.prefix_warms, versions=versions).start()
         log.info("prefix warming on", extra={"triton": settings.warm_triton_url, "model": settings.warm_model,
-                                             "rate_per_s": settings.warm_rate_per_s})
+                                             "rate_per_s": settings.warm_rate_per_s,
+                                             "ab_config": str(settings.warm_ab_config or "")})
     worker = IngestWorker(
         consumer, DeadLetterQueue(producer, settings.dlq_topic, settings.group_id, time.time), store,
         CachedEncoder(triton, settings.encoder_cache_size, l2), spec, metrics, limits_from(settings),
@@ -98,4 +110,6 @@ def build_ingest(settings: IngestSettings) -> WorkerService[IngestWorker]:
         closers.append(("vector_cache", l2.close))
     if warmer is not None:
         closers += [("warmer", warmer.close), ("warm_pool", pool.close)]
+    if ab is not None:
+        closers.append(("warm_ab_watcher", ab.stop))
     return WorkerService("ingest", worker, closers)

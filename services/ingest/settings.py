@@ -101,6 +101,9 @@ class IngestSettings(ServiceSettings):
     warm_triton_url: str | None = None
     warm_discovery: Literal["static", "dns"] = "static"
     warm_model: str = "qanchor"
+    # The gateway's A/B routing file (GATEWAY_AB_CONFIG, watched for changes like the gateway does): each user is
+    # warmed under every model version their requests may be routed to. None = the server's default version only.
+    warm_ab_config: Path | None = None
     # Warm-ups per second at most (a replay must not become a storm of prefix computations), users waiting at most
     # (more are dropped and counted), and when to give way: a warm-up slower than warm_busy_s or failing pauses
     # warming for warm_cooldown_s.

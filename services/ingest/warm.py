@@ -7,8 +7,10 @@ Triton replica the gateway routes them to, in the background, so their next requ
     warmer.close()
 
 A warm-up is a `qanchor` request with no scenarios (the model computes and caches the prefix, returns no embedding;
-docs/gateway.md, tensor contract) for the user's new `feature_version` under the model's default version, sent through
-the same consistent-hash ring the gateway uses, so it lands on the user's home replica.
+docs/gateway.md, tensor contract) for the user's new `feature_version`, sent through the same consistent-hash ring
+the gateway uses, so it lands on the user's home replica. It goes to every model version the user's requests may be
+routed to (`versions`: the gateway's A/B config through `services.gateway.routing.routed_model_versions`; without
+one, the server's default version), so an A/B arm on another model is not the cold one in its latency comparison.
 
 It must never cost serving anything, so it gives way:
 - **rate-limited** (`rate_per_s`, a token bucket): a replay of a million events does not turn into a million
@@ -42,13 +44,21 @@ class WarmCounters(Protocol):
     def labels(self, **kw: str): ...
 
 
+Versions = Callable[[str], Sequence[str]]  # user id -> the model versions ("" = the server's default) to warm
+
+
 class PrefixWarmer:
+    """`rate_per_s`, `max_pending` and `batch` count users; a user routed to k model versions costs k warm-up
+    requests (counted one each in sent / failed)."""
+
     def __init__(self, model: Infer, *, rate_per_s: float = 20.0, max_pending: int = 256, batch: int = 8,
                  timeout_s: float = 5.0, busy_s: float = 2.0, cooldown_s: float = 10.0,
-                 counter: WarmCounters | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 counter: WarmCounters | None = None, clock: Callable[[], float] = time.monotonic,
+                 versions: Versions | None = None) -> None:
         if rate_per_s <= 0 or max_pending <= 0 or batch <= 0:
             raise ValueError("warming needs rate_per_s > 0, max_pending > 0 and batch > 0 (or leave it off)")
         self.model, self.rate, self.max_pending, self.batch = model, rate_per_s, max_pending, batch
+        self.versions = versions
         self.timeout_s, self.busy_s, self.cooldown_s = timeout_s, busy_s, cooldown_s
         self.counter, self.clock = counter, clock
         self._pending: OrderedDict[str, UserFeatures] = OrderedDict()
@@ -127,20 +137,31 @@ class PrefixWarmer:
             self.warm(rows)
 
     def warm(self, rows: list[UserFeatures]) -> None:
-        """One warm-up call for these users (the background thread's step; tests call it directly)."""
+        """One warm-up call for these users, one request per (user, model version) (the background thread's step;
+        tests call it directly)."""
         if rows:
+            requests = [ModelRequest(r, v, [], [], []) for r in rows for v in self._versions_of(r.user_id)]
             t0 = self.clock()
             try:
-                outcomes = self.model.infer([ModelRequest(r, "", [], [], []) for r in rows], self.timeout_s)
+                outcomes = self.model.infer(requests, self.timeout_s)
             except Exception as exc:  # the pool raises only on a lost callback; never let the thread die
-                outcomes = [QAnchorError(f"warm-up call failed: {exc!r}")] * len(rows)
+                outcomes = [QAnchorError(f"warm-up call failed: {exc!r}")] * len(requests)
             took = self.clock() - t0
             bad = [o for o in outcomes if isinstance(o, QAnchorError)]
-            self._count("sent", len(rows) - len(bad))
+            self._count("sent", len(requests) - len(bad))
             self._count("failed", len(bad))
             if bad or took > self.busy_s:
-                self._pause(f"{len(bad)} of {len(rows)} failed ({bad[0]})" if bad else
+                self._pause(f"{len(bad)} of {len(requests)} failed ({bad[0]})" if bad else
                             f"a warm-up took {took:.1f}s > {self.busy_s}s")
+
+    def _versions_of(self, user_id: str) -> list[str]:
+        """The model versions to warm for this user; the server's default one ("") when no A/B config is known."""
+        if self.versions is None:
+            return [""]
+        try:
+            return list(self.versions(user_id)) or [""]
+        except Exception:  # no valid A/B config loaded (yet): its watcher logs why; warm what unlisted traffic uses
+            return [""]
 
     def _pause(self, why: str) -> None:
         with self._cv:

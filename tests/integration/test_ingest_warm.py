@@ -56,17 +56,27 @@ def test_features_written_by_ingest_are_warm_on_the_model(ctx) -> None:  # type:
     users = [f"{run}-w{i}" for i in range(3)]
     topic, group = new_topic(ctx, partitions=2), f"warm-{run}"
     produce(ctx, topic, [r for i, u in enumerate(users) for r in _events(u, 5 + i, 1_700_000_000)])
+    # The gateway's A/B file routes every user's "promo" requests to the served version named explicitly: each
+    # user is warmed twice, under the default version ("") and under that one.
+    served = TritonModelClient(ctx.triton, SPEC.features, "qanchor")
+    try:
+        version = sorted(served.known_model_versions())[-1]
+    finally:
+        served.close()
+    ab = ctx.tmp / f"ab-{run}.yaml"
+    ab.write_text(f"salt: warm\nscenarios:\n  promo:\n    arms:\n"
+                  f"      - {{name: pinned, weight: 100, prompt_version: zero-shot, model_version: '{version}'}}\n")
     proc, log, port = start_consumer(ctx, topic, group, f"warm-{run}", extra_env={
-        "INGEST_WARM_TRITON_URL": ctx.triton, "INGEST_WARM_RATE_PER_S": "50"})
+        "INGEST_WARM_TRITON_URL": ctx.triton, "INGEST_WARM_RATE_PER_S": "50", "INGEST_WARM_AB_CONFIG": str(ab)})
     try:
         wait_caught_up(ctx, group, topic, [proc])
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             m = metrics(port)
-            if m.get('qanchor_ingest_prefix_warms_total{outcome="sent"}', 0) >= len(users):
+            if m.get('qanchor_ingest_prefix_warms_total{outcome="sent"}', 0) >= 2 * len(users):
                 break
             time.sleep(0.5)
-        assert m['qanchor_ingest_prefix_warms_total{outcome="sent"}'] >= len(users), log.read_text()[-3000:]
+        assert m['qanchor_ingest_prefix_warms_total{outcome="sent"}'] >= 2 * len(users), log.read_text()[-3000:]
         assert m['qanchor_ingest_prefix_warms_total{outcome="failed"}'] == 0
     finally:
         assert stop(proc) == 0, log.read_text()[-3000:]
@@ -75,15 +85,16 @@ def test_features_written_by_ingest_are_warm_on_the_model(ctx) -> None:  # type:
     features = read_users(ctx.feast_config, users)
     model = TritonModelClient(ctx.triton, SPEC.features, "qanchor")
     try:
-        def ask(f):  # type: ignore[no-untyped-def]
-            [res] = model.infer([ModelRequest(f, "", ["promo"], ["Is this user sensitive to big-sale promotions?"],
-                                              [None])], 120.0)
+        def ask(f, model_version: str = ""):  # type: ignore[no-untyped-def]
+            [res] = model.infer([ModelRequest(f, model_version, ["promo"],
+                                              ["Is this user sensitive to big-sale promotions?"], [None])], 120.0)
             return res
 
         for uid in users:
-            res = ask(features[uid])
-            assert res.cache_hit, f"{uid}: the first request after the write missed the prefix cache"
-            assert res.embeddings.shape[0] == 1 and abs(np.linalg.norm(res.embeddings[0]) - 1) < 1e-3
+            for v in ("", version):  # the default traffic and the A/B arm's pinned version
+                res = ask(features[uid], v)
+                assert res.cache_hit, f"{uid}: the first request (version {v!r}) after the write missed the cache"
+                assert res.embeddings.shape[0] == 1 and abs(np.linalg.norm(res.embeddings[0]) - 1) < 1e-3
         # Control: features that reached the store without ingest (so without a warm-up) miss on first use.
         other = features[users[0]]
         other.user_id = f"{run}-unwarmed"

@@ -401,6 +401,16 @@ def test_prefix_warming_uses_the_gateways_ring_over_the_headless_service(default
     gateway = {e["name"]: e.get("value") for e in _pod_specs(docs)["qanchor-gateway"]["containers"][0]["env"]}
     assert env["INGEST_WARM_TRITON_URL"] == gateway["GATEWAY_TRITON_URL"] and env["INGEST_WARM_DISCOVERY"] == "dns"
     assert float(env["INGEST_WARM_RATE_PER_S"]) == 20
+    # the gateway's A/B file, from the same ConfigMap mounted the same way: warm-ups cover every routed version
+    specs = _pod_specs(docs)
+    ab_path = Path(gateway["GATEWAY_AB_CONFIG"])
+    assert env["INGEST_WARM_AB_CONFIG"] == str(ab_path)
+    for name in ("qanchor-ingest", "qanchor-gateway"):
+        mount = next(m for m in specs[name]["containers"][0]["volumeMounts"] if m["name"] == "ab-config")
+        assert mount["mountPath"] == str(ab_path.parent) and mount["readOnly"] and "subPath" not in mount
+    vols = {n: next(v for v in specs[n]["volumes"] if v["name"] == "ab-config") for n in ("qanchor-ingest",
+                                                                                           "qanchor-gateway")}
+    assert vols["qanchor-ingest"]["configMap"] == vols["qanchor-gateway"]["configMap"]
 
 
 @needs_helm

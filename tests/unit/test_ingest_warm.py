@@ -56,6 +56,23 @@ def test_warm_ups_are_prefix_only_requests_of_the_newest_version_oldest_user_fir
     assert w.ready() == ([], None)  # nobody waits
 
 
+def test_each_user_is_warmed_under_every_model_version_routing_may_send_them_to():
+    routes = {"a": ["", "m2"], "b": [""]}
+
+    def versions(user_id: str) -> list[str]:
+        if user_id == "c":
+            raise RuntimeError("no valid A/B config loaded")  # the watcher has none yet
+        return routes[user_id]
+
+    model = Model()
+    w = PrefixWarmer(model, rate_per_s=100, batch=8, clock=Clock(), versions=versions)
+    w.warm([row("a", 3), row("b", 1), row("c", 2)])
+    [reqs] = model.calls
+    assert [(r.user.user_id, r.user.feature_version, r.model_version, r.scenarios) for r in reqs] == \
+        [("a", 3, "", []), ("a", 3, "m2", []), ("b", 1, "", []), ("c", 2, "", [])]
+    assert (w.sent, w.failed) == (4, 0)  # counted per request: one prefix computation each
+
+
 def test_rate_limit_and_bounded_queue():
     clock = Clock()
     w = PrefixWarmer(Model(), rate_per_s=2, batch=4, max_pending=6, clock=clock)

@@ -12,7 +12,7 @@ import pytest
 
 from services.gateway.ab_config import ABConfig, ConfigError, load_config, validate_against
 from services.gateway.ab_watcher import ConfigWatcher
-from services.gateway.routing import assign, bucket, fnv1a32
+from services.gateway.routing import assign, bucket, fnv1a32, routed_model_versions
 from services.registry.serving_view import PromptInfo, ScenarioInfo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,6 +78,23 @@ def test_assignment_fields_and_default_arm() -> None:
     assert by_name["control"].prompt_version == "zero-shot"
     other = assign(cfg, "not_listed", "alice")
     assert (other.arm, other.prompt_version, other.model_version) == ("default", "active", "m1")
+
+
+def test_routed_model_versions_are_the_default_plus_each_listed_scenarios_arm() -> None:
+    cfg = load_config(AB_YAML + """
+  churn:
+    arms:
+      - {name: a, weight: 50, prompt_version: active, model_version: m3}
+      - {name: b, weight: 50, prompt_version: active}
+""")
+    users = [f"u{i}" for i in range(400)]
+    got = {u: routed_model_versions(cfg, u) for u in users}
+    for u in users:  # exactly what assign() would route this user's requests to, plus unlisted scenarios' default
+        want = {"m1"} | {assign(cfg, s, u).model_version for s in ("concert_ads", "churn")}
+        assert got[u] == sorted(want)
+    seen = Counter(tuple(v) for v in got.values())
+    assert ("m1",) in seen and ("m1", "m2", "m3") in seen  # some users need one prefix, some three
+    assert routed_model_versions(load_config("salt: s\n"), "u1") == [""]  # no A/B config content: the server's default
 
 
 def test_zero_weight_arm_gets_nobody() -> None:
