@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.model.prefix_cache import PrefixCache
     from training.model.suffix import ScenarioSpec
     from training.precision import apply_precision, autocast, resolve_precision
-    from training.tune import _split, frozen, init_prompt
+    from training.tune import _embed, _split, frozen, init_prompt
 
     ctx = R.build_context(a)
     torch.manual_seed(0)
@@ -64,10 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         cache = PrefixCache.cat([model.encode_prefix(collate.batch(users[i:i + 16]))
                                  for i in range(0, len(users), 16)])
 
-    def embed(idx, spec, grad: bool) -> torch.Tensor:
-        with torch.set_grad_enabled(grad):
-            return torch.cat([model.embed(cache[list(idx[s:s + 32])], [spec])[:, 0]
-                              for s in range(0, len(idx), 32)]).float()
+    def embed(idx, spec, grad: bool) -> torch.Tensor:  # training.tune's own chunked suffix pass, in fp32
+        return _embed(model, cache, np.asarray(idx), spec, 32, grad).float()
 
     def probe_auc(spec) -> float:  # the table's probe on every user's embedding under `spec`
         with torch.inference_mode(), autocast(dtype, a.device):

@@ -22,8 +22,8 @@ def test_every_part_closes_in_order_and_a_failing_one_is_logged(caplog: pytest.L
         raise RuntimeError("broker gone")
 
     with caplog.at_level(logging.INFO, logger="services.common.lifecycle"):
-        service = WorkerService("ingest", worker=object(),
-                                closers=[("a", lambda: done.append("a")), ("b", broken), ("c", lambda: done.append("c"))])
+        closers = [("a", lambda: done.append("a")), ("b", broken), ("c", lambda: done.append("c"))]
+        service = WorkerService("ingest", worker=object(), closers=closers)
         service.close()
     assert done == ["a", "b", "c"]
     lines = [(r.getMessage(), r.part) for r in caplog.records]
