@@ -13,17 +13,16 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from services.common.errors import AlreadyExists
 from services.registry.db import Database
 from services.registry.domain import JobState, ModelState, PromptStatus
 from services.registry.model_versions import ModelVersions
 from services.registry.repository import Repository
+from tests.concurrency import race_register, registration_outcome, run_together
 
 pytestmark = pytest.mark.integration
 
@@ -92,24 +91,7 @@ def repo(pg_url: str) -> Iterator[Repository]:
 
 
 def test_concurrent_registration_on_postgres(repo: Repository) -> None:
-    n = 12
-    barrier = threading.Barrier(n)
-    outcomes: list[str] = []
-
-    def attempt(i: int) -> None:
-        barrier.wait()
-        try:
-            repo.register_scenario("race", f"query {i}")
-            outcomes.append("ok")
-        except AlreadyExists:
-            outcomes.append("exists")
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert sorted(outcomes) == ["exists"] * (n - 1) + ["ok"]
+    assert race_register(repo.register_scenario, "race", n=12) == ["created"] + ["exists"] * 11
 
 
 def test_versions_promotion_and_jobs_on_postgres(repo: Repository) -> None:
@@ -133,17 +115,12 @@ def test_concurrent_model_promotions_leave_one_promoted_on_postgres(repo: Reposi
     for i in range(n):
         models.register(f"m{i}", artifact_uri=f"/exports/m{i}", sha256=f"{i:02d}" * 32)
         models.publish(f"m{i}", "/srv/model_repository")
-    barrier = threading.Barrier(n)
 
-    def attempt(i: int) -> None:
-        barrier.wait()
+    def attempt(i: int, go: Callable[[], object]) -> None:
+        go()
         models.promote(f"m{i}")
 
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    run_together(n, attempt)
     states = [m.state for m in models.list()]
     assert states.count(ModelState.PROMOTED) == 1 and states.count(ModelState.PUBLISHED) == n - 1
 
@@ -168,28 +145,15 @@ def test_fifty_concurrent_registrations_over_grpc_create_exactly_one(pg_url: str
     server, port, app = create_registry_server(settings)
     server.start()
     n = 50
-    barrier = threading.Barrier(n)
-    outcomes: list[str] = []
-    lock = threading.Lock()
 
-    def attempt(i: int) -> None:
-        with RegistryClient(f"127.0.0.1:{port}", token="adm", timeout_s=60) as client:
-            barrier.wait()
-            try:
-                client.register_scenario("stampede", f"query {i}")
-                result = "created"
-            except AlreadyExists:
-                result = "exists"
-        with lock:
-            outcomes.append(result)
+    def attempt(i: int, go: Callable[[], object]) -> str:
+        with RegistryClient(f"127.0.0.1:{port}", token="adm", timeout_s=60) as client:  # connected before the start
+            go()
+            return registration_outcome(lambda: client.register_scenario("stampede", f"query {i}"))
 
     try:
-        threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert sorted(outcomes) == ["created"] + ["exists"] * (n - 1)
+        outcomes = sorted(run_together(n, attempt, join_s=120), key=str)
+        assert outcomes == ["created"] + ["exists"] * (n - 1)
         with RegistryClient(f"127.0.0.1:{port}", token="adm") as client:
             assert [s.name for s in client.list_scenarios()].count("stampede") == 1
         print(f"registrations attempted={n} created={outcomes.count('created')}")

@@ -1,7 +1,6 @@
 """Repository logic against a real SQLite file database migrated by Alembic."""
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from services.registry.db import Database
 from services.registry.domain import JobState, PromptKind, PromptStatus
 from services.registry.models import Base
 from services.registry.repository import Repository
+from tests.concurrency import race_register
 
 SHA = "ab" * 32
 
@@ -56,24 +56,7 @@ def test_duplicate_and_unknown(repo: Repository) -> None:
 
 
 def test_concurrent_registration_creates_exactly_one(repo: Repository) -> None:
-    n = 12
-    barrier = threading.Barrier(n)
-    outcomes: list[str] = []
-
-    def attempt(i: int) -> None:
-        barrier.wait()
-        try:
-            repo.register_scenario("race", f"query {i}")
-            outcomes.append("ok")
-        except AlreadyExists:
-            outcomes.append("exists")
-
-    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert sorted(outcomes) == ["exists"] * (n - 1) + ["ok"]
+    assert race_register(repo.register_scenario, "race", n=12, join_s=30) == ["created"] + ["exists"] * 11
     page, _ = repo.list_scenarios()
     assert [s.name for s in page] == ["race"] and len(page[0].versions) == 1
 
