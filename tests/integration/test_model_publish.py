@@ -20,6 +20,7 @@ from services.gateway.routing import assign
 from tests.integration.test_gateway_stack import (  # noqa: F401  (world: Feast users, registry, contract model)
     TOKEN, _ensure_real_model, export_real_model, serve_gateway, world,
 )
+from tests.integration.triton_stats import settled
 from training.export.contract import model_versions, read_model_config
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,7 @@ def test_publish_serves_a_new_version_without_restart(  # type: ignore[no-untype
 
         # Same process, same loaded model (its statistics kept counting), never reloaded.
         assert stack_manager.record("triton").pid == pid
-        assert _served_count(triton) > served
+        assert settled(lambda: _served_count(triton), lambda n: n > served) > served
         assert triton.is_model_ready("qanchor")
     finally:
         client.close()

@@ -23,6 +23,7 @@ from services.gateway.clients.triton_pool import Discovery, TritonPool
 from services.gateway.core import ModelRequest
 from services.stack import Stack
 from tests.integration.conftest import integration_settings
+from tests.integration.triton_stats import settled
 
 pytestmark = pytest.mark.integration
 SHIFTS = (100, 200)  # port bases of the two replicas, relative to QANCHOR_TEST_PORT_BASE
@@ -72,6 +73,7 @@ def _inferences(url: str) -> int:
     return sum(int(s.get("inference_count", 0)) for s in stats)
 
 
+
 def test_affinity_keeps_a_users_calls_on_one_replica(replicas):
     users = [f"aff-{i}" for i in range(24)]
     before = [_inferences(u) for u in _urls(replicas)]
@@ -84,7 +86,8 @@ def test_affinity_keeps_a_users_calls_on_one_replica(replicas):
                 assert out.embeddings.shape == (2, 128), out
                 hits[out.cache_hit] += 1
         assert hits[False] == len(users) and hits[True] == 2 * len(users)  # one miss per user, then hits
-        served = [_inferences(u) - b for u, b in zip(_urls(replicas), before)]
+        served = settled(lambda: [_inferences(u) - b for u, b in zip(_urls(replicas), before)],
+                         lambda counts: sum(counts) >= 3 * len(users))
         assert sum(served) == 3 * len(users) and min(served) > 0, served  # both replicas have users
     finally:
         pool.close()

@@ -15,6 +15,7 @@ import tritonclient.grpc as grpcclient
 
 from services.stack import Endpoints, Stack
 from tests.integration.conftest import export_tiny_qanchor, load_model_and_wait
+from tests.integration.triton_stats import settled
 from training.export.contract import Contract, batched
 
 pytestmark = pytest.mark.integration
@@ -81,7 +82,8 @@ def test_concurrent_requests_share_an_execute_and_keep_their_numbers(exported):
         version = "no-such-model" if uid == "wrong-version" else VERSION
         client.async_infer("qanchor", _inputs(exported, user, uid, n, version), callback(i), client_timeout=120)
     assert done.wait(150), "not every request was answered"
-    inferences, executions = (a - b for a, b in zip(_stats(client), before))
+    now = settled(lambda: _stats(client), lambda st: st[0] - before[0] >= len(plan))
+    inferences, executions = (a - b for a, b in zip(now, before))
     assert inferences == len(plan) and executions < inferences, (inferences, executions)
     misses = 0
     for i, (user, uid, n) in enumerate(plan):
