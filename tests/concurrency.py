@@ -13,18 +13,35 @@ T = TypeVar("T")
 def run_together(n: int, attempt: Callable[[int, Callable[[], object]], T], join_s: float = 60) -> list[T | None]:
     """Run `attempt(i, go)` for i in 0..n-1, each in its own thread; `go()` blocks until all n have called it, so
     whatever an attempt does after `go()` starts at one instant (set-up before it, e.g. opening a client, does not
-    count). Returns the attempts' results by i (None for one still running after `join_s`)."""
+    count). Returns the attempts' results by i (None for one still running after `join_s`). An exception raised
+    inside an attempt is raised here, after the others have finished (the barrier is broken, so none waits for the
+    failed one), instead of showing up as a None result."""
     barrier = threading.Barrier(n)
     results: list[T | None] = [None] * n
+    errors: list[BaseException] = []
 
     def run(i: int) -> None:
-        results[i] = attempt(i, barrier.wait)
+        passed = [False]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+        def go() -> None:
+            barrier.wait()
+            passed[0] = True
+
+        try:
+            results[i] = attempt(i, go)
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread below)
+            errors.append(e)
+            if not passed[0]:  # the others would wait for this one at the barrier forever
+                barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(join_s)
+    failed = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+    if failed:
+        raise AssertionError(f"{len(failed)} of {n} attempts raised; the first: {failed[0]!r}") from failed[0]
     return results
 
 
