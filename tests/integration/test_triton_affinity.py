@@ -73,7 +73,6 @@ def _inferences(url: str) -> int:
     return sum(int(s.get("inference_count", 0)) for s in stats)
 
 
-
 def test_affinity_keeps_a_users_calls_on_one_replica(replicas):
     users = [f"aff-{i}" for i in range(24)]
     before = [_inferences(u) for u in _urls(replicas)]
