@@ -125,15 +125,28 @@ def _score(model, x) -> np.ndarray:
     return model.decision_function(x)
 
 
-def choose_c(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: np.ndarray) -> float:
-    """The C of C_GRID whose fit on (tr_u, tr_y) has the best AUC on the val users (the first C if val is one class)."""
-    best_c, best = C_GRID[0], -1.0
+def val_fit(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: np.ndarray) -> tuple[float, float]:
+    """(C, val AUC): the C of C_GRID whose fit on (tr_u, tr_y) has the best AUC on the val users, and that AUC
+    (C_GRID[0] and nan if val is one class)."""
+    best_c, best = C_GRID[0], float("nan")
     if len(np.unique(va_y)) == 2:
         for c in C_GRID:
             a = auc(va_y, _score(_fit(x[tr_u], tr_y, c, 0), x[va_u]))
-            if a > best:
+            if not a <= best:  # the first C, then any better one
                 best_c, best = c, a
-    return best_c
+    return best_c, best
+
+
+def choose_c(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: np.ndarray) -> float:
+    """The C of C_GRID whose fit on (tr_u, tr_y) has the best AUC on the val users (the first C if val is one class)."""
+    return val_fit(x, tr_u, tr_y, va_u, va_y)[0]
+
+
+def val_auc(emb, world: UserWorld, scenario: Scenario) -> float:
+    """The probe's val AUC with its chosen C (fit on the train users, scored on the val users; test users untouched):
+    what model selection between two embeddings of one scenario may read."""
+    x, (tr_u, tr_y), (va_u, va_y), _ = _labelled(emb, world, scenario)
+    return val_fit(x, tr_u, tr_y, va_u, va_y)[1]
 
 
 def stratified_subsets(y: np.ndarray, n: int, repeats: int, seed: int = 0) -> list[np.ndarray]:

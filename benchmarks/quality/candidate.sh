@@ -30,11 +30,13 @@ baselines=("bag_of_items+genres (LR)" "tabular stats (LR)" "mean MiniLM of event
 model=("Q-Anchor static query" "Q-Anchor zero-shot")
 tuned=()
 if [ "$TUNE_STEPS" -gt 0 ]; then tuned=("Q-Anchor prompt-tuned"); fi
+selected=()  # the visible table only: per scenario the tuned prompt where its val probe beats the query's
+if [ "$TUNE_STEPS" -gt 0 ]; then selected=("Q-Anchor prompt-tuned where val improves"); fi
 log() { printf '[candidate] %s\n' "$*" >&2; }
 
 log "visible ten: $CKPT tune_steps=$TUNE_STEPS"
 nice -n 10 "$PY" benchmarks/quality/run.py "${users[@]}" --tune-steps "$TUNE_STEPS" --draws 1000 \
-  --rows "${baselines[@]}" "${model[@]}" "${tuned[@]}" --out "$RES/quality_$NAME"
+  --rows "${baselines[@]}" "${model[@]}" "${tuned[@]}" "${selected[@]}" --out "$RES/quality_$NAME"
 log "unseen eight"
 nice -n 10 "$PY" benchmarks/quality/run.py "${users[@]}" --tune-steps 0 --draws 1000 --no-same-question \
   --scenarios benchmarks/quality/scenarios_unseen.yaml --rows "${baselines[@]}" "${model[@]}" \

@@ -115,3 +115,29 @@ def test_label_budget_table_on_planted_rows(ml100k_world, monkeypatch):
     md = lb.markdown(table, {"scenario_names": ["gender_female"], "n_train": len(world.users("train")),
                              "n_val": 100, "n_test": 150, "repeats": 3, "draws": 200})
     assert f"| all ({len(world.users('train'))}) |" in md and "| 20 | Q-Anchor zero-shot > Q-Anchor static query |" in md
+
+
+def test_val_selected_row_keeps_the_tuned_prompt_only_where_the_val_probe_improves(ml100k_world):
+    """Per scenario: the tuned embedding where its val probe beats the query's, else the zero-shot one; the choice
+    and both val AUCs are logged, and the test users play no part in it."""
+    from benchmarks.quality import run as quality
+    from benchmarks.quality.intervals import CLAIMS
+    from training.data.scenarios import load_scenarios
+
+    world = quality.CappedWorld(ml100k_world, {"train": 300, "val": 100, "test": 150})
+    female = np.array([u.gender == "F" for u in ml100k_world.ml.users], np.float32)
+    noise = np.random.default_rng(0).standard_normal((len(female), 6)).astype(np.float32)
+    strong, weak = noise.copy(), noise.copy()
+    strong[:, 0] += 2.0 * female
+    weak[:, 0] += 0.1 * female
+    scen = [s for s in load_scenarios() if s.name == "gender_female"]
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, "ckpt", "cpu", None, tune_steps=10)
+    ctx.model_cache["trained"] = {"zero_shot": {"gender_female": weak}, "tuned": {"gender_female": strong}}
+    assert quality.ROWS[quality.TUNED_VAL_SELECTED](ctx)["gender_female"] is strong
+    log = ctx.tune_log["gender_female"]
+    assert log["kept_tuned"] is True and log["val_probe_auc"] > log["val_probe_auc_zero_shot"] + 0.2, log
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, "ckpt", "cpu", None, tune_steps=10)
+    ctx.model_cache["trained"] = {"zero_shot": {"gender_female": strong}, "tuned": {"gender_female": weak}}
+    assert quality.ROWS[quality.TUNED_VAL_SELECTED](ctx)["gender_female"] is strong
+    assert ctx.tune_log["gender_female"]["kept_tuned"] is False
+    assert (quality.TUNED_VAL_SELECTED, "Q-Anchor zero-shot") in CLAIMS  # its paired difference is reported
