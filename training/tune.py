@@ -39,7 +39,8 @@ class TuneResult:
     prompt: torch.Tensor  # [n_tokens, hidden] float32
     prototypes: torch.Tensor  # [n_classes, out] float32 (unnormalised; scores use their directions)
     classes: list  # label value of each prototype row
-    metrics: dict[str, float]  # held-out users: auc, ks (tuned) and auc_zero_shot, ks_zero_shot (no prompt)
+    metrics: dict[str, float]  # held-out users: auc, ks (tuned) and auc_zero_shot, ks_zero_shot (no prompt);
+    # probe_auc, probe_auc_zero_shot: a linear probe's held-out AUC on each (binary labels)
     curve: list[dict[str, float]] = field(default_factory=list)  # per step: loss (+ val auc every eval_every)
 
 
@@ -114,6 +115,25 @@ def _metrics(y: np.ndarray, logits: torch.Tensor) -> tuple[float, float]:
     return float(np.mean([a for a, _ in pairs])), float(np.mean([k for _, k in pairs]))
 
 
+def linear_probe_metrics(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+                         tuned: tuple[torch.Tensor, torch.Tensor],
+                         zero: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """{"probe_auc", "probe_auc_zero_shot"}: held-out AUC of the quality table's linear probe (training.evaluate:
+    logistic regression fitted on the tuning users, its C chosen on the held-out ones) on the tuned embeddings and on
+    the query's alone. A downstream model fitted on the embedding gains from the prompt only if the first is higher;
+    the prototype AUCs can say otherwise (docs/tuning.md). Binary labels only ({} for more classes)."""
+    from training.evaluate import val_fit
+
+    if int(y.max()) != 1:
+        return {}
+    out = {}
+    for key, (tr, va) in (("probe_auc", tuned), ("probe_auc_zero_shot", zero)):
+        x = np.zeros((len(y), tr.shape[1]), np.float32)
+        x[train_idx], x[val_idx] = tr.float().cpu().numpy(), va.float().cpu().numpy()
+        out[key] = val_fit(x, train_idx, y[train_idx], val_idx, y[val_idx])[1]
+    return out
+
+
 def init_prompt(model: QAnchorModel, query_text: str, n_tokens: int) -> torch.Tensor:
     """Embeddings of the query's last n tokens (cycled if shorter): a prompt that starts as plausible text."""
     ids = model.tokenizer(query_text, add_special_tokens=False)["input_ids"] or [model.tokenizer.eos_token_id]
@@ -163,6 +183,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             if step % eval_every == 0 or step == steps:
                 with torch.no_grad():
                     e_va = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+                    e_va_last = e_va
                     point["val_auc"], point["val_ks"] = _metrics(y[val_idx], _scores(e_va, protos, tau))
             curve.append(point)
             if progress is not None:
@@ -174,9 +195,12 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
     auc, ks = curve[-1]["val_auc"], curve[-1]["val_ks"]
     metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
                "train_auc": train_auc, "train_auc_zero_shot": train_zs_auc,
+               **linear_probe_metrics(y, train_idx, val_idx, (e_tr, e_va_last), (e_tr0, e_va0)),
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
                "seconds": time.perf_counter() - t0}
-    log.info("event=tune_done query=%r steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f n_train=%d n_val=%d",
-             query_text, steps, auc, ks, zs_auc, len(train_idx), len(val_idx))
+    log.info("event=tune_done query=%r steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f probe_auc=%.4f "
+             "probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, steps, auc, ks, zs_auc,
+             metrics.get("probe_auc", float("nan")), metrics.get("probe_auc_zero_shot", float("nan")),
+             len(train_idx), len(val_idx))
     return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,
                       metrics=metrics, curve=curve)

@@ -62,7 +62,7 @@ class TuningResult:
     steps: int
     seconds: float
     version: int
-    metrics: dict[str, float] = field(default_factory=dict)  # auc, ks, auc_zero_shot, ks_zero_shot, n_train, n_val
+    metrics: dict[str, float] = field(default_factory=dict)  # training.tune's: auc, ks, probe_auc, ... (+ zero-shot)
     arms: list[TunedArm] = field(default_factory=list)
 
 
@@ -205,10 +205,18 @@ def render_tuning(t: TuningResult) -> str:
              f"tuning job {t.job_id}: {t.steps} steps on {m.get('n_train', 0):.0f} labelled users in {t.seconds:.0f} s "
              f"-> prompt version {t.version}",
              table([["zero-shot (query alone)", "1", f"{m.get('auc_zero_shot', float('nan')):.3f}",
-                     f"{m.get('ks_zero_shot', float('nan')):.3f}"],
-                    [f"tuned ({m.get('steps', t.steps):.0f} steps)", str(t.version), f"{m.get('auc', float('nan')):.3f}",
-                     f"{m.get('ks', float('nan')):.3f}"]],
-                   ["prompt", "version", f"held-out AUC ({m.get('n_val', 0):.0f} users)", "KS"])]
+                     f"{m.get('ks_zero_shot', float('nan')):.3f}",
+                     f"{m.get('probe_auc_zero_shot', float('nan')):.3f}"],
+                    [f"tuned ({m.get('steps', t.steps):.0f} steps)", str(t.version),
+                     f"{m.get('auc', float('nan')):.3f}", f"{m.get('ks', float('nan')):.3f}",
+                     f"{m.get('probe_auc', float('nan')):.3f}"]],
+                   ["prompt", "version", f"held-out AUC ({m.get('n_val', 0):.0f} users, prototypes)", "KS",
+                    "linear-probe AUC"])]
+    if "probe_auc" in m:  # what a downstream model fitted on the embedding would see
+        helps = m["probe_auc"] > m.get("probe_auc_zero_shot", float("inf"))
+        lines.append("linear-probe AUC: a model fitted on the embedding reads the label " +
+                     ("better with the tuned prompt (worth promoting)" if helps else
+                      "as well from the query alone (keep the zero-shot version as the default arm)"))
     if t.arms:
         lines.append(f"A/B split 50/50 (the stack's A/B file), GetEmbedding for {sum(a.users for a in t.arms)} users:")
         lines.append(table([[a.arm, a.users, a.prompt_version, a.model_version, a.example_user,

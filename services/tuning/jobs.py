@@ -264,6 +264,9 @@ def record_outcome(repo: Repository, job_id: str, outcome: TuneOutcome) -> Promp
     log.info("tuning job done", extra={"job_id": job_id, "scenario": version.scenario, "version": version.version,
                                        "auc": round(outcome.metrics.get("auc", float("nan")), 4),
                                        "ks": round(outcome.metrics.get("ks", float("nan")), 4),
+                                       "probe_auc": round(outcome.metrics.get("probe_auc", float("nan")), 4),
+                                       "probe_auc_zero_shot": round(outcome.metrics.get("probe_auc_zero_shot",
+                                                                                        float("nan")), 4),
                                        "model_version": outcome.model_version, "sha256": sha[:12]})
     return version
 

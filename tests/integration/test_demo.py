@@ -76,13 +76,14 @@ def test_demo_end_to_end_then_again(demo_env: dict[str, str], tmp_path: Path) ->
     # register -> tune on labelled users -> A/B arm on the tuned version, both arms served.
     tuning = report["tuning"]
     assert tuning["scenario"] == "gender_female" and tuning["version"] >= 2 and tuning["steps"] == 5
-    assert {"auc", "auc_zero_shot", "ks", "n_train", "n_val"} <= set(tuning["metrics"])
+    assert {"auc", "auc_zero_shot", "ks", "probe_auc", "probe_auc_zero_shot", "n_train", "n_val"} <= \
+        set(tuning["metrics"])
     assert tuning["metrics"]["n_train"] + tuning["metrics"]["n_val"] == USERS
     arms = {a["arm"]: a for a in tuning["arms"]}
     assert set(arms) == {"zero-shot", "tuned"} and sum(a["users"] for a in arms.values()) == 12
     assert arms["tuned"]["prompt_version"] != arms["zero-shot"]["prompt_version"]
     assert str(tuning["version"]) in arms["tuned"]["prompt_version"]
-    assert "held-out AUC" in stdout and "zero-shot" in stdout
+    assert "held-out AUC" in stdout and "zero-shot" in stdout and "linear-probe AUC" in stdout
 
     again, _ = run_demo(demo_env, tmp_path / "second.json")
     assert again["tuning"]["version"] == tuning["version"] + 1  # a new job, a new version; the split follows it

@@ -161,7 +161,8 @@ def test_start_tuning_job_produces_a_ready_prompt_version(flow) -> None:  # type
     v2 = versions[2]
     assert v2.model_version == MODEL_VERSION  # "" resolved to the repository's default model version
     metrics = dict(v2.metrics)
-    assert {"auc", "ks", "auc_zero_shot", "n_train", "n_val"} <= set(metrics)
+    assert {"auc", "ks", "auc_zero_shot", "probe_auc", "probe_auc_zero_shot", "n_train", "n_val"} <= set(metrics)
+    assert 0.0 <= metrics["probe_auc"] <= 1.0 and 0.0 <= metrics["probe_auc_zero_shot"] <= 1.0
     assert metrics["n_train"] + metrics["n_val"] == N_USERS and metrics["n_missing"] == 2
     assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["ks"] <= 1.0 and metrics["steps"] == STEPS
     assert dict(job.metrics) == pytest.approx(metrics)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, cosine_matrix, off_diagonal, render
+from services.demo.report import DemoReport, EmbeddingRow, MultiScenarioCall, TuningResult, cosine_matrix, \
+    off_diagonal, render, render_tuning
 from services.demo.steps import load_scenarios
 from services.stack.apps import Gateway, Ingest, ModelsStep, Registry, find_checkpoint, read_tokens, \
     resolve_model_source
@@ -56,6 +57,18 @@ def test_render_shows_untrained_label_cold_start_and_cache_speedup() -> None:
 
 def test_render_trained_model_has_no_untrained_warning() -> None:
     assert "UNTRAINED" not in render(DemoReport(model_version="m1", model_trained=True, model_source="ckpt"))
+
+
+@pytest.mark.parametrize("probe, verdict", [((0.70, 0.66), "worth promoting"),
+                                            ((0.64, 0.66), "keep the zero-shot version")])
+def test_tuning_section_shows_both_read_outs_and_says_whether_the_prompt_helps_a_probe(probe, verdict) -> None:
+    m = {"auc": 0.76, "ks": 0.4, "auc_zero_shot": 0.65, "ks_zero_shot": 0.3, "probe_auc": probe[0],
+         "probe_auc_zero_shot": probe[1], "n_train": 160, "n_val": 40, "steps": 40}
+    text = render_tuning(TuningResult("gender_female", "Is this user female?", "job-1", 40, 12.0, 2, m))
+    assert "held-out AUC (40 users, prototypes)" in text and "linear-probe AUC" in text
+    assert f"{probe[0]:.3f}" in text and f"{probe[1]:.3f}" in text and verdict in text
+    no_probe = render_tuning(TuningResult("genre", "Which genre?", "job-2", 40, 12.0, 2, {"auc": 0.6}))
+    assert "worth promoting" not in no_probe and "keep the zero-shot" not in no_probe  # > 2 classes: no probe keys
 
 
 def test_scenarios_file_gives_ten_named_queries() -> None:

@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 from training.config import load_config  # noqa: E402
 from training.model.embedder import QAnchorModel  # noqa: E402
 from training.model.synthetic import activate_lora, random_users  # noqa: E402
-from training.tune import auc_ks, init_prompt, tune_soft_prompt  # noqa: E402
+from training.tune import auc_ks, init_prompt, linear_probe_metrics, tune_soft_prompt  # noqa: E402
 
 pytestmark = pytest.mark.model
 torch.set_num_threads(1)  # tiny matrices: extra threads only add spin-wait on shared, busy cores
@@ -59,6 +59,21 @@ def test_tuning_changes_only_prompt_and_prototypes(setup):
     assert len(res.curve) == 12 and "val_auc" in res.curve[5] and "val_auc" in res.curve[-1]
     assert 0.0 <= res.metrics["auc"] <= 1.0 and 0.0 <= res.metrics["ks"] <= 1.0
     assert res.metrics["n_train"] + res.metrics["n_val"] == 40
+    assert 0.0 <= res.metrics["probe_auc"] <= 1.0 and 0.0 <= res.metrics["probe_auc_zero_shot"] <= 1.0
+
+
+def test_linear_probe_metrics_read_held_out_users_and_need_binary_labels():
+    """The probe is fitted on the tuning users and scored on the held-out ones: planted signal in the tuned
+    embeddings of both sides reads as a higher probe AUC than the query's noise; > 2 classes give no probe keys."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    tr, va = np.arange(150), np.arange(150, 200)
+    noise = torch.tensor(rng.standard_normal((200, 8)), dtype=torch.float32)
+    planted = noise.clone()
+    planted[:, 0] += 3.0 * torch.tensor(y, dtype=torch.float32)
+    got = linear_probe_metrics(y, tr, va, (planted[tr], planted[va]), (noise[tr], noise[va]))
+    assert got["probe_auc"] > 0.95 and got["probe_auc_zero_shot"] < 0.75, got
+    assert linear_probe_metrics(np.arange(200) % 3, tr, va, (planted[tr], planted[va]), (noise[tr], noise[va])) == {}
 
 
 def test_tuning_reuses_a_given_prefix_cache_and_lowers_the_training_loss(setup):
