@@ -323,7 +323,8 @@ BASELINES = list(ROWS)[:6]
 
 # model rows -> which model's same-question retrieval they report (the model, not the probe, is measured there)
 MODEL_KEYS = {"Q-Anchor static query": "trained", "Q-Anchor zero-shot": "trained",
-              "Q-Anchor prompt-tuned": "trained", TUNED_VAL_SELECTED: "trained", "ablation: zero-shot, no pretraining": "untrained"}
+              "Q-Anchor prompt-tuned": "trained", TUNED_VAL_SELECTED: "trained",
+              "ablation: zero-shot, no pretraining": "untrained"}
 
 
 def _user_share(ctx: Context, emb: dict[str, np.ndarray]) -> float | None:
