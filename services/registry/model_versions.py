@@ -122,8 +122,10 @@ class ModelVersions:
         check_version(model_version)
         with self.db.write() as session, session.begin():
             # Promotions take turns: every row locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises), so
-            # two concurrent promotions cannot both see "nothing promoted" and leave two PROMOTED versions.
-            session.execute(select(ModelVersionRow.id).with_for_update()).all()
+            # two concurrent promotions cannot both see "nothing promoted" and leave two PROMOTED versions. In id
+            # order: a plain scan locks in heap order, which a committed promotion changes (its updated rows move),
+            # so two waiting promotions could lock in different orders and deadlock each other.
+            session.execute(select(ModelVersionRow.id).order_by(ModelVersionRow.id).with_for_update()).all()
             row = self._row(session, model_version)
             if row.state == ModelState.PROMOTED.value:
                 return _record(row)
