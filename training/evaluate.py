@@ -121,6 +121,14 @@ def _fit(x, y, c: float, seed: int):
     return make_pipeline(scaler, clf).fit(x, y)
 
 
+def fit_probe(x, y, c: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """The probe's fitted weights on dense x: (mean, scale, coef, intercept), decision = ((x - mean) / scale) @ coef
+    + intercept (what training.tune's probe objective starts from)."""
+    pipe = _fit(x, y, c, seed)
+    scaler, clf = pipe[0], pipe[-1]
+    return scaler.mean_, scaler.scale_, clf.coef_[0], float(clf.intercept_[0])
+
+
 def _score(model, x) -> np.ndarray:
     return model.decision_function(x)
 

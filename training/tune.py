@@ -8,6 +8,11 @@ once and reused by every step (the prompt sits after the query, so the cache sta
 Choices the paper leaves open (justified in docs/model.md): prompt after the query, right before <USER_EMB>;
 prompt initialised from the embeddings of the query's own last tokens; prototypes initialised at the class means
 of the initial embeddings (step 0 = nearest-centroid); cosine prototype scores; Adam, lr 1e-2, tau 0.1.
+
+objective="probe" (binary labels) trains the prompt against the downstream view instead: a logistic head on the
+standardised embedding, initialised at the quality table's linear probe fitted on the initial embeddings (so step 0
+is that probe), trained with the prompt under the probe's own L2; the prompt kept is the one from the evaluation
+step with the best held-out head AUC (step 0 included).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from training.precision import autocast_for
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, stats)
+OBJECTIVES = ("prototype", "probe")
 
 
 @dataclass
@@ -134,6 +140,49 @@ def linear_probe_metrics(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarr
     return out
 
 
+@dataclass
+class _ProbeHead:
+    """A logistic head on the standardised embedding, started at the table's probe (training.evaluate)."""
+    mean: torch.Tensor  # [out] fixed, from the initial train embeddings
+    scale: torch.Tensor  # [out] fixed
+    w: torch.Tensor  # [out] trained
+    b: torch.Tensor  # [] trained
+    l2: float  # sklearn's penalty 1/(2 C) per train user, as a mean-loss weight on |w|^2
+    pos_weight: torch.Tensor  # balanced classes, as the probe's class_weight="balanced"
+
+    @classmethod
+    def fit(cls, e_tr: torch.Tensor, y_tr: np.ndarray, e_va: torch.Tensor, y_va: np.ndarray) -> "_ProbeHead":
+        from training.evaluate import fit_probe, val_fit
+
+        x = torch.cat([e_tr, e_va]).float().cpu().numpy()
+        tr, va = np.arange(len(e_tr)), np.arange(len(e_tr), len(x))
+        c = val_fit(x, tr, y_tr, va, y_va)[0]
+        mean, scale, coef, intercept = fit_probe(x[tr], y_tr, c)
+        dev = e_tr.device
+        t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev)  # noqa: E731
+        n_pos = float(y_tr.sum())
+        return cls(t(mean), t(scale), t(coef).requires_grad_(True), t(intercept).requires_grad_(True),
+                   1.0 / (2.0 * c * len(y_tr)), t((len(y_tr) - n_pos) / max(n_pos, 1.0)))
+
+    def snapshot(self, prompt: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return prompt.detach().clone(), self.w.detach().clone(), self.b.detach().clone()
+
+    def restore(self, state: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Back to a snapshot's head; returns its prompt."""
+        self.w, self.b = state[1], state[2]
+        return state[0]
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        return ((emb.float() - self.mean) / self.scale) @ self.w + self.b
+
+    def loss(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(self.logits(emb), y.float(), pos_weight=self.pos_weight)
+        return bce + self.l2 * (self.w ** 2).sum()
+
+    def auc(self, emb: torch.Tensor, y: np.ndarray) -> tuple[float, float]:
+        return auc_ks(y, self.logits(emb).detach().cpu().numpy())
+
+
 def init_prompt(model: QAnchorModel, query_text: str, n_tokens: int) -> torch.Tensor:
     """Embeddings of the query's last n tokens (cycled if shorter): a prompt that starts as plausible text."""
     ids = model.tokenizer(query_text, add_special_tokens=False)["input_ids"] or [model.tokenizer.eos_token_id]
@@ -145,13 +194,20 @@ def init_prompt(model: QAnchorModel, query_text: str, n_tokens: int) -> torch.Te
 def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels: Sequence | np.ndarray,
                      query_text: str, n_tokens: int = 6, steps: int = 300, lr: float = 1e-2, tau: float = 0.1,
                      seed: int = 0, val_fraction: float = 0.2, batch_size: int = 64, eval_every: int = 50,
-                     progress: Progress | None = None) -> TuneResult:
-    """Tune `n_tokens` soft-prompt vectors + one prototype per class on labelled users; report held-out AUC/KS."""
+                     progress: Progress | None = None, objective: str = "prototype") -> TuneResult:
+    """Tune `n_tokens` soft-prompt vectors + one prototype per class on labelled users; report held-out AUC/KS.
+    objective="probe": against a logistic head started at the linear probe instead (module docstring)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     raw = np.asarray(labels)
     classes = sorted(np.unique(raw).tolist())
     if len(classes) < 2:
         raise ValueError("labels hold a single class; a scenario needs positive and negative users")
     y = np.searchsorted(np.array(classes), raw)
+    if objective == "probe" and len(classes) != 2:
+        log.warning("event=tune_objective_fallback objective=probe classes=%d reason=needs_binary_labels "
+                    "using=prototype", len(classes))
+        objective = "prototype"
     n_users = users.batch_size
     if len(y) != n_users:
         raise ValueError(f"{len(y)} labels for {n_users} users")
@@ -168,14 +224,23 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             e_init = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt), batch_size, False)
             protos = torch.stack([e_init[y[train_idx] == c].mean(0) for c in range(len(classes))])
         protos = protos.float().clone().requires_grad_(True)
-        opt = torch.optim.Adam([prompt, protos], lr=lr)
+        head = None
+        if objective == "probe":
+            e_va_init = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+            head = _ProbeHead.fit(e_init, y[train_idx], e_va_init, y[val_idx])
+            best = (head.auc(e_va_init, y[val_idx])[0], 0, head.snapshot(prompt))  # (val auc, step, state)
+        params = [prompt, protos] if head is None else [prompt, head.w, head.b]
+        opt = torch.optim.Adam(params, lr=lr)
         rng = np.random.default_rng(seed)
         curve: list[dict[str, float]] = []
         y_t = torch.as_tensor(y, device=model.device)
         for step in range(1, steps + 1):
             batch = rng.choice(train_idx, size=min(batch_size, len(train_idx)), replace=False)
             emb = _embed(model, cache, batch, ScenarioSpec(query_text, prompt), batch_size, True)
-            loss = F.cross_entropy(_scores(emb, protos, tau), y_t[batch])  # prototype softmax
+            if head is None:
+                loss = F.cross_entropy(_scores(emb, protos, tau), y_t[batch])  # prototype softmax
+            else:
+                loss = head.loss(emb, y_t[batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -184,22 +249,34 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
                 with torch.no_grad():
                     e_va = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
                     e_va_last = e_va
-                    point["val_auc"], point["val_ks"] = _metrics(y[val_idx], _scores(e_va, protos, tau))
+                    if head is None:
+                        point["val_auc"], point["val_ks"] = _metrics(y[val_idx], _scores(e_va, protos, tau))
+                    else:
+                        point["val_auc"], point["val_ks"] = head.auc(e_va, y[val_idx])
+                        if point["val_auc"] > best[0]:
+                            best = (point["val_auc"], step, head.snapshot(prompt))
             curve.append(point)
             if progress is not None:
                 progress(step, steps, point)
+        if head is not None:  # the best evaluated prompt; the prototypes become its class means
+            with torch.no_grad():
+                prompt = head.restore(best[2])
+                e_va_last = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+                e_best = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+                protos = torch.stack([e_best[y[train_idx] == c].mean(0) for c in range(len(classes))]).float()
         # fit on its own training users, next to the zero-shot query's (centroids of those same users)
         e_tr = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt.detach()), batch_size, False)
         train_auc, _ = _metrics(y[train_idx], _scores(e_tr, protos.detach(), tau))
         train_zs_auc, _ = _metrics(y[train_idx], _scores(e_tr0, centroids, tau))
-    auc, ks = curve[-1]["val_auc"], curve[-1]["val_ks"]
+    auc, ks = (curve[-1]["val_auc"], curve[-1]["val_ks"]) if head is None else head.auc(e_va_last, y[val_idx])
     metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
                "train_auc": train_auc, "train_auc_zero_shot": train_zs_auc,
                **linear_probe_metrics(y, train_idx, val_idx, (e_tr, e_va_last), (e_tr0, e_va0)),
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
+               **({"best_step": float(best[1])} if head is not None else {}),
                "seconds": time.perf_counter() - t0}
-    log.info("event=tune_done query=%r steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f probe_auc=%.4f "
-             "probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, steps, auc, ks, zs_auc,
+    log.info("event=tune_done query=%r objective=%s steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f probe_auc=%.4f "
+             "probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, objective, steps, auc, ks, zs_auc,
              metrics.get("probe_auc", float("nan")), metrics.get("probe_auc_zero_shot", float("nan")),
              len(train_idx), len(val_idx))
     return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,

@@ -141,3 +141,22 @@ def test_val_selected_row_keeps_the_tuned_prompt_only_where_the_val_probe_improv
     assert quality.ROWS[quality.TUNED_VAL_SELECTED](ctx)["gender_female"] is strong
     assert ctx.tune_log["gender_female"]["kept_tuned"] is False
     assert (quality.TUNED_VAL_SELECTED, "Q-Anchor zero-shot") in CLAIMS  # its paired difference is reported
+
+
+def test_the_tuning_objective_keys_the_embedding_cache_and_the_prototype_keys_stay(monkeypatch):
+    """Tuned embeddings of another objective never load from a prototype run's cache file (nor the reverse); the
+    prototype objective keeps the file names of runs made before the objective existed."""
+    import hashlib
+    import json
+
+    run = _load()
+    monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
+    paths = {}
+    for objective in ("prototype", "probe"):
+        ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                          device="cpu", model_users=None, tune_steps=200, tune_objective=objective,
+                          embed_cache="cache")
+        paths[objective] = run._disk_cache_path(ctx, "trained", [1, 2])
+    assert paths["prototype"] != paths["probe"]
+    old = json.dumps(["ckpt-id", "trained", [1, 2], 200, run.STATIC_QUERY, []])
+    assert paths["prototype"].name == f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"

@@ -85,6 +85,36 @@ def test_tuning_reuses_a_given_prefix_cache_and_lowers_the_training_loss(setup):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
+def test_the_probe_objective_starts_at_the_probe_keeps_its_best_prompt_and_trains_only_the_prompt(setup):
+    """objective="probe": a logistic head started at the table's probe trains with the prompt; the prompt kept is
+    the evaluated one with the best held-out head AUC (best_step), the model stays frozen, and its held-out AUC is
+    the best point of the curve (step 0 counts, so it is never below the start)."""
+    model, users, labels = setup
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    query = "Does this user like the planted genre?"
+    res = tune_soft_prompt(model, users, labels, query, steps=20, lr=5e-2, batch_size=16, eval_every=5,
+                           objective="probe")
+    assert all(torch.equal(before[n], model.state_dict()[n]) for n in before), "a frozen model tensor changed"
+    assert res.metrics["best_step"] in (0.0, 5.0, 10.0, 15.0, 20.0)
+    evaluated = [p["val_auc"] for p in res.curve if "val_auc" in p]
+    assert len(evaluated) == 4 and res.metrics["auc"] >= max(evaluated) - 1e-9
+    assert res.prompt.shape == (6, model.hidden) and res.prototypes.shape == (2, 128)
+    if res.metrics["best_step"] == 0:
+        assert torch.equal(res.prompt, init_prompt(model, query, 6))
+    assert 0.0 <= res.metrics["probe_auc"] <= 1.0
+
+
+def test_the_probe_objective_needs_binary_labels_and_falls_back_to_prototypes(setup, caplog):
+    model, users, labels = setup
+    three = np.arange(40) % 3
+    with caplog.at_level("WARNING", logger="training.tune"):
+        res = tune_soft_prompt(model, users, three, "q", steps=2, batch_size=16, eval_every=2, objective="probe")
+    assert res.prototypes.shape[0] == 3 and "best_step" not in res.metrics
+    assert "tune_objective_fallback" in caplog.text
+    with pytest.raises(ValueError, match="objective 'ranker' is not one of prototype, probe"):
+        tune_soft_prompt(model, users, labels, "q", steps=1, objective="ranker")
+
+
 def test_tuning_rejects_single_class_labels(setup):
     model, users, _ = setup
     with pytest.raises(ValueError, match="single class"):
