@@ -224,6 +224,9 @@ class DataConfig:
             raise ConfigError(f"data.aspect_answers must be one of {ASPECT_ANSWER_STYLES}, got {self.aspect_answers!r}")
 
 
+TUNE_OBJECTIVES = ("prototype", "probe")  # training.tune: prototype softmax (paper) or a probe-started head
+
+
 @dataclass
 class TuneConfig:
     n_tokens: int = 6  # paper: 6 soft-prompt vectors (1 -> 6 raises AUC; saturates at 8-16)
@@ -233,10 +236,13 @@ class TuneConfig:
     batch_size: int = 64  # users per tuning step
     val_fraction: float = 0.2  # held-out users for AUC/KS
     seed: int = 0
+    objective: str = "prototype"  # or "probe": a logistic head started at the linear probe (training.tune)
 
     def __post_init__(self) -> None:
         if self.n_tokens < 1 or self.steps < 1 or self.lr <= 0 or self.tau <= 0 or not 0 < self.val_fraction < 1:
             raise ConfigError("tune: need n_tokens>=1, steps>=1, lr>0, tau>0, 0<val_fraction<1")
+        if self.objective not in TUNE_OBJECTIVES:
+            raise ConfigError(f"tune.objective {self.objective!r} is not one of {', '.join(TUNE_OBJECTIVES)}")
 
 
 @dataclass

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from training.config import TUNE_OBJECTIVES as OBJECTIVES
 from training.model.prefix_cache import PrefixCache
 from training.model.embedder import QAnchorModel
 from training.model.inputs import UserBatch
@@ -36,7 +37,6 @@ from training.precision import autocast_for
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, stats)
-OBJECTIVES = ("prototype", "probe")
 
 
 @dataclass

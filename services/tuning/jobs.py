@@ -47,6 +47,7 @@ class TuneParams:
     batch_size: int
     val_fraction: float
     seed: int
+    objective: str
 
     @classmethod
     def resolve(cls, defaults: Any, params: dict[str, str]) -> "TuneParams":
@@ -56,6 +57,9 @@ class TuneParams:
             raise JobError(f"unknown tuning params {unknown}; valid: {sorted(names)}")
         values: dict[str, Any] = {n: getattr(defaults, n) for n in names}
         for key, raw in params.items():
+            if names[key] == "str":
+                values[key] = raw
+                continue
             kind = int if names[key] == "int" else float
             try:
                 values[key] = kind(raw)
@@ -65,6 +69,10 @@ class TuneParams:
         if p.n_tokens < 1 or p.steps < 1 or p.lr <= 0 or p.tau <= 0 or p.batch_size < 2 or not 0 < p.val_fraction < 1:
             raise JobError(f"tuning params out of range ({p}); need n_tokens>=1, steps>=1, lr>0, tau>0, "
                            "batch_size>=2, 0<val_fraction<1")
+        from training.config import TUNE_OBJECTIVES
+
+        if p.objective not in TUNE_OBJECTIVES:
+            raise JobError(f"tuning param objective={p.objective!r} is not one of {', '.join(TUNE_OBJECTIVES)}")
         return p
 
 
@@ -229,7 +237,7 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
         result = tune_soft_prompt(loaded.model, users, data.labels, query, n_tokens=p.n_tokens,
                                   steps=p.steps, lr=p.lr, tau=p.tau, seed=p.seed,
                                   val_fraction=p.val_fraction, batch_size=p.batch_size,
-                                  eval_every=max(1, p.steps // 5), progress=on_step)
+                                  eval_every=max(1, p.steps // 5), progress=on_step, objective=p.objective)
     except ValueError as exc:  # tune_soft_prompt's data complaints (one class, too few users per class)
         raise JobError(f"cannot tune on these labels: {exc}") from None
     metrics = {**{k: float(v) for k, v in result.metrics.items()}, "n_missing": float(n_missing),

@@ -89,9 +89,19 @@ def test_running_a_completed_job_again_adds_no_version(world) -> None:  # type: 
     assert [f.name for f in folders] == [Path(first.artifact_uri).parent.name]  # no orphan, nothing overwritten
 
 
+def test_a_job_can_tune_against_the_probe_objective(world) -> None:  # type: ignore[no-untyped-def]
+    """params objective=probe reaches training.tune: the version's metrics carry the step it kept (best_step)."""
+    repo, settings, snapshot, models = world
+    job = repo.create_tuning_job("planted", str(snapshot), params={"steps": "4", "batch_size": "16",
+                                                                   "objective": "probe"})
+    version = run_tuning_job(job, repo, settings, models, lambda *a: None)
+    assert version.metrics["best_step"] in (0.0, 1.0, 2.0, 3.0, 4.0) and "probe_auc" in version.metrics
+
+
 @pytest.mark.parametrize("params, labels_uri, model_version, match", [
     ({"stepz": "3"}, None, "", "unknown tuning params"),
     ({"lr": "fast"}, None, "", "lr='fast' is not a number"),
+    ({"objective": "ranker"}, None, "", "objective='ranker' is not one of prototype, probe"),
     ({}, None, "tiny-nope", r"not in .* \(have \['tiny-t'\]\)"),
     ({}, "labels.csv", "", "TUNING_FEATURES_PYTHON"),
     ({}, "s3://bucket/labels.csv", "", "scheme 's3' is not supported"),
