@@ -173,7 +173,8 @@ class _ProbeHead:
         return state[0]
 
     def logits(self, emb: torch.Tensor) -> torch.Tensor:
-        return ((emb.float() - self.mean) / self.scale) @ self.w + self.b
+        with torch.autocast(emb.device.type, enabled=False):  # fp32 head, also inside a bf16 tuning pass
+            return ((emb.float() - self.mean) / self.scale) @ self.w + self.b
 
     def loss(self, emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         bce = F.binary_cross_entropy_with_logits(self.logits(emb), y.float(), pos_weight=self.pos_weight)

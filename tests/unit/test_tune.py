@@ -104,6 +104,21 @@ def test_the_probe_objective_starts_at_the_probe_keeps_its_best_prompt_and_train
     assert 0.0 <= res.metrics["probe_auc"] <= 1.0
 
 
+def test_the_probe_head_scores_in_fp32_inside_a_bf16_autocast_pass():
+    """Tuning a bf16 model runs under autocast: the head's logits, loss and AUC stay fp32 (numpy has no bf16)."""
+    from training.tune import _ProbeHead
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    e = torch.tensor(rng.standard_normal((60, 8)) + y[:, None], dtype=torch.float32)
+    head = _ProbeHead.fit(e[:40], y[:40], e[40:], y[40:])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head.logits(e.bfloat16())
+        loss = head.loss(e.bfloat16(), torch.as_tensor(y))
+        auc, _ = head.auc(e[40:].bfloat16(), y[40:])
+    assert logits.dtype == loss.dtype == torch.float32 and auc > 0.8
+
+
 def test_the_probe_objective_needs_binary_labels_and_falls_back_to_prototypes(setup, caplog):
     model, users, labels = setup
     three = np.arange(40) % 3
