@@ -259,14 +259,13 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             curve.append(point)
             if progress is not None:
                 progress(step, steps, point)
-        if head is not None:  # the best evaluated prompt; the prototypes become its class means
-            with torch.no_grad():
-                prompt = head.restore(best[2])
-                e_va_last = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
-                e_best = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt), batch_size, False)
-                protos = torch.stack([e_best[y[train_idx] == c].mean(0) for c in range(len(classes))]).float()
+        if head is not None:  # the best evaluated prompt
+            prompt = head.restore(best[2])
+            e_va_last = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
         # fit on its own training users, next to the zero-shot query's (centroids of those same users)
         e_tr = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt.detach()), batch_size, False)
+        if head is not None:  # the prototypes become the kept prompt's class means
+            protos = torch.stack([e_tr[y[train_idx] == c].mean(0) for c in range(len(classes))]).float()
         train_auc, _ = _metrics(y[train_idx], _scores(e_tr, protos.detach(), tau))
         train_zs_auc, _ = _metrics(y[train_idx], _scores(e_tr0, centroids, tau))
     auc, ks = (curve[-1]["val_auc"], curve[-1]["val_ks"]) if head is None else head.auc(e_va_last, y[val_idx])

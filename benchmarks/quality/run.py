@@ -479,7 +479,9 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embed-cache", default=None, help="directory to keep model embeddings in (reused by reruns)")
     p.add_argument("--tune-steps", type=int, default=0,
                    help="prompt-tuned row: training.tune steps per scenario on the train users (0 = skip row)")
-    p.add_argument("--tune-objective", default="prototype", choices=("prototype", "probe"),
+    from training.config import TUNE_OBJECTIVES
+
+    p.add_argument("--tune-objective", default="prototype", choices=TUNE_OBJECTIVES,
                    help="training.tune objective of the tuned rows: prototype softmax (the paper's) or a logistic "
                         "head started at the linear probe (docs/tuning.md)")
     p.add_argument("--scenarios", default=None,
