@@ -1,6 +1,7 @@
 # Sourced by the CPU/GPU model jobs (scripts/train_default.sh, benchmarks/quality/ablations.sh): the model env's
 # interpreter, offline model loading, thread settings and a manifest reader. Expects ROOT to be set.
-PY="$ROOT/.venv-model/bin/python"
+# QANCHOR_MODEL_PYTHON: another interpreter with the model packages (a GPU host's own torch, say)
+PY="${QANCHOR_MODEL_PYTHON:-$ROOT/.venv-model/bin/python}"
 DEVICE="${DEVICE:-cpu}"
 STATE="${QANCHOR_STATE_DIR:-$ROOT/var}"
 THREADS="${THREADS:-1}"

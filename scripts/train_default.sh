@@ -13,7 +13,8 @@
 #                                                   # a candidate: train only, artifacts/default stays as it is
 # Env: STEPS (default: the preset's optim.steps), DEVICE (cpu|cuda), RUN_DIR (default
 #      $QANCHOR_STATE_DIR/runs/smollm2-cpu), THREADS (torch threads on CPU, default: all cores), NICE (default 10),
-#      RESUME=1, PUBLISH=0 (stop after training: evaluate a candidate before it replaces the served default).
+#      RESUME=1, PUBLISH=0 (stop after training: evaluate a candidate before it replaces the served default),
+#      QANCHOR_MODEL_PYTHON (default .venv-model/bin/python; a GPU host without the model env: benchmarks/gpu/README.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -24,8 +25,8 @@ RUN_DIR="${RUN_DIR:-$STATE/runs/smollm2-cpu}"
 log() { printf '[train_default] %s\n' "$*" >&2; }
 
 # 1. environment: the model env with the packaged backbone and data (nothing is downloaded)
-if [ ! -x "$PY" ]; then
-  log "missing $PY: run scripts/setup_env.sh first"; exit 1
+if ! command -v "$PY" >/dev/null; then
+  log "missing $PY: run scripts/setup_env.sh first (or set QANCHOR_MODEL_PYTHON)"; exit 1
 fi
 "$PY" - <<'PY'
 import importlib.util, sys
