@@ -90,8 +90,9 @@ if [ "$MODE" != bench ]; then
   done
 fi
 if [ ${#need[@]} -gt 0 ]; then
+  mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
   log "installing from carried wheels into $STASH/site: ${need[*]} (image transformers: $tv)"
-  for pkg in $(printf '%s\n' "${need[@]}" | sort -u); do
+  for pkg in "${need[@]}"; do
     whl=$(ls "$STASH"/wheels/"${pkg}"-*.whl 2>/dev/null | head -1 || true)
     [ -n "$whl" ] || { log "no wheel for $pkg in $STASH/wheels: run benchmarks/gpu/prepare.sh"; exit 1; }
     "$PY" -m pip install --quiet --no-deps --no-index --upgrade --target "$STASH/site" "$whl" 2>/dev/null \
