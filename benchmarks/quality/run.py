@@ -302,6 +302,12 @@ ABLATION_PREFIX = "ablation: zero-shot, "
 TUNED_VAL_SELECTED = "Q-Anchor prompt-tuned where val improves"
 
 
+def claim_pairs(claims: list[tuple[str, str]], ablations: dict) -> list[tuple[str, str]]:
+    """The paired differences to report: the paper's ordering, then this checkpoint's zero-shot row against each
+    --ablation variant's (same users, same bootstrap draws: is the variant better or worse, and is it resolvable)."""
+    return list(claims) + [("Q-Anchor zero-shot", ABLATION_PREFIX + label) for label in ablations]
+
+
 def row_ablation(label: str) -> Callable[[Context], Any]:
     """Zero-shot rows of a separately pretrained variant (--ablation LABEL=CHECKPOINT), as in the paper's Table 3."""
     def row(ctx: Context):
@@ -545,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if "skipped" not in r:
                 r["auc_ci"] = boot.row_interval(r["row"])
-        for better, worse in CLAIMS:
+        for better, worse in claim_pairs(CLAIMS, ablations):
             d = boot.difference(better, worse)
             if d is not None:
                 point = next(r["auc_avg"] for r in rows if r["row"] == better) - \

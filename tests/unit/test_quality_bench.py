@@ -85,6 +85,15 @@ def test_ablation_rows_read_their_own_checkpoint():
         run._checkpoint(ctx, "not registered")
 
 
+def test_each_ablation_is_paired_against_this_checkpoints_zero_shot():
+    run = _load()
+    paper = [("Q-Anchor prompt-tuned", "Q-Anchor zero-shot")]
+    pairs = run.claim_pairs(paper, {"cpu default": "artifacts/default", "no NTP": "runs/no_ntp/checkpoint"})
+    assert pairs == paper + [("Q-Anchor zero-shot", "ablation: zero-shot, cpu default"),
+                             ("Q-Anchor zero-shot", "ablation: zero-shot, no NTP")]
+    assert run.claim_pairs(paper, {}) == paper
+
+
 def test_label_budget_table_on_planted_rows(ml100k_world, monkeypatch):
     """Every row is probed on the same label draws; the tuned row only at the full budget; claims are paired."""
     from benchmarks.quality import label_budget as lb
