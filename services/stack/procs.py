@@ -3,6 +3,11 @@
 Each component runs as the leader of its own session/process group, so `down` can signal the whole group
 (Triton's Python-backend stubs, the JVM's children) and nothing survives. A pid record stores the process
 start time too: a recycled pid belonging to some unrelated process is never signalled.
+
+The start time that identifies a process is the kernel's (clock ticks since boot, `/proc/<pid>/stat`), not
+psutil's `create_time()`: that one adds `btime`, which the kernel derives from the wall clock in whole
+seconds, so a clock slewed by NTP moves it by a full second while the stack runs, and the stack would then
+disown (and never stop) its own processes.
 """
 from __future__ import annotations
 
@@ -28,9 +33,10 @@ class PidRecord:
     """What `up` writes to `run/<component>.json` and `down`/`status` read back."""
 
     pid: int
-    create_time: float
+    create_time: float  # wall-clock seconds, for people reading the record; identity uses start_ticks
     cmd: list[str]
     ports: list[int]
+    start_ticks: int | None = None  # kernel start time (ticks since boot); None: not Linux, or an older record
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,8 +48,10 @@ class PidRecord:
     def load(cls, path: Path) -> PidRecord | None:
         try:
             data = json.loads(path.read_text())
+            ticks = data.get("start_ticks")
             return cls(pid=int(data["pid"]), create_time=float(data["create_time"]),
-                       cmd=list(data["cmd"]), ports=[int(p) for p in data["ports"]])
+                       cmd=list(data["cmd"]), ports=[int(p) for p in data["ports"]],
+                       start_ticks=None if ticks is None else int(ticks))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
@@ -51,12 +59,36 @@ class PidRecord:
             return None
 
 
+# Records without start_ticks fall back to wall-clock start times: `btime` is whole seconds, so a clock
+# change moves them by 1 s; a pid recycled to a new process within that slack of the old one's start is not a
+# practical risk.
+_WALL_CLOCK_SLACK_S = 1.5
+
+
+def start_ticks(pid: int) -> int | None:
+    """The kernel's start time of `pid` in clock ticks since boot (never changes); None where /proc has no stat."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) is in parentheses and may itself hold spaces or ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def _same_process(proc: psutil.Process, record: PidRecord) -> bool:
+    if record.start_ticks is not None:
+        ticks = start_ticks(proc.pid)
+        if ticks is not None:
+            return ticks == record.start_ticks
+    return abs(proc.create_time() - record.create_time) < _WALL_CLOCK_SLACK_S
+
+
 def is_alive(record: PidRecord) -> bool:
     """True when the recorded process still runs (and is the same process, not a reused pid)."""
     try:
         proc = psutil.Process(record.pid)
-        # 10 ms slack: psutil rounds create_time differently across calls on some kernels.
-        return abs(proc.create_time() - record.create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+        return _same_process(proc, record) and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -72,7 +104,8 @@ def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, cwd=cwd, start_new_session=True, close_fds=True)
     create_time = psutil.Process(proc.pid).create_time()
-    return proc, PidRecord(pid=proc.pid, create_time=create_time, cmd=cmd, ports=list(ports or []))
+    return proc, PidRecord(pid=proc.pid, create_time=create_time, cmd=cmd, ports=list(ports or []),
+                           start_ticks=start_ticks(proc.pid))
 
 
 def group_alive(pgid: int) -> bool:
@@ -86,7 +119,11 @@ def group_alive(pgid: int) -> bool:
 
 
 def stop_group(record: PidRecord, timeout_s: float) -> str:
-    """SIGTERM the record's process group, SIGKILL what is left after `timeout_s`; returns how it ended."""
+    """SIGTERM the record's process group, SIGKILL what is left after `timeout_s`; returns how it ended.
+
+    "stopped" / "killed": the leader was running and ended on SIGTERM / SIGKILL; "orphans killed": the leader
+    was gone but children in its group were not; "gone": nothing of it was running.
+    """
     pgid = record.pid  # spawn() made the process a session leader, so pid == pgid
     if is_alive(record):
         try:
@@ -101,17 +138,21 @@ def stop_group(record: PidRecord, timeout_s: float) -> str:
             log.warning("process ignored SIGTERM, killing", extra={"pid": record.pid, "timeout_s": timeout_s})
             _kill_group(pgid)
             return "killed"
+        how = "stopped"
+    else:
+        how = "gone"
     # Children that outlived their leader (e.g. Triton's backend stubs) still carry its pgid.
     if group_alive(pgid) and _group_is_ours(pgid, record):
         _kill_group(pgid)
-    return "stopped"
+        how = "orphans killed" if how == "gone" else how
+    return how
 
 
 def _group_is_ours(pgid: int, record: PidRecord) -> bool:
     # Linux never hands out a pid that is still some group's id, so while the group lives its id is either
     # still our leader's pid or belongs to no process at all (leader gone, orphans left): both mean ours.
     try:
-        return abs(psutil.Process(pgid).create_time() - record.create_time) < 0.01
+        return _same_process(psutil.Process(pgid), record)
     except psutil.NoSuchProcess:
         return True
     except psutil.AccessDenied:
@@ -164,6 +205,14 @@ def listener_pids(port: int) -> list[int]:
         return []
     return sorted({c.pid for c in conns if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
                    and c.pid is not None})
+
+
+def process_group(pid: int) -> int | None:
+    """The process group id of `pid`; None when it is gone."""
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
 
 
 def describe_pid(pid: int) -> str:

@@ -19,8 +19,8 @@ from services.stack.components import Component, Redis, StackError
 from services.stack.feast import FeastStep
 from services.stack.kafka import Kafka
 from services.stack.kube import Etcd, KubeApiserver
-from services.stack.procs import (PidRecord, describe_pid, is_alive, listener_pids, port_open, spawn, stop_group,
-                                  tail, wait_ports_closed)
+from services.stack.procs import (PidRecord, describe_pid, is_alive, listener_pids, port_open, process_group, spawn,
+                                  stop_group, tail, wait_ports_closed)
 from services.stack.settings import (ALL_COMPONENTS, APP_PROCESSES, KNOWN_COMPONENTS, OPTIONAL_COMPONENTS,
                                      PROCESS_COMPONENTS, Endpoints, StackSettings, resolve_components)
 from services.stack.triton import Triton
@@ -267,9 +267,13 @@ class Stack:
             log.info("component stopped", extra={"component": name, "pid": record.pid, "how": how})
         problems = []
         for port in wait_ports_closed(self.settings.host, comp.ports(), timeout_s=5.0):
-            owners = ", ".join(describe_pid(p) for p in listener_pids(port)) or "an unknown process"
-            problems.append(f"{name}: port {port} still open, held by {owners} (not started by this stack "
-                            f"from {self.layout.root}; stop it yourself)")
+            pids = listener_pids(port)
+            owners = ", ".join(describe_pid(p) for p in pids) or "an unknown process"
+            if record is not None and any(process_group(p) == record.pid for p in pids):
+                why = f"started by this stack as pid {record.pid} but still running after '{how}'; kill it"
+            else:
+                why = f"not started by this stack from {self.layout.root}; stop it yourself"
+            problems.append(f"{name}: port {port} still open, held by {owners} ({why})")
         return how, problems
 
     def logs(self, name: str, n: int = 50) -> list[str]:

@@ -5,17 +5,19 @@ Redis or Triton; the real components are exercised by tests/integration/test_sta
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import pytest
 
 from services.stack.components import Component, StackError
-from services.stack.procs import PidRecord, is_alive, port_open, spawn, stop_group, tail
+from services.stack.procs import PidRecord, is_alive, port_open, spawn, start_ticks, stop_group, tail
 from services.stack.settings import StackSettings
 from services.stack.stack import DOWN, UP, Stack, next_action
 
@@ -165,11 +167,31 @@ def test_leader_ignoring_sigterm_is_killed(tmp_path: Path) -> None:
 
 def test_pid_record_roundtrip_and_reused_pid_detection(tmp_path: Path) -> None:
     me = psutil.Process()
-    record = PidRecord(pid=os.getpid(), create_time=me.create_time(), cmd=["x"], ports=[1])
+    ticks = start_ticks(os.getpid())
+    assert ticks is not None and ticks > 0
+    record = PidRecord(pid=os.getpid(), create_time=me.create_time(), cmd=["x"], ports=[1], start_ticks=ticks)
     record.save(tmp_path / "r.json")
     assert PidRecord.load(tmp_path / "r.json") == record and is_alive(record)
     # Same pid, different start time: a recycled pid must never be taken for our process.
+    assert not is_alive(replace(record, start_ticks=ticks - 1))
     assert not is_alive(PidRecord(pid=os.getpid(), create_time=me.create_time() - 100, cmd=[], ports=[]))
+    # A record written before start_ticks existed still loads (and is judged by its wall-clock start).
+    legacy = {"pid": os.getpid(), "create_time": me.create_time(), "cmd": ["x"], "ports": [1]}
+    (tmp_path / "old.json").write_text(json.dumps(legacy))
+    assert PidRecord.load(tmp_path / "old.json").start_ticks is None and is_alive(PidRecord.load(tmp_path / "old.json"))
+
+
+def test_a_wall_clock_change_does_not_disown_the_stacks_process(tmp_path: Path) -> None:
+    # psutil's create_time() adds the kernel's btime, whole seconds derived from the wall clock: an NTP slew
+    # moves it by 1 s while the stack runs (seen in CI: a session's stack could not stop Kafka, Redis, Triton).
+    proc, record = spawn([sys.executable, "-c", "import time; time.sleep(600)"], tmp_path / "z.log")
+    shifted = replace(record, create_time=record.create_time - 1.0)
+    assert is_alive(shifted)
+    assert is_alive(replace(shifted, start_ticks=None))  # older records: a second of slack
+    assert stop_group(shifted, timeout_s=5) == "stopped"
+    proc.wait(timeout=5)
+    assert not psutil.pid_exists(record.pid)
+    assert stop_group(shifted, timeout_s=1) == "gone"
     (tmp_path / "bad.json").write_text("{not json")
     assert PidRecord.load(tmp_path / "bad.json") is None
     assert PidRecord.load(tmp_path / "missing.json") is None
