@@ -8,10 +8,10 @@
 #   RESUME=1 scripts/train_default.sh               # continue an interrupted run
 #   DEVICE=cuda scripts/train_default.sh            # one GPU: the same recipe, bf16 autocast (~12 min on an H200:
 #                                                   # 0.38 s/step measured, launch-bound, so users per step are free)
-#   DEVICE=cuda STEPS=900 scripts/train_default.sh --batch-size 64 --set optim.chunk_size=64 \
-#     --set "optim.question_group_schedule=[[75,4],[450,8]]"   # 2x the pairs in ~7 min on an H200 (measured)
-#   DEVICE=cuda STEPS=6000 scripts/train_default.sh # more steps where a GPU allows (the cosine follows STEPS; the
-#                                                   # question-group schedule is in steps: move it with --set)
+#   DEVICE=cuda STEPS=900 scripts/train_default.sh --batch-size 64 --set optim.chunk_size=64
+#                                                   # 2x the pairs in ~7 min on an H200 (measured)
+#   DEVICE=cuda STEPS=6000 scripts/train_default.sh # more steps where a GPU allows (the cosine and the
+#                                                   # question-group schedule, in shares of the run, follow STEPS)
 #   GPU host without a registry or the model env: benchmarks/gpu/README.md (run.sh pretrain)
 #   scripts/train_default.sh --set data.aspect_answers=own   # arguments go on to training.pretrain (a recipe change)
 #   PUBLISH=0 RUN_DIR=runs/own-full scripts/train_default.sh --set data.aspect_answers=own

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -177,8 +178,10 @@ class OptimConfig:
     # collapse phase in ~30 steps by matching question to answer kind; grouped batches from step 0 stay collapsed
     # far longer (docs/model.md, "The recipe").
     question_group_from: int = 0
-    # [[from_step, group], ...]: group sizes that change during the run (overrides the two fields above when set);
-    # larger groups later leave fewer negatives that another question alone beats
+    # [[from, group], ...]: group sizes that change during the run (overrides the two fields above when set);
+    # larger groups later leave fewer negatives that another question alone beats. `from` is a step (an int) or a
+    # share of optim.steps (a float in [0, 1), resolved as round(share * steps)), so a schedule written as shares
+    # moves with --steps: [[0.0833, 4], [0.5, 8]] is steps 150 and 900 of 1,800, 75 and 450 of 900.
     question_group_schedule: list = field(default_factory=list)
     # learning-rate multiplier for parameters trained from scratch (adapters, head, added-token rows, identity
     # views); LoRA factors use `lr`. Randomly initialised parts need larger steps to leave the collapse phase.
@@ -188,10 +191,15 @@ class OptimConfig:
         if self.lr <= 0 or self.steps < 1 or self.batch_size < 2 or self.chunk_size < 1 or self.warmup_steps < 0:
             raise ConfigError("optim: need lr>0, steps>=1, batch_size>=2 (in-batch negatives), chunk_size>=1")
         sched = [tuple(x) for x in self.question_group_schedule]
-        if any(len(x) != 2 or x[0] < 0 or x[1] < 1 or self.batch_size % x[1] for x in sched) or \
-                [x[0] for x in sched] != sorted({x[0] for x in sched}):
-            raise ConfigError("optim.question_group_schedule must be [[from_step, group], ...] with increasing "
-                              f"steps and groups dividing batch_size={self.batch_size}, got {sched}")
+        if any(len(x) != 2 or not _is_step_or_share(x[0]) or isinstance(x[1], bool) or not isinstance(x[1], int)
+               or x[1] < 1 or self.batch_size % x[1] for x in sched):
+            raise ConfigError("optim.question_group_schedule must be [[from, group], ...]: `from` a step (int >= 0) "
+                              "or a share of optim.steps (a float in [0, 1)), groups dividing "
+                              f"batch_size={self.batch_size}; got {sched}")
+        starts = [a for a, _ in self.group_schedule()]
+        if starts != sorted(set(starts)):
+            raise ConfigError(f"optim.question_group_schedule must start its phases at increasing steps; got {sched}, "
+                              f"which is steps {starts} of optim.steps={self.steps}")
         if self.question_group_from < 0:
             raise ConfigError(f"optim.question_group_from must be >= 0, got {self.question_group_from}")
         if self.new_params_lr_scale <= 0:
@@ -201,6 +209,17 @@ class OptimConfig:
                               f"got {self.question_group}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"optim.schedule must be cosine|constant, got {self.schedule!r}")
+
+    def group_schedule(self) -> list[tuple[int, int]]:
+        """question_group_schedule as (step, group) pairs of this run: shares of optim.steps rounded to a step."""
+        return [(a if isinstance(a, int) else math.floor(a * self.steps + 0.5), int(g))
+                for a, g in self.question_group_schedule]
+
+
+def _is_step_or_share(x: object) -> bool:
+    if isinstance(x, bool):
+        return False
+    return (isinstance(x, int) and x >= 0) or (isinstance(x, float) and 0.0 <= x < 1.0)
 
 
 ASPECT_ANSWER_STYLES = ("counts", "own")  # training.data.future_topics writes the answers of each

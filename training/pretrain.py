@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = pair_builder(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects,
                          aspect_answers=cfg.data.aspect_answers)
     sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from,
-                           schedule=o.question_group_schedule), UserCollator(world, vecs)
+                           schedule=o.group_schedule()), UserCollator(world, vecs)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -140,3 +140,18 @@ def test_question_group_schedule_changes_the_group_size_at_its_steps():
 
     with pytest.raises(ConfigError, match="question_group_schedule"):
         load_config("tiny", ["optim.batch_size=8", "optim.question_group_schedule=[[5, 3]]"])
+
+
+def test_question_group_schedule_in_shares_of_the_run_moves_with_steps():
+    from training.config import ConfigError, load_config
+
+    # The default's preset: steps 150 and 900 of 1,800; the same schedule at 900 steps is the H200 run's.
+    assert load_config("smollm2-cpu").optim.group_schedule() == [(150, 4), (900, 8)]
+    assert load_config("smollm2-cpu", ["optim.steps=900"]).optim.group_schedule() == [(75, 4), (450, 8)]
+    mixed = load_config("tiny", ["optim.steps=40", "optim.question_group_schedule=[[3, 2], [0.5, 4]]"]).optim
+    assert mixed.group_schedule() == [(3, 2), (20, 4)]  # an int is a step, a float a share
+    for bad in ("[[1.0, 4]]", "[[-1, 4]]", "[[0.5, 4.0]]", "[[true, 4]]"):
+        with pytest.raises(ConfigError, match="a step .* or a share"):
+            load_config("tiny", [f"optim.question_group_schedule={bad}"])
+    with pytest.raises(ConfigError, match=r"steps \[30, 20\] of optim.steps=40"):  # a share and a step out of order
+        load_config("tiny", ["optim.steps=40", "optim.question_group_schedule=[[0.75, 2], [20, 4]]"])
