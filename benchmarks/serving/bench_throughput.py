@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from services.common.features import SourceEvents, UserFeatures, load_feature_spec  # noqa: E402
+from services.gateway.clients.triton import served_counts  # noqa: E402
 from services.gateway.clients.triton_pool import Discovery, TritonPool  # noqa: E402
 from services.gateway.core import ModelRequest  # noqa: E402
 from services.stack import Stack, StackSettings  # noqa: E402
@@ -94,8 +95,8 @@ def make_request(spec, uid: str, scenarios: int, rng: np.random.Generator) -> Mo
 
 def stats(url: str) -> tuple[int, int]:
     with tgrpc.InferenceServerClient(url) as c:
-        s = c.get_inference_statistics(MODEL_NAME, as_json=True)["model_stats"][0]
-    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+        counts = served_counts(c, MODEL_NAME)
+    return counts.inferences, counts.executions
 
 
 def run_cell(pool: TritonPool, url: str, reqs: list[ModelRequest], clients: int, timeout_s: float) -> dict:

@@ -29,6 +29,7 @@ from services.gateway import contract_model
 from services.gateway.embedding_client import EmbeddingClient
 from services.gateway.contract_model.model import reference_embedding, user_vector
 from services.gateway.ab_config import load_config
+from services.gateway.clients.triton import served_counts
 from services.gateway.routing import assign
 from services.gateway.server import build_gateway, create_gateway_server
 from services.gateway.servicer import SERVICE_NAME
@@ -133,8 +134,7 @@ def world(stack, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
 
 def _executions(triton: tgrpc.InferenceServerClient) -> int:
-    stats = triton.get_inference_statistics(contract_model.NAME, as_json=True)
-    return int(stats["model_stats"][0].get("execution_count", 0))
+    return served_counts(triton, contract_model.NAME).executions
 
 
 def test_embedding_matches_reference_from_feast_features(world) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ from services.cli import __main__ as cli
 from services.common.errors import NotFound
 from services.common.features import UserFeatures
 from services.gateway.ab_config import load_config
+from services.gateway.clients.triton import served_counts
 from services.gateway.core import ModelRequest
 from services.gateway.routing import assign
 from tests.integration.test_gateway_stack import (  # noqa: F401  (world: Feast users, registry, contract model)
@@ -39,8 +40,7 @@ scenarios:
 
 def _served_count(triton) -> int:  # type: ignore[no-untyped-def]
     """Successful inferences since `qanchor` was loaded: a reload or restart would reset it."""
-    stats = triton.get_inference_statistics("qanchor", as_json=True)
-    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+    return served_counts(triton, "qanchor").successes
 
 
 def _cli(*args: str) -> None:

@@ -19,6 +19,7 @@ import tritonclient.grpc as tgrpc
 
 from services.common.features import SourceEvents, UserFeatures, load_feature_spec
 from services.gateway import contract_model
+from services.gateway.clients.triton import served_counts
 from services.gateway.clients.triton_pool import Discovery, TritonPool
 from services.gateway.core import ModelRequest
 from services.stack import Stack
@@ -69,8 +70,7 @@ def _pool(stacks: list[Stack], routing: str = "affinity") -> TritonPool:
 
 def _inferences(url: str) -> int:
     with tgrpc.InferenceServerClient(url) as c:
-        stats = c.get_inference_statistics(contract_model.NAME, as_json=True)["model_stats"]
-    return sum(int(s.get("inference_count", 0)) for s in stats)
+        return served_counts(c, contract_model.NAME).inferences
 
 
 def test_affinity_keeps_a_users_calls_on_one_replica(replicas):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from services.gateway.clients.triton import served_counts
 from services.stack import Endpoints, Stack
 from tests.integration.conftest import export_tiny_qanchor, load_model_and_wait
 from tests.integration.triton_stats import settled
@@ -55,8 +56,8 @@ def _inputs(ex: dict, user: dict, uid: str, n_scen: int, model_version: str = VE
 
 
 def _stats(client) -> tuple[int, int]:
-    s = client.get_inference_statistics("qanchor", as_json=True)["model_stats"][0]
-    return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+    c = served_counts(client, "qanchor")
+    return c.inferences, c.executions
 
 
 def test_concurrent_requests_share_an_execute_and_keep_their_numbers(exported):

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from services.common.grpc_server import mark_serving
 from services.gateway.embedding_client import EmbeddingClient
-from services.gateway.clients.triton import TritonModelClient, build_inputs
+from services.gateway.clients.triton import ServedCounts, TritonModelClient, build_inputs, served_counts
 from services.gateway.core import ModelRequest
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.ab_config import ConfigError
@@ -192,6 +192,18 @@ def test_triton_inputs_follow_the_contract() -> None:
     np.testing.assert_array_equal(vecs[:3], user("alice", n_liked=3).sources["liked"].vectors)
     assert not vecs[3].any()
     assert b"zero-shot" in inputs["PROMPT_VERSION"]._get_content()
+
+
+def test_served_counts_sum_the_statistics_of_every_loaded_version() -> None:
+    class Stats:  # the JSON shape of Triton's statistics extension (a pure-logic test: no server involved)
+        def get_inference_statistics(self, model_name: str, as_json: bool) -> dict:
+            assert (model_name, as_json) == ("qanchor", True)
+            return {"model_stats": [
+                {"version": "1", "inference_count": "7", "execution_count": "3",
+                 "inference_stats": {"success": {"count": "5", "ns": "10"}}},
+                {"version": "2", "inference_count": "2", "execution_count": "2", "inference_stats": {}}]}
+
+    assert served_counts(Stats(), "qanchor") == ServedCounts(inferences=9, executions=5, successes=5)  # type: ignore[arg-type]
 
 
 def test_main_refuses_a_bad_ab_config_fast(tmp_path: Path) -> None:

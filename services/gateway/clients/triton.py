@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -192,3 +193,21 @@ class TritonModelClient:
 
     def close(self) -> None:
         self._client.close()
+
+
+@dataclass(frozen=True)
+class ServedCounts:
+    """Triton's counters for one model, summed over its loaded versions; they restart at 0 when it (re)loads."""
+
+    inferences: int  # batch rows inferred (a request of a batched model counts its rows)
+    executions: int  # model executions: one dynamically batched execute serves several requests
+    successes: int  # requests answered without error
+
+
+def served_counts(client: tgrpc.InferenceServerClient, model_name: str) -> ServedCounts:
+    """Read `model_name`'s counters from Triton's statistics extension (`get_inference_statistics`)."""
+    stats = client.get_inference_statistics(model_name, as_json=True).get("model_stats", [])
+    return ServedCounts(
+        inferences=sum(int(s.get("inference_count", 0)) for s in stats),
+        executions=sum(int(s.get("execution_count", 0)) for s in stats),
+        successes=sum(int(s.get("inference_stats", {}).get("success", {}).get("count", 0)) for s in stats))
