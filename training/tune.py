@@ -13,6 +13,10 @@ objective="probe" (binary labels) trains the prompt against the downstream view 
 standardised embedding, initialised at the quality table's linear probe fitted on the initial embeddings (so step 0
 is that probe), trained with the prompt under the probe's own L2; the prompt kept is the one from the evaluation
 step with the best held-out head AUC (step 0 included).
+
+anchor_weight > 0 (either objective) adds anchor_weight * mean(1 - cos(tuned embedding, zero-shot embedding)) over
+the batch: the prompt may sharpen the label's direction but not trade away the user geometry a downstream probe
+reads (measured in docs/quality.md, "Other tuning objectives").
 """
 from __future__ import annotations
 
@@ -195,11 +199,15 @@ def init_prompt(model: QAnchorModel, query_text: str, n_tokens: int) -> torch.Te
 def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels: Sequence | np.ndarray,
                      query_text: str, n_tokens: int = 6, steps: int = 300, lr: float = 1e-2, tau: float = 0.1,
                      seed: int = 0, val_fraction: float = 0.2, batch_size: int = 64, eval_every: int = 50,
-                     progress: Progress | None = None, objective: str = "prototype") -> TuneResult:
+                     progress: Progress | None = None, objective: str = "prototype",
+                     anchor_weight: float = 0.0) -> TuneResult:
     """Tune `n_tokens` soft-prompt vectors + one prototype per class on labelled users; report held-out AUC/KS.
-    objective="probe": against a logistic head started at the linear probe instead (module docstring)."""
+    objective="probe": against a logistic head started at the linear probe instead; anchor_weight: a pull toward
+    the zero-shot embedding (module docstring)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if not anchor_weight >= 0.0:
+        raise ValueError(f"anchor_weight must be >= 0, got {anchor_weight}")
     raw = np.asarray(labels)
     classes = sorted(np.unique(raw).tolist())
     if len(classes) < 2:
@@ -235,6 +243,9 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         rng = np.random.default_rng(seed)
         curve: list[dict[str, float]] = []
         y_t = torch.as_tensor(y, device=model.device)
+        row_of = np.full(n_users, -1)
+        row_of[train_idx] = np.arange(len(train_idx))  # user index -> its row of e_tr0 (the zero-shot anchors)
+        anchors = F.normalize(e_tr0.float(), dim=-1)
         for step in range(1, steps + 1):
             batch = rng.choice(train_idx, size=min(batch_size, len(train_idx)), replace=False)
             emb = _embed(model, cache, batch, ScenarioSpec(query_text, prompt), batch_size, True)
@@ -242,6 +253,9 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
                 loss = F.cross_entropy(_scores(emb, protos, tau), y_t[batch])  # prototype softmax
             else:
                 loss = head.loss(emb, y_t[batch])
+            if anchor_weight > 0:
+                cos = (F.normalize(emb.float(), dim=-1) * anchors[row_of[batch]]).sum(-1)
+                loss = loss + anchor_weight * (1.0 - cos).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -275,8 +289,9 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
                **({"best_step": float(best[1])} if head is not None else {}),
                "seconds": time.perf_counter() - t0}
-    log.info("event=tune_done query=%r objective=%s steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f probe_auc=%.4f "
-             "probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, objective, steps, auc, ks, zs_auc,
+    log.info("event=tune_done query=%r objective=%s anchor_weight=%g steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f "
+             "probe_auc=%.4f probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, objective, anchor_weight, steps,
+             auc, ks, zs_auc,
              metrics.get("probe_auc", float("nan")), metrics.get("probe_auc_zero_shot", float("nan")),
              len(train_idx), len(val_idx))
     return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,

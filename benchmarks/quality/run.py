@@ -49,6 +49,7 @@ class Context:
     model_users: int | None  # kept for callers; caps now live in CappedWorld (--train-users/--eval-users)
     tune_steps: int = 0  # prompt-tuned row: training.tune steps per scenario (0 = row skipped)
     tune_objective: str = "prototype"  # training.tune's objective for the tuned rows
+    tune_anchor: float = 0.0  # training.tune's anchor_weight (pull toward the zero-shot embedding)
     model_cache: dict = field(default_factory=dict)  # one embedding pass per model, shared by its rows
     tune_log: dict = field(default_factory=dict)  # scenario -> training.tune held-out metrics
     embed_cache: str | None = None  # directory for model embeddings (.npz), reused across runs
@@ -238,6 +239,8 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     model_ident = checkpoint_id(path) if key != "untrained" else (Path(path) / "config.json").read_text()
     kind = "trained" if key not in ("trained", "untrained") else key  # ablations: the checkpoint id tells apart
     tuning = ctx.tune_steps if ctx.tune_objective == "prototype" else [ctx.tune_steps, ctx.tune_objective]
+    if ctx.tune_anchor:
+        tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor]
     ident = json.dumps([model_ident, kind, users, tuning if key == "trained" else 0,  # prototype: the older keys
                         STATIC_QUERY, [s.query for s in ctx.scenarios]])
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
@@ -254,6 +257,7 @@ def _tune_prompts(ctx: Context, model, cache, users: list[int]) -> dict[str, tup
         probe = ctx.tune_objective == "probe"  # keeps its best evaluated step: evaluate four times
         res = tune_soft_prompt(model, cache[[pos[u] for u in tr_u]], tr_y, s.query, n_tokens=6,
                                steps=ctx.tune_steps, batch_size=32, objective=ctx.tune_objective,
+                               anchor_weight=ctx.tune_anchor,
                                eval_every=max(1, ctx.tune_steps // 4) if probe else ctx.tune_steps)
         ctx.tune_log[s.name] = {k: round(v, 4) for k, v in res.metrics.items()}
         out[s.name] = (s.query, res.prompt)
@@ -490,6 +494,8 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-objective", default="prototype", choices=TUNE_OBJECTIVES,
                    help="training.tune objective of the tuned rows: prototype softmax (the paper's) or a logistic "
                         "head started at the linear probe (docs/tuning.md)")
+    p.add_argument("--tune-anchor", type=float, default=0.0, metavar="W",
+                   help="training.tune anchor_weight of the tuned rows: W * (1 - cos to the zero-shot embedding)")
     p.add_argument("--scenarios", default=None,
                    help="scenario YAML (default: training/data/scenarios.yaml; benchmarks/quality/"
                         "scenarios_unseen.yaml holds eight that no recipe decision saw)")
@@ -511,7 +517,8 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     if n_train or n_val or args.eval_users:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
     return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
-                   embed_cache=args.embed_cache, tune_objective=args.tune_objective, **extra)
+                   embed_cache=args.embed_cache, tune_objective=args.tune_objective,
+                   tune_anchor=args.tune_anchor, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -562,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",
             "n_train": len(world.users("train")), "n_val": len(world.users("val")),
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
-            "tune_objective": args.tune_objective,
+            "tune_objective": args.tune_objective, "tune_anchor": args.tune_anchor,
             "ablations": ablations,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",

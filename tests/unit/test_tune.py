@@ -130,6 +130,30 @@ def test_the_probe_objective_needs_binary_labels_and_falls_back_to_prototypes(se
         tune_soft_prompt(model, users, labels, "q", steps=1, objective="ranker")
 
 
+def test_the_anchor_term_keeps_the_tuned_embedding_near_the_zero_shot_one(setup):
+    """anchor_weight pulls each tuned embedding toward the user's zero-shot one: with a heavy pull the tuned prompt
+    moves the training users' embeddings less (higher cosine to zero-shot) than without it, same seed and steps."""
+    from training.model.suffix import ScenarioSpec
+
+    model, users, labels = setup
+    query = "Does this user like the planted genre?"
+    with torch.no_grad():
+        cache = model.encode_prefix(users)
+        zs = torch.nn.functional.normalize(model.embed(cache, [ScenarioSpec(query)])[:, 0], dim=-1)
+
+    def cos_to_zero_shot(weight: float) -> float:
+        res = tune_soft_prompt(model, cache, labels, query, steps=20, lr=2e-1, batch_size=32, eval_every=20,
+                               anchor_weight=weight)  # prototype objective: keeps its last prompt
+        with torch.no_grad():
+            tuned = torch.nn.functional.normalize(model.embed(cache, [ScenarioSpec(query, res.prompt)])[:, 0], dim=-1)
+        return float((tuned * zs).sum(-1).mean())
+
+    free, anchored = cos_to_zero_shot(0.0), cos_to_zero_shot(100.0)
+    assert anchored > free, (anchored, free)
+    with pytest.raises(ValueError, match="anchor_weight"):
+        tune_soft_prompt(model, cache, labels, query, steps=1, anchor_weight=-1.0)
+
+
 def test_tuning_rejects_single_class_labels(setup):
     model, users, _ = setup
     with pytest.raises(ValueError, match="single class"):

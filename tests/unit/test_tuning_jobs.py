@@ -93,7 +93,7 @@ def test_a_job_can_tune_against_the_probe_objective(world) -> None:  # type: ign
     """params objective=probe reaches training.tune: the version's metrics carry the step it kept (best_step)."""
     repo, settings, snapshot, models = world
     job = repo.create_tuning_job("planted", str(snapshot), params={"steps": "4", "batch_size": "16",
-                                                                   "objective": "probe"})
+                                                                   "objective": "probe", "anchor_weight": "0.5"})
     version = run_tuning_job(job, repo, settings, models, lambda *a: None)
     assert version.metrics["best_step"] in (0.0, 1.0, 2.0, 3.0, 4.0) and "probe_auc" in version.metrics
 
@@ -102,6 +102,7 @@ def test_a_job_can_tune_against_the_probe_objective(world) -> None:  # type: ign
     ({"stepz": "3"}, None, "", "unknown tuning params"),
     ({"lr": "fast"}, None, "", "lr='fast' is not a number"),
     ({"objective": "ranker"}, None, "", "objective='ranker' is not one of prototype, probe"),
+    ({"anchor_weight": "-1"}, None, "", "anchor_weight>=0"),
     ({}, None, "tiny-nope", r"not in .* \(have \['tiny-t'\]\)"),
     ({}, "labels.csv", "", "TUNING_FEATURES_PYTHON"),
     ({}, "s3://bucket/labels.csv", "", "scheme 's3' is not supported"),
