@@ -107,7 +107,7 @@ def _load_weights(model, d: Path, manifest: dict[str, Any]) -> None:
 
 @dataclass
 class SoftPromptArtifact:
-    prompt: torch.Tensor  # [n_tokens, hidden]
+    prompt: torch.Tensor  # [n_tokens, hidden]; n_tokens 0: the query alone was kept (training.tune)
     prototypes: torch.Tensor  # [n_classes, out]
     meta: dict[str, Any]  # query, classes, metrics, model_id, hidden
 

@@ -257,11 +257,15 @@ class TuneConfig:
     seed: int = 0
     objective: str = "prototype"  # or "probe": a logistic head started at the linear probe (training.tune)
     anchor_weight: float = 0.0  # > 0: pull each tuned embedding toward the user's zero-shot one (training.tune)
+    # held-out AUC margin over the query alone a tuned prompt needs, else the query alone is kept (an empty prompt);
+    # -1: always keep the tuned prompt (training.tune)
+    min_val_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n_tokens < 1 or self.steps < 1 or self.lr <= 0 or self.tau <= 0 or not 0 < self.val_fraction < 1 \
-                or not self.anchor_weight >= 0:
-            raise ConfigError("tune: need n_tokens>=1, steps>=1, lr>0, tau>0, 0<val_fraction<1, anchor_weight>=0")
+                or not self.anchor_weight >= 0 or not -1 <= self.min_val_gain < 1:
+            raise ConfigError("tune: need n_tokens>=1, steps>=1, lr>0, tau>0, 0<val_fraction<1, anchor_weight>=0, "
+                              "-1<=min_val_gain<1")
         if self.objective not in TUNE_OBJECTIVES:
             raise ConfigError(f"tune.objective {self.objective!r} is not one of {', '.join(TUNE_OBJECTIVES)}")
 

@@ -12,7 +12,13 @@ of the initial embeddings (step 0 = nearest-centroid); cosine prototype scores; 
 objective="probe" (binary labels) trains the prompt against the downstream view instead: a logistic head on the
 standardised embedding, initialised at the quality table's linear probe fitted on the initial embeddings (so step 0
 is that probe), trained with the prompt under the probe's own L2; the prompt kept is the one from the evaluation
-step with the best held-out head AUC (step 0 included).
+step with the best held-out head AUC.
+
+Either objective keeps the query alone when tuning does not beat it on the held-out users (the same read-out fitted
+on the zero-shot embeddings: the prototype objective's class centroids, the probe objective's own linear probe): the
+result's prompt is then empty ([0, hidden], which embeds exactly as the zero-shot query) and metrics["kept_zero_shot"]
+is 1 (min_val_gain sets the margin a tuned prompt needs; -1 always keeps it). A tuning job never hands back a
+prompt its own held-out check scores below the query (docs/tuning.md).
 
 anchor_weight > 0 (either objective) adds anchor_weight * mean(1 - cos(tuned embedding, zero-shot embedding)) over
 the batch: the prompt may sharpen the label's direction but not trade away the user geometry a downstream probe
@@ -46,7 +52,7 @@ Progress = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, s
 @dataclass
 class TuneResult:
     query: str
-    prompt: torch.Tensor  # [n_tokens, hidden] float32
+    prompt: torch.Tensor  # [n_tokens, hidden] float32; [0, hidden] when the query alone was kept (kept_zero_shot)
     prototypes: torch.Tensor  # [n_classes, out] float32 (unnormalised; scores use their directions)
     classes: list  # label value of each prototype row
     metrics: dict[str, float]  # held-out users: auc, ks (tuned) and auc_zero_shot, ks_zero_shot (no prompt);
@@ -200,14 +206,17 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
                      query_text: str, n_tokens: int = 6, steps: int = 300, lr: float = 1e-2, tau: float = 0.1,
                      seed: int = 0, val_fraction: float = 0.2, batch_size: int = 64, eval_every: int = 50,
                      progress: Progress | None = None, objective: str = "prototype",
-                     anchor_weight: float = 0.0) -> TuneResult:
+                     anchor_weight: float = 0.0, min_val_gain: float = 0.0) -> TuneResult:
     """Tune `n_tokens` soft-prompt vectors + one prototype per class on labelled users; report held-out AUC/KS.
     objective="probe": against a logistic head started at the linear probe instead; anchor_weight: a pull toward
-    the zero-shot embedding (module docstring)."""
+    the zero-shot embedding; min_val_gain: the held-out AUC margin over the query alone a tuned prompt needs to be
+    kept (-1: always keep it; module docstring)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
     if not anchor_weight >= 0.0:
         raise ValueError(f"anchor_weight must be >= 0, got {anchor_weight}")
+    if not -1.0 <= min_val_gain < 1.0:
+        raise ValueError(f"min_val_gain must be in [-1, 1), got {min_val_gain}")
     raw = np.asarray(labels)
     classes = sorted(np.unique(raw).tolist())
     if len(classes) < 2:
@@ -233,11 +242,13 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             e_init = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt), batch_size, False)
             protos = torch.stack([e_init[y[train_idx] == c].mean(0) for c in range(len(classes))])
         protos = protos.float().clone().requires_grad_(True)
-        head = None
+        head = zs_head = None
         if objective == "probe":
             e_va_init = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
             head = _ProbeHead.fit(e_init, y[train_idx], e_va_init, y[val_idx])
-            best = (head.auc(e_va_init, y[val_idx])[0], 0, head.snapshot(prompt))  # (val auc, step, state)
+            zs_head = _ProbeHead.fit(e_tr0, y[train_idx], e_va0, y[val_idx])  # the query alone, read by its own probe
+            zs_probe_auc = zs_head.auc(e_va0, y[val_idx])[0]
+            best = (-math.inf, 0, head.snapshot(prompt))  # the best evaluated tuned step: (val auc, step, state)
         params = [prompt, protos] if head is None else [prompt, head.w, head.b]
         opt = torch.optim.Adam(params, lr=lr)
         rng = np.random.default_rng(seed)
@@ -273,25 +284,42 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             curve.append(point)
             if progress is not None:
                 progress(step, steps, point)
-        if head is not None:  # the best evaluated prompt
+        # the tuned prompt against the query alone, each read by its own read-out on the held-out users
+        tuned_val, zs_val = (best[0], zs_probe_auc) if head is not None else (curve[-1]["val_auc"], zs_auc)
+        kept_zero_shot = not tuned_val > zs_val + min_val_gain
+        if kept_zero_shot:
+            log.info("event=tune_kept_zero_shot query=%r objective=%s val_auc_tuned=%.4f val_auc_zero_shot=%.4f "
+                     "min_val_gain=%g reason=the tuned prompt did not beat the query alone on the held-out users",
+                     query_text, objective, tuned_val, zs_val, min_val_gain)
+            prompt, e_va_last = prompt[:0], e_va0
+            if head is None:
+                protos = centroids
+            else:
+                head = zs_head
+        elif head is not None:  # the best evaluated prompt
             prompt = head.restore(best[2])
             e_va_last = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
         # fit on its own training users, next to the zero-shot query's (centroids of those same users)
-        e_tr = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt.detach()), batch_size, False)
+        e_tr = e_tr0 if kept_zero_shot else _embed(model, cache, train_idx,
+                                                   ScenarioSpec(query_text, prompt.detach()), batch_size, False)
         if head is not None:  # the prototypes become the kept prompt's class means
             protos = torch.stack([e_tr[y[train_idx] == c].mean(0) for c in range(len(classes))]).float()
         train_auc, _ = _metrics(y[train_idx], _scores(e_tr, protos.detach(), tau))
         train_zs_auc, _ = _metrics(y[train_idx], _scores(e_tr0, centroids, tau))
-    auc, ks = (curve[-1]["val_auc"], curve[-1]["val_ks"]) if head is None else head.auc(e_va_last, y[val_idx])
+    if head is not None:
+        auc, ks = head.auc(e_va_last, y[val_idx])
+    else:
+        auc, ks = (zs_auc, zs_ks) if kept_zero_shot else (curve[-1]["val_auc"], curve[-1]["val_ks"])
     metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
                "train_auc": train_auc, "train_auc_zero_shot": train_zs_auc,
                **linear_probe_metrics(y, train_idx, val_idx, (e_tr, e_va_last), (e_tr0, e_va0)),
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
-               **({"best_step": float(best[1])} if head is not None else {}),
+               "kept_zero_shot": float(kept_zero_shot),
+               **({"best_step": 0.0 if kept_zero_shot else float(best[1])} if objective == "probe" else {}),
                "seconds": time.perf_counter() - t0}
-    log.info("event=tune_done query=%r objective=%s anchor_weight=%g steps=%d auc=%.4f ks=%.4f auc_zero_shot=%.4f "
-             "probe_auc=%.4f probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, objective, anchor_weight, steps,
-             auc, ks, zs_auc,
+    log.info("event=tune_done query=%r objective=%s anchor_weight=%g steps=%d kept_zero_shot=%d auc=%.4f ks=%.4f "
+             "auc_zero_shot=%.4f probe_auc=%.4f probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, objective,
+             anchor_weight, steps, kept_zero_shot, auc, ks, zs_auc,
              metrics.get("probe_auc", float("nan")), metrics.get("probe_auc_zero_shot", float("nan")),
              len(train_idx), len(val_idx))
     return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,

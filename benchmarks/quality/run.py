@@ -238,10 +238,9 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     path = _checkpoint(ctx, key)
     model_ident = checkpoint_id(path) if key != "untrained" else (Path(path) / "config.json").read_text()
     kind = "trained" if key not in ("trained", "untrained") else key  # ablations: the checkpoint id tells apart
-    tuning = ctx.tune_steps if ctx.tune_objective == "prototype" else [ctx.tune_steps, ctx.tune_objective]
-    if ctx.tune_anchor:
-        tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor]
-    ident = json.dumps([model_ident, kind, users, tuning if key == "trained" else 0,  # prototype: the older keys
+    # since 2026-12-04 a tuning run that does not beat the query alone on its held-out users keeps the query
+    tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor, "kept_zero_shot"]
+    ident = json.dumps([model_ident, kind, users, tuning if key == "trained" else 0,
                         STATIC_QUERY, [s.query for s in ctx.scenarios]])
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 

@@ -49,6 +49,7 @@ class TuneParams:
     seed: int
     objective: str
     anchor_weight: float
+    min_val_gain: float
 
     @classmethod
     def resolve(cls, defaults: Any, params: dict[str, str]) -> "TuneParams":
@@ -68,9 +69,9 @@ class TuneParams:
                 raise JobError(f"tuning param {key}={raw!r} is not a{'n int' if kind is int else ' number'}") from None
         p = cls(**values)
         if p.n_tokens < 1 or p.steps < 1 or p.lr <= 0 or p.tau <= 0 or p.batch_size < 2 or \
-                not 0 < p.val_fraction < 1 or not p.anchor_weight >= 0:
+                not 0 < p.val_fraction < 1 or not p.anchor_weight >= 0 or not -1 <= p.min_val_gain < 1:
             raise JobError(f"tuning params out of range ({p}); need n_tokens>=1, steps>=1, lr>0, tau>0, "
-                           "batch_size>=2, 0<val_fraction<1, anchor_weight>=0")
+                           "batch_size>=2, 0<val_fraction<1, anchor_weight>=0, -1<=min_val_gain<1")
         from training.config import TUNE_OBJECTIVES
 
         if p.objective not in TUNE_OBJECTIVES:
@@ -240,7 +241,7 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
                                   steps=p.steps, lr=p.lr, tau=p.tau, seed=p.seed,
                                   val_fraction=p.val_fraction, batch_size=p.batch_size,
                                   eval_every=max(1, p.steps // 5), progress=on_step, objective=p.objective,
-                                  anchor_weight=p.anchor_weight)
+                                  anchor_weight=p.anchor_weight, min_val_gain=p.min_val_gain)
     except ValueError as exc:  # tune_soft_prompt's data complaints (one class, too few users per class)
         raise JobError(f"cannot tune on these labels: {exc}") from None
     metrics = {**{k: float(v) for k, v in result.metrics.items()}, "n_missing": float(n_missing),

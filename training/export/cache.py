@@ -137,7 +137,8 @@ class PromptStore:
         self._by_sha: "OrderedDict[str, torch.Tensor]" = OrderedDict()
 
     def get(self, uri: str, sha256: str) -> torch.Tensor:
-        """-> prompt [n_tokens, hidden] float32. Raises PromptError with the status to report."""
+        """-> prompt [n_tokens, hidden] float32; n_tokens may be 0: a tuning job that kept the query alone
+        (training.tune, kept_zero_shot) serves exactly the zero-shot embedding. Raises PromptError with the status."""
         sha = sha256.strip().lower()
         if not uri or len(sha) != 64:
             raise PromptError(INVALID_ARGUMENT, "a tuned prompt needs PROMPT_ARTIFACT and a 64-hex PROMPT_SHA256; "
@@ -175,7 +176,7 @@ class PromptStore:
         if "prompt" not in tensors:
             raise PromptError(DATA_LOSS, f"prompt artifact {file} has no 'prompt' tensor")
         prompt = tensors["prompt"].float()
-        if prompt.ndim != 2 or prompt.shape[1] != self.hidden or prompt.shape[0] < 1:
+        if prompt.ndim != 2 or prompt.shape[1] != self.hidden:
             raise PromptError(FAILED_PRECONDITION, f"prompt {file} has shape {list(prompt.shape)}; this model "
                                                    f"needs [n_tokens, {self.hidden}]: it was tuned for another model")
         manifest = folder / "manifest.json"
