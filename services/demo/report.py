@@ -212,7 +212,10 @@ def render_tuning(t: TuningResult) -> str:
                      f"{m.get('probe_auc', float('nan')):.3f}"]],
                    ["prompt", "version", f"held-out AUC ({m.get('n_val', 0):.0f} users, prototypes)", "KS",
                     "linear-probe AUC"])]
-    if "probe_auc" in m:  # what a downstream model fitted on the embedding would see
+    if m.get("kept_zero_shot") == 1.0:
+        lines.append(f"no tuned step beat the query alone on the {m.get('n_val', 0):.0f} held-out users: version "
+                     f"{t.version} kept the query (an empty prompt) and serves the zero-shot embedding")
+    elif "probe_auc" in m:  # what a downstream model fitted on the embedding would see
         helps = m["probe_auc"] > m.get("probe_auc_zero_shot", float("inf"))
         lines.append("linear-probe AUC: a model fitted on the embedding reads the label " +
                      ("better with the tuned prompt (worth promoting)" if helps else

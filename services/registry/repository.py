@@ -363,7 +363,10 @@ class Repository:
             )
             job.state, job.progress, job.prompt_version = JobState.SUCCEEDED.value, 1.0, row.version
             job.metrics = {k: float(v) for k, v in metrics.items()}
-            job.message = f"prompt version {row.version} ready; promote it or route traffic to it"
+            job.message = (f"prompt version {row.version} ready; promote it or route traffic to it"
+                           if metrics.get("kept_zero_shot") != 1.0 else
+                           f"prompt version {row.version} ready: no tuned prompt beat the query alone on the held-out "
+                           "users, so it keeps the query (an empty prompt) and serves the zero-shot embedding")
             job.updated_at = utcnow()
             record = _version_record(row, scenario)
         log.info("tuning job completed", extra={"job_id": job_id, "scenario": scenario, "version": record.version})

@@ -71,6 +71,13 @@ def test_tuning_section_shows_both_read_outs_and_says_whether_the_prompt_helps_a
     assert "worth promoting" not in no_probe and "keep the zero-shot" not in no_probe  # > 2 classes: no probe keys
 
 
+def test_tuning_section_says_when_the_job_kept_the_query_alone() -> None:
+    m = {"auc": 0.65, "ks": 0.3, "auc_zero_shot": 0.65, "ks_zero_shot": 0.3, "probe_auc": 0.66,
+         "probe_auc_zero_shot": 0.66, "n_train": 160, "n_val": 40, "steps": 40, "kept_zero_shot": 1.0}
+    text = render_tuning(TuningResult("gender_female", "Is this user female?", "job-1", 40, 12.0, 3, m))
+    assert "version 3 kept the query (an empty prompt) and serves the zero-shot embedding" in text
+    assert "worth promoting" not in text and "keep the zero-shot version" not in text
+
 def test_scenarios_file_gives_ten_named_queries() -> None:
     from services.demo.settings import DemoSettings
 

@@ -111,14 +111,14 @@ def test_bad_request_fails_alone(model):
     assert np.abs(out[0].embedding - reference(model, good)).max() <= 1e-5
 
 
-def _write_prompt(tmp: Path, hidden: int, seed: int) -> tuple[Path, str, torch.Tensor]:
+def _write_prompt(tmp: Path, hidden: int, seed: int, n_tokens: int = 3) -> tuple[Path, str, torch.Tensor]:
     from training.artifacts import save_soft_prompt
     from training.tune import TuneResult  # noqa: F401  (shape of what save_soft_prompt reads)
 
     g = torch.Generator().manual_seed(seed)
 
     class R:
-        prompt = torch.randn(3, hidden, generator=g) * 0.05
+        prompt = torch.randn(n_tokens, hidden, generator=g) * 0.05
         prototypes = torch.randn(2, 128, generator=g)
         query, classes, metrics = "q", ["no", "yes"], {"auc": 0.5}
 
@@ -143,6 +143,21 @@ def test_soft_prompts_by_path_and_sha_with_per_scenario_errors(model, tmp_path):
     assert np.abs(res.embedding[0] - res.embedding[1]).max() > 1e-3  # the prompt really changed the embedding
     rt.serve([req])
     assert rt.stats()["prompt_loads"] == 1  # cached by sha256: the second request did not re-read the file
+
+
+def test_an_empty_prompt_version_serves_the_zero_shot_embedding(model, tmp_path):
+    """A tuning job that kept the query alone (training.tune, kept_zero_shot) registers a [0, hidden] prompt: it
+    loads, and the scenario's embedding is exactly the zero-shot one."""
+    rt = runtime(model)
+    d, sha, prompt = _write_prompt(tmp_path, model.hidden, 3, n_tokens=0)
+    assert prompt.shape == (0, model.hidden)
+    req = requests_for(model, 1, seed=7)[0]
+    req.queries = ["Likes comedies?", "Likes comedies?"]
+    req.prompt_versions, req.prompt_artifacts, req.prompt_shas = ["2", "zero-shot"], [str(d), ""], [sha, ""]
+    res = rt.serve([req])[0]
+    assert res.status == [0, 0]
+    assert np.array_equal(res.embedding[0], res.embedding[1])
+    assert np.abs(res.embedding[1] - reference(model, req)[1]).max() <= 1e-5
 
 
 def test_prompt_for_another_width_is_failed_precondition(model, tmp_path):

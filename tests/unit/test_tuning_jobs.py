@@ -58,7 +58,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
 
 def test_job_adds_a_ready_version_whose_artifact_matches(world) -> None:  # type: ignore[no-untyped-def]
     repo, settings, snapshot, models = world
-    job = repo.create_tuning_job("planted", snapshot.as_uri(), params={"steps": "10", "batch_size": "16"})
+    job = repo.create_tuning_job("planted", snapshot.as_uri(), params={"steps": "10", "batch_size": "16",
+                                                                       "min_val_gain": "-1"})  # keep the tuned one
     seen: list[float] = []
     version = run_tuning_job(job, repo, settings, models, lambda f, msg, st: seen.append(f))
     assert (version.version, version.kind, version.status) == (2, PromptKind.TUNED, PromptStatus.READY)
@@ -96,6 +97,22 @@ def test_a_job_can_tune_against_the_probe_objective(world) -> None:  # type: ign
                                                                    "objective": "probe", "anchor_weight": "0.5"})
     version = run_tuning_job(job, repo, settings, models, lambda *a: None)
     assert version.metrics["best_step"] in (0.0, 1.0, 2.0, 3.0, 4.0) and "probe_auc" in version.metrics
+    assert version.metrics["kept_zero_shot"] == float(version.metrics["best_step"] == 0.0)
+
+
+def test_a_job_whose_prompt_does_not_beat_the_query_registers_an_empty_prompt(world) -> None:  # type: ignore
+    """min_val_gain out of reach: the version is READY with kept_zero_shot 1 and a [0, hidden] prompt, which the
+    serving prompt store loads (and serves as the query alone: test_export_runtime)."""
+    from training.artifacts import load_soft_prompt
+
+    repo, settings, snapshot, models = world
+    job = repo.create_tuning_job("planted", str(snapshot), params={"steps": "4", "batch_size": "16",
+                                                                   "min_val_gain": "0.999"})
+    version = run_tuning_job(job, repo, settings, models, lambda *a: None)
+    assert version.metrics["kept_zero_shot"] == 1.0
+    art = load_soft_prompt(Path(version.artifact_uri.removeprefix("file://")).parent)
+    assert art.prompt.shape[0] == 0 and art.meta["n_tokens"] == 0
+    assert "keeps the query (an empty prompt)" in repo.get_tuning_job(job.job_id).message
 
 
 @pytest.mark.parametrize("params, labels_uri, model_version, match", [
@@ -103,6 +120,7 @@ def test_a_job_can_tune_against_the_probe_objective(world) -> None:  # type: ign
     ({"lr": "fast"}, None, "", "lr='fast' is not a number"),
     ({"objective": "ranker"}, None, "", "objective='ranker' is not one of prototype, probe"),
     ({"anchor_weight": "-1"}, None, "", "anchor_weight>=0"),
+    ({"min_val_gain": "1.5"}, None, "", "-1<=min_val_gain<1"),
     ({}, None, "tiny-nope", r"not in .* \(have \['tiny-t'\]\)"),
     ({}, "labels.csv", "", "TUNING_FEATURES_PYTHON"),
     ({}, "s3://bucket/labels.csv", "", "scheme 's3' is not supported"),
