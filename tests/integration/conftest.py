@@ -77,3 +77,32 @@ def load_model_and_wait(client, name: str, timeout_s: float = 120.0) -> None:
     while not client.is_model_ready(name):
         assert time.monotonic() < deadline, f"{name} did not become ready; see the triton log"
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def grpcurl() -> str:
+    """Path of a grpcurl binary: QANCHOR_GRPCURL, else built once from the Go module proxy (scripts/ensure_grpcurl.sh)."""
+    import shutil
+    import subprocess
+
+    explicit = os.environ.get("QANCHOR_GRPCURL")
+    if explicit:
+        return explicit
+    if shutil.which("go") is None and not list((Path.home() / ".cache" / "qanchor" / "bin").glob("grpcurl-*")):
+        pytest.skip("no grpcurl and no Go to build it: install Go or set QANCHOR_GRPCURL")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["bash", str(root / "scripts" / "ensure_grpcurl.sh")], capture_output=True,
+                         text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def grpcurl_call(grpcurl: str, target: str, method: str, body: dict, token: str) -> dict:
+    """grpcurl with no -max-time: the call carries no deadline. -> the response as JSON (proto field names)."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([grpcurl, "-plaintext", "-H", f"authorization: Bearer {token}", "-d", json.dumps(body),
+                           target, method], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{method}: {proc.stderr.strip()}"
+    return json.loads(proc.stdout)

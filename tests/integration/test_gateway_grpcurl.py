@@ -7,41 +7,17 @@ batch with INTERNAL): grpcurl and most client libraries send no deadline by defa
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from services.common.settings import repo_root
+from conftest import grpcurl_call as call
 from services.gateway.ab_config import load_config
 from services.gateway.routing import assign
 from test_gateway_stack import ADMIN, AB, SHA, TOKEN, reference, world  # noqa: F401  (world is a fixture)
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def grpcurl() -> str:
-    explicit = os.environ.get("QANCHOR_GRPCURL")
-    if explicit:
-        return explicit
-    if shutil.which("go") is None and not list((Path.home() / ".cache" / "qanchor" / "bin").glob("grpcurl-*")):
-        pytest.skip("no grpcurl and no Go to build it: install Go or set QANCHOR_GRPCURL")
-    out = subprocess.run(["bash", str(repo_root() / "scripts" / "ensure_grpcurl.sh")], capture_output=True,
-                         text=True, timeout=1800)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout.strip().splitlines()[-1]
-
-
-def call(grpcurl: str, target: str, method: str, body: dict, token: str) -> dict:
-    """grpcurl with no -max-time: the call carries no deadline."""
-    proc = subprocess.run([grpcurl, "-plaintext", "-H", f"authorization: Bearer {token}", "-d", json.dumps(body),
-                           target, method], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, f"{method}: {proc.stderr.strip()}"
-    return json.loads(proc.stdout)
 
 
 def test_reflection_lists_every_service(world, grpcurl) -> None:  # type: ignore[no-untyped-def]

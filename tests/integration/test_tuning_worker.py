@@ -34,7 +34,7 @@ from services.registry.settings import RegistrySettings
 from services.stack import Stack
 from services.tuning.dataset import TuningData
 from services.tuning.snapshot import make_snapshot
-from tests.integration.conftest import integration_settings
+from tests.integration.conftest import grpcurl_call, integration_settings
 from tests.integration.planted import planted_users as _planted
 
 pytestmark = pytest.mark.integration
@@ -97,6 +97,7 @@ def flow(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
         client = Celery("tuning-it", broker=broker, backend=broker, set_as_current=False)
         admin = RegistryClient(f"127.0.0.1:{reg_port}", token=ADMIN, timeout_s=10)
         yield {"admin": admin, "celery": client, "queue": queue, "labels": labels_csv, "tmp": tmp,
+               "registry_target": f"127.0.0.1:{reg_port}",
                "repo": Repository(Database(db_url)), "worker": procs[0], "log": log_path,
                "rows": rows, "snapshot": snapshot, "snapshot_path": tmp / "snapshot.npz"}
         admin.close()
@@ -200,3 +201,29 @@ def test_bad_labels_fail_the_job_with_a_readable_message(flow) -> None:  # type:
     done, _ = wait_job(flow, job.job_id)
     assert _state_name(done.state) == "FAILED"
     assert "single class" in done.message and done.prompt_version == 0
+
+
+def test_a_job_started_from_grpcurl_applies_its_params(flow, grpcurl) -> None:  # type: ignore[no-untyped-def]
+    """An outside client (grpcurl: no deadline, params as a JSON map of strings) starts a probe-objective job with
+    the anchor term and min_val_gain -1 (keep the tuned prompt): the worker applies all three; an out-of-range
+    value fails the job with what to change."""
+    import json
+
+    method = "qanchor.v1.ScenarioRegistry/StartTuningJob"
+    params = {"steps": "6", "batch_size": "16", "objective": "probe", "anchor_weight": "0.5", "min_val_gain": "-1"}
+    started = grpcurl_call(grpcurl, flow["registry_target"], method,
+                           {"scenario": "planted", "labels_uri": str(flow["snapshot_path"]), "params": params}, ADMIN)
+    done, _ = wait_job(flow, started.get("job_id", started.get("jobId")))
+    assert _state_name(done.state) == "SUCCEEDED", done.message
+    metrics = dict(done.metrics)
+    assert metrics["kept_zero_shot"] == 0.0 and 1.0 <= metrics["best_step"] <= 6.0 and "probe_auc" in metrics
+    version = {v.version: v for v in flow["admin"].list_prompt_versions("planted")}[done.prompt_version]
+    manifest = json.loads(Path(version.artifact_uri.removeprefix("file://")).with_name("manifest.json").read_text())
+    assert manifest["n_tokens"] == 6
+    assert manifest["extra"]["params"] == {**manifest["extra"]["params"], "objective": "probe", "anchor_weight": 0.5,
+                                           "min_val_gain": -1.0}
+    bad = grpcurl_call(grpcurl, flow["registry_target"], method,
+                       {"scenario": "planted", "labels_uri": str(flow["snapshot_path"]),
+                        "params": {"min_val_gain": "2"}}, ADMIN)
+    failed, _ = wait_job(flow, bad.get("job_id", bad.get("jobId")))
+    assert _state_name(failed.state) == "FAILED" and "-1<=min_val_gain<1" in failed.message, failed.message
