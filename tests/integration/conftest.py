@@ -81,7 +81,7 @@ def load_model_and_wait(client, name: str, timeout_s: float = 120.0) -> None:
 
 @pytest.fixture(scope="session")
 def grpcurl() -> str:
-    """Path of a grpcurl binary: QANCHOR_GRPCURL, else built once from the Go module proxy (scripts/ensure_grpcurl.sh)."""
+    """Path of a grpcurl binary: QANCHOR_GRPCURL, else built once from the Go module proxy (ensure_grpcurl.sh)."""
     import shutil
     import subprocess
 
