@@ -5,10 +5,12 @@
 #   benchmarks/quality/candidate.sh runs/own-full/checkpoint own_full
 #       # -> benchmarks/results/quality_own_full.*, quality_unseen_own_full.*, quality_budget_own_full.*
 #   TUNE_STEPS=0 benchmarks/quality/candidate.sh CKPT NAME               # skip the tuned row (~40 min less on 2 cores)
+#   TUNE_OBJECTIVE=probe benchmarks/quality/candidate.sh CKPT NAME       # tune against the probe-started head
 #
 # ~1 h on 2 CPU cores with tuning (prefixes ~3 min, tuning ~4 min per scenario, the rest embedding passes and
 # probes); the embeddings land in var/embcache, so a rerun of one table takes minutes.
-# Env: TUNE_STEPS (200), THREADS (torch threads, default: all cores), EMBED_CACHE (var/embcache).
+# Env: TUNE_STEPS (200), TUNE_OBJECTIVE (prototype | probe), THREADS (torch threads, default: all cores),
+# EMBED_CACHE (var/embcache).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -23,9 +25,10 @@ THREADS="${THREADS:-$(nproc)}"
 # shellcheck source=scripts/model_job_env.sh
 . "$ROOT/scripts/model_job_env.sh"
 TUNE_STEPS="${TUNE_STEPS:-200}"
+TUNE_OBJECTIVE="${TUNE_OBJECTIVE:-prototype}"
 RES="$ROOT/benchmarks/results"
 users=(--dataset ml-1m --checkpoint "$CKPT" --train-users 1000 --val-users 300 --eval-users 625
-       --embed-cache "${EMBED_CACHE:-$STATE/embcache}")
+       --embed-cache "${EMBED_CACHE:-$STATE/embcache}" --tune-objective "$TUNE_OBJECTIVE")
 baselines=("bag_of_items+genres (LR)" "tabular stats (LR)" "mean MiniLM of event texts" "dense user vector (LR)")
 model=("Q-Anchor static query" "Q-Anchor zero-shot")
 tuned=()
@@ -34,7 +37,7 @@ selected=()  # the visible table only: per scenario the tuned prompt where its v
 if [ "$TUNE_STEPS" -gt 0 ]; then selected=("Q-Anchor prompt-tuned where val improves"); fi
 log() { printf '[candidate] %s\n' "$*" >&2; }
 
-log "visible ten: $CKPT tune_steps=$TUNE_STEPS"
+log "visible ten: $CKPT tune_steps=$TUNE_STEPS tune_objective=$TUNE_OBJECTIVE"
 nice -n 10 "$PY" benchmarks/quality/run.py "${users[@]}" --tune-steps "$TUNE_STEPS" --draws 1000 \
   --rows "${baselines[@]}" "${model[@]}" "${tuned[@]}" "${selected[@]}" --out "$RES/quality_$NAME"
 log "unseen eight"

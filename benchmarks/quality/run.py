@@ -239,7 +239,7 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     model_ident = checkpoint_id(path) if key != "untrained" else (Path(path) / "config.json").read_text()
     kind = "trained" if key not in ("trained", "untrained") else key  # ablations: the checkpoint id tells apart
     # since 2026-12-04 a tuning run that does not beat the query alone on its held-out users keeps the query
-    tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor, "kept_zero_shot"]
+    tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor, "kept_zero_shot"] if ctx.tune_steps else 0
     ident = json.dumps([model_ident, kind, users, tuning if key == "trained" else 0,
                         STATIC_QUERY, [s.query for s in ctx.scenarios]])
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
