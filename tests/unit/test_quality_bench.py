@@ -152,20 +152,23 @@ def test_val_selected_row_keeps_the_tuned_prompt_only_where_the_val_probe_improv
     assert (quality.TUNED_VAL_SELECTED, "Q-Anchor zero-shot") in CLAIMS  # its paired difference is reported
 
 
-def test_the_tuning_objective_keys_the_embedding_cache_and_the_prototype_keys_stay(monkeypatch):
-    """Tuned embeddings of another objective never load from a prototype run's cache file (nor the reverse); the
-    prototype objective keeps the file names of runs made before the objective existed."""
+def test_the_tuning_settings_key_the_embedding_cache_of_tuned_runs_only(monkeypatch):
+    """Tuned embeddings of another objective never load from a prototype run's cache file (nor the reverse), nor
+    from a file written before tuning kept the query where it was not beaten (2026-12-04); a run without tuning
+    shares its file whatever the tuning flags say."""
     import hashlib
     import json
 
     run = _load()
     monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
     paths = {}
-    for objective in ("prototype", "probe"):
-        ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
-                          device="cpu", model_users=None, tune_steps=200, tune_objective=objective,
-                          embed_cache="cache")
-        paths[objective] = run._disk_cache_path(ctx, "trained", [1, 2])
-    assert paths["prototype"] != paths["probe"]
+    for steps in (200, 0):
+        for objective in ("prototype", "probe"):
+            ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[],
+                              checkpoint="main", device="cpu", model_users=None, tune_steps=steps,
+                              tune_objective=objective, embed_cache="cache")
+            paths[steps, objective] = run._disk_cache_path(ctx, "trained", [1, 2])
+    assert paths[200, "prototype"] != paths[200, "probe"]
+    assert paths[0, "prototype"] == paths[0, "probe"] != paths[200, "prototype"]
     old = json.dumps(["ckpt-id", "trained", [1, 2], 200, run.STATIC_QUERY, []])
-    assert paths["prototype"].name == f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
+    assert paths[200, "prototype"].name != f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
