@@ -133,17 +133,21 @@ def _metrics(y: np.ndarray, logits: torch.Tensor) -> tuple[float, float]:
 
 def linear_probe_metrics(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
                          tuned: tuple[torch.Tensor, torch.Tensor],
-                         zero: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+                         zero: tuple[torch.Tensor, torch.Tensor],
+                         zero_auc: float | None = None) -> dict[str, float]:
     """{"probe_auc", "probe_auc_zero_shot"}: held-out AUC of the quality table's linear probe (training.evaluate:
     logistic regression fitted on the tuning users, its C chosen on the held-out ones) on the tuned embeddings and on
     the query's alone. A downstream model fitted on the embedding gains from the prompt only if the first is higher;
-    the prototype AUCs can say otherwise (docs/tuning.md). Binary labels only ({} for more classes)."""
+    the prototype AUCs can say otherwise (docs/tuning.md). Binary labels only ({} for more classes). zero_auc: the
+    query's probe AUC when the caller has already fitted that probe (not fitted again)."""
     from training.evaluate import val_fit
 
     if int(y.max()) != 1:
         return {}
-    out = {}
+    out = {} if zero_auc is None else {"probe_auc_zero_shot": float(zero_auc)}
     for key, (tr, va) in (("probe_auc", tuned), ("probe_auc_zero_shot", zero)):
+        if key in out:
+            continue
         x = np.zeros((len(y), tr.shape[1]), np.float32)
         x[train_idx], x[val_idx] = tr.float().cpu().numpy(), va.float().cpu().numpy()
         out[key] = val_fit(x, train_idx, y[train_idx], val_idx, y[val_idx])[1]
@@ -159,6 +163,7 @@ class _ProbeHead:
     b: torch.Tensor  # [] trained
     l2: float  # sklearn's penalty 1/(2 C) per train user, as a mean-loss weight on |w|^2
     pos_weight: torch.Tensor  # balanced classes, as the probe's class_weight="balanced"
+    val_auc: float  # the starting probe's held-out AUC (training.evaluate.val_fit's, for its chosen C)
 
     @classmethod
     def fit(cls, e_tr: torch.Tensor, y_tr: np.ndarray, e_va: torch.Tensor, y_va: np.ndarray) -> "_ProbeHead":
@@ -166,13 +171,13 @@ class _ProbeHead:
 
         x = torch.cat([e_tr, e_va]).float().cpu().numpy()
         tr, va = np.arange(len(e_tr)), np.arange(len(e_tr), len(x))
-        c = val_fit(x, tr, y_tr, va, y_va)[0]
+        c, val_auc = val_fit(x, tr, y_tr, va, y_va)
         mean, scale, coef, intercept = fit_probe(x[tr], y_tr, c)
         dev = e_tr.device
         t = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=dev)  # noqa: E731
         n_pos = float(y_tr.sum())
         return cls(t(mean), t(scale), t(coef).requires_grad_(True), t(intercept).requires_grad_(True),
-                   1.0 / (2.0 * c * len(y_tr)), t((len(y_tr) - n_pos) / max(n_pos, 1.0)))
+                   1.0 / (2.0 * c * len(y_tr)), t((len(y_tr) - n_pos) / max(n_pos, 1.0)), val_auc)
 
     def snapshot(self, prompt: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return prompt.detach().clone(), self.w.detach().clone(), self.b.detach().clone()
@@ -247,7 +252,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             e_va_init = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
             head = _ProbeHead.fit(e_init, y[train_idx], e_va_init, y[val_idx])
             zs_head = _ProbeHead.fit(e_tr0, y[train_idx], e_va0, y[val_idx])  # the query alone, read by its own probe
-            zs_probe_auc = zs_head.auc(e_va0, y[val_idx])[0]
+            zs_probe_auc = zs_head.val_auc  # the table's probe on the query's embeddings (also its probe_auc_zero_shot)
             best = (-math.inf, 0, head.snapshot(prompt))  # the best evaluated tuned step: (val auc, step, state)
         params = [prompt, protos] if head is None else [prompt, head.w, head.b]
         opt = torch.optim.Adam(params, lr=lr)
@@ -312,7 +317,8 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         auc, ks = (zs_auc, zs_ks) if kept_zero_shot else (curve[-1]["val_auc"], curve[-1]["val_ks"])
     metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
                "train_auc": train_auc, "train_auc_zero_shot": train_zs_auc,
-               **linear_probe_metrics(y, train_idx, val_idx, (e_tr, e_va_last), (e_tr0, e_va0)),
+               **linear_probe_metrics(y, train_idx, val_idx, (e_tr, e_va_last), (e_tr0, e_va0),
+                                      zero_auc=zs_probe_auc if objective == "probe" else None),
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
                "kept_zero_shot": float(kept_zero_shot),
                **({"best_step": 0.0 if kept_zero_shot else float(best[1])} if objective == "probe" else {}),
