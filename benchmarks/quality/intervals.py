@@ -3,7 +3,8 @@ ordering claims (the same resamples for both rows of a pair, so shared test-user
 
     boot = RowBootstrap(rows, draws=1000)        # rows: run_row outputs that kept their probes' test scores
     boot.row_interval("Q-Anchor zero-shot")      # (low, high) of the average AUC over scenarios
-    boot.difference("Q-Anchor zero-shot", "Q-Anchor static query")  # {"diff", "low", "high", "p_above_zero"}
+    boot.difference("Q-Anchor zero-shot", "Q-Anchor static query")  # {"diff", "low", "high", "p_above_zero",
+                                                                    #  "by_scenario": {name: {"low", "high"}}}
 """
 from __future__ import annotations
 
@@ -29,13 +30,15 @@ class RowBootstrap:
         self.index = {u: i for i, u in enumerate(users)}
         self.counts = bootstrap_counts(len(users), draws, seed)  # [draws, n_test_users], shared by every row
         self.avg: dict[str, np.ndarray] = {}  # row -> [draws] average AUC over scenarios
+        self.scenario: dict[str, dict[str, np.ndarray]] = {}  # row -> scenario -> [draws] its AUC
         for r in done:
             per_scenario: dict[str, list[np.ndarray]] = {}  # several probes of one scenario (label-budget draws)
             for p in r["probes"]:                            # are averaged first: every scenario weighs the same
                 cols = np.array([self.index[int(u)] for u in p.test_users])
                 per_scenario.setdefault(p.scenario, []).append(
                     weighted_auc(p.test_y, p.test_score, self.counts[:, cols]))
-            self.avg[r["row"]] = np.mean([np.mean(v, axis=0) for v in per_scenario.values()], axis=0)
+            self.scenario[r["row"]] = {name: np.mean(v, axis=0) for name, v in per_scenario.items()}
+            self.avg[r["row"]] = np.mean(list(self.scenario[r["row"]].values()), axis=0)
 
     def row_interval(self, row: str) -> tuple[float, float]:
         return interval(self.avg[row])
@@ -45,5 +48,9 @@ class RowBootstrap:
             return None
         d = self.avg[better] - self.avg[worse]
         low, high = interval(d)
+        by_scenario = {}  # is one scenario's difference more than test-user noise?
+        for name in self.scenario[better].keys() & self.scenario[worse].keys():
+            ds = self.scenario[better][name] - self.scenario[worse][name]
+            by_scenario[name] = dict(zip(("low", "high"), interval(ds)))
         return {"diff": float(np.nanmean(d)), "low": low, "high": high,
-                "p_above_zero": float(np.nanmean(d > 0))}
+                "p_above_zero": float(np.nanmean(d > 0)), "by_scenario": by_scenario}

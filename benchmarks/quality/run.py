@@ -445,11 +445,30 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
             verdict = "yes" if c["low"] > 0 else ("point estimate only" if c["diff"] > 0 else "no")
             lines.append(f"| {c['better']} > {c['worse']} | {c['diff']:+.4f} | {c['low']:+.4f} - {c['high']:+.4f} | "
                          f"{verdict} |")
+    lines += claims_by_scenario(claims, scenarios)
     lines += ["", "Per scenario (test AUC):", "", "| row | " + " | ".join(s.name for s in scenarios) + " |",
               "|" + "---|" * (1 + len(scenarios))]
     for r in sorted(done, key=lambda r: -r["auc_avg"]):
         lines.append(f"| {r['row']} | " + " | ".join(f"{x['auc_mean']:.3f}" for x in r["scenarios"]) + " |")
     return "\n".join(lines) + "\n"
+
+
+def claims_by_scenario(claims: list[dict], scenarios: list[Scenario]) -> list[str]:
+    """Markdown lines: each claim's paired difference per scenario with its 95% interval over test users (does one
+    scenario's gain stand out of test-user noise, or only the average?)."""
+    claims = [c for c in claims if c.get("by_scenario")]
+    if not claims:
+        return []
+    lines = ["", "Paired differences per scenario (95% interval over test users):", "",
+             "| scenario | " + " | ".join(f"{c['better']} - {c['worse']}" for c in claims) + " |",
+             "|" + "---|" * (1 + len(claims))]
+    for s in scenarios:
+        cells = []
+        for c in claims:
+            d = c["by_scenario"].get(s.name)
+            cells.append("" if d is None else f"{d['diff']:+.4f} ({d['low']:+.4f} - {d['high']:+.4f})")
+        lines.append(f"| {s.name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | None = None) -> None:
@@ -560,9 +579,12 @@ def main(argv: list[str] | None = None) -> int:
         for better, worse in claim_pairs(CLAIMS, ablations):
             d = boot.difference(better, worse)
             if d is not None:
-                point = next(r["auc_avg"] for r in rows if r["row"] == better) - \
-                    next(r["auc_avg"] for r in rows if r["row"] == worse)
-                claims.append({"better": better, "worse": worse, **d, "diff": point})
+                b, w = (next(r for r in rows if r["row"] == name) for name in (better, worse))
+                per = {x["scenario"]: x["auc_mean"] for x in w["scenarios"]}
+                for x in b["scenarios"]:
+                    if x["scenario"] in d["by_scenario"]:
+                        d["by_scenario"][x["scenario"]]["diff"] = x["auc_mean"] - per[x["scenario"]]
+                claims.append({"better": better, "worse": worse, **d, "diff": b["auc_avg"] - w["auc_avg"]})
     for r in rows:
         r.pop("probes", None)
     meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",

@@ -129,3 +129,29 @@ def test_row_bootstrap_weighs_scenarios_not_probes():
     boot = boot_mod.RowBootstrap([{"row": "one each", "probes": [a, b]},
                                   {"row": "a twice", "probes": [a, a, b]}], draws=50)
     assert np.allclose(boot.avg["one each"], boot.avg["a twice"])  # two draws of one scenario count once
+
+
+
+def test_row_bootstrap_gives_each_scenario_its_own_paired_interval():
+    """A difference planted in one scenario stands out of test-user noise there; where both rows score the users
+    identically, the paired interval is exactly 0 (the same resamples on both sides)."""
+    import importlib
+
+    from training.evaluate import ProbeResult
+
+    boot_mod = importlib.import_module("benchmarks.quality.intervals")
+    rng = np.random.default_rng(2)
+    users, y = np.arange(200), (np.arange(200) % 2).astype(int)
+    noise = rng.standard_normal(200)
+
+    def probe(name, score):
+        return ProbeResult(name, 0.0, 0.0, 0.0, 0.0, 1.0, 10, 200, [], [], users, y, score)
+
+    same = probe("same", y * 0.5 + noise)
+    boot = boot_mod.RowBootstrap([{"row": "better", "probes": [probe("planted", y * 3.0 + noise), same]},
+                                  {"row": "worse", "probes": [probe("planted", y * 0.2 + noise), same]}], draws=200)
+    d = boot.difference("better", "worse")
+    assert set(d["by_scenario"]) == {"planted", "same"}
+    assert d["by_scenario"]["planted"]["low"] > 0.2
+    assert d["by_scenario"]["same"] == {"low": 0.0, "high": 0.0}
+    assert d["low"] > 0  # the average carries the planted scenario, halved

@@ -172,3 +172,18 @@ def test_the_tuning_settings_key_the_embedding_cache_of_tuned_runs_only(monkeypa
     assert paths[0, "prototype"] == paths[0, "probe"] != paths[200, "prototype"]
     old = json.dumps(["ckpt-id", "trained", [1, 2], 200, run.STATIC_QUERY, []])
     assert paths[200, "prototype"].name != f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
+
+
+def test_markdown_prints_each_claims_paired_difference_per_scenario():
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
+    claims = [{"better": "Q-Anchor prompt-tuned", "worse": "Q-Anchor zero-shot", "diff": 0.01, "low": -0.002,
+               "high": 0.02, "by_scenario": {"gender_female": {"diff": 0.03, "low": 0.011, "high": 0.049},
+                                             "age_under_25": {"diff": -0.01, "low": -0.03, "high": 0.01}}}]
+    lines = quality.claims_by_scenario(claims, scen)
+    assert "| scenario | Q-Anchor prompt-tuned - Q-Anchor zero-shot |" in lines
+    assert "| gender_female | +0.0300 (+0.0110 - +0.0490) |" in lines
+    assert "| age_under_25 | -0.0100 (-0.0300 - +0.0100) |" in lines
+    assert quality.claims_by_scenario([{**claims[0], "by_scenario": {}}], scen) == []  # older results: no table
