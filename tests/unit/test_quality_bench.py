@@ -187,3 +187,42 @@ def test_markdown_prints_each_claims_paired_difference_per_scenario():
     assert "| gender_female | +0.0300 (+0.0110 - +0.0490) |" in lines
     assert "| age_under_25 | -0.0100 (-0.0300 - +0.0100) |" in lines
     assert quality.claims_by_scenario([{**claims[0], "by_scenario": {}}], scen) == []  # older results: no table
+
+
+def _keep_result(test_diffs: dict[str, float], held_diffs: dict[str, float]) -> dict:
+    def row(name, shift):
+        return {"row": name, "scenarios": [{"scenario": s, "auc_mean": 0.7 + shift.get(s, 0.0)} for s in test_diffs]}
+
+    held = {s: {"auc": 0.8 + d, "auc_zero_shot": 0.7, "probe_auc": 0.8 + d, "probe_auc_zero_shot": 0.8,
+                "val_probe_auc": 0.75 + d, "val_probe_auc_zero_shot": 0.75, "n_val": 200.0}
+            for s, d in held_diffs.items()}
+    return {"meta": {"scenarios": "training/data/scenarios.yaml", "n_val": 300, "tune_objective": "probe",
+                     "tune_heldout": held},
+            "rows": [row("Q-Anchor zero-shot", {}), row("Q-Anchor prompt-tuned", test_diffs), {"row": "x", "skipped": "y"}]}
+
+
+def test_keep_signal_scores_each_rule_by_the_test_difference_of_what_it_keeps():
+    from benchmarks.quality import keep_signal as ks
+
+    test = {"a": 0.02, "b": -0.01, "c": 0.005, "d": -0.02}
+    recs = ks.collect([_keep_result(test, test)])  # held-out differences that predict the test ones exactly
+    summary = ks.summarise(recs)
+    for sig in ks.SIGNALS:
+        assert summary[sig]["pearson"] > 0.999 and summary[sig]["sign_agreement"] == 1.0, sig
+        assert summary[sig]["rule_mean"] == pytest.approx(summary["(oracle, reads test)"]["rule_mean"])
+    assert summary["(oracle, reads test)"]["rule_mean"] == pytest.approx(0.025 / 4)
+    assert summary["(always tuned)"]["rule_mean"] == pytest.approx(-0.005 / 4)
+    flipped = ks.summarise(ks.collect([_keep_result(test, {s: -d for s, d in test.items()})]))
+    assert flipped["table val users"]["sign_agreement"] == 0.0
+    assert flipped["table val users"]["rule_mean"] == pytest.approx(-0.03 / 4)  # keeps exactly the losers
+    md = ks.markdown(recs, summary)
+    assert "| scenarios | a | +0.0200 |" in md and "| (oracle, reads test) |" in md
+
+
+def test_keep_signal_needs_a_tuned_and_a_zero_shot_row():
+    from benchmarks.quality import keep_signal as ks
+
+    res = _keep_result({"a": 0.01}, {"a": 0.01})
+    res["rows"] = res["rows"][:1]
+    with pytest.raises(ValueError, match="prompt-tuned"):
+        ks.collect([res])
