@@ -154,6 +154,29 @@ def linear_probe_metrics(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarr
     return out
 
 
+def held_out_gain(y: np.ndarray, tuned: torch.Tensor, zero: torch.Tensor, point: float, seed: int = 0,
+                  draws: int = 1000) -> dict[str, float]:
+    """{"val_gain", "val_gain_low", "val_gain_high"}: the keep decision's held-out AUC gain of the tuned prompt over
+    the query (`point`, what the decision compared) and its 95% paired bootstrap interval over the held-out users
+    (both read-outs scored on the same resamples). Scores: [n] or [n, 2] logits (binary labels); with more classes
+    only the point (the interval of a macro AUC is not computed). On a few hundred users this interval is usually
+    wider than the gain: docs/tuning.md, "Promote"."""
+    from training.evaluate import bootstrap_counts, interval, weighted_auc
+
+    out = {"val_gain": float(point)}
+    if int(y.max()) != 1:
+        return out
+
+    def binary(s: torch.Tensor) -> np.ndarray:
+        s = s.detach().float().cpu().numpy()
+        return s[:, 1] - s[:, 0] if s.ndim == 2 else s
+
+    counts = bootstrap_counts(len(y), draws, seed)
+    d = weighted_auc(y, binary(tuned), counts) - weighted_auc(y, binary(zero), counts)
+    out["val_gain_low"], out["val_gain_high"] = interval(d)
+    return out
+
+
 @dataclass
 class _ProbeHead:
     """A logistic head on the standardised embedding, started at the table's probe (training.evaluate)."""
@@ -292,6 +315,13 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         # the tuned prompt against the query alone, each read by its own read-out on the held-out users
         tuned_val, zs_val = (best[0], zs_probe_auc) if head is not None else (curve[-1]["val_auc"], zs_auc)
         kept_zero_shot = not tuned_val > zs_val + min_val_gain
+        if head is not None:  # the best evaluated prompt with its head, scored next to the query's own probe
+            best_prompt = head.restore(best[2])
+            e_va_best = _embed(model, cache, val_idx, ScenarioSpec(query_text, best_prompt), batch_size, False)
+            scores = (head.logits(e_va_best), zs_head.logits(e_va0))
+        else:
+            scores = (_scores(e_va_last, protos.detach(), tau), _scores(e_va0, centroids, tau))
+        gain = held_out_gain(y[val_idx], *scores, point=tuned_val - zs_val, seed=seed)
         if kept_zero_shot:
             log.info("event=tune_kept_zero_shot query=%r objective=%s val_auc_tuned=%.4f val_auc_zero_shot=%.4f "
                      "min_val_gain=%g reason=the tuned prompt did not beat the query alone on the held-out users",
@@ -302,8 +332,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             else:
                 head = zs_head
         elif head is not None:  # the best evaluated prompt
-            prompt = head.restore(best[2])
-            e_va_last = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+            prompt, e_va_last = best_prompt, e_va_best
         # fit on its own training users, next to the zero-shot query's (centroids of those same users)
         e_tr = e_tr0 if kept_zero_shot else _embed(model, cache, train_idx,
                                                    ScenarioSpec(query_text, prompt.detach()), batch_size, False)
@@ -320,13 +349,14 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
                **linear_probe_metrics(y, train_idx, val_idx, (e_tr, e_va_last), (e_tr0, e_va0),
                                       zero_auc=zs_probe_auc if objective == "probe" else None),
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
-               "kept_zero_shot": float(kept_zero_shot),
+               "kept_zero_shot": float(kept_zero_shot), **gain,
                **({"best_step": 0.0 if kept_zero_shot else float(best[1])} if objective == "probe" else {}),
                "seconds": time.perf_counter() - t0}
     log.info("event=tune_done query=%r objective=%s anchor_weight=%g steps=%d kept_zero_shot=%d auc=%.4f ks=%.4f "
-             "auc_zero_shot=%.4f probe_auc=%.4f probe_auc_zero_shot=%.4f n_train=%d n_val=%d", query_text, objective,
-             anchor_weight, steps, kept_zero_shot, auc, ks, zs_auc,
-             metrics.get("probe_auc", float("nan")), metrics.get("probe_auc_zero_shot", float("nan")),
+             "auc_zero_shot=%.4f probe_auc=%.4f probe_auc_zero_shot=%.4f val_gain=%+.4f val_gain_low=%+.4f "
+             "val_gain_high=%+.4f n_train=%d n_val=%d", query_text, objective, anchor_weight, steps, kept_zero_shot,
+             auc, ks, zs_auc, metrics.get("probe_auc", float("nan")), metrics.get("probe_auc_zero_shot", float("nan")),
+             gain["val_gain"], gain.get("val_gain_low", float("nan")), gain.get("val_gain_high", float("nan")),
              len(train_idx), len(val_idx))
     return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,
                       metrics=metrics, curve=curve)

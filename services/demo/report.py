@@ -215,7 +215,11 @@ def render_tuning(t: TuningResult) -> str:
     if m.get("kept_zero_shot") == 1.0:
         lines.append(f"no tuned step beat the query alone on the {m.get('n_val', 0):.0f} held-out users: version "
                      f"{t.version} kept the query (an empty prompt) and serves the zero-shot embedding")
-    elif "probe_auc" in m:  # what a downstream model fitted on the embedding would see
+    elif "val_gain_low" in m:
+        lines.append(f"held-out AUC gain over the query alone {m['val_gain']:+.3f} (95% {m['val_gain_low']:+.3f} to "
+                     f"{m['val_gain_high']:+.3f} on {m.get('n_val', 0):.0f} users): " +
+                     ("resolved" if m["val_gain_low"] > 0 else "not resolved at this size"))
+    if "probe_auc" in m and m.get("kept_zero_shot") != 1.0:  # what a downstream model fitted on the embedding sees
         helps = m["probe_auc"] > m.get("probe_auc_zero_shot", float("inf"))
         lines.append("linear-probe AUC: a model fitted on the embedding reads the label " +
                      ("better with the tuned prompt (worth promoting)" if helps else

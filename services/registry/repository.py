@@ -363,11 +363,22 @@ class Repository:
             )
             job.state, job.progress, job.prompt_version = JobState.SUCCEEDED.value, 1.0, row.version
             job.metrics = {k: float(v) for k, v in metrics.items()}
-            job.message = (f"prompt version {row.version} ready; promote it or route traffic to it"
-                           if metrics.get("kept_zero_shot") != 1.0 else
-                           f"prompt version {row.version} ready: no tuned prompt beat the query alone on the held-out "
-                           "users, so it keeps the query (an empty prompt) and serves the zero-shot embedding")
+            job.message = _job_done_message(row.version, metrics)
             job.updated_at = utcnow()
             record = _version_record(row, scenario)
         log.info("tuning job completed", extra={"job_id": job_id, "scenario": scenario, "version": record.version})
         return record
+
+
+def _job_done_message(version: int, metrics: dict[str, float]) -> str:
+    """What a finished tuning job says: the version, whether it kept the query, and how sure its held-out gain is."""
+    if metrics.get("kept_zero_shot") == 1.0:
+        return (f"prompt version {version} ready: no tuned prompt beat the query alone on the held-out users, so it "
+                "keeps the query (an empty prompt) and serves the zero-shot embedding")
+    msg = f"prompt version {version} ready; promote it or route traffic to it"
+    if "val_gain_low" in metrics:
+        n = int(metrics.get("n_val", 0))
+        msg += (f" (held-out AUC gain over the query {metrics['val_gain']:+.3f}, 95% {metrics['val_gain_low']:+.3f} to "
+                f"{metrics['val_gain_high']:+.3f} on {n} users")
+        msg += ")" if metrics["val_gain_low"] > 0 else ": not resolved at this size; an A/B split tells more)"
+    return msg

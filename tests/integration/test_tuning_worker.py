@@ -217,6 +217,9 @@ def test_a_job_started_from_grpcurl_applies_its_params(flow, grpcurl) -> None:  
     assert _state_name(done.state) == "SUCCEEDED", done.message
     metrics = dict(done.metrics)
     assert metrics["kept_zero_shot"] == 0.0 and 1.0 <= metrics["best_step"] <= 6.0 and "probe_auc" in metrics
+    assert metrics["val_gain_low"] <= metrics["val_gain_high"]  # the held-out gain's interval, and the message says it
+    assert f"held-out AUC gain over the query {metrics['val_gain']:+.3f}, 95% {metrics['val_gain_low']:+.3f}" \
+        in done.message, done.message
     version = {v.version: v for v in flow["admin"].list_prompt_versions("planted")}[done.prompt_version]
     manifest = json.loads(Path(version.artifact_uri.removeprefix("file://")).with_name("manifest.json").read_text())
     assert manifest["n_tokens"] == 6

@@ -78,6 +78,17 @@ def test_tuning_section_says_when_the_job_kept_the_query_alone() -> None:
     assert "version 3 kept the query (an empty prompt) and serves the zero-shot embedding" in text
     assert "worth promoting" not in text and "keep the zero-shot version" not in text
 
+
+@pytest.mark.parametrize("low, verdict", [(-0.010, "not resolved at this size"), (0.004, "resolved")])
+def test_tuning_section_gives_the_held_out_gain_with_its_interval(low, verdict) -> None:
+    m = {"auc": 0.70, "ks": 0.4, "auc_zero_shot": 0.66, "ks_zero_shot": 0.3, "probe_auc": 0.70,
+         "probe_auc_zero_shot": 0.66, "n_train": 160, "n_val": 40, "steps": 40, "kept_zero_shot": 0.0,
+         "val_gain": 0.012, "val_gain_low": low, "val_gain_high": 0.030}
+    text = render_tuning(TuningResult("gender_female", "Is this user female?", "job-1", 40, 12.0, 2, m))
+    assert f"held-out AUC gain over the query alone +0.012 (95% {low:+.3f} to +0.030 on 40 users): {verdict}" in text
+    assert "worth promoting" in text  # the probe read-out line stays
+
+
 def test_scenarios_file_gives_ten_named_queries() -> None:
     from services.demo.settings import DemoSettings
 

@@ -229,3 +229,32 @@ def test_on_movielens_100k_a_tuned_prompt_fits_its_training_users_better_than_th
     res = tune_soft_prompt(model, batch, labels, scenario.query, steps=40, lr=5e-2, batch_size=32, eval_every=40,
                            min_val_gain=-1.0)
     assert res.metrics["train_auc"] > res.metrics["train_auc_zero_shot"] + 0.05, res.metrics
+
+
+def test_held_out_gain_is_a_paired_interval_around_the_decisions_gain():
+    from training.tune import held_out_gain
+
+    rng = np.random.default_rng(0)
+    y = (np.arange(300) % 2).astype(int)
+    noise = torch.as_tensor(rng.standard_normal(300), dtype=torch.float32)
+    weak, strong = noise + 0.3 * torch.as_tensor(y), noise + 3.0 * torch.as_tensor(y)
+    same = held_out_gain(y, weak, weak, point=0.0)
+    assert same == {"val_gain": 0.0, "val_gain_low": 0.0, "val_gain_high": 0.0}  # same resamples: exactly 0
+    got = held_out_gain(y, strong, weak, point=0.3)
+    assert got["val_gain"] == 0.3 and 0.15 < got["val_gain_low"] < got["val_gain_high"] < 0.5, got
+    two_col = held_out_gain(y, torch.stack([torch.zeros(300), strong], 1), weak, point=0.3)  # [n, 2] logits
+    assert two_col == got
+    assert held_out_gain(np.arange(300) % 3, strong, weak, point=0.1) == {"val_gain": 0.1}  # 3 classes: point only
+
+
+@pytest.mark.parametrize("objective", ["prototype", "probe"])
+def test_tuning_reports_its_held_out_gain_with_an_interval(setup, objective):
+    model, users, labels = setup
+    with torch.no_grad():
+        cache = model.encode_prefix(users)
+    res = tune_soft_prompt(model, cache, labels, "Does this user like the planted genre?", steps=10, lr=5e-2,
+                           batch_size=16, eval_every=5, objective=objective, min_val_gain=-1)
+    m = res.metrics
+    assert m["val_gain_low"] <= m["val_gain_high"] and -1 <= m["val_gain_low"] and m["val_gain_high"] <= 1, m
+    bar = m["probe_auc_zero_shot"] if objective == "probe" else m["auc_zero_shot"]
+    assert m["val_gain"] == pytest.approx(m["auc"] - bar, abs=1e-6)  # the gain the keep decision compared

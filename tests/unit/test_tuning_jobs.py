@@ -167,3 +167,15 @@ def test_task_marks_running_then_succeeded_and_skips_redelivery(world) -> None: 
     row = repo.get_tuning_job(bad.job_id)
     assert failed["state"] == "FAILED" and row.state is JobState.FAILED and "steps>=1" in row.message
     tasks._runtime.clear()
+
+
+def test_a_finished_jobs_message_gives_the_held_out_gain_and_whether_it_is_resolved():
+    from services.registry.repository import _job_done_message
+
+    base = {"kept_zero_shot": 0.0, "n_val": 200.0, "val_gain": 0.012, "val_gain_high": 0.03}
+    wide = _job_done_message(4, {**base, "val_gain_low": -0.006})
+    assert wide.startswith("prompt version 4 ready; promote it or route traffic to it")
+    assert "+0.012, 95% -0.006 to +0.030 on 200 users: not resolved at this size; an A/B split tells more" in wide
+    assert _job_done_message(4, {**base, "val_gain_low": 0.002}).endswith("+0.002 to +0.030 on 200 users)")
+    assert _job_done_message(4, {"auc": 0.7}) == "prompt version 4 ready; promote it or route traffic to it"
+    assert "keeps the query" in _job_done_message(4, {**base, "val_gain_low": 0.002, "kept_zero_shot": 1.0})
