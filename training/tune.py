@@ -18,7 +18,8 @@ Either objective keeps the query alone when tuning does not beat it on the held-
 on the zero-shot embeddings: the prototype objective's class centroids, the probe objective's own linear probe): the
 result's prompt is then empty ([0, hidden], which embeds exactly as the zero-shot query) and metrics["kept_zero_shot"]
 is 1 (min_val_gain sets the margin a tuned prompt needs; -1 always keeps it). A tuning job never hands back a
-prompt its own held-out check scores below the query (docs/tuning.md).
+prompt its own held-out check scores below the query (docs/tuning.md). metrics["val_gain"] is the gain that decision
+compared, with its 95% paired bootstrap interval over the held-out users (val_gain_low, val_gain_high).
 
 anchor_weight > 0 (either objective) adds anchor_weight * mean(1 - cos(tuned embedding, zero-shot embedding)) over
 the batch: the prompt may sharpen the label's direction but not trade away the user geometry a downstream probe
