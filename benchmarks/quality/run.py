@@ -57,6 +57,7 @@ class Context:
     subsample: float = 1.0  # share of train users each seed's probe is fitted on (1.0: all; intervals bootstrap)
     same_question: bool = True  # model rows: held-out same-question retrieval on the test users (a model pass)
     same_q: dict = field(default_factory=dict)  # model key -> {"acc1", "chance"}, memoised
+    c_choice: str = "val"  # how every row's probe picks C (training.evaluate.probe): "val" users or "cv" folds
 
 
 class CappedWorld:
@@ -391,7 +392,7 @@ def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
     probes = []
     for s in ctx.scenarios:
         e = emb[s.name] if isinstance(emb, dict) else emb
-        probes.append(ev.probe(e, ctx.world, s, seeds, subsample=ctx.subsample))
+        probes.append(ev.probe(e, ctx.world, s, seeds, subsample=ctx.subsample, c_choice=ctx.c_choice))
     results = [{k: v for k, v in asdict(p).items() if not k.startswith("test_")} for p in probes]
     key = MODEL_KEYS.get(name, name.removeprefix(ABLATION_PREFIX) if name.startswith(ABLATION_PREFIX) else None)
     diagnostics = {}
@@ -420,7 +421,8 @@ def _fmt(x, spec=".3f") -> str:
 def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
     done = [r for r in rows if "skipped" not in r]
     lines = [f"Linear-probe AUC on {meta['dataset']}: the same {meta['n_train']} train / {meta.get('n_val', '?')} val "
-             f"(C choice) / {meta['n_test']} test users for every row; 95% intervals bootstrap the test users "
+             f"({'C by 5-fold over train + val' if meta.get('c_choice') == 'cv' else 'C choice'}) / "
+             f"{meta['n_test']} test users for every row; 95% intervals bootstrap the test users "
              f"({meta.get('draws', 0)} draws). User share: share of the test users' embedding variance that is the "
              "user (users x scenarios); query dependence: 1 - linear CKA between each scenario's embeddings and the "
              "static query's (0: the query only shifts the embedding); same-q acc@1: the model's held-out retrieval "
@@ -519,6 +521,13 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
                         "scenarios_unseen.yaml holds eight that no recipe decision saw)")
 
 
+def add_probe_args(p: argparse.ArgumentParser) -> None:
+    """How the rows' probes are fitted (run.py and probe_stability.py)."""
+    p.add_argument("--c-choice", default="val", choices=ev.C_CHOICES,
+                   help="how each probe picks C: on the val users (every table before 2026-12-05) or by 5-fold over "
+                        "train + val users (stable under bf16-sized changes of the embeddings; docs/quality.md)")
+
+
 def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     """The world (capped to the seeded user subsets), event-text vectors and scenarios of `add_population_args`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -536,7 +545,7 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
     return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
                    embed_cache=args.embed_cache, tune_objective=args.tune_objective,
-                   tune_anchor=args.tune_anchor, **extra)
+                   tune_anchor=args.tune_anchor, c_choice=getattr(args, "c_choice", "val"), **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-same-question", action="store_true",
                    help="skip the model rows' held-out same-question retrieval column (a model pass)")
     add_population_args(p)
+    add_probe_args(p)
     p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT",
                    help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
@@ -591,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_train": len(world.users("train")), "n_val": len(world.users("val")),
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
             "tune_objective": args.tune_objective, "tune_anchor": args.tune_anchor,
-            "ablations": ablations,
+            "ablations": ablations, "c_choice": args.c_choice,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -64,6 +64,39 @@ def test_probe_finds_planted_signal(ml100k_world):
     assert len(good.aucs) == 3 and good.n_test > 50
 
 
+def test_cv_choice_of_c_reads_train_and_val_users_only(ml100k_world):
+    """C by 5-fold over train + val: the test users play no part (their embeddings can be anything); the probe then
+    fits with that C. (Its stability under bf16-sized changes is measured, not asserted: probe_stability.py.)"""
+    from training.data.scenarios import load_scenarios
+    from training.evaluate import C_GRID, _labelled, cv_choose_c, probe
+
+    world = ml100k_world
+    sc = next(s for s in load_scenarios() if s.name == "gender_female")
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((len(world.ml.users), 8)).astype(np.float32)
+    emb[:, 0] += 1.0 * np.array([u.gender == "F" for u in world.ml.users])
+    x, (tr_u, tr_y), (va_u, va_y), (te_u, _) = _labelled(emb, world, sc)
+    c = cv_choose_c(x, tr_u, tr_y, va_u, va_y)
+    assert c in C_GRID
+    scrambled = x.copy()
+    scrambled[te_u] = rng.standard_normal(scrambled[te_u].shape)
+    assert cv_choose_c(scrambled, tr_u, tr_y, va_u, va_y) == c  # test users untouched
+    got = probe(emb, world, sc, seeds=(0,), subsample=1.0, c_choice="cv")
+    assert got.c == c and got.auc_mean > 0.7
+    with pytest.raises(ValueError, match="c_choice"):
+        probe(emb, world, sc, c_choice="test")
+
+
+def test_cv_choice_of_c_falls_back_to_the_val_choice_when_a_class_is_smaller_than_the_folds():
+    from training.evaluate import choose_c, cv_choose_c
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4))
+    tr_u, va_u = np.arange(30), np.arange(30, 40)
+    tr_y, va_y = (np.arange(30) < 2).astype(int), (np.arange(10) < 2).astype(int)  # 4 positives in all
+    assert cv_choose_c(x, tr_u, tr_y, va_u, va_y) == choose_c(x, tr_u, tr_y, va_u, va_y)
+
+
 def test_stratified_subsets_keep_balance_and_are_seeded():
     from training.evaluate import stratified_subsets
 

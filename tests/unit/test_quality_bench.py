@@ -226,3 +226,16 @@ def test_keep_signal_needs_a_tuned_and_a_zero_shot_row():
     res["rows"] = res["rows"][:1]
     with pytest.raises(ValueError, match="prompt-tuned"):
         ks.collect([res])
+
+
+def test_probe_stability_perturbs_like_bf16_rounding_and_counts_c_flips():
+    from benchmarks.quality import probe_stability as ps
+
+    e = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    bumped = ps.perturb(e, ps.BF16_HALF_ULP, seed=1)
+    rel = np.abs(bumped / e - 1)
+    assert 0 < np.median(rel) < ps.BF16_HALF_ULP and np.array_equal(bumped, ps.perturb(e, ps.BF16_HALF_ULP, seed=1))
+    got = ps.summarise({"a": [(0.1, 0.70), (0.1, 0.71), (1.0, 0.72)], "b": [(0.01, 0.60), (0.01, 0.60), (0.01, 0.62)]})
+    assert got["scenarios_with_c_flips"] == 1.0
+    assert got["max_scenario_spread"] == pytest.approx(0.02)
+    assert got["average_spread"] == pytest.approx(0.02)  # averages 0.65, 0.655, 0.67
