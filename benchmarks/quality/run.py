@@ -524,7 +524,7 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     """How the rows' probes are fitted (run.py and probe_stability.py)."""
     p.add_argument("--c-choice", default="val", choices=ev.C_CHOICES,
-                   help="how each probe picks C: on the val users (every table before 2026-12-05) or by 5-fold over "
+                   help="how each probe picks C: on the val users (every table before this option) or by 5-fold over "
                         "train + val users (stable under bf16-sized changes of the embeddings; docs/quality.md)")
 
 
