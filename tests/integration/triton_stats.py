@@ -21,3 +21,16 @@ def settled(read: Callable[[], T], reached: Callable[[T], bool], wait_s: float =
         if reached(value) or time.monotonic() > deadline:
             return value
         time.sleep(0.05)
+
+
+def quiet(read: Callable[[], T], still_s: float = 0.3, wait_s: float = 5.0) -> T:
+    """`read()` until it has not changed for `still_s` (or `wait_s` passes): the baseline of a test that counts its
+    own requests, once the counts of the calls before it (an earlier test's last request) have landed."""
+    deadline = time.monotonic() + wait_s
+    value, since = read(), time.monotonic()
+    while time.monotonic() - since < still_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = read()
+        if now != value:
+            value, since = now, time.monotonic()
+    return value
