@@ -158,7 +158,8 @@ def cv_choose_c(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: n
     """The C of C_GRID with the best mean AUC over `folds` stratified folds of the train + val users (test users
     untouched). On the quality table's 300 val users alone the choice flips under bf16-sized changes of the
     embedding and moves a scenario's test AUC by up to 0.02 (docs/quality.md, "The probe's C"); averaged over
-    1,300 users in folds it flips ten times less often. Falls back to the val choice when a class has fewer than `folds` users."""
+    1,300 users in folds it flips ten times less often. Falls back to the val choice when a class has fewer than
+    `folds` users."""
     from sklearn.model_selection import StratifiedKFold
 
     users, y = np.concatenate([tr_u, va_u]), np.concatenate([tr_y, va_y]).astype(int)

@@ -140,19 +140,20 @@ def linear_probe_metrics(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarr
     logistic regression fitted on the tuning users, its C chosen on the held-out ones) on the tuned embeddings and on
     the query's alone. A downstream model fitted on the embedding gains from the prompt only if the first is higher;
     the prototype AUCs can say otherwise (docs/tuning.md). Binary labels only ({} for more classes). zero_auc: the
-    query's probe AUC when the caller has already fitted that probe (not fitted again)."""
+    query's probe AUC when the caller has already fitted that probe; `tuned` that *is* `zero` (the query kept) is
+    not fitted again either."""
     from training.evaluate import val_fit
 
     if int(y.max()) != 1:
         return {}
-    out = {} if zero_auc is None else {"probe_auc_zero_shot": float(zero_auc)}
-    for key, (tr, va) in (("probe_auc", tuned), ("probe_auc_zero_shot", zero)):
-        if key in out:
-            continue
-        x = np.zeros((len(y), tr.shape[1]), np.float32)
-        x[train_idx], x[val_idx] = tr.float().cpu().numpy(), va.float().cpu().numpy()
-        out[key] = val_fit(x, train_idx, y[train_idx], val_idx, y[val_idx])[1]
-    return out
+
+    def fitted(pair: tuple[torch.Tensor, torch.Tensor]) -> float:
+        x = np.zeros((len(y), pair[0].shape[1]), np.float32)
+        x[train_idx], x[val_idx] = pair[0].float().cpu().numpy(), pair[1].float().cpu().numpy()
+        return val_fit(x, train_idx, y[train_idx], val_idx, y[val_idx])[1]
+
+    zero_shot = fitted(zero) if zero_auc is None else float(zero_auc)
+    return {"probe_auc": zero_shot if tuned is zero else fitted(tuned), "probe_auc_zero_shot": zero_shot}
 
 
 def held_out_gain(y: np.ndarray, tuned: torch.Tensor, zero: torch.Tensor, point: float, seed: int = 0,
@@ -264,6 +265,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         cache = _encode_cache(model, users, batch_size)  # the frozen prefix: computed once, reused every step
         zero = ScenarioSpec(query_text)
         e_tr0, e_va0 = (_embed(model, cache, ix, zero, batch_size, False) for ix in (train_idx, val_idx))
+        query_alone = (e_tr0, e_va0)
         centroids = torch.stack([e_tr0[y[train_idx] == c].mean(0) for c in range(len(classes))])
         zs_auc, zs_ks = _metrics(y[val_idx], _scores(e_va0, centroids, tau))
         prompt = init_prompt(model, query_text, n_tokens).requires_grad_(True)
@@ -277,7 +279,8 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             head = _ProbeHead.fit(e_init, y[train_idx], e_va_init, y[val_idx])
             zs_head = _ProbeHead.fit(e_tr0, y[train_idx], e_va0, y[val_idx])  # the query alone, read by its own probe
             zs_probe_auc = zs_head.val_auc  # the table's probe on the query's embeddings (also its probe_auc_zero_shot)
-            best = (-math.inf, 0, head.snapshot(prompt))  # the best evaluated tuned step: (val auc, step, state)
+            # the best evaluated tuned step: (val auc, step, state, its val embeddings)
+            best = (-math.inf, 0, head.snapshot(prompt), e_va_init)
         params = [prompt, protos] if head is None else [prompt, head.w, head.b]
         opt = torch.optim.Adam(params, lr=lr)
         rng = np.random.default_rng(seed)
@@ -309,7 +312,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
                     else:
                         point["val_auc"], point["val_ks"] = head.auc(e_va, y[val_idx])
                         if point["val_auc"] > best[0]:
-                            best = (point["val_auc"], step, head.snapshot(prompt))
+                            best = (point["val_auc"], step, head.snapshot(prompt), e_va)
             curve.append(point)
             if progress is not None:
                 progress(step, steps, point)
@@ -317,8 +320,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         tuned_val, zs_val = (best[0], zs_probe_auc) if head is not None else (curve[-1]["val_auc"], zs_auc)
         kept_zero_shot = not tuned_val > zs_val + min_val_gain
         if head is not None:  # the best evaluated prompt with its head, scored next to the query's own probe
-            best_prompt = head.restore(best[2])
-            e_va_best = _embed(model, cache, val_idx, ScenarioSpec(query_text, best_prompt), batch_size, False)
+            best_prompt, e_va_best = head.restore(best[2]), best[3]  # embedded when that step was evaluated
             scores = (head.logits(e_va_best), zs_head.logits(e_va0))
         else:
             scores = (_scores(e_va_last, protos.detach(), tau), _scores(e_va0, centroids, tau))
@@ -347,8 +349,8 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         auc, ks = (zs_auc, zs_ks) if kept_zero_shot else (curve[-1]["val_auc"], curve[-1]["val_ks"])
     metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
                "train_auc": train_auc, "train_auc_zero_shot": train_zs_auc,
-               **linear_probe_metrics(y, train_idx, val_idx, (e_tr, e_va_last), (e_tr0, e_va0),
-                                      zero_auc=zs_probe_auc if objective == "probe" else None),
+               **linear_probe_metrics(y, train_idx, val_idx, query_alone if kept_zero_shot else (e_tr, e_va_last),
+                                      query_alone, zero_auc=zs_probe_auc if objective == "probe" else None),
                "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
                "kept_zero_shot": float(kept_zero_shot), **gain,
                **({"best_step": 0.0 if kept_zero_shot else float(best[1])} if objective == "probe" else {}),

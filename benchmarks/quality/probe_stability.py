@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     how = "by 5-fold over train + val users" if args.c_choice == "cv" else "on the val users"
     lines = [f"Relative perturbation {args.rel:.2g} (bf16 rounding), {args.reps} re-probes; C chosen {how} "
              "(run.py --c-choice); test AUC of the seed-0 probe.", "",
-             "| row | scenario | C chosen (as is, then perturbed) | test AUC as is | range | spread |", "|---|---|---|---|---|---|"]
+             "| row | scenario | C chosen (as is, then perturbed) | test AUC as is | range | spread |",
+             "|---|---|---|---|---|---|"]
     summary = {}
     for kind, label in (("zero_shot", "Q-Anchor zero-shot"), ("static", "Q-Anchor static query"),
                         ("tuned", "Q-Anchor prompt-tuned")):

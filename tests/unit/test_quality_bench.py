@@ -198,7 +198,8 @@ def _keep_result(test_diffs: dict[str, float], held_diffs: dict[str, float]) -> 
             for s, d in held_diffs.items()}
     return {"meta": {"scenarios": "training/data/scenarios.yaml", "n_val": 300, "tune_objective": "probe",
                      "tune_heldout": held},
-            "rows": [row("Q-Anchor zero-shot", {}), row("Q-Anchor prompt-tuned", test_diffs), {"row": "x", "skipped": "y"}]}
+            "rows": [row("Q-Anchor zero-shot", {}), row("Q-Anchor prompt-tuned", test_diffs),
+                     {"row": "x", "skipped": "y"}]}
 
 
 def test_keep_signal_scores_each_rule_by_the_test_difference_of_what_it_keeps():
