@@ -121,14 +121,24 @@ class LoraSettings:
             raise ConfigError("lora: need r>=1, alpha>=1, 0<=dropout<1 and at least one target module")
 
 
+HEAD_EMBEDDINGS = ("projected", "hidden")
+
+
 @dataclass
 class HeadConfig:
     mid: int = 512  # paper: hidden -> 512 -> 128 with ReLU
-    out: int = 128  # embedding width served to downstream models
+    out: int = 128  # the head's width (the contrastive towers' space; served when embedding is "projected")
+    # What inference serves: "projected" = the head's L2-normalised output ([out]); "hidden" = the L2-normalised
+    # <USER_EMB> hidden state itself ([backbone hidden], 576 for SmolLM2-135M), the representation before the
+    # projection head, which linear probes read better (docs/model.md "Which embedding to serve"). Training always
+    # contrasts in the head's space; this only picks the output, so it never changes the weights.
+    embedding: str = "projected"
 
     def __post_init__(self) -> None:
         if self.mid < 1 or self.out < 1:
             raise ConfigError("head.mid and head.out must be >= 1")
+        if self.embedding not in HEAD_EMBEDDINGS:
+            raise ConfigError(f"head.embedding={self.embedding!r}; choose one of {list(HEAD_EMBEDDINGS)}")
 
 
 @dataclass

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from training import evaluate as ev  # noqa: E402
+from training.config import HEAD_EMBEDDINGS  # noqa: E402
 from training.data.encoder import cached_text_vectors  # noqa: E402
 from training.data.scenarios import Scenario, load_scenarios  # noqa: E402
 from training.data.world import UserWorld, WorldConfig, build_world  # noqa: E402
@@ -58,6 +59,7 @@ class Context:
     same_question: bool = True  # model rows: held-out same-question retrieval on the test users (a model pass)
     same_q: dict = field(default_factory=dict)  # model key -> {"acc1", "chance"}, memoised
     c_choice: str = "val"  # how every row's probe picks C (training.evaluate.probe): "val" users or "cv" folds
+    embedding: str | None = None  # the model rows' embedding (head.embedding) if not the checkpoint's own
 
 
 class CappedWorld:
@@ -134,13 +136,25 @@ def _load_model(ctx: Context, key: str = "trained"):
     except ImportError as exc:  # the model API is still landing
         raise RowSkipped(f"model API unavailable: {exc}") from None
     if key != "untrained":
-        return load_pretrained(path, device=ctx.device).eval()
-    # ablation: same config (LoRA B starts at zero = the plain backbone), projectors and head at their init
-    from training.artifacts import load_checkpoint
-    from training.model.embedder import QAnchorModel
+        model = load_pretrained(path, device=ctx.device).eval()
+    else:  # ablation: same config (LoRA B starts at zero = the plain backbone), projectors and head at their init
+        from training.artifacts import load_checkpoint
+        from training.model.embedder import QAnchorModel
 
-    _, cfg, _ = load_checkpoint(path, device="cpu")
-    return QAnchorModel(cfg).to(ctx.device).eval()
+        _, cfg, _ = load_checkpoint(path, device="cpu")
+        model = QAnchorModel(cfg).to(ctx.device).eval()
+    if ctx.embedding:
+        model.cfg.head.embedding = ctx.embedding
+    return model
+
+
+def _embedding_of(ctx: Context, key: str) -> str:
+    """The head.embedding the model rows of `key` serve: --embedding, else the checkpoint's config."""
+    if ctx.embedding:
+        return ctx.embedding
+    from training.config import QAnchorConfig
+
+    return QAnchorConfig.from_dict(json.loads((Path(_checkpoint(ctx, key)) / "config.json").read_text())).head.embedding
 
 
 def _model_users(ctx: Context) -> list[int]:
@@ -201,7 +215,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
                                                                                       users).items()})
     names = list(specs)
     out: dict[str, dict[str, np.ndarray]] = {}
-    emb_all = np.zeros((len(users), len(names), model.cfg.head.out), np.float32)
+    emb_all = np.zeros((len(users), len(names), model.embedding_dim), np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode(), autocast(dtype, ctx.device):
         for i in range(0, len(users), 16):
@@ -213,7 +227,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
              time.perf_counter() - t0)
     rows = np.asarray(users)
     for j, (kind, name) in enumerate(names):
-        full = np.zeros((len(ctx.world.ml.users), model.cfg.head.out), np.float32)
+        full = np.zeros((len(ctx.world.ml.users), model.embedding_dim), np.float32)
         full[rows] = emb_all[:, j]
         out.setdefault(kind, {})[name] = full
     ctx.model_cache[key] = out
@@ -241,8 +255,11 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     kind = "trained" if key not in ("trained", "untrained") else key  # ablations: the checkpoint id tells apart
     # since 2026-12-04 a tuning run that does not beat the query alone on its held-out users keeps the query
     tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor, "kept_zero_shot"] if ctx.tune_steps else 0
-    ident = json.dumps([model_ident, kind, users, tuning if key == "trained" else 0,
-                        STATIC_QUERY, [s.query for s in ctx.scenarios]])
+    parts = [model_ident, kind, users, tuning if key == "trained" else 0, STATIC_QUERY, [s.query for s in ctx.scenarios]]
+    embedding = _embedding_of(ctx, key)
+    if embedding != "projected":  # the key of the head's output is the one caches written before the option have
+        parts.append(embedding)
+    ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 
@@ -501,6 +518,9 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
     p.add_argument("--checkpoint", default=os.environ.get("QANCHOR_CHECKPOINT"))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--embedding", default=None, choices=HEAD_EMBEDDINGS,
+                   help="the model rows' embedding (head.embedding): the head's output or the <USER_EMB> hidden state "
+                        "(default: the checkpoint's config)")
     p.add_argument("--model-users", type=int, default=None, help="alias of --train-users (older CLI)")
     p.add_argument("--train-users", type=int, default=None, help="probe on a seeded subset of N train users")
     p.add_argument("--eval-users", type=int, default=None,
@@ -545,7 +565,8 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
     return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
                    embed_cache=args.embed_cache, tune_objective=args.tune_objective,
-                   tune_anchor=args.tune_anchor, c_choice=getattr(args, "c_choice", "val"), **extra)
+                   tune_anchor=args.tune_anchor, c_choice=getattr(args, "c_choice", "val"),
+                   embedding=getattr(args, "embedding", None), **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -602,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
             "tune_objective": args.tune_objective, "tune_anchor": args.tune_anchor,
             "ablations": ablations, "c_choice": args.c_choice,
+            "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -89,3 +89,33 @@ def test_soft_prompt_gradients_flow_through_the_cached_path():
     emb = model.embed(cache, [ScenarioSpec("Likes comedies?", prompt)])
     emb.sum().backward()
     assert prompt.grad is not None and prompt.grad.abs().sum() > 0
+
+
+def test_hidden_embedding_is_the_normalised_user_emb_state_on_both_paths():
+    """head.embedding=hidden serves the <USER_EMB> state itself (width = backbone hidden), cached == uncached, and
+    the head's output is that state through the head: one model, two read-outs of one forward."""
+    projected = build("right")
+    hidden = QAnchorModel(load_config("tiny", ["input.padding_side=right", "head.embedding=hidden"]))
+    activate_lora(hidden)
+    hidden.load_trainable_state_dict(projected.trainable_state_dict())
+    hidden.eval()
+    assert hidden.embedding_dim == hidden.hidden != projected.embedding_dim == projected.cfg.head.out
+    users = random_users(hidden.cfg.input, 5, seed=8, cold=[4])
+    sc = scenarios(hidden.hidden, True)
+    with torch.no_grad():
+        full = hidden.full_forward(users, sc)
+        cached = hidden.embed(hidden.encode_prefix(users), sc)
+        via_head = projected.embed(projected.encode_prefix(users), sc)
+    assert full.shape == cached.shape == (5, len(sc), hidden.hidden)
+    assert (full - cached).abs().max().item() <= 1e-5
+    assert torch.allclose(full.norm(dim=-1), torch.ones(5, len(sc)), atol=1e-5)
+    # the head's input in the projected model (same weights, same forward) is exactly the state served here
+    seen = []
+    hook = projected.head.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    try:
+        with torch.no_grad():
+            projected.embed(projected.encode_prefix(users), sc)
+    finally:
+        hook.remove()
+    state = torch.nn.functional.normalize(seen[0], dim=-1).view(5, len(sc), -1)
+    assert (state - cached).abs().max().item() <= 1e-5

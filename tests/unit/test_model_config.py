@@ -43,3 +43,10 @@ def test_invalid_sources_are_rejected():
         load_config("tiny", ["input.sources=[{name: a, k: 1}, {name: a, k: 2}]"])
     with pytest.raises(ConfigError, match="k must be"):
         load_config("tiny", ["input.sources=[{name: a, k: 0}]"])
+
+
+def test_head_embedding_is_validated():
+    assert load_config("tiny").head.embedding == "projected"
+    assert load_config("tiny", ["head.embedding=hidden"]).head.embedding == "hidden"
+    with pytest.raises(ConfigError, match="head.embedding"):
+        load_config("tiny", ["head.embedding=last_layer"])

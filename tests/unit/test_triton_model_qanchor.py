@@ -71,3 +71,16 @@ def test_one_response_per_request_and_bad_request_fails_alone(exported, contract
     hits = [bool(r.outputs["CACHE_HIT"].reshape(-1)[0]) for r in (responses[0], responses[2], responses[3])]
     assert hits == [False, False, True]  # the same user twice in one execute: encoded once, second is a hit
     assert responses[0].outputs["MODEL_VERSION"].reshape(-1)[0] == b"t1"
+
+
+def test_hidden_embedding_export_declares_its_width_and_its_own_version(tmp_path):
+    """head.embedding=hidden: the Triton config declares the backbone's width, the content-addressed version string
+    says which read-out it serves (same weights, other contract)."""
+    version_dir = export_qanchor(tmp_path, QAnchorExportConfig(preset="tiny", overrides=["head.embedding=hidden"]))
+    version = version_dir.name
+    assert version.startswith("tiny-") and version.endswith("-hidden")
+    ref = json.loads((version_dir / "reference" / "reference.json").read_text())
+    width = len(ref["users"][0]["embedding"][0])
+    assert width != 128  # the tiny backbone's hidden size, not the head's
+    pbtxt = (tmp_path / "qanchor" / "config.pbtxt").read_text()
+    assert f'name: "EMBEDDING"\n  data_type: TYPE_FP32\n  dims: -1\n  dims: {width}\n' in pbtxt

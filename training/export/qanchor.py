@@ -105,7 +105,7 @@ def write_reference(model, folder: Path, n_users: int) -> Path:
 
     class _Prompt:  # the fields save_soft_prompt reads from a TuneResult
         prompt = torch.randn(4, model.hidden, generator=g) * 0.05
-        prototypes = torch.zeros(2, model.cfg.head.out)
+        prototypes = torch.zeros(2, model.embedding_dim)
         query, classes, metrics = REFERENCE_QUERIES[0], ["no", "yes"], {}
 
     pdir = save_soft_prompt(folder / "prompt", _Prompt())
@@ -142,7 +142,9 @@ def export_qanchor(repository: Path, cfg: QAnchorExportConfig) -> Path:
     version = cfg.model_version
     if not version:  # content-addressed default; the manifest must carry the final string
         manifest = json.loads((staging / "manifest.json").read_text())
-        version = manifest["model_version"] = f"{qcfg.name}-{manifest['files']['weights.safetensors'][:12]}"
+        # the same weights served as the hidden state are another contract (width): another version string
+        served = "" if qcfg.head.embedding == "projected" else f"-{qcfg.head.embedding}"
+        version = manifest["model_version"] = f"{qcfg.name}-{manifest['files']['weights.safetensors'][:12]}{served}"
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     write_reference(model, staging / "reference", cfg.reference_users)
     target = versions_dir / version
@@ -162,7 +164,7 @@ def export_qanchor(repository: Path, cfg: QAnchorExportConfig) -> Path:
         if listed and listed[0] == version:
             versions = [version] + versions[:-1]  # re-exporting the default keeps it the default
     _write_atomic(model_dir / TRITON_VERSION / "model.py", (SOURCE_DIR / "model.py").read_text())
-    _write_atomic(model_dir / "config.pbtxt", render_config(cfg, qcfg.input, versions, qcfg.head.out))
+    _write_atomic(model_dir / "config.pbtxt", render_config(cfg, qcfg.input, versions, model.embedding_dim))
     if versions[0] == version:
         export_normalisation(cfg.checkpoint, model_dir)
     log.info("event=qanchor_exported model_version=%s versions=%s path=%s kind=%s contract=%s", version, versions,

@@ -159,7 +159,7 @@ class QAnchorRuntime:
             raise ValueError("no model versions to serve; export one with python -m training.export")
         self.models: "OrderedDict[str, LoadedModel]" = OrderedDict()
         self.default_version = models[0].model_version
-        self.contract = Contract.for_input(models[0].cfg.input, models[0].cfg.head.out)
+        self.contract = Contract.for_input(models[0].cfg.input, models[0].model.embedding_dim)
         self.cache = PrefixLRU(cache_bytes)
         self.prompts: dict[str, PromptStore] = {}
         self._max_prompts = max_prompts
@@ -203,7 +203,7 @@ class QAnchorRuntime:
 
     def check_contract(self, loaded: LoadedModel) -> None:
         """Raises VersionError unless `loaded` takes the tensors this Triton model was configured with."""
-        got = Contract.for_input(loaded.cfg.input, loaded.cfg.head.out)
+        got = Contract.for_input(loaded.cfg.input, loaded.model.embedding_dim)
         if got != self.contract:
             raise VersionError(f"model version {loaded.model_version!r} needs another tensor contract ({got}) than "
                                f"this Triton model serves ({self.contract}); export it into the repository with "
@@ -306,7 +306,7 @@ class QAnchorRuntime:
                 self.cache.put(k, found[k])
         per_req = [self._scenarios(r, version) for r in reqs]
         served = [i for i, (specs, _, _) in enumerate(per_req) if any(s is not None for s in specs)]
-        results = [EmbedResult(np.zeros((len(r.queries), model.cfg.head.out), np.float32), h, st, er, version)
+        results = [EmbedResult(np.zeros((len(r.queries), model.embedding_dim), np.float32), h, st, er, version)
                    for r, h, (_, st, er) in zip(reqs, hits, per_req)]
         if served:
             cache = PrefixCache.cat([found[keys[i]] for i in served])  # [B_served] users, one row each

@@ -182,6 +182,18 @@ class QAnchorModel(nn.Module):
         with torch.autocast(h.device.type, enabled=False):
             return F.normalize(self.head(h.float()), dim=-1)
 
+    @property
+    def embedding_dim(self) -> int:
+        """Width of what inference serves (`embed`, `embed_per_user`, `full_forward`): cfg.head.embedding."""
+        return self.hidden if self.cfg.head.embedding == "hidden" else self.cfg.head.out
+
+    def served(self, h: torch.Tensor) -> torch.Tensor:
+        """<USER_EMB> hidden state [..., hidden] -> the served L2-normalised embedding [..., embedding_dim]."""
+        if self.cfg.head.embedding == "projected":
+            return self.project(h)
+        with torch.autocast(h.device.type, enabled=False):
+            return F.normalize(h.float(), dim=-1)
+
     # ---- training towers -------------------------------------------------------------------------------------
     def _anchor(self, pre: torch.Tensor, pre_valid: torch.Tensor, suf: SuffixBatch):
         suf_emb = self._suffix_embeds(suf)  # [N, L, hidden]
@@ -223,7 +235,7 @@ class QAnchorModel(nn.Module):
 
     # ---- inference -------------------------------------------------------------------------------------------
     def full_forward(self, users: UserBatch, scenarios: list[ScenarioSpec]) -> torch.Tensor:
-        """Reference path: one full forward per (user, scenario) row. -> [B, S, out]."""
+        """Reference path: one full forward per (user, scenario) row. -> [B, S, embedding_dim]."""
         b, s = users.batch_size, len(scenarios)
         if s == 0:
             raise ValueError("no scenarios given: pass at least one ScenarioSpec")
@@ -232,7 +244,7 @@ class QAnchorModel(nn.Module):
         pre_valid = pre_valid.repeat_interleave(s, dim=0)
         suf = self._suffix([sc.query for sc in scenarios] * b, [sc.soft_prompt for sc in scenarios] * b)
         _, h = self._anchor(pre, pre_valid, suf)  # [B * S, hidden]
-        return self.project(h).view(b, s, -1)  # [B, S, out]
+        return self.served(h).view(b, s, -1)  # [B, S, embedding_dim]
 
     def encode_prefix(self, users: UserBatch) -> PrefixCache:
         """Run the user prefix once; the returned cache serves any number of scenarios for these users."""
@@ -241,13 +253,13 @@ class QAnchorModel(nn.Module):
         return PrefixCache.from_hf_cache(past, valid)
 
     def embed(self, cache: PrefixCache, scenarios: list[ScenarioSpec]) -> torch.Tensor:
-        """Embeddings for every user in `cache` x every scenario -> [B, S, out] (`embed_per_user` with one list)."""
+        """Embeddings for every user in `cache` x every scenario -> [B, S, embedding_dim] (`embed_per_user` with one list)."""
         if not scenarios:
             raise ValueError("no scenarios given: pass at least one ScenarioSpec")
         return torch.stack(self.embed_per_user(cache, [scenarios] * cache.batch_size))
 
     def embed_per_user(self, cache: PrefixCache, per_user: list[list[ScenarioSpec]]) -> list[torch.Tensor]:
-        """Embeddings for user i of `cache` x its own scenarios per_user[i] -> list of [S_i, out].
+        """Embeddings for user i of `cache` x its own scenarios per_user[i] -> list of [S_i, embedding_dim].
 
         Each user's suffixes are packed into one row, padding dropped: scenario j contributes only its real tokens
         (a query's padding to the longest query would be computed through every layer and thrown away; on ten
@@ -301,8 +313,8 @@ class QAnchorModel(nn.Module):
         allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
         pos = cache.next_pos.unsqueeze(1) + within  # [B, T]
         hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True)  # [B, T, hidden]
-        out = self.project(hidden[torch.tensor(gather_row, device=dev), torch.tensor(gather_col, device=dev)])
-        return list(out.split([len(scs) for scs in per_user]))  # [S_i, out] each
+        out = self.served(hidden[torch.tensor(gather_row, device=dev), torch.tensor(gather_col, device=dev)])
+        return list(out.split([len(scs) for scs in per_user]))  # [S_i, embedding_dim] each
 
     # ---- parameters for checkpoints --------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
