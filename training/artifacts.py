@@ -11,6 +11,7 @@ so a reader never sees a half-written artifact.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -75,6 +76,29 @@ def load_checkpoint(d: str | Path, backbone: Backbone | None = None, device: str
     return model.to(device), cfg, manifest["extra"]
 
 
+def set_embedding(d: str | Path, embedding: str) -> str:
+    """Change what a checkpoint serves (head.embedding: the head's output or the <USER_EMB> hidden state) without
+    touching its weights: config.json and the manifest's hashes are rewritten in a temp copy that replaces `d`, so
+    its id changes (embedding caches and soft prompts of the other read-out never match it). -> the new id."""
+    import shutil
+
+    d = Path(d)
+    manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
+    cfg = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text()))
+    cfg.head = dataclasses.replace(cfg.head, embedding=embedding)  # validated by HeadConfig
+
+    def write(tmp: Path) -> None:
+        for f in d.iterdir():
+            if f.is_file() and f.name != "manifest.json":
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "config.json").write_text(cfg.to_json())
+        body = {k: v for k, v in manifest.items() if k not in ("files", "created_at")}
+        write_manifest(tmp, files=sorted(manifest["files"]), body=body)
+
+    write_dir_atomic(d, write)
+    return checkpoint_id(d)
+
+
 ARCHITECTURE = ("input", "backbone", "lora", "head")  # config sections that shape the weights
 
 
@@ -85,6 +109,8 @@ def init_from_checkpoint(model, d: str | Path) -> str:
     manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
     theirs = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text())).to_dict()  # fields added since: defaults
     ours = model.cfg.to_dict()
+    for side in (theirs, ours):  # what inference reads out is not architecture: a stage may change it
+        side["head"] = {k: v for k, v in side["head"].items() if k != "embedding"}
     differ = [k for k in ARCHITECTURE if json.dumps(theirs.get(k), sort_keys=True) != json.dumps(ours[k],
                                                                                                   sort_keys=True)]
     if differ:
@@ -136,3 +162,26 @@ def load_soft_prompt(d: str | Path, expect_model_id: str | None = None) -> SoftP
                             f"{expect_model_id[:12]}; re-tune it for this model")
     t = load_file(str(d / "prompt.safetensors"))
     return SoftPromptArtifact(prompt=t["prompt"], prototypes=t["prototypes"], meta=meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from training.config import HEAD_EMBEDDINGS
+
+    p = argparse.ArgumentParser(prog="python -m training.artifacts", description="Checkpoint maintenance.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    se = sub.add_parser("set-embedding", help="what the checkpoint serves: the head's output or the hidden state")
+    se.add_argument("checkpoint", type=Path)
+    se.add_argument("embedding", choices=HEAD_EMBEDDINGS)
+    args = p.parse_args(argv)
+    try:
+        new_id = set_embedding(args.checkpoint, args.embedding)
+    except (ArtifactError, ValueError) as exc:
+        p.exit(2, f"python -m training.artifacts: {exc}\n")
+    print(f"{args.checkpoint}: head.embedding={args.embedding}, checkpoint id {new_id[:12]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

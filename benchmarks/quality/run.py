@@ -55,10 +55,11 @@ class Context:
     tune_log: dict = field(default_factory=dict)  # scenario -> training.tune held-out metrics
     embed_cache: str | None = None  # directory for model embeddings (.npz), reused across runs
     ablations: dict = field(default_factory=dict)  # row label -> checkpoint of a separately pretrained variant
+    ablation_embedding: dict = field(default_factory=dict)  # row label -> its head.embedding, where given
     subsample: float = 1.0  # share of train users each seed's probe is fitted on (1.0: all; intervals bootstrap)
     same_question: bool = True  # model rows: held-out same-question retrieval on the test users (a model pass)
     same_q: dict = field(default_factory=dict)  # model key -> {"acc1", "chance"}, memoised
-    c_choice: str = "val"  # how every row's probe picks C (training.evaluate.probe): "val" users or "cv" folds
+    c_choice: str = "cv"  # how every row's probe picks C (training.evaluate.probe): "val" users or "cv" folds
     embedding: str | None = None  # the model rows' embedding (head.embedding) if not the checkpoint's own
 
 
@@ -143,18 +144,23 @@ def _load_model(ctx: Context, key: str = "trained"):
 
         _, cfg, _ = load_checkpoint(path, device="cpu")
         model = QAnchorModel(cfg).to(ctx.device).eval()
-    if ctx.embedding:
-        model.cfg.head.embedding = ctx.embedding
+    embedding = ctx.ablation_embedding.get(key) or ctx.embedding
+    if embedding:
+        model.cfg.head.embedding = embedding
     return model
 
 
 def _embedding_of(ctx: Context, key: str) -> str:
-    """The head.embedding the model rows of `key` serve: --embedding, else the checkpoint's config."""
-    if ctx.embedding:
-        return ctx.embedding
+    """The head.embedding the model rows of `key` serve: the --ablation's #EMBEDDING, --embedding, else the
+    checkpoint's config."""
+    if ctx.ablation_embedding.get(key) or ctx.embedding:
+        return ctx.ablation_embedding.get(key) or ctx.embedding
     from training.config import QAnchorConfig
 
-    return QAnchorConfig.from_dict(json.loads((Path(_checkpoint(ctx, key)) / "config.json").read_text())).head.embedding
+    config = Path(_checkpoint(ctx, key)) / "config.json"
+    if not config.is_file():  # not a checkpoint: loading it fails with the message that says so
+        return "projected"
+    return QAnchorConfig.from_dict(json.loads(config.read_text())).head.embedding
 
 
 def _model_users(ctx: Context) -> list[int]:
@@ -543,9 +549,10 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     """How the rows' probes are fitted (run.py and probe_stability.py)."""
-    p.add_argument("--c-choice", default="val", choices=ev.C_CHOICES,
-                   help="how each probe picks C: on the val users (every table before this option) or by 5-fold over "
-                        "train + val users (stable under bf16-sized changes of the embeddings; docs/quality.md)")
+    p.add_argument("--c-choice", default="cv", choices=ev.C_CHOICES,
+                   help="how each probe picks C: by 5-fold over train + val users (the default since 2026-12-05: stable "
+                        "under bf16-sized changes of the embeddings; docs/quality.md) or on the val users (every table "
+                        "written before 2026-12-05 whose command has no --c-choice)")
 
 
 def build_context(args: argparse.Namespace, **extra: Any) -> Context:
@@ -565,7 +572,7 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
     return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
                    embed_cache=args.embed_cache, tune_objective=args.tune_objective,
-                   tune_anchor=args.tune_anchor, c_choice=getattr(args, "c_choice", "val"),
+                   tune_anchor=args.tune_anchor, c_choice=getattr(args, "c_choice", "cv"),
                    embedding=getattr(args, "embedding", None), **extra)
 
 
@@ -579,20 +586,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the model rows' held-out same-question retrieval column (a model pass)")
     add_population_args(p)
     add_probe_args(p)
-    p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT",
-                   help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh)")
+    p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT[#EMBEDDING]",
+                   help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh);"
+                        " CHECKPOINT#hidden or #projected reads it out that way (the same checkpoint's other "
+                        "head.embedding: a paired difference of the two read-outs)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
-    ablations = {}
+    ablations, ablation_embedding = {}, {}
     for item in args.ablation:
         label, sep, path = item.partition("=")
+        path, hash_, embedding = path.partition("#")
         if not sep or not label or not path:
-            p.error(f"--ablation wants LABEL=CHECKPOINT, got {item!r}")
+            p.error(f"--ablation wants LABEL=CHECKPOINT[#EMBEDDING], got {item!r}")
+        if hash_:
+            if embedding not in HEAD_EMBEDDINGS:
+                p.error(f"--ablation {label}: embedding {embedding!r}; choose one of {list(HEAD_EMBEDDINGS)}")
+            ablation_embedding[label] = embedding
         if not (Path(path) / "manifest.json").is_file():
             p.error(f"--ablation {label}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
         ablations[label] = path
         ROWS[ABLATION_PREFIX + label] = row_ablation(label)
-    ctx = build_context(args, ablations=ablations, subsample=1.0 if args.seeds == 1 else 0.8,
+    ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding, subsample=1.0 if args.seeds == 1 else 0.8,
                         same_question=not args.no_same_question)
     world, scenarios = ctx.world, ctx.scenarios
     seeds = tuple(range(args.seeds))

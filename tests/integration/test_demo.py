@@ -47,6 +47,13 @@ def run_demo(env: dict[str, str], out: Path, *extra: str) -> tuple[dict, str]:
     return json.loads(out.read_text()), proc.stdout
 
 
+def served_width() -> int:
+    """What the stack serves from artifacts/default (services.stack.apps): the head's width, or SmolLM2-135M's hidden
+    size (576) when the checkpoint serves the <USER_EMB> state (head.embedding, docs/model.md)."""
+    head = json.loads((repo_root() / "artifacts" / "default" / "config.json").read_text())["head"]
+    return 576 if head.get("embedding") == "hidden" else int(head["out"])
+
+
 def test_demo_end_to_end_then_again(demo_env: dict[str, str], tmp_path: Path) -> None:
     report, stdout = run_demo(demo_env, tmp_path / "first.json")
     assert report["users_replayed"] == USERS and report["users_with_features"] == USERS
@@ -57,9 +64,10 @@ def test_demo_end_to_end_then_again(demo_env: dict[str, str], tmp_path: Path) ->
     single = report["single"]
     assert len(single) == 3
     for e in single:
-        assert e["dim"] == 128 and e["feature_version"] > 0 and not e["fallback"]
+        assert e["dim"] == served_width() and e["feature_version"] > 0 and not e["fallback"]
         assert e["model_version"] == report["model_version"]
-    assert report["cold"]["fallback"] and report["cold"]["feature_version"] == 0 and report["cold"]["dim"] == 128
+    assert report["cold"]["fallback"] and report["cold"]["feature_version"] == 0
+    assert report["cold"]["dim"] == served_width()
     assert report["batch_ok"] == report["batch_items"] == 8 and report["batch_errors"] == []
 
     first, second = report["multi"]

@@ -134,3 +134,24 @@ def test_default_artifact_carries_constants_for_this_sources_yaml():
     spec = load_feature_spec()
     path = checkpoint_normalisation(Path(__file__).resolve().parents[2] / "artifacts" / "default")
     Normalisation.load(path).check(spec.statistics, spec.encoder_dim, str(path))
+
+
+def test_set_embedding_changes_the_read_out_and_the_id_but_not_the_weights(tmp_path):
+    """python -m training.artifacts set-embedding: config + manifest rewritten together (a verified checkpoint), the
+    id changes (caches and soft prompts of the other read-out never match), the weights load unchanged."""
+    from training.artifacts import main, set_embedding
+
+    cfg = load_config("tiny")
+    model = QAnchorModel(cfg)
+    d = save_checkpoint(tmp_path / "ckpt", model, cfg, extra={"step": 3})
+    before = checkpoint_id(d)
+    weights = (d / "weights.safetensors").read_bytes()
+    after = set_embedding(d, "hidden")
+    assert after == checkpoint_id(d) != before
+    assert (d / "weights.safetensors").read_bytes() == weights
+    loaded, got, extra = load_checkpoint(d)
+    assert got.head.embedding == "hidden" and loaded.embedding_dim == loaded.hidden and extra == {"step": 3}
+    assert main(["set-embedding", str(d), "projected"]) == 0 and checkpoint_id(d) == before
+    with pytest.raises(SystemExit) as exc:
+        main(["set-embedding", str(tmp_path / "missing"), "hidden"])
+    assert exc.value.code == 2

@@ -67,7 +67,8 @@ def test_model_rows_are_registered_and_skip_without_checkpoint():
 
 
 @pytest.mark.parametrize("arg, message", [("no-equals-sign", "LABEL=CHECKPOINT"),
-                                          ("no NTP=/nonexistent/checkpoint", "not a checkpoint directory")])
+                                          ("no NTP=/nonexistent/checkpoint", "not a checkpoint directory"),
+                                          ("state=artifacts/default#last_layer", "choose one of")])
 def test_bad_ablation_arguments_are_rejected_before_any_work(arg, message, capsys):
     run = _load()
     with pytest.raises(SystemExit) as exc:
@@ -172,6 +173,29 @@ def test_the_tuning_settings_key_the_embedding_cache_of_tuned_runs_only(monkeypa
     assert paths[0, "prototype"] == paths[0, "probe"] != paths[200, "prototype"]
     old = json.dumps(["ckpt-id", "trained", [1, 2], 200, run.STATIC_QUERY, []])
     assert paths[200, "prototype"].name != f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
+
+
+def test_the_hidden_read_out_has_its_own_cache_key_and_the_head_output_keeps_the_old_one(monkeypatch):
+    """--embedding hidden (or an --ablation CHECKPOINT#hidden) never loads the head's cached embeddings; the head's
+    output keeps the key its files were written under before the option existed."""
+    import hashlib
+    import json
+
+    run = _load()
+    monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
+
+    def path(**kw):
+        ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                          device="cpu", model_users=None, embed_cache="cache",
+                          ablations={"state": "main", "head": "main"},
+                          ablation_embedding={"state": "hidden", "head": "projected"}, **kw)
+        return {key: run._disk_cache_path(ctx, key, [1, 2]) for key in ("trained", "state", "head")}
+
+    old = json.dumps(["ckpt-id", "trained", [1, 2], 0, run.STATIC_QUERY, []])
+    old_name = f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
+    plain, hidden = path(), path(embedding="hidden")
+    assert plain["trained"].name == plain["head"].name == hidden["head"].name == old_name
+    assert hidden["trained"] == plain["state"] == hidden["state"] != plain["trained"]
 
 
 def test_markdown_prints_each_claims_paired_difference_per_scenario():
