@@ -261,7 +261,8 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     kind = "trained" if key not in ("trained", "untrained") else key  # ablations: the checkpoint id tells apart
     # since 2026-12-04 a tuning run that does not beat the query alone on its held-out users keeps the query
     tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor, "kept_zero_shot"] if ctx.tune_steps else 0
-    parts = [model_ident, kind, users, tuning if key == "trained" else 0, STATIC_QUERY, [s.query for s in ctx.scenarios]]
+    parts = [model_ident, kind, users, tuning if key == "trained" else 0, STATIC_QUERY,
+             [s.query for s in ctx.scenarios]]
     embedding = _embedding_of(ctx, key)
     if embedding != "projected":  # the key of the head's output is the one caches written before the option have
         parts.append(embedding)
@@ -550,9 +551,9 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
 def add_probe_args(p: argparse.ArgumentParser) -> None:
     """How the rows' probes are fitted (run.py and probe_stability.py)."""
     p.add_argument("--c-choice", default="cv", choices=ev.C_CHOICES,
-                   help="how each probe picks C: by 5-fold over train + val users (the default since 2026-12-05: stable "
-                        "under bf16-sized changes of the embeddings; docs/quality.md) or on the val users (every table "
-                        "written before 2026-12-05 whose command has no --c-choice)")
+                   help="how each probe picks C: by 5-fold over train + val users (the default since 2026-12-05: "
+                        "stable under bf16-sized changes of the embeddings; docs/quality.md) or on the val users "
+                        "(every table written before 2026-12-05 whose command has no --c-choice)")
 
 
 def build_context(args: argparse.Namespace, **extra: Any) -> Context:
@@ -587,8 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     add_population_args(p)
     add_probe_args(p)
     p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT[#EMBEDDING]",
-                   help="zero-shot row of a separately pretrained variant (repeatable; benchmarks/quality/ablations.sh);"
-                        " CHECKPOINT#hidden or #projected reads it out that way (the same checkpoint's other "
+                   help="zero-shot row of a separately pretrained variant (repeatable; "
+                        "benchmarks/quality/ablations.sh); CHECKPOINT#hidden or #projected reads it out that way (the same checkpoint's other "
                         "head.embedding: a paired difference of the two read-outs)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
@@ -606,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--ablation {label}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
         ablations[label] = path
         ROWS[ABLATION_PREFIX + label] = row_ablation(label)
-    ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding, subsample=1.0 if args.seeds == 1 else 0.8,
+    ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding,
+                        subsample=1.0 if args.seeds == 1 else 0.8,
                         same_question=not args.no_same_question)
     world, scenarios = ctx.world, ctx.scenarios
     seeds = tuple(range(args.seeds))

@@ -253,7 +253,8 @@ class QAnchorModel(nn.Module):
         return PrefixCache.from_hf_cache(past, valid)
 
     def embed(self, cache: PrefixCache, scenarios: list[ScenarioSpec]) -> torch.Tensor:
-        """Embeddings for every user in `cache` x every scenario -> [B, S, embedding_dim] (`embed_per_user` with one list)."""
+        """Embeddings for every user in `cache` x every scenario -> [B, S, embedding_dim] (`embed_per_user` with one
+        list)."""
         if not scenarios:
             raise ValueError("no scenarios given: pass at least one ScenarioSpec")
         return torch.stack(self.embed_per_user(cache, [scenarios] * cache.batch_size))
