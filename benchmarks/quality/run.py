@@ -589,8 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     add_probe_args(p)
     p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT[#EMBEDDING]",
                    help="zero-shot row of a separately pretrained variant (repeatable; "
-                        "benchmarks/quality/ablations.sh); CHECKPOINT#hidden or #projected reads it out that way (the same checkpoint's other "
-                        "head.embedding: a paired difference of the two read-outs)")
+                        "benchmarks/quality/ablations.sh); CHECKPOINT#hidden or #projected reads it out that way "
+                        "(the same checkpoint's other head.embedding: a paired difference of the two read-outs)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
     ablations, ablation_embedding = {}, {}
