@@ -44,7 +44,7 @@ class QAnchorExportConfig:
     preset: str | None = None  # tiny | smollm2 | qwen2.5-0.5b | a YAML path (a fresh, untrained model)
     checkpoint: Path | None = None  # or a training checkpoint folder (training.artifacts)
     overrides: list[str] = field(default_factory=list)  # "section.key=value" for --preset
-    model_version: str = ""  # the MODEL_VERSION requests name; default "<config name>-<weights sha[:12]>"
+    model_version: str = ""  # the MODEL_VERSION requests name; default "<config name>-<weights sha[:12]>[-hidden]"
     instance_kind: str = "cpu"  # cpu -> KIND_CPU, gpu -> KIND_GPU (falls back to CPU without CUDA)
     instances: int = 1  # one instance holds one prefix cache; several would each keep their own
     torch_threads: int = 0  # 0 = torch default (all cores); 1 on a CPU shared with other busy processes
