@@ -133,16 +133,19 @@ def _score(model, x) -> np.ndarray:
     return model.decision_function(x)
 
 
+def _c_aucs(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: np.ndarray) -> np.ndarray:
+    """AUC on (va_u, va_y) of the fit on (tr_u, tr_y) for each C of C_GRID (both C choices score C with this)."""
+    return np.array([auc(va_y, _score(_fit(x[tr_u], tr_y, c, 0), x[va_u])) for c in C_GRID])
+
+
 def val_fit(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: np.ndarray) -> tuple[float, float]:
     """(C, val AUC): the C of C_GRID whose fit on (tr_u, tr_y) has the best AUC on the val users, and that AUC
     (C_GRID[0] and nan if val is one class)."""
-    best_c, best = C_GRID[0], float("nan")
-    if len(np.unique(va_y)) == 2:
-        for c in C_GRID:
-            a = auc(va_y, _score(_fit(x[tr_u], tr_y, c, 0), x[va_u]))
-            if not a <= best:  # the first C, then any better one
-                best_c, best = c, a
-    return best_c, best
+    if len(np.unique(va_y)) != 2:
+        return C_GRID[0], float("nan")
+    aucs = _c_aucs(x, tr_u, tr_y, va_u, va_y)
+    k = int(np.argmax(aucs))  # the first C on ties
+    return C_GRID[k], float(aucs[k])
 
 
 def choose_c(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: np.ndarray) -> float:
@@ -165,10 +168,8 @@ def cv_choose_c(x, tr_u: np.ndarray, tr_y: np.ndarray, va_u: np.ndarray, va_y: n
     users, y = np.concatenate([tr_u, va_u]), np.concatenate([tr_y, va_y]).astype(int)
     if np.bincount(y, minlength=2).min() < folds:
         return choose_c(x, tr_u, tr_y, va_u, va_y)
-    score = np.zeros(len(C_GRID))
-    for fit_i, held_i in StratifiedKFold(folds, shuffle=True, random_state=seed).split(users, y):
-        for k, c in enumerate(C_GRID):
-            score[k] += auc(y[held_i], _score(_fit(x[users[fit_i]], y[fit_i], c, 0), x[users[held_i]]))
+    score = sum(_c_aucs(x, users[fit_i], y[fit_i], users[held_i], y[held_i])
+                for fit_i, held_i in StratifiedKFold(folds, shuffle=True, random_state=seed).split(users, y))
     return C_GRID[int(np.argmax(score))]  # the first C on ties
 
 

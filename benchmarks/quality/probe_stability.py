@@ -52,20 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="also write the markdown here")
     args = ap.parse_args(argv)
     ctx = quality.build_context(args, subsample=1.0, same_question=False)
-    got = quality._qanchor_pass(ctx)  # the cached embeddings of the run with these flags (else: computed once)
     how = "by 5-fold over train + val users" if args.c_choice == "cv" else "on the val users"
     lines = [f"Relative perturbation {args.rel:.2g} (bf16 rounding), {args.reps} re-probes; C chosen {how} "
              "(run.py --c-choice); test AUC of the seed-0 probe.", "",
              "| row | scenario | C chosen (as is, then perturbed) | test AUC as is | range | spread |",
              "|---|---|---|---|---|---|"]
     summary = {}
-    for kind, label in (("zero_shot", "Q-Anchor zero-shot"), ("static", "Q-Anchor static query"),
-                        ("tuned", "Q-Anchor prompt-tuned")):
-        if kind not in got:
+    for label in ("Q-Anchor zero-shot", "Q-Anchor static query", "Q-Anchor prompt-tuned"):
+        try:  # the cached embeddings of the run.py run with these flags (else computed once)
+            rows = quality.ROWS[label](ctx)
+        except quality.RowSkipped:  # the tuned row without --tune-steps
             continue
         per = {}
         for s in ctx.scenarios:
-            e = got[kind]["static"] if kind == "static" else got[kind][s.name]
+            e = rows[s.name]
             per[s.name] = []
             for rep in range(args.reps + 1):
                 x = e if rep == 0 else perturb(e, args.rel, rep)

@@ -144,17 +144,16 @@ def _load_model(ctx: Context, key: str = "trained"):
 
         _, cfg, _ = load_checkpoint(path, device="cpu")
         model = QAnchorModel(cfg).to(ctx.device).eval()
-    embedding = ctx.ablation_embedding.get(key) or ctx.embedding
-    if embedding:
-        model.cfg.head.embedding = embedding
+    model.cfg.head.embedding = _embedding_of(ctx, key)
     return model
 
 
 def _embedding_of(ctx: Context, key: str) -> str:
     """The head.embedding the model rows of `key` serve: the --ablation's #EMBEDDING, --embedding, else the
     checkpoint's config."""
-    if ctx.ablation_embedding.get(key) or ctx.embedding:
-        return ctx.ablation_embedding.get(key) or ctx.embedding
+    chosen = ctx.ablation_embedding.get(key) or ctx.embedding
+    if chosen:
+        return chosen
     from training.config import QAnchorConfig
 
     config = Path(_checkpoint(ctx, key)) / "config.json"

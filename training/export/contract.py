@@ -85,6 +85,11 @@ class Contract:
         return cls(tuple((s.name, s.k) for s in input_cfg.sources), input_cfg.d_enc, input_cfg.d_tab, out_dim)
 
     @classmethod
+    def for_model(cls, model: Any) -> "Contract":
+        """The contract a QAnchorModel serves: its inputs and the width of what it reads out (`embedding_dim`)."""
+        return cls.for_input(model.cfg.input, model.embedding_dim)
+
+    @classmethod
     def for_feature_spec(cls, spec: Any, out_dim: int = 128) -> "Contract":
         """The contract for a feature schema (services.common.features.FeatureSpec, from sources.yaml)."""
         return cls(tuple((s.name, s.k) for s in spec.sources), spec.encoder_dim, spec.tabular_dim, out_dim)

@@ -159,7 +159,7 @@ class QAnchorRuntime:
             raise ValueError("no model versions to serve; export one with python -m training.export")
         self.models: "OrderedDict[str, LoadedModel]" = OrderedDict()
         self.default_version = models[0].model_version
-        self.contract = Contract.for_input(models[0].cfg.input, models[0].model.embedding_dim)
+        self.contract = Contract.for_model(models[0].model)
         self.cache = PrefixLRU(cache_bytes)
         self.prompts: dict[str, PromptStore] = {}
         self._max_prompts = max_prompts
@@ -203,7 +203,7 @@ class QAnchorRuntime:
 
     def check_contract(self, loaded: LoadedModel) -> None:
         """Raises VersionError unless `loaded` takes the tensors this Triton model was configured with."""
-        got = Contract.for_input(loaded.cfg.input, loaded.model.embedding_dim)
+        got = Contract.for_model(loaded.model)
         if got != self.contract:
             raise VersionError(f"model version {loaded.model_version!r} needs another tensor contract ({got}) than "
                                f"this Triton model serves ({self.contract}); export it into the repository with "
