@@ -193,6 +193,10 @@ class OptimConfig:
     # share of optim.steps (a float in [0, 1), resolved as round(share * steps)), so a schedule written as shares
     # moves with --steps: [[0.0833, 4], [0.5, 8]] is steps 150 and 900 of 1,800, 75 and 450 of 900.
     question_group_schedule: list = field(default_factory=list)
+    # questions per user in grouped phases. 1: every user of a group answers one question. q > 1: the batch is
+    # g x q grids (g users, each answering the same q questions), so an anchor's negatives also hold its own user's
+    # answers to other questions, which only the question beats (docs/model.md, "Question grids").
+    questions_per_user: int = 1
     # learning-rate multiplier for parameters trained from scratch (adapters, head, added-token rows, identity
     # views); LoRA factors use `lr`. Randomly initialised parts need larger steps to leave the collapse phase.
     new_params_lr_scale: float = 1.0
@@ -210,6 +214,13 @@ class OptimConfig:
         if starts != sorted(set(starts)):
             raise ConfigError(f"optim.question_group_schedule must start its phases at increasing steps; got {sched}, "
                               f"which is steps {starts} of optim.steps={self.steps}")
+        if self.questions_per_user < 1:
+            raise ConfigError(f"optim.questions_per_user must be >= 1, got {self.questions_per_user}")
+        grouped = [g for _, g in self.group_schedule()] or [self.question_group]
+        bad = [g for g in grouped if g > 1 and self.batch_size % (g * self.questions_per_user)]
+        if self.questions_per_user > 1 and bad:
+            raise ConfigError(f"optim: a grid of question_group x questions_per_user ({bad[0]} x "
+                              f"{self.questions_per_user}) must divide batch_size={self.batch_size}")
         if self.question_group_from < 0:
             raise ConfigError(f"optim.question_group_from must be >= 0, got {self.question_group_from}")
         if self.new_params_lr_scale <= 0:

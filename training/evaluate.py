@@ -207,13 +207,18 @@ def _labelled(emb, world: UserWorld, scenario: Scenario):
     return x, *(scenario.labels(world, world.users(split)) for split in ("train", "val", "test"))
 
 
-def probe_budget(emb, world: UserWorld, scenario: Scenario, n: int, repeats: int) -> list[ProbeResult]:
-    """Few-label probes: one per stratified subset of n labelled train users (C chosen on val per subset, as in
-    `probe`), scored on every test user. The subsets depend only on the labels, never on the embedding."""
+def probe_budget(emb, world: UserWorld, scenario: Scenario, n: int, repeats: int,
+                 c_choice: str = "val") -> list[ProbeResult]:
+    """Few-label probes: one per stratified subset of n labelled train users, scored on every test user. C per
+    subset as in `probe`: on the val users ("val") or by 5-fold over the subset + the val users ("cv"; at the full
+    budget the same choice as `probe`'s). The subsets depend only on the labels, never on the embedding."""
+    if c_choice not in C_CHOICES:
+        raise ValueError(f"c_choice {c_choice!r} is not one of {C_CHOICES}")
+    pick = cv_choose_c if c_choice == "cv" else choose_c
     x, (tr_u, tr_y), (va_u, va_y), (te_u, te_y) = _labelled(emb, world, scenario)
     out = []
     for keep in stratified_subsets(tr_y, n, repeats):
-        c = choose_c(x, tr_u[keep], tr_y[keep], va_u, va_y)
+        c = pick(x, tr_u[keep], tr_y[keep], va_u, va_y)
         s = _score(_fit(x[tr_u[keep]], tr_y[keep], c, 0), x[te_u])
         a, k = auc(te_y, s), ks(te_y, s)
         out.append(ProbeResult(scenario.name, a, 0.0, k, 0.0, c, len(keep), len(te_u), [a], [k], te_u, te_y, s))

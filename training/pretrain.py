@@ -9,7 +9,9 @@ Worlds: `ml-1m` / `ml-100k` read MovieLens from its package (training.data.world
 training.data.pairs); `offline` reads the platform's own event log (training.data.event_world: any team's raw events
 as ingest validated them, pairs from generic event facts in training.data.event_pairs; docs/own-data.md).
 
-One optimiser step = `optim.batch_size` users per rank, one pair each (a user never meets itself as a negative).
+One optimiser step = `optim.batch_size` pairs per rank: one pair per user (a user never meets itself as a negative),
+except with `optim.questions_per_user` q > 1, where each user of a grouped batch answers q questions (its own
+answers to other questions are then negatives that only the question beats; training.data.sampler).
 The step is GradCache (training.losses explains it) extended across ranks: pass-1 embeddings of every rank are
 all-gathered, so each anchor sees world_size * batch_size - 1 negatives; gradients are then summed over ranks.
 Output dir: checkpoint/ (training.artifacts, safetensors), trainer/ (optimiser + schedule + data position, for
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = pair_builder(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects,
                          aspect_answers=cfg.data.aspect_answers)
     sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from,
-                           schedule=o.group_schedule()), UserCollator(world, vecs)
+                           schedule=o.group_schedule(), per_user=o.questions_per_user), UserCollator(world, vecs)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

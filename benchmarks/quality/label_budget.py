@@ -9,8 +9,9 @@ query is worth with few labels. This measures the same rows, users and cached em
         --budgets 25 50 100 200 400 1000 --repeats 10
 
 For each budget n and scenario: `--repeats` stratified draws of n labelled train users (the same draws for every
-row: they depend on the labels only); a logistic probe on each draw (C chosen on the val users, as in run.py),
-scored on every test user. A row's number at n is the AUC averaged over draws, then over scenarios; 95% intervals
+row: they depend on the labels only); a logistic probe on each draw (C as in run.py: by 5-fold over the draw + the
+val users, or with `--c-choice val` on the val users, as every budget table before 2026-12-05 evening), scored on
+every test user. A row's number at n is the AUC averaged over draws, then over scenarios; 95% intervals
 bootstrap the test users with the same resamples for every row, so a paired difference cancels shared test-user
 luck (the spread between draws is averaged, not resampled: intervals are about the test users). The prompt-tuned
 row's prompts were tuned on all train users' labels, so it is shown at the full budget only.
@@ -62,7 +63,8 @@ def budget_table(ctx: quality.Context, names: list[str], budgets: list[int], rep
                 continue  # its prompts saw every train label: not a few-label row
             probes = []
             for s in ctx.scenarios:
-                probes += ev.probe_budget(emb[s.name] if isinstance(emb, dict) else emb, ctx.world, s, n, repeats)
+                probes += ev.probe_budget(emb[s.name] if isinstance(emb, dict) else emb, ctx.world, s, n, repeats,
+                                          c_choice=ctx.c_choice)
             per_scenario: dict[str, list[float]] = {}
             n_labels: dict[str, int] = {}
             for p in probes:
@@ -92,9 +94,11 @@ def _budget_label(entry: dict, n_full: int) -> str:
 def markdown(table: list[dict], meta: dict) -> str:
     n_full = meta["n_train"]
     names = list(dict.fromkeys(r["row"] for e in table for r in e["rows"]))
+    c_note = (f"C by 5-fold over each draw + {meta['n_val']} val users" if meta.get("c_choice") == "cv"
+              else f"C chosen on {meta['n_val']} val users")
     lines = [f"Linear-probe AUC (average over {len(meta['scenario_names'])} scenarios) when only n of the "
              f"{n_full} train users are labelled: {meta['repeats']} stratified draws per (n, scenario), the same "
-             f"for every row; C chosen on {meta['n_val']} val users; scored on {meta['n_test']} test users; "
+             f"for every row; {c_note}; scored on {meta['n_test']} test users; "
              f"95% intervals bootstrap the test users ({meta['draws']} draws).", "",
              "| labelled users | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for e in table:
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"dataset": args.dataset, "checkpoint": args.checkpoint, "scenario_names": [s.name for s in ctx.scenarios],
             "n_train": len(ctx.world.users("train")), "n_val": len(ctx.world.users("val")),
             "n_test": len(ctx.world.users("test")), "repeats": args.repeats, "draws": args.draws,
-            "tune_steps": args.tune_steps, "seconds": round(time.perf_counter() - t0, 1),
+            "tune_steps": args.tune_steps, "c_choice": ctx.c_choice, "seconds": round(time.perf_counter() - t0, 1),
             "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/label_budget.py "

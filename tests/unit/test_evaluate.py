@@ -142,6 +142,13 @@ def test_probe_budget_uses_n_labels_and_finds_planted_signal(ml100k_world):
     assert len(got) == 3 and all(p.n_train == 40 for p in got)
     assert all(p.auc_mean > 0.8 for p in got)
     assert len({tuple(p.test_score[:5].round(6)) for p in got}) == 3  # three different draws, three probes
+    # C by folds: at the full budget the same C as the full probe's; a bad choice name is refused
+    from training.evaluate import probe
+
+    full = probe_budget(x, world, sc, n=10**6, repeats=1, c_choice="cv")
+    assert len(full) == 1 and full[0].c == probe(x, world, sc, c_choice="cv").c
+    with pytest.raises(ValueError, match="c_choice"):
+        probe_budget(x, world, sc, n=40, repeats=1, c_choice="test")
 
 
 def test_row_bootstrap_weighs_scenarios_not_probes():

@@ -51,6 +51,44 @@ def test_question_groups_put_users_answering_the_same_question_in_one_batch():
         PairSampler(few, seed=0, group=16)
 
 
+def test_question_grids_put_each_user_under_several_questions():
+    # users 0..39 answer t0..t3 and one private question each; t0..t3 are shared by all (like the future aspects)
+    pairs = [Pair(u, "qa", f"t{k}", f"q{k}", f"a{u}-{k}", 1.0) for u in range(40) for k in range(4)]
+    pairs += [Pair(u, "qa", f"own{u}", f"own{u}", f"a{u}-own", 1.0) for u in range(40)]
+    s = PairSampler(pairs, seed=5, schedule=[[3, 4]], per_user=2)
+    assert len({p.user for p in s.batch(2, 16)}) == 16  # before the grouped phase: one pair per user
+    a = s.batch(3, 16)
+    assert [p.answer for p in a] == [p.answer for p in s.batch(3, 16)]  # a pure function of the step
+    assert len(a) == 16
+    for g in range(0, 16, 8):  # a 4 x 2 grid: 4 users, each answering the grid's two questions
+        grid = a[g:g + 8]
+        users = [p.user for p in grid]
+        assert users[:4] == users[4:] and len(set(users)) == 4
+        assert len({p.topic for p in grid[:4]}) == 1 and len({p.topic for p in grid[4:]}) == 1
+        assert grid[0].topic != grid[4].topic  # an anchor's own user answers another question in the batch
+    assert not ({p.user for p in a[:8]} & {p.user for p in a[8:]})  # grids never share a user
+    r0, r1 = s.batch(3, 8, rank=0, world_size=2), s.batch(3, 8, rank=1, world_size=2)
+    assert not ({p.user for p in r0} & {p.user for p in r1}) and len(r0) == len(r1) == 8
+    lonely = [Pair(u, "qa", f"own{u}", "q", f"a{u}", 1.0) for u in range(8)] + \
+        [Pair(u, "qa", "t0", "q0", f"b{u}", 1.0) for u in range(8)]
+    with pytest.raises(ValueError, match="questions_per_user"):  # no 4 users share two questions
+        PairSampler(lonely, seed=0, group=4, per_user=2).batch(0, 8)
+    with pytest.raises(ValueError, match="per_user"):
+        PairSampler(pairs, seed=0, per_user=0)
+
+
+def test_question_grid_must_divide_the_batch():
+    from training.config import ConfigError, load_config
+
+    cfg = load_config("tiny", ["optim.batch_size=16", "optim.question_group_schedule=[[0, 4]]",
+                               "optim.questions_per_user=4"])
+    assert cfg.optim.questions_per_user == 4
+    with pytest.raises(ConfigError, match="questions_per_user"):
+        load_config("tiny", ["optim.batch_size=16", "optim.question_group=4", "optim.questions_per_user=3"])
+    with pytest.raises(ConfigError, match="questions_per_user"):
+        load_config("tiny", ["optim.questions_per_user=0"])
+
+
 def test_question_group_must_divide_the_batch():
     from training.config import ConfigError, load_config
 

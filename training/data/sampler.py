@@ -14,10 +14,18 @@ class PairSampler:
     one pair per user, any question. g > 1 draws the batch as groups of g distinct users answering the *same*
     question (topics picked in proportion to how many users have them), so an anchor's in-batch negatives include
     g - 1 answers to its own question: only the user can tell them apart.
+
+    per_user q > 1 (grouped phases only) draws the batch as g x q grids: g users who all answer the same q questions,
+    every (user, question) pair of the grid in the batch. An anchor's negatives then also hold q - 1 answers *of its
+    own user* to other questions: only the question can tell those apart, so the anchor must carry what its question
+    asks about the user, not the user alone (docs/model.md, "Question grids").
     """
 
     def __init__(self, pairs: list[Pair], seed: int, group: int = 1, group_from: int = 0,
-                 schedule: list[tuple[int, int]] | None = None) -> None:
+                 schedule: list[tuple[int, int]] | None = None, per_user: int = 1) -> None:
+        if per_user < 1:
+            raise ValueError(f"per_user must be >= 1, got {per_user}")
+        self.per_user = per_user
         self.by_user: dict[int, list[Pair]] = {}
         self.by_topic: dict[str, list[Pair]] = {}
         for p in pairs:
@@ -45,6 +53,8 @@ class PairSampler:
     def batch(self, step: int, size: int, rank: int = 0, world_size: int = 1) -> list[Pair]:
         rng = np.random.default_rng([self.seed, step])
         g = self.group_at(step)
+        if g > 1 and self.per_user > 1:
+            return self._grids(rng, size * world_size, g, self.per_user)[rank * size:(rank + 1) * size]
         if g > 1:
             return self._grouped(rng, size * world_size, g)[rank * size:(rank + 1) * size]  # disjoint across ranks
         n = min(size * world_size, len(self.users))
@@ -70,4 +80,33 @@ class PairSampler:
             for i in rng.choice(len(cands), group, replace=False):
                 out.append(cands[int(i)])
                 used.add(cands[int(i)].user)
+        return out
+
+    def _grids(self, rng: np.random.Generator, n: int, group: int, per_user: int) -> list[Pair]:
+        """Up to n pairs in whole g x q grids. A grid: a question drawn as in `_grouped`, g of its users not yet in
+        the batch, then q - 1 more questions drawn from those every one of the g users answers (the shared future
+        aspects at least, when data.future_aspects is on). Rows are grouped by question, users in one order."""
+        topics = self.topics(group)
+        weight = np.array([len(self.by_topic[t]) for t in topics], dtype=float)
+        out: list[Pair] = []
+        used: set[int] = set()
+        tries = 0
+        while len(out) + group * per_user <= n and weight.sum() > 0 and tries < 1000:
+            tries += 1
+            t = topics[int(rng.choice(len(topics), p=weight / weight.sum()))]
+            cands = sorted({p.user for p in self.by_topic[t]} - used)
+            if len(cands) < group:
+                weight[topics.index(t)] = 0.0
+                continue
+            members = [cands[int(i)] for i in rng.choice(len(cands), group, replace=False)]
+            answers = [{p.topic: p for p in self.by_user[u]} for u in members]
+            shared = sorted(set.intersection(*(set(a) for a in answers)) - {t})
+            if len(shared) < per_user - 1:
+                continue  # these users share too few questions: draw another grid
+            picked = [t] + [shared[int(i)] for i in rng.choice(len(shared), per_user - 1, replace=False)]
+            out.extend(a[q] for q in picked for a in answers)
+            used.update(members)
+        if not out:
+            raise ValueError(f"no {group} users share {per_user} questions in {tries} draws; lower "
+                             "optim.questions_per_user or the question group")
         return out
