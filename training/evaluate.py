@@ -207,14 +207,19 @@ def _labelled(emb, world: UserWorld, scenario: Scenario):
     return x, *(scenario.labels(world, world.users(split)) for split in ("train", "val", "test"))
 
 
+def _c_picker(c_choice: str):
+    """The C choice `probe` and `probe_budget` share: choose_c ("val") or cv_choose_c ("cv")."""
+    if c_choice not in C_CHOICES:
+        raise ValueError(f"c_choice {c_choice!r} is not one of {C_CHOICES}")
+    return cv_choose_c if c_choice == "cv" else choose_c
+
+
 def probe_budget(emb, world: UserWorld, scenario: Scenario, n: int, repeats: int,
                  c_choice: str = "val") -> list[ProbeResult]:
     """Few-label probes: one per stratified subset of n labelled train users, scored on every test user. C per
     subset as in `probe`: on the val users ("val") or by 5-fold over the subset + the val users ("cv"; at the full
     budget the same choice as `probe`'s). The subsets depend only on the labels, never on the embedding."""
-    if c_choice not in C_CHOICES:
-        raise ValueError(f"c_choice {c_choice!r} is not one of {C_CHOICES}")
-    pick = cv_choose_c if c_choice == "cv" else choose_c
+    pick = _c_picker(c_choice)
     x, (tr_u, tr_y), (va_u, va_y), (te_u, te_y) = _labelled(emb, world, scenario)
     out = []
     for keep in stratified_subsets(tr_y, n, repeats):
@@ -240,10 +245,8 @@ def probe(emb, world: UserWorld, scenario: Scenario, seeds: tuple[int, ...] = (0
     """Linear probe of one scenario. `emb` is [n_users_total, d] (dense or sparse), indexed by user index.
     c_choice: "val" picks C on the val users (seed 0, all train users fitted), "cv" by 5-fold over train + val
     (cv_choose_c); either way the probe is fitted on the train users only and the test users stay untouched."""
-    if c_choice not in C_CHOICES:
-        raise ValueError(f"c_choice {c_choice!r} is not one of {C_CHOICES}")
     x, (tr_u, tr_y), (va_u, va_y), (te_u, te_y) = _labelled(emb, world, scenario)
-    best_c = (cv_choose_c if c_choice == "cv" else choose_c)(x, tr_u, tr_y, va_u, va_y)
+    best_c = _c_picker(c_choice)(x, tr_u, tr_y, va_u, va_y)
     aucs, kss, first = [], [], None
     for seed in seeds:
         rng = np.random.default_rng(seed)
