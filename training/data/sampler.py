@@ -65,47 +65,56 @@ class PairSampler:
             out.append(ps[int(rng.integers(len(ps)))])
         return out
 
+    def _draw_group(self, rng: np.random.Generator, topics: list[str], weight: np.ndarray, used: set[int],
+                    group: int) -> tuple[str, list[Pair]] | None:
+        """One question drawn in proportion to `weight` and `group` of its pairs whose users are not in `used` (a
+        question with fewer users left gets weight 0: never drawn again for this batch); None when none can fill
+        a group. The draw `_grouped` and `_grids` share."""
+        while weight.sum() > 0:
+            k = int(rng.choice(len(topics), p=weight / weight.sum()))
+            cands = [p for p in self.by_topic[topics[k]] if p.user not in used]
+            if len(cands) < group:
+                weight[k] = 0.0
+                continue
+            return topics[k], [cands[int(i)] for i in rng.choice(len(cands), group, replace=False)]
+        return None
+
+    def _weights(self, group: int) -> tuple[list[str], np.ndarray]:
+        """The questions that can fill a group of `group`, weighted by how many users answer each."""
+        topics = self.topics(group)
+        return topics, np.array([len(self.by_topic[t]) for t in topics], dtype=float)
+
     def _grouped(self, rng: np.random.Generator, n: int, group: int) -> list[Pair]:
         """Up to n pairs in whole groups (fewer only when no question has `group` users left to draw)."""
-        topics = self.topics(group)
-        weight = np.array([len(self.by_topic[t]) for t in topics], dtype=float)
+        topics, weight = self._weights(group)
         out: list[Pair] = []
         used: set[int] = set()
-        while len(out) + group <= n and weight.sum() > 0:
-            t = int(rng.choice(len(topics), p=weight / weight.sum()))
-            cands = [p for p in self.by_topic[topics[t]] if p.user not in used]
-            if len(cands) < group:  # this question's users are already in the batch: never draw it again
-                weight[t] = 0.0
-                continue
-            for i in rng.choice(len(cands), group, replace=False):
-                out.append(cands[int(i)])
-                used.add(cands[int(i)].user)
+        while len(out) + group <= n and (drawn := self._draw_group(rng, topics, weight, used, group)):
+            out.extend(drawn[1])
+            used.update(p.user for p in drawn[1])
         return out
 
     def _grids(self, rng: np.random.Generator, n: int, group: int, per_user: int) -> list[Pair]:
-        """Up to n pairs in whole g x q grids. A grid: a question drawn as in `_grouped`, g of its users not yet in
-        the batch, then q - 1 more questions drawn from those every one of the g users answers (the shared future
-        aspects at least, when data.future_aspects is on). Rows are grouped by question, users in one order."""
-        topics = self.topics(group)
-        weight = np.array([len(self.by_topic[t]) for t in topics], dtype=float)
+        """Up to n pairs in whole g x q grids. A grid: a question and g of its users drawn as in `_grouped`, then
+        q - 1 more questions drawn from those every one of the g users answers (the shared future aspects at least,
+        when data.future_aspects is on). Rows are grouped by question, users in one order."""
+        topics, weight = self._weights(group)
         out: list[Pair] = []
         used: set[int] = set()
         tries = 0
-        while len(out) + group * per_user <= n and weight.sum() > 0 and tries < 1000:
+        while len(out) + group * per_user <= n and tries < 1000:
             tries += 1
-            t = topics[int(rng.choice(len(topics), p=weight / weight.sum()))]
-            cands = sorted({p.user for p in self.by_topic[t]} - used)
-            if len(cands) < group:
-                weight[topics.index(t)] = 0.0
-                continue
-            members = [cands[int(i)] for i in rng.choice(len(cands), group, replace=False)]
-            answers = [{p.topic: p for p in self.by_user[u]} for u in members]
+            drawn = self._draw_group(rng, topics, weight, used, group)
+            if drawn is None:
+                break
+            t, first = drawn
+            answers = [{p.topic: p for p in self.by_user[p0.user]} for p0 in first]
             shared = sorted(set.intersection(*(set(a) for a in answers)) - {t})
             if len(shared) < per_user - 1:
                 continue  # these users share too few questions: draw another grid
             picked = [t] + [shared[int(i)] for i in rng.choice(len(shared), per_user - 1, replace=False)]
             out.extend(a[q] for q in picked for a in answers)
-            used.update(members)
+            used.update(p.user for p in first)
         if not out:
             raise ValueError(f"no {group} users share {per_user} questions in {tries} draws; lower "
                              "optim.questions_per_user or the question group")
