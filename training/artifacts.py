@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from training.artifact_io import verify_manifest, write_dir_atomic, write_manifest
 from training.backbones import Backbone
-from training.config import QAnchorConfig
+from training.config import QAnchorConfig, parse_readout
 
 CHECKPOINT_FORMAT = "qanchor-checkpoint/1"
 PROMPT_FORMAT = "qanchor-soft-prompt/1"
@@ -77,7 +77,8 @@ def load_checkpoint(d: str | Path, backbone: Backbone | None = None, device: str
 
 
 def set_embedding(d: str | Path, embedding: str) -> str:
-    """Change what a checkpoint serves (head.embedding: the head's output or the <USER_EMB> hidden state) without
+    """Change what a checkpoint serves (head.embedding / head.layer as a read-out string: "projected" = the head's
+    output, "hidden" = the <USER_EMB> state, "hidden@LAYER" = that state at an earlier decoder layer) without
     touching its weights: config.json and the manifest's hashes are rewritten in a temp copy that replaces `d`, so
     its id changes (embedding caches and soft prompts of the other read-out never match it). -> the new id."""
     import shutil
@@ -85,7 +86,14 @@ def set_embedding(d: str | Path, embedding: str) -> str:
     d = Path(d)
     manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
     cfg = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text()))
-    cfg.head = dataclasses.replace(cfg.head, embedding=embedding)  # validated by HeadConfig
+    embedding, layer = parse_readout(embedding)
+    cfg.head = dataclasses.replace(cfg.head, embedding=embedding, layer=layer)  # validated by HeadConfig
+    if layer is not None:
+        from training.backbones import load_backbone
+
+        n = int(load_backbone(cfg.backbone).model.config.num_hidden_layers)
+        if layer > n:
+            raise ValueError(f"read-out hidden@{layer}: the backbone {cfg.backbone.name} has layers 1..{n}")
 
     def write(tmp: Path) -> None:
         for f in d.iterdir():
@@ -110,7 +118,7 @@ def init_from_checkpoint(model, d: str | Path) -> str:
     theirs = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text())).to_dict()  # fields added since: defaults
     ours = model.cfg.to_dict()
     for side in (theirs, ours):  # what inference reads out is not architecture: a stage may change it
-        side["head"] = {k: v for k, v in side["head"].items() if k != "embedding"}
+        side["head"] = {k: v for k, v in side["head"].items() if k not in ("embedding", "layer")}
     differ = [k for k in ARCHITECTURE if json.dumps(theirs.get(k), sort_keys=True) != json.dumps(ours[k],
                                                                                                   sort_keys=True)]
     if differ:
@@ -167,19 +175,19 @@ def load_soft_prompt(d: str | Path, expect_model_id: str | None = None) -> SoftP
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from training.config import HEAD_EMBEDDINGS
-
     p = argparse.ArgumentParser(prog="python -m training.artifacts", description="Checkpoint maintenance.")
     sub = p.add_subparsers(dest="cmd", required=True)
     se = sub.add_parser("set-embedding", help="what the checkpoint serves: the head's output or the hidden state")
     se.add_argument("checkpoint", type=Path)
-    se.add_argument("embedding", choices=HEAD_EMBEDDINGS)
+    se.add_argument("embedding", metavar="READOUT",
+                    help="projected (the head's output), hidden (the <USER_EMB> state) or hidden@LAYER (that state at "
+                         "decoder layer LAYER)")
     args = p.parse_args(argv)
     try:
         new_id = set_embedding(args.checkpoint, args.embedding)
     except (ArtifactError, ValueError) as exc:
         p.exit(2, f"python -m training.artifacts: {exc}\n")
-    print(f"{args.checkpoint}: head.embedding={args.embedding}, checkpoint id {new_id[:12]}")
+    print(f"{args.checkpoint}: read-out {args.embedding}, checkpoint id {new_id[:12]}")
     return 0
 
 

@@ -133,12 +133,38 @@ class HeadConfig:
     # projection head, which linear probes read better (docs/model.md "Which embedding to serve"). Training always
     # contrasts in the head's space; this only picks the output, so it never changes the weights.
     embedding: str = "projected"
+    # With embedding "hidden": the decoder layer (1-based) whose <USER_EMB> state is served; None = the last. Inference
+    # (prefix cache, suffix pass, tuning) runs as a model cut after that layer: its residual stream through the
+    # final norm, and a prefix cache of that many layers (docs/model.md "Which layer to serve"). Training always runs
+    # every layer.
+    layer: int | None = None
 
     def __post_init__(self) -> None:
         if self.mid < 1 or self.out < 1:
             raise ConfigError("head.mid and head.out must be >= 1")
         if self.embedding not in HEAD_EMBEDDINGS:
             raise ConfigError(f"head.embedding={self.embedding!r}; choose one of {list(HEAD_EMBEDDINGS)}")
+        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
+                                       or self.layer < 1):
+            raise ConfigError(f"head.layer={self.layer!r}: a decoder layer number >= 1, or null for the last")
+        if self.layer is not None and self.embedding != "hidden":
+            raise ConfigError("head.layer reads the <USER_EMB> state at an earlier layer: it needs head.embedding "
+                              "hidden (the head was trained on the last layer's state)")
+
+    @property
+    def readout(self) -> str:
+        """What is served, as one string: "projected", "hidden" or "hidden@LAYER" (parse_readout's inverse)."""
+        return self.embedding if self.layer is None else f"{self.embedding}@{self.layer}"
+
+
+def parse_readout(text: str) -> tuple[str, int | None]:
+    """"hidden@24" -> ("hidden", 24); "hidden" / "projected" -> (it, None). Raises ConfigError on anything else."""
+    embedding, sep, layer = text.partition("@")
+    if embedding not in HEAD_EMBEDDINGS or (sep and not layer.isdigit()):
+        raise ConfigError(f"read-out {text!r}: one of {list(HEAD_EMBEDDINGS)}, or hidden@LAYER (e.g. hidden@24)")
+    out = (embedding, int(layer) if sep else None)
+    HeadConfig(embedding=out[0], layer=out[1])  # the same checks as a config
+    return out
 
 
 @dataclass

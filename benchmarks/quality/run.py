@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from training import evaluate as ev  # noqa: E402
-from training.config import HEAD_EMBEDDINGS  # noqa: E402
+from training.config import ConfigError, parse_readout  # noqa: E402
 from training.data.encoder import cached_text_vectors  # noqa: E402
 from training.data.scenarios import Scenario, load_scenarios  # noqa: E402
 from training.data.world import UserWorld, WorldConfig, build_world  # noqa: E402
@@ -144,13 +144,16 @@ def _load_model(ctx: Context, key: str = "trained"):
 
         _, cfg, _ = load_checkpoint(path, device="cpu")
         model = QAnchorModel(cfg).to(ctx.device).eval()
-    model.cfg.head.embedding = _embedding_of(ctx, key)
+    embedding, layer = parse_readout(_embedding_of(ctx, key))
+    if layer is not None and layer > model.n_layers:
+        raise SystemExit(f"read-out {embedding}@{layer}: the backbone has layers 1..{model.n_layers}")
+    model.cfg.head.embedding, model.cfg.head.layer = embedding, layer
     return model
 
 
 def _embedding_of(ctx: Context, key: str) -> str:
-    """The head.embedding the model rows of `key` serve: the --ablation's #EMBEDDING, --embedding, else the
-    checkpoint's config."""
+    """The read-out the model rows of `key` serve ("projected", "hidden", "hidden@LAYER"): the --ablation's
+    #EMBEDDING, --embedding, else the checkpoint's config."""
     chosen = ctx.ablation_embedding.get(key) or ctx.embedding
     if chosen:
         return chosen
@@ -159,7 +162,7 @@ def _embedding_of(ctx: Context, key: str) -> str:
     config = Path(_checkpoint(ctx, key)) / "config.json"
     if not config.is_file():  # not a checkpoint: loading it fails with the message that says so
         return "projected"
-    return QAnchorConfig.from_dict(json.loads(config.read_text())).head.embedding
+    return QAnchorConfig.from_dict(json.loads(config.read_text())).head.readout
 
 
 def _model_users(ctx: Context) -> list[int]:
@@ -519,14 +522,23 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     fig.savefig(path, dpi=110)
 
 
+def _readout_arg(text: str) -> str:
+    try:
+        parse_readout(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_population_args(p: argparse.ArgumentParser) -> None:
     """Which model, users and scenarios a run measures (shared with label_budget.py, so both see the same users)."""
     p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
     p.add_argument("--checkpoint", default=os.environ.get("QANCHOR_CHECKPOINT"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--embedding", default=None, choices=HEAD_EMBEDDINGS,
-                   help="the model rows' embedding (head.embedding): the head's output or the <USER_EMB> hidden state "
-                        "(default: the checkpoint's config)")
+    p.add_argument("--embedding", default=None, type=_readout_arg, metavar="READOUT",
+                   help="the model rows' embedding: projected (the head's output), hidden (the <USER_EMB> state) or "
+                        "hidden@LAYER (that state at decoder layer LAYER; head.layer) (default: the checkpoint's "
+                        "config)")
     p.add_argument("--model-users", type=int, default=None, help="alias of --train-users (older CLI)")
     p.add_argument("--train-users", type=int, default=None, help="probe on a seeded subset of N train users")
     p.add_argument("--eval-users", type=int, default=None,
@@ -589,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ablation", action="append", default=[], metavar="LABEL=CHECKPOINT[#EMBEDDING]",
                    help="zero-shot row of a separately pretrained variant (repeatable; "
                         "benchmarks/quality/ablations.sh); CHECKPOINT#hidden or #projected reads it out that way "
-                        "(the same checkpoint's other head.embedding: a paired difference of the two read-outs)")
+                        "or #hidden@LAYER (the same checkpoint's other read-out: a paired difference of the two)")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
     ablations, ablation_embedding = {}, {}
@@ -599,8 +611,10 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or not label or not path:
             p.error(f"--ablation wants LABEL=CHECKPOINT[#EMBEDDING], got {item!r}")
         if hash_:
-            if embedding not in HEAD_EMBEDDINGS:
-                p.error(f"--ablation {label}: embedding {embedding!r}; choose one of {list(HEAD_EMBEDDINGS)}")
+            try:
+                parse_readout(embedding)
+            except ConfigError as exc:
+                p.error(f"--ablation {label}: {exc}")
             ablation_embedding[label] = embedding
         if not (Path(path) / "manifest.json").is_file():
             p.error(f"--ablation {label}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")

@@ -152,6 +152,14 @@ def test_set_embedding_changes_the_read_out_and_the_id_but_not_the_weights(tmp_p
     loaded, got, extra = load_checkpoint(d)
     assert got.head.embedding == "hidden" and loaded.embedding_dim == loaded.hidden and extra == {"step": 3}
     assert main(["set-embedding", str(d), "projected"]) == 0 and checkpoint_id(d) == before
+    assert main(["set-embedding", str(d), "hidden@1"]) == 0
+    loaded, got, _ = load_checkpoint(d)
+    assert got.head.readout == "hidden@1" and loaded.served_layers == 1 and checkpoint_id(d) not in (before, after)
+    assert main(["set-embedding", str(d), "projected"]) == 0 and checkpoint_id(d) == before
+    for bad in ("hidden@9", "projected@1", "last"):  # beyond the tiny backbone's 2 layers; not a read-out
+        with pytest.raises(SystemExit) as exc:
+            main(["set-embedding", str(d), bad])
+        assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:
         main(["set-embedding", str(tmp_path / "missing"), "hidden"])
     assert exc.value.code == 2

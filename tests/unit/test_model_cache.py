@@ -119,3 +119,52 @@ def test_hidden_embedding_is_the_normalised_user_emb_state_on_both_paths():
         hook.remove()
     state = torch.nn.functional.normalize(seen[0], dim=-1).view(5, len(sc), -1)
     assert (state - cached).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_served_layer_cuts_inference_and_leaves_training_whole(arch):
+    """head.layer=1 (of 2): cached == uncached at the cut, the state is layer 1's residual stream through the final
+    norm, the prefix cache holds one layer, and the training towers still run every layer."""
+    whole = QAnchorModel(load_config("tiny", ["input.padding_side=right", f"backbone.arch={arch}",
+                                              "head.embedding=hidden"]))
+    activate_lora(whole)
+    cut = QAnchorModel(load_config("tiny", ["input.padding_side=right", f"backbone.arch={arch}",
+                                            "head.embedding=hidden", "head.layer=1"]))
+    cut.load_trainable_state_dict(whole.trainable_state_dict())
+    whole.eval(), cut.eval()
+    assert cut.served_layers == 1 and whole.served_layers == whole.n_layers == 2
+    users = random_users(cut.cfg.input, 4, seed=2, cold=[3])
+    sc = scenarios(cut.hidden, True)
+    lm = whole._lm().model
+    seen = []
+    hook = lm.layers[0].register_forward_hook(lambda mod, inp, out: seen.append(out[0] if isinstance(out, tuple)
+                                                                                 else out))
+    try:
+        with torch.no_grad():
+            cache = cut.encode_prefix(users)
+            cached = cut.embed(cache, sc)
+            full = cut.full_forward(users, sc)
+            whole.full_forward(users, sc)  # every layer runs; the hook keeps layer 1's output of the same rows
+    finally:
+        hook.remove()
+    assert len(cache.keys) == 1 and len(whole.encode_prefix(users).keys) == 2
+    assert (full - cached).abs().max().item() <= 1e-5
+    with torch.no_grad():  # the <USER_EMB> rows of the whole model's layer-1 output, through the final norm
+        suf = whole._suffix([s.query for s in sc] * 4, [s.soft_prompt for s in sc] * 4)
+        rows = torch.arange(4 * len(sc))
+        state = seen[0][rows, whole.prefix_length + suf.emb_pos]
+        expect = torch.nn.functional.normalize(lm.norm(state), dim=-1).view(4, len(sc), -1)
+        assert (expect - full).abs().max().item() <= 1e-5
+        assert (whole.full_forward(users, sc) - full).abs().max().item() > 1e-3  # another read-out indeed
+        with pytest.raises(ValueError, match="encode the prefix again"):
+            whole.embed(cache, sc)
+        # training: the same loss whatever the read-out (the towers use every layer)
+        qs, ans = [sc[0].query] * 4, ["yes"] * 4
+        a, b = whole.pretrain_forward(users, qs, ans), cut.pretrain_forward(users, qs, ans)
+        assert torch.allclose(a.anchor, b.anchor, atol=1e-6) and a.ntp_sum.item() == pytest.approx(b.ntp_sum.item())
+    assert lm.config.num_hidden_layers == 2  # restored after every pass
+
+
+def test_served_layer_beyond_the_backbone_is_refused():
+    with pytest.raises(ValueError, match="layers 1..2"):
+        QAnchorModel(load_config("tiny", ["head.embedding=hidden", "head.layer=3"]))

@@ -4,7 +4,7 @@ import json
 import pytest
 
 pytest.importorskip("torch")
-from training.config import ConfigError, QAnchorConfig, load_config  # noqa: E402
+from training.config import ConfigError, QAnchorConfig, load_config, parse_readout  # noqa: E402
 
 pytestmark = pytest.mark.model
 
@@ -50,3 +50,18 @@ def test_head_embedding_is_validated():
     assert load_config("tiny", ["head.embedding=hidden"]).head.embedding == "hidden"
     with pytest.raises(ConfigError, match="head.embedding"):
         load_config("tiny", ["head.embedding=last_layer"])
+
+
+def test_head_layer_and_readout_strings_are_validated():
+    cfg = load_config("tiny", ["head.embedding=hidden", "head.layer=2"])
+    assert cfg.head.layer == 2 and cfg.head.readout == "hidden@2"
+    assert load_config("tiny").head.readout == "projected"
+    with pytest.raises(ConfigError, match="needs head.embedding hidden"):
+        load_config("tiny", ["head.layer=2"])
+    for bad in ("0", "true", "1.5"):
+        with pytest.raises(ConfigError, match="head.layer"):
+            load_config("tiny", ["head.embedding=hidden", f"head.layer={bad}"])
+    assert parse_readout("hidden@24") == ("hidden", 24) and parse_readout("projected") == ("projected", None)
+    for bad in ("hidden@", "hidden@x", "projected@3", "last", "hidden@0"):
+        with pytest.raises(ConfigError):
+            parse_readout(bad)

@@ -68,7 +68,9 @@ def test_model_rows_are_registered_and_skip_without_checkpoint():
 
 @pytest.mark.parametrize("arg, message", [("no-equals-sign", "LABEL=CHECKPOINT"),
                                           ("no NTP=/nonexistent/checkpoint", "not a checkpoint directory"),
-                                          ("state=artifacts/default#last_layer", "choose one of")])
+                                          ("state=artifacts/default#last_layer", "one of ['projected', 'hidden']"),
+                                          ("state=artifacts/default#hidden@x", "hidden@LAYER"),
+                                          ("state=artifacts/default#projected@3", "needs head.embedding hidden")])
 def test_bad_ablation_arguments_are_rejected_before_any_work(arg, message, capsys):
     run = _load()
     with pytest.raises(SystemExit) as exc:
@@ -196,6 +198,7 @@ def test_the_hidden_read_out_has_its_own_cache_key_and_the_head_output_keeps_the
     plain, hidden = path(), path(embedding="hidden")
     assert plain["trained"].name == plain["head"].name == hidden["head"].name == old_name
     assert hidden["trained"] == plain["state"] == hidden["state"] != plain["trained"]
+    assert len({path(embedding="hidden@24")["trained"], hidden["trained"], plain["trained"]}) == 3  # a layer: its own
 
 
 def test_markdown_prints_each_claims_paired_difference_per_scenario():

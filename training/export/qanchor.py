@@ -144,6 +144,7 @@ def export_qanchor(repository: Path, cfg: QAnchorExportConfig) -> Path:
         manifest = json.loads((staging / "manifest.json").read_text())
         # the same weights served as the hidden state are another contract (width): another version string
         served = "" if qcfg.head.embedding == "projected" else f"-{qcfg.head.embedding}"
+        served += f"-l{qcfg.head.layer}" if qcfg.head.layer else ""  # another depth: another contract too
         version = manifest["model_version"] = f"{qcfg.name}-{manifest['files']['weights.safetensors'][:12]}{served}"
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     write_reference(model, staging / "reference", cfg.reference_users)

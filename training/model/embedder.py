@@ -68,6 +68,9 @@ class QAnchorModel(nn.Module):
         lm = backbone.model
         self._prepare_vocab(lm)
         self.hidden = int(lm.config.hidden_size)
+        self.n_layers = int(lm.config.num_hidden_layers)
+        if cfg.head.layer is not None and cfg.head.layer > self.n_layers:
+            raise ValueError(f"head.layer={cfg.head.layer}: {backbone.name} has layers 1..{self.n_layers}")
         # Every new parameter is drawn from the config's seed, without disturbing the caller's RNG stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.backbone.seed)
@@ -168,11 +171,26 @@ class QAnchorModel(nn.Module):
                     emb[i, s: s + p.shape[0]] = p.to(device=emb.device, dtype=emb.dtype)
         return emb
 
+    @property
+    def served_layers(self) -> int:
+        """Decoder layers inference runs (head.layer, else all): the depth of the prefix cache and suffix pass."""
+        return self.cfg.head.layer or self.n_layers
+
     def _decode(self, emb: torch.Tensor, allowed: torch.Tensor, pos: torch.Tensor,
-                past: PrefixCache | None = None, use_cache: bool = False):
-        out = self._lm().model(inputs_embeds=emb, attention_mask=additive_mask(allowed, emb.dtype),
-                               position_ids=pos, past_key_values=past.as_hf_cache() if past else None,
-                               use_cache=use_cache)
+                past: PrefixCache | None = None, use_cache: bool = False, serve: bool = False):
+        """The decoder over `emb`. serve=True (inference paths) stops after `served_layers` (the final norm still
+        applies, as in a model cut there); training towers always run every layer."""
+        lm = self._lm().model
+        depth = self.served_layers if serve else self.n_layers
+        if past is not None and len(past.keys) != depth:
+            raise ValueError(f"prefix cache of {len(past.keys)} layers for a {depth}-layer pass: it was encoded by "
+                             "another read-out of this model; encode the prefix again")
+        lm.config.num_hidden_layers = depth  # the decoder runs layers[:num_hidden_layers] (Llama, Qwen2)
+        try:
+            out = lm(inputs_embeds=emb, attention_mask=additive_mask(allowed, emb.dtype), position_ids=pos,
+                     past_key_values=past.as_hf_cache() if past else None, use_cache=use_cache)
+        finally:
+            lm.config.num_hidden_layers = self.n_layers
         return out.last_hidden_state, out.past_key_values
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
@@ -195,11 +213,11 @@ class QAnchorModel(nn.Module):
             return F.normalize(h.float(), dim=-1)
 
     # ---- training towers -------------------------------------------------------------------------------------
-    def _anchor(self, pre: torch.Tensor, pre_valid: torch.Tensor, suf: SuffixBatch):
+    def _anchor(self, pre: torch.Tensor, pre_valid: torch.Tensor, suf: SuffixBatch, serve: bool = False):
         suf_emb = self._suffix_embeds(suf)  # [N, L, hidden]
         emb = torch.cat([pre, suf_emb], dim=1)  # [N, P + L, hidden]
         valid = torch.cat([pre_valid, suf.valid.to(self.device)], dim=1)  # [N, P + L]
-        hidden, _ = self._decode(emb, causal_allowed(valid), positions(valid))
+        hidden, _ = self._decode(emb, causal_allowed(valid), positions(valid), serve=serve)
         suffix_hidden = hidden[:, self.prefix_length:]  # [N, L, hidden]
         rows = torch.arange(hidden.shape[0], device=self.device)
         return suffix_hidden, suffix_hidden[rows, suf.emb_pos.to(self.device)]  # [N, L, h], [N, h]
@@ -243,13 +261,13 @@ class QAnchorModel(nn.Module):
         pre = pre.repeat_interleave(s, dim=0)  # [B * S, P, hidden], row = user * S + scenario
         pre_valid = pre_valid.repeat_interleave(s, dim=0)
         suf = self._suffix([sc.query for sc in scenarios] * b, [sc.soft_prompt for sc in scenarios] * b)
-        _, h = self._anchor(pre, pre_valid, suf)  # [B * S, hidden]
+        _, h = self._anchor(pre, pre_valid, suf, serve=True)  # [B * S, hidden]
         return self.served(h).view(b, s, -1)  # [B, S, embedding_dim]
 
     def encode_prefix(self, users: UserBatch) -> PrefixCache:
         """Run the user prefix once; the returned cache serves any number of scenarios for these users."""
         pre, valid = self.prefix_embeds(users)
-        _, past = self._decode(pre, causal_allowed(valid), positions(valid), use_cache=True)
+        _, past = self._decode(pre, causal_allowed(valid), positions(valid), use_cache=True, serve=True)
         return PrefixCache.from_hf_cache(past, valid)
 
     def embed(self, cache: PrefixCache, scenarios: list[ScenarioSpec]) -> torch.Tensor:
@@ -313,7 +331,7 @@ class QAnchorModel(nn.Module):
         k_seg = torch.cat([torch.zeros(b, p, dtype=torch.long, device=dev), seg], dim=1)
         allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
         pos = cache.next_pos.unsqueeze(1) + within  # [B, T]
-        hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True)  # [B, T, hidden]
+        hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True, serve=True)  # [B, T, hidden]
         out = self.served(hidden[torch.tensor(gather_row, device=dev), torch.tensor(gather_col, device=dev)])
         return list(out.split([len(scs) for scs in per_user]))  # [S_i, embedding_dim] each
 
