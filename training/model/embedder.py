@@ -21,6 +21,7 @@ own attention segment over the shared prefix: the prefix KV is read once per use
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ from training.model.suffix import IGNORE, ScenarioSpec, SuffixBatch, build_suffi
 from training.model.tokens import add_special_tokens, build_layout
 
 log = logging.getLogger(__name__)
+_CUT_LOCK = threading.Lock()  # serialises passes that cut the decoder short (head.layer): see QAnchorModel._decode
 
 
 @dataclass
@@ -185,12 +187,18 @@ class QAnchorModel(nn.Module):
         if past is not None and len(past.keys) != depth:
             raise ValueError(f"prefix cache of {len(past.keys)} layers for a {depth}-layer pass: it was encoded by "
                              "another read-out of this model; encode the prefix again")
-        lm.config.num_hidden_layers = depth  # the decoder runs layers[:num_hidden_layers] (Llama, Qwen2)
-        try:
-            out = lm(inputs_embeds=emb, attention_mask=additive_mask(allowed, emb.dtype), position_ids=pos,
-                     past_key_values=past.as_hf_cache() if past else None, use_cache=use_cache)
-        finally:
-            lm.config.num_hidden_layers = self.n_layers
+        kwargs = dict(inputs_embeds=emb, attention_mask=additive_mask(allowed, emb.dtype), position_ids=pos,
+                      past_key_values=past.as_hf_cache() if past else None, use_cache=use_cache)
+        if depth == self.n_layers:
+            out = lm(**kwargs)
+        else:  # the decoder runs layers[:config.num_hidden_layers] (Llama, Qwen2): cut it for this pass only. The
+            # config is shared state, so cut passes never overlap (a model serves or trains, never both at once)
+            with _CUT_LOCK:
+                lm.config.num_hidden_layers = depth
+                try:
+                    out = lm(**kwargs)
+                finally:
+                    lm.config.num_hidden_layers = self.n_layers
         return out.last_hidden_state, out.past_key_values
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
