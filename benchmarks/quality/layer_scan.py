@@ -30,7 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality.run import STATIC_QUERY, _load_model, _model_users, add_population_args, build_context  # noqa: E402
+from benchmarks.quality.run import (STATIC_QUERY, _load_model, _model_users, add_population_args,  # noqa: E402
+                                    build_context, encode_prefixes)
 from training import evaluate as ev  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality.layer_scan")
@@ -41,13 +42,11 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
     import torch
     import torch.nn.functional as F
 
-    from training.data.collate import UserCollator
-    from training.model.prefix_cache import PrefixCache
     from training.model.suffix import ScenarioSpec
     from training.precision import apply_precision, autocast, resolve_precision
 
     model = _load_model(ctx, "trained")
-    model.cfg.head.embedding = "hidden"
+    model.cfg.head.embedding, model.cfg.head.layer = "hidden", None  # every layer runs; the hooks read them
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
     lm = model._lm().model
@@ -56,14 +55,7 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
     if bad:
         raise SystemExit(f"--layers {bad}: this backbone has layers 1..{n_layers}")
     users = _model_users(ctx)
-    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)
-    t0 = time.perf_counter()
-    parts = []
-    with torch.inference_mode(), autocast(dtype, ctx.device):
-        for i in range(0, len(users), 16):
-            parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
-    cache = PrefixCache.cat(parts)
-    log.info("layer_scan_prefix_done users=%d seconds=%.0f", len(users), time.perf_counter() - t0)
+    cache = encode_prefixes(ctx, model, users, dtype, "layer scan")
     specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
     specs.update({("zero_shot", s.name): ScenarioSpec(s.query) for s in ctx.scenarios})
     names = list(specs)

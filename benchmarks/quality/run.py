@@ -196,26 +196,13 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
         return out
     import torch
 
-    from training.data.collate import UserCollator
-    from training.model.prefix_cache import PrefixCache
     from training.model.suffix import ScenarioSpec
-
     from training.precision import apply_precision, autocast, resolve_precision
 
     model = _load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
-    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)
-    t0 = time.perf_counter()
-    parts = []
-    with torch.inference_mode(), autocast(dtype, ctx.device):
-        for i in range(0, len(users), 16):
-            parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
-            log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
-                     len(users), time.perf_counter() - t0)
-    cache = PrefixCache.cat(parts)
-    log.info("model_prefix_done model=%s users=%d cache_mb=%.0f seconds=%.1f", key, len(users),
-             cache.nbytes / 2**20, time.perf_counter() - t0)
+    cache = encode_prefixes(ctx, model, users, dtype, key)
     specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
     specs.update({("zero_shot", s.name): ScenarioSpec(s.query) for s in ctx.scenarios})
     if ctx.tune_steps and key == "trained":
@@ -247,6 +234,28 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
         np.savez(disk.with_suffix(".tmp.npz"), **arrays)
         disk.with_suffix(".tmp.npz").rename(disk)
     return out
+
+
+def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
+    """One PrefixCache of `users`, encoded 16 at a time (with progress lines an operator can grep)."""
+    import torch
+
+    from training.data.collate import UserCollator
+    from training.model.prefix_cache import PrefixCache
+    from training.precision import autocast
+
+    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)
+    t0 = time.perf_counter()
+    parts = []
+    with torch.inference_mode(), autocast(dtype, ctx.device):
+        for i in range(0, len(users), 16):
+            parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
+            log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", label, min(i + 16, len(users)),
+                     len(users), time.perf_counter() - t0)
+    cache = PrefixCache.cat(parts)
+    log.info("model_prefix_done model=%s users=%d cache_mb=%.0f seconds=%.1f", label, len(users),
+             cache.nbytes / 2**20, time.perf_counter() - t0)
+    return cache
 
 
 def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
