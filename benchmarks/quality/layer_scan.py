@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.run import (STATIC_QUERY, _load_model, _model_users, add_population_args,  # noqa: E402
-                                    build_context, encode_prefixes)
+                                    build_context, encode_prefixes, query_specs, scatter_users)
 from training import evaluate as ev  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality.layer_scan")
@@ -40,9 +40,7 @@ log = logging.getLogger("benchmarks.quality.layer_scan")
 def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, str]], list[int]]:
     """[n_users, n_specs, n_layers, hidden] states at `<USER_EMB>` (final norm applied, L2-normalised)."""
     import torch
-    import torch.nn.functional as F
 
-    from training.model.suffix import ScenarioSpec
     from training.precision import apply_precision, autocast, resolve_precision
 
     model = _load_model(ctx, "trained")
@@ -56,8 +54,7 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
         raise SystemExit(f"--layers {bad}: this backbone has layers 1..{n_layers}")
     users = _model_users(ctx)
     cache = encode_prefixes(ctx, model, users, dtype, "layer scan")
-    specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
-    specs.update({("zero_shot", s.name): ScenarioSpec(s.query) for s in ctx.scenarios})
+    specs = query_specs(ctx)
     names = list(specs)
     captured: dict[int, torch.Tensor] = {}
 
@@ -89,22 +86,15 @@ def _embed_hooked(model, cache, specs, captured, layers):
     import torch
     import torch.nn.functional as F
 
+    from training.model.suffix import pack_suffixes
+
     lm = model._lm().model
     b = cache.batch_size
-    # embed_per_user packs each user's scenarios into one row, real tokens only: recompute its gather index
+    # embed packs each user's scenarios into one row, real tokens only: the same layout gives the gather index
     suf = model._suffix([s.query for s in specs] * b, [s.soft_prompt for s in specs] * b)
-    lengths = suf.valid.sum(dim=1).tolist()
-    emb_at = (suf.valid.long().cumsum(dim=1).gather(1, suf.emb_pos.unsqueeze(1)).squeeze(1) - 1).tolist()
-    rows, cols, j = [], [], 0
-    for i in range(b):
-        used = 0
-        for _ in specs:
-            rows.append(i)
-            cols.append(used + emb_at[j])
-            used += lengths[j]
-            j += 1
+    lay = pack_suffixes(suf, [len(specs)] * b)
     out = model.embed(cache, specs)  # [B, S, hidden]; runs the hooks
-    r, c = torch.tensor(rows), torch.tensor(cols)
+    r, c = lay.gather_row.to(out.device), lay.gather_col.to(out.device)
     states = [F.normalize(lm.norm(captured[l][r, c]).float(), dim=-1) for l in layers]
     if layers[-1] == len(lm.layers):  # the hook + norm path must reproduce what is served
         gap = float((states[-1] - out.reshape(-1, out.shape[-1]).float()).abs().max())
@@ -128,12 +118,7 @@ def _cache_path(ctx, layers: list[int]) -> Path | None:
 
 def _full(ctx, emb_all: np.ndarray, names, users, li: int) -> dict[tuple[str, str], np.ndarray]:
     """Layer li's embeddings as the probes index them: [n_users_total, hidden] per (row, scenario)."""
-    out = {}
-    for j, key in enumerate(names):
-        m = np.zeros((len(ctx.world.ml.users), emb_all.shape[-1]), np.float32)
-        m[np.asarray(users)] = emb_all[:, j, li].astype(np.float32)
-        out[key] = m
-    return out
+    return {key: scatter_users(ctx, users, emb_all[:, j, li]) for j, key in enumerate(names)}
 
 
 def paired(ctx, emb_all: np.ndarray, names, users, layers: list[int], li: int, draws: int) -> str:

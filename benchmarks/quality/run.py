@@ -169,6 +169,22 @@ def _model_users(ctx: Context) -> list[int]:
     return sorted(ctx.world.users("train") + ctx.world.users("val") + ctx.world.users("test"))
 
 
+def scatter_users(ctx: Context, users: list[int], emb: np.ndarray) -> np.ndarray:
+    """The model users' rows [len(users), D] as the probes index them: [all users, D], fp32, zeros elsewhere."""
+    full = np.zeros((len(ctx.world.ml.users), emb.shape[1]), np.float32)
+    full[np.asarray(users)] = emb
+    return full
+
+
+def query_specs(ctx: Context) -> dict[tuple[str, str], Any]:
+    """The query-only specs every model pass embeds: ("static", "static") and ("zero_shot", scenario) each."""
+    from training.model.suffix import ScenarioSpec
+
+    specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
+    specs.update({("zero_shot", s.name): ScenarioSpec(s.query) for s in ctx.scenarios})
+    return specs
+
+
 def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.ndarray]]:
     """All model embeddings of one model, memoised: {"static": {...}, "zero_shot": {...}, "tuned": {...}}.
 
@@ -188,9 +204,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
                 if kind == "meta":  # the tuning's own held-out metrics, kept so a rerun's JSON still reports them
                     ctx.tune_log.update(json.loads(str(z[name])))
                     continue
-                full = np.zeros((len(ctx.world.ml.users), z[name].shape[1]), np.float32)
-                full[np.asarray(users)] = z[name]
-                out.setdefault(kind, {})[scen] = full
+                out.setdefault(kind, {})[scen] = scatter_users(ctx, users, z[name])
         log.info("model_embeddings_loaded path=%s", disk)
         ctx.model_cache[key] = out
         return out
@@ -203,8 +217,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
     cache = encode_prefixes(ctx, model, users, dtype, key)
-    specs = {("static", "static"): ScenarioSpec(STATIC_QUERY)}
-    specs.update({("zero_shot", s.name): ScenarioSpec(s.query) for s in ctx.scenarios})
+    specs = query_specs(ctx)
     if ctx.tune_steps and key == "trained":
         specs.update({("tuned", n): ScenarioSpec(q, p) for n, (q, p) in _tune_prompts(ctx, model, cache,
                                                                                       users).items()})
@@ -220,11 +233,8 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
                      len(users), time.perf_counter() - t0)
     log.info("model_embed_done model=%s users=%d specs=%d seconds=%.1f", key, len(users), len(names),
              time.perf_counter() - t0)
-    rows = np.asarray(users)
     for j, (kind, name) in enumerate(names):
-        full = np.zeros((len(ctx.world.ml.users), model.embedding_dim), np.float32)
-        full[rows] = emb_all[:, j]
-        out.setdefault(kind, {})[name] = full
+        out.setdefault(kind, {})[name] = scatter_users(ctx, users, emb_all[:, j])
     ctx.model_cache[key] = out
     if disk is not None:
         disk.parent.mkdir(parents=True, exist_ok=True)

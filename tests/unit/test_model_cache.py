@@ -168,3 +168,33 @@ def test_served_layer_cuts_inference_and_leaves_training_whole(arch):
 def test_served_layer_beyond_the_backbone_is_refused():
     with pytest.raises(ValueError, match="layers 1..2"):
         QAnchorModel(load_config("tiny", ["head.embedding=hidden", "head.layer=3"]))
+
+
+def test_layer_scan_hooks_read_what_a_cut_model_serves():
+    """benchmarks/quality/layer_scan.py reads every layer in one packed pass: its layer-1 states are what a model
+    cut after layer 1 serves, its last layer's the served embedding (the packing's gather index is the model's)."""
+    from benchmarks.quality.layer_scan import _embed_hooked
+
+    whole = QAnchorModel(load_config("tiny", ["input.padding_side=left", "head.embedding=hidden"]))
+    activate_lora(whole)
+    cut = QAnchorModel(load_config("tiny", ["input.padding_side=left", "head.embedding=hidden", "head.layer=1"]))
+    cut.load_trainable_state_dict(whole.trainable_state_dict())
+    whole.eval(), cut.eval()
+    users = random_users(whole.cfg.input, 3, seed=4, cold=[1])
+    sc = scenarios(whole.hidden, False)
+    lm = whole._lm().model
+    captured = {}
+    hooks = [lm.layers[i].register_forward_hook(
+        lambda mod, inp, out, i=i: captured.__setitem__(i + 1, out[0] if isinstance(out, tuple) else out))
+        for i in range(2)]
+    try:
+        with torch.no_grad():
+            states = _embed_hooked(whole, whole.encode_prefix(users), sc, captured, [1, 2])  # [B, S, 2, hidden]
+            served_cut = cut.embed(cut.encode_prefix(users), sc)
+            served = whole.embed(whole.encode_prefix(users), sc)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert states.shape == (3, len(sc), 2, whole.hidden)
+    assert (states[:, :, 0] - served_cut).abs().max().item() <= 1e-5
+    assert (states[:, :, 1] - served).abs().max().item() <= 1e-5

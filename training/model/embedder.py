@@ -35,7 +35,8 @@ from training.model.encoders import IdentityViews, UserTokenEncoder, user_summar
 from training.model.inputs import UserBatch
 from training.model.masks import additive_mask, causal_allowed, positions
 from training.model.prefix_cache import PrefixCache
-from training.model.suffix import IGNORE, ScenarioSpec, SuffixBatch, build_suffix, tokenize_texts
+from training.model.suffix import (IGNORE, ScenarioSpec, SuffixBatch, build_suffix, pack_suffixes,
+                                   tokenize_texts)
 from training.model.tokens import add_special_tokens, build_layout
 
 log = logging.getLogger(__name__)
@@ -306,41 +307,16 @@ class QAnchorModel(nn.Module):
         emb = self._suffix_embeds(suf)  # [N, L, hidden]
         suf_valid = suf.valid.to(dev)  # [N, L]
         tokens = emb[suf_valid]  # [sum of lengths, hidden], scenario after scenario
-        lengths = suf.valid.sum(dim=1).tolist()  # real tokens per scenario
-        # <USER_EMB>'s index among its scenario's real tokens
-        emb_at = (suf.valid.long().cumsum(dim=1).gather(1, suf.emb_pos.unsqueeze(1)).squeeze(1) - 1).tolist()
-        rows, seg_l, within_l, gather_row, gather_col = [], [], [], [], []
-        j = 0
-        for i, scs in enumerate(per_user):
-            seg_i, within_i = [], []
-            for k in range(len(scs)):
-                gather_row.append(i)
-                gather_col.append(len(seg_i) + emb_at[j])
-                seg_i += [k + 1] * lengths[j]
-                within_i += range(lengths[j])
-                j += 1
-            rows.append(len(seg_i))
-            seg_l.append(seg_i)
-            within_l.append(within_i)
-        t = max(rows)
-        packed = emb.new_zeros(b, t, emb.shape[-1])  # [B, T, hidden]
-        seg = torch.zeros(b, t, dtype=torch.long)
-        within = torch.zeros(b, t, dtype=torch.long)
-        valid = torch.zeros(b, t, dtype=torch.bool)
-        start = 0
-        for i, n in enumerate(rows):
-            packed[i, :n] = tokens[start:start + n]
-            seg[i, :n] = torch.tensor(seg_l[i])
-            within[i, :n] = torch.tensor(within_l[i])
-            valid[i, :n] = True
-            start += n
-        seg, within, valid = seg.to(dev), within.to(dev), valid.to(dev)
+        lay = pack_suffixes(suf, [len(scs) for scs in per_user])
+        seg, within, valid = lay.seg.to(dev), lay.within.to(dev), lay.valid.to(dev)
+        packed = emb.new_zeros(b, lay.seg.shape[1], emb.shape[-1])  # [B, T, hidden]
+        packed[valid] = tokens  # row-major: user 0's scenarios, then user 1's, ...
         key_valid = torch.cat([cache.valid, valid], dim=1)  # [B, P + T]
         k_seg = torch.cat([torch.zeros(b, p, dtype=torch.long, device=dev), seg], dim=1)
         allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
         pos = cache.next_pos.unsqueeze(1) + within  # [B, T]
         hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True, serve=True)  # [B, T, hidden]
-        out = self.served(hidden[torch.tensor(gather_row, device=dev), torch.tensor(gather_col, device=dev)])
+        out = self.served(hidden[lay.gather_row.to(dev), lay.gather_col.to(dev)])
         return list(out.split([len(scs) for scs in per_user]))  # [S_i, embedding_dim] each
 
     # ---- parameters for checkpoints --------------------------------------------------------------------------

@@ -82,3 +82,48 @@ def tokenize_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tok
         ids[i, off: off + len(s)] = torch.tensor(s)
         valid[i, off: off + len(s)] = True
     return ids, valid
+
+
+@dataclass
+class PackedSuffixes:
+    """Where each scenario's real tokens go when one user's scenarios share one row (QAnchorModel.embed_per_user).
+
+    Row i holds user i's scenarios back to back, padding dropped; `gather_row`/`gather_col` index each scenario's
+    `<USER_EMB>` in the packed [B, T] layout (scenario order: user 0's, then user 1's, ...)."""
+    seg: torch.Tensor  # [B, T] long: 1 + the scenario's index within its user's list, 0 on padding
+    within: torch.Tensor  # [B, T] long: the token's position inside its own scenario
+    valid: torch.Tensor  # [B, T] bool
+    gather_row: torch.Tensor  # [N] long
+    gather_col: torch.Tensor  # [N] long
+
+
+def pack_suffixes(suf: SuffixBatch, counts: list[int]) -> PackedSuffixes:
+    """The packed layout of `suf`'s N scenarios as len(counts) rows of counts[i] scenarios each (sum == N)."""
+    if sum(counts) != suf.valid.shape[0]:
+        raise ValueError(f"{sum(counts)} scenarios in the layout for {suf.valid.shape[0]} suffixes")
+    lengths = suf.valid.sum(dim=1).tolist()  # real tokens per scenario
+    # <USER_EMB>'s index among its scenario's real tokens
+    emb_at = (suf.valid.long().cumsum(dim=1).gather(1, suf.emb_pos.unsqueeze(1)).squeeze(1) - 1).tolist()
+    rows, seg_l, within_l, gather_row, gather_col = [], [], [], [], []
+    j = 0
+    for i, n_scen in enumerate(counts):
+        seg_i, within_i = [], []
+        for k in range(n_scen):
+            gather_row.append(i)
+            gather_col.append(len(seg_i) + emb_at[j])
+            seg_i += [k + 1] * lengths[j]
+            within_i += range(lengths[j])
+            j += 1
+        rows.append(len(seg_i))
+        seg_l.append(seg_i)
+        within_l.append(within_i)
+    b, t = len(counts), max(rows)
+    seg = torch.zeros(b, t, dtype=torch.long)
+    within = torch.zeros(b, t, dtype=torch.long)
+    valid = torch.zeros(b, t, dtype=torch.bool)
+    for i, n in enumerate(rows):
+        seg[i, :n] = torch.tensor(seg_l[i], dtype=torch.long)
+        within[i, :n] = torch.tensor(within_l[i], dtype=torch.long)
+        valid[i, :n] = True
+    return PackedSuffixes(seg=seg, within=within, valid=valid,
+                          gather_row=torch.tensor(gather_row), gather_col=torch.tensor(gather_col))
