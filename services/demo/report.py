@@ -169,7 +169,7 @@ def render(r: DemoReport) -> str:
                f"{len(r.batch_errors)} errors, {r.batch_ms:.1f} ms")
     for err in r.batch_errors[:5]:
         out.append(f"   error: {err}")
-    out.append(f"\n== 6. GetUserEmbeddings: one user, many scenarios, the user's prefix computed once\n" + table(
+    out.append("\n== 6. GetUserEmbeddings: one user, many scenarios, the user's prefix computed once\n" + table(
         [[f"call {i + 1}", m.user_id, m.scenarios, m.ok, _yes(m.cache_hit), f"{m.ms:.1f}", f"{m.server_ms:.1f}",
           f"{m.model_ms:.1f}"] for i, m in enumerate(r.multi)],
         ["", "user", "scenarios", "ok", "prefix cache hit", "ms", "server ms", "model ms"]))

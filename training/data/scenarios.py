@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     world = build_world(WorldConfig(dataset=args.dataset))
-    print(f"| scenario | train n | train pos | val pos | test n | test pos |\n|---|---|---|---|---|---|")
+    print("| scenario | train n | train pos | val pos | test n | test pos |\n|---|---|---|---|---|---|")
     for r in class_balance(world, load_scenarios()):
         print(f"| {r['scenario']} | {r['train_n']} | {r['train_pos']:.3f} | {r['val_pos']:.3f} | "
               f"{r['test_n']} | {r['test_pos']:.3f} |")

@@ -68,7 +68,7 @@ class TritonPythonModel:
         root = Path(args["model_repository"]) / args["model_version"] / "models"
         order = model_versions(config)
         if not order:
-            raise pb_utils.TritonModelException(f"config.pbtxt lists no model_versions; re-run python -m "
+            raise pb_utils.TritonModelException("config.pbtxt lists no model_versions; re-run python -m "
                                                 "training.export")
         loaded = [load_model_artifact(root / v, device=device) for v in order]  # raises on any sha256 mismatch
         # LoRA merged into the base weights (same output, fewer matmuls), stored in the serving dtype: the model
