@@ -139,7 +139,8 @@ def main() -> None:
         tmp = Path(tmp_s)
         redis_proc, url = (None, args.redis_url) if args.redis_url else _start_redis(tmp)
         try:
-            cases = [Case(tmp, online, url if online == "redis" else None, args.users) for online in ("sqlite", "redis")]
+            cases = [Case(tmp, online, url if online == "redis" else None, args.users)
+                     for online in ("sqlite", "redis")]
             for case in cases:
                 case.round(5)  # warm registry caches and connections; discarded
                 case.samples.clear()

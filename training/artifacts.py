@@ -115,7 +115,8 @@ def init_from_checkpoint(model, d: str | Path) -> str:
     optimiser/loss/data settings). The architecture sections of both configs must agree. -> checkpoint id."""
     d = Path(d)
     manifest = _verified_manifest(d, CHECKPOINT_FORMAT)
-    theirs = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text())).to_dict()  # fields added since: defaults
+    # fields added since: defaults
+    theirs = QAnchorConfig.from_dict(json.loads((d / "config.json").read_text())).to_dict()
     ours = model.cfg.to_dict()
     for side in (theirs, ours):  # what inference reads out is not architecture: a stage may change it
         side["head"] = {k: v for k, v in side["head"].items() if k not in ("embedding", "layer")}

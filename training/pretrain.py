@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     o = cfg.optim
     torch.manual_seed(o.seed + rank)
     vecs = cached_text_vectors(world.texts, args.dataset, progress=rank == 0)
-    # The dense user vector's constants ship with every checkpoint: ingest standardises raw events' statistics with them.
+    # The dense user vector's constants ship with every checkpoint: ingest standardises raw events' statistics
+    # with them.
     provenance_data = {"dataset": args.dataset, "max_users": args.max_users, "train_users": len(train_users(world)),
                        "split_salt": world.cfg.split_salt, "min_history": world.cfg.min_history,
                        "min_future": world.cfg.min_future}

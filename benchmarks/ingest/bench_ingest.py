@@ -253,7 +253,8 @@ def main() -> int:
     print(f"\nTriton text_encoder alone: {baseline:.0f} distinct texts/s; cold run: "
           f"{cold['encoder_texts_per_s_in_run']:.0f} texts/s inside the consumer")
     print(f"freshness (warm cache) p50 / p99 / mean at {args.rate:.0f} ev/s offered (sent at "
-          f"{fresh['achieved_send_rate']:.0f}): {fresh['p50_s']:.2f} s / {fresh['p99_s']:.2f} s / {fresh['mean_s']:.2f} s")
+          f"{fresh['achieved_send_rate']:.0f}): {fresh['p50_s']:.2f} s / {fresh['p99_s']:.2f} s / "
+          f"{fresh['mean_s']:.2f} s")
     return 0
 
 

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads, "config": args.config, "batch": cfg.optim.batch_size,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_1min": os.getloadavg()[0], "prefix_flop_floor_ms": flop_floor_ms,
-            "speedup_step": fp32["step_s"] / bf16["step_s"], "speedup_prefix_1": fp32["prefix_1_ms"] / bf16["prefix_1_ms"],
+            "speedup_step": fp32["step_s"] / bf16["step_s"],
+            "speedup_prefix_1": fp32["prefix_1_ms"] / bf16["prefix_1_ms"],
             "speedup_prefix_16": fp32["prefix_16_ms"] / bf16["prefix_16_ms"],
             "command": "python benchmarks/precision/bench_precision.py " + " ".join(argv or sys.argv[1:])}
     out = Path(args.out)

@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for s in stacks:
             s.down(["triton"])
-    ratio = {k: results[k]["hit_rate"] / results["single"]["hit_rate"] for k in ("single_2x", "affinity", "round_robin")}
+    ratio = {k: results[k]["hit_rate"] / results["single"]["hit_rate"]
+             for k in ("single_2x", "affinity", "round_robin")}
     ratio["affinity_over_single_2x"] = results["affinity"]["hit_rate"] / results["single_2x"]["hit_rate"]
     out = {"benchmark": "affinity", "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": os.getloadavg()},
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, label in (("single_2x", "one, twice the cache"), ("affinity", "two, user affinity"),
                      ("round_robin", "two, round robin")):
         print(f"{label:<22} {results[k]['hit_rate']:>8.3f} {ratio[k]:>9.2f}")
-    print(f"two replicas with affinity vs one replica with the same total cache: {ratio['affinity_over_single_2x']:.3f}")
+    print("two replicas with affinity vs one replica with the same total cache: "
+          f"{ratio['affinity_over_single_2x']:.3f}")
     return 0
 
 

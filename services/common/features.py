@@ -22,7 +22,8 @@ from training.data.sources import FeatureSpec, SourceSpec, default_sources_path,
 from training.data.stats import Normalisation, StatsAggregate, StatsSpec
 
 __all__ = [
-    "FeatureSpec", "SourceSpec", "StatsSpec", "StatsAggregate", "Normalisation", "SourceEvents", "UserFeatures", "UserBatchArrays", "load_feature_spec",
+    "FeatureSpec", "SourceSpec", "StatsSpec", "StatsAggregate", "Normalisation", "SourceEvents", "UserFeatures",
+    "UserBatchArrays", "load_feature_spec",
     "default_sources_path", "encode_vectors", "decode_vectors", "to_push_columns", "from_feature_dict",
     "build_user_batch_arrays",
 ]

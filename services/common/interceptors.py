@@ -1,8 +1,8 @@
 """Server interceptors: request id, bearer-token auth, error mapping, Prometheus metrics, load shedding.
 
 Order matters (first is outermost): request id -> metrics -> error mapping -> load shedding -> auth.
-`default_interceptors` builds that chain. Each interceptor wraps the method handler's behaviour in a context manager, so unary and streaming
-RPCs are handled the same way.
+`default_interceptors` builds that chain. Each interceptor wraps the method handler's behaviour in a context manager,
+so unary and streaming RPCs are handled the same way.
 """
 from __future__ import annotations
 

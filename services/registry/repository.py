@@ -273,7 +273,8 @@ class Repository:
                 .order_by(TuningJobRow.created_at.desc(), TuningJobRow.id.desc()))
         if scenario:
             validate_scenario_name(scenario)
-            stmt = stmt.join(ScenarioRow, TuningJobRow.scenario_id == ScenarioRow.id).where(ScenarioRow.name == scenario)
+            stmt = (stmt.join(ScenarioRow, TuningJobRow.scenario_id == ScenarioRow.id)
+                    .where(ScenarioRow.name == scenario))
         if states:
             stmt = stmt.where(TuningJobRow.state.in_([JobState(s).value for s in states]))
         if page_token:

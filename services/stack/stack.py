@@ -94,7 +94,8 @@ class Stack:
                 record = self.models.load_record()
                 ready = record is not None and self.models.ready()
                 out.append(ComponentStatus("models", UP if ready else DOWN, None, "triton: qanchor, text_encoder",
-                                           detail=(f"{record.model_version} ({'trained' if record.trained else 'UNTRAINED'})"
+                                           detail=(f"{record.model_version} "
+                                                   f"({'trained' if record.trained else 'UNTRAINED'})"
                                                    if record else "not exported") + ("" if ready else ", not loaded")))
                 continue
             comp = self.components[name]

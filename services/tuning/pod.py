@@ -1,4 +1,5 @@
-"""python -m services.tuning.pod --job-id ID --scenario S --query Q --labels FILE.npz [--model-version V] [--params JSON]
+"""python -m services.tuning.pod --job-id ID --scenario S --query Q --labels FILE.npz [--model-version V]
+    [--params JSON]
 
 What a Kubernetes tuning Job's container runs (services/tuning/on_kubernetes.py creates it): the tuning run
 without the registry. Progress goes to stdout as JSON lines ({"progress": 0.42, "message": "step 12/30", ...}),
@@ -42,7 +43,8 @@ def parse_progress(line: str) -> tuple[float, str, dict[str, float]] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.tuning.pod", description=__doc__.split("\n")[0])
+    usage_line = " ".join(__doc__.split("\n\n")[0].split())  # the docstring's first paragraph, on one line
+    p = argparse.ArgumentParser(prog="python -m services.tuning.pod", description=usage_line)
     p.add_argument("--job-id", required=True)
     p.add_argument("--scenario", required=True)
     p.add_argument("--query", required=True, help="the scenario's query text")

@@ -56,7 +56,8 @@ def stack(stack_manager: Stack) -> Endpoints:
 
 
 def export_tiny_qanchor(model_python: Path, repo: Path, version: str, *extra: str) -> Path:
-    """`python -m training.export --preset tiny` in the model env (the interpreter Triton runs) -> the version folder."""
+    """`python -m training.export --preset tiny` in the model env (the interpreter Triton runs) -> the version
+    folder."""
     import subprocess
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.integration
 TOKEN = "hung-token"
 
 
-def test_a_frozen_registry_stalls_neither_health_nor_known_scenarios(stack, stack_manager, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_frozen_registry_stalls_neither_health_nor_known_scenarios(  # type: ignore[no-untyped-def]
+        stack, stack_manager, tmp_path) -> None:
     stack_manager.up(["registry"])
     tokens = read_tokens(stack_manager.settings)
     registry_target = f"127.0.0.1:{stack_manager.settings.port('registry_grpc')}"

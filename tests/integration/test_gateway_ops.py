@@ -99,7 +99,8 @@ def _wait_health(port: int, service: str, want: int, within_s: float) -> None:
         time.sleep(0.2)
 
 
-def test_registered_query_serves_at_once_and_ten_scenarios_equal_ten_single_calls(online) -> None:  # type: ignore[no-untyped-def]
+def test_registered_query_serves_at_once_and_ten_scenarios_equal_ten_single_calls(  # type: ignore[no-untyped-def]
+        online) -> None:
     client, admin = online["client"], online["admin"]
     for name, query in zip(NAMES, QUERIES):
         admin.register_scenario(name, query)  # zero-shot version 1, servable at once
@@ -117,7 +118,8 @@ def test_registered_query_serves_at_once_and_ten_scenarios_equal_ten_single_call
         np.testing.assert_allclose(single.values, expected, atol=1e-5)
 
 
-def test_triton_down_is_unavailable_within_the_deadline_then_serving_recovers(online, stack_manager) -> None:  # type: ignore[no-untyped-def]
+def test_triton_down_is_unavailable_within_the_deadline_then_serving_recovers(  # type: ignore[no-untyped-def]
+        online, stack_manager) -> None:
     client = online["client"]
     try:
         online["admin"].register_scenario(NAMES[0], QUERIES[0])

@@ -116,7 +116,8 @@ def test_app_components_use_contract_ports_and_stack_endpoints(settings: StackSe
     env = gw.env()
     assert env["QANCHOR_PORT_BASE"] == "31000" and env["QANCHOR_STATE_DIR"] == str(settings.layout.root)
     assert env["GATEWAY_TRITON_URL"] == "127.0.0.1:31001" and env["GATEWAY_REGISTRY_TARGET"] == "127.0.0.1:31052"
-    assert env["GATEWAY_FEAST_LOCATION"] == str(feast) and env["GATEWAY_AB_CONFIG"] == str(settings.layout.root / "ab.yaml")
+    assert (env["GATEWAY_FEAST_LOCATION"] == str(feast)
+            and env["GATEWAY_AB_CONFIG"] == str(settings.layout.root / "ab.yaml"))
     assert ing.env()["INGEST_KAFKA_BOOTSTRAP"] == "127.0.0.1:31092"
     tokens = read_tokens(settings)
     assert reg.env()["REGISTRY_ADMIN_TOKEN"] == tokens.admin and env["GATEWAY_TOKEN"] == tokens.client

@@ -143,8 +143,8 @@ def test_grpc_health_script_follows_the_serving_status() -> None:
         assert not ok and "NOT_FOUND" in reason
         # As the container runs it: exit code is the verdict.
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        run = subprocess.run([sys.executable, str(DOCKER / "grpc_healthcheck.py"), addr], capture_output=True, text=True,
-                             timeout=30)
+        run = subprocess.run([sys.executable, str(DOCKER / "grpc_healthcheck.py"), addr], capture_output=True,
+                             text=True, timeout=30)
         assert run.returncode == 0 and "healthy=True" in run.stdout
     finally:
         server.stop(0)

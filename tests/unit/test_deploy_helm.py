@@ -303,7 +303,8 @@ def test_job_backend_rbac_is_namespaced_minimal_and_only_the_worker_holds_a_toke
                  "Role", "qanchor-job-backend")
     assert all("services" not in r["resources"] for r in no_svc["rules"])
     binding = _by(kube_docs, "RoleBinding", "qanchor-job-backend")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "qanchor-job-backend"}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "qanchor-job-backend"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "qanchor-job-backend", "namespace": "qanchor"}]
     sa = _by(kube_docs, "ServiceAccount", "qanchor-job-backend")
     assert sa["automountServiceAccountToken"] is False and _by(

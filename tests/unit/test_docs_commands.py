@@ -26,7 +26,8 @@ from services.cli import __main__ as cli
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / "artifacts" / "README.md",
         REPO / "benchmarks" / "serving" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-START = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:\.venv(?:-model)?/bin/)?(?:qanchor\s|python3?\s|torchrun\s|scripts/\S+\.sh)")
+START = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:\.venv(?:-model)?/bin/)?"
+                   r"(?:qanchor\s|python3?\s|torchrun\s|scripts/\S+\.sh)")
 MODEL_MODULES = ("training.", "services.tuning")  # services.tuning.snapshot is the services-env exception
 
 

@@ -1,7 +1,7 @@
 """A gateway any client can use: calls without a deadline get the configured budget, the budget left reaches the
-registry, scenario lookups are deduplicated (cached both ways: test_registry_servicer.py), load beyond the in-flight limit is
-refused at once, the gateway starts while the registry is down, and A/B reloads fail closed while a dependency
-cannot validate them."""
+registry, scenario lookups are deduplicated (cached both ways: test_registry_servicer.py), load beyond the
+in-flight limit is refused at once, the gateway starts while the registry is down, and A/B reloads fail closed
+while a dependency cannot validate them."""
 from __future__ import annotations
 
 import threading

@@ -203,7 +203,8 @@ def test_served_counts_sum_the_statistics_of_every_loaded_version() -> None:
                  "inference_stats": {"success": {"count": "5", "ns": "10"}}},
                 {"version": "2", "inference_count": "2", "execution_count": "2", "inference_stats": {}}]}
 
-    assert served_counts(Stats(), "qanchor") == ServedCounts(inferences=9, executions=5, successes=5)  # type: ignore[arg-type]
+    assert served_counts(Stats(), "qanchor") == ServedCounts(  # type: ignore[arg-type]
+        inferences=9, executions=5, successes=5)
 
 
 def test_main_refuses_a_bad_ab_config_fast(tmp_path: Path) -> None:
@@ -222,7 +223,8 @@ def test_main_refuses_a_bad_ab_config_fast(tmp_path: Path) -> None:
     assert "GATEWAY_AB_CONFIG" in proc.stderr
 
 
-def test_cli_embed_prints_metadata_and_item_errors(running, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_embed_prints_metadata_and_item_errors(  # type: ignore[no-untyped-def]
+        running, monkeypatch, capsys) -> None:
     import json
 
     from services.cli.__main__ import main as cli_main
@@ -250,7 +252,8 @@ def test_two_gateways_in_one_process_share_the_default_metrics(tmp_path: Path) -
         g.close()
 
 
-def test_cli_embed_finds_the_local_stack_without_token_handling(running, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_embed_finds_the_local_stack_without_token_handling(  # type: ignore[no-untyped-def]
+        running, monkeypatch, capsys) -> None:
     """`qanchor embed USER -s NAME` right after `qanchor stack up`: address and client token come from the state
     dir the stack wrote (run/endpoints.json, run/tokens.json); nothing to export by hand."""
     import json

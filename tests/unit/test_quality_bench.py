@@ -126,7 +126,8 @@ def test_label_budget_table_on_planted_rows(ml100k_world, monkeypatch):
     assert zs_vs_static["low"] > 0  # the planted signal wins with 20 labels, and the interval says so
     md = lb.markdown(table, {"scenario_names": ["gender_female"], "n_train": len(world.users("train")),
                              "n_val": 100, "n_test": 150, "repeats": 3, "draws": 200})
-    assert f"| all ({len(world.users('train'))}) |" in md and "| 20 | Q-Anchor zero-shot > Q-Anchor static query |" in md
+    assert (f"| all ({len(world.users('train'))}) |" in md
+            and "| 20 | Q-Anchor zero-shot > Q-Anchor static query |" in md)
 
 
 def test_val_selected_row_keeps_the_tuned_prompt_only_where_the_val_probe_improves(ml100k_world):

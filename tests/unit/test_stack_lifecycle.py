@@ -137,7 +137,8 @@ def test_never_healthy_times_out_and_leaves_nothing(stack: Stack) -> None:
 def test_stop_group_kills_children_that_ignore_sigterm(tmp_path: Path) -> None:
     # Leader exits on SIGTERM; its child ignores SIGTERM and must still be gone after stop_group.
     script = ("import os,signal,subprocess,sys,time;"
-              "c=subprocess.Popen([sys.executable,'-c','import signal,time;signal.signal(signal.SIGTERM,signal.SIG_IGN);"
+              "c=subprocess.Popen([sys.executable,'-c','import signal,time;"
+              "signal.signal(signal.SIGTERM,signal.SIG_IGN);"
               "print(1,flush=True);time.sleep(600)']);print('child',c.pid,flush=True);time.sleep(600)")
     proc, record = spawn([sys.executable, "-c", script], tmp_path / "x.log")
     deadline = time.monotonic() + 10

@@ -74,7 +74,8 @@ def future_activity(h: WindowView, f: WindowView, style: str = "counts") -> Topi
     span = int((f.ts.max() - f.ts.min()) // DAY)
     first = int((f.day == f.day[0]).sum())
     pace = "A burst" if span <= 2 else "Steady" if f.n / max(span, 1) >= 0.5 else "Occasional"
-    return TopicAnswer(f"{pace}: {f.n} more ratings over {span + 1} day{'s' if span else ''}, {first} on the first day.",
+    return TopicAnswer(f"{pace}: {f.n} more ratings over {span + 1} day{'s' if span else ''}, "
+                       f"{first} on the first day.",
                        {"count": f.n, "days": span + 1, "first_day": first}, float(np.log(f.n)))
 
 

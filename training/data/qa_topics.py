@@ -211,7 +211,8 @@ def mainstream(v, pop):
         return None
     p = pop.item_pop[v.item]
     med = float(np.median(p))
-    word = "mostly popular titles" if med > np.median(pop.item_pop[pop.item_pop > 0]) * 3 else "many lesser-known titles"
+    word = ("mostly popular titles" if med > np.median(pop.item_pop[pop.item_pop > 0]) * 3
+            else "many lesser-known titles")
     return TopicAnswer(f"They watch {word}: the median movie they rated has {int(med)} ratings from other users.",
                        {"median_pop": int(med)}, float(np.log1p(med)))
 

@@ -24,7 +24,8 @@ from services.common.proto.qanchor.v1 import registry_pb2 as pb
 
 
 def _version_rows(versions: Any) -> list[list[object]]:
-    return [[v.version, _enum(v.kind, pb.PromptKind, "PROMPT_KIND_"), _enum(v.status, pb.PromptStatus, "PROMPT_STATUS_"),
+    return [[v.version, _enum(v.kind, pb.PromptKind, "PROMPT_KIND_"),
+             _enum(v.status, pb.PromptStatus, "PROMPT_STATUS_"),
              v.model_version or "-", " ".join(f"{k}={m:.4f}" for k, m in sorted(v.metrics.items())) or "-"]
             for v in versions]
 

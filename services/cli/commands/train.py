@@ -137,7 +137,8 @@ def _status(args: argparse.Namespace) -> int:
             raise NotFound(f"no Job {name} in namespace {backend.namespace}; list runs with `qanchor train list`")
         doc = _status_dict(status)
         _emit(args, doc, f"{name}: {doc['phase']}  pods done {status.succeeded}/{status.completions}  "
-                         f"active {status.active}  failed {status.failed}" + (f"\n{status.message}" if status.message else ""))
+                         f"active {status.active}  failed {status.failed}"
+                         + (f"\n{status.message}" if status.message else ""))
     return 0
 
 
@@ -175,7 +176,8 @@ def _cancel(args: argparse.Namespace) -> int:
     name = _name(args.run_id)
     with _backend(args) as backend:
         deleted = backend.cancel(name)
-    _emit(args, {"job": name, "deleted": deleted}, f"{name}: deleted with its pods" if deleted else f"{name}: nothing to delete")
+    _emit(args, {"job": name, "deleted": deleted},
+          f"{name}: deleted with its pods" if deleted else f"{name}: nothing to delete")
     if not deleted:
         print(f"{name} did not exist (already finished and deleted by its TTL, or never submitted)", file=sys.stderr)
     return 0

@@ -64,11 +64,13 @@ class Discovery:
                 try:
                     found += self._resolve(host, port)
                 except OSError as exc:  # keep the last good list: a DNS hiccup must not empty the ring
-                    log.warning("triton DNS lookup failed", extra={"event": "triton_dns_failed", "host": host, "error": repr(exc)})
+                    log.warning("triton DNS lookup failed",
+                                extra={"event": "triton_dns_failed", "host": host, "error": repr(exc)})
                     return self._current
             found = sorted(set(found))
             if found != self._current:
-                log.info("triton endpoints changed", extra={"event": "triton_endpoints_changed", "before": ",".join(self._current),
+                log.info("triton endpoints changed", extra={"event": "triton_endpoints_changed",
+                                                            "before": ",".join(self._current),
                                                             "after": ",".join(found)})
                 self._current = found
         return self._current
