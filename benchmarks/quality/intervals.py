@@ -54,3 +54,22 @@ class RowBootstrap:
             by_scenario[name] = dict(zip(("low", "high"), interval(ds)))
         return {"diff": float(np.nanmean(d)), "low": low, "high": high,
                 "p_above_zero": float(np.nanmean(d > 0)), "by_scenario": by_scenario}
+
+
+def paired_tables(rows: list[dict], pairs: list[tuple[str, str]], draws: int = 1000,
+                  scenarios: list[str] | None = None) -> str:
+    """Markdown for a diagnostic's own rows (each {"row", "probes", "auc_avg"}): every row with its 95% interval
+    (and its AUC per scenario, when `scenarios` names them in probe order), then each (better, worse) pair's
+    paired difference on the same bootstrap draws."""
+    boot = RowBootstrap(rows, draws=draws)
+    extra = scenarios or []
+    lines = ["| row | avg AUC | 95% interval |" + "".join(f" {n} |" for n in extra), "|---" * (3 + len(extra)) + "|"]
+    for r in rows:
+        low, high = boot.row_interval(r["row"])
+        lines.append(f"| {r['row']} | {r['auc_avg']:.4f} | {low:.4f} - {high:.4f} |"
+                     + "".join(f" {p.auc_mean:.3f} |" for p in r["probes"][:len(extra)]))
+    lines += ["", "| paired difference | diff | 95% interval |", "|---|---|---|"]
+    for better, worse in pairs:
+        d = boot.difference(better, worse)
+        lines.append(f"| {better} - {worse} | {d['diff']:+.4f} | {d['low']:+.4f} to {d['high']:+.4f} |")
+    return "\n".join(lines)

@@ -124,7 +124,7 @@ def _full(ctx, emb_all: np.ndarray, names, users, li: int) -> dict[tuple[str, st
 def paired(ctx, emb_all: np.ndarray, names, users, layers: list[int], li: int, draws: int) -> str:
     """Static and zero-shot rows of layer li and of the last scanned layer, probed as run.py probes (C by folds),
     with the paired differences that decide whether layer li would serve better."""
-    from benchmarks.quality.intervals import RowBootstrap
+    from benchmarks.quality.intervals import paired_tables
 
     rows = []
     for at in (li, len(layers) - 1):
@@ -134,19 +134,11 @@ def paired(ctx, emb_all: np.ndarray, names, users, layers: list[int], li: int, d
                                ctx.world, s, seeds=(0,), subsample=1.0, c_choice="cv") for s in ctx.scenarios]
             rows.append({"row": f"{kind} @ layer {layers[at]}", "probes": probes,
                          "auc_avg": float(np.mean([p.auc_mean for p in probes]))})
-    boot = RowBootstrap(rows, draws=draws)
     a, b = layers[li], layers[-1]
-    lines = ["| row | avg AUC (C by folds) | 95% interval |", "|---|---|---|"]
-    lines += [f"| {r['row']} | {r['auc_avg']:.4f} | {boot.row_interval(r['row'])[0]:.4f} - "
-              f"{boot.row_interval(r['row'])[1]:.4f} |" for r in rows]
-    lines += ["", "| paired difference | diff | 95% interval |", "|---|---|---|"]
-    for better, worse in ((f"zero_shot @ layer {a}", f"zero_shot @ layer {b}"),
-                          (f"static @ layer {a}", f"static @ layer {b}"),
-                          (f"zero_shot @ layer {a}", f"static @ layer {a}"),
-                          (f"zero_shot @ layer {b}", f"static @ layer {b}")):
-        d = boot.difference(better, worse)
-        lines.append(f"| {better} - {worse} | {d['diff']:+.4f} | {d['low']:+.4f} to {d['high']:+.4f} |")
-    return "\n".join(lines)
+    return paired_tables(rows, [(f"zero_shot @ layer {a}", f"zero_shot @ layer {b}"),
+                                (f"static @ layer {a}", f"static @ layer {b}"),
+                                (f"zero_shot @ layer {a}", f"static @ layer {a}"),
+                                (f"zero_shot @ layer {b}", f"static @ layer {b}")], draws)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -268,3 +268,28 @@ def test_probe_stability_perturbs_like_bf16_rounding_and_counts_c_flips():
     assert got["scenarios_with_c_flips"] == 1.0
     assert got["max_scenario_spread"] == pytest.approx(0.02)
     assert got["average_spread"] == pytest.approx(0.02)  # averages 0.65, 0.655, 0.67
+
+
+def test_complement_pairs_the_scenario_state_with_the_static_one(ml100k_world, monkeypatch):
+    """benchmarks/quality/complement.py: a zero-shot state with information the static one lacks makes
+    `[zero-shot; static]` beat `static`, and the markdown pairs every row the diagnostic claims."""
+    from benchmarks.quality import complement
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    world = quality.CappedWorld(ml100k_world, {"train": 300, "val": 100, "test": 150})
+    female = np.array([u.gender == "F" for u in ml100k_world.ml.users], np.float32)
+    rng = np.random.default_rng(1)
+    static = rng.standard_normal((len(female), 4)).astype(np.float32)
+    zero = rng.standard_normal((len(female), 4)).astype(np.float32)
+    zero[:, 0] += 2.0 * female  # only the scenario's state knows the answer
+    scen = [s for s in load_scenarios() if s.name == "gender_female"]
+    monkeypatch.setattr(complement, "_qanchor_pass",
+                        lambda ctx: {"static": {"static": static}, "zero_shot": {"gender_female": zero}})
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, None, "cpu", None)
+    table = complement.rows(ctx)
+    auc = {r["row"]: r["auc_avg"] for r in table}
+    assert auc["static"] < 0.6 < 0.8 < auc["[zero-shot; static]"]
+    md = complement.markdown(ctx, table, draws=200)
+    for better, worse in complement.PAIRS:
+        assert f"| {better} - {worse} |" in md
