@@ -11,6 +11,8 @@ SmolLM2-135M-Instruct with its real weights (the `smollm2` preset, first source'
   bf16            LoRA merged, weights stored in bf16, autocast: what `prepare_for_serving` now serves (SDPA)
   bf16_eager      the same with eager attention
   bf16_b8         the served path with 8 users in one forward (cross-request batching), per user
+  bf16_cut24      the served path of a model cut after decoder layer 24 of 30 (`head.layer: 24`, the `<USER_EMB>`
+                  state read out there: docs/model.md "Which layer to serve"); its KV cache holds 24 layers
 Each is timed by wall clock and by process CPU time (CPU time barely moves when other jobs take the cores, so on a
 shared machine it is the steadier figure). The run measures this machine's peak matmul rate (256x576 @ 576x1536)
 in fp32 and bf16 per CPU-second and prints the FLOP floor (2 x non-embedding parameters x tokens / bf16 peak) in CPU
@@ -49,6 +51,7 @@ from training.model.synthetic import random_users  # noqa: E402
 from training.precision import autocast, autocast_for  # noqa: E402
 
 GIB = 1 << 30
+CUT_LAYER = 24  # the read-out depth of the bf16_cut variant (head.layer)
 
 
 def peak_tflops(dtype: torch.dtype, repeats: int = 30) -> float:
@@ -93,11 +96,13 @@ def variants(threads: int) -> tuple[dict, object]:
     prepare_for_serving(bf16)
     eager = copy.deepcopy(bf16)
     eager._lm().config._attn_implementation = "eager"
+    cut = copy.deepcopy(bf16)
+    cut.cfg.head.embedding, cut.cfg.head.layer = "hidden", CUT_LAYER
     os.environ.pop("QANCHOR_PRECISION")
     del base
     return {"fp32": (fp32, torch.float32, 1), "bf16_unmerged": (unmerged, torch.bfloat16, 1),
             "bf16": (bf16, torch.bfloat16, 1), "bf16_eager": (eager, torch.bfloat16, 1),
-            "bf16_b8": (bf16, torch.bfloat16, 8)}, fp32
+            "bf16_b8": (bf16, torch.bfloat16, 8), f"bf16_cut{CUT_LAYER}": (cut, torch.bfloat16, 1)}, fp32
 
 
 def parity(checkpoint: Path, n_users: int) -> dict:
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "wall_ms_per_user": times, "cpu_ms_per_user": cpu, "median_wall_ms": med, "median_cpu_ms": med_cpu,
         "flop_floor_ms_bf16": floor_ms, "flop_floor_cpu_ms_bf16": floor_cpu_ms,
         "flop_floor_ms_fp32": work / (peak["fp32"] * 1e12) * 1000 / args.threads,
-        "kv_bytes_per_user": {"fp32": kv["fp32"], "bf16": kv["bf16"]},
+        "kv_bytes_per_user": {"fp32": kv["fp32"], "bf16": kv["bf16"],
+                              f"bf16_cut{CUT_LAYER}": kv[f"bf16_cut{CUT_LAYER}"]},
         "users_per_gib": {"fp32": GIB // kv["fp32"], "bf16": GIB // kv["bf16"]},
         "profile_top_ops": prof, "parity": par,
         "targets": {"bf16_prefix_ms_max": 150},
