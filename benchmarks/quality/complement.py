@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.intervals import paired_tables  # noqa: E402
-from benchmarks.quality.run import _qanchor_pass, add_population_args, build_context  # noqa: E402
+from benchmarks.quality.run import model_embeddings, add_population_args, build_context  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 PAIRS = [("zero-shot", "static"), ("[zero-shot; static]", "static"), ("[zero-shot; static]", "zero-shot"),
@@ -34,7 +34,7 @@ PAIRS = [("zero-shot", "static"), ("[zero-shot; static]", "static"), ("[zero-sho
 
 def rows(ctx) -> list[dict]:
     """The four probed rows, each with its probes (for the bootstrap) and average test AUC."""
-    emb = _qanchor_pass(ctx)
+    emb = model_embeddings(ctx)
     static = emb["static"]["static"]
     variants = {"static": lambda s: static,
                 "zero-shot": lambda s: emb["zero_shot"][s.name],

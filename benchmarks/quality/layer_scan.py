@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality.run import (STATIC_QUERY, _load_model, _model_users, add_population_args,  # noqa: E402
+from benchmarks.quality.run import (STATIC_QUERY, load_model, model_users, add_population_args,  # noqa: E402
                                     build_context, encode_prefixes, query_specs, scatter_users)
 from training import evaluate as ev  # noqa: E402
 
@@ -43,7 +43,7 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
 
     from training.precision import apply_precision, autocast, resolve_precision
 
-    model = _load_model(ctx, "trained")
+    model = load_model(ctx, "trained")
     model.cfg.head.embedding, model.cfg.head.layer = "hidden", None  # every layer runs; the hooks read them
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
@@ -52,7 +52,7 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
     bad = [l for l in layers if not 1 <= l <= n_layers]
     if bad:
         raise SystemExit(f"--layers {bad}: this backbone has layers 1..{n_layers}")
-    users = _model_users(ctx)
+    users = model_users(ctx)
     cache = encode_prefixes(ctx, model, users, dtype, "layer scan")
     specs = query_specs(ctx)
     names = list(specs)
@@ -111,7 +111,7 @@ def _cache_path(ctx, layers: list[int]) -> Path | None:
 
     from training.artifacts import checkpoint_id
 
-    ident = json.dumps([checkpoint_id(ctx.checkpoint), _model_users(ctx), layers, STATIC_QUERY,
+    ident = json.dumps([checkpoint_id(ctx.checkpoint), model_users(ctx), layers, STATIC_QUERY,
                         [s.query for s in ctx.scenarios]])
     return Path(ctx.embed_cache) / f"layers-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 

@@ -129,10 +129,10 @@ def _checkpoint(ctx: Context, key: str) -> str:
     return path
 
 
-def _load_model(ctx: Context, key: str = "trained"):
+def load_model(ctx: Context, key: str = "trained"):
+    """The model behind `key` (see model_embeddings), in eval mode, with the read-out its rows serve."""
     path = _checkpoint(ctx, key)
     try:
-
         from training.pretrain import load_pretrained
     except ImportError as exc:  # the model API is still landing
         raise RowSkipped(f"model API unavailable: {exc}") from None
@@ -165,7 +165,8 @@ def _embedding_of(ctx: Context, key: str) -> str:
     return QAnchorConfig.from_dict(json.loads(config.read_text())).head.readout
 
 
-def _model_users(ctx: Context) -> list[int]:
+def model_users(ctx: Context) -> list[int]:
+    """Every user a model pass embeds (train + val + test of the capped world), sorted: the embedding caches' rows."""
     return sorted(ctx.world.users("train") + ctx.world.users("val") + ctx.world.users("test"))
 
 
@@ -185,7 +186,7 @@ def query_specs(ctx: Context) -> dict[tuple[str, str], Any]:
     return specs
 
 
-def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.ndarray]]:
+def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.ndarray]]:
     """All model embeddings of one model, memoised: {"static": {...}, "zero_shot": {...}, "tuned": {...}}.
 
     `key`: "trained" (--checkpoint), "untrained" (its config at init) or an --ablation label. The prefix is
@@ -194,7 +195,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     """
     if key in ctx.model_cache:
         return ctx.model_cache[key]
-    users = _model_users(ctx)
+    users = model_users(ctx)
     disk = _disk_cache_path(ctx, key, users)
     if disk is not None and disk.is_file():  # an earlier (or parallel) run embedded the same model and users
         with np.load(disk) as z:
@@ -213,7 +214,7 @@ def _qanchor_pass(ctx: Context, key: str = "trained") -> dict[str, dict[str, np.
     from training.model.suffix import ScenarioSpec
     from training.precision import apply_precision, autocast, resolve_precision
 
-    model = _load_model(ctx, key)
+    model = load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
     cache = encode_prefixes(ctx, model, users, dtype, key)
@@ -310,18 +311,18 @@ def _tune_prompts(ctx: Context, model, cache, users: list[int]) -> dict[str, tup
 
 
 def row_static_query(ctx: Context):
-    same = _qanchor_pass(ctx)["static"]["static"]
+    same = model_embeddings(ctx)["static"]["static"]
     return {s.name: same for s in ctx.scenarios}
 
 
 def row_qanchor_zero_shot(ctx: Context):
-    return _qanchor_pass(ctx)["zero_shot"]
+    return model_embeddings(ctx)["zero_shot"]
 
 
 def row_qanchor_prompt_tuned(ctx: Context):
     if not ctx.tune_steps:
         raise RowSkipped("needs --tune-steps N (soft prompts tuned per scenario on train users)")
-    return _qanchor_pass(ctx)["tuned"]
+    return model_embeddings(ctx)["tuned"]
 
 
 def row_qanchor_tuned_val_selected(ctx: Context):
@@ -330,7 +331,7 @@ def row_qanchor_tuned_val_selected(ctx: Context):
     prompt only when it helps. The choice and both val AUCs land in the run's tune_heldout."""
     if not ctx.tune_steps:
         raise RowSkipped("needs --tune-steps N (soft prompts tuned per scenario on train users)")
-    got = _qanchor_pass(ctx)
+    got = model_embeddings(ctx)
     out = {}
     for s in ctx.scenarios:
         tuned, zero = (ev.val_auc(got[kind][s.name], ctx.world, s) for kind in ("tuned", "zero_shot"))
@@ -344,7 +345,7 @@ def row_qanchor_tuned_val_selected(ctx: Context):
 
 
 def row_untrained_zero_shot(ctx: Context):
-    return _qanchor_pass(ctx, "untrained")["zero_shot"]
+    return model_embeddings(ctx, "untrained")["zero_shot"]
 
 
 ABLATION_PREFIX = "ablation: zero-shot, "
@@ -360,7 +361,7 @@ def claim_pairs(claims: list[tuple[str, str]], ablations: dict) -> list[tuple[st
 def row_ablation(label: str) -> Callable[[Context], Any]:
     """Zero-shot rows of a separately pretrained variant (--ablation LABEL=CHECKPOINT), as in the paper's Table 3."""
     def row(ctx: Context):
-        return _qanchor_pass(ctx, label)["zero_shot"]
+        return model_embeddings(ctx, label)["zero_shot"]
     return row
 
 
@@ -399,7 +400,7 @@ def _query_dependence(ctx: Context, key: str, emb: dict[str, np.ndarray]) -> flo
     """1 - linear CKA between each scenario's embeddings and the same model's static-query embeddings of the test
     users, averaged over scenarios: 0 when a scenario query only shifts the embedding (a probe then finds in the
     static embedding whatever the query would give), larger when the query changes which user differences it keeps."""
-    static = _qanchor_pass(ctx, key).get("static", {}).get("static")
+    static = model_embeddings(ctx, key).get("static", {}).get("static")
     if static is None or len({id(emb[s.name]) for s in ctx.scenarios}) == 1:
         return None
     test = np.asarray(ctx.world.users("test"))
@@ -416,7 +417,7 @@ def _same_question(ctx: Context, key: str) -> dict[str, float]:
     from training.heldout import HeldOutEval
     from training.precision import apply_precision, autocast, resolve_precision
 
-    model = _load_model(ctx, key)
+    model = load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
     collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)  # older checkpoints read fewer columns

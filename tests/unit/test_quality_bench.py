@@ -284,7 +284,7 @@ def test_complement_pairs_the_scenario_state_with_the_static_one(ml100k_world, m
     zero = rng.standard_normal((len(female), 4)).astype(np.float32)
     zero[:, 0] += 2.0 * female  # only the scenario's state knows the answer
     scen = [s for s in load_scenarios() if s.name == "gender_female"]
-    monkeypatch.setattr(complement, "_qanchor_pass",
+    monkeypatch.setattr(complement, "model_embeddings",
                         lambda ctx: {"static": {"static": static}, "zero_shot": {"gender_female": zero}})
     ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, None, "cpu", None)
     table = complement.rows(ctx)
