@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.intervals import paired_tables  # noqa: E402
-from benchmarks.quality.run import model_embeddings, add_population_args, build_context  # noqa: E402
+from benchmarks.quality.run import add_population_args, build_context, model_embeddings  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 PAIRS = [("zero-shot", "static"), ("[zero-shot; static]", "static"), ("[zero-shot; static]", "zero-shot"),

@@ -30,8 +30,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality.run import (STATIC_QUERY, load_model, model_users, add_population_args,  # noqa: E402
-                                    build_context, encode_prefixes, query_specs, scatter_users)
+from benchmarks.quality.run import (STATIC_QUERY, add_population_args, build_context,  # noqa: E402
+                                    encode_prefixes, load_model, model_users, query_specs, scatter_users)
 from training import evaluate as ev  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality.layer_scan")
