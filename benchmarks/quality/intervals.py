@@ -5,6 +5,7 @@ ordering claims (the same resamples for both rows of a pair, so shared test-user
     boot.row_interval("Q-Anchor zero-shot")      # (low, high) of the average AUC over scenarios
     boot.difference("Q-Anchor zero-shot", "Q-Anchor static query")  # {"diff", "low", "high", "p_above_zero",
                                                                     #  "by_scenario": {name: {"low", "high"}}}
+    paired_claims(rows, CLAIMS, boot)            # the reported claims, point differences; claim_cells renders one
 """
 from __future__ import annotations
 
@@ -56,6 +57,40 @@ class RowBootstrap:
                 "p_above_zero": float(np.nanmean(d > 0)), "by_scenario": by_scenario}
 
 
+def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBootstrap) -> list[dict]:
+    """Each (better, worse) pair whose rows both ran: {"better", "worse", "diff", "low", "high", "p_above_zero",
+    "by_scenario"}. "diff" is the point difference of the two rows' average AUCs (per scenario too), the interval is
+    the paired bootstrap's. The one place a claim is built (the table, the label-budget table, the diagnostics)."""
+    by_name = {r["row"]: r for r in rows if "skipped" not in r}
+    out = []
+    for better, worse in pairs:
+        d = boot.difference(better, worse)
+        if d is None:
+            continue
+        b, w = _scenario_means(by_name[better]), _scenario_means(by_name[worse])
+        for name, s in d["by_scenario"].items():
+            s["diff"] = b[name] - w[name]
+        out.append({"better": better, "worse": worse, **d,
+                    "diff": by_name[better]["auc_avg"] - by_name[worse]["auc_avg"]})
+    return out
+
+
+def _scenario_means(row: dict) -> dict[str, float]:
+    per: dict[str, list[float]] = {}
+    for p in row["probes"]:
+        per.setdefault(p.scenario, []).append(p.auc_mean)
+    return {name: float(np.mean(v)) for name, v in per.items()}
+
+
+CLAIM_HEADER = ["| claim | difference | 95% interval | holds (interval above 0) |", "|---|---|---|---|"]
+
+
+def claim_cells(c: dict) -> str:
+    """One claim as markdown cells: 'yes' only when its whole 95% interval is above zero."""
+    verdict = "yes" if c["low"] > 0 else ("point estimate only" if c["diff"] > 0 else "no")
+    return f"| {c['better']} > {c['worse']} | {c['diff']:+.4f} | {c['low']:+.4f} - {c['high']:+.4f} | {verdict} |"
+
+
 def paired_tables(rows: list[dict], pairs: list[tuple[str, str]], draws: int = 1000,
                   scenarios: list[str] | None = None) -> str:
     """Markdown for a diagnostic's own rows (each {"row", "probes", "auc_avg"}): every row with its 95% interval
@@ -68,8 +103,6 @@ def paired_tables(rows: list[dict], pairs: list[tuple[str, str]], draws: int = 1
         low, high = boot.row_interval(r["row"])
         lines.append(f"| {r['row']} | {r['auc_avg']:.4f} | {low:.4f} - {high:.4f} |"
                      + "".join(f" {p.auc_mean:.3f} |" for p in r["probes"][:len(extra)]))
-    lines += ["", "| paired difference | diff | 95% interval |", "|---|---|---|"]
-    for better, worse in pairs:
-        d = boot.difference(better, worse)
-        lines.append(f"| {better} - {worse} | {d['diff']:+.4f} | {d['low']:+.4f} to {d['high']:+.4f} |")
+    lines += ["", *CLAIM_HEADER]
+    lines += [claim_cells(c) for c in paired_claims(rows, pairs, boot)]
     return "\n".join(lines)

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality import run as quality  # noqa: E402
-from benchmarks.quality.intervals import RowBootstrap  # noqa: E402
+from benchmarks.quality.intervals import CLAIM_HEADER, RowBootstrap, claim_cells, paired_claims  # noqa: E402
 from training import evaluate as ev  # noqa: E402
 
 ZS, STATIC, TUNED = "Q-Anchor zero-shot", "Q-Anchor static query", "Q-Anchor prompt-tuned"
@@ -73,11 +73,7 @@ def budget_table(ctx: quality.Context, names: list[str], budgets: list[int], rep
             rows.append({"row": name, "probes": probes, "n_labels": n_labels,
                          "auc_avg": float(np.mean([np.mean(v) for v in per_scenario.values()]))})
         boot = RowBootstrap(rows, draws=draws)
-        claims = []
-        for better, worse in CLAIMS:
-            d = boot.difference(better, worse)
-            if d is not None:
-                claims.append({"better": better, "worse": worse, **d})
+        claims = paired_claims(rows, CLAIMS, boot)
         for r in rows:
             r["auc_ci"] = boot.row_interval(r["row"])
             r.pop("probes")
@@ -105,13 +101,9 @@ def markdown(table: list[dict], meta: dict) -> str:
         cells = {r["row"]: f"{r['auc_avg']:.4f} ({r['auc_ci'][0]:.3f}-{r['auc_ci'][1]:.3f})" for r in e["rows"]}
         lines.append(f"| {_budget_label(e, n_full)} | " + " | ".join(cells.get(n, "") for n in names) + " |")
     lines += ["", "Paired differences (same test-user resamples for both rows):", "",
-              "| labelled users | claim | difference | 95% interval | holds (interval above 0) |",
-              "|---|---|---|---|---|"]
+              "| labelled users " + CLAIM_HEADER[0], "|---" + CLAIM_HEADER[1]]
     for e in table:
-        for c in e["claims"]:
-            verdict = "yes" if c["low"] > 0 else ("point estimate only" if c["diff"] > 0 else "no")
-            lines.append(f"| {_budget_label(e, n_full)} | {c['better']} > {c['worse']} | {c['diff']:+.4f} | "
-                         f"{c['low']:+.4f} - {c['high']:+.4f} | {verdict} |")
+        lines += [f"| {_budget_label(e, n_full)} " + claim_cells(c) for c in e["claims"]]
     return "\n".join(lines) + "\n"
 
 

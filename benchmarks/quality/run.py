@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.quality.intervals import (  # noqa: E402
+    CLAIM_HEADER, CLAIMS, RowBootstrap, claim_cells, paired_claims)
 from training import evaluate as ev  # noqa: E402
 from training.config import ConfigError, parse_readout  # noqa: E402
 from training.data.encoder import cached_text_vectors  # noqa: E402
@@ -488,11 +490,8 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
     claims = meta.get("claims") or []
     if claims:
         lines += ["", "Paired differences (the same bootstrap draws for both rows):", "",
-                  "| claim | difference | 95% interval | holds (interval above 0) |", "|---|---|---|---|"]
-        for c in claims:
-            verdict = "yes" if c["low"] > 0 else ("point estimate only" if c["diff"] > 0 else "no")
-            lines.append(f"| {c['better']} > {c['worse']} | {c['diff']:+.4f} | {c['low']:+.4f} - {c['high']:+.4f} | "
-                         f"{verdict} |")
+                  *CLAIM_HEADER]
+        lines += [claim_cells(c) for c in claims]
     lines += claims_by_scenario(claims, scenarios)
     lines += ["", "Per scenario (test AUC):", "", "| row | " + " | ".join(s.name for s in scenarios) + " |",
               "|" + "---|" * (1 + len(scenarios))]
@@ -650,21 +649,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_row(n, ctx, seeds) for n in names]
     claims = []
     if args.draws:
-        from benchmarks.quality.intervals import CLAIMS, RowBootstrap
-
         boot = RowBootstrap(rows, draws=args.draws)
         for r in rows:
             if "skipped" not in r:
                 r["auc_ci"] = boot.row_interval(r["row"])
-        for better, worse in claim_pairs(CLAIMS, ablations):
-            d = boot.difference(better, worse)
-            if d is not None:
-                b, w = (next(r for r in rows if r["row"] == name) for name in (better, worse))
-                per = {x["scenario"]: x["auc_mean"] for x in w["scenarios"]}
-                for x in b["scenarios"]:
-                    if x["scenario"] in d["by_scenario"]:
-                        d["by_scenario"][x["scenario"]]["diff"] = x["auc_mean"] - per[x["scenario"]]
-                claims.append({"better": better, "worse": worse, **d, "diff": b["auc_avg"] - w["auc_avg"]})
+        claims = paired_claims(rows, claim_pairs(CLAIMS, ablations), boot)
     for r in rows:
         r.pop("probes", None)
     meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",

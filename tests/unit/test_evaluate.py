@@ -195,3 +195,33 @@ def test_row_bootstrap_gives_each_scenario_its_own_paired_interval():
     assert d["by_scenario"]["planted"]["low"] > 0.2
     assert d["by_scenario"]["same"] == {"low": 0.0, "high": 0.0}
     assert d["low"] > 0  # the average carries the planted scenario, halved
+
+
+def test_paired_claims_report_point_differences_and_a_verdict_per_claim():
+    """A claim's difference is the rows' point difference (average, and per scenario over its draws), its interval
+    the paired bootstrap's; a pair with a skipped row is left out; 'yes' needs the whole interval above 0."""
+    import importlib
+
+    from training.evaluate import ProbeResult
+
+    iv = importlib.import_module("benchmarks.quality.intervals")
+    rng = np.random.default_rng(3)
+    users, y = np.arange(200), (np.arange(200) % 2).astype(int)
+    noise = rng.standard_normal(200)
+
+    def probe(name, auc_mean, shift):
+        return ProbeResult(name, auc_mean, 0.0, 0.0, 0.0, 1.0, 10, 200, [], [], users, y, y * shift + noise)
+
+    rows = [{"row": "better", "auc_avg": 0.80, "probes": [probe("a", 0.9, 3.0), probe("b", 0.7, 1.0),
+                                                          probe("b", 0.7, 1.0)]},
+            {"row": "worse", "auc_avg": 0.60, "probes": [probe("a", 0.6, 0.2), probe("b", 0.6, 0.5)]},
+            {"row": "gone", "skipped": "needs a GPU"}]
+    claims = iv.paired_claims(rows, [("better", "worse"), ("worse", "better"), ("better", "gone")],
+                              iv.RowBootstrap(rows, draws=200))
+    assert [(c["better"], c["worse"]) for c in claims] == [("better", "worse"), ("worse", "better")]
+    up, down = claims
+    assert up["diff"] == pytest.approx(0.20) and down["diff"] == pytest.approx(-0.20)
+    assert up["by_scenario"]["a"]["diff"] == pytest.approx(0.3) and up["by_scenario"]["b"]["diff"] == pytest.approx(0.1)
+    assert up["low"] > 0 and iv.claim_cells(up).endswith("| yes |")
+    assert iv.claim_cells(down).endswith("| no |")
+    assert iv.claim_cells({**up, "low": -0.01}).endswith("| point estimate only |")

@@ -292,4 +292,4 @@ def test_complement_pairs_the_scenario_state_with_the_static_one(ml100k_world, m
     assert auc["static"] < 0.6 < 0.8 < auc["[zero-shot; static]"]
     md = complement.markdown(ctx, table, draws=200)
     for better, worse in complement.PAIRS:
-        assert f"| {better} - {worse} |" in md
+        assert f"| {better} > {worse} |" in md
