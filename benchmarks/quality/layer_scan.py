@@ -82,22 +82,17 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
 
 
 def _embed_hooked(model, cache, specs, captured, layers):
-    """One packed suffix pass (embed_per_user); the hooked layers' states at each scenario's `<USER_EMB>`."""
+    """One packed suffix pass (embed_per_user's); the hooked layers' states at each scenario's `<USER_EMB>`."""
     import torch
     import torch.nn.functional as F
 
-    from training.model.suffix import pack_suffixes
-
     lm = model._lm().model
     b = cache.batch_size
-    # embed packs each user's scenarios into one row, real tokens only: the same layout gives the gather index
-    suf = model._suffix([s.query for s in specs] * b, [s.soft_prompt for s in specs] * b)
-    lay = pack_suffixes(suf, [len(specs)] * b)
-    out = model.embed(cache, specs)  # [B, S, hidden]; runs the hooks
-    r, c = lay.gather_row.to(out.device), lay.gather_col.to(out.device)
+    hidden, lay = model.decode_suffixes(cache, [specs] * b)  # runs the hooks
+    r, c = lay.gather_row.to(hidden.device), lay.gather_col.to(hidden.device)
     states = [F.normalize(lm.norm(captured[l][r, c]).float(), dim=-1) for l in layers]
     if layers[-1] == len(lm.layers):  # the hook + norm path must reproduce what is served
-        gap = float((states[-1] - out.reshape(-1, out.shape[-1]).float()).abs().max())
+        gap = float((states[-1] - model.served(hidden[r, c]).float()).abs().max())
         if gap > 1e-2:
             raise RuntimeError(f"hooked last layer differs from the served embedding by {gap}")
     return torch.stack(states, dim=1).view(b, len(specs), len(layers), -1)

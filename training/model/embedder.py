@@ -35,8 +35,8 @@ from training.model.encoders import IdentityViews, UserTokenEncoder, user_summar
 from training.model.inputs import UserBatch
 from training.model.masks import additive_mask, causal_allowed, positions
 from training.model.prefix_cache import PrefixCache
-from training.model.suffix import (IGNORE, ScenarioSpec, SuffixBatch, build_suffix, pack_suffixes,
-                                   tokenize_texts)
+from training.model.suffix import (IGNORE, PackedSuffixes, ScenarioSpec, SuffixBatch, build_suffix,
+                                   pack_suffixes, tokenize_texts)
 from training.model.tokens import add_special_tokens, build_layout
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,15 @@ class QAnchorModel(nn.Module):
         of users with fewer tokens are padded at the end with masked keys. Several users' requests share one
         forward this way (training.export.runtime). Differentiable w.r.t. soft prompts (training.tune).
         """
+        hidden, lay = self.decode_suffixes(cache, per_user)
+        out = self.served(hidden[lay.gather_row.to(self.device), lay.gather_col.to(self.device)])
+        return list(out.split([len(scs) for scs in per_user]))  # [S_i, embedding_dim] each
+
+    def decode_suffixes(self, cache: PrefixCache,
+                        per_user: list[list[ScenarioSpec]]) -> tuple[torch.Tensor, PackedSuffixes]:
+        """`embed_per_user`'s packed suffix pass without its read-out: the decoder's states [B, T, hidden] and the
+        layout whose gather_row / gather_col locate each scenario's `<USER_EMB>` token (flat, user after user).
+        Diagnostics that hook the decoder's layers (benchmarks/quality/layer_scan.py) read the same positions."""
         b, p = cache.batch_size, cache.length
         if len(per_user) != b:
             raise ValueError(f"{len(per_user)} scenario lists for {b} cached users: one list per user")
@@ -316,8 +325,7 @@ class QAnchorModel(nn.Module):
         allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
         pos = cache.next_pos.unsqueeze(1) + within  # [B, T]
         hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True, serve=True)  # [B, T, hidden]
-        out = self.served(hidden[lay.gather_row.to(dev), lay.gather_col.to(dev)])
-        return list(out.split([len(scs) for scs in per_user]))  # [S_i, embedding_dim] each
+        return hidden, lay
 
     # ---- parameters for checkpoints --------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
