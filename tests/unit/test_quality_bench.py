@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -293,3 +294,39 @@ def test_complement_pairs_the_scenario_state_with_the_static_one(ml100k_world, m
     md = complement.markdown(ctx, table, draws=200)
     for better, worse in complement.PAIRS:
         assert f"| {better} > {worse} |" in md
+
+
+def test_forest_puts_one_claim_of_several_tables_on_one_axis(tmp_path, capsys):
+    """benchmarks/quality/forest.py: each --result's claim in order, a table without it left empty; a claim no table
+    has, or a file that is not a result, is refused with what to do."""
+    from benchmarks.quality import forest
+
+    def table(name, diff, low, high):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"meta": {"claims": [
+            {"better": "Q-Anchor zero-shot", "worse": "Q-Anchor static query", "diff": diff, "low": low,
+             "high": high}]}, "rows": []}))
+        return str(path)
+
+    a, b = table("a", 0.012, 0.003, 0.021), table("b", -0.004, -0.010, 0.002)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"meta": {}, "rows": []}))
+    out = tmp_path / "cmp" / "forest"
+    assert forest.main(["--result", f"first={a}", "--result", f"second={b}", "--result", f"old={empty}",
+                        "--claim", "Q-Anchor zero-shot > Q-Anchor static query", "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| first") or line.startswith("| second")
+            or line.startswith("| old")]
+    assert [r.split(" | ")[0] for r in rows] == ["| first", "| second", "| old"]
+    assert rows[0].endswith("| +0.0120 | +0.0030 - +0.0210 | yes |") and rows[1].endswith("| no |")
+    assert "not in this table" in rows[2]
+    assert out.with_suffix(".png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        forest.main(["--result", f"first={a}", "--claim", "Q-Anchor zero-shot > bag", "--out", str(out)])
+    assert "no --claim is in any --result" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        forest.main(["--result", f"gone={tmp_path / 'missing.json'}", "--claim", "a > b", "--out", str(out)])
+    assert "cannot read a run.py result JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        forest.main(["--result", "no-equals-sign", "--claim", "a > b", "--out", str(out)])
+    assert "expected LEFT=RIGHT" in capsys.readouterr().err
