@@ -9,6 +9,10 @@ state, the two side by side (`[zero-shot; static]`, 2 x hidden dims) and their s
 information the generic query's state does not carry, `[zero-shot; static]` would beat `static`; if it only
 re-weights what both carry (or loses some), it will not. Reads the model embeddings run.py keeps in --embed-cache
 (the same key: a run.py table of the same checkpoint and users with --tune-steps 0 has already embedded them).
+
+`--static-from OTHER_CHECKPOINT` takes the static state from another model (e.g. the served default): does this
+checkpoint's scenario state hold user information that model's generic state lacks? The sum row is left out then
+(two models' spaces do not add).
 """
 from __future__ import annotations
 
@@ -30,16 +34,20 @@ from training import evaluate as ev  # noqa: E402
 
 PAIRS = [("zero-shot", "static"), ("[zero-shot; static]", "static"), ("[zero-shot; static]", "zero-shot"),
          ("zero-shot + static", "static")]
+STATIC_FROM = "static-from"  # the --static-from model's key in run.py's Context (an ablation label)
 
 
 def rows(ctx) -> list[dict]:
-    """The four probed rows, each with its probes (for the bootstrap) and average test AUC."""
+    """The probed rows, each with its probes (for the bootstrap) and average test AUC: static, zero-shot, the two
+    side by side and (one model) their sum."""
     emb = model_embeddings(ctx)
-    static = emb["static"]["static"]
+    other = STATIC_FROM in ctx.ablations
+    static = model_embeddings(ctx, STATIC_FROM if other else "trained")["static"]["static"]
     variants = {"static": lambda s: static,
                 "zero-shot": lambda s: emb["zero_shot"][s.name],
-                "[zero-shot; static]": lambda s: np.concatenate([emb["zero_shot"][s.name], static], axis=1),
-                "zero-shot + static": lambda s: emb["zero_shot"][s.name] + static}
+                "[zero-shot; static]": lambda s: np.concatenate([emb["zero_shot"][s.name], static], axis=1)}
+    if not other:
+        variants["zero-shot + static"] = lambda s: emb["zero_shot"][s.name] + static
     out = []
     for label, x in variants.items():
         probes = [ev.probe(x(s), ctx.world, s, seeds=(0,), subsample=1.0, c_choice="cv") for s in ctx.scenarios]
@@ -48,7 +56,11 @@ def rows(ctx) -> list[dict]:
 
 
 def markdown(ctx, table: list[dict], draws: int) -> str:
-    return paired_tables(table, PAIRS, draws, scenarios=[s.name for s in ctx.scenarios])
+    names = {r["row"] for r in table}
+    head = (f"`static` is the generic query's state of {ctx.ablations[STATIC_FROM]}; `zero-shot` this checkpoint's "
+            "scenario state.\n\n" if STATIC_FROM in ctx.ablations else "")
+    return head + paired_tables(table, [(a, b) for a, b in PAIRS if a in names and b in names], draws,
+                                scenarios=[s.name for s in ctx.scenarios])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,10 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     add_population_args(p)
     p.add_argument("--draws", type=int, default=1000)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "complement"))
+    p.add_argument("--static-from", metavar="CHECKPOINT", default=None,
+                   help="take the static state from another checkpoint (e.g. artifacts/default)")
     args = p.parse_args(argv)
     if args.tune_steps:
         raise SystemExit("--tune-steps: this diagnostic reads the query-only rows; leave it at 0")
-    ctx = build_context(args)
+    if args.static_from and not (Path(args.static_from) / "manifest.json").is_file():
+        p.error(f"--static-from {args.static_from}: not a checkpoint directory (no manifest.json)")
+    ctx = build_context(args, ablations={STATIC_FROM: args.static_from} if args.static_from else {})
     md = markdown(ctx, rows(ctx), args.draws)
     stamp = (f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "
              f"`python benchmarks/quality/complement.py {' '.join(argv if argv is not None else sys.argv[1:])}`")

@@ -285,8 +285,11 @@ def test_complement_pairs_the_scenario_state_with_the_static_one(ml100k_world, m
     zero = rng.standard_normal((len(female), 4)).astype(np.float32)
     zero[:, 0] += 2.0 * female  # only the scenario's state knows the answer
     scen = [s for s in load_scenarios() if s.name == "gender_female"]
-    monkeypatch.setattr(complement, "model_embeddings",
-                        lambda ctx: {"static": {"static": static}, "zero_shot": {"gender_female": zero}})
+    knows = static.copy()
+    knows[:, 1] += 2.0 * female  # another model whose generic state knows it too
+    models = {"trained": {"static": {"static": static}, "zero_shot": {"gender_female": zero}},
+              complement.STATIC_FROM: {"static": {"static": knows}, "zero_shot": {"gender_female": knows}}}
+    monkeypatch.setattr(complement, "model_embeddings", lambda ctx, key="trained": models[key])
     ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, None, "cpu", None)
     table = complement.rows(ctx)
     auc = {r["row"]: r["auc_avg"] for r in table}
@@ -294,6 +297,14 @@ def test_complement_pairs_the_scenario_state_with_the_static_one(ml100k_world, m
     md = complement.markdown(ctx, table, draws=200)
     for better, worse in complement.PAIRS:
         assert f"| {better} > {worse} |" in md
+    # --static-from: the static state is the other model's; no sum row (two spaces do not add)
+    ctx.ablations = {complement.STATIC_FROM: "artifacts/other"}
+    table = complement.rows(ctx)
+    auc = {r["row"]: r["auc_avg"] for r in table}
+    assert set(auc) == {"static", "zero-shot", "[zero-shot; static]"} and auc["static"] > 0.8
+    md = complement.markdown(ctx, table, draws=200)
+    assert md.startswith("`static` is the generic query's state of artifacts/other")
+    assert "| [zero-shot; static] > static |" in md and "zero-shot + static" not in md
 
 
 def test_forest_puts_one_claim_of_several_tables_on_one_axis(tmp_path, capsys):
