@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.intervals import paired_tables  # noqa: E402
-from benchmarks.quality.run import add_population_args, build_context, model_embeddings  # noqa: E402
+from benchmarks.quality.run import (add_population_args, build_context, model_embeddings,  # noqa: E402
+                                    require_checkpoint)
 from training import evaluate as ev  # noqa: E402
 
 PAIRS = [("zero-shot", "static"), ("[zero-shot; static]", "static"), ("[zero-shot; static]", "zero-shot"),
@@ -42,7 +43,7 @@ def rows(ctx) -> list[dict]:
     side by side and (one model) their sum."""
     emb = model_embeddings(ctx)
     other = STATIC_FROM in ctx.ablations
-    static = model_embeddings(ctx, STATIC_FROM if other else "trained")["static"]["static"]
+    static = (model_embeddings(ctx, STATIC_FROM) if other else emb)["static"]["static"]
     variants = {"static": lambda s: static,
                 "zero-shot": lambda s: emb["zero_shot"][s.name],
                 "[zero-shot; static]": lambda s: np.concatenate([emb["zero_shot"][s.name], static], axis=1)}
@@ -56,11 +57,10 @@ def rows(ctx) -> list[dict]:
 
 
 def markdown(ctx, table: list[dict], draws: int) -> str:
-    names = {r["row"] for r in table}
     head = (f"`static` is the generic query's state of {ctx.ablations[STATIC_FROM]}; `zero-shot` this checkpoint's "
             "scenario state.\n\n" if STATIC_FROM in ctx.ablations else "")
-    return head + paired_tables(table, [(a, b) for a, b in PAIRS if a in names and b in names], draws,
-                                scenarios=[s.name for s in ctx.scenarios])
+    # a pair whose row is absent (the sum, under --static-from) is left out by paired_claims
+    return head + paired_tables(table, PAIRS, draws, scenarios=[s.name for s in ctx.scenarios])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.tune_steps:
         raise SystemExit("--tune-steps: this diagnostic reads the query-only rows; leave it at 0")
-    if args.static_from and not (Path(args.static_from) / "manifest.json").is_file():
-        p.error(f"--static-from {args.static_from}: not a checkpoint directory (no manifest.json)")
+    if args.static_from:
+        require_checkpoint(p, "--static-from", args.static_from)
     ctx = build_context(args, ablations={STATIC_FROM: args.static_from} if args.static_from else {})
     md = markdown(ctx, rows(ctx), args.draws)
     stamp = (f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "

@@ -67,7 +67,7 @@ def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBoots
         d = boot.difference(better, worse)
         if d is None:
             continue
-        b, w = _scenario_means(by_name[better]), _scenario_means(by_name[worse])
+        b, w = scenario_means(by_name[better]["probes"]), scenario_means(by_name[worse]["probes"])
         for name, s in d["by_scenario"].items():
             s["diff"] = b[name] - w[name]
         out.append({"better": better, "worse": worse, **d,
@@ -75,9 +75,10 @@ def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBoots
     return out
 
 
-def _scenario_means(row: dict) -> dict[str, float]:
+def scenario_means(probes: list) -> dict[str, float]:
+    """Scenario -> mean test AUC of its probes (several draws of one scenario count once in a row's average)."""
     per: dict[str, list[float]] = {}
-    for p in row["probes"]:
+    for p in probes:
         per.setdefault(p.scenario, []).append(p.auc_mean)
     return {name: float(np.mean(v)) for name, v in per.items()}
 

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality import run as quality  # noqa: E402
-from benchmarks.quality.intervals import CLAIM_HEADER, RowBootstrap, claim_cells, paired_claims  # noqa: E402
+from benchmarks.quality.intervals import (CLAIM_HEADER, RowBootstrap, claim_cells, paired_claims,  # noqa: E402
+                                          scenario_means)
 from training import evaluate as ev  # noqa: E402
 
 ZS, STATIC, TUNED = "Q-Anchor zero-shot", "Q-Anchor static query", "Q-Anchor prompt-tuned"
@@ -65,13 +66,9 @@ def budget_table(ctx: quality.Context, names: list[str], budgets: list[int], rep
             for s in ctx.scenarios:
                 probes += ev.probe_budget(emb[s.name] if isinstance(emb, dict) else emb, ctx.world, s, n, repeats,
                                           c_choice=ctx.c_choice)
-            per_scenario: dict[str, list[float]] = {}
-            n_labels: dict[str, int] = {}
-            for p in probes:
-                per_scenario.setdefault(p.scenario, []).append(p.auc_mean)
-                n_labels[p.scenario] = int(p.n_train)  # every draw of a scenario has the same size
+            n_labels = {p.scenario: int(p.n_train) for p in probes}  # every draw of a scenario has the same size
             rows.append({"row": name, "probes": probes, "n_labels": n_labels,
-                         "auc_avg": float(np.mean([np.mean(v) for v in per_scenario.values()]))})
+                         "auc_avg": float(np.mean(list(scenario_means(probes).values())))})
         boot = RowBootstrap(rows, draws=draws)
         claims = paired_claims(rows, CLAIMS, boot)
         for r in rows:

@@ -549,6 +549,12 @@ def _readout_arg(text: str) -> str:
     return text
 
 
+def require_checkpoint(p: argparse.ArgumentParser, flag: str, path: str) -> None:
+    """Refuse (argparse error) a path that is not a checkpoint directory, saying what to do."""
+    if not (Path(path) / "manifest.json").is_file():
+        p.error(f"{flag}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
+
+
 def add_population_args(p: argparse.ArgumentParser) -> None:
     """Which model, users and scenarios a run measures (shared with label_budget.py, so both see the same users)."""
     p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
@@ -635,8 +641,7 @@ def main(argv: list[str] | None = None) -> int:
             except ConfigError as exc:
                 p.error(f"--ablation {label}: {exc}")
             ablation_embedding[label] = embedding
-        if not (Path(path) / "manifest.json").is_file():
-            p.error(f"--ablation {label}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
+        require_checkpoint(p, f"--ablation {label}", path)
         ablations[label] = path
         ROWS[ABLATION_PREFIX + label] = row_ablation(label)
     ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding,
