@@ -282,12 +282,22 @@ class DataConfig:
     # answer texts of those aspects (training.data.future_topics): "counts" quote counts out of the future window in
     # every aspect (so every answer repeats the user's volume), "own" state only each aspect's own facts
     aspect_answers: str = "counts"
+    # yes/no checks per user: does one genre / release decade appear in the future window (answers lead with
+    # "Yes"/"No"; training.data.future_topics.draw_checks); 0 = none, the default artifact's
+    future_checks: int = 0
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
             raise ConfigError(f"data.top_k must be >= 0, got {self.top_k}")
         if self.aspect_answers not in ASPECT_ANSWER_STYLES:
             raise ConfigError(f"data.aspect_answers must be one of {ASPECT_ANSWER_STYLES}, got {self.aspect_answers!r}")
+        if self.future_checks < 0:
+            raise ConfigError(f"data.future_checks must be >= 0, got {self.future_checks}")
+
+    def pair_options(self) -> dict[str, Any]:
+        """The keyword arguments of a pair builder (training.data.pairs.build_pairs, event_pairs.build_event_pairs)."""
+        return {"top_k": self.top_k, "future_aspects": self.future_aspects, "aspect_answers": self.aspect_answers,
+                "future_checks": self.future_checks}
 
 
 TUNE_OBJECTIVES = ("prototype", "probe")  # training.tune: prototype softmax (paper) or a probe-started head

@@ -33,8 +33,7 @@ class HeldOutEval:
                  same_question: int = 16, split: str = "val", pair_builder: Callable[..., list[Pair]] = build_pairs,
                  geometry_users: int = 48) -> None:
         # `pair_builder`: build_pairs for a MovieLens world, training.data.event_pairs.build_event_pairs for the log's
-        pairs = pair_builder(world, world.users(split), top_k=data.top_k, future_aspects=data.future_aspects,
-                             aspect_answers=data.aspect_answers)
+        pairs = pair_builder(world, world.users(split), **data.pair_options())
         sampler = PairSampler(pairs, seed)
         self.pairs = sampler.batch(10**9, n_pairs)  # one pair per user, a fixed draw
         self.users = collate.batch([x.user for x in self.pairs])

@@ -217,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         provenance_data.update(log_root=str(args.log_root), cutoff=world.cutoff)
     normalisation = (fit_normalisation(world, vecs), provenance_data)
     # train users only: val/test stay unseen
-    pairs = pair_builder(world, world.users("train"), top_k=cfg.data.top_k, future_aspects=cfg.data.future_aspects,
-                         aspect_answers=cfg.data.aspect_answers)
+    pairs = pair_builder(world, world.users("train"), **cfg.data.pair_options())
     sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from,
                            schedule=o.group_schedule(), per_user=o.questions_per_user), UserCollator(world, vecs)
 

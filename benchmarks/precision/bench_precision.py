@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     world = build_world(WorldConfig(dataset="ml-1m"))
     vecs = cached_text_vectors(world.texts, "ml-1m", progress=False)
     cfg = align_config(load_config(args.config), world)
-    pairs = build_pairs(world, world.users("train")[:400], top_k=cfg.data.top_k,
-                        future_aspects=cfg.data.future_aspects)
+    pairs = build_pairs(world, world.users("train")[:400], **cfg.data.pair_options())
     rows = [measure(d, cfg, world, vecs, pairs, args) for d in (torch.float32, torch.bfloat16)]
     fp32, bf16 = rows
     # 2 FLOP per layer weight per token, at the 1.8 TFLOP/s a 2-thread bf16 matmul reached here (spec/benchmarks)

@@ -156,3 +156,41 @@ def test_own_aspect_answers_state_only_their_own_facts(world):
         DataConfig(aspect_answers="shares")
     with pytest.raises(ValueError, match="unknown aspect answer style"):
         FUTURE_TOPICS[0].answer(None, None, "shares")
+
+
+def test_future_checks_answer_yes_or_no_from_the_future_window(world):
+    """data.future_checks=k: k yes/no questions per user (one genre or release decade each), grounded in the future
+    window, the first answer word the verdict, a reproducible draw; the other pairs are unchanged."""
+    from training.config import ConfigError, DataConfig
+    from training.data.future_topics import CHECK_WORDINGS, draw_checks
+
+    users = world.users()[:40]
+    plain = build_pairs(world, users, top_k=3, future_aspects=True)
+    pairs = build_pairs(world, users, top_k=3, future_aspects=True, future_checks=4)
+    checks = [p for p in pairs if p.topic.startswith("check_")]
+    assert [p for p in pairs if not p.topic.startswith("check_")] == plain
+    assert len(checks) >= 3.5 * len(users)  # 4 per user; a decade check is skipped where no year is known
+    per_user = {u: [p.topic for p in checks if p.user == u] for u in users}
+    assert all(len(set(t)) == len(t) <= 4 for t in per_user.values())  # no question twice for one user
+    assert len({p.topic for p in checks}) >= 15  # the draw spreads over the catalogue
+    r, movies = world.ml.ratings, world.ml.movies
+    verdicts = []
+    for p in checks:
+        _, kind, x = p.topic.split("_", 2)
+        items = [movies[i] for i in r.item[world.timelines[p.user].future]]
+        if kind == "genre":
+            k, n = sum(x in m.genres for m in items), len(items)
+        else:
+            years = [m.year for m in items if m.year > 0]
+            k, n = sum(y // 10 * 10 == int(x) for y in years), len(years)
+        assert p.facts["yes"] == (k > 0) and p.facts["of"] == n
+        assert p.answer.startswith("Yes: " if k else "No: ") and f"next {n}" in p.answer
+        assert p.query in {w.format(x=x) for w in CHECK_WORDINGS[kind]} and p.kind == "future"
+        verdicts.append(k > 0)
+    assert 0.2 < np.mean(verdicts) < 0.95  # both verdicts are common
+    again = build_pairs(world, users, top_k=3, future_aspects=True, future_checks=4)
+    assert again == pairs
+    assert draw_checks(users[0], None, 0) == []
+    with pytest.raises(ConfigError, match="future_checks"):
+        DataConfig(future_checks=-1)
+    assert DataConfig(future_checks=2).pair_options()["future_checks"] == 2

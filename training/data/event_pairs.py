@@ -459,12 +459,16 @@ def future_summary(h: EventWindow, f: EventWindow) -> tuple[str, dict]:
 
 # ---- assembly ------------------------------------------------------------------------------------------------
 def build_event_pairs(world: EventWorld, users: list[int] | None = None, top_k: int = 10,
-                      future_aspects: bool = True, aspect_answers: str = "counts") -> list[Pair]:
+                      future_aspects: bool = True, aspect_answers: str = "counts",
+                      future_checks: int = 0) -> list[Pair]:
     """Future summary + (with `future_aspects`) one pair per future aspect + the top-k history QA pairs, per user
     (default: every kept user). Same signature and Pair type as training.data.pairs.build_pairs."""
     if aspect_answers != "counts":
         raise ValueError(f"data.aspect_answers={aspect_answers!r} is built for the MovieLens pairs only; the event "
                          "log's generic pairs have the 'counts' answers (set data.aspect_answers=counts)")
+    if future_checks:
+        raise ValueError(f"data.future_checks={future_checks} asks MovieLens genre / decade questions; the event log's "
+                         "generic pairs have none (set data.future_checks=0)")
     users = world.users() if users is None else users
     topics = history_topics(world)
     pop = population(world)

@@ -19,6 +19,13 @@ Two answer styles (`data.aspect_answers`):
 - "own": each answer states only its own aspect's facts: shares instead of counts (the volume is the activity
   answer's alone), the taste answer without genres (they are the genres answer's). Same facts dicts, same
   questions; only the answer texts differ.
+
+Yes/no checks (`data.future_checks: k`, `draw_checks`): k more questions per user, each asking whether one genre
+(any of the 18) or one release decade (1930s-1990s) appears in the user's future window. The answer leads with
+"Yes" or "No", and the `<USER_EMB>` position predicts an answer's first token (NTP), so for every check the state
+under *that* question must carry its yes/no along one shared direction of the vocabulary; the rest of the answer
+(how many of the next n, or what they watch instead) keeps the answers of one question different between users.
+The catalogue is every genre and decade, worded by two fixed templates, not any evaluation scenario's wording.
 """
 from __future__ import annotations
 
@@ -138,3 +145,54 @@ FUTURE_TOPICS: list[FutureTopic] = [
                                  "What will this user like among the movies they watch next?",
                                  "Which of their next movies will this user rate highly?"), future_taste),
 ]
+
+
+CHECK_DECADES = tuple(range(1930, 2000, 10))
+CHECK_WORDINGS = {
+    "genre": ("Does {x} appear among the next movies this user rates?", "Are any of this user's upcoming movies {x}?"),
+    "decade": ("Does a film from the {x}s appear among the next movies this user rates?",
+               "Are any of this user's upcoming movies from the {x}s?"),
+}
+CHECKS: tuple[tuple[str, str | int], ...] = (tuple(("genre", g) for g in GENRES)
+                                             + tuple(("decade", d) for d in CHECK_DECADES))
+
+
+def _hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+
+
+def check_answer(kind: str, x: str | int, f: WindowView) -> TopicAnswer | None:
+    """Whether genre / decade `x` appears in the future window `f`: "Yes: k of their next n, p%." or "No: none of
+    their next n; mostly <what they watch instead>."; None where the window cannot say (no known years)."""
+    if kind == "genre":
+        c = f.genre_counts()
+        n, k = f.n, c[x]
+        other = max(GENRES, key=lambda g: (c[g], -GENRES.index(g)))
+    else:
+        y = f.year[f.year > 0]
+        if not len(y):
+            return None
+        dec, cnt = np.unique(y // 10 * 10, return_counts=True)
+        n, k = len(y), int(cnt[dec == x].sum())
+        other = f"the {int(dec[cnt.argmax()])}s"
+    if k:
+        return TopicAnswer(f"Yes: {k} of their next {n}, {_pct(k, n)}.", {"yes": True, "count": k, "of": n}, k / n)
+    return TopicAnswer(f"No: none of their next {n}; mostly {other}.", {"yes": False, "of": n, "instead": other}, 0.0)
+
+
+def draw_checks(user: int, f: WindowView, k: int) -> list[tuple[str, str, TopicAnswer]]:
+    """`k` yes/no checks for `user` (a fixed draw from CHECKS by a hash of the user, so runs are reproducible):
+    (topic name, question, answer) each; checks the window cannot answer are skipped."""
+    if k < 0:
+        raise ValueError(f"future_checks must be >= 0, got {k}")
+    order = np.random.default_rng(_hash(f"checks:{user}")).permutation(len(CHECKS))[:k]
+    out = []
+    for i in order:
+        kind, x = CHECKS[int(i)]
+        a = check_answer(kind, x, f)
+        if a is None:
+            continue
+        topic = f"check_{kind}_{x}"
+        wordings = CHECK_WORDINGS[kind]
+        out.append((topic, wordings[_hash(f"{topic}:{user}") % len(wordings)].format(x=x), a))
+    return out

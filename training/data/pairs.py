@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from training.data.future_topics import FUTURE_TOPICS
+from training.data.future_topics import FUTURE_TOPICS, draw_checks
 from training.data.movielens import GENRES
 from training.data.qa_topics import TOPICS, Population
 from training.data.view import DAY, WindowView, window_view
@@ -124,9 +124,10 @@ def topic_moments(world: UserWorld, pop: Population, max_users: int = 1000) -> t
 
 
 def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 10,
-                future_aspects: bool = False, aspect_answers: str = "counts") -> list[Pair]:
+                future_aspects: bool = False, aspect_answers: str = "counts", future_checks: int = 0) -> list[Pair]:
     """Future pair + top-k QA pairs for each user (default: every kept user); with `future_aspects` also one pair
-    per future-window aspect (training.data.future_topics; `aspect_answers` is its answer style)."""
+    per future-window aspect (training.data.future_topics; `aspect_answers` is its answer style), and
+    `future_checks` yes/no checks of the future window per user."""
     users = world.users() if users is None else users
     pop = population(world)
     mu, sd = topic_moments(world, pop)
@@ -144,6 +145,9 @@ def build_pairs(world: UserWorld, users: list[int] | None = None, top_k: int = 1
                 a = ft.answer(hist, fut, aspect_answers)
                 if a is not None:
                     out.append(Pair(u, "future", ft.name, ft.question(u), a.answer, 1.0, a.facts))
+        if future_checks:
+            for topic, question, a in draw_checks(u, window_view(world, u, "future"), future_checks):
+                out.append(Pair(u, "future", topic, question, a.answer, 1.0, a.facts))
         scored = []
         for t, a in answers[u]:
             if a is None:
