@@ -24,15 +24,15 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.quality.intervals import claim_cells  # noqa: E402
 
 
-def _pair(text: str, sep: str, what: str) -> tuple[str, str]:
-    left, found, right = text.partition(sep)
+def _pair(text: str, sep: str, what: str, last: bool = False) -> tuple[str, str]:
+    left, found, right = text.rpartition(sep) if last else text.partition(sep)
     if not found or not left.strip() or not right.strip():
         raise argparse.ArgumentTypeError(f"{what} {text!r}: expected LEFT{sep}RIGHT")
     return left.strip(), right.strip()
 
 
 def result_arg(text: str) -> tuple[str, str]:
-    return _pair(text, "=", "--result")
+    return _pair(text, "=", "--result", last=True)  # the label may hold "=" ("lr=1e-4, visible=PATH")
 
 
 def claim_arg(text: str) -> tuple[str, str]:

@@ -323,12 +323,12 @@ def test_forest_puts_one_claim_of_several_tables_on_one_axis(tmp_path, capsys):
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"meta": {}, "rows": []}))
     out = tmp_path / "cmp" / "forest"
-    assert forest.main(["--result", f"first={a}", "--result", f"second={b}", "--result", f"old={empty}",
+    assert forest.main(["--result", f"first={a}", "--result", f"second, lr=1e-4={b}", "--result", f"old={empty}",
                         "--claim", "Q-Anchor zero-shot > Q-Anchor static query", "--out", str(out)]) == 0
     md = out.with_suffix(".md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| first") or line.startswith("| second")
             or line.startswith("| old")]
-    assert [r.split(" | ")[0] for r in rows] == ["| first", "| second", "| old"]
+    assert [r.split(" | ")[0] for r in rows] == ["| first", "| second, lr=1e-4", "| old"]  # a label may hold "="
     assert rows[0].endswith("| +0.0120 | +0.0030 - +0.0210 | yes |") and rows[1].endswith("| no |")
     assert "not in this table" in rows[2]
     assert out.with_suffix(".png").stat().st_size > 0
