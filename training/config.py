@@ -90,7 +90,7 @@ class BackboneConfig:
     intermediate: int = 64  # kind=tiny: MLP width
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # CPU runs fp32; GPUs may use bf16
     attn_implementation: Literal["eager", "sdpa"] = "sdpa"  # both accept our custom 4-D masks
-    # matmul precision (training.precision): auto = bf16 on CUDA and on CPUs with AMX / AVX512-BF16, else fp32.
+    # matmul precision (training.precision): auto = bf16 on CUDA and on CPUs with AMX, else fp32.
     # Frozen weights are then stored in bf16, trainable ones stay fp32. QANCHOR_PRECISION overrides at run time.
     compute: Literal["auto", "float32", "bfloat16"] = "auto"
     seed: int = 0  # kind=tiny weights and all new parameters are drawn from this seed

@@ -6,13 +6,15 @@ One switch, used by pretraining, tuning, the quality harness and the Triton mode
     apply_precision(model, dtype)                  # frozen backbone weights stored in bf16; trainables stay fp32
     with autocast(dtype, device): model.embed(...)  # matmuls in bf16, reductions and the loss in fp32
 
-Why bf16 on CPU: AMX tiles (Sapphire Rapids and later) and AVX512-BF16 run bf16 matrix products ~6x faster than
-fp32 (2 threads, 256x576 @ 576x1536: 1.8 vs 0.30 TFLOP/s). The frozen backbone never receives updates, so storing
-it in bf16 loses nothing a master copy would keep, halves its memory and spares autocast a weight cast per call;
-trainable parameters (LoRA, adapters, head, soft prompts) keep fp32 master weights and optimiser state.
-`auto` picks bf16 on CUDA devices that support it and on CPUs with AMX or AVX512-BF16, and says so in one log
-line either way (`event=precision_resolved`). The environment variable QANCHOR_PRECISION overrides the setting
-wherever a process resolves it (serving, benchmarks), so an operator can force fp32 without a config change.
+Why bf16 on CPU: AMX tiles (Sapphire Rapids and later) run bf16 matrix products ~6x faster than fp32 (2 threads,
+256x576 @ 576x1536: 1.8 vs 0.30 TFLOP/s). AVX512-BF16 *without* AMX does not: on such a CPU (2026-12-05, 2 threads)
+bf16 ran that product at 0.17 TFLOP/s against fp32's 0.24, and a batch-16 pretraining step took ~10 s in bf16, so
+`auto` stays fp32 there. The frozen backbone never receives updates, so storing it in bf16 loses nothing a master
+copy would keep, halves its memory and spares autocast a weight cast per call; trainable parameters (LoRA,
+adapters, head, soft prompts) keep fp32 master weights and optimiser state. `auto` picks bf16 on CUDA devices that
+support it and on CPUs with AMX, and says which and why in one log line either way (`event=precision_resolved`).
+The environment variable QANCHOR_PRECISION overrides the setting wherever a process resolves it (serving,
+benchmarks, pretraining), so an operator can force either without a config change.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class PrecisionError(ValueError):
 
 
 def cpu_bf16_support() -> str | None:
-    """The CPU feature that makes bf16 matmuls fast here ("amx", "avx512_bf16"), or None."""
+    """The CPU's bf16 matmul feature ("amx", "avx512_bf16"), or None; only "amx" makes bf16 faster than fp32."""
     cpu = getattr(torch, "cpu", None)
     if cpu is not None and getattr(cpu, "_is_amx_tile_supported", lambda: False)():
         return "amx"
@@ -57,12 +59,14 @@ def resolve_precision(setting: str = "auto", device: str | torch.device = "cpu",
         ok, why = torch.cuda.is_available() and torch.cuda.is_bf16_supported(), "cuda"
     elif dev.type == "cpu":
         feature = cpu_bf16_support()
-        ok, why = feature is not None, feature or "no amx/avx512_bf16"
+        # only AMX makes bf16 faster than fp32 on a CPU; AVX512-BF16 alone measured slower (module docstring)
+        ok = feature == "amx"
+        why = {"amx": "amx", None: "no amx/avx512_bf16"}.get(feature, f"{feature} without amx (bf16 slower than fp32)")
     else:
         ok, why = False, f"device type {dev.type}"
     if chosen == "bfloat16" and not ok:
         log.warning("event=precision_resolved setting=bfloat16 device=%s dtype=bfloat16 note=forced without "
-                    "native bf16 support (%s): expect it to be slow", dev, why)
+                    "fast bf16 (%s): expect it to be slower than fp32", dev, why)
         return torch.bfloat16
     dtype = torch.bfloat16 if chosen == "bfloat16" or (chosen == "auto" and ok) else torch.float32
     log.info("event=precision_resolved setting=%s device=%s support=%s dtype=%s", chosen, dev, why,

@@ -9,7 +9,7 @@ processes, started by the stack manager on their own port bases and fed the same
   baseline  contract v1 (max_batch_size 0), QANCHOR_PRECISION=float32 and QANCHOR_SERVING_ATTENTION=trained (the
             checkpoint's own attention) in Triton's environment: what was served before
   served    contract v2 (dynamic batcher, max_batch_size 16, --queue-delay-us, default 2 ms), precision from the
-            model config (auto: bf16 on AMX / AVX512-BF16 CPUs), SDPA attention
+            model config (auto: bf16 on AMX CPUs), SDPA attention
 Clients are threads calling the gateway's model client (services/gateway/clients/triton_pool.py: the same request
 building the gateway does) with one user and S scenarios per request; every request is a new user (a prefix miss:
 the costly case, and the one batching helps most). For each client count the two arms run back to back. Reported:

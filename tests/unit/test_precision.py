@@ -36,7 +36,7 @@ def test_settings_resolve_and_env_overrides(monkeypatch):
         load_config("tiny", ["backbone.compute=int8"])
 
 
-def test_auto_picks_bf16_exactly_when_the_cpu_has_it(monkeypatch, caplog):
+def test_auto_picks_bf16_exactly_when_the_cpu_has_amx(monkeypatch, caplog):
     import training.precision as prec
 
     monkeypatch.delenv("QANCHOR_PRECISION", raising=False)
@@ -46,6 +46,13 @@ def test_auto_picks_bf16_exactly_when_the_cpu_has_it(monkeypatch, caplog):
     assert "event=precision_resolved" in caplog.text and "dtype=float32" in caplog.text  # the fallback says so
     monkeypatch.setattr(prec, "cpu_bf16_support", lambda: "amx")
     assert resolve_precision("auto", "cpu") == torch.bfloat16
+    # AVX512-BF16 without AMX runs bf16 matmuls slower than fp32 (measured): auto stays fp32 and says why
+    monkeypatch.setattr(prec, "cpu_bf16_support", lambda: "avx512_bf16")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="training.precision"):
+        assert resolve_precision("auto", "cpu") == torch.float32
+        assert resolve_precision("bf16", "cpu") == torch.bfloat16  # forced: allowed, with the warning
+    assert "avx512_bf16 without amx" in caplog.text and "expect it to be slower than fp32" in caplog.text
 
 
 def test_apply_precision_keeps_trainables_fp32():

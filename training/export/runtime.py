@@ -102,7 +102,7 @@ def prepare_for_serving(model) -> torch.dtype:
     autograd state, weights stored in the serving dtype. -> that dtype.
 
     The dtype is the model config's `backbone.compute` through training.precision (auto = bf16 where the hardware
-    multiplies bf16 natively: CUDA, or CPUs with AMX / AVX512-BF16; QANCHOR_PRECISION overrides): the same switch
+    multiplies bf16 natively: CUDA, or CPUs with AMX; QANCHOR_PRECISION overrides): the same switch
     training uses. In bf16 the prefix KV cache is bf16 too, so the LRU holds twice the users per byte. Merging first
     and storing the merged weights in bf16 spares autocast a cast of every weight on every call. Embeddings are
     unchanged up to float rounding (fp32) or bf16 rounding; the model can no longer be trained.

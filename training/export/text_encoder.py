@@ -39,8 +39,8 @@ class TextEncoderExportConfig:
     torch_threads: int = 0
     # Token cap per text: behaviour texts are short, and cost grows with the longest text of a chunk.
     max_length: int = 64
-    # Compute precision (training.precision): auto = bf16 where the hardware multiplies bf16 natively (CUDA, AMX /
-    # AVX512-BF16 CPUs; ~2.7x less CPU than fp32 here, vectors within 2.3e-3 of fp32, cosine >= 0.9999), else fp32.
+    # Compute precision (training.precision): auto = bf16 where the hardware multiplies bf16 natively (CUDA, AMX
+    # CPUs; ~2.7x less CPU than fp32 there, vectors within 2.3e-3 of fp32, cosine >= 0.9999), else fp32.
     compute: str = "auto"
 
     def __post_init__(self) -> None:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instances", type=int, default=1)
     parser.add_argument("--torch-threads", type=int, default=0)
     parser.add_argument("--compute", choices=["auto", "float32", "bfloat16"], default="auto",
-                        help="compute precision (auto: bf16 on AMX / AVX512-BF16 CPUs and CUDA, else fp32)")
+                        help="compute precision (auto: bf16 on AMX CPUs and CUDA, else fp32)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     cfg = TextEncoderExportConfig(dtype=args.dtype, device=args.device, max_batch_size=args.max_batch_size,

@@ -72,7 +72,7 @@ class TritonPythonModel:
                                                 "training.export")
         loaded = [load_model_artifact(root / v, device=device) for v in order]  # raises on any sha256 mismatch
         # LoRA merged into the base weights (same output, fewer matmuls), stored in the serving dtype: the model
-        # config's backbone.compute (auto = bf16 on AMX / AVX512-BF16 CPUs and on CUDA; QANCHOR_PRECISION overrides)
+        # config's backbone.compute (auto = bf16 on AMX CPUs and on CUDA; QANCHOR_PRECISION overrides)
         dtypes = {m.model_version: str(prepare_for_serving(m.model)).removeprefix("torch.") for m in loaded}
 
         def load_published(folder: Path):

