@@ -341,3 +341,28 @@ def test_forest_puts_one_claim_of_several_tables_on_one_axis(tmp_path, capsys):
     with pytest.raises(SystemExit):
         forest.main(["--result", "no-equals-sign", "--claim", "a > b", "--out", str(out)])
     assert "expected LEFT=RIGHT" in capsys.readouterr().err
+
+
+def test_zero_label_reads_the_verdict_direction_of_the_scenario_state(ml100k_world, monkeypatch):
+    """benchmarks/quality/zero_label.py: a scenario state whose verdict direction carries the label scores ~1 with no
+    labels fitted, the static state (direction blind to it) ~0.5, and the markdown pairs them per scenario."""
+    from benchmarks.quality import run as quality
+    from benchmarks.quality import zero_label
+    from training.data.scenarios import load_scenarios
+
+    world = quality.CappedWorld(ml100k_world, {"train": 300, "val": 100, "test": 150})
+    female = np.array([u.gender == "F" for u in ml100k_world.ml.users], np.float32)
+    rng = np.random.default_rng(2)
+    static = rng.standard_normal((len(female), 4)).astype(np.float32)
+    zero = static.copy()
+    zero[:, 0] += 4.0 * female  # only the scenario's state moves along the verdict direction
+    direction = np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+    scen = [s for s in load_scenarios() if s.name == "gender_female"]
+    monkeypatch.setattr(zero_label, "model_embeddings",
+                        lambda ctx, key="trained": {"static": {"static": static}, "zero_shot": {"gender_female": zero}})
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, None, "cpu", None)
+    (row,) = zero_label.scores(ctx, direction, draws=200)
+    assert row["zero_shot"] > 0.9 and 0.35 < row["static"] < 0.65 and row["diff_ci"][0] > 0.2
+    assert row["n"] == len(world.users("test"))
+    md = zero_label.markdown([row])
+    assert "| gender_female | 0.9" in md and "| **average** |" in md
