@@ -167,6 +167,16 @@ def _embedding_of(ctx: Context, key: str) -> str:
     return QAnchorConfig.from_dict(json.loads(config.read_text())).head.readout
 
 
+def _compute_dtype(ctx: Context, key: str) -> str:
+    """The dtype a model pass of `key` computes in here ("bfloat16" / "float32"): its config's backbone.compute
+    resolved on ctx.device (training.precision; QANCHOR_PRECISION overrides), as model_embeddings will."""
+    from training.precision import resolve_precision
+
+    config = Path(_checkpoint(ctx, key)) / "config.json"
+    setting = json.loads(config.read_text()).get("backbone", {}).get("compute", "auto") if config.is_file() else "auto"
+    return str(resolve_precision(setting, ctx.device)).removeprefix("torch.")
+
+
 def model_users(ctx: Context) -> list[int]:
     """Every user a model pass embeds (train + val + test of the capped world), sorted: the embedding caches' rows."""
     return sorted(ctx.world.users("train") + ctx.world.users("val") + ctx.world.users("test"))
@@ -290,6 +300,11 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     embedding = _embedding_of(ctx, key)
     if embedding != "projected":  # the key of the head's output is the one caches written before the option have
         parts.append(embedding)
+    # bf16 rounding moves a scenario's rows by up to ~0.05 AUC (docs/quality.md "Yes/no checks"): an fp32 pass (a CPU
+    # without AMX, or QANCHOR_PRECISION=fp32) never loads bf16 embeddings; bf16 keeps the key its files have
+    dtype = _compute_dtype(ctx, key)
+    if dtype != "bfloat16":
+        parts.append(dtype)
     ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 

@@ -10,7 +10,7 @@ import pytest
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("sklearn")
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.model
 
@@ -166,6 +166,7 @@ def test_the_tuning_settings_key_the_embedding_cache_of_tuned_runs_only(monkeypa
 
     run = _load()
     monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
+    monkeypatch.setattr("training.precision.resolve_precision", lambda setting, device: torch.bfloat16)  # any CPU
     paths = {}
     for steps in (200, 0):
         for objective in ("prototype", "probe"):
@@ -187,6 +188,7 @@ def test_the_hidden_read_out_has_its_own_cache_key_and_the_head_output_keeps_the
 
     run = _load()
     monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
+    monkeypatch.setattr("training.precision.resolve_precision", lambda setting, device: torch.bfloat16)  # any CPU
 
     def path(**kw):
         ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
@@ -201,6 +203,25 @@ def test_the_hidden_read_out_has_its_own_cache_key_and_the_head_output_keeps_the
     assert plain["trained"].name == plain["head"].name == hidden["head"].name == old_name
     assert hidden["trained"] == plain["state"] == hidden["state"] != plain["trained"]
     assert len({path(embedding="hidden@24")["trained"], hidden["trained"], plain["trained"]}) == 3  # a layer: its own
+
+
+def test_the_compute_dtype_keys_the_embedding_cache_and_bf16_keeps_the_old_key(monkeypatch):
+    """An fp32 pass (a CPU without AMX, QANCHOR_PRECISION=fp32) never loads embeddings a bf16 pass wrote, nor the
+    reverse; bf16 keeps the key its files were written under before the dtype was part of it."""
+    import hashlib
+    import json
+
+    run = _load()
+    monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
+    ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                      device="cpu", model_users=None, embed_cache="cache")
+    old = json.dumps(["ckpt-id", "trained", [1, 2], 0, run.STATIC_QUERY, []])
+    names = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        monkeypatch.setattr("training.precision.resolve_precision", lambda setting, device, d=dtype: d)
+        names[dtype] = run._disk_cache_path(ctx, "trained", [1, 2]).name
+    assert names[torch.bfloat16] == f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
+    assert names[torch.float32] != names[torch.bfloat16]
 
 
 def test_markdown_prints_each_claims_paired_difference_per_scenario():
