@@ -159,12 +159,17 @@ def _embedding_of(ctx: Context, key: str) -> str:
     chosen = ctx.ablation_embedding.get(key) or ctx.embedding
     if chosen:
         return chosen
+    cfg = _config_of(ctx, key)
+    return cfg.head.readout if cfg is not None else "projected"
+
+
+def _config_of(ctx: Context, key: str):
+    """The QAnchorConfig of `key`'s checkpoint, or None where it is not a checkpoint (loading it fails with the
+    message that says so)."""
     from training.config import QAnchorConfig
 
     config = Path(_checkpoint(ctx, key)) / "config.json"
-    if not config.is_file():  # not a checkpoint: loading it fails with the message that says so
-        return "projected"
-    return QAnchorConfig.from_dict(json.loads(config.read_text())).head.readout
+    return QAnchorConfig.from_dict(json.loads(config.read_text())) if config.is_file() else None
 
 
 def _compute_dtype(ctx: Context, key: str) -> str:
@@ -172,9 +177,8 @@ def _compute_dtype(ctx: Context, key: str) -> str:
     resolved on ctx.device (training.precision; QANCHOR_PRECISION overrides), as model_embeddings will."""
     from training.precision import resolve_precision
 
-    config = Path(_checkpoint(ctx, key)) / "config.json"
-    setting = json.loads(config.read_text()).get("backbone", {}).get("compute", "auto") if config.is_file() else "auto"
-    return str(resolve_precision(setting, ctx.device)).removeprefix("torch.")
+    cfg = _config_of(ctx, key)
+    return str(resolve_precision(cfg.backbone.compute if cfg else "auto", ctx.device)).removeprefix("torch.")
 
 
 def model_users(ctx: Context) -> list[int]:

@@ -53,8 +53,12 @@ class FutureTopic:
         return self.fn(h, f, style)
 
     def question(self, user: int) -> str:
-        h = int.from_bytes(hashlib.sha256(f"{self.name}:{user}".encode()).digest()[:4], "big")
-        return self.questions[h % len(self.questions)]
+        return self.questions[_hash(f"{self.name}:{user}", 4) % len(self.questions)]
+
+
+def _hash(key: str, nbytes: int = 8) -> int:
+    """A stable integer of `key` (sha256, first `nbytes`): reproducible draws across runs and machines."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:nbytes], "big")
 
 
 def level_word(share: float) -> str:
@@ -157,8 +161,6 @@ CHECKS: tuple[tuple[str, str | int], ...] = (tuple(("genre", g) for g in GENRES)
                                              + tuple(("decade", d) for d in CHECK_DECADES))
 
 
-def _hash(key: str) -> int:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
 
 
 def check_answer(kind: str, x: str | int, f: WindowView) -> TopicAnswer | None:
