@@ -143,6 +143,30 @@ def train_step(model: QAnchorModel, users: UserBatch, queries: list[str], answer
 
 
 # ---- loop ----------------------------------------------------------------------------------------------------
+def keep_metrics_through(path: Path, step: int) -> int:
+    """On resume: keep the rows of `path` up to the checkpoint's `step` and drop the rest (what a killed run logged
+    after its last checkpoint, and a line cut off mid-write), so the resumed run's rows are not written twice.
+    Returns how many lines were dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if int(row.get("step", 0)) <= step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        path.write_text("".join(x + "\n" for x in kept))
+    return dropped
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="smollm2", help="preset (tiny, smollm2, qwen2.5-0.5b) or YAML path")
@@ -243,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics_path = out_dir / "metrics.jsonl"
     if rank == 0 and not args.resume:
         metrics_path.write_text("")
+    elif rank == 0:
+        dropped = keep_metrics_through(metrics_path, start)
+        if dropped:
+            log.info("metrics_truncated path=%s dropped=%d after_step=%d", metrics_path, dropped, start)
     from tqdm.auto import tqdm
 
     held_out = HeldOutEval(world, collate, args.eval_pairs, cfg.data, o.seed, pair_builder=pair_builder) \

@@ -116,6 +116,8 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain, "cached_text_vectors", fake_vectors)
     full_rows = _run(tmp_path / "full", 2)
     _run(tmp_path / "split", 1)
+    with (tmp_path / "split" / "metrics.jsonl").open("a") as f:  # a killed run logged past its last checkpoint
+        f.write(json.dumps({"step": 2, "contrastive": 9.0, "ntp": 9.0}) + "\n" + '{"step": 3, "contr')
     resumed_rows = _run(tmp_path / "split", 2, resume=True)
     # held-out evaluation before the first step and at the end; it must not disturb training (resume == full)
     evals = [r for r in full_rows if "val_acc1" in r]
@@ -193,3 +195,14 @@ def test_question_group_schedule_in_shares_of_the_run_moves_with_steps():
             load_config("tiny", [f"optim.question_group_schedule={bad}"])
     with pytest.raises(ConfigError, match=r"steps \[30, 20\] of optim.steps=40"):  # a share and a step out of order
         load_config("tiny", ["optim.steps=40", "optim.question_group_schedule=[[0.75, 2], [20, 4]]"])
+
+
+def test_keep_metrics_through_drops_rows_after_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 0, "val_acc1": 0.1}, {"step": 5, "loss": 1.0}, {"step": 10, "loss": 0.9},
+            {"step": 10, "val_acc1": 0.2}, {"step": 15, "loss": 0.8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 20, "lo')
+    assert pretrain.keep_metrics_through(path, 10) == 2
+    assert [json.loads(x) for x in path.read_text().splitlines()] == rows[:4]
+    assert pretrain.keep_metrics_through(path, 10) == 0  # idempotent
+    assert pretrain.keep_metrics_through(tmp_path / "absent.jsonl", 3) == 0
