@@ -91,6 +91,14 @@ class CappedWorld:
         return getattr(self._world, name)
 
 
+def full_world(world: UserWorld | CappedWorld) -> UserWorld:
+    """The world a model reads its inputs from: a CappedWorld caps who is *scored*, never what the model sees. The
+    dense user vector is standardised with train-user moments (training.data.features), and those must be the
+    whole train split's, as in the checkpoint's normalisation.json that serving standardises with; a capped world's
+    train users (1,000 of 4,826, or 20) would give other inputs than the served model reads."""
+    return world._world if isinstance(world, CappedWorld) else world
+
+
 # ---- baseline rows -------------------------------------------------------------------------------------------
 def row_bag_of_items(ctx: Context):
     return ev.bag_of_items(ctx.world)
@@ -112,7 +120,7 @@ def row_dense_vector(ctx: Context):
     """What the prefix's tabular token reads: statistics + the whole-history mean event vector (LR on 400 dims)."""
     from training.data.features import dense_user_features
 
-    return dense_user_features(ctx.world._world if isinstance(ctx.world, CappedWorld) else ctx.world, ctx.vecs)
+    return dense_user_features(full_world(ctx.world), ctx.vecs)
 
 
 def row_minilm_source_mean(ctx: Context):
@@ -271,7 +279,7 @@ def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "
     from training.model.prefix_cache import PrefixCache
     from training.precision import autocast
 
-    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)
+    collate = UserCollator(full_world(ctx.world), ctx.vecs, d_tab=model.cfg.input.d_tab)
     t0 = time.perf_counter()
     parts = []
     with torch.inference_mode(), autocast(dtype, ctx.device):
@@ -305,10 +313,13 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     if embedding != "projected":  # the key of the head's output is the one caches written before the option have
         parts.append(embedding)
     # bf16 rounding moves a scenario's rows by up to ~0.05 AUC (docs/quality.md "Yes/no checks"): an fp32 pass (a CPU
-    # without AMX, or QANCHOR_PRECISION=fp32) never loads bf16 embeddings; bf16 keeps the key its files have
+    # without AMX, or QANCHOR_PRECISION=fp32) never loads bf16 embeddings
     dtype = _compute_dtype(ctx, key)
     if dtype != "bfloat16":
         parts.append(dtype)
+    # since 2026-12-06 the model reads the dense user vector standardised with the whole train split's moments (as
+    # served), not the capped train users' (full_world): embeddings cached before then are never loaded
+    parts.append("inputs:full-train-moments")
     ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
@@ -441,7 +452,8 @@ def _same_question(ctx: Context, key: str) -> dict[str, float]:
     model = load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
-    collate = UserCollator(ctx.world, ctx.vecs, d_tab=model.cfg.input.d_tab)  # older checkpoints read fewer columns
+    # older checkpoints read fewer columns (d_tab)
+    collate = UserCollator(full_world(ctx.world), ctx.vecs, d_tab=model.cfg.input.d_tab)
     ho = HeldOutEval(ctx.world, collate, 256, model.cfg.data, seed=0, split="test")
     got = ho.same_question(model, model.cfg, autocast(dtype, ctx.device) if dtype != torch.float32 else None)
     ctx.same_q[key] = {"acc1": got.get("val_acc1_same_q"), "chance": 1.0 / got.get("val_same_q_group", 1.0)}

@@ -200,14 +200,15 @@ def test_the_hidden_read_out_has_its_own_cache_key_and_the_head_output_keeps_the
     old = json.dumps(["ckpt-id", "trained", [1, 2], 0, run.STATIC_QUERY, []])
     old_name = f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
     plain, hidden = path(), path(embedding="hidden")
-    assert plain["trained"].name == plain["head"].name == hidden["head"].name == old_name
+    # the head's output shares one key across runs, and no file written before the inputs fix (full_world) loads
+    assert plain["trained"].name == plain["head"].name == hidden["head"].name != old_name
     assert hidden["trained"] == plain["state"] == hidden["state"] != plain["trained"]
     assert len({path(embedding="hidden@24")["trained"], hidden["trained"], plain["trained"]}) == 3  # a layer: its own
 
 
-def test_the_compute_dtype_keys_the_embedding_cache_and_bf16_keeps_the_old_key(monkeypatch):
+def test_the_compute_dtype_keys_the_embedding_cache(monkeypatch):
     """An fp32 pass (a CPU without AMX, QANCHOR_PRECISION=fp32) never loads embeddings a bf16 pass wrote, nor the
-    reverse; bf16 keeps the key its files were written under before the dtype was part of it."""
+    reverse; neither loads a file written before the model read whole-train-split moments (full_world)."""
     import hashlib
     import json
 
@@ -220,8 +221,28 @@ def test_the_compute_dtype_keys_the_embedding_cache_and_bf16_keeps_the_old_key(m
     for dtype in (torch.bfloat16, torch.float32):
         monkeypatch.setattr("training.precision.resolve_precision", lambda setting, device, d=dtype: d)
         names[dtype] = run._disk_cache_path(ctx, "trained", [1, 2]).name
-    assert names[torch.bfloat16] == f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
+    assert names[torch.bfloat16] != f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
     assert names[torch.float32] != names[torch.bfloat16]
+
+
+def test_a_capped_world_scores_fewer_users_but_the_model_reads_the_whole_worlds_inputs(ml100k_world):
+    """The dense user vector is standardised with train-user moments: a capped run's model inputs must be the served
+    ones (the whole train split's moments, as in normalisation.json), not its 20 train users'."""
+    from benchmarks.quality import run as quality
+    from training.data.collate import UserCollator
+    from training.data.features import dense_user_features
+
+    vecs = np.random.default_rng(0).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    capped = quality.CappedWorld(ml100k_world, {"train": 20, "val": 20, "test": 50})
+    assert quality.full_world(capped) is ml100k_world and quality.full_world(ml100k_world) is ml100k_world
+    users = capped.users("test")[:4]
+    # what the harness read before (when no row had filled the whole world's cache first): the 20 train users'
+    # moments, other inputs than the served model's
+    before = dense_user_features(capped, vecs)[users]
+    served = UserCollator(ml100k_world, vecs).batch(users).tabular
+    harness = UserCollator(quality.full_world(capped), vecs).batch(users).tabular
+    assert torch.equal(harness, served)
+    assert not np.allclose(before, served.numpy(), atol=1e-3)
 
 
 def test_markdown_prints_each_claims_paired_difference_per_scenario():
@@ -387,3 +408,12 @@ def test_zero_label_reads_the_verdict_direction_of_the_scenario_state(ml100k_wor
     assert row["n"] == len(world.users("test"))
     md = zero_label.markdown([row])
     assert "| gender_female | 0.9" in md and "| **average** |" in md
+    assert row["moved"] > 0.9  # the planted verdict is all in what the query moves
+
+    # a prior both states share along the direction (activity), anti-aligned with the label, plus a weak verdict:
+    # the raw read-out sees the prior, the per-user difference only the verdict
+    prior = 6.0 * rng.standard_normal(len(female)).astype(np.float32) - 3.0 * female
+    static[:, 0] = prior
+    zero[:, 0] = prior + 1.0 * female
+    (row,) = zero_label.scores(ctx, direction, draws=200)
+    assert row["zero_shot"] < 0.6 and row["moved"] > 0.95 and row["moved_ci"][0] > 0.9
