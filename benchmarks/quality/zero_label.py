@@ -11,7 +11,9 @@ hidden`) times the difference of the tied vocabulary rows of those two tokens (t
 "Yes" - "No"; its size is per user up to the state's norm). AUC of that score on the test users against the
 scenario's labels, 95% bootstrap interval over them; 0.5 = the query carries nothing of its answer in that
 direction. The same read-out of the generic query's state ("Describe this user.") is the control: a direction
-that scores users well whatever the question is a prior (activity, taste), not the query's answer. Reads the
+that scores users well whatever the question is a prior (activity, taste), not the query's answer. The third
+column removes that prior user by user: the scenario state's read-out minus the static state's, (zero-shot - static)
+. direction, still with nothing fitted (what the question moves, not where the user already sat). Reads the
 embeddings run.py keeps in --embed-cache (same key), so it costs seconds after a table of the same checkpoint.
 """
 from __future__ import annotations
@@ -59,6 +61,7 @@ def scores(ctx, direction: np.ndarray, draws: int) -> list[dict]:
         st = emb["static"]["static"][te_u] @ direction
         b_zs, b_st = ev.weighted_auc(te_y, zs, w), ev.weighted_auc(te_y, st, w)
         out.append({"scenario": s.name, "n": len(te_u),
+                    "moved": ev.auc(te_y, zs - st), "moved_ci": ev.interval(ev.weighted_auc(te_y, zs - st, w)),
                     "zero_shot": ev.auc(te_y, zs), "zero_shot_ci": ev.interval(b_zs),
                     "static": ev.auc(te_y, st), "static_ci": ev.interval(b_st),
                     "diff": ev.auc(te_y, zs) - ev.auc(te_y, st), "diff_ci": ev.interval(b_zs - b_st),
@@ -71,15 +74,18 @@ def markdown(rows: list[dict]) -> str:
         return f"{lo_hi[0]:.3f} - {lo_hi[1]:.3f}"
 
     lines = ["| scenario | zero-label AUC, scenario query (95%) | the same read-out of the static state (95%) | "
-             "scenario - static (95%) |", "|---|---|---|---|"]
+             "scenario - static (95%) | what the query moves: AUC of the per-user difference (95%) |",
+             "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['zero_shot']:.3f} ({ci(r['zero_shot_ci'])}) | {r['static']:.3f} "
-                     f"({ci(r['static_ci'])}) | {r['diff']:+.3f} ({r['diff_ci'][0]:+.3f} to {r['diff_ci'][1]:+.3f}) |")
+                     f"({ci(r['static_ci'])}) | {r['diff']:+.3f} ({r['diff_ci'][0]:+.3f} to {r['diff_ci'][1]:+.3f}) | "
+                     f"{r['moved']:.3f} ({ci(r['moved_ci'])}) |")
     boot_zs, boot_st = (np.mean([r[k] for r in rows], axis=0) for k in ("boot_zs", "boot_st"))  # same resamples
     avg_zs, avg_st = np.mean([r["zero_shot"] for r in rows]), np.mean([r["static"] for r in rows])
     lo, hi = ev.interval(boot_zs - boot_st)
     lines.append(f"| **average** | **{avg_zs:.3f} ({ci(ev.interval(boot_zs))})** | {avg_st:.3f} "
-                 f"({ci(ev.interval(boot_st))}) | **{avg_zs - avg_st:+.3f} ({lo:+.3f} to {hi:+.3f})** |")
+                 f"({ci(ev.interval(boot_st))}) | **{avg_zs - avg_st:+.3f} ({lo:+.3f} to {hi:+.3f})** | "
+                 f"{np.mean([r['moved'] for r in rows]):.3f} |")
     return "\n".join(lines)
 
 
