@@ -162,8 +162,10 @@ def keep_metrics_through(path: Path, step: int) -> int:
             kept.append(line)
         else:
             dropped += 1
-    if dropped:
-        path.write_text("".join(x + "\n" for x in kept))
+    if dropped:  # written aside and renamed: a crash here leaves the old file, never half of one
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(x + "\n" for x in kept))
+        tmp.replace(path)
     return dropped
 
 

@@ -11,7 +11,7 @@ hidden`) times the difference of the tied vocabulary rows of those two tokens (t
 "Yes" - "No"; its size is per user up to the state's norm). AUC of that score on the test users against the
 scenario's labels, 95% bootstrap interval over them; 0.5 = the query carries nothing of its answer in that
 direction. The same read-out of the generic query's state ("Describe this user.") is the control: a direction
-that scores users well whatever the question is a prior (activity, taste), not the query's answer. The third
+that scores users well whatever the question is a prior (activity, taste), not the query's answer. The last
 column removes that prior user by user: the scenario state's read-out minus the static state's, (zero-shot - static)
 . direction, still with nothing fitted (what the question moves, not where the user already sat). Reads the
 embeddings run.py keeps in --embed-cache (same key), so it costs seconds after a table of the same checkpoint.
