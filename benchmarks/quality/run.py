@@ -99,6 +99,14 @@ def full_world(world: UserWorld | CappedWorld) -> UserWorld:
     return world._world if isinstance(world, CappedWorld) else world
 
 
+def model_collator(ctx: Context, model):
+    """The one collator every model pass of the harness reads users through: the whole world's inputs (full_world),
+    at the checkpoint's tabular width (older checkpoints read fewer columns)."""
+    from training.data.collate import UserCollator
+
+    return UserCollator(full_world(ctx.world), ctx.vecs, d_tab=model.cfg.input.d_tab)
+
+
 # ---- baseline rows -------------------------------------------------------------------------------------------
 def row_bag_of_items(ctx: Context):
     return ev.bag_of_items(ctx.world)
@@ -275,11 +283,10 @@ def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "
     """One PrefixCache of `users`, encoded 16 at a time (with progress lines an operator can grep)."""
     import torch
 
-    from training.data.collate import UserCollator
     from training.model.prefix_cache import PrefixCache
     from training.precision import autocast
 
-    collate = UserCollator(full_world(ctx.world), ctx.vecs, d_tab=model.cfg.input.d_tab)
+    collate = model_collator(ctx, model)
     t0 = time.perf_counter()
     parts = []
     with torch.inference_mode(), autocast(dtype, ctx.device):
@@ -445,15 +452,13 @@ def _same_question(ctx: Context, key: str) -> dict[str, float]:
         return ctx.same_q[key]
     import torch
 
-    from training.data.collate import UserCollator
     from training.heldout import HeldOutEval
     from training.precision import apply_precision, autocast, resolve_precision
 
     model = load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
-    # older checkpoints read fewer columns (d_tab)
-    collate = UserCollator(full_world(ctx.world), ctx.vecs, d_tab=model.cfg.input.d_tab)
+    collate = model_collator(ctx, model)
     ho = HeldOutEval(ctx.world, collate, 256, model.cfg.data, seed=0, split="test")
     got = ho.same_question(model, model.cfg, autocast(dtype, ctx.device) if dtype != torch.float32 else None)
     ctx.same_q[key] = {"acc1": got.get("val_acc1_same_q"), "chance": 1.0 / got.get("val_same_q_group", 1.0)}
