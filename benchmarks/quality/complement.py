@@ -13,6 +13,11 @@ re-weights what both carry (or loses some), it will not. Reads the model embeddi
 `--static-from OTHER_CHECKPOINT` takes the static state from another model (e.g. the served default): does this
 checkpoint's scenario state hold user information that model's generic state lacks? The sum row is left out then
 (two models' spaces do not add).
+
+`--dims 8 16 32` adds the compact reading: each state cut to its first k principal components, fitted without
+labels on the train users' states of that same query, then probed alike (`static @k`, `zero-shot @k`). A full-width
+probe is blind to a query that only re-weights user differences; a k-dim embedding (what a serving team stores per
+user and scenario when memory is short) keeps the k strongest, so there the re-weighting can count.
 """
 from __future__ import annotations
 
@@ -38,9 +43,22 @@ PAIRS = [("zero-shot", "static"), ("[zero-shot; static]", "static"), ("[zero-sho
 STATIC_FROM = "static-from"  # the --static-from model's key in run.py's Context (an ablation label)
 
 
-def rows(ctx) -> list[dict]:
+def top_components(x: np.ndarray, fit_rows: np.ndarray, k: int) -> np.ndarray:
+    """Every row of x ([n, d]) projected on the first k principal components of x[fit_rows] (centred on their
+    mean; no labels): the k directions along which those users differ most in this embedding."""
+    x = np.asarray(x, np.float64)
+    mean = x[fit_rows].mean(axis=0)
+    _, _, vt = np.linalg.svd(x[fit_rows] - mean, full_matrices=False)
+    return ((x - mean) @ vt[:k].T).astype(np.float32)
+
+
+def dims_pairs(dims: list[int]) -> list[tuple[str, str]]:
+    return [(f"zero-shot @{k}", f"static @{k}") for k in dims]
+
+
+def rows(ctx, dims: list[int] = ()) -> list[dict]:
     """The probed rows, each with its probes (for the bootstrap) and average test AUC: static, zero-shot, the two
-    side by side and (one model) their sum."""
+    side by side, (one model) their sum and, per k in dims, both states cut to their first k components."""
     emb = model_embeddings(ctx)
     other = STATIC_FROM in ctx.ablations
     static = (model_embeddings(ctx, STATIC_FROM) if other else emb)["static"]["static"]
@@ -49,6 +67,10 @@ def rows(ctx) -> list[dict]:
                 "[zero-shot; static]": lambda s: np.concatenate([emb["zero_shot"][s.name], static], axis=1)}
     if not other:
         variants["zero-shot + static"] = lambda s: emb["zero_shot"][s.name] + static
+    train = ctx.world.users("train")
+    for k in dims:
+        variants[f"static @{k}"] = lambda s, cut=top_components(static, train, k): cut
+        variants[f"zero-shot @{k}"] = lambda s, k=k: top_components(emb["zero_shot"][s.name], train, k)
     out = []
     for label, x in variants.items():
         probes = [ev.probe(x(s), ctx.world, s, seeds=(0,), subsample=1.0, c_choice="cv") for s in ctx.scenarios]
@@ -56,11 +78,11 @@ def rows(ctx) -> list[dict]:
     return out
 
 
-def markdown(ctx, table: list[dict], draws: int) -> str:
+def markdown(ctx, table: list[dict], draws: int, dims: list[int] = ()) -> str:
     head = (f"`static` is the generic query's state of {ctx.ablations[STATIC_FROM]}; `zero-shot` this checkpoint's "
             "scenario state.\n\n" if STATIC_FROM in ctx.ablations else "")
     # a pair whose row is absent (the sum, under --static-from) is left out by paired_claims
-    return head + paired_tables(table, PAIRS, draws, scenarios=[s.name for s in ctx.scenarios])
+    return head + paired_tables(table, PAIRS + dims_pairs(dims), draws, scenarios=[s.name for s in ctx.scenarios])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "complement"))
     p.add_argument("--static-from", metavar="CHECKPOINT", default=None,
                    help="take the static state from another checkpoint (e.g. artifacts/default)")
+    p.add_argument("--dims", type=int, nargs="*", default=[], metavar="K",
+                   help="also probe both states cut to their first K principal components (fitted on train users)")
     args = p.parse_args(argv)
     if args.tune_steps:
         raise SystemExit("--tune-steps: this diagnostic reads the query-only rows; leave it at 0")
     if args.static_from:
         require_checkpoint(p, "--static-from", args.static_from)
     ctx = build_context(args, ablations={STATIC_FROM: args.static_from} if args.static_from else {})
-    md = markdown(ctx, rows(ctx), args.draws)
+    if any(k < 1 for k in args.dims):
+        raise SystemExit(f"--dims {args.dims}: each K must be a positive number of components")
+    md = markdown(ctx, rows(ctx, args.dims), args.draws, args.dims)
     stamp = (f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "
              f"`python benchmarks/quality/complement.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
     Path(args.out).with_suffix(".md").write_text(md + "\n\n" + stamp + "\n")

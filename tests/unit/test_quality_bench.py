@@ -349,6 +349,39 @@ def test_complement_pairs_the_scenario_state_with_the_static_one(ml100k_world, m
     assert "| [zero-shot; static] > static |" in md and "zero-shot + static" not in md
 
 
+def test_complement_dims_shows_a_query_that_only_reweights(ml100k_world, monkeypatch):
+    """complement.py --dims: a scenario state that holds the same user information as the static one, only with the
+    scenario's direction stretched, ties it at full width but wins when each is cut to its first component; the
+    components are fitted on the train users alone (no labels, no test users)."""
+    from benchmarks.quality import complement
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    world = quality.CappedWorld(ml100k_world, {"train": 300, "val": 100, "test": 150})
+    female = np.array([u.gender == "F" for u in ml100k_world.ml.users], np.float32)
+    rng = np.random.default_rng(2)
+    static = rng.standard_normal((len(female), 4)).astype(np.float32) * np.array([3.0, 1.0, 1.0, 1.0], np.float32)
+    static[:, 1] += 1.5 * female  # the answer lies along a weak direction of the static state
+    zero = static * np.array([1.0, 4.0, 1.0, 1.0], np.float32)  # the query stretches that direction: nothing new
+    scen = [s for s in load_scenarios() if s.name == "gender_female"]
+    monkeypatch.setattr(complement, "model_embeddings",
+                        lambda ctx, key="trained": {"static": {"static": static}, "zero_shot": {"gender_female": zero}})
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, None, "cpu", None)
+    table = complement.rows(ctx, dims=[1])
+    auc = {r["row"]: r["auc_avg"] for r in table}
+    assert abs(auc["zero-shot"] - auc["static"]) < 0.02
+    assert auc["static @1"] < 0.6 < 0.7 < auc["zero-shot @1"]
+    md = complement.markdown(ctx, table, draws=200, dims=[1])
+    assert "| zero-shot @1 > static @1 |" in md
+    # the components see only the fit rows: moving every other user changes no fitted direction
+    train = np.asarray(world.users("train"))
+    moved = static.copy()
+    others = np.setdiff1d(np.arange(len(static)), train)
+    moved[others] = rng.standard_normal((len(others), 4)) * 100
+    a, b = complement.top_components(static, train, 2), complement.top_components(moved, train, 2)
+    assert np.allclose(np.abs(a[train]), np.abs(b[train]), atol=1e-4)
+
+
 def test_forest_puts_one_claim_of_several_tables_on_one_axis(tmp_path, capsys):
     """benchmarks/quality/forest.py: each --result's claim in order, a table without it left empty; a claim no table
     has, or a file that is not a result, is refused with what to do."""
