@@ -102,12 +102,9 @@ def frozen(model: QAnchorModel):
 def _encode_cache(model: QAnchorModel, users: UserBatch | PrefixCache, chunk: int) -> PrefixCache:
     if isinstance(users, PrefixCache):
         return users.detach()
-    parts = []
     with torch.no_grad():
-        for s in range(0, users.batch_size, chunk):
-            sl = slice(s, s + chunk)
-            parts.append(model.encode_prefix(users[sl]))
-    return PrefixCache.cat(parts)
+        return PrefixCache.collect((model.encode_prefix(users[s:s + chunk])
+                                    for s in range(0, users.batch_size, chunk)), users.batch_size)
 
 
 def _embed(model: QAnchorModel, cache: PrefixCache, idx: np.ndarray, spec: ScenarioSpec, chunk: int,

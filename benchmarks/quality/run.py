@@ -288,13 +288,17 @@ def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "
 
     collate = model_collator(ctx, model)
     t0 = time.perf_counter()
-    parts = []
-    with torch.inference_mode(), autocast(dtype, ctx.device):
+
+    def parts():
         for i in range(0, len(users), 16):
-            parts.append(model.encode_prefix(collate.batch(users[i:i + 16])))
+            with torch.inference_mode(), autocast(dtype, ctx.device):
+                part = model.encode_prefix(collate.batch(users[i:i + 16]))
+            yield part
             log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", label, min(i + 16, len(users)),
                      len(users), time.perf_counter() - t0)
-    cache = PrefixCache.cat(parts)
+
+    # written outside inference mode (as cat did): prompt tuning back-propagates through suffixes that read it
+    cache = PrefixCache.collect(parts(), len(users))
     log.info("model_prefix_done model=%s users=%d cache_mb=%.0f seconds=%.1f", label, len(users),
              cache.nbytes / 2**20, time.perf_counter() - t0)
     return cache

@@ -80,6 +80,31 @@ def test_cache_slices_concatenate_and_are_not_mutated():
     assert cache[2].nbytes * 5 == cache.nbytes
 
 
+def test_collect_writes_batches_into_one_cache_equal_to_cat():
+    """PrefixCache.collect (one allocation, filled batch by batch) gives the cache cat gives; inference-mode batches
+    collected outside it still carry a soft prompt's gradient; a wrong user count is refused."""
+    model = build("right")
+    users = random_users(model.cfg.input, 5, seed=7)
+
+    def batches():
+        for s in range(0, 5, 2):
+            with torch.inference_mode():
+                yield model.encode_prefix(users[s:s + 2])
+
+    got = PrefixCache.collect(batches(), 5)
+    want = PrefixCache.cat(list(batches()))
+    for a, b in zip([*got.keys, *got.values, got.valid, got.next_pos],
+                    [*want.keys, *want.values, want.valid, want.next_pos]):
+        assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    prompt = torch.zeros(6, model.hidden, requires_grad=True)
+    model.embed(got, [ScenarioSpec("Likes comedies?", prompt)]).sum().backward()
+    assert prompt.grad is not None and torch.isfinite(prompt.grad).all()
+    with pytest.raises(ValueError, match="expected 6"):
+        PrefixCache.collect(batches(), 6)
+    with pytest.raises(ValueError, match="more than total=4"):
+        PrefixCache.collect(batches(), 4)
+
+
 def test_soft_prompt_gradients_flow_through_the_cached_path():
     model = build("right")
     users = random_users(model.cfg.input, 3, seed=6)
