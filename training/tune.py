@@ -84,6 +84,34 @@ def _split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(np.array(train)), np.sort(np.array(val))
 
 
+def stratified_sample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of n of the labels y (seeded, without replacement), each class in its share of y and never
+    fewer than 2 of a class that has them (so the split and the held-out AUC stay defined): what a tuning job
+    keeps when it has more labelled users than its memory holds. n >= len(y): every position."""
+    y = np.asarray(y)
+    if n >= len(y):
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    share = n * counts / len(y)
+    floor = np.minimum(counts, 2)
+    take = np.maximum(floor, np.floor(share).astype(np.int64))
+    while take.sum() > n and (take > floor).any():  # the small classes' floor of 2 comes out of the largest
+        take[np.argmax(take - floor)] -= 1
+    for i in np.argsort(-(share - np.floor(share)), kind="stable"):  # the rest to the largest remainders
+        if take.sum() >= n:
+            break
+        take[i] += int(take[i] < counts[i])
+    rng = np.random.default_rng(seed)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(y == c), int(k), replace=False)
+                                   for c, k in zip(classes, take)]))
+
+
+def prefix_bytes_per_user(model: QAnchorModel, one_user: UserBatch) -> int:
+    """Bytes one user's frozen prefix cache takes in tune_soft_prompt (same precision: one encode, measured)."""
+    with frozen(model), autocast_for(model):
+        return _encode_cache(model, one_user, 1).nbytes
+
+
 @contextmanager
 def frozen(model: QAnchorModel):
     """Freeze every model parameter and switch off dropout; restore both afterwards."""

@@ -85,6 +85,14 @@ class TuningData:
             if v.ndim != 3 or v.shape[0] != b or self.event_mask.get(s, np.zeros(0)).shape != v.shape[:2]:
                 raise DatasetError(f"snapshot source {s!r}: events {list(v.shape)} and mask do not fit {b} users")
 
+    def take(self, rows: np.ndarray) -> "TuningData":
+        """The users at positions `rows` (in that order), every array alike; meta is kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return TuningData(user_ids=[self.user_ids[i] for i in rows], labels=self.labels[rows],
+                          event_vecs={s: v[rows] for s, v in self.event_vecs.items()},
+                          event_mask={s: m[rows] for s, m in self.event_mask.items()},
+                          tabular=self.tabular[rows], feature_version=self.feature_version[rows], meta=dict(self.meta))
+
     def save(self, path: Path) -> Path:
         """Write atomically (temp file + rename): a worker never reads half a snapshot."""
         arrays = {"user_ids": np.asarray(self.user_ids, dtype=str), "labels": self.labels,

@@ -211,6 +211,28 @@ class TuneOutcome:
             raise JobError(f"the tuning result is incomplete or malformed ({exc!r}): {str(data)[:300]}") from None
 
 
+def fit_to_memory(data: TuningData, loaded: Any, settings: TuningSettings, seed: int) -> TuningData:
+    """`data`, or a stratified seeded sample of it whose prefix caches fit TUNING_MAX_CACHE_MB (the bytes per user
+    measured by encoding one user with the job's model and precision). Fewer than TUNING_MIN_USERS fitting is a
+    JobError that says what to raise."""
+    from training.tune import prefix_bytes_per_user, stratified_sample
+
+    if not settings.max_cache_mb:
+        return data
+    per_user = prefix_bytes_per_user(loaded.model, _user_batch(data.take([0]), loaded.cfg, str(loaded.model.device)))
+    fits = int(settings.max_cache_mb * 2**20 // per_user)
+    if len(data.user_ids) <= fits:
+        return data
+    if fits < settings.min_users:
+        raise JobError(f"TUNING_MAX_CACHE_MB={settings.max_cache_mb:g} holds {fits} users' prefix caches "
+                       f"({per_user / 2**20:.2f} MiB each), fewer than TUNING_MIN_USERS={settings.min_users}; "
+                       "raise TUNING_MAX_CACHE_MB")
+    keep = stratified_sample(data.labels, int(fits), seed)
+    log.warning("event=tune_users_capped labelled=%d used=%d max_cache_mb=%g mib_per_user=%.4f",
+                len(data.user_ids), len(keep), settings.max_cache_mb, per_user / 2**20)
+    return data.take(keep)
+
+
 def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, model_version: str,
                      params: dict[str, str], settings: TuningSettings, models: ModelCache,
                      progress: Progress) -> TuneOutcome:
@@ -230,8 +252,13 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
     progress(0.05, f"loading model {model_version}", {"users": float(len(data.user_ids))})
     loaded = models.get(folder)
     p = TuneParams.resolve(loaded.cfg.tune, params)
+    n_labelled = len(data.user_ids)
+    data = fit_to_memory(data, loaded, settings, p.seed)
     users = _user_batch(data, loaded.cfg, str(loaded.model.device))
-    progress(0.10, f"tuning {p.steps} steps on {len(data.user_ids)} users", {})
+    used = (f"{len(data.user_ids)} of {n_labelled} labelled users (a stratified sample: TUNING_MAX_CACHE_MB="
+            f"{settings.max_cache_mb:g} holds that many prefix caches; raise it where memory allows)"
+            if len(data.user_ids) < n_labelled else f"{n_labelled} users")
+    progress(0.10, f"tuning {p.steps} steps on {used}", {})
 
     def on_step(step: int, total: int, stats: dict[str, float]) -> None:
         progress(0.10 + 0.85 * step / total, f"step {step}/{total}", {**stats, "total": float(total)})
@@ -245,7 +272,7 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
     except ValueError as exc:  # tune_soft_prompt's data complaints (one class, too few users per class)
         raise JobError(f"cannot tune on these labels: {exc}") from None
     metrics = {**{k: float(v) for k, v in result.metrics.items()}, "n_missing": float(n_missing),
-               "steps": float(p.steps)}
+               "steps": float(p.steps), "n_users": float(len(data.user_ids)), "n_labelled": float(n_labelled)}
     scenario_dir = settings.resolved_artifact_dir() / "prompts" / scenario
     extra = {"job_id": job_id, "scenario": scenario, "model_version": model_version,
              "params": {f.name: getattr(p, f.name) for f in fields(p)}}

@@ -53,6 +53,10 @@ class TuningSettings(ServiceSettings):
     progress_every_s: float = 2.0
     # Fewest labelled users with features a job accepts (AUC on a handful of users is noise).
     min_users: int = 8
+    # Memory for the labelled users' prefix caches, MiB (the frozen prefix is encoded once and kept for every
+    # step: ~3.7 MB per user in fp32, half in bf16, with the default model). A job with more labelled users than fit
+    # tunes on a stratified, seeded sample of them and says so (message, metrics n_users / n_labelled); 0 = no cap.
+    max_cache_mb: float = Field(default=8192, ge=0)
     # Where a job runs: "local" = in this worker (torch, the GPU it has); "kubernetes" = as a Kubernetes Job per
     # tuning job, created, watched and cancelled by this worker (services/kube, QANCHOR_KUBE_* settings); the
     # worker itself then needs neither torch nor a GPU.

@@ -319,6 +319,16 @@ def test_job_backend_rbac_is_namespaced_minimal_and_only_the_worker_holds_a_toke
 
 
 @needs_helm
+def test_the_local_tuning_worker_caps_its_prefix_caches_at_half_its_memory_limit(default_docs: list[dict]) -> None:
+    """TUNING_MAX_CACHE_MB (a job's labelled users' prefix caches) leaves the model and the steps half the limit."""
+    worker = _pod_specs(default_docs)["qanchor-tuning-worker"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    limit = worker["resources"]["limits"]["memory"]
+    limit_mib = int(limit[:-2]) * {"Gi": 1024, "Mi": 1}[limit[-2:]]
+    assert 0 < float(env["TUNING_MAX_CACHE_MB"]) <= limit_mib / 2
+
+
+@needs_helm
 def test_kubernetes_backend_worker_runs_no_model_and_configures_the_job_pods(
         kube_docs: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
     from test_deploy_helpers import settings_env_names

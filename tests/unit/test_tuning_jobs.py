@@ -115,6 +115,39 @@ def test_a_job_whose_prompt_does_not_beat_the_query_registers_an_empty_prompt(wo
     assert "keeps the query (an empty prompt)" in repo.get_tuning_job(job.job_id).message
 
 
+def test_a_job_with_more_users_than_its_cache_memory_tunes_on_a_stratified_sample(world) -> None:  # type: ignore
+    """TUNING_MAX_CACHE_MB below the 48 users' prefix caches (~7 KB each on the tiny model): the job tunes on the
+    users that fit, both classes kept in their shares, and says so (message, n_users / n_labelled); a budget below
+    TUNING_MIN_USERS users fails with what to raise."""
+    repo, settings, snapshot, models = world
+    capped = settings.model_copy(update={"max_cache_mb": 0.17})
+    job = repo.create_tuning_job("planted", str(snapshot), params={"steps": "4", "batch_size": "16"})
+    messages: list[str] = []
+    version = run_tuning_job(job, repo, capped, models, lambda f, msg, st: messages.append(msg))
+    n = version.metrics["n_users"]
+    assert 8 <= n < 48 and version.metrics["n_labelled"] == 48
+    assert version.metrics["n_train"] + version.metrics["n_val"] == n
+    assert any(f"on {int(n)} of 48 labelled users" in m and "TUNING_MAX_CACHE_MB=0.17" in m for m in messages)
+    full = run_tuning_job(repo.create_tuning_job("planted", str(snapshot), params={"steps": "1", "batch_size": "16"}),
+                          repo, settings, models, lambda *a: None)
+    assert full.metrics["n_users"] == full.metrics["n_labelled"] == 48  # the default budget holds them all
+    tiny = settings.model_copy(update={"max_cache_mb": 0.01})
+    with pytest.raises(JobError, match="fewer than TUNING_MIN_USERS=8; raise TUNING_MAX_CACHE_MB"):
+        run_tuning_job(repo.create_tuning_job("planted", str(snapshot)), repo, tiny, models, lambda *a: None)
+
+
+def test_stratified_sample_keeps_each_class_share_and_is_seeded() -> None:
+    from training.tune import stratified_sample
+
+    y = np.array([0] * 90 + [1] * 8 + [2] * 2)
+    got = stratified_sample(y, 20, seed=1)
+    assert len(got) == 20 and np.all(np.diff(got) > 0)
+    assert np.bincount(y[got]).tolist() == [16, 2, 2]  # 18 / 1.6 / 0.4 by share; every class keeps >= 2
+    assert np.array_equal(got, stratified_sample(y, 20, seed=1))
+    assert not np.array_equal(got, stratified_sample(y, 20, seed=2))
+    assert np.array_equal(stratified_sample(y, 500), np.arange(100))
+
+
 @pytest.mark.parametrize("params, labels_uri, model_version, match", [
     ({"stepz": "3"}, None, "", "unknown tuning params"),
     ({"lr": "fast"}, None, "", "lr='fast' is not a number"),
