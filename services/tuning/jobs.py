@@ -228,8 +228,9 @@ def fit_to_memory(data: TuningData, loaded: Any, settings: TuningSettings, seed:
                        f"({per_user / 2**20:.2f} MiB each), fewer than TUNING_MIN_USERS={settings.min_users}; "
                        "raise TUNING_MAX_CACHE_MB")
     keep = stratified_sample(data.labels, int(fits), seed)
-    log.warning("event=tune_users_capped labelled=%d used=%d max_cache_mb=%g mib_per_user=%.4f",
-                len(data.user_ids), len(keep), settings.max_cache_mb, per_user / 2**20)
+    log.warning("tuning on a stratified sample: the labelled users' prefix caches exceed TUNING_MAX_CACHE_MB",
+                extra={"event": "tune_users_capped", "labelled": len(data.user_ids), "used": len(keep),
+                       "max_cache_mb": settings.max_cache_mb, "mib_per_user": round(per_user / 2**20, 4)})
     return data.take(keep)
 
 
