@@ -249,19 +249,21 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     model = load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
-    cache = encode_prefixes(ctx, model, users, dtype, key)
     specs = query_specs(ctx)
-    if ctx.tune_steps and key == "trained":
+    if ctx.tune_steps and key == "trained":  # tuning reads the train users' prefixes every step: keep them all
+        cache = encode_prefixes(ctx, model, users, dtype, key)
         specs.update({("tuned", n): ScenarioSpec(q, p) for n, (q, p) in _tune_prompts(ctx, model, cache,
                                                                                       users).items()})
+        batches = ((i, cache[list(range(i, min(i + 16, len(users))))]) for i in range(0, len(users), 16))
+    else:  # each prefix is read once: encode, embed and drop 16 users at a time (the memory of one batch)
+        batches = prefix_batches(ctx, model, users, dtype, key)
     names = list(specs)
     out: dict[str, dict[str, np.ndarray]] = {}
     emb_all = np.zeros((len(users), len(names), model.embedding_dim), np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode(), autocast(dtype, ctx.device):
-        for i in range(0, len(users), 16):
-            emb_all[i:i + 16] = model.embed(cache[list(range(i, min(i + 16, len(users))))],
-                                            [specs[n] for n in names]).float().cpu().numpy()
+        for i, part in batches:
+            emb_all[i:i + 16] = model.embed(part, [specs[n] for n in names]).float().cpu().numpy()
             log.info("model_embed_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
                      len(users), time.perf_counter() - t0)
     log.info("model_embed_done model=%s users=%d specs=%d seconds=%.1f", key, len(users), len(names),
@@ -279,26 +281,30 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     return out
 
 
-def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
-    """One PrefixCache of `users`, encoded 16 at a time (with progress lines an operator can grep)."""
+def prefix_batches(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
+    """(position of the first user, PrefixCache of users[i:i + 16]) in user order, encoded on demand, with progress
+    lines an operator can grep."""
     import torch
 
-    from training.model.prefix_cache import PrefixCache
     from training.precision import autocast
 
     collate = model_collator(ctx, model)
     t0 = time.perf_counter()
+    for i in range(0, len(users), 16):
+        with torch.inference_mode(), autocast(dtype, ctx.device):
+            part = model.encode_prefix(collate.batch(users[i:i + 16]))
+        log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", label, min(i + 16, len(users)),
+                 len(users), time.perf_counter() - t0)
+        yield i, part
 
-    def parts():
-        for i in range(0, len(users), 16):
-            with torch.inference_mode(), autocast(dtype, ctx.device):
-                part = model.encode_prefix(collate.batch(users[i:i + 16]))
-            yield part
-            log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", label, min(i + 16, len(users)),
-                     len(users), time.perf_counter() - t0)
 
-    # written outside inference mode (as cat did): prompt tuning back-propagates through suffixes that read it
-    cache = PrefixCache.collect(parts(), len(users))
+def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
+    """One PrefixCache of `users`, for passes that read every prefix more than once (prompt tuning, the layer scan).
+    Written outside inference mode: prompt tuning back-propagates through suffixes that read it."""
+    from training.model.prefix_cache import PrefixCache
+
+    t0 = time.perf_counter()
+    cache = PrefixCache.collect((part for _, part in prefix_batches(ctx, model, users, dtype, label)), len(users))
     log.info("model_prefix_done model=%s users=%d cache_mb=%.0f seconds=%.1f", label, len(users),
              cache.nbytes / 2**20, time.perf_counter() - t0)
     return cache

@@ -245,6 +245,36 @@ def test_a_capped_world_scores_fewer_users_but_the_model_reads_the_whole_worlds_
     assert not np.allclose(before, served.numpy(), atol=1e-3)
 
 
+def test_without_tuning_the_harness_streams_prefixes_and_embeds_what_a_kept_cache_gives(ml100k_world, tmp_path):
+    """model_embeddings with no tuning encodes, embeds and drops 16 users at a time (the memory of one batch); its
+    embeddings equal those read from one kept cache (encode_prefixes: what tuning runs and the layer scan use)."""
+    from benchmarks.quality import run as quality
+    from training.artifacts import save_checkpoint
+    from training.config import load_config
+    from training.data.scenarios import load_scenarios
+    from training.model.embedder import QAnchorModel
+
+    # the world's events per source (the harness reads users through the world's collator)
+    k = {src.name: src.k for src in ml100k_world.sources.sources}
+    cfg = load_config("tiny", ["input.sources=[" + ", ".join(f"{{name: {n}, k: {v}}}" for n, v in k.items()) + "]"])
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", QAnchorModel(cfg).eval(), cfg)
+    vecs = np.random.default_rng(0).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    world = quality.CappedWorld(ml100k_world, {"train": 20, "val": 10, "test": 10})  # 40 users: batches 16, 16, 8
+    scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
+    ctx = quality.Context(world, vecs, scen, str(ckpt), "cpu", None)
+    got = quality.model_embeddings(ctx)
+    model, users = quality.load_model(ctx), quality.model_users(ctx)
+    cache = quality.encode_prefixes(ctx, model, users, torch.float32)
+    assert cache.batch_size == len(users) == 40
+    specs = quality.query_specs(ctx)
+    with torch.inference_mode():
+        want = torch.cat([model.embed(cache[list(range(i, min(i + 16, 40)))], list(specs.values()))
+                          for i in range(0, 40, 16)]).numpy()
+    for j, (kind, name) in enumerate(specs):
+        assert np.array_equal(got[kind][name][users], want[:, j]), (kind, name)
+
+
 def test_markdown_prints_each_claims_paired_difference_per_scenario():
     from benchmarks.quality import run as quality
     from training.data.scenarios import load_scenarios
