@@ -117,8 +117,8 @@ def test_a_job_whose_prompt_does_not_beat_the_query_registers_an_empty_prompt(wo
 
 def test_a_job_with_more_users_than_its_cache_memory_tunes_on_a_stratified_sample(world) -> None:  # type: ignore
     """TUNING_MAX_CACHE_MB below the 48 users' prefix caches (~7 KB each on the tiny model): the job tunes on the
-    users that fit, both classes kept in their shares, and says so (message, n_users / n_labelled); a budget below
-    TUNING_MIN_USERS users fails with what to raise."""
+    users that fit (a stratified sample: the shares are test_stratified_sample's) and says so (message, n_users /
+    n_labelled); a budget below TUNING_MIN_USERS users fails with what to raise."""
     repo, settings, snapshot, models = world
     capped = settings.model_copy(update={"max_cache_mb": 0.17})
     job = repo.create_tuning_job("planted", str(snapshot), params={"steps": "4", "batch_size": "16"})
