@@ -47,6 +47,7 @@ from training.model.suffix import ScenarioSpec
 from training.precision import autocast_for
 
 log = logging.getLogger(__name__)
+DEPTHS = ("input", "deep")  # where a tuned prompt acts: input vectors in the suffix, or keys/values at every layer
 Progress = Callable[[int, int, dict[str, float]], None]  # (step, total_steps, stats)
 
 
@@ -59,6 +60,7 @@ class TuneResult:
     metrics: dict[str, float]  # held-out users: auc, ks (tuned) and auc_zero_shot, ks_zero_shot (no prompt);
     # probe_auc, probe_auc_zero_shot: a linear probe's held-out AUC on each (binary labels)
     curve: list[dict[str, float]] = field(default_factory=list)  # per step: loss (+ val auc every eval_every)
+    depth: str = "input"  # "deep": prompt is [layers, 2, kv_heads, n_tokens, head_dim] keys/values (with_deep)
 
 
 def auc_ks(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float]:
@@ -135,12 +137,22 @@ def _encode_cache(model: QAnchorModel, users: UserBatch | PrefixCache, chunk: in
                                     for s in range(0, users.batch_size, chunk)), users.batch_size)
 
 
+def with_deep(cache: PrefixCache, prompt: torch.Tensor) -> PrefixCache:
+    """`cache` with a deep prompt's keys and values ([layers, 2, kv_heads, n, head_dim]) appended for every user:
+    embedding a scenario's query over it gives that scenario's deep-prompt-tuned embedding."""
+    return cache.with_shared(list(prompt[:, 0]), list(prompt[:, 1]))
+
+
 def _embed(model: QAnchorModel, cache: PrefixCache, idx: np.ndarray, spec: ScenarioSpec, chunk: int,
-           grad: bool) -> torch.Tensor:
+           grad: bool, deep: torch.Tensor | None = None) -> torch.Tensor:
+    """Embeddings of cache[idx] under `spec`; `deep` (a deep prompt [layers, 2, kv_heads, n, head_dim]) appends its
+    keys and values to every user's prefix first."""
     out = []
     with torch.set_grad_enabled(grad):
         for s in range(0, len(idx), chunk):
             sub = cache[torch.as_tensor(idx[s: s + chunk], device=cache.valid.device)]
+            if deep is not None:
+                sub = with_deep(sub, deep)
             out.append(model.embed(sub, [spec])[:, 0])  # [b, out]
     return torch.cat(out)
 
@@ -257,17 +269,32 @@ def init_prompt(model: QAnchorModel, query_text: str, n_tokens: int) -> torch.Te
         return model.embed_ids(torch.tensor(ids, device=model.device)).float().clone()  # [n_tokens, hidden]
 
 
+def init_deep_prompt(model: QAnchorModel, cache: PrefixCache, query_text: str, n_tokens: int) -> torch.Tensor:
+    """A deep prompt that starts as the keys and values of the query's last n tokens (cycled if shorter), averaged
+    over the users in `cache`: [served layers, 2, kv_heads, n_tokens, head_dim] float32."""
+    with torch.no_grad():
+        keys, values = model.query_kv(cache, query_text)  # per layer [B, kv_heads, L, head_dim]; L - 1 query tokens
+        n_query = max(int(keys[0].shape[2]) - 1, 1)
+        at = torch.tensor([(n_query - n_tokens + i) % n_query for i in range(n_tokens)], device=keys[0].device)
+        return torch.stack([torch.stack([k[:, :, at].float().mean(0), v[:, :, at].float().mean(0)])
+                            for k, v in zip(keys, values)]).clone()
+
+
 def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels: Sequence | np.ndarray,
                      query_text: str, n_tokens: int = 6, steps: int = 300, lr: float = 1e-2, tau: float = 0.1,
                      seed: int = 0, val_fraction: float = 0.2, batch_size: int = 64, eval_every: int = 50,
                      progress: Progress | None = None, objective: str = "prototype",
-                     anchor_weight: float = 0.0, min_val_gain: float = 0.0) -> TuneResult:
+                     anchor_weight: float = 0.0, min_val_gain: float = 0.0, depth: str = "input") -> TuneResult:
     """Tune `n_tokens` soft-prompt vectors + one prototype per class on labelled users; report held-out AUC/KS.
     objective="probe": against a logistic head started at the linear probe instead; anchor_weight: a pull toward
     the zero-shot embedding; min_val_gain: the held-out AUC margin over the query alone a tuned prompt needs to be
-    kept (-1: always keep it; module docstring)."""
+    kept (-1: always keep it; module docstring). depth="deep": the prompt is n_tokens learned keys and values at
+    every decoder layer (appended to each user's prefix cache, PrefixCache.with_shared) instead of n_tokens input
+    vectors in the suffix; the result's prompt is then [layers, 2, kv_heads, n_tokens, head_dim]."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    if depth not in DEPTHS:
+        raise ValueError(f"depth {depth!r} is not one of {', '.join(DEPTHS)}")
     if not anchor_weight >= 0.0:
         raise ValueError(f"anchor_weight must be >= 0, got {anchor_weight}")
     if not -1.0 <= min_val_gain < 1.0:
@@ -293,14 +320,21 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         query_alone = (e_tr0, e_va0)
         centroids = torch.stack([e_tr0[y[train_idx] == c].mean(0) for c in range(len(classes))])
         zs_auc, zs_ks = _metrics(y[val_idx], _scores(e_va0, centroids, tau))
-        prompt = init_prompt(model, query_text, n_tokens).requires_grad_(True)
+        deep = depth == "deep"
+
+        def emb_of(ix: np.ndarray, p: torch.Tensor, grad: bool) -> torch.Tensor:  # the prompt p's embeddings
+            return _embed(model, cache, ix, ScenarioSpec(query_text, None if deep else p), batch_size, grad,
+                          deep=p if deep else None)
+
+        prompt = (init_deep_prompt(model, cache[torch.as_tensor(train_idx[:batch_size])], query_text, n_tokens)
+                  if deep else init_prompt(model, query_text, n_tokens)).requires_grad_(True)
         with torch.no_grad():
-            e_init = _embed(model, cache, train_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+            e_init = emb_of(train_idx, prompt, False)
             protos = torch.stack([e_init[y[train_idx] == c].mean(0) for c in range(len(classes))])
         protos = protos.float().clone().requires_grad_(True)
         head = zs_head = None
         if objective == "probe":
-            e_va_init = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+            e_va_init = emb_of(val_idx, prompt, False)
             head = _ProbeHead.fit(e_init, y[train_idx], e_va_init, y[val_idx])
             zs_head = _ProbeHead.fit(e_tr0, y[train_idx], e_va0, y[val_idx])  # the query alone, read by its own probe
             zs_probe_auc = zs_head.val_auc  # the table's probe on the query's embeddings (also its probe_auc_zero_shot)
@@ -316,7 +350,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         anchors = F.normalize(e_tr0.float(), dim=-1)
         for step in range(1, steps + 1):
             batch = rng.choice(train_idx, size=min(batch_size, len(train_idx)), replace=False)
-            emb = _embed(model, cache, batch, ScenarioSpec(query_text, prompt), batch_size, True)
+            emb = emb_of(batch, prompt, True)
             if head is None:
                 loss = F.cross_entropy(_scores(emb, protos, tau), y_t[batch])  # prototype softmax
             else:
@@ -330,7 +364,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             point = {"step": float(step), "loss": loss.item()}
             if step % eval_every == 0 or step == steps:
                 with torch.no_grad():
-                    e_va = _embed(model, cache, val_idx, ScenarioSpec(query_text, prompt), batch_size, False)
+                    e_va = emb_of(val_idx, prompt, False)
                     e_va_last = e_va
                     if head is None:
                         point["val_auc"], point["val_ks"] = _metrics(y[val_idx], _scores(e_va, protos, tau))
@@ -354,7 +388,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             log.info("event=tune_kept_zero_shot query=%r objective=%s val_auc_tuned=%.4f val_auc_zero_shot=%.4f "
                      "min_val_gain=%g reason=the tuned prompt did not beat the query alone on the held-out users",
                      query_text, objective, tuned_val, zs_val, min_val_gain)
-            prompt, e_va_last = prompt[:0], e_va0
+            prompt, e_va_last = (prompt[:, :, :, :0] if deep else prompt[:0]), e_va0
             if head is None:
                 protos = centroids
             else:
@@ -362,8 +396,7 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         elif head is not None:  # the best evaluated prompt
             prompt, e_va_last = best_prompt, e_va_best
         # fit on its own training users, next to the zero-shot query's (centroids of those same users)
-        e_tr = e_tr0 if kept_zero_shot else _embed(model, cache, train_idx,
-                                                   ScenarioSpec(query_text, prompt.detach()), batch_size, False)
+        e_tr = e_tr0 if kept_zero_shot else emb_of(train_idx, prompt.detach(), False)
         if head is not None:  # the prototypes become the kept prompt's class means
             protos = torch.stack([e_tr[y[train_idx] == c].mean(0) for c in range(len(classes))]).float()
         train_auc, _ = _metrics(y[train_idx], _scores(e_tr, protos.detach(), tau))
@@ -387,4 +420,4 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
              gain["val_gain"], gain.get("val_gain_low", float("nan")), gain.get("val_gain_high", float("nan")),
              len(train_idx), len(val_idx))
     return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,
-                      metrics=metrics, curve=curve)
+                      metrics=metrics, curve=curve, depth=depth)

@@ -53,6 +53,7 @@ class Context:
     tune_steps: int = 0  # prompt-tuned row: training.tune steps per scenario (0 = row skipped)
     tune_objective: str = "prototype"  # training.tune's objective for the tuned rows
     tune_anchor: float = 0.0  # training.tune's anchor_weight (pull toward the zero-shot embedding)
+    tune_depth: str = "input"  # training.tune's depth: soft tokens in the suffix, or keys/values at every layer
     model_cache: dict = field(default_factory=dict)  # one embedding pass per model, shared by its rows
     tune_log: dict = field(default_factory=dict)  # scenario -> training.tune held-out metrics
     embed_cache: str | None = None  # directory for model embeddings (.npz), reused across runs
@@ -249,21 +250,30 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     model = load_model(ctx, key)
     dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
     apply_precision(model, dtype)
+    from training.tune import with_deep
+
     specs = query_specs(ctx)
+    deep = {}  # ("tuned", scenario) -> (query, deep prompt): embedded one scenario per pass over the grown cache
     if ctx.tune_steps and key == "trained":  # tuning reads the train users' prefixes every step: keep them all
         cache = encode_prefixes(ctx, model, users, dtype, key)
-        specs.update({("tuned", n): ScenarioSpec(q, p) for n, (q, p) in _tune_prompts(ctx, model, cache,
-                                                                                      users).items()})
+        tuned = _tune_prompts(ctx, model, cache, users)
+        if ctx.tune_depth == "deep":
+            deep = {("tuned", n): qp for n, qp in tuned.items()}
+        else:
+            specs.update({("tuned", n): ScenarioSpec(q, p) for n, (q, p) in tuned.items()})
         batches = ((i, cache[list(range(i, min(i + 16, len(users))))]) for i in range(0, len(users), 16))
     else:  # each prefix is read once: encode, embed and drop 16 users at a time (the memory of one batch)
         batches = prefix_batches(ctx, model, users, dtype, key)
-    names = list(specs)
+    names = [*specs, *deep]
     out: dict[str, dict[str, np.ndarray]] = {}
     emb_all = np.zeros((len(users), len(names), model.embedding_dim), np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode(), autocast(dtype, ctx.device):
         for i, part in batches:
-            emb_all[i:i + 16] = model.embed(part, [specs[n] for n in names]).float().cpu().numpy()
+            emb_all[i:i + 16, :len(specs)] = model.embed(part, list(specs.values())).float().cpu().numpy()
+            for j, (q, prompt) in enumerate(deep.values(), start=len(specs)):
+                got = model.embed(with_deep(part, prompt), [ScenarioSpec(q)])[:, 0]
+                emb_all[i:i + 16, j] = got.float().cpu().numpy()
             log.info("model_embed_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
                      len(users), time.perf_counter() - t0)
     log.info("model_embed_done model=%s users=%d specs=%d seconds=%.1f", key, len(users), len(names),
@@ -324,6 +334,8 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     kind = "trained" if key not in ("trained", "untrained") else key  # ablations: the checkpoint id tells apart
     # since 2026-12-04 a tuning run that does not beat the query alone on its held-out users keeps the query
     tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor, "kept_zero_shot"] if ctx.tune_steps else 0
+    if ctx.tune_steps and ctx.tune_depth != "input":
+        tuning.append(ctx.tune_depth)
     parts = [model_ident, kind, users, tuning if key == "trained" else 0, STATIC_QUERY,
              [s.query for s in ctx.scenarios]]
     embedding = _embedding_of(ctx, key)
@@ -342,7 +354,8 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
 
 
 def _tune_prompts(ctx: Context, model, cache, users: list[int]) -> dict[str, tuple[str, Any]]:
-    """Paper §3.2.3: 6 soft tokens per scenario, tuned (training.tune) on the train users' cached prefixes only."""
+    """Paper §3.2.3: 6 soft tokens per scenario (--tune-depth deep: 6 keys/values per layer), tuned (training.tune)
+    on the train users' cached prefixes only."""
     from training.tune import tune_soft_prompt
 
     pos = {u: i for i, u in enumerate(users)}
@@ -352,7 +365,7 @@ def _tune_prompts(ctx: Context, model, cache, users: list[int]) -> dict[str, tup
         probe = ctx.tune_objective == "probe"  # keeps its best evaluated step: evaluate four times
         res = tune_soft_prompt(model, cache[[pos[u] for u in tr_u]], tr_y, s.query, n_tokens=6,
                                steps=ctx.tune_steps, batch_size=32, objective=ctx.tune_objective,
-                               anchor_weight=ctx.tune_anchor,
+                               anchor_weight=ctx.tune_anchor, depth=ctx.tune_depth,
                                eval_every=max(1, ctx.tune_steps // 4) if probe else ctx.tune_steps)
         ctx.tune_log[s.name] = {k: round(v, 4) for k, v in res.metrics.items()}
         out[s.name] = (s.query, res.prompt)
@@ -625,6 +638,11 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
                         "head started at the linear probe (docs/tuning.md)")
     p.add_argument("--tune-anchor", type=float, default=0.0, metavar="W",
                    help="training.tune anchor_weight of the tuned rows: W * (1 - cos to the zero-shot embedding)")
+    from training.tune import DEPTHS
+
+    p.add_argument("--tune-depth", default="input", choices=DEPTHS,
+                   help="training.tune depth of the tuned rows: 6 soft tokens after the query (the paper's) or 6 "
+                        "learned keys/values at every decoder layer (deep prompt tuning; docs/tuning.md)")
     p.add_argument("--scenarios", default=None,
                    help="scenario YAML (default: training/data/scenarios.yaml; benchmarks/quality/"
                         "scenarios_unseen.yaml holds eight that no recipe decision saw)")
@@ -655,7 +673,7 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
         world = CappedWorld(world, {"train": n_train, "val": n_val, "test": args.eval_users})
     return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
                    embed_cache=args.embed_cache, tune_objective=args.tune_objective,
-                   tune_anchor=args.tune_anchor, c_choice=getattr(args, "c_choice", "cv"),
+                   tune_anchor=args.tune_anchor, tune_depth=args.tune_depth, c_choice=getattr(args, "c_choice", "cv"),
                    embedding=getattr(args, "embedding", None), **extra)
 
 
@@ -710,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",
             "n_train": len(world.users("train")), "n_val": len(world.users("val")),
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
-            "tune_objective": args.tune_objective, "tune_anchor": args.tune_anchor,
+            "tune_objective": args.tune_objective, "tune_anchor": args.tune_anchor, "tune_depth": args.tune_depth,
             "ablations": ablations, "c_choice": args.c_choice,
             "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,

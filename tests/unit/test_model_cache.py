@@ -144,6 +144,9 @@ def test_hidden_embedding_is_the_normalised_user_emb_state_on_both_paths():
         hook.remove()
     state = torch.nn.functional.normalize(seen[0], dim=-1).view(5, len(sc), -1)
     assert (state - cached).abs().max().item() <= 1e-5
+    with torch.no_grad():  # and what the projected model serves is that state through its head
+        through_head = torch.nn.functional.normalize(projected.head(seen[0].float()), dim=-1).view(5, len(sc), -1)
+    assert (through_head - via_head).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -223,3 +226,32 @@ def test_layer_scan_hooks_read_what_a_cut_model_serves():
     assert states.shape == (3, len(sc), 2, whole.hidden)
     assert (states[:, :, 0] - served_cut).abs().max().item() <= 1e-5
     assert (states[:, :, 1] - served).abs().max().item() <= 1e-5
+
+
+def test_shared_entries_read_like_the_tokens_whose_keys_and_values_they_are():
+    """PrefixCache.with_shared appends positionless keys/values for every user: given the keys and values real
+    tokens X compute over the prefix (query_kv), and the suffix moved on by len(X), a query reads them exactly as it
+    reads X written before it in the suffix. No entries: the cache embeds as before. Gradients reach the entries."""
+    model = build("right")
+    tok = model.tokenizer
+    x, q = "Likes comedies?", " Will this user churn next month?"
+    n_x = len(tok(x, add_special_tokens=False)["input_ids"])
+    assert tok(x + q, add_special_tokens=False)["input_ids"][:n_x] == tok(x, add_special_tokens=False)["input_ids"]
+    users = random_users(model.cfg.input, 3, seed=5)
+    with torch.no_grad():
+        cache = model.encode_prefix(users)
+        want = model.embed(cache, [ScenarioSpec(x + q)])[:, 0]
+        got = []
+        for i in range(3):
+            keys, values = model.query_kv(cache[i], x)  # X's tokens, then <USER_EMB>
+            ext = cache[i].with_shared([k[0, :, :n_x] for k in keys], [v[0, :, :n_x] for v in values])
+            ext = PrefixCache(ext.keys, ext.values, ext.valid, ext.next_pos + n_x)
+            got.append(model.embed(ext, [ScenarioSpec(q)])[0, 0])
+        torch.testing.assert_close(torch.stack(got), want, atol=1e-5, rtol=1e-4)
+        none = cache.with_shared([k[0, :, :0] for k in cache.keys], [v[0, :, :0] for v in cache.values])
+        assert torch.equal(model.embed(none, [ScenarioSpec(q)]), model.embed(cache, [ScenarioSpec(q)]))
+    deep = [torch.zeros(k.shape[1], 2, k.shape[3], requires_grad=True) for k in cache.keys]
+    model.embed(cache.with_shared(deep, deep), [ScenarioSpec(q)]).sum().backward()
+    assert all(d.grad is not None and torch.isfinite(d.grad).all() for d in deep) and deep[-1].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="layers of extra keys"):
+        cache.with_shared(deep[:1], deep[:1])

@@ -178,6 +178,12 @@ def test_the_tuning_settings_key_the_embedding_cache_of_tuned_runs_only(monkeypa
     assert paths[0, "prototype"] == paths[0, "probe"] != paths[200, "prototype"]
     old = json.dumps(["ckpt-id", "trained", [1, 2], 200, run.STATIC_QUERY, []])
     assert paths[200, "prototype"].name != f"trained-{hashlib.sha256(old.encode()).hexdigest()[:16]}.npz"
+    for steps in (200, 0):  # deep prompts are other tuned embeddings; without tuning the depth is not read
+        ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                          device="cpu", model_users=None, tune_steps=steps, tune_objective="probe",
+                          tune_depth="deep", embed_cache="cache")
+        paths[steps, "deep"] = run._disk_cache_path(ctx, "trained", [1, 2])
+    assert paths[200, "deep"] != paths[200, "probe"] and paths[0, "deep"] == paths[0, "probe"]
 
 
 def test_the_hidden_read_out_has_its_own_cache_key_and_the_head_output_keeps_the_old_one(monkeypatch):
@@ -273,6 +279,46 @@ def test_without_tuning_the_harness_streams_prefixes_and_embeds_what_a_kept_cach
                           for i in range(0, 40, 16)]).numpy()
     for j, (kind, name) in enumerate(specs):
         assert np.array_equal(got[kind][name][users], want[:, j]), (kind, name)
+
+
+def test_deep_tuned_rows_embed_each_scenario_over_its_own_grown_cache(ml100k_world, tmp_path, monkeypatch):
+    """--tune-depth deep: every scenario's tuned embeddings are its query read over the users' prefixes with that
+    scenario's deep prompt appended (training.tune.with_deep), one scenario per pass, beside the packed query rows."""
+    from benchmarks.quality import run as quality
+    from training.artifacts import save_checkpoint
+    from training.config import load_config
+    from training.data.scenarios import load_scenarios
+    from training.model.embedder import QAnchorModel
+    from training.model.suffix import ScenarioSpec
+    from training.tune import with_deep
+
+    k = {src.name: src.k for src in ml100k_world.sources.sources}
+    cfg = load_config("tiny", ["input.sources=[" + ", ".join(f"{{name: {n}, k: {v}}}" for n, v in k.items()) + "]"])
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "ckpt", QAnchorModel(cfg).eval(), cfg)
+    vecs = np.zeros((len(ml100k_world.texts), 384), np.float16)
+    world = quality.CappedWorld(ml100k_world, {"train": 24, "val": 8, "test": 8})
+    scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
+    ctx = quality.Context(world, vecs, scen, str(ckpt), "cpu", None, tune_steps=2, tune_depth="deep")
+    prompts = {}
+    real = quality._tune_prompts
+
+    def spy(*a, **kw):
+        got = real(*a, **kw)
+        prompts.update(got)
+        return got
+
+    monkeypatch.setattr(quality, "_tune_prompts", spy)
+    got = quality.model_embeddings(ctx)
+    model, users = quality.load_model(ctx), quality.model_users(ctx)
+    cache = quality.encode_prefixes(ctx, model, users, torch.float32)
+    for s in scen:
+        q, prompt = prompts[s.name]
+        assert prompt.ndim == 5 and prompt.shape[0] == model.served_layers  # [layers, 2, kv_heads, n, head_dim]
+        with torch.inference_mode():
+            want = model.embed(with_deep(cache, prompt), [ScenarioSpec(q)])[:, 0].numpy()
+        np.testing.assert_allclose(got["tuned"][s.name][users], want, atol=1e-5)
+        assert set(ctx.tune_log[s.name]) >= {"kept_zero_shot", "probe_auc"}
 
 
 def test_markdown_prints_each_claims_paired_difference_per_scenario():

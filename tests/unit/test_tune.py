@@ -258,3 +258,35 @@ def test_tuning_reports_its_held_out_gain_with_an_interval(setup, objective):
     assert m["val_gain_low"] <= m["val_gain_high"] and -1 <= m["val_gain_low"] and m["val_gain_high"] <= 1, m
     bar = m["probe_auc_zero_shot"] if objective == "probe" else m["auc_zero_shot"]
     assert m["val_gain"] == pytest.approx(m["auc"] - bar, abs=1e-6)  # the gain the keep decision compared
+
+
+def test_a_deep_prompt_trains_keys_and_values_at_every_layer_and_only_them(setup):
+    """depth="deep": the prompt is n learned keys/values per decoder layer (started at the query's own last tokens'),
+    the model stays frozen, the training loss falls, the tuned cache embeds the users differently from the query
+    alone; a deep prompt that is not kept has no entries and embeds exactly as the zero-shot query."""
+    from training.model.suffix import ScenarioSpec
+    from training.tune import init_deep_prompt, with_deep
+
+    model, users, labels = setup
+    query = "Does this user like the planted genre?"
+    before = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    with torch.no_grad():
+        cache = model.encode_prefix(users)
+    res = tune_soft_prompt(model, cache, labels, query, steps=30, lr=5e-2, batch_size=32, eval_every=30,
+                           depth="deep", min_val_gain=-1.0)
+    assert all(torch.equal(before[n], model.state_dict()[n]) for n in before), "a frozen model tensor changed"
+    k = cache.keys[0]
+    assert res.depth == "deep" and res.prompt.shape == (model.served_layers, 2, k.shape[1], 6, k.shape[3])
+    assert not torch.equal(res.prompt, init_deep_prompt(model, cache[:32], query, 6))  # it trained
+    losses = [p["loss"] for p in res.curve]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    with torch.no_grad():
+        zero = model.embed(cache, [ScenarioSpec(query)])
+        assert not torch.allclose(model.embed(with_deep(cache, res.prompt), [ScenarioSpec(query)]), zero)
+    kept = tune_soft_prompt(model, cache, labels, query, steps=4, batch_size=16, eval_every=2, depth="deep",
+                            objective="probe", min_val_gain=0.999)
+    assert kept.metrics["kept_zero_shot"] == 1.0 and kept.prompt.shape[3] == 0
+    with torch.no_grad():
+        assert torch.equal(model.embed(with_deep(cache, kept.prompt), [ScenarioSpec(query)]), zero)
+    with pytest.raises(ValueError, match="depth 'middle' is not one of input, deep"):
+        tune_soft_prompt(model, cache, labels, query, steps=1, depth="middle")

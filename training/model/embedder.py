@@ -305,6 +305,20 @@ class QAnchorModel(nn.Module):
         """`embed_per_user`'s packed suffix pass without its read-out: the decoder's states [B, T, hidden] and the
         layout whose gather_row / gather_col locate each scenario's `<USER_EMB>` token (flat, user after user).
         Diagnostics that hook the decoder's layers (benchmarks/quality/layer_scan.py) read the same positions."""
+        hidden, lay, _ = self._decode_packed(cache, per_user)
+        return hidden, lay
+
+    def query_kv(self, cache: PrefixCache, query: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The keys and values the decoder computes for `query`'s own tokens (then `<USER_EMB>`) read over each
+        cached user's prefix: per served layer [B, kv_heads, L, head_dim], L = the query's tokens + 1. What a deep
+        prompt starts from (training.tune, depth="deep")."""
+        _, lay, past = self._decode_packed(cache, [[ScenarioSpec(query)]] * cache.batch_size)
+        n = int(lay.valid.sum(dim=1).min())  # one scenario per row: every row holds the same tokens
+        p = cache.length
+        return ([layer.keys[:, :, p:p + n] for layer in past.layers],
+                [layer.values[:, :, p:p + n] for layer in past.layers])
+
+    def _decode_packed(self, cache: PrefixCache, per_user: list[list[ScenarioSpec]]):
         b, p = cache.batch_size, cache.length
         if len(per_user) != b:
             raise ValueError(f"{len(per_user)} scenario lists for {b} cached users: one list per user")
@@ -324,8 +338,8 @@ class QAnchorModel(nn.Module):
         k_seg = torch.cat([torch.zeros(b, p, dtype=torch.long, device=dev), seg], dim=1)
         allowed = causal_allowed(key_valid, q_start=p, q_seg=seg, k_seg=k_seg)  # [B, T, P + T]
         pos = cache.next_pos.unsqueeze(1) + within  # [B, T]
-        hidden, _ = self._decode(packed, allowed, pos, past=cache, use_cache=True, serve=True)  # [B, T, hidden]
-        return hidden, lay
+        hidden, past = self._decode(packed, allowed, pos, past=cache, use_cache=True, serve=True)  # [B, T, hidden]
+        return hidden, lay, past
 
     # ---- parameters for checkpoints --------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

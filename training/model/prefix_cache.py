@@ -75,6 +75,24 @@ class PrefixCache:
             raise ValueError(f"collect: the parts hold {at} users, expected {total}")
         return out
 
+    def with_shared(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> "PrefixCache":
+        """This cache with the same extra entries appended for every user: keys/values per layer [kv_heads, n,
+        head_dim] (a deep prompt: learned keys and values every suffix token may attend to, training.tune). The
+        entries take no position: keys are read as given (no rotary embedding applied), and next_pos is unchanged,
+        so the suffix sits at the positions it has without them. Differentiable w.r.t. keys and values."""
+        if len(keys) != len(self.keys) or len(values) != len(self.values):
+            raise ValueError(f"{len(keys)} layers of extra keys for a {len(self.keys)}-layer cache")
+        b = self.batch_size
+        n = int(keys[0].shape[1]) if keys else 0
+
+        def grow(own: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+            extra = extra.to(device=own.device, dtype=own.dtype).unsqueeze(0).expand(b, -1, -1, -1)
+            return torch.cat([own, extra], dim=2)
+
+        valid = torch.cat([self.valid, self.valid.new_ones((b, n))], dim=1)
+        return PrefixCache([grow(k, e) for k, e in zip(self.keys, keys)],
+                           [grow(v, e) for v, e in zip(self.values, values)], valid, self.next_pos)
+
     def to(self, device: torch.device | str) -> "PrefixCache":
         return PrefixCache([k.to(device) for k in self.keys], [v.to(device) for v in self.values],
                            self.valid.to(device), self.next_pos.to(device))
