@@ -326,8 +326,11 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             return _embed(model, cache, ix, ScenarioSpec(query_text, None if deep else p), batch_size, grad,
                           deep=p if deep else None)
 
-        prompt = (init_deep_prompt(model, cache[torch.as_tensor(train_idx[:batch_size])], query_text, n_tokens)
-                  if deep else init_prompt(model, query_text, n_tokens)).requires_grad_(True)
+        if deep:  # started from the first batch of training users' keys/values of the query
+            first = cache[torch.as_tensor(train_idx[:batch_size], device=cache.valid.device)]
+            prompt = init_deep_prompt(model, first, query_text, n_tokens).requires_grad_(True)
+        else:
+            prompt = init_prompt(model, query_text, n_tokens).requires_grad_(True)
         with torch.no_grad():
             e_init = emb_of(train_idx, prompt, False)
             protos = torch.stack([e_init[y[train_idx] == c].mean(0) for c in range(len(classes))])
