@@ -317,12 +317,16 @@ class TuneConfig:
     # held-out AUC margin over the query alone a tuned prompt needs, else the query alone is kept (an empty prompt);
     # -1: always keep the tuned prompt (training.tune)
     min_val_gain: float = 0.0
+    # share of the held-out users that make no choice (C, best step, keep-or-not) and only score the result, so the
+    # reported val_gain is not the best of those choices (training.tune); 0: the same users choose and report
+    verdict_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.n_tokens < 1 or self.steps < 1 or self.lr <= 0 or self.tau <= 0 or not 0 < self.val_fraction < 1 \
-                or not self.anchor_weight >= 0 or not -1 <= self.min_val_gain < 1:
-            raise ConfigError("tune: need n_tokens>=1, steps>=1, lr>0, tau>0, 0<val_fraction<1, anchor_weight>=0, "
-                              "-1<=min_val_gain<1")
+        if self.n_tokens < 1 or self.steps < 1 or self.lr <= 0 or self.tau <= 0 or self.batch_size < 2 \
+                or not 0 < self.val_fraction < 1 or not self.anchor_weight >= 0 or not -1 <= self.min_val_gain < 1 \
+                or not 0 <= self.verdict_fraction < 1:
+            raise ConfigError(f"tune: need n_tokens>=1, steps>=1, lr>0, tau>0, batch_size>=2, 0<val_fraction<1, "
+                              f"anchor_weight>=0, -1<=min_val_gain<1, 0<=verdict_fraction<1 (got {self})")
         if self.objective not in TUNE_OBJECTIVES:
             raise ConfigError(f"tune.objective {self.objective!r} is not one of {', '.join(TUNE_OBJECTIVES)}")
 

@@ -14,12 +14,19 @@ standardised embedding, initialised at the quality table's linear probe fitted o
 is that probe), trained with the prompt under the probe's own L2; the prompt kept is the one from the evaluation
 step with the best held-out head AUC.
 
-Either objective keeps the query alone when tuning does not beat it on the held-out users (the same read-out fitted
-on the zero-shot embeddings: the prototype objective's class centroids, the probe objective's own linear probe): the
-result's prompt is then empty ([0, hidden], which embeds exactly as the zero-shot query) and metrics["kept_zero_shot"]
-is 1 (min_val_gain sets the margin a tuned prompt needs; -1 always keeps it). A tuning job never hands back a
-prompt its own held-out check scores below the query (docs/tuning.md). metrics["val_gain"] is the gain that decision
-compared, with its 95% paired bootstrap interval over the held-out users (val_gain_low, val_gain_high).
+The held-out users (val_fraction of each class) are split in two (verdict_fraction of each class to the second):
+*selection* users make every choice tuning makes (the probe's C, the best evaluated step, keep-or-not) and
+*verdict* users only score the result, so the gain a job reports is not the best of the choices it made (on the
+quality table, kept prompts had reported +0.014 to +0.034 held-out gains from one shared set and delivered ~0 on
+test users; docs/tuning.md). Either objective keeps the query alone when tuning does not beat it on the selection
+users (the same read-out fitted on the zero-shot embeddings: the prototype objective's class centroids, the probe
+objective's own linear probe): the result's prompt is then empty ([0, hidden], which embeds exactly as the
+zero-shot query) and metrics["kept_zero_shot"] is 1 (min_val_gain sets the margin a tuned prompt needs; -1 always
+keeps it; metrics["select_gain"] is the gain it compared). metrics["val_gain"] is the tuned prompt's gain over the
+query on the verdict users, with its 95% paired bootstrap interval (val_gain_low, val_gain_high); auc, ks,
+auc_zero_shot, ks_zero_shot, probe_auc, probe_auc_zero_shot read them too. verdict_fraction 0 (or a class with
+fewer than 2 held-out users) puts every held-out user in both roles, as before 2026-12-06 (n_select == n_verdict
+== n_val).
 
 anchor_weight > 0 (either objective) adds anchor_weight * mean(1 - cos(tuned embedding, zero-shot embedding)) over
 the batch: the prompt may sharpen the label's direction but not trade away the user geometry a downstream probe
@@ -84,6 +91,22 @@ def _split(y: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, n
         val.extend(idx[:n_val])
         train.extend(idx[n_val:])
     return np.sort(np.array(train)), np.sort(np.array(val))
+
+
+def _verdict_split(y: np.ndarray, held: np.ndarray, fraction: float,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The held-out users -> (selection, verdict, whether they differ). Selection users make every choice tuning
+    makes (the probe's C, the best evaluated step, keep-or-not); verdict users (`fraction` of each class) only score
+    the result, so the gain a job reports is not the best of the choices it made (docs/tuning.md). fraction 0, or a
+    class with fewer than 2 held-out users: one set does both, as before 2026-12-06."""
+    if fraction > 0:
+        try:
+            sel, ver = _split(y[held], fraction, seed + 1)
+            return held[sel], held[ver], True
+        except ValueError as exc:
+            log.warning("event=tune_no_verdict_users held_out=%d reason=%r using=the selection users for the "
+                        "report too", len(held), str(exc))
+    return held, held, False
 
 
 def stratified_sample(y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -167,6 +190,11 @@ def _metrics(y: np.ndarray, logits: torch.Tensor) -> tuple[float, float]:
         return auc_ks(y, prob[:, 1])
     pairs = [auc_ks((y == c).astype(int), prob[:, c]) for c in range(prob.shape[1])]  # macro one-vs-rest
     return float(np.mean([a for a, _ in pairs])), float(np.mean([k for _, k in pairs]))
+
+
+def _read(y: np.ndarray, scores: torch.Tensor) -> tuple[float, float]:
+    """AUC, KS of one read-out's scores: [n] logits (the probe head) or [n, C] (prototype scores)."""
+    return auc_ks(y, scores.detach().float().cpu().numpy()) if scores.ndim == 1 else _metrics(y, scores)
 
 
 def linear_probe_metrics(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
@@ -284,7 +312,8 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
                      query_text: str, n_tokens: int = 6, steps: int = 300, lr: float = 1e-2, tau: float = 0.1,
                      seed: int = 0, val_fraction: float = 0.2, batch_size: int = 64, eval_every: int = 50,
                      progress: Progress | None = None, objective: str = "prototype",
-                     anchor_weight: float = 0.0, min_val_gain: float = 0.0, depth: str = "input") -> TuneResult:
+                     anchor_weight: float = 0.0, min_val_gain: float = 0.0, depth: str = "input",
+                     verdict_fraction: float = 0.5) -> TuneResult:
     """Tune `n_tokens` soft-prompt vectors + one prototype per class on labelled users; report held-out AUC/KS.
     objective="probe": against a logistic head started at the linear probe instead; anchor_weight: a pull toward
     the zero-shot embedding; min_val_gain: the held-out AUC margin over the query alone a tuned prompt needs to be
@@ -299,6 +328,8 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         raise ValueError(f"anchor_weight must be >= 0, got {anchor_weight}")
     if not -1.0 <= min_val_gain < 1.0:
         raise ValueError(f"min_val_gain must be in [-1, 1), got {min_val_gain}")
+    if not 0.0 <= verdict_fraction < 1.0:
+        raise ValueError(f"verdict_fraction must be in [0, 1), got {verdict_fraction}")
     raw = np.asarray(labels)
     classes = sorted(np.unique(raw).tolist())
     if len(classes) < 2:
@@ -311,15 +342,19 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
     n_users = users.batch_size
     if len(y) != n_users:
         raise ValueError(f"{len(y)} labels for {n_users} users")
-    train_idx, val_idx = _split(y, val_fraction, seed)
+    train_idx, held_idx = _split(y, val_fraction, seed)
+    # choices (the probe's C, the best step, keep-or-not) read sel_idx; the reported held-out numbers read rep_idx
+    sel_idx, rep_idx, verdict = _verdict_split(y, held_idx, verdict_fraction, seed)
     t0 = time.perf_counter()
     with frozen(model), autocast_for(model):  # bf16 matmuls when the model's frozen weights are bf16
         cache = _encode_cache(model, users, batch_size)  # the frozen prefix: computed once, reused every step
         zero = ScenarioSpec(query_text)
-        e_tr0, e_va0 = (_embed(model, cache, ix, zero, batch_size, False) for ix in (train_idx, val_idx))
-        query_alone = (e_tr0, e_va0)
+        e_tr0, e_sel0 = (_embed(model, cache, ix, zero, batch_size, False) for ix in (train_idx, sel_idx))
+        e_rep0 = _embed(model, cache, rep_idx, zero, batch_size, False) if verdict else e_sel0
+        query_alone = (e_tr0, e_rep0)
         centroids = torch.stack([e_tr0[y[train_idx] == c].mean(0) for c in range(len(classes))])
-        zs_auc, zs_ks = _metrics(y[val_idx], _scores(e_va0, centroids, tau))
+        zs_sel_auc = _metrics(y[sel_idx], _scores(e_sel0, centroids, tau))[0]
+        zs_auc, zs_ks = _metrics(y[rep_idx], _scores(e_rep0, centroids, tau))  # nearest centroid, reported
         deep = depth == "deep"
 
         def emb_of(ix: np.ndarray, p: torch.Tensor, grad: bool) -> torch.Tensor:  # the prompt p's embeddings
@@ -337,12 +372,9 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         protos = protos.float().clone().requires_grad_(True)
         head = zs_head = None
         if objective == "probe":
-            e_va_init = emb_of(val_idx, prompt, False)
-            head = _ProbeHead.fit(e_init, y[train_idx], e_va_init, y[val_idx])
-            zs_head = _ProbeHead.fit(e_tr0, y[train_idx], e_va0, y[val_idx])  # the query alone, read by its own probe
-            zs_probe_auc = zs_head.val_auc  # the table's probe on the query's embeddings (also its probe_auc_zero_shot)
-            # the best evaluated tuned step: (val auc, step, state, its val embeddings)
-            best = (-math.inf, 0, head.snapshot(prompt), e_va_init)
+            head = _ProbeHead.fit(e_init, y[train_idx], emb_of(sel_idx, prompt, False), y[sel_idx])
+            zs_head = _ProbeHead.fit(e_tr0, y[train_idx], e_sel0, y[sel_idx])  # the query alone, by its own probe
+            best = (-math.inf, 0, head.snapshot(prompt))  # the best evaluated tuned step: (sel auc, step, state)
         params = [prompt, protos] if head is None else [prompt, head.w, head.b]
         opt = torch.optim.Adam(params, lr=lr)
         rng = np.random.default_rng(seed)
@@ -365,62 +397,64 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             loss.backward()
             opt.step()
             point = {"step": float(step), "loss": loss.item()}
-            if step % eval_every == 0 or step == steps:
+            if step % eval_every == 0 or step == steps:  # on the selection users
                 with torch.no_grad():
-                    e_va = emb_of(val_idx, prompt, False)
-                    e_va_last = e_va
+                    e_sel = emb_of(sel_idx, prompt, False)
                     if head is None:
-                        point["val_auc"], point["val_ks"] = _metrics(y[val_idx], _scores(e_va, protos, tau))
+                        point["val_auc"], point["val_ks"] = _metrics(y[sel_idx], _scores(e_sel, protos, tau))
                     else:
-                        point["val_auc"], point["val_ks"] = head.auc(e_va, y[val_idx])
+                        point["val_auc"], point["val_ks"] = head.auc(e_sel, y[sel_idx])
                         if point["val_auc"] > best[0]:
-                            best = (point["val_auc"], step, head.snapshot(prompt), e_va)
+                            best = (point["val_auc"], step, head.snapshot(prompt))
             curve.append(point)
             if progress is not None:
                 progress(step, steps, point)
-        # the tuned prompt against the query alone, each read by its own read-out on the held-out users
-        tuned_val, zs_val = (best[0], zs_probe_auc) if head is not None else (curve[-1]["val_auc"], zs_auc)
-        kept_zero_shot = not tuned_val > zs_val + min_val_gain
-        if head is not None:  # the best evaluated prompt with its head, scored next to the query's own probe
-            best_prompt, e_va_best = head.restore(best[2]), best[3]  # embedded when that step was evaluated
-            scores = (head.logits(e_va_best), zs_head.logits(e_va0))
-        else:
-            scores = (_scores(e_va_last, protos.detach(), tau), _scores(e_va0, centroids, tau))
-        gain = held_out_gain(y[val_idx], *scores, point=tuned_val - zs_val, seed=seed)
+        # the decision, on the selection users: the tuned prompt against the query alone, each by its own read-out
+        tuned_sel, zs_sel = (best[0], zs_head.val_auc) if head is not None else (curve[-1]["val_auc"], zs_sel_auc)
+        kept_zero_shot = not tuned_sel > zs_sel + min_val_gain
+        if head is not None:
+            prompt = head.restore(best[2])  # the best evaluated prompt with its head
+        # the report, on the verdict users (who chose nothing): the tuned prompt and the query, each by its read-out
+        with torch.no_grad():
+            e_rep_tuned = emb_of(rep_idx, prompt.detach(), False)
+        scores = ((head.logits(e_rep_tuned), zs_head.logits(e_rep0)) if head is not None else
+                  (_scores(e_rep_tuned, protos.detach(), tau), _scores(e_rep0, centroids, tau)))
+        (tuned_auc, tuned_ks), zs_read = (_read(y[rep_idx], s) for s in scores)
+        gain = held_out_gain(y[rep_idx], *scores, point=tuned_auc - zs_read[0], seed=seed)
         if kept_zero_shot:
             log.info("event=tune_kept_zero_shot query=%r objective=%s val_auc_tuned=%.4f val_auc_zero_shot=%.4f "
-                     "min_val_gain=%g reason=the tuned prompt did not beat the query alone on the held-out users",
-                     query_text, objective, tuned_val, zs_val, min_val_gain)
-            prompt, e_va_last = (prompt[:, :, :, :0] if deep else prompt[:0]), e_va0
+                     "min_val_gain=%g n_select=%d reason=the tuned prompt did not beat the query alone on the "
+                     "held-out selection users", query_text, objective, tuned_sel, zs_sel, min_val_gain,
+                     len(sel_idx))
+            prompt, e_rep, (auc, ks) = (prompt[:, :, :, :0] if deep else prompt[:0]), e_rep0, zs_read
             if head is None:
                 protos = centroids
             else:
                 head = zs_head
-        elif head is not None:  # the best evaluated prompt
-            prompt, e_va_last = best_prompt, e_va_best
+        else:
+            e_rep, auc, ks = e_rep_tuned, tuned_auc, tuned_ks
         # fit on its own training users, next to the zero-shot query's (centroids of those same users)
         e_tr = e_tr0 if kept_zero_shot else emb_of(train_idx, prompt.detach(), False)
         if head is not None:  # the prototypes become the kept prompt's class means
             protos = torch.stack([e_tr[y[train_idx] == c].mean(0) for c in range(len(classes))]).float()
         train_auc, _ = _metrics(y[train_idx], _scores(e_tr, protos.detach(), tau))
         train_zs_auc, _ = _metrics(y[train_idx], _scores(e_tr0, centroids, tau))
-    if head is not None:
-        auc, ks = head.auc(e_va_last, y[val_idx])
-    else:
-        auc, ks = (zs_auc, zs_ks) if kept_zero_shot else (curve[-1]["val_auc"], curve[-1]["val_ks"])
+    reuse = zs_head.val_auc if zs_head is not None and not verdict else None  # that probe, on these same users
     metrics = {"auc": auc, "ks": ks, "auc_zero_shot": zs_auc, "ks_zero_shot": zs_ks,
                "train_auc": train_auc, "train_auc_zero_shot": train_zs_auc,
-               **linear_probe_metrics(y, train_idx, val_idx, query_alone if kept_zero_shot else (e_tr, e_va_last),
-                                      query_alone, zero_auc=zs_probe_auc if objective == "probe" else None),
-               "n_train": float(len(train_idx)), "n_val": float(len(val_idx)),
-               "kept_zero_shot": float(kept_zero_shot), **gain,
+               **linear_probe_metrics(y, train_idx, rep_idx, query_alone if kept_zero_shot else (e_tr, e_rep),
+                                      query_alone, zero_auc=reuse),
+               "n_train": float(len(train_idx)), "n_val": float(len(held_idx)), "n_select": float(len(sel_idx)),
+               "n_verdict": float(len(rep_idx)),  # the users auc..val_gain read (the selection users without a split)
+               "kept_zero_shot": float(kept_zero_shot), "select_gain": float(tuned_sel - zs_sel), **gain,
                **({"best_step": 0.0 if kept_zero_shot else float(best[1])} if objective == "probe" else {}),
                "seconds": time.perf_counter() - t0}
     log.info("event=tune_done query=%r objective=%s anchor_weight=%g steps=%d kept_zero_shot=%d auc=%.4f ks=%.4f "
-             "auc_zero_shot=%.4f probe_auc=%.4f probe_auc_zero_shot=%.4f val_gain=%+.4f val_gain_low=%+.4f "
-             "val_gain_high=%+.4f n_train=%d n_val=%d", query_text, objective, anchor_weight, steps, kept_zero_shot,
-             auc, ks, zs_auc, metrics.get("probe_auc", float("nan")), metrics.get("probe_auc_zero_shot", float("nan")),
-             gain["val_gain"], gain.get("val_gain_low", float("nan")), gain.get("val_gain_high", float("nan")),
-             len(train_idx), len(val_idx))
+             "auc_zero_shot=%.4f probe_auc=%.4f probe_auc_zero_shot=%.4f select_gain=%+.4f val_gain=%+.4f "
+             "val_gain_low=%+.4f val_gain_high=%+.4f n_train=%d n_select=%d n_verdict=%d", query_text, objective,
+             anchor_weight, steps, kept_zero_shot, auc, ks, zs_auc, metrics.get("probe_auc", float("nan")),
+             metrics.get("probe_auc_zero_shot", float("nan")), metrics["select_gain"], gain["val_gain"],
+             gain.get("val_gain_low", float("nan")), gain.get("val_gain_high", float("nan")), len(train_idx),
+             len(sel_idx), len(rep_idx))
     return TuneResult(query=query_text, prompt=prompt.detach(), prototypes=protos.detach(), classes=classes,
                       metrics=metrics, curve=curve, depth=depth)

@@ -54,6 +54,7 @@ class Context:
     tune_objective: str = "prototype"  # training.tune's objective for the tuned rows
     tune_anchor: float = 0.0  # training.tune's anchor_weight (pull toward the zero-shot embedding)
     tune_depth: str = "input"  # training.tune's depth: soft tokens in the suffix, or keys/values at every layer
+    tune_verdict: float = 0.0  # training.tune's verdict_fraction (held-out users that only score); main: its default
     model_cache: dict = field(default_factory=dict)  # one embedding pass per model, shared by its rows
     tune_log: dict = field(default_factory=dict)  # scenario -> training.tune held-out metrics
     embed_cache: str | None = None  # directory for model embeddings (.npz), reused across runs
@@ -336,6 +337,8 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
     tuning = [ctx.tune_steps, ctx.tune_objective, ctx.tune_anchor, "kept_zero_shot"] if ctx.tune_steps else 0
     if ctx.tune_steps and ctx.tune_depth != "input":
         tuning.append(ctx.tune_depth)
+    if ctx.tune_steps and ctx.tune_verdict:  # since 2026-12-06 the keep decision reads the selection users only
+        tuning.append(f"verdict:{ctx.tune_verdict:g}")
     parts = [model_ident, kind, users, tuning if key == "trained" else 0, STATIC_QUERY,
              [s.query for s in ctx.scenarios]]
     embedding = _embedding_of(ctx, key)
@@ -366,6 +369,7 @@ def _tune_prompts(ctx: Context, model, cache, users: list[int]) -> dict[str, tup
         res = tune_soft_prompt(model, cache[[pos[u] for u in tr_u]], tr_y, s.query, n_tokens=6,
                                steps=ctx.tune_steps, batch_size=32, objective=ctx.tune_objective,
                                anchor_weight=ctx.tune_anchor, depth=ctx.tune_depth,
+                               verdict_fraction=ctx.tune_verdict,
                                eval_every=max(1, ctx.tune_steps // 4) if probe else ctx.tune_steps)
         ctx.tune_log[s.name] = {k: round(v, 4) for k, v in res.metrics.items()}
         out[s.name] = (s.query, res.prompt)
@@ -643,6 +647,12 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-depth", default="input", choices=DEPTHS,
                    help="training.tune depth of the tuned rows: 6 soft tokens after the query (the paper's) or 6 "
                         "learned keys/values at every decoder layer (deep prompt tuning; docs/tuning.md)")
+    from training.config import TuneConfig
+
+    p.add_argument("--tune-verdict", type=float, default=TuneConfig.verdict_fraction, metavar="F",
+                   help="training.tune verdict_fraction of the tuned rows: the share of its held-out users that make "
+                        "no choice and only score the result (default: a tuning job's; 0: one set chooses and "
+                        "reports, as before 2026-12-06)")
     p.add_argument("--scenarios", default=None,
                    help="scenario YAML (default: training/data/scenarios.yaml; benchmarks/quality/"
                         "scenarios_unseen.yaml holds eight that no recipe decision saw)")
@@ -674,7 +684,7 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
                    embed_cache=args.embed_cache, tune_objective=args.tune_objective,
                    tune_anchor=args.tune_anchor, tune_depth=args.tune_depth, c_choice=getattr(args, "c_choice", "cv"),
-                   embedding=getattr(args, "embedding", None), **extra)
+                   tune_verdict=getattr(args, "tune_verdict", 0.0), embedding=getattr(args, "embedding", None), **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -729,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_train": len(world.users("train")), "n_val": len(world.users("val")),
             "n_test": len(world.users("test")), "checkpoint": args.checkpoint, "tune_steps": args.tune_steps,
             "tune_objective": args.tune_objective, "tune_anchor": args.tune_anchor, "tune_depth": args.tune_depth,
-            "ablations": ablations, "c_choice": args.c_choice,
+            "tune_verdict": args.tune_verdict, "ablations": ablations, "c_choice": args.c_choice,
             "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",

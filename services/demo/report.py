@@ -201,6 +201,7 @@ def render(r: DemoReport) -> str:
 
 def render_tuning(t: TuningResult) -> str:
     m = t.metrics
+    n_report = m.get("n_verdict", m.get("n_val", 0))  # the held-out users the numbers read (training.tune)
     lines = [f"\n== 9. a tuned soft prompt in an A/B arm: {t.scenario} (\"{t.query}\")",
              f"tuning job {t.job_id}: {t.steps} steps on {m.get('n_train', 0):.0f} labelled users in {t.seconds:.0f} s "
              f"-> prompt version {t.version}",
@@ -210,14 +211,14 @@ def render_tuning(t: TuningResult) -> str:
                     [f"tuned ({m.get('steps', t.steps):.0f} steps)", str(t.version),
                      f"{m.get('auc', float('nan')):.3f}", f"{m.get('ks', float('nan')):.3f}",
                      f"{m.get('probe_auc', float('nan')):.3f}"]],
-                   ["prompt", "version", f"held-out AUC ({m.get('n_val', 0):.0f} users, prototypes)", "KS",
-                    "linear-probe AUC"])]
+                   ["prompt", "version", f"held-out AUC ({n_report:.0f} users, prototypes)", "KS", "linear-probe AUC"])]
     if m.get("kept_zero_shot") == 1.0:
-        lines.append(f"no tuned step beat the query alone on the {m.get('n_val', 0):.0f} held-out users: version "
-                     f"{t.version} kept the query (an empty prompt) and serves the zero-shot embedding")
-    elif "val_gain_low" in m:
+        lines.append(f"no tuned step beat the query alone on the {m.get('n_select', m.get('n_val', 0)):.0f} held-out "
+                     f"selection users: version {t.version} kept the query (an empty prompt) and serves the zero-shot "
+                     "embedding")
+    elif "val_gain_low" in m:  # on the verdict users, who made none of the tuning's choices (docs/tuning.md)
         lines.append(f"held-out AUC gain over the query alone {m['val_gain']:+.3f} (95% {m['val_gain_low']:+.3f} to "
-                     f"{m['val_gain_high']:+.3f} on {m.get('n_val', 0):.0f} users): " +
+                     f"{m['val_gain_high']:+.3f} on {n_report:.0f} verdict users): " +
                      ("resolved" if m["val_gain_low"] > 0 else "not resolved at this size"))
     if "probe_auc" in m and m.get("kept_zero_shot") != 1.0:  # what a downstream model fitted on the embedding sees
         helps = m["probe_auc"] > m.get("probe_auc_zero_shot", float("inf"))

@@ -377,8 +377,8 @@ def _job_done_message(version: int, metrics: dict[str, float]) -> str:
         return (f"prompt version {version} ready: no tuned prompt beat the query alone on the held-out users, so it "
                 "keeps the query (an empty prompt) and serves the zero-shot embedding")
     msg = f"prompt version {version} ready; promote it or route traffic to it"
-    if "val_gain_low" in metrics:
-        n = int(metrics.get("n_val", 0))
+    if "val_gain_low" in metrics:  # on the verdict users, who made none of the tuning's choices (docs/tuning.md)
+        n = int(metrics.get("n_verdict", metrics.get("n_val", 0)))
         msg += (f" (held-out AUC gain over the query {metrics['val_gain']:+.3f}, 95% {metrics['val_gain_low']:+.3f} to "
                 f"{metrics['val_gain_high']:+.3f} on {n} users")
         msg += ")" if metrics["val_gain_low"] > 0 else ": not resolved at this size; an A/B split tells more)"

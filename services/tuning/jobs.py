@@ -37,46 +37,29 @@ class JobError(RuntimeError):
     """The job cannot run as requested; the message (written to the job row) says what to change."""
 
 
-@dataclass(frozen=True)
-class TuneParams:
-    # Defaults come from the serving model's own `tune` config section; job params (strings) override them.
-    n_tokens: int
-    steps: int
-    lr: float
-    tau: float
-    batch_size: int
-    val_fraction: float
-    seed: int
-    objective: str
-    anchor_weight: float
-    min_val_gain: float
+def resolve_tune_params(defaults: Any, params: dict[str, str]) -> Any:
+    """The serving model's own `tune` config section (training.config.TuneConfig) with a job's params (strings)
+    over it: the same dataclass, so its ranges are checked in one place."""
+    from training.config import ConfigError, TuneConfig
 
-    @classmethod
-    def resolve(cls, defaults: Any, params: dict[str, str]) -> "TuneParams":
-        names = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(params) - set(names))
-        if unknown:
-            raise JobError(f"unknown tuning params {unknown}; valid: {sorted(names)}")
-        values: dict[str, Any] = {n: getattr(defaults, n) for n in names}
-        for key, raw in params.items():
-            if names[key] == "str":
-                values[key] = raw
-                continue
-            kind = int if names[key] == "int" else float
-            try:
-                values[key] = kind(raw)
-            except ValueError:
-                raise JobError(f"tuning param {key}={raw!r} is not a{'n int' if kind is int else ' number'}") from None
-        p = cls(**values)
-        if p.n_tokens < 1 or p.steps < 1 or p.lr <= 0 or p.tau <= 0 or p.batch_size < 2 or \
-                not 0 < p.val_fraction < 1 or not p.anchor_weight >= 0 or not -1 <= p.min_val_gain < 1:
-            raise JobError(f"tuning params out of range ({p}); need n_tokens>=1, steps>=1, lr>0, tau>0, "
-                           "batch_size>=2, 0<val_fraction<1, anchor_weight>=0, -1<=min_val_gain<1")
-        from training.config import TUNE_OBJECTIVES
-
-        if p.objective not in TUNE_OBJECTIVES:
-            raise JobError(f"tuning param objective={p.objective!r} is not one of {', '.join(TUNE_OBJECTIVES)}")
-        return p
+    names = {f.name: f.type for f in fields(TuneConfig)}
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise JobError(f"unknown tuning params {unknown}; valid: {sorted(names)}")
+    values: dict[str, Any] = {n: getattr(defaults, n) for n in names}
+    for key, raw in params.items():
+        if names[key] == "str":
+            values[key] = raw
+            continue
+        kind = int if names[key] == "int" else float
+        try:
+            values[key] = kind(raw)
+        except ValueError:
+            raise JobError(f"tuning param {key}={raw!r} is not a{'n int' if kind is int else ' number'}") from None
+    try:
+        return TuneConfig(**values)
+    except ConfigError as exc:
+        raise JobError(f"tuning params rejected: {exc}") from None
 
 
 def resolve_model_dir(repository: Path, model_version: str) -> tuple[str, Path]:
@@ -252,7 +235,7 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
     model_version, folder = resolve_model_dir(settings.resolved_model_repository(), model_version)
     progress(0.05, f"loading model {model_version}", {"users": float(len(data.user_ids))})
     loaded = models.get(folder)
-    p = TuneParams.resolve(loaded.cfg.tune, params)
+    p = resolve_tune_params(loaded.cfg.tune, params)
     n_labelled = len(data.user_ids)
     data = fit_to_memory(data, loaded, settings, p.seed)
     users = _user_batch(data, loaded.cfg, str(loaded.model.device))
@@ -269,7 +252,8 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
                                   steps=p.steps, lr=p.lr, tau=p.tau, seed=p.seed,
                                   val_fraction=p.val_fraction, batch_size=p.batch_size,
                                   eval_every=max(1, p.steps // 5), progress=on_step, objective=p.objective,
-                                  anchor_weight=p.anchor_weight, min_val_gain=p.min_val_gain)
+                                  anchor_weight=p.anchor_weight, min_val_gain=p.min_val_gain,
+                                  verdict_fraction=p.verdict_fraction)
     except ValueError as exc:  # tune_soft_prompt's data complaints (one class, too few users per class)
         raise JobError(f"cannot tune on these labels: {exc}") from None
     metrics = {**{k: float(v) for k, v in result.metrics.items()}, "n_missing": float(n_missing),
@@ -320,5 +304,5 @@ def run_tuning_job(job: TuningJobRecord, repo: Repository, settings: TuningSetti
     return record_outcome(repo, job.job_id, outcome)
 
 
-__all__ = ["JobError", "DatasetError", "ModelCache", "TuneOutcome", "TuneParams", "resolve_model_dir",
+__all__ = ["JobError", "DatasetError", "ModelCache", "TuneOutcome", "resolve_tune_params", "resolve_model_dir",
            "run_tuning_job", "tune_to_artifact", "record_outcome", "write_prompt", "load_job_data"]

@@ -85,7 +85,11 @@ def test_tuning_section_gives_the_held_out_gain_with_its_interval(low, verdict) 
          "probe_auc_zero_shot": 0.66, "n_train": 160, "n_val": 40, "steps": 40, "kept_zero_shot": 0.0,
          "val_gain": 0.012, "val_gain_low": low, "val_gain_high": 0.030}
     text = render_tuning(TuningResult("gender_female", "Is this user female?", "job-1", 40, 12.0, 2, m))
-    assert f"held-out AUC gain over the query alone +0.012 (95% {low:+.3f} to +0.030 on 40 users): {verdict}" in text
+    assert f"held-out AUC gain over the query alone +0.012 (95% {low:+.3f} to +0.030 on 40 verdict users): {verdict}" \
+        in text
+    split = render_tuning(TuningResult("gender_female", "Is this user female?", "job-1", 40, 12.0, 2,
+                                       {**m, "n_select": 20, "n_verdict": 20}))
+    assert "on 20 verdict users" in split and "held-out AUC (20 users, prototypes)" in split
     assert "worth promoting" in text  # the probe read-out line stays
 
 

@@ -184,6 +184,12 @@ def test_the_tuning_settings_key_the_embedding_cache_of_tuned_runs_only(monkeypa
                           tune_depth="deep", embed_cache="cache")
         paths[steps, "deep"] = run._disk_cache_path(ctx, "trained", [1, 2])
     assert paths[200, "deep"] != paths[200, "probe"] and paths[0, "deep"] == paths[0, "probe"]
+    for steps in (200, 0):  # verdict users change which prompts are kept; 0 (one set) keeps the older key
+        ctx = run.Context(world=FakeWorld(), vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                          device="cpu", model_users=None, tune_steps=steps, tune_objective="probe",
+                          tune_verdict=0.5, embed_cache="cache")
+        paths[steps, "verdict"] = run._disk_cache_path(ctx, "trained", [1, 2])
+    assert paths[200, "verdict"] != paths[200, "probe"] and paths[0, "verdict"] == paths[0, "probe"]
 
 
 def test_the_hidden_read_out_has_its_own_cache_key_and_the_head_output_keeps_the_old_one(monkeypatch):

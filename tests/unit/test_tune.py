@@ -88,8 +88,8 @@ def test_tuning_reuses_a_given_prefix_cache_and_lowers_the_training_loss(setup):
 
 def test_the_probe_objective_starts_at_the_probe_keeps_its_best_prompt_and_trains_only_the_prompt(setup):
     """objective="probe": a logistic head started at the table's probe trains with the prompt; the prompt kept is
-    the evaluated one with the best held-out head AUC (best_step), the model stays frozen, and its held-out AUC is
-    the best point of the curve."""
+    the evaluated one with the best head AUC on the held-out selection users (best_step: the best point of the
+    curve, the gain the keep decision compares), and the model stays frozen."""
     model, users, labels = setup
     before = {n: p.detach().clone() for n, p in model.state_dict().items()}
     query = "Does this user like the planted genre?"
@@ -98,7 +98,7 @@ def test_the_probe_objective_starts_at_the_probe_keeps_its_best_prompt_and_train
     assert all(torch.equal(before[n], model.state_dict()[n]) for n in before), "a frozen model tensor changed"
     assert res.metrics["best_step"] in (5.0, 10.0, 15.0, 20.0) and res.metrics["kept_zero_shot"] == 0.0
     evaluated = [p["val_auc"] for p in res.curve if "val_auc" in p]
-    assert len(evaluated) == 4 and res.metrics["auc"] >= max(evaluated) - 1e-9
+    assert len(evaluated) == 4 and res.curve[int(res.metrics["best_step"]) - 1]["val_auc"] == max(evaluated)
     assert res.prompt.shape == (6, model.hidden) and res.prototypes.shape == (2, 128)
     assert 0.0 <= res.metrics["probe_auc"] <= 1.0
 
@@ -177,20 +177,58 @@ def test_a_prompt_that_does_not_beat_the_query_on_held_out_users_is_not_kept(set
         assert (res.metrics["auc"], res.metrics["ks"]) == (res.metrics["auc_zero_shot"], res.metrics["ks_zero_shot"])
 
 
-def test_by_default_the_tuned_prompt_is_kept_exactly_when_it_beats_the_query_on_held_out_users(setup):
-    """min_val_gain 0: the prototype objective keeps its last prompt iff its held-out AUC is above the zero-shot
-    centroids' (both recorded), over a few seeds so that both outcomes are likely exercised."""
+@pytest.mark.parametrize("verdict_fraction", [0.0, 0.5])
+def test_by_default_the_tuned_prompt_is_kept_exactly_when_it_beats_the_query_on_held_out_users(setup,
+                                                                                              verdict_fraction):
+    """min_val_gain 0: the prototype objective keeps its last prompt iff its AUC on the held-out selection users is
+    above the zero-shot centroids' (select_gain), over a few seeds so that both outcomes are likely exercised.
+    Without verdict users that is also the reported gain, on the same users (the curve's last val_auc)."""
     model, users, labels = setup
     with torch.no_grad():
         cache = model.encode_prefix(users)
     for seed in range(4):
         res = tune_soft_prompt(model, cache, labels, "Planted genre?", steps=10, lr=5e-2, batch_size=16,
-                               eval_every=10, seed=seed)
-        beat = res.curve[-1]["val_auc"] > res.metrics["auc_zero_shot"]
-        assert res.metrics["kept_zero_shot"] == float(not beat), (seed, res.metrics)
+                               eval_every=10, seed=seed, verdict_fraction=verdict_fraction)
+        m = res.metrics
+        beat = m["select_gain"] > 0
+        assert m["kept_zero_shot"] == float(not beat), (seed, m)
         assert res.prompt.shape[0] == (6 if beat else 0)
+        if verdict_fraction == 0:
+            assert m["n_select"] == m["n_verdict"] == m["n_val"]
+            assert m["select_gain"] == pytest.approx(m["val_gain"], abs=1e-6)
+            assert m["select_gain"] == pytest.approx(res.curve[-1]["val_auc"] - m["auc_zero_shot"], abs=1e-6)
+        else:
+            assert m["n_select"] + m["n_verdict"] == m["n_val"] and m["n_verdict"] >= 0.4 * m["n_val"]
     with pytest.raises(ValueError, match="min_val_gain"):
         tune_soft_prompt(model, cache, labels, "q", steps=1, min_val_gain=1.0)
+
+
+@pytest.mark.parametrize("objective", ["prototype", "probe"])
+def test_the_verdict_users_make_no_choice_and_only_score_the_result(setup, objective):
+    """The held-out verdict users choose nothing (not the probe's C, the best step or keep-or-not): scramble their
+    prefixes among themselves and the tuned prompt and the decision's gain stay bit for bit, while the reported
+    numbers, which read them, move."""
+    from training.tune import _split, _verdict_split
+
+    model, users, labels = setup
+    with torch.no_grad():
+        cache = model.encode_prefix(users)
+    y = np.searchsorted(np.unique(labels), labels)
+    _, held = _split(y, 0.2, 0)
+    _, ver, split = _verdict_split(y, held, 0.5, 0)
+    assert split and len(np.unique(y[ver])) == 2
+    order = np.arange(len(y))
+    order[ver] = ver[np.argsort(y[ver], kind="stable")][::-1]  # each verdict user gets another's prefix
+    runs = [tune_soft_prompt(model, c, labels, "Does this user like the planted genre?", steps=10, lr=5e-2,
+                             batch_size=16, eval_every=5, objective=objective, min_val_gain=-1)
+            for c in (cache, cache[torch.as_tensor(order)])]
+    assert torch.equal(runs[0].prompt, runs[1].prompt)
+    assert runs[0].metrics["select_gain"] == runs[1].metrics["select_gain"]
+    assert runs[0].metrics.get("best_step") == runs[1].metrics.get("best_step")
+    reported = [tuple(r.metrics[k] for k in ("auc", "auc_zero_shot", "val_gain", "probe_auc")) for r in runs]
+    assert reported[0] != reported[1], reported  # 4 verdict users here: AUCs move in steps of 1/4
+    with pytest.raises(ValueError, match="verdict_fraction"):
+        tune_soft_prompt(model, cache, labels, "q", steps=1, verdict_fraction=1.0)
 
 
 def test_tuning_rejects_single_class_labels(setup):
@@ -256,8 +294,12 @@ def test_tuning_reports_its_held_out_gain_with_an_interval(setup, objective):
                            batch_size=16, eval_every=5, objective=objective, min_val_gain=-1)
     m = res.metrics
     assert m["val_gain_low"] <= m["val_gain_high"] and -1 <= m["val_gain_low"] and m["val_gain_high"] <= 1, m
-    bar = m["probe_auc_zero_shot"] if objective == "probe" else m["auc_zero_shot"]
-    assert m["val_gain"] == pytest.approx(m["auc"] - bar, abs=1e-6)  # the gain the keep decision compared
+    if objective == "prototype":  # both read by their own prototypes / centroids on the verdict users
+        assert m["val_gain"] == pytest.approx(m["auc"] - m["auc_zero_shot"], abs=1e-6)
+    one = tune_soft_prompt(model, cache, labels, "Does this user like the planted genre?", steps=10, lr=5e-2,
+                           batch_size=16, eval_every=5, objective=objective, min_val_gain=-1, verdict_fraction=0)
+    bar = one.metrics["probe_auc_zero_shot"] if objective == "probe" else one.metrics["auc_zero_shot"]
+    assert one.metrics["val_gain"] == pytest.approx(one.metrics["auc"] - bar, abs=1e-6)  # one set: what it compared
 
 
 def test_a_deep_prompt_trains_keys_and_values_at_every_layer_and_only_them(setup):

@@ -151,7 +151,7 @@ def test_stratified_sample_keeps_each_class_share_and_is_seeded() -> None:
 @pytest.mark.parametrize("params, labels_uri, model_version, match", [
     ({"stepz": "3"}, None, "", "unknown tuning params"),
     ({"lr": "fast"}, None, "", "lr='fast' is not a number"),
-    ({"objective": "ranker"}, None, "", "objective='ranker' is not one of prototype, probe"),
+    ({"objective": "ranker"}, None, "", "objective 'ranker' is not one of prototype, probe"),
     ({"anchor_weight": "-1"}, None, "", "anchor_weight>=0"),
     ({"min_val_gain": "1.5"}, None, "", "-1<=min_val_gain<1"),
     ({}, None, "tiny-nope", r"not in .* \(have \['tiny-t'\]\)"),
@@ -211,4 +211,6 @@ def test_a_finished_jobs_message_gives_the_held_out_gain_and_whether_it_is_resol
     assert "+0.012, 95% -0.006 to +0.030 on 200 users: not resolved at this size; an A/B split tells more" in wide
     assert _job_done_message(4, {**base, "val_gain_low": 0.002}).endswith("+0.002 to +0.030 on 200 users)")
     assert _job_done_message(4, {"auc": 0.7}) == "prompt version 4 ready; promote it or route traffic to it"
+    split = _job_done_message(4, {**base, "n_select": 100.0, "n_verdict": 100.0, "val_gain_low": 0.002})
+    assert split.endswith("+0.002 to +0.030 on 100 users)")  # the gain reads the verdict users only
     assert "keeps the query" in _job_done_message(4, {**base, "val_gain_low": 0.002, "kept_zero_shot": 1.0})
