@@ -210,9 +210,9 @@ def fit_to_memory(data: TuningData, loaded: Any, settings: TuningSettings, seed:
         raise JobError(f"TUNING_MAX_CACHE_MB={settings.max_cache_mb:g} holds {fits} users' prefix caches "
                        f"({per_user / 2**20:.2f} MiB each), fewer than TUNING_MIN_USERS={settings.min_users}; "
                        "raise TUNING_MAX_CACHE_MB")
-    keep = stratified_sample(data.labels, int(fits), seed)
+    keep = stratified_sample(data.labels, fits, seed)
     log.warning("tuning on a stratified sample: the labelled users' prefix caches exceed TUNING_MAX_CACHE_MB",
-                extra={"event": "tune_users_capped", "labelled": len(data.user_ids), "used": len(keep),
+                extra={"event": "tune_users_capped", "with_features": len(data.user_ids), "used": len(keep),
                        "max_cache_mb": settings.max_cache_mb, "mib_per_user": round(per_user / 2**20, 4)})
     return data.take(keep)
 
@@ -236,12 +236,12 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
     progress(0.05, f"loading model {model_version}", {"users": float(len(data.user_ids))})
     loaded = models.get(folder)
     p = resolve_tune_params(loaded.cfg.tune, params)
-    n_labelled = len(data.user_ids)
+    n_features = len(data.user_ids)  # the labelled users the store knows (the snapshot's n_labelled - n_missing)
     data = fit_to_memory(data, loaded, settings, p.seed)
     users = _user_batch(data, loaded.cfg, str(loaded.model.device))
-    used = (f"{len(data.user_ids)} of {n_labelled} labelled users (a stratified sample: TUNING_MAX_CACHE_MB="
-            f"{settings.max_cache_mb:g} holds that many prefix caches; raise it where memory allows)"
-            if len(data.user_ids) < n_labelled else f"{n_labelled} users")
+    used = (f"{len(data.user_ids)} of {n_features} labelled users with features (a stratified sample: "
+            f"TUNING_MAX_CACHE_MB={settings.max_cache_mb:g} holds that many prefix caches; raise it where memory "
+            f"allows)" if len(data.user_ids) < n_features else f"{n_features} users")
     progress(0.10, f"tuning {p.steps} steps on {used}", {})
 
     def on_step(step: int, total: int, stats: dict[str, float]) -> None:
@@ -257,7 +257,8 @@ def tune_to_artifact(job_id: str, scenario: str, query: str, labels_uri: str, mo
     except ValueError as exc:  # tune_soft_prompt's data complaints (one class, too few users per class)
         raise JobError(f"cannot tune on these labels: {exc}") from None
     metrics = {**{k: float(v) for k, v in result.metrics.items()}, "n_missing": float(n_missing),
-               "steps": float(p.steps), "n_users": float(len(data.user_ids)), "n_labelled": float(n_labelled)}
+               "steps": float(p.steps), "n_users": float(len(data.user_ids)),
+               "n_labelled": float(n_features + n_missing)}  # as the snapshot's meta counts them
     scenario_dir = settings.resolved_artifact_dir() / "prompts" / scenario
     extra = {"job_id": job_id, "scenario": scenario, "model_version": model_version,
              "params": {f.name: getattr(p, f.name) for f in fields(p)}}

@@ -118,19 +118,21 @@ def test_a_job_whose_prompt_does_not_beat_the_query_registers_an_empty_prompt(wo
 def test_a_job_with_more_users_than_its_cache_memory_tunes_on_a_stratified_sample(world) -> None:  # type: ignore
     """TUNING_MAX_CACHE_MB below the 48 users' prefix caches (~7 KB each on the tiny model): the job tunes on the
     users that fit (a stratified sample: the shares are test_stratified_sample's) and says so (message, n_users /
-    n_labelled); a budget below TUNING_MIN_USERS users fails with what to raise."""
+    n_labelled, which counts the labelled users as the snapshot does: with features or not (n_missing)); a budget
+    below TUNING_MIN_USERS users fails with what to raise."""
     repo, settings, snapshot, models = world
     capped = settings.model_copy(update={"max_cache_mb": 0.17})
     job = repo.create_tuning_job("planted", str(snapshot), params={"steps": "4", "batch_size": "16"})
     messages: list[str] = []
     version = run_tuning_job(job, repo, capped, models, lambda f, msg, st: messages.append(msg))
     n = version.metrics["n_users"]
-    assert 8 <= n < 48 and version.metrics["n_labelled"] == 48
+    assert 8 <= n < 48 and version.metrics["n_labelled"] == 48 + 2 and version.metrics["n_missing"] == 2
     assert version.metrics["n_train"] + version.metrics["n_val"] == n
-    assert any(f"on {int(n)} of 48 labelled users" in m and "TUNING_MAX_CACHE_MB=0.17" in m for m in messages)
+    assert any(f"on {int(n)} of 48 labelled users with features" in m and "TUNING_MAX_CACHE_MB=0.17" in m
+               for m in messages)
     full = run_tuning_job(repo.create_tuning_job("planted", str(snapshot), params={"steps": "1", "batch_size": "16"}),
                           repo, settings, models, lambda *a: None)
-    assert full.metrics["n_users"] == full.metrics["n_labelled"] == 48  # the default budget holds them all
+    assert full.metrics["n_users"] == full.metrics["n_labelled"] - 2 == 48  # the default budget holds them all
     tiny = settings.model_copy(update={"max_cache_mb": 0.01})
     with pytest.raises(JobError, match="fewer than TUNING_MIN_USERS=8; raise TUNING_MAX_CACHE_MB"):
         run_tuning_job(repo.create_tuning_job("planted", str(snapshot)), repo, tiny, models, lambda *a: None)
