@@ -165,6 +165,8 @@ def test_start_tuning_job_produces_a_ready_prompt_version(flow) -> None:  # type
     assert {"auc", "ks", "auc_zero_shot", "probe_auc", "probe_auc_zero_shot", "n_train", "n_val"} <= set(metrics)
     assert 0.0 <= metrics["probe_auc"] <= 1.0 and 0.0 <= metrics["probe_auc_zero_shot"] <= 1.0
     assert metrics["n_train"] + metrics["n_val"] == N_USERS and metrics["n_missing"] == 2
+    assert metrics["n_select"] + metrics["n_verdict"] == metrics["n_val"]  # the default verdict split
+    assert metrics["n_labelled"] == N_USERS + 2 and "select_gain" in metrics
     assert 0.0 <= metrics["auc"] <= 1.0 and 0.0 <= metrics["ks"] <= 1.0 and metrics["steps"] == STEPS
     assert dict(job.metrics) == pytest.approx(metrics)
     path = Path(v2.artifact_uri.removeprefix("file://"))
