@@ -353,7 +353,6 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
         e_rep0 = _embed(model, cache, rep_idx, zero, batch_size, False) if verdict else e_sel0
         query_alone = (e_tr0, e_rep0)
         centroids = torch.stack([e_tr0[y[train_idx] == c].mean(0) for c in range(len(classes))])
-        zs_sel_auc = _metrics(y[sel_idx], _scores(e_sel0, centroids, tau))[0]
         zs_auc, zs_ks = _metrics(y[rep_idx], _scores(e_rep0, centroids, tau))  # nearest centroid, reported
         deep = depth == "deep"
 
@@ -410,7 +409,8 @@ def tune_soft_prompt(model: QAnchorModel, users: UserBatch | PrefixCache, labels
             if progress is not None:
                 progress(step, steps, point)
         # the decision, on the selection users: the tuned prompt against the query alone, each by its own read-out
-        tuned_sel, zs_sel = (best[0], zs_head.val_auc) if head is not None else (curve[-1]["val_auc"], zs_sel_auc)
+        tuned_sel, zs_sel = ((best[0], zs_head.val_auc) if head is not None else
+                             (curve[-1]["val_auc"], _metrics(y[sel_idx], _scores(e_sel0, centroids, tau))[0]))
         kept_zero_shot = not tuned_sel > zs_sel + min_val_gain
         if head is not None:
             prompt = head.restore(best[2])  # the best evaluated prompt with its head

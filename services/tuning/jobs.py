@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.files import sha256_file
 from services.common.validation import validate_scenario_name
@@ -25,6 +25,9 @@ from services.registry.domain import JobState, PromptVersionRecord, TuningJobRec
 from services.registry.repository import Repository
 from services.tuning.dataset import DatasetError, TuningData, local_path, model_arrays
 from services.tuning.settings import TuningSettings
+
+if TYPE_CHECKING:
+    from training.config import TuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ class JobError(RuntimeError):
     """The job cannot run as requested; the message (written to the job row) says what to change."""
 
 
-def resolve_tune_params(defaults: Any, params: dict[str, str]) -> Any:
+def resolve_tune_params(defaults: "TuneConfig", params: dict[str, str]) -> "TuneConfig":
     """The serving model's own `tune` config section (training.config.TuneConfig) with a job's params (strings)
     over it: the same dataclass, so its ranges are checked in one place."""
     from training.config import ConfigError, TuneConfig
