@@ -222,6 +222,8 @@ def test_a_job_started_from_grpcurl_applies_its_params(flow, grpcurl) -> None:  
     assert metrics["val_gain_low"] <= metrics["val_gain_high"]  # the held-out gain's interval, and the message says it
     assert f"held-out AUC gain over the query {metrics['val_gain']:+.3f}, 95% {metrics['val_gain_low']:+.3f}" \
         in done.message, done.message
+    assert f"on {int(metrics['n_verdict'])} users" in done.message  # the verdict users only, not all held out
+    assert metrics["n_select"] + metrics["n_verdict"] == metrics["n_val"]
     version = {v.version: v for v in flow["admin"].list_prompt_versions("planted")}[done.prompt_version]
     manifest = json.loads(Path(version.artifact_uri.removeprefix("file://")).with_name("manifest.json").read_text())
     assert manifest["n_tokens"] == 6
@@ -232,3 +234,8 @@ def test_a_job_started_from_grpcurl_applies_its_params(flow, grpcurl) -> None:  
                         "params": {"min_val_gain": "2"}}, ADMIN)
     failed, _ = wait_job(flow, bad.get("job_id", bad.get("jobId")))
     assert _state_name(failed.state) == "FAILED" and "-1<=min_val_gain<1" in failed.message, failed.message
+    bad = grpcurl_call(grpcurl, flow["registry_target"], method,
+                       {"scenario": "planted", "labels_uri": str(flow["snapshot_path"]),
+                        "params": {"verdict_fraction": "1"}}, ADMIN)
+    failed, _ = wait_job(flow, bad.get("job_id", bad.get("jobId")))
+    assert _state_name(failed.state) == "FAILED" and "0<=verdict_fraction<1" in failed.message, failed.message
