@@ -225,22 +225,24 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
 
     `key`: "trained" (--checkpoint), "untrained" (its config at init) or an --ablation label. The prefix is
     encoded once per user and every spec (static + per-scenario queries + tuned prompts) is packed into one
-    suffix pass over that cache: on CPU this is what makes the model rows affordable.
+    suffix pass over that cache: on CPU this is what makes the model rows affordable. With --embed-cache the
+    query rows (static, zero-shot) and the tuned rows live in two files: a tuned run reuses the query rows of any
+    run of the same model and users, and a run without tuning reuses a tuned run's.
     """
     if key in ctx.model_cache:
         return ctx.model_cache[key]
     users = model_users(ctx)
-    disk = _disk_cache_path(ctx, key, users)
-    if disk is not None and disk.is_file():  # an earlier (or parallel) run embedded the same model and users
-        with np.load(disk) as z:
-            out = {}
-            for name in z.files:
-                kind, scen = name.split("::")
-                if kind == "meta":  # the tuning's own held-out metrics, kept so a rerun's JSON still reports them
-                    ctx.tune_log.update(json.loads(str(z[name])))
-                    continue
-                out.setdefault(kind, {})[scen] = scatter_users(ctx, users, z[name])
-        log.info("model_embeddings_loaded path=%s", disk)
+    tuned_run = bool(ctx.tune_steps) and key == "trained"
+    query_disk = _disk_cache_path(ctx, key, users, tuned=False)
+    tuned_disk = _disk_cache_path(ctx, key, users) if tuned_run else None
+    out: dict[str, dict[str, np.ndarray]] = {}
+    # a tuned run's file written before the split (2026-12-06) holds its query rows too: read it first
+    for disk in (tuned_disk, query_disk):
+        if disk is not None and disk.is_file() and not _has_rows(out, tuned_run):
+            _load_embeddings(ctx, disk, users, out)
+    if _has_rows(out, tuned_run):
+        if query_disk is not None and not query_disk.is_file():  # from a file of every row: runs without tuning too
+            _save_embeddings(query_disk, {f"{kind}::{name}": out[kind][name][users] for kind, name in query_specs(ctx)})
         ctx.model_cache[key] = out
         return out
     import torch
@@ -253,9 +255,9 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     apply_precision(model, dtype)
     from training.tune import with_deep
 
-    specs = query_specs(ctx)
+    specs = query_specs(ctx) if "zero_shot" not in out else {}
     deep = {}  # ("tuned", scenario) -> (query, deep prompt): embedded one scenario per pass over the grown cache
-    if ctx.tune_steps and key == "trained":  # tuning reads the train users' prefixes every step: keep them all
+    if tuned_run and "tuned" not in out:  # tuning reads the train users' prefixes every step: keep them all
         cache = encode_prefixes(ctx, model, users, dtype, key)
         tuned = _tune_prompts(ctx, model, cache, users)
         if ctx.tune_depth == "deep":
@@ -266,12 +268,12 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     else:  # each prefix is read once: encode, embed and drop 16 users at a time (the memory of one batch)
         batches = prefix_batches(ctx, model, users, dtype, key)
     names = [*specs, *deep]
-    out: dict[str, dict[str, np.ndarray]] = {}
     emb_all = np.zeros((len(users), len(names), model.embedding_dim), np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode(), autocast(dtype, ctx.device):
         for i, part in batches:
-            emb_all[i:i + 16, :len(specs)] = model.embed(part, list(specs.values())).float().cpu().numpy()
+            if specs:
+                emb_all[i:i + 16, :len(specs)] = model.embed(part, list(specs.values())).float().cpu().numpy()
             for j, (q, prompt) in enumerate(deep.values(), start=len(specs)):
                 got = model.embed(with_deep(part, prompt), [ScenarioSpec(q)])[:, 0]
                 emb_all[i:i + 16, j] = got.float().cpu().numpy()
@@ -282,14 +284,40 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     for j, (kind, name) in enumerate(names):
         out.setdefault(kind, {})[name] = scatter_users(ctx, users, emb_all[:, j])
     ctx.model_cache[key] = out
-    if disk is not None:
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"{k}::{n}": emb_all[:, j] for j, (k, n) in enumerate(names)}
-        if key == "trained" and ctx.tune_log:
-            arrays["meta::tune_log"] = np.array(json.dumps(ctx.tune_log))
-        np.savez(disk.with_suffix(".tmp.npz"), **arrays)
-        disk.with_suffix(".tmp.npz").rename(disk)
+    rows = {f"{k}::{n}": emb_all[:, j] for j, (k, n) in enumerate(names)}
+    if query_disk is not None and specs and not query_disk.is_file():
+        _save_embeddings(query_disk, {n: a for n, a in rows.items() if not n.startswith("tuned::")})
+    if tuned_disk is not None and any(kind == "tuned" for kind, _ in names):
+        tuned_rows = {n: a for n, a in rows.items() if n.startswith("tuned::")}
+        if ctx.tune_log:
+            tuned_rows["meta::tune_log"] = np.array(json.dumps(ctx.tune_log))
+        _save_embeddings(tuned_disk, tuned_rows)
     return out
+
+
+def _has_rows(out: dict, tuned_run: bool) -> bool:
+    """Whether the embeddings read so far hold every row this run scores (the tuned ones only on a tuned run)."""
+    return "zero_shot" in out and "static" in out and (not tuned_run or "tuned" in out)
+
+
+def _load_embeddings(ctx: Context, disk: Path, users: list[int], out: dict) -> None:
+    """Adds the rows of one --embed-cache file to `out` (kind -> scenario -> [all users, D]); a tuned file's
+    held-out tuning metrics go to ctx.tune_log, so a rerun's JSON still reports them."""
+    with np.load(disk) as z:
+        for name in z.files:
+            kind, scen = name.split("::")
+            if kind == "meta":
+                ctx.tune_log.update(json.loads(str(z[name])))
+                continue
+            out.setdefault(kind, {})[scen] = scatter_users(ctx, users, z[name])
+    log.info("model_embeddings_loaded path=%s", disk)
+
+
+def _save_embeddings(disk: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes one --embed-cache file whole or not at all (a parallel run reads either nothing or all of it)."""
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(disk.with_suffix(".tmp.npz"), **arrays)
+    disk.with_suffix(".tmp.npz").rename(disk)
 
 
 def prefix_batches(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
@@ -321,8 +349,9 @@ def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "
     return cache
 
 
-def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
-    """Embeddings on disk, keyed by checkpoint id, model variant, users and tuning steps (never stale)."""
+def _disk_cache_path(ctx: Context, key: str, users: list[int], tuned: bool = True) -> Path | None:
+    """Embeddings on disk, keyed by checkpoint id, model variant, users and tuning steps (never stale). `tuned`
+    False: the file of the query rows, keyed as a run without tuning is (tuning settings never change them)."""
     if not ctx.embed_cache:
         return None
     import hashlib
@@ -339,7 +368,7 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int]) -> Path | None:
         tuning.append(ctx.tune_depth)
     if ctx.tune_steps and ctx.tune_verdict:  # since 2026-12-06 the keep decision reads the selection users only
         tuning.append(f"verdict:{ctx.tune_verdict:g}")
-    parts = [model_ident, kind, users, tuning if key == "trained" else 0, STATIC_QUERY,
+    parts = [model_ident, kind, users, tuning if key == "trained" and tuned else 0, STATIC_QUERY,
              [s.query for s in ctx.scenarios]]
     embedding = _embedding_of(ctx, key)
     if embedding != "projected":  # the key of the head's output is the one caches written before the option have

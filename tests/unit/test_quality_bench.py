@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -257,20 +258,26 @@ def test_a_capped_world_scores_fewer_users_but_the_model_reads_the_whole_worlds_
     assert not np.allclose(before, served.numpy(), atol=1e-3)
 
 
+def _tiny_checkpoint(world, tmp_path: Path) -> Path:
+    """A seeded tiny model reading the world's events per source (the harness reads users through the world's
+    collator), saved as a checkpoint."""
+    from training.artifacts import save_checkpoint
+    from training.config import load_config
+    from training.model.embedder import QAnchorModel
+
+    k = {src.name: src.k for src in world.sources.sources}
+    cfg = load_config("tiny", ["input.sources=[" + ", ".join(f"{{name: {n}, k: {v}}}" for n, v in k.items()) + "]"])
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "ckpt", QAnchorModel(cfg).eval(), cfg)
+
+
 def test_without_tuning_the_harness_streams_prefixes_and_embeds_what_a_kept_cache_gives(ml100k_world, tmp_path):
     """model_embeddings with no tuning encodes, embeds and drops 16 users at a time (the memory of one batch); its
     embeddings equal those read from one kept cache (encode_prefixes: what tuning runs and the layer scan use)."""
     from benchmarks.quality import run as quality
-    from training.artifacts import save_checkpoint
-    from training.config import load_config
     from training.data.scenarios import load_scenarios
-    from training.model.embedder import QAnchorModel
 
-    # the world's events per source (the harness reads users through the world's collator)
-    k = {src.name: src.k for src in ml100k_world.sources.sources}
-    cfg = load_config("tiny", ["input.sources=[" + ", ".join(f"{{name: {n}, k: {v}}}" for n, v in k.items()) + "]"])
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "ckpt", QAnchorModel(cfg).eval(), cfg)
+    ckpt = _tiny_checkpoint(ml100k_world, tmp_path)
     vecs = np.random.default_rng(0).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
     world = quality.CappedWorld(ml100k_world, {"train": 20, "val": 10, "test": 10})  # 40 users: batches 16, 16, 8
     scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
@@ -291,17 +298,11 @@ def test_deep_tuned_rows_embed_each_scenario_over_its_own_grown_cache(ml100k_wor
     """--tune-depth deep: every scenario's tuned embeddings are its query read over the users' prefixes with that
     scenario's deep prompt appended (training.tune.with_deep), one scenario per pass, beside the packed query rows."""
     from benchmarks.quality import run as quality
-    from training.artifacts import save_checkpoint
-    from training.config import load_config
     from training.data.scenarios import load_scenarios
-    from training.model.embedder import QAnchorModel
     from training.model.suffix import ScenarioSpec
     from training.tune import with_deep
 
-    k = {src.name: src.k for src in ml100k_world.sources.sources}
-    cfg = load_config("tiny", ["input.sources=[" + ", ".join(f"{{name: {n}, k: {v}}}" for n, v in k.items()) + "]"])
-    torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "ckpt", QAnchorModel(cfg).eval(), cfg)
+    ckpt = _tiny_checkpoint(ml100k_world, tmp_path)
     vecs = np.zeros((len(ml100k_world.texts), 384), np.float16)
     world = quality.CappedWorld(ml100k_world, {"train": 24, "val": 8, "test": 8})
     scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
@@ -325,6 +326,73 @@ def test_deep_tuned_rows_embed_each_scenario_over_its_own_grown_cache(ml100k_wor
             want = model.embed(with_deep(cache, prompt), [ScenarioSpec(q)])[:, 0].numpy()
         np.testing.assert_allclose(got["tuned"][s.name][users], want, atol=1e-5)
         assert set(ctx.tune_log[s.name]) >= {"kept_zero_shot", "probe_auc"}
+
+
+def test_query_rows_and_tuned_rows_keep_separate_cache_files_that_other_runs_reuse(ml100k_world, tmp_path,
+                                                                                    monkeypatch, caplog):
+    """--embed-cache: a tuned run writes its query rows (static, zero-shot) where a run without tuning looks for
+    them and its tuned rows (with the tuning's held-out metrics) under its tuning settings; a run without tuning, or
+    a tuned rerun, loads them without a model; a run with other tuning settings tunes and embeds only its tuned
+    rows; a tuned file written before the split (every row in one file) still loads whole and gives its query rows
+    to runs without tuning."""
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    ckpt = _tiny_checkpoint(ml100k_world, tmp_path)
+    vecs = np.zeros((len(ml100k_world.texts), 384), np.float16)
+    world = quality.CappedWorld(ml100k_world, {"train": 24, "val": 8, "test": 8})
+    scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
+    cache_dir = tmp_path / "embcache"
+
+    def ctx(**kw):
+        return quality.Context(world, vecs, scen, str(ckpt), "cpu", None, embed_cache=str(cache_dir), **kw)
+
+    written = []
+    save = quality._save_embeddings
+    monkeypatch.setattr(quality, "_save_embeddings", lambda disk, arrays: (written.append(sorted(arrays)),
+                                                                            save(disk, arrays)))
+    tuned = ctx(tune_steps=2)
+    first = quality.model_embeddings(tuned)
+    users = quality.model_users(tuned)
+    query_file = quality._disk_cache_path(tuned, "trained", users, tuned=False)
+    tuned_file = quality._disk_cache_path(tuned, "trained", users)
+    assert query_file == quality._disk_cache_path(ctx(), "trained", users) != tuned_file
+    with np.load(query_file) as z:
+        assert sorted(z.files) == sorted(f"{kind}::{name}" for kind, name in quality.query_specs(tuned))
+    with np.load(tuned_file) as z:
+        assert sorted(z.files) == ["meta::tune_log", *sorted(f"tuned::{s.name}" for s in scen)]
+    assert len(written) == 2
+
+    def no_model(*a, **kw):
+        raise AssertionError("a run whose rows are on disk loads no model")
+
+    with monkeypatch.context() as m:
+        m.setattr(quality, "load_model", no_model)
+        plain, again = ctx(), ctx(tune_steps=2)
+        for got in (quality.model_embeddings(plain), quality.model_embeddings(again)):
+            for kind in got:
+                for name in got[kind]:
+                    assert np.array_equal(got[kind][name], first[kind][name]), (kind, name)
+        assert "tuned" not in quality.model_embeddings(plain) and again.tune_log == tuned.tune_log
+    other = ctx(tune_steps=2, tune_objective="probe")  # other tuned rows; the query rows come from disk
+    with caplog.at_level(logging.INFO, logger=quality.log.name):
+        got = quality.model_embeddings(other)
+    assert f"model_embed_done model=trained users={len(users)} specs={len(scen)} " in caplog.text
+    assert written[2:] == [["meta::tune_log", *sorted(f"tuned::{s.name}" for s in scen)]]
+    assert np.array_equal(got["zero_shot"]["gender_female"], first["zero_shot"]["gender_female"])
+    assert set(got["tuned"]) == {s.name for s in scen}
+    # a tuned file of every row (written before the split) loads whole, whatever the query file holds
+    combined = ctx(tune_steps=3)
+    rows = {f"{kind}::{name}": first[kind][name][users] for kind in first for name in first[kind]}
+    save(quality._disk_cache_path(combined, "trained", users), rows)
+    query_file.unlink()
+    with monkeypatch.context() as m:
+        m.setattr(quality, "load_model", no_model)
+        got = quality.model_embeddings(combined)
+    assert np.array_equal(got["tuned"]["age_under_25"], first["tuned"]["age_under_25"])
+    assert np.array_equal(got["static"]["static"], first["static"]["static"])
+    with np.load(query_file) as z:  # and gives its query rows to runs without tuning
+        assert np.array_equal(z["zero_shot::gender_female"], first["zero_shot"]["gender_female"][users])
 
 
 def test_markdown_prints_each_claims_paired_difference_per_scenario():
