@@ -257,28 +257,32 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
 
     specs = query_specs(ctx) if "zero_shot" not in out else {}
     deep = {}  # ("tuned", scenario) -> (query, deep prompt): embedded one scenario per pass over the grown cache
-    if tuned_run and "tuned" not in out:  # tuning reads the train users' prefixes every step: keep them all
-        cache = encode_prefixes(ctx, model, users, dtype, key)
-        tuned = _tune_prompts(ctx, model, cache, users)
+    if tuned_run and "tuned" not in out:  # tuning reads the train users' prefixes every step: keep those
+        in_train = set(ctx.world.users("train"))
+        train = [u for u in users if u in in_train]
+        cache = encode_prefixes(ctx, model, train, dtype, key)
+        tuned = _tune_prompts(ctx, model, cache, train)
         if ctx.tune_depth == "deep":
             deep = {("tuned", n): qp for n, qp in tuned.items()}
         else:
             specs.update({("tuned", n): ScenarioSpec(q, p) for n, (q, p) in tuned.items()})
-        batches = ((i, cache[list(range(i, min(i + 16, len(users))))]) for i in range(0, len(users), 16))
+        batches = _kept_then_encoded(ctx, model, users, train, cache, dtype, key)
     else:  # each prefix is read once: encode, embed and drop 16 users at a time (the memory of one batch)
-        batches = prefix_batches(ctx, model, users, dtype, key)
+        batches = ((list(range(i, i + part.batch_size)), part)
+                   for i, part in prefix_batches(ctx, model, users, dtype, key))
     names = [*specs, *deep]
     emb_all = np.zeros((len(users), len(names), model.embedding_dim), np.float32)
-    t0 = time.perf_counter()
+    t0, done = time.perf_counter(), 0
     with torch.inference_mode(), autocast(dtype, ctx.device):
-        for i, part in batches:
+        for rows, part in batches:
             if specs:
-                emb_all[i:i + 16, :len(specs)] = model.embed(part, list(specs.values())).float().cpu().numpy()
+                emb_all[rows, :len(specs)] = model.embed(part, list(specs.values())).float().cpu().numpy()
             for j, (q, prompt) in enumerate(deep.values(), start=len(specs)):
                 got = model.embed(with_deep(part, prompt), [ScenarioSpec(q)])[:, 0]
-                emb_all[i:i + 16, j] = got.float().cpu().numpy()
-            log.info("model_embed_progress model=%s users=%d/%d seconds=%.0f", key, min(i + 16, len(users)),
-                     len(users), time.perf_counter() - t0)
+                emb_all[rows, j] = got.float().cpu().numpy()
+            done += len(rows)
+            log.info("model_embed_progress model=%s users=%d/%d seconds=%.0f", key, done, len(users),
+                     time.perf_counter() - t0)
     log.info("model_embed_done model=%s users=%d specs=%d seconds=%.1f", key, len(users), len(names),
              time.perf_counter() - t0)
     for j, (kind, name) in enumerate(names):
@@ -335,6 +339,19 @@ def prefix_batches(ctx: Context, model, users: list[int], dtype, label: str = "t
         log.info("model_prefix_progress model=%s users=%d/%d seconds=%.0f", label, min(i + 16, len(users)),
                  len(users), time.perf_counter() - t0)
         yield i, part
+
+
+def _kept_then_encoded(ctx: Context, model, users: list[int], kept: list[int], cache, dtype, label: str):
+    """(rows of `users`, PrefixCache of those users), 16 at a time: first the `kept` users, read from `cache` (their
+    prefixes, in `kept` order), then the others, encoded on demand. Prompt tuning keeps only the train users'
+    prefixes (1,000 of 1,925 ML-1M users in fp32: 3.3 GB less than keeping every user's)."""
+    pos = {u: i for i, u in enumerate(users)}
+    for i in range(0, len(kept), 16):
+        yield [pos[u] for u in kept[i:i + 16]], cache[list(range(i, min(i + 16, len(kept))))]
+    held = set(kept)
+    rest = [u for u in users if u not in held]
+    for i, part in prefix_batches(ctx, model, rest, dtype, label):
+        yield [pos[u] for u in rest[i:i + 16]], part
 
 
 def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "trained"):

@@ -296,7 +296,8 @@ def test_without_tuning_the_harness_streams_prefixes_and_embeds_what_a_kept_cach
 
 def test_deep_tuned_rows_embed_each_scenario_over_its_own_grown_cache(ml100k_world, tmp_path, monkeypatch):
     """--tune-depth deep: every scenario's tuned embeddings are its query read over the users' prefixes with that
-    scenario's deep prompt appended (training.tune.with_deep), one scenario per pass, beside the packed query rows."""
+    scenario's deep prompt appended (training.tune.with_deep), one scenario per pass, beside the packed query rows;
+    the pass keeps only the train users' prefixes (what tuning reads) and encodes the others on demand."""
     from benchmarks.quality import run as quality
     from training.data.scenarios import load_scenarios
     from training.model.suffix import ScenarioSpec
@@ -316,9 +317,14 @@ def test_deep_tuned_rows_embed_each_scenario_over_its_own_grown_cache(ml100k_wor
         return got
 
     monkeypatch.setattr(quality, "_tune_prompts", spy)
+    kept = []
+    encode = quality.encode_prefixes
+    monkeypatch.setattr(quality, "encode_prefixes", lambda ctx, model, users, *a: (kept.append(users),
+                                                                                   encode(ctx, model, users, *a))[1])
     got = quality.model_embeddings(ctx)
     model, users = quality.load_model(ctx), quality.model_users(ctx)
-    cache = quality.encode_prefixes(ctx, model, users, torch.float32)
+    assert kept == [sorted(world.users("train"))]  # tuning reads the train users: only their prefixes are kept
+    cache = encode(ctx, model, users, torch.float32)  # every user's, val and test users too
     for s in scen:
         q, prompt = prompts[s.name]
         assert prompt.ndim == 5 and prompt.shape[0] == model.served_layers  # [layers, 2, kv_heads, n, head_dim]
