@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.run import (STATIC_QUERY, add_population_args, build_context,  # noqa: E402
-                                    encode_prefixes, load_model, model_users, query_specs, scatter_users)
+                                    load_model, model_users, prefix_batches, query_specs, scatter_users)
 from training import evaluate as ev  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality.layer_scan")
@@ -53,7 +53,6 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
     if bad:
         raise SystemExit(f"--layers {bad}: this backbone has layers 1..{n_layers}")
     users = model_users(ctx)
-    cache = encode_prefixes(ctx, model, users, dtype, "layer scan")
     specs = query_specs(ctx)
     names = list(specs)
     captured: dict[int, torch.Tensor] = {}
@@ -68,12 +67,11 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
     t0 = time.perf_counter()
     try:
         with torch.inference_mode(), autocast(dtype, ctx.device):
-            for i in range(0, len(users), 16):
-                idx = list(range(i, min(i + 16, len(users))))
-                states = _embed_hooked(model, cache[idx], [specs[n] for n in names], captured, layers)
-                emb_all[i:i + len(idx)] = states.cpu().numpy().astype(np.float16)
+            for i, part in prefix_batches(ctx, model, users, dtype, "layer scan"):  # each prefix is read once
+                states = _embed_hooked(model, part, [specs[n] for n in names], captured, layers)
+                emb_all[i:i + part.batch_size] = states.cpu().numpy().astype(np.float16)
                 if i % 320 == 0:
-                    log.info("layer_scan_embed_progress users=%d/%d seconds=%.0f", i + len(idx), len(users),
+                    log.info("layer_scan_embed_progress users=%d/%d seconds=%.0f", i + part.batch_size, len(users),
                              time.perf_counter() - t0)
     finally:
         for h in handles:

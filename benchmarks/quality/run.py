@@ -355,7 +355,7 @@ def _kept_then_encoded(ctx: Context, model, users: list[int], kept: list[int], c
 
 
 def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
-    """One PrefixCache of `users`, for passes that read every prefix more than once (prompt tuning, the layer scan).
+    """One PrefixCache of `users`, for passes that read every prefix more than once (prompt tuning: the train users').
     Written outside inference mode: prompt tuning back-propagates through suffixes that read it."""
     from training.model.prefix_cache import PrefixCache
 

@@ -294,6 +294,31 @@ def test_without_tuning_the_harness_streams_prefixes_and_embeds_what_a_kept_cach
         assert np.array_equal(got[kind][name][users], want[:, j]), (kind, name)
 
 
+def test_the_layer_scan_streams_prefixes_and_its_last_layer_is_the_hidden_read_out(ml100k_world, tmp_path,
+                                                                                    monkeypatch):
+    """layer_scan.embed_layers reads each prefix once: it keeps no cache of every user (PrefixCache.collect, what
+    encode_prefixes builds it with, is never called) and its last layer's states are the harness's `--embedding
+    hidden` rows (stored in fp16)."""
+    from benchmarks.quality import layer_scan
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    ckpt = _tiny_checkpoint(ml100k_world, tmp_path)
+    world = quality.CappedWorld(ml100k_world, {"train": 20, "val": 10, "test": 10})  # 40 users: batches 16, 16, 8
+    scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
+    vecs = np.random.default_rng(0).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    ctx = quality.Context(world, vecs, scen, str(ckpt), "cpu", None, embedding="hidden")
+    from training.model.prefix_cache import PrefixCache
+
+    monkeypatch.setattr(PrefixCache, "collect", lambda *a, **kw: pytest.fail("the scan keeps every user's prefix"))
+    emb, names, users = layer_scan.embed_layers(ctx, [1, 2])
+    assert emb.shape[:3] == (40, len(quality.query_specs(ctx)), 2)
+    want = quality.model_embeddings(ctx)
+    for j, (kind, name) in enumerate(names):
+        np.testing.assert_allclose(emb[:, j, 1].astype(np.float32), want[kind][name][users], atol=2e-3)
+    assert not np.allclose(emb[:, :, 0], emb[:, :, 1], atol=1e-2)  # layer 1 is another state
+
+
 def test_deep_tuned_rows_embed_each_scenario_over_its_own_grown_cache(ml100k_world, tmp_path, monkeypatch):
     """--tune-depth deep: every scenario's tuned embeddings are its query read over the users' prefixes with that
     scenario's deep prompt appended (training.tune.with_deep), one scenario per pass, beside the packed query rows;
