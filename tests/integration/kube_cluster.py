@@ -64,7 +64,12 @@ def start_pod(api: client.ApiClient, namespace: str, job: client.V1Job, index: i
     }
     created = core.create_namespaced_pod(namespace, pod)
     core.patch_namespaced_pod_status(created.metadata.name, namespace, {"status": {"phase": "Running"}})
-    batch.patch_namespaced_job_status(name, namespace, {"status": {"startTime": now(), "active": 1}})
+    status: dict[str, Any] = {"active": 1}
+    if batch.read_namespaced_job_status(name, namespace).status.start_time is None:
+        # set once, as the Job controller does: the API server (1.34) rejects any change of an unsuspended Job's
+        # startTime, so a second pod started a second later must leave it alone
+        status["startTime"] = now()
+    batch.patch_namespaced_job_status(name, namespace, {"status": status})
     return api.sanitize_for_serialization(created)
 
 
