@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.run import (STATIC_QUERY, add_population_args, build_context,  # noqa: E402
-                                    load_model, model_users, prefix_batches, query_specs, scatter_users)
+                                    load_model, model_users, prefix_batches, query_specs, save_npz,
+                                    scatter_users)
 from training import evaluate as ev  # noqa: E402
 
 log = logging.getLogger("benchmarks.quality.layer_scan")
@@ -158,11 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         layers = sorted(set(args.layers))
         emb_all, names, users = embed_layers(ctx, layers)
         if npz is not None:
-            npz.parent.mkdir(parents=True, exist_ok=True)
-            tmp = npz.with_suffix(".tmp.npz")
-            np.savez(tmp, emb=emb_all, users=np.asarray(users), layers=np.asarray(layers),
-                     names=np.asarray(["::".join(n) for n in names]))
-            tmp.rename(npz)
+            save_npz(npz, {"emb": emb_all, "users": np.asarray(users), "layers": np.asarray(layers),
+                           "names": np.asarray(["::".join(n) for n in names])})
     table = []
     for li, layer in enumerate(layers):
         full = _full(ctx, emb_all, names, users, li)

@@ -242,7 +242,7 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
             _load_embeddings(ctx, disk, users, out)
     if _has_rows(out, tuned_run):
         if query_disk is not None and not query_disk.is_file():  # from a file of every row: runs without tuning too
-            _save_embeddings(query_disk, {f"{kind}::{name}": out[kind][name][users] for kind, name in query_specs(ctx)})
+            save_npz(query_disk, {f"{kind}::{name}": out[kind][name][users] for kind, name in query_specs(ctx)})
         ctx.model_cache[key] = out
         return out
     import torch
@@ -288,14 +288,15 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     for j, (kind, name) in enumerate(names):
         out.setdefault(kind, {})[name] = scatter_users(ctx, users, emb_all[:, j])
     ctx.model_cache[key] = out
-    rows = {f"{k}::{n}": emb_all[:, j] for j, (k, n) in enumerate(names)}
-    if query_disk is not None and specs and not query_disk.is_file():
-        _save_embeddings(query_disk, {n: a for n, a in rows.items() if not n.startswith("tuned::")})
-    if tuned_disk is not None and any(kind == "tuned" for kind, _ in names):
-        tuned_rows = {n: a for n, a in rows.items() if n.startswith("tuned::")}
+    files = {"query": {}, "tuned": {}}  # the rows this pass embedded, by the cache file they belong in
+    for j, (kind, name) in enumerate(names):
+        files["tuned" if kind == "tuned" else "query"][f"{kind}::{name}"] = emb_all[:, j]
+    if query_disk is not None and files["query"] and not query_disk.is_file():
+        save_npz(query_disk, files["query"])
+    if tuned_disk is not None and files["tuned"]:
         if ctx.tune_log:
-            tuned_rows["meta::tune_log"] = np.array(json.dumps(ctx.tune_log))
-        _save_embeddings(tuned_disk, tuned_rows)
+            files["tuned"]["meta::tune_log"] = np.array(json.dumps(ctx.tune_log))
+        save_npz(tuned_disk, files["tuned"])
     return out
 
 
@@ -317,8 +318,9 @@ def _load_embeddings(ctx: Context, disk: Path, users: list[int], out: dict) -> N
     log.info("model_embeddings_loaded path=%s", disk)
 
 
-def _save_embeddings(disk: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Writes one --embed-cache file whole or not at all (a parallel run reads either nothing or all of it)."""
+def save_npz(disk: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes one --embed-cache file whole or not at all (a parallel run reads either nothing or all of it): the
+    model rows' files here, the layer scan's in layer_scan.py."""
     disk.parent.mkdir(parents=True, exist_ok=True)
     np.savez(disk.with_suffix(".tmp.npz"), **arrays)
     disk.with_suffix(".tmp.npz").rename(disk)
@@ -347,7 +349,7 @@ def _kept_then_encoded(ctx: Context, model, users: list[int], kept: list[int], c
     prefixes (1,000 of 1,925 ML-1M users in fp32: 3.3 GB less than keeping every user's)."""
     pos = {u: i for i, u in enumerate(users)}
     for i in range(0, len(kept), 16):
-        yield [pos[u] for u in kept[i:i + 16]], cache[list(range(i, min(i + 16, len(kept))))]
+        yield [pos[u] for u in kept[i:i + 16]], cache[i:i + 16]  # a view of the kept cache, not a copy
     held = set(kept)
     rest = [u for u in users if u not in held]
     for i, part in prefix_batches(ctx, model, rest, dtype, label):

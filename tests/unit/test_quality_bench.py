@@ -379,8 +379,8 @@ def test_query_rows_and_tuned_rows_keep_separate_cache_files_that_other_runs_reu
         return quality.Context(world, vecs, scen, str(ckpt), "cpu", None, embed_cache=str(cache_dir), **kw)
 
     written = []
-    save = quality._save_embeddings
-    monkeypatch.setattr(quality, "_save_embeddings", lambda disk, arrays: (written.append(sorted(arrays)),
+    save = quality.save_npz
+    monkeypatch.setattr(quality, "save_npz", lambda disk, arrays: (written.append(sorted(arrays)),
                                                                             save(disk, arrays)))
     tuned = ctx(tune_steps=2)
     first = quality.model_embeddings(tuned)
