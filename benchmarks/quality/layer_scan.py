@@ -21,7 +21,6 @@ import logging
 import os
 import platform
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,15 +64,12 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
 
     handles = [lm.layers[l - 1].register_forward_hook(hook(l)) for l in layers]
     emb_all = np.zeros((len(users), len(names), len(layers), model.hidden), np.float16)
-    t0 = time.perf_counter()
     try:
         with torch.inference_mode(), autocast(dtype, ctx.device):
-            for i, part in prefix_batches(ctx, model, users, dtype, "layer scan"):  # each prefix is read once
+            # each prefix is read once; prefix_batches logs the progress (its seconds count the suffix passes too)
+            for i, part in prefix_batches(ctx, model, users, dtype, "layer scan"):
                 states = _embed_hooked(model, part, [specs[n] for n in names], captured, layers)
                 emb_all[i:i + part.batch_size] = states.cpu().numpy().astype(np.float16)
-                if i % 320 == 0:
-                    log.info("layer_scan_embed_progress users=%d/%d seconds=%.0f", i + part.batch_size, len(users),
-                             time.perf_counter() - t0)
     finally:
         for h in handles:
             h.remove()
