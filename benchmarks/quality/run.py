@@ -645,8 +645,10 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     ax.scatter(vals, y, c=colors, zorder=3)
     ax.set_yticks(y, [r["row"] for r in done])
     ax.set_xlabel("average test AUC over the scenarios (linear probe), with 95% bootstrap interval")
-    n = f" ({meta['n_train']} train / {meta['n_test']} test users)" if meta else ""
-    ax.set_title(f"User-embedding quality on {len(scenarios)} MovieLens scenarios{n}")
+    # two lines: one line ran past the axes (centred beside the long row labels) and was cut at the figure's edge
+    dataset = f" {meta['dataset']}" if meta and meta.get("dataset") else ""
+    n = f"\n{meta['n_train']} train / {meta['n_test']} test users" if meta else ""
+    ax.set_title(f"User-embedding quality on {len(scenarios)}{dataset} scenarios{n}")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
