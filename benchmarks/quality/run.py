@@ -640,12 +640,12 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     y = np.arange(len(done))
     vals = np.array([r["auc_avg"] for r in done])
     ci = np.array([r.get("auc_ci") or (r["auc_avg"], r["auc_avg"]) for r in done])
-    colors = ["tab:blue" if r["row"].startswith("Q-Anchor") else "tab:grey" for r in done]
+    colors = ["tab:blue" if r["row"].startswith(("Q-Anchor", "ablation:")) else "tab:grey" for r in done]
     ax.errorbar(vals, y, xerr=[vals - ci[:, 0], ci[:, 1] - vals], fmt="none", ecolor="black", capsize=3)
     ax.scatter(vals, y, c=colors, zorder=3)
     ax.set_yticks(y, [r["row"] for r in done])
-    ax.set_xlabel("average test AUC over the scenarios (linear probe), with 95% bootstrap interval")
-    # two lines: one line ran past the axes (centred beside the long row labels) and was cut at the figure's edge
+    ax.set_xlabel("average test AUC over the scenarios (linear probe)\nwith its 95% bootstrap interval over test users")
+    # title and axis label on two lines: centred on the axes beside long row labels, one line ran past the figure
     dataset = f" {meta['dataset']}" if meta and meta.get("dataset") else ""
     n = f"\n{meta['n_train']} train / {meta['n_test']} test users" if meta else ""
     ax.set_title(f"User-embedding quality on {len(scenarios)}{dataset} scenarios{n}")
