@@ -629,7 +629,8 @@ def claims_by_scenario(claims: list[dict], scenarios: list[Scenario]) -> list[st
     return lines
 
 
-def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | None = None) -> None:
+def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | None = None):
+    """Writes the rows with their intervals to `path`; returns the (closed) figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -652,6 +653,8 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)  # pyplot would keep every figure drawn in one process
+    return fig
 
 
 def _readout_arg(text: str) -> str:
