@@ -157,12 +157,26 @@ def _dir_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def keep_first_layers(model: PreTrainedModel, n: int) -> None:
+    """Cut a decoder to its first n layers in place (0 = keep all); the final norm and the LM head stay."""
+    total = int(model.config.num_hidden_layers)
+    if n == 0 or n == total:
+        return
+    if not 0 < n < total:
+        raise BackboneError(f"backbone.keep_layers={n}, but the backbone has {total} decoder layers; use 1..{total}")
+    model.model.layers = torch.nn.ModuleList(list(model.model.layers)[:n])
+    model.config.num_hidden_layers = n
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = list(model.config.layer_types)[:n]
+
+
 def load_backbone(cfg: BackboneConfig) -> Backbone:
     """Load the configured backbone offline. Tokenizer padding/eos are guaranteed to be set."""
     _offline()
     if cfg.kind == "tiny":
         tokenizer = build_tiny_tokenizer()
         model = _tiny_model(cfg, len(tokenizer))
+        keep_first_layers(model, cfg.keep_layers)
         return Backbone(model, tokenizer, cfg.name, tensors_sha256(model))
     if cfg.kind == "smollm2":
         path = ensure_smollm2_dir()
@@ -172,6 +186,7 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
             raise BackboneError(f"backbone.path {cfg.path!r} -> {path} is not a directory; set the env var or "
                                 "override backbone.path=/local/hf/dir (hub ids are not allowed: offline)")
     model, tokenizer = _load_dir(path, cfg)
+    keep_first_layers(model, cfg.keep_layers)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return Backbone(model, tokenizer, cfg.name, _dir_sha256(path))

@@ -93,6 +93,9 @@ class BackboneConfig:
     # matmul precision (training.precision): auto = bf16 on CUDA and on CPUs with AMX, else fp32.
     # Frozen weights are then stored in bf16, trainable ones stay fp32. QANCHOR_PRECISION overrides at run time.
     compute: Literal["auto", "float32", "bfloat16"] = "auto"
+    # keep only the first N decoder layers of the loaded backbone (0 = all; the final norm and LM head stay): a
+    # cheaper CPU preset buys more steps per hour with a shallower LLM (docs/model.md "A shallower backbone")
+    keep_layers: int = 0
     seed: int = 0  # kind=tiny weights and all new parameters are drawn from this seed
 
     def __post_init__(self) -> None:
@@ -102,6 +105,8 @@ class BackboneConfig:
             raise ConfigError("backbone.kind=hf needs backbone.path (a local HF directory, e.g. '$QWEN25_05B_DIR')")
         if self.compute not in ("auto", "float32", "bfloat16"):
             raise ConfigError(f"backbone.compute must be auto|float32|bfloat16, got {self.compute!r}")
+        if self.keep_layers < 0:
+            raise ConfigError(f"backbone.keep_layers must be >= 0 (0 = every layer), got {self.keep_layers}")
         if self.hidden % self.heads or self.heads % self.kv_heads:
             raise ConfigError("backbone.hidden must divide by heads and heads by kv_heads")
 

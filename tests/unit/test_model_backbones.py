@@ -37,3 +37,25 @@ def test_missing_local_dir_says_what_to_set(monkeypatch, tmp_path):
         load_backbone(load_config("qwen2.5-0.5b").backbone)
     with pytest.raises(BackboneError, match="config.json"):
         load_backbone(load_config("qwen2.5-0.5b", [f"backbone.path={tmp_path}"]).backbone)
+
+
+def test_a_backbone_cut_to_its_first_layers_computes_what_a_model_of_that_depth_computes():
+    cut = load_backbone(load_config("tiny", ["backbone.layers=4", "backbone.keep_layers=2"]).backbone).model
+    assert len(cut.model.layers) == 2 and cut.config.num_hidden_layers == 2
+    two = load_backbone(load_config("tiny", ["backbone.layers=2", "backbone.seed=7"]).backbone).model
+    two.load_state_dict(cut.state_dict(), strict=True)  # same names and shapes: nothing of layers 3-4 is left
+    ids = torch.randint(3, 200, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(cut(input_ids=ids).logits, two(input_ids=ids).logits)
+    full = load_backbone(load_config("tiny", ["backbone.layers=4"]).backbone).model
+    with torch.no_grad():  # the cut is a different function, not a relabelled full model
+        assert not torch.allclose(full(input_ids=ids).logits, cut(input_ids=ids).logits)
+
+
+def test_keeping_more_layers_than_the_backbone_has_says_how_many_it_has():
+    with pytest.raises(BackboneError, match=r"has 2 decoder layers; use 1\.\.2"):
+        load_backbone(load_config("tiny", ["backbone.layers=2", "backbone.keep_layers=3"]).backbone)
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="keep_layers must be >= 0"):
+        load_config("tiny", ["backbone.keep_layers=-1"])
