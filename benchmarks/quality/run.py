@@ -649,7 +649,10 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     # title and axis label on two lines: centred on the axes beside long row labels, one line ran past the figure
     dataset = f" {meta['dataset']}" if meta and meta.get("dataset") else ""
     n = f"\n{meta['n_train']} train / {meta['n_test']} test users" if meta else ""
-    ax.set_title(f"User-embedding quality on {len(scenarios)}{dataset} scenarios{n}")
+    # which model the Q-Anchor rows are (a candidate's table looks like the default's otherwise; ablation rows
+    # name their own variant)
+    model = f"\nQ-Anchor rows: {meta['checkpoint']}" if meta and meta.get("checkpoint") else ""
+    ax.set_title(f"User-embedding quality on {len(scenarios)}{dataset} scenarios{n}{model}")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -452,9 +452,10 @@ def test_the_table_plot_names_its_dataset_and_keeps_its_title_and_axis_label_ins
             for i, name in enumerate(["Q-Anchor prompt-tuned where val improves", "Q-Anchor zero-shot",
                                       "ablation: zero-shot, no user+source tokens @30 steps"])]
     fig = quality.plot(rows, load_scenarios()[:8], tmp_path / "q.png",
-                       {"dataset": "cdnow", "n_train": 1000, "n_test": 625})
+                       {"dataset": "cdnow", "n_train": 1000, "n_test": 625, "checkpoint": "runs/own-full/checkpoint"})
     title = fig.axes[0].title
     assert "cdnow" in title.get_text() and "MovieLens" not in title.get_text()
+    assert "Q-Anchor rows: runs/own-full/checkpoint" in title.get_text()  # a candidate's plot says whose rows
     assert (tmp_path / "q.png").exists()
     # the long row labels push the axes right; one-line texts centred on them ran past the figure's edge
     renderer = FigureCanvasAgg(fig).get_renderer()  # plot closed the figure: measure it on a canvas of its own
