@@ -175,18 +175,18 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
     _offline()
     if cfg.kind == "tiny":
         tokenizer = build_tiny_tokenizer()
-        model = _tiny_model(cfg, len(tokenizer))
-        keep_first_layers(model, cfg.keep_layers)
-        return Backbone(model, tokenizer, cfg.name, tensors_sha256(model))
-    if cfg.kind == "smollm2":
-        path = ensure_smollm2_dir()
+        model, sha = _tiny_model(cfg, len(tokenizer)), None  # fingerprinted after the cut: its weights are its id
     else:
-        path = Path(os.path.expandvars(os.path.expanduser(cfg.path)))
-        if "$" in str(path) or not path.is_dir():
-            raise BackboneError(f"backbone.path {cfg.path!r} -> {path} is not a directory; set the env var or "
-                                "override backbone.path=/local/hf/dir (hub ids are not allowed: offline)")
-    model, tokenizer = _load_dir(path, cfg)
+        if cfg.kind == "smollm2":
+            path = ensure_smollm2_dir()
+        else:
+            path = Path(os.path.expandvars(os.path.expanduser(cfg.path)))
+            if "$" in str(path) or not path.is_dir():
+                raise BackboneError(f"backbone.path {cfg.path!r} -> {path} is not a directory; set the env var or "
+                                    "override backbone.path=/local/hf/dir (hub ids are not allowed: offline)")
+        model, tokenizer = _load_dir(path, cfg)
+        sha = _dir_sha256(path)
     keep_first_layers(model, cfg.keep_layers)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return Backbone(model, tokenizer, cfg.name, _dir_sha256(path))
+    return Backbone(model, tokenizer, cfg.name, sha or tensors_sha256(model))
