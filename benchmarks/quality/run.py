@@ -65,6 +65,7 @@ class Context:
     same_q: dict = field(default_factory=dict)  # model key -> {"acc1", "chance"}, memoised
     c_choice: str = "cv"  # how every row's probe picks C (training.evaluate.probe): "val" users or "cv" folds
     embedding: str | None = None  # the model rows' embedding (head.embedding) if not the checkpoint's own
+    served: str | None = None  # served.py fetch output: the model rows as the public API returned them
 
 
 class CappedWorld:
@@ -231,6 +232,9 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     """
     if key in ctx.model_cache:
         return ctx.model_cache[key]
+    if key == SERVED:
+        ctx.model_cache[key] = served_embeddings(ctx)
+        return ctx.model_cache[key]
     users = model_users(ctx)
     tuned_run = bool(ctx.tune_steps) and key == "trained"
     query_disk = _disk_cache_path(ctx, key, users, tuned=False)
@@ -298,6 +302,64 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
             files["tuned"]["meta::tune_log"] = np.array(json.dumps(ctx.tune_log))
         save_npz(tuned_disk, files["tuned"])
     return out
+
+
+def served_embeddings(ctx: Context) -> dict[str, dict[str, np.ndarray]]:
+    """The query rows (static, zero-shot) of every model user from `--served` (benchmarks/quality/served.py: fetched
+    through the gateway of a running stack), checked against this run's users, scenarios and static query."""
+    from benchmarks.quality.served import load_served
+
+    user_ids, names, emb, meta = load_served(Path(ctx.served))
+    if meta.get("static_query") != STATIC_QUERY:
+        raise SystemExit(f"--served {ctx.served}: its static row asked {meta.get('static_query')!r}, this harness "
+                         f"asks {STATIC_QUERY!r}")
+    have = meta.get("queries") or {}
+    other = [s.name for s in ctx.scenarios if have.get(s.name) != s.query]
+    if other:
+        raise SystemExit(f"--served {ctx.served} was fetched without {other} or in other wording (it has "
+                         f"{sorted(have)}); fetch it with the --scenarios file this run gets")
+    index = {u.user_id: i for i, u in enumerate(ctx.world.ml.users)}
+    row_of = {index[uid]: j for j, uid in enumerate(user_ids) if uid in index}
+    users = model_users(ctx)
+    missing = [u for u in users if u not in row_of]
+    if missing:
+        raise SystemExit(f"--served {ctx.served} lacks {len(missing)} of this run's {len(users)} users (e.g. "
+                         f"{ctx.world.ml.users[missing[0]].user_id}): its events step had other population flags")
+    rows = emb[[row_of[u] for u in users]]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    wanted = {"static::static"} | {f"zero_shot::{s.name}" for s in ctx.scenarios}  # the file may hold more
+    for j, name in enumerate(names):
+        if name in wanted:
+            kind, _, scenario = name.partition("::")
+            out.setdefault(kind, {})[scenario] = scatter_users(ctx, users, rows[:, j])
+    log.info("served_rows file=%s model_version=%s users=%d rows=%d", ctx.served, meta.get("model_version"),
+             len(users), len(names))
+    return out
+
+
+def served_parity(ctx: Context) -> dict[str, Any]:
+    """Cosine between each served embedding and the checkpoint's own (run.py's model pass) on the test users, per
+    query row: what the public API returns vs what the artifact computes for the same user and query."""
+    served, own = model_embeddings(ctx, SERVED), model_embeddings(ctx, "trained")
+    test = np.asarray(ctx.world.users("test"))
+    cos = []
+    for kind in ("static", "zero_shot"):
+        for name, a in served[kind].items():
+            a, b = a[test], own[kind][name][test]
+            cos.append(np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12))
+    cos = np.concatenate(cos)
+    return {"mean": float(cos.mean()), "p01": float(np.quantile(cos, 0.01)), "min": float(cos.min()),
+            "pairs": int(cos.size)}
+
+
+def served_meta(ctx: Context) -> dict[str, Any]:
+    """The --served file's provenance (model version, replay and fetch times) and, with a checkpoint, its parity."""
+    from benchmarks.quality.served import load_served
+
+    meta = {"file": ctx.served, **load_served(Path(ctx.served))[3]}
+    if ctx.checkpoint:
+        meta["cosine_to_checkpoint"] = served_parity(ctx)
+    return meta
 
 
 def _has_rows(out: dict, tuned_run: bool) -> bool:
@@ -458,11 +520,24 @@ def row_qanchor_tuned_val_selected(ctx: Context):
     return out
 
 
+def row_served_static(ctx: Context):
+    same = model_embeddings(ctx, SERVED)["static"]["static"]
+    return {s.name: same for s in ctx.scenarios}
+
+
+def row_served_zero_shot(ctx: Context):
+    return model_embeddings(ctx, SERVED)["zero_shot"]
+
+
 def row_untrained_zero_shot(ctx: Context):
     return model_embeddings(ctx, "untrained")["zero_shot"]
 
 
 ABLATION_PREFIX = "ablation: zero-shot, "
+SERVED = "served"  # model key of the rows fetched through the public API (--served)
+SERVED_STATIC, SERVED_ZERO_SHOT = "served: static query", "served: zero-shot"
+# --served: is the scenario query worth anything through the API, and does the API serve what the artifact computes
+SERVED_CLAIMS = [(SERVED_ZERO_SHOT, SERVED_STATIC), (SERVED_ZERO_SHOT, "Q-Anchor zero-shot")]
 TUNED_VAL_SELECTED = "Q-Anchor prompt-tuned where val improves"
 
 
@@ -498,7 +573,7 @@ BASELINES = list(ROWS)[:6]
 # model rows -> which model's same-question retrieval they report (the model, not the probe, is measured there)
 MODEL_KEYS = {"Q-Anchor static query": "trained", "Q-Anchor zero-shot": "trained",
               "Q-Anchor prompt-tuned": "trained", TUNED_VAL_SELECTED: "trained",
-              "ablation: zero-shot, no pretraining": "untrained"}
+              "ablation: zero-shot, no pretraining": "untrained", SERVED_STATIC: SERVED, SERVED_ZERO_SHOT: SERVED}
 
 
 def _user_share(ctx: Context, emb: dict[str, np.ndarray]) -> float | None:
@@ -559,7 +634,7 @@ def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
         diagnostics["user_share"] = _user_share(ctx, emb)
         if key is not None:
             diagnostics["query_dependence"] = _query_dependence(ctx, key, emb)
-    if key is not None and ctx.same_question:
+    if key is not None and key != SERVED and ctx.same_question:  # retrieval needs the model itself, not its API
         diagnostics["same_q"] = _same_question(ctx, key)
     row = {"row": name, "scenarios": results, "probes": probes, **diagnostics,
            "seconds": round(time.perf_counter() - t0, 1),
@@ -604,6 +679,16 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
                   *CLAIM_HEADER]
         lines += [claim_cells(c) for c in claims]
     lines += claims_by_scenario(claims, scenarios)
+    served = meta.get("served")
+    if served:
+        lines += ["", f"Served rows: fetched through the gateway of a running stack (`benchmarks/quality/served.py`): "
+                      f"model {served['model_version']} ({served.get('model_source')}), {served['users']} users' "
+                      f"{served['events']} events replayed through Kafka in {served['replay_s']:.0f} s, "
+                      f"GetUserEmbeddings in {served['fetch_s']:.0f} s, {served['date']}."]
+        par = served.get("cosine_to_checkpoint")
+        if par:
+            lines += [f"Cosine between the served and the checkpoint's own embeddings ({par['pairs']} test user x "
+                      f"query pairs): mean {par['mean']:.5f}, 1st percentile {par['p01']:.5f}, min {par['min']:.5f}."]
     lines += ["", "Per scenario (test AUC):", "", "| row | " + " | ".join(s.name for s in scenarios) + " |",
               "|" + "---|" * (1 + len(scenarios))]
     for r in sorted(done, key=lambda r: -r["auc_avg"]):
@@ -641,7 +726,7 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     y = np.arange(len(done))
     vals = np.array([r["auc_avg"] for r in done])
     ci = np.array([r.get("auc_ci") or (r["auc_avg"], r["auc_avg"]) for r in done])
-    colors = ["tab:blue" if r["row"].startswith(("Q-Anchor", "ablation:")) else "tab:grey" for r in done]
+    colors = ["tab:blue" if r["row"].startswith(("Q-Anchor", "ablation:", "served:")) else "tab:grey" for r in done]
     ax.errorbar(vals, y, xerr=[vals - ci[:, 0], ci[:, 1] - vals], fmt="none", ecolor="black", capsize=3)
     ax.scatter(vals, y, c=colors, zorder=3)
     ax.set_yticks(y, [r["row"] for r in done])
@@ -757,8 +842,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="zero-shot row of a separately pretrained variant (repeatable; "
                         "benchmarks/quality/ablations.sh); CHECKPOINT#hidden or #projected reads it out that way "
                         "or #hidden@LAYER (the same checkpoint's other read-out: a paired difference of the two)")
+    p.add_argument("--served", default=None, metavar="FILE",
+                   help="add the static and zero-shot rows as the public API served them (benchmarks/quality/"
+                        "served.py fetch), their paired differences and their cosine to the checkpoint's own")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
+    if args.served:
+        if not Path(args.served).is_file():
+            p.error(f"--served {args.served}: no such file (benchmarks/quality/served.py fetch writes it)")
+        ROWS[SERVED_STATIC], ROWS[SERVED_ZERO_SHOT] = row_served_static, row_served_zero_shot
     ablations, ablation_embedding = {}, {}
     for item in args.ablation:
         label, sep, path = item.partition("=")
@@ -776,11 +868,12 @@ def main(argv: list[str] | None = None) -> int:
         ROWS[ABLATION_PREFIX + label] = row_ablation(label)
     ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding,
                         subsample=1.0 if args.seeds == 1 else 0.8,
-                        same_question=not args.no_same_question)
+                        same_question=not args.no_same_question, served=args.served)
     world, scenarios = ctx.world, ctx.scenarios
     seeds = tuple(range(args.seeds))
     base = list(ROWS) if args.rows is None else args.rows  # `--rows` with no names: only the --ablation rows
-    names = list(dict.fromkeys(base + [ABLATION_PREFIX + a for a in ablations]))
+    names = list(dict.fromkeys(base + [ABLATION_PREFIX + a for a in ablations]
+                               + ([SERVED_STATIC, SERVED_ZERO_SHOT] if args.served else [])))
     rows = [run_row(n, ctx, seeds) for n in names]
     claims = []
     if args.draws:
@@ -788,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if "skipped" not in r:
                 r["auc_ci"] = boot.row_interval(r["row"])
-        claims = paired_claims(rows, claim_pairs(CLAIMS, ablations), boot)
+        claims = paired_claims(rows, claim_pairs(CLAIMS, ablations) + (SERVED_CLAIMS if args.served else []), boot)
     for r in rows:
         r.pop("probes", None)
     meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",
@@ -798,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
             "tune_verdict": args.tune_verdict, "ablations": ablations, "c_choice": args.c_choice,
             "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
+            "served": served_meta(ctx) if args.served else None,
             "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])}

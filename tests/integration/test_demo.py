@@ -98,3 +98,39 @@ def test_demo_end_to_end_then_again(demo_env: dict[str, str], tmp_path: Path) ->
     assert again["scenarios_reused"] == n and again["scenarios_registered"] == 0
     assert again["model_version"] == report["model_version"]
     assert again["multi"][1]["cache_hit"]
+
+
+def test_the_quality_harness_probes_what_the_public_api_serves(demo_env: dict[str, str], tmp_path: Path) -> None:
+    """benchmarks/quality/served.py on the demo's stack (up from the test above, or started here): the run's users
+    replayed through Kafka, scenarios registered by query text, embeddings fetched over gRPC; run.py --served then
+    probes them beside the checkpoint's own rows and finds them the same embeddings."""
+    root = repo_root()
+    model_python = root / ".venv-model" / "bin" / "python"
+    if not model_python.exists():
+        pytest.skip("no model env (.venv-model) for the harness")
+    model_env = {k: v for k, v in demo_env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    population = ["--dataset", "ml-1m", "--train-users", "60", "--val-users", "20", "--eval-users", "40"]
+    served, events = tmp_path / "served.npz", tmp_path / "events.jsonl"
+    steps = [
+        [sys.executable, "-m", "services.stack", "up"],  # idempotent: up already after the demo test
+        [str(model_python), "benchmarks/quality/served.py", "events", *population, "--out", str(events)],
+        [sys.executable, "benchmarks/quality/served.py", "fetch", "--events", str(events), "--out", str(served)],
+        [str(model_python), "benchmarks/quality/run.py", *population, "--checkpoint", "artifacts/default",
+         "--no-same-question", "--draws", "200", "--served", str(served), "--out", str(tmp_path / "quality"),
+         "--rows", "Q-Anchor static query", "Q-Anchor zero-shot"],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, env=model_env if cmd[0] == str(model_python) else demo_env, capture_output=True,
+                              text=True, timeout=1800, cwd=root)
+        assert proc.returncode == 0, f"{cmd[1:3]} exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    table = json.loads((tmp_path / "quality.json").read_text())
+    meta = table["meta"]["served"]
+    assert meta["users"] == 120 and meta["model_trained"] is True
+    parity = meta["cosine_to_checkpoint"]
+    assert parity["pairs"] == 40 * 11 and parity["min"] > 0.99, parity  # the API serves what the artifact computes
+    rows = {r["row"]: r for r in table["rows"]}
+    assert {"served: static query", "served: zero-shot"} <= set(rows)
+    assert abs(rows["served: zero-shot"]["auc_avg"] - rows["Q-Anchor zero-shot"]["auc_avg"]) < 0.02
+    claims = {(c["better"], c["worse"]) for c in table["meta"]["claims"]}
+    assert ("served: zero-shot", "served: static query") in claims
+    assert "Cosine between the served and the checkpoint's own embeddings" in (tmp_path / "quality.md").read_text()

@@ -1,6 +1,7 @@
 """Quality benchmark plumbing: seeded user caps (CappedWorld) and the table's row registry."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -654,3 +655,109 @@ def test_zero_label_reads_the_verdict_direction_of_the_scenario_state(ml100k_wor
     zero[:, 0] = prior + 1.0 * female
     (row,) = zero_label.scores(ctx, direction, draws=200)
     assert row["zero_shot"] < 0.6 and row["moved"] > 0.95 and row["moved_ci"][0] > 0.9
+
+
+def _served_file(world, scen, path: Path, users: list[int], rng) -> np.ndarray:
+    """A served.py fetch file for `users`, plus one user the run does not have, shuffled -> [users, rows, d]."""
+    from benchmarks.quality import run as quality
+    from benchmarks.quality.served import save_served, spec_names
+
+    specs = spec_names([{"name": s.name} for s in scen])
+    emb = rng.standard_normal((len(users) + 1, len(specs), 8)).astype(np.float32)
+    ids = [world.ml.users[u].user_id for u in users] + ["not-in-this-run"]
+    order = rng.permutation(len(ids))
+    save_served(path, [ids[i] for i in order], specs, emb[order],
+                {"model_version": "m1", "static_query": quality.STATIC_QUERY,
+                 "queries": {s.name: s.query for s in scen}, "users": len(ids), "events": 10, "replay_s": 1.0,
+                 "fetch_s": 2.0, "date": "2026-12-06 00:00 UTC"})
+    return emb[:len(users)]
+
+
+def test_served_rows_are_the_fetched_embeddings_of_this_runs_users(ml100k_world, tmp_path, monkeypatch):
+    """--served: each model user's static and zero-shot rows are the file's, whatever its order; a file of other
+    users or other wording is refused; the rows get user share but no retrieval column (that needs the model)."""
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    world = quality.CappedWorld(ml100k_world, {"train": 40, "val": 10, "test": 30})
+    scen = [s for s in load_scenarios() if s.name in ("gender_female", "age_under_25")]
+    users = sorted(world.users("train") + world.users("val") + world.users("test"))
+    path = tmp_path / "served.npz"
+    planted = _served_file(world, scen, path, users, np.random.default_rng(0))
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, None, "cpu", None, served=str(path))
+    got = quality.model_embeddings(ctx, quality.SERVED)
+    one = quality.Context(world, ctx.vecs, scen[1:], None, "cpu", None, served=str(path))  # a file may hold more
+    assert set(quality.served_embeddings(one)["zero_shot"]) == {scen[1].name}
+    np.testing.assert_array_equal(got["static"]["static"][users], planted[:, 0])
+    for j, s in enumerate(scen, start=1):
+        np.testing.assert_array_equal(got["zero_shot"][s.name][users], planted[:, j])
+    monkeypatch.setitem(quality.ROWS, quality.SERVED_ZERO_SHOT, quality.row_served_zero_shot)
+    row = quality.run_row(quality.SERVED_ZERO_SHOT, ctx, (0,))
+    assert "same_q" not in row and 0 < row["user_share"] < 1 and row["query_dependence"] is not None
+
+    reworded = [dataclasses.replace(scen[0], query="Is she a woman?"), scen[1]]
+    with pytest.raises(SystemExit, match=r"without \['gender_female'\] or in other wording"):
+        quality.served_embeddings(quality.Context(world, ctx.vecs, reworded, None, "cpu", None, served=str(path)))
+    _served_file(world, scen, path, users[1:], np.random.default_rng(1))
+    with pytest.raises(SystemExit, match=f"lacks 1 of this run's {len(users)} users"):
+        quality.served_embeddings(quality.Context(world, ctx.vecs, scen, None, "cpu", None, served=str(path)))
+
+
+def test_served_parity_is_the_cosine_to_the_checkpoints_own_rows(ml100k_world, tmp_path):
+    from benchmarks.quality import run as quality
+    from training.data.scenarios import load_scenarios
+
+    world = quality.CappedWorld(ml100k_world, {"train": 20, "val": 10, "test": 20})
+    scen = [s for s in load_scenarios() if s.name == "gender_female"]
+    users = sorted(world.users("train") + world.users("val") + world.users("test"))
+    path = tmp_path / "served.npz"
+    _served_file(world, scen, path, users, np.random.default_rng(0))
+    ctx = quality.Context(world, np.zeros((1, 384), np.float16), scen, "ckpt", "cpu", None, served=str(path))
+    served = quality.model_embeddings(ctx, quality.SERVED)
+    ctx.model_cache["trained"] = {k: {n: 3.0 * e for n, e in v.items()} for k, v in served.items()}  # scale only
+    par = quality.served_parity(ctx)
+    assert par["pairs"] == 2 * 20 and par["min"] == pytest.approx(1.0, abs=1e-5)
+    test = np.asarray(world.users("test"))
+    ctx.model_cache["trained"]["zero_shot"]["gender_female"][test[0]] *= -1  # one user served the opposite way
+    par = quality.served_parity(ctx)
+    assert par["min"] == pytest.approx(-1.0, abs=1e-5) and par["mean"] == pytest.approx(1 - 2 / 40, abs=1e-5)
+    md = quality.markdown([], scen, {"dataset": "ml-100k", "n_train": 20, "n_val": 10, "n_test": 20,
+                                     "served": quality.served_meta(ctx)})
+    assert "model m1" in md and "(40 test user x query pairs): mean 0.95000" in md
+
+
+class _Result:
+    def __init__(self, embedding=None, error=None):
+        self.embedding, self.error = embedding, error
+
+    def WhichOneof(self, _):  # noqa: N802 (protobuf's name)
+        return "embedding" if self.embedding is not None else "error"
+
+
+def _emb(**kw):
+    from types import SimpleNamespace
+
+    base = dict(values=[1.0, 0.0], fallback=False, prompt_version="zero-shot", arm="default", model_version="m1",
+                feature_version=3)
+    return SimpleNamespace(**{**base, **kw})
+
+
+@pytest.mark.parametrize("results, message", [
+    ([_emb(), _emb(fallback=True)], "cold-start fallback"),
+    ([_emb(), _emb(prompt_version="v2", arm="tuned")], "prompt version v2"),
+    ([_emb(), _emb(model_version="m2")], "model versions"),
+    ([_emb()], "1 results for 2 scenarios"),
+])
+def test_the_fetch_takes_only_the_zero_shot_embedding_of_a_user_with_features(results, message):
+    from types import SimpleNamespace
+
+    from benchmarks.quality.served import _check
+
+    resp = SimpleNamespace(results=[_Result(e) for e in results])
+    with pytest.raises(RuntimeError, match=message):
+        _check("u1", ["quality-static", "quality-gender_female"], resp)
+    vecs, version, fv = _check("u1", ["a", "b"], SimpleNamespace(results=[_Result(_emb()), _Result(_emb())]))
+    assert vecs.shape == (2, 2) and version == "m1" and fv == 3
+    err = SimpleNamespace(code="NOT_FOUND", message="no such scenario")
+    with pytest.raises(RuntimeError, match="NOT_FOUND no such scenario"):
+        _check("u1", ["a"], SimpleNamespace(results=[_Result(error=err)]))
