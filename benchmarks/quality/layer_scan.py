@@ -101,8 +101,9 @@ def _cache_path(ctx, layers: list[int]) -> Path | None:
 
     from training.artifacts import checkpoint_id
 
+    # the inputs' tags as run.py's cache keys them (the served moments; the per-source window since 2026-12-06)
     ident = json.dumps([checkpoint_id(ctx.checkpoint), model_users(ctx), layers, STATIC_QUERY,
-                        [s.query for s in ctx.scenarios]])
+                        [s.query for s in ctx.scenarios], "inputs:full-train-moments", "prefix:source-window"])
     return Path(ctx.embed_cache) / f"layers-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 

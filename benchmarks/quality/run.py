@@ -462,6 +462,9 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int], tuned: bool = Tru
     # since 2026-12-06 the model reads the dense user vector standardised with the whole train split's moments (as
     # served), not the capped train users' (full_world): embeddings cached before then are never loaded
     parts.append("inputs:full-train-moments")
+    # since 2026-12-06 (night) the prefix keeps each source's events within its window_days, as ingest does
+    # (training.data.collate.user_record): embeddings of the un-windowed prefix are never loaded
+    parts.append("prefix:source-window")
     ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 

@@ -134,3 +134,24 @@ def test_constants_are_loaded_checked_or_reported_missing(tmp_path, caplog, worl
     bad.write_text(wrong.to_json())
     with pytest.raises(ValueError, match="training.normalisation"):
         load_normalisation(bad, sp)
+
+
+def test_ingest_keeps_the_prefix_events_training_reads(world, vecs, spec):
+    """The feature store's events per source (a replay of the exported history through the ingest transform) are
+    training.data.collate.user_record's: the same events in the same order, for users whose window drops old events
+    and whose ratings share seconds at the newest-K cut (a replay in event-id order reordered those)."""
+    from training.data.collate import user_record
+
+    vectors = text_vectors(world, vecs)
+    windowed = tied = 0
+    for u in world.users("train")[:60]:
+        events = user_events(world, u)
+        row = feed([events[i:i + 40] for i in range(0, len(events), 40)], spec, vectors)
+        rec = user_record(world, vecs, u)
+        for s in spec.features.sources:
+            mine = [e for _, e in events if e.source == s.name]
+            np.testing.assert_array_equal(row.events(s.name).vectors, rec.event_vecs[s.name], err_msg=f"{u} {s.name}")
+            windowed += len(mine) > len(rec.event_vecs[s.name]) < s.k  # fewer than K kept: the window cut
+            cut = [e.ts for e in mine][-s.k - 1:-s.k + 1] if len(mine) > s.k else []
+            tied += len(cut) == 2 and cut[0] == cut[1]  # the K-th newest shares its second with the one before
+    assert windowed and tied, (windowed, tied)  # both cases were exercised

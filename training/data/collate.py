@@ -21,13 +21,18 @@ class UserRecord:
 
 
 def user_record(world: UserWorld, vecs: np.ndarray, user: int) -> UserRecord:
-    """Prefix inputs of one user from the history window only (the future never reaches the prefix): the newest K
-    events per source and the dense user vector (statistics + whole-history mean, training.data.features)."""
-    rows = world.timelines[user].history  # oldest first
+    """Prefix inputs of one user from the history window only (the future never reaches the prefix): per source the
+    newest K events within its `window_days` of the user's newest event, and the dense user vector (statistics +
+    whole-history mean, training.data.features). The same cut ingest makes (services/ingest/transform.py), so a
+    model trains and is measured on what the feature store serves it; before 2026-12-06 training took the newest K
+    whatever their age (docs/data.md)."""
+    rows = world.timelines[user].history  # oldest first; equal seconds in the order a replay sends them
     src = world.source_of_row[rows]
+    ts = world.stats_columns(rows)[0]
+    newest = ts[src >= 0].max() if (src >= 0).any() else 0
     per_source = {}
-    for i, spec in enumerate(world.sources.sources):
-        mine = rows[src == i][-spec.k:]  # newest K, still oldest first
+    for i, spec in enumerate(world.feature_spec.sources):  # SourceSpecs, in source_of_row's order
+        mine = rows[(src == i) & (ts >= newest - spec.window_days * 86400.0)][-spec.k:]  # newest K, oldest first
         per_source[spec.name] = vecs[world.text_of_row[mine]]
     return UserRecord(user, per_source, dense_user_features(world, vecs)[user])
 

@@ -27,33 +27,37 @@ log = logging.getLogger(__name__)
 
 def export_records(world: UserWorld, users: list[int], window: str = "history",
                    vecs: np.ndarray | None = None) -> list[dict]:
-    """Event-contract records of `users`, sorted by (ts, user_id, event_id). With `vecs` (the event-text vectors)
-    each user also gets a `kind: tabular` record: the dense user vector training reads (statistics + history mean)."""
+    """Event-contract records of `users`, sorted by (ts, user_id), a user's events of one second in timeline order.
+    With `vecs` (the event-text vectors) each user also gets a `kind: tabular` record: the dense user vector training
+    reads (statistics + history mean)."""
     dense = dense_user_features(world, vecs) if vecs is not None else None
-    out: list[dict] = []
+    out: list[tuple[tuple, dict]] = []  # (sort key, record)
     for u in users:
         uid = world.ml.users[u].user_id
         windows = ("history", "future") if window == "all" else (window,)
         last_ts = 0
         for w in windows:
-            for e in world.events(u, w):
+            for seq, e in enumerate(world.events(u, w)):
                 if e["source"] is None:
                     continue
-                out.append({
+                # events of one second in the user's timeline order: ingest keeps ties in log order, so a replay
+                # gives the feature store the prefix training reads (the event id's string order did not)
+                out.append(((e["ts"], uid, False, w == "future", seq), {
                     "schema_version": 1, "event_id": f"{world.cfg.dataset}-{e['row']}", "user_id": uid,
                     "kind": "event", "source": e["source"], "ts": e["ts"], "text": e["text"],
                     "attributes": {"rating": e["rating"], "item_id": e["item_id"], "title": e["title"],
                                    "genres": "|".join(e["genres"]),
                                    "year": e["year"], "window": w},
-                })
+                }))
                 if w == "history":
                     last_ts = max(last_ts, e["ts"])
         if dense is not None and last_ts:
-            out.append({"schema_version": 1, "event_id": f"{world.cfg.dataset}-tab-{uid}", "user_id": uid,
-                        "kind": "tabular", "ts": last_ts, "vector": [round(float(x), 6) for x in dense[u]]})
-    # tabular after the events of the same second, so a replay ends with the statistics in place
-    out.sort(key=lambda r: (r["ts"], r["user_id"], r["kind"] == "tabular", r["event_id"]))
-    return out
+            # tabular after the events of the same second, so a replay ends with the statistics in place
+            out.append(((last_ts, uid, True, False, 0), {
+                "schema_version": 1, "event_id": f"{world.cfg.dataset}-tab-{uid}", "user_id": uid, "kind": "tabular",
+                "ts": last_ts, "vector": [round(float(x), 6) for x in dense[u]]}))
+    out.sort(key=lambda kr: kr[0])
+    return [r for _, r in out]
 
 
 def main(argv: list[str] | None = None) -> int:
