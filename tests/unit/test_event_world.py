@@ -120,6 +120,22 @@ def test_event_world_cuts_each_user_in_time_and_leaves_out_what_it_cannot_use(lo
         build_event_world(log_root, cutoff=T0 + 29 * DAY + 7200)  # too few future events left for anyone
 
 
+def test_events_of_one_second_keep_their_log_order_as_ingest_does(tmp_path):
+    """Ingest keeps a user's same-second events in log order (services/ingest/transform.py), so the world's timeline
+    must too: event ids that sort the other way round do not reorder the prefix training reads."""
+    from training.data.event_world import build_event_world
+
+    ev = synthetic_events(n_users=2, n_events=30)
+    burst = [r for r in ev if r["user_id"] == "user-000"][:5]
+    for j, r in enumerate(burst):  # five events in one second, ids descending in log order
+        r["ts"], r["event_id"] = burst[0]["ts"], f"z-{9 - j}"
+    write_log(tmp_path / "log", ev)
+    world = build_event_world(tmp_path / "log")
+    tl = world.timelines[world.user_ids.index("user-000")]
+    got = [world.texts[world.text_of_row[r]] for r in tl.history[:5]]
+    assert got == [r["text"] for r in burst]
+
+
 def test_dense_vector_statistics_are_the_ones_ingest_computes_from_the_raw_attributes(log_root):
     from training.data.event_world import build_event_world
     from training.data.features import user_aggregates

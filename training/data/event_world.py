@@ -6,7 +6,7 @@
 The log (training.data.event_log, written by services/eventlog) holds every validated event once: user, time,
 source, text and the producer's attributes. This module turns it into what pretraining reads (the same interface
 as the MovieLens `UserWorld`: timelines, splits, texts, the dense user vector): behaviour events of the sources
-`feature_repo/sources.yaml` declares, per user sorted by (time, event_id), cut into a *history* window (the prefix
+`feature_repo/sources.yaml` declares, per user sorted by (time, log position), cut into a *history* window (the prefix
 and statistics read only it) and a *future* window (pretraining answers about what happens next).
 
 Two cuts (docs/own-data.md):
@@ -110,7 +110,7 @@ def build_event_world(log_root: Path, cfg: WorldConfig | None = None, cutoff: fl
     if table.num_rows == 0:
         raise ValueError(f"the event log at {log_root} holds no events; is the eventlog service running and has it "
                          "flushed (qanchor stack status eventlog)? See docs/eventlog.md")
-    cols = table.select(["event_id", "user_id", "ts", "kind", "source", "text", "attributes"]).to_pydict()
+    cols = table.select(["user_id", "ts", "kind", "source", "text", "attributes", "partition", "offset"]).to_pydict()
     names = spec.names
     src_index = {n: i for i, n in enumerate(names)}
     keep = [i for i, (k, s) in enumerate(zip(cols["kind"], cols["source"])) if k == "event" and s in src_index]
@@ -124,8 +124,11 @@ def build_event_world(log_root: Path, cfg: WorldConfig | None = None, cutoff: fl
     keep = [i for i in keep if cols["user_id"][i] in u_index]
     user = np.array([u_index[cols["user_id"][i]] for i in keep], np.int64)
     ts = np.array([int(cols["ts"][i]) for i in keep], np.int64)
-    event_id = np.array([cols["event_id"][i] for i in keep], dtype=object)
-    order = np.lexsort((event_id, ts, user))  # by user, then time, then event id (deterministic ties)
+    partition = np.array([int(cols["partition"][i]) for i in keep], np.int64)
+    offset = np.array([int(cols["offset"][i]) for i in keep], np.int64)
+    # by user, then time, then log position: ingest keeps a user's events of one second in log order (a user's
+    # events share a partition, keyed by user), so the prefix training reads is the one the feature store holds
+    order = np.lexsort((offset, partition, ts, user))
     keep = [keep[i] for i in order]
     user, ts = user[order], ts[order]
     source = np.array([src_index[cols["source"][i]] for i in keep], np.int8)
