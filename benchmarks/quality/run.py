@@ -307,7 +307,7 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
 def served_embeddings(ctx: Context) -> dict[str, dict[str, np.ndarray]]:
     """The query rows (static, zero-shot) of every model user from `--served` (benchmarks/quality/served.py: fetched
     through the gateway of a running stack), checked against this run's users, scenarios and static query."""
-    from benchmarks.quality.served import load_served
+    from benchmarks.quality.served import load_served, spec_names
 
     user_ids, names, emb, meta = load_served(Path(ctx.served))
     if meta.get("static_query") != STATIC_QUERY:
@@ -327,7 +327,7 @@ def served_embeddings(ctx: Context) -> dict[str, dict[str, np.ndarray]]:
                          f"{ctx.world.ml.users[missing[0]].user_id}): its events step had other population flags")
     rows = emb[[row_of[u] for u in users]]
     out: dict[str, dict[str, np.ndarray]] = {}
-    wanted = {"static::static"} | {f"zero_shot::{s.name}" for s in ctx.scenarios}  # the file may hold more
+    wanted = set(spec_names([{"name": s.name} for s in ctx.scenarios]))  # the file may hold more scenarios
     for j, name in enumerate(names):
         if name in wanted:
             kind, _, scenario = name.partition("::")
