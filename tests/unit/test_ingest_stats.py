@@ -140,6 +140,7 @@ def test_ingest_keeps_the_prefix_events_training_reads(world, vecs, spec):
     """The feature store's events per source (a replay of the exported history through the ingest transform) are
     training.data.collate.user_record's: the same events in the same order, for users whose window drops old events
     and whose ratings share seconds at the newest-K cut (a replay in event-id order reordered those)."""
+    pytest.importorskip("torch", reason="training.data.collate builds torch batches (the model env runs this)")
     from training.data.collate import user_record
 
     vectors = text_vectors(world, vecs)
