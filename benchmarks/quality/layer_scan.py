@@ -29,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.quality.run import (STATIC_QUERY, add_population_args, build_context,  # noqa: E402
+from benchmarks.quality.run import (INPUT_TAGS, STATIC_QUERY, add_population_args, build_context,  # noqa: E402
                                     load_model, model_users, prefix_batches, query_specs, save_npz,
                                     scatter_users)
 from training import evaluate as ev  # noqa: E402
@@ -101,9 +101,8 @@ def _cache_path(ctx, layers: list[int]) -> Path | None:
 
     from training.artifacts import checkpoint_id
 
-    # the inputs' tags as run.py's cache keys them (the served moments; the per-source window since 2026-12-06)
     ident = json.dumps([checkpoint_id(ctx.checkpoint), model_users(ctx), layers, STATIC_QUERY,
-                        [s.query for s in ctx.scenarios], "inputs:full-train-moments", "prefix:source-window"])
+                        [s.query for s in ctx.scenarios], *INPUT_TAGS])
     return Path(ctx.embed_cache) / f"layers-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
 

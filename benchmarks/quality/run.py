@@ -139,6 +139,11 @@ def row_minilm_source_mean(ctx: Context):
 
 
 # ---- model rows (need a pretrain checkpoint) -----------------------------------------------------------------
+# What the model rows' inputs were when their embeddings were cached; every embedding cache key ends with these, so a
+# change of inputs never loads older embeddings. Since 2026-12-06: the dense user vector standardised with the whole
+# train split's moments (as served), not the capped train users' (full_world); since that night the prefix keeps
+# each source's events within its window_days, as ingest does (training.data.collate.user_record).
+INPUT_TAGS = ("inputs:full-train-moments", "prefix:source-window")
 STATIC_QUERY = "Describe this user."  # one query for every scenario: a static user embedding (FOUND-like)
 
 
@@ -459,12 +464,7 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int], tuned: bool = Tru
     dtype = _compute_dtype(ctx, key)
     if dtype != "bfloat16":
         parts.append(dtype)
-    # since 2026-12-06 the model reads the dense user vector standardised with the whole train split's moments (as
-    # served), not the capped train users' (full_world): embeddings cached before then are never loaded
-    parts.append("inputs:full-train-moments")
-    # since 2026-12-06 (night) the prefix keeps each source's events within its window_days, as ingest does
-    # (training.data.collate.user_record): embeddings of the un-windowed prefix are never loaded
-    parts.append("prefix:source-window")
+    parts.extend(INPUT_TAGS)
     ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 

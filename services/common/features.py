@@ -18,12 +18,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 # The schema is parsed from sources.yaml in one place, importable from both environments (docs/features.md).
-from training.data.sources import FeatureSpec, SourceSpec, default_sources_path, load_feature_spec
+from training.data.sources import FeatureSpec, SourceSpec, default_sources_path, load_feature_spec, window_start
 from training.data.stats import Normalisation, StatsAggregate, StatsSpec
 
 __all__ = [
     "FeatureSpec", "SourceSpec", "StatsSpec", "StatsAggregate", "Normalisation", "SourceEvents", "UserFeatures",
-    "UserBatchArrays", "load_feature_spec",
+    "UserBatchArrays", "load_feature_spec", "window_start",
     "default_sources_path", "encode_vectors", "decode_vectors", "to_push_columns", "from_feature_dict",
     "build_user_batch_arrays",
 ]

@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from services.common.features import (VECTOR_DTYPE, FeatureSpec, Normalisation, SourceEvents, StatsAggregate,
-                                      UserFeatures, load_feature_spec)
+                                      UserFeatures, load_feature_spec, window_start)
 from services.ingest.schema import Event
 
 log = logging.getLogger(__name__)
@@ -246,10 +246,8 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
         entries.insert(at, Entry(ts=ts, text=ev.text, vector=None))
     newest = max((e.ts for entries in sources.values() for e in entries), default=None)
     if newest is not None:
-        for name, entries in sources.items():
-            horizon = newest - spec.window_s[name]
-            kept = [e for e in entries if e.ts >= horizon]
-            sources[name] = kept[-spec.k(name):]
+        for name, entries in sources.items():  # entries are sorted by ts (inserted in place above)
+            sources[name] = entries[window_start([e.ts for e in entries], newest, spec.window_s[name], spec.k(name)):]
     last = max(p for p, _ in new)  # re-sent events count as consumed too: a replay skips them by position
     ids = (list(current.event_ids) if found else []) + [e.event_id for _, e in fresh]
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),

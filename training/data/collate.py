@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from training.data.features import dense_user_features
+from training.data.sources import window_start
 from training.data.world import UserWorld
 from training.model.inputs import UserBatch
 
@@ -28,11 +29,12 @@ def user_record(world: UserWorld, vecs: np.ndarray, user: int) -> UserRecord:
     whatever their age (docs/data.md)."""
     rows = world.timelines[user].history  # oldest first; equal seconds in the order a replay sends them
     src = world.source_of_row[rows]
-    ts = world.stats_columns(rows)[0]
+    ts = world.row_ts(rows)
     newest = ts[src >= 0].max() if (src >= 0).any() else 0
     per_source = {}
     for i, spec in enumerate(world.feature_spec.sources):  # SourceSpecs, in source_of_row's order
-        mine = rows[(src == i) & (ts >= newest - spec.window_days * 86400.0)][-spec.k:]  # newest K, oldest first
+        mine = rows[src == i]
+        mine = mine[window_start(ts[src == i], newest, spec.window_days * 86400.0, spec.k):]  # oldest first
         per_source[spec.name] = vecs[world.text_of_row[mine]]
     return UserRecord(user, per_source, dense_user_features(world, vecs)[user])
 

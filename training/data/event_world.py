@@ -70,6 +70,10 @@ class EventWorld:
     def users(self, split: str | None = None) -> list[int]:
         return sorted(u for u, s in self.split.items() if split is None or s == split)
 
+    def row_ts(self, rows: np.ndarray) -> np.ndarray:
+        """Unix seconds of some rows (the prefix's window reads only these)."""
+        return self.ts[rows]
+
     def stats_columns(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...]]]:
         """(ts, ratings, years, categories) of some rows: what training.data.stats aggregates."""
         return self.ts[rows], self.rating[rows], self.year[rows], [self.categories[i] for i in rows]

@@ -10,6 +10,7 @@ pairs the schema with those rating ranges for training.
 """
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,13 @@ DEFAULT_WINDOW_DAYS = 90.0
 INGEST_FIELDS = ("recent_event_ids", "stats_state")
 STATS_FIELDS = ("tabular",)
 META_FIELDS = ("feature_version", "updated_at")
+
+
+def window_start(ts_sorted, newest: float, window_s: float, k: int) -> int:
+    """Where a source's kept events begin: of its events sorted by time (oldest first), the newest `k` whose time is
+    within `window_s` seconds of the user's newest event (`newest`, any source). The one rule ingest stores
+    (services/ingest/transform.py) and training reads (training.data.collate.user_record) the prefix by."""
+    return max(bisect.bisect_left(ts_sorted, newest - window_s), len(ts_sorted) - k)
 
 
 def default_sources_path() -> Path:

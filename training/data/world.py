@@ -93,6 +93,10 @@ class UserWorld:
     def user_id(self, user: int) -> str:
         return self.ml.users[user].user_id
 
+    def row_ts(self, rows: np.ndarray) -> np.ndarray:
+        """Unix seconds of some rating rows (the prefix's window reads only these)."""
+        return self.ml.ratings.ts[rows]
+
     def stats_columns(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, ...]]]:
         """(ts, ratings, years, categories) of some rating rows: what training.data.stats aggregates."""
         r, movies = self.ml.ratings, self.ml.movies
