@@ -290,6 +290,9 @@ class DataConfig:
     # yes/no checks per user: does one genre / release decade appear in the future window (answers lead with
     # "Yes"/"No"; training.data.future_topics.draw_checks); 0 = none, the default artifact's
     future_checks: int = 0
+    # pretraining only: each step draws a random order for a user's same-second events (training.data.collate
+    # user_record), so the embedding stops reading the order a producer happened to send them in (docs/model.md)
+    tie_shuffle: bool = False
 
     def __post_init__(self) -> None:
         if self.top_k < 0:

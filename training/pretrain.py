@@ -28,6 +28,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     for step in bar:
         t0 = time.perf_counter()
         batch = sampler.batch(step, o.batch_size, rank, world_size)
-        users = collate.batch([x.user for x in batch]).to(device)
+        ties = np.random.default_rng((o.seed, step, 7)) if cfg.data.tie_shuffle else None  # a function of the step
+        users = collate.batch([x.user for x in batch], ties).to(device)
         opt.zero_grad(set_to_none=True)
         stats = train_step(model, users, [x.query for x in batch], [x.answer for x in batch], cfg, autocast)
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, o.grad_clip))

@@ -126,3 +126,34 @@ def test_dense_user_vector_is_statistics_then_standardised_history_mean(world):
     narrow = UserCollator(world, vecs, d_tab=len(TABULAR_FEATURES)).batch([u])
     assert narrow.tabular.shape == (1, len(TABULAR_FEATURES))
     np.testing.assert_allclose(narrow.tabular[0].numpy(), dense[u, :len(TABULAR_FEATURES)])
+
+
+def test_tie_shuffle_reorders_same_second_events_only(world):
+    """data.tie_shuffle's draw: a user's same-second events in another order (which of them fill the last of K slots
+    may move), times still oldest first; no rng is the timeline's order, and the draw is a function of the rng."""
+    from training.data.collate import shuffle_ties, user_record
+
+    vecs = np.zeros((len(world.texts), 384), np.float32)
+    vecs[:, 0] = np.arange(len(world.texts))  # each event's text id, readable back
+    ts = np.array([5, 5, 5, 7, 9, 9], np.float64)
+    for seed in range(20):
+        order = shuffle_ties(ts, np.random.default_rng(seed))
+        assert sorted(order.tolist()) == list(range(6)) and (np.diff(ts[order]) >= 0).all()
+    assert len({tuple(shuffle_ties(ts, np.random.default_rng(s))) for s in range(20)}) > 1
+    r = world.ml.ratings
+    u = max(world.users("train"), key=lambda v: len(world.timelines[v].history) - len(np.unique(
+        r.ts[world.timelines[v].history])))  # the user with the most same-second events
+    plain = user_record(world, vecs, u)
+    np.testing.assert_array_equal(plain.event_vecs["liked"], user_record(world, vecs, u).event_vecs["liked"])
+    moved = False
+    for seed in range(5):
+        a = user_record(world, vecs, u, np.random.default_rng(seed))
+        np.testing.assert_array_equal(a.tabular, plain.tabular)  # whole-history statistics: order-free
+        b = user_record(world, vecs, u, np.random.default_rng(seed))
+        for name, e in a.event_vecs.items():
+            np.testing.assert_array_equal(e, b.event_vecs[name])
+            rows = e[:, 0].astype(int)  # text ids -> rating rows of this user, to read their seconds
+            when = {int(world.text_of_rating[i]): r.ts[i] for i in world.timelines[u].history}
+            assert (np.diff([when[t] for t in rows]) >= 0).all()
+            moved |= not np.array_equal(e, plain.event_vecs[name])
+    assert moved

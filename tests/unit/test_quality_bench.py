@@ -761,3 +761,35 @@ def test_the_fetch_takes_only_the_zero_shot_embedding_of_a_user_with_features(re
     err = SimpleNamespace(code="NOT_FOUND", message="no such scenario")
     with pytest.raises(RuntimeError, match="NOT_FOUND no such scenario"):
         _check("u1", ["a"], SimpleNamespace(results=[_Result(error=err)]))
+
+
+def test_tie_order_measures_the_cosine_to_the_timeline_order(ml100k_world, tmp_path):
+    """tie_order.py: its timeline-order embeddings are the quality table's own rows; a model that reads event order
+    moves users under shuffled draws (seeded: a rerun draws the same); the summary is over users x queries x draws."""
+    from benchmarks.quality import run as quality
+    from benchmarks.quality import tie_order
+    from training.data.scenarios import load_scenarios
+
+    ckpt = _tiny_checkpoint(ml100k_world, tmp_path)
+    vecs = np.random.default_rng(0).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    world = quality.CappedWorld(ml100k_world, {"train": 10, "val": 10, "test": 20})
+    scen = [s for s in load_scenarios() if s.name == "gender_female"]
+    ctx = quality.Context(world, vecs, scen, str(ckpt), "cpu", None)
+    users = sorted(world.users("test"))
+    ties = tie_order.users_with_ties(ctx, users)
+    assert len(ties) > 0  # ML-100K users rate in bursts: nearly every history has same-second events
+    emb = tie_order.embed_orders(ctx, "trained", users, orders=2)
+    assert emb.shape[:3] == (3, len(users), 2)  # timeline + 2 draws, static + one scenario
+    table = quality.model_embeddings(ctx)
+    np.testing.assert_allclose(emb[0, :, 0], table["static"]["static"][users], atol=1e-5)
+    np.testing.assert_allclose(emb[0, :, 1], table["zero_shot"]["gender_female"][users], atol=1e-5)
+    np.testing.assert_array_equal(emb, tie_order.embed_orders(ctx, "trained", users, orders=2))
+    tied = np.array([i for i, u in enumerate(users) if u in ties])
+    moved = tie_order.cosine_summary(emb, tied)
+    assert moved["pairs"] == len(tied) * 2 * 2 and moved["min"] < 0.9999 and moved["mean"] <= 1.0 + 1e-6
+    same = emb.copy()
+    same[1:] = 2.0 * same[0]  # draws that only rescale: cosine 1
+    assert tie_order.cosine_summary(same, tied)["min"] == pytest.approx(1.0, abs=1e-5)
+    same[1, tied[0], 0] *= -1  # one draw of one user's static embedding the opposite way
+    s = tie_order.cosine_summary(same, tied)
+    assert s["min"] == pytest.approx(-1.0, abs=1e-4) and s["share_below_0.99"] == pytest.approx(1 / s["pairs"])

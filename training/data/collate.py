@@ -21,15 +21,26 @@ class UserRecord:
     tabular: np.ndarray  # [d_tab] float32
 
 
-def user_record(world: UserWorld, vecs: np.ndarray, user: int) -> UserRecord:
+def shuffle_ties(ts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of time-sorted events that keeps time order and shuffles events of the same second: the order
+    a producer may send them in (ingest keeps whatever order arrives, docs/data.md)."""
+    return np.lexsort((rng.random(len(ts)), ts))
+
+
+def user_record(world: UserWorld, vecs: np.ndarray, user: int,
+                rng: np.random.Generator | None = None) -> UserRecord:
     """Prefix inputs of one user from the history window only (the future never reaches the prefix): per source the
     newest K events within its `window_days` of the user's newest event, and the dense user vector (statistics +
     whole-history mean, training.data.features). The same cut ingest makes (services/ingest/transform.py), so a
     model trains and is measured on what the feature store serves it; before 2026-12-06 training took the newest K
-    whatever their age (docs/data.md)."""
+    whatever their age (docs/data.md). `rng`: same-second events in a random order (before the cut, so which of
+    them fill the last of K slots moves too), as another producer could send them; None: the timeline's order."""
     rows = world.timelines[user].history  # oldest first; equal seconds in the order a replay sends them
-    src = world.source_of_row[rows]
     ts = world.row_ts(rows)
+    if rng is not None:
+        order = shuffle_ties(ts, rng)
+        rows, ts = rows[order], ts[order]
+    src = world.source_of_row[rows]
     newest = ts[src >= 0].max() if (src >= 0).any() else 0
     per_source = {}
     for i, spec in enumerate(world.feature_spec.sources):  # SourceSpecs, in source_of_row's order
@@ -68,8 +79,9 @@ class UserCollator:
         self.world, self.vecs, self.d_tab = world, vecs, d_tab
         self.ks = {s.name: s.k for s in world.sources.sources}
 
-    def batch(self, users: list[int]) -> UserBatch:
-        out = collate_records([user_record(self.world, self.vecs, u) for u in users], self.ks)
+    def batch(self, users: list[int], rng: np.random.Generator | None = None) -> UserBatch:
+        """`rng`: shuffle each user's same-second events (user_record); training's `data.tie_shuffle`."""
+        out = collate_records([user_record(self.world, self.vecs, u, rng) for u in users], self.ks)
         if self.d_tab is not None and out.tabular.shape[1] > self.d_tab:
             out.tabular = out.tabular[:, :self.d_tab].contiguous()
         return out
