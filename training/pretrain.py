@@ -54,6 +54,9 @@ from training.run_state import load_trainer_state, save_trainer_state
 
 log = logging.getLogger(__name__)
 
+# data.tie_shuffle's draws: a stream of their own, a function of (seed, step), so a resumed run reads the same orders
+TIE_SHUFFLE_STREAM = 7
+
 
 # ---- setup ---------------------------------------------------------------------------------------------------
 def align_config(cfg: QAnchorConfig, world: "UserWorld | EventWorld") -> QAnchorConfig:
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     for step in bar:
         t0 = time.perf_counter()
         batch = sampler.batch(step, o.batch_size, rank, world_size)
-        ties = np.random.default_rng((o.seed, step, 7)) if cfg.data.tie_shuffle else None  # a function of the step
+        ties = np.random.default_rng((o.seed, step, TIE_SHUFFLE_STREAM)) if cfg.data.tie_shuffle else None
         users = collate.batch([x.user for x in batch], ties).to(device)
         opt.zero_grad(set_to_none=True)
         stats = train_step(model, users, [x.query for x in batch], [x.answer for x in batch], cfg, autocast)

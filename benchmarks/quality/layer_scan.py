@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.quality.run import (INPUT_TAGS, STATIC_QUERY, add_population_args, build_context,  # noqa: E402
-                                    load_model, model_users, prefix_batches, query_specs, save_npz,
+                                    load_model_at_precision, model_users, prefix_batches, query_specs, save_npz,
                                     scatter_users)
 from training import evaluate as ev  # noqa: E402
 
@@ -41,12 +41,10 @@ def embed_layers(ctx, layers: list[int]) -> tuple[np.ndarray, list[tuple[str, st
     """[n_users, n_specs, n_layers, hidden] states at `<USER_EMB>` (final norm applied, L2-normalised)."""
     import torch
 
-    from training.precision import apply_precision, autocast, resolve_precision
+    from training.precision import autocast
 
-    model = load_model(ctx, "trained")
+    model, dtype = load_model_at_precision(ctx, "trained")
     model.cfg.head.embedding, model.cfg.head.layer = "hidden", None  # every layer runs; the hooks read them
-    dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
-    apply_precision(model, dtype)
     lm = model._lm().model
     n_layers = len(lm.layers)
     bad = [l for l in layers if not 1 <= l <= n_layers]

@@ -177,6 +177,17 @@ def load_model(ctx: Context, key: str = "trained"):
     return model
 
 
+def load_model_at_precision(ctx: Context, key: str = "trained"):
+    """load_model, then its frozen backbone in the dtype its config computes in on ctx.device (training.precision):
+    what every embedding pass runs. -> (model, dtype)."""
+    from training.precision import apply_precision, resolve_precision
+
+    model = load_model(ctx, key)
+    dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
+    apply_precision(model, dtype)
+    return model, dtype
+
+
 def _embedding_of(ctx: Context, key: str) -> str:
     """The read-out the model rows of `key` serve ("projected", "hidden", "hidden@LAYER"): the --ablation's
     #EMBEDDING, --embedding, else the checkpoint's config."""
@@ -257,11 +268,9 @@ def model_embeddings(ctx: Context, key: str = "trained") -> dict[str, dict[str, 
     import torch
 
     from training.model.suffix import ScenarioSpec
-    from training.precision import apply_precision, autocast, resolve_precision
+    from training.precision import autocast
 
-    model = load_model(ctx, key)
-    dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
-    apply_precision(model, dtype)
+    model, dtype = load_model_at_precision(ctx, key)
     from training.tune import with_deep
 
     specs = query_specs(ctx) if "zero_shot" not in out else {}
@@ -606,11 +615,9 @@ def _same_question(ctx: Context, key: str) -> dict[str, float]:
     import torch
 
     from training.heldout import HeldOutEval
-    from training.precision import apply_precision, autocast, resolve_precision
+    from training.precision import autocast
 
-    model = load_model(ctx, key)
-    dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
-    apply_precision(model, dtype)
+    model, dtype = load_model_at_precision(ctx, key)
     collate = model_collator(ctx, model)
     ho = HeldOutEval(ctx.world, collate, 256, model.cfg.data, seed=0, split="test")
     got = ho.same_question(model, model.cfg, autocast(dtype, ctx.device) if dtype != torch.float32 else None)
@@ -762,6 +769,26 @@ def require_checkpoint(p: argparse.ArgumentParser, flag: str, path: str) -> None
         p.error(f"{flag}: {path} is not a checkpoint directory (no manifest.json); pretrain it first")
 
 
+def parse_ablations(p: argparse.ArgumentParser, flag: str, items: list[str]) -> tuple[dict, dict]:
+    """LABEL=CHECKPOINT[#EMBEDDING] arguments -> ({label: checkpoint}, {label: read-out where given}); argparse
+    errors that say what is wrong."""
+    ablations, ablation_embedding = {}, {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        path, hash_, embedding = path.partition("#")
+        if not sep or not label or not path:
+            p.error(f"{flag} wants LABEL=CHECKPOINT[#EMBEDDING], got {item!r}")
+        if hash_:
+            try:
+                parse_readout(embedding)
+            except ConfigError as exc:
+                p.error(f"{flag} {label}: {exc}")
+            ablation_embedding[label] = embedding
+        require_checkpoint(p, f"{flag} {label}", path)
+        ablations[label] = path
+    return ablations, ablation_embedding
+
+
 def add_population_args(p: argparse.ArgumentParser) -> None:
     """Which model, users and scenarios a run measures (shared with label_budget.py, so both see the same users)."""
     p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
@@ -854,20 +881,8 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.served).is_file():
             p.error(f"--served {args.served}: no such file (benchmarks/quality/served.py fetch writes it)")
         ROWS[SERVED_STATIC], ROWS[SERVED_ZERO_SHOT] = row_served_static, row_served_zero_shot
-    ablations, ablation_embedding = {}, {}
-    for item in args.ablation:
-        label, sep, path = item.partition("=")
-        path, hash_, embedding = path.partition("#")
-        if not sep or not label or not path:
-            p.error(f"--ablation wants LABEL=CHECKPOINT[#EMBEDDING], got {item!r}")
-        if hash_:
-            try:
-                parse_readout(embedding)
-            except ConfigError as exc:
-                p.error(f"--ablation {label}: {exc}")
-            ablation_embedding[label] = embedding
-        require_checkpoint(p, f"--ablation {label}", path)
-        ablations[label] = path
+    ablations, ablation_embedding = parse_ablations(p, "--ablation", args.ablation)
+    for label in ablations:
         ROWS[ABLATION_PREFIX + label] = row_ablation(label)
     ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding,
                         subsample=1.0 if args.seeds == 1 else 0.8,

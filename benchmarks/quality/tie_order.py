@@ -49,11 +49,9 @@ def embed_orders(ctx: quality.Context, key: str, users: list[int], orders: int) 
     """[1 + orders, users, specs, D] embeddings: timeline order first, then each shuffled draw (seeded per batch)."""
     import torch
 
-    from training.precision import apply_precision, autocast, resolve_precision
+    from training.precision import autocast
 
-    model = quality.load_model(ctx, key)
-    dtype = resolve_precision(model.cfg.backbone.compute, ctx.device)
-    apply_precision(model, dtype)
+    model, dtype = quality.load_model_at_precision(ctx, key)
     collate = quality.model_collator(ctx, model)
     specs = list(quality.query_specs(ctx).values())
     out = np.zeros((1 + orders, len(users), len(specs), model.embedding_dim), np.float32)
@@ -101,24 +99,18 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     quality.add_population_args(p)
-    p.add_argument("--compare", action="append", default=[], metavar="LABEL=CHECKPOINT",
-                   help="another checkpoint measured on the same users and draws (repeatable)")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=CHECKPOINT[#EMBEDDING]",
+                   help="another checkpoint measured on the same users and draws (repeatable; as run.py --ablation)")
     p.add_argument("--orders", type=int, default=2, help="shuffled orders per user")
     p.add_argument("--out", default=str(RESULTS / "tie_order"), help="output path stem (.md/.json added)")
     args = p.parse_args(argv)
     if not args.checkpoint:
         p.error("--checkpoint is required (e.g. artifacts/default)")
     quality.require_checkpoint(p, "--checkpoint", args.checkpoint)
-    ablations = {}
-    for item in args.compare:
-        label, sep, path = item.partition("=")
-        if not sep or not label:
-            p.error(f"--compare wants LABEL=CHECKPOINT, got {item!r}")
-        quality.require_checkpoint(p, f"--compare {label}", path)
-        ablations[label] = path
+    ablations, ablation_embedding = quality.parse_ablations(p, "--compare", args.compare)
     if args.orders < 1:
         p.error("--orders must be >= 1")
-    ctx = quality.build_context(args, ablations=ablations)
+    ctx = quality.build_context(args, ablations=ablations, ablation_embedding=ablation_embedding)
     users = sorted(ctx.world.users("test"))
     ties = users_with_ties(ctx, users)
     tie_rows = np.array([i for i, u in enumerate(users) if u in ties], int)

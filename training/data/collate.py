@@ -44,8 +44,8 @@ def user_record(world: UserWorld, vecs: np.ndarray, user: int,
     newest = ts[src >= 0].max() if (src >= 0).any() else 0
     per_source = {}
     for i, spec in enumerate(world.feature_spec.sources):  # SourceSpecs, in source_of_row's order
-        mine = rows[src == i]
-        mine = mine[window_start(ts[src == i], newest, spec.window_days * 86400.0, spec.k):]  # oldest first
+        of_source = src == i
+        mine = rows[of_source][window_start(ts[of_source], newest, spec.window_days * 86400.0, spec.k):]  # oldest first
         per_source[spec.name] = vecs[world.text_of_row[mine]]
     return UserRecord(user, per_source, dense_user_features(world, vecs)[user])
 
