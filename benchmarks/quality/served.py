@@ -16,6 +16,11 @@ each served embedding and the checkpoint's own):
     .venv-model/bin/python benchmarks/quality/run.py --checkpoint artifacts/default --train-users 1000 \\
         --val-users 300 --eval-users 625 --served var/served/ml-1m.npz ...
 
+The replay must be the only source of these users' features: users are replayed as `--user-prefix` + user id
+(default "quality-"), so the demo's events of the same MovieLens users stay in rows of their own, and a fetch refuses
+a stack that already holds features for any of them (an earlier fetch), where the new events would merge with the
+old row; `--no-replay` fetches again from a stack fed exactly this file.
+
 Every scenario is registered under a name of its own (`--name-prefix`, default "quality-"), so no A/B split or
 promoted prompt of the stack's scenarios can answer for it: each response must be the zero-shot embedding (prompt
 version "zero-shot"), not a cold-start fallback, and of one model version; anything else stops the fetch with what
@@ -143,11 +148,28 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(f"[served] {msg}", file=sys.stderr, flush=True)
 
+    feast_yaml = settings.layout.root / "feast" / "feature_store.yaml"
+    file_users = steps.event_users(Path(args.events))
+    users = [args.user_prefix + u for u in file_users]  # as the stack knows them
+    held = steps.users_with_features(feast_yaml, users)
     t0 = time.monotonic()
-    progress(f"kafka: replaying {args.events}")
-    sent, users = steps.replay(Path(args.events), ep.kafka_bootstrap)
-    steps.wait_for_features(settings.layout.root / "feast" / "feature_store.yaml", users, ep.kafka_bootstrap,
-                            args.ingest_timeout_s, progress)
+    if args.no_replay:
+        if len(held) < len(users):
+            print(f"--no-replay: {len(users) - len(held)} of the {len(users)} users have no features in this stack; "
+                  "drop --no-replay to replay them", file=sys.stderr)
+            return 1
+        sent = 0
+        progress(f"ingest: not replaying; fetching what the stack holds for {len(users)} users")
+    else:
+        if held:
+            print(f"{len(held)} of the {len(users)} users already have features in this stack (e.g. {held[0]}: an "
+                  "earlier fetch replayed their events), so this replay would merge with them and the served rows "
+                  "would not be these events' features. Fetch again with --no-replay if this stack was fed exactly "
+                  "this file, or with another --user-prefix", file=sys.stderr)
+            return 1
+        progress(f"kafka: replaying {args.events}")
+        sent, users = steps.replay(Path(args.events), ep.kafka_bootstrap, args.user_prefix)
+        steps.wait_for_features(feast_yaml, users, ep.kafka_bootstrap, args.ingest_timeout_s, progress)
     replay_s = time.monotonic() - t0
     progress(f"ingest: {sent} events of {len(users)} users in Feast after {replay_s:.0f} s")
 
@@ -189,12 +211,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     meta = {"model_version": model_versions.pop(), "model_source": record.source,
             "model_trained": record.trained, "scenarios_files": args.scenarios, "static_query": args.static_query,
             "queries": {s["name"]: s["query"] for s in scenarios}, "registered_as": registered,
-            "events": sent, "users": len(users), "replay_s": round(replay_s, 1),
+            "events": sent, "users": len(users), "user_prefix": args.user_prefix, "replay_s": round(replay_s, 1),
             "fetch_s": round(time.monotonic() - t1, 1), "concurrency": args.concurrency,
             "feature_version_median": float(np.median(feature_versions)),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     out = Path(args.out)
-    save_served(out, users, names, emb, meta)
+    save_served(out, file_users, names, emb, meta)
     progress(f"{len(users)} users x {len(names)} rows of model {meta['model_version']} in {meta['fetch_s']:.0f} s "
              f"-> {out}")
     return 0
@@ -220,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     fe.add_argument("--static-query", default="Describe this user.",
                     help="the static row's query (run.py's STATIC_QUERY)")
     fe.add_argument("--name-prefix", default="quality-", help="registered names are PREFIX + scenario name")
+    fe.add_argument("--user-prefix", default="quality-",
+                    help="replayed and fetched as PREFIX + user id, so no other feed of the stack (the demo's "
+                         "events of the same MovieLens users) merges into their rows; the file keeps the ids")
     fe.add_argument("--concurrency", type=int, default=2, help="GetUserEmbeddings calls in flight")
     fe.add_argument("--rpc-timeout-s", type=float, default=120.0)
     fe.add_argument("--ingest-timeout-s", type=float, default=1800.0)
+    fe.add_argument("--no-replay", action="store_true",
+                    help="fetch the features the stack already holds for these users (fed this file before) "
+                         "instead of replaying it: a second replay would merge with them")
     args = p.parse_args(argv)
     if args.cmd == "events":
         return cmd_events(args)

@@ -79,6 +79,10 @@ class UserFeatures:
     found: bool = True
     # The most recent event ids ingest applied to this row, newest last (its duplicate check; not a model input).
     event_ids: list[str] = field(default_factory=list)
+    # The event time of each id in `event_ids` (empty in rows written before it was kept), and the newest event time
+    # among the ids the row has forgotten (0 = none): an event at or before it with an unknown id may be one of them.
+    event_ts: list[int] = field(default_factory=list)
+    ids_floor: int = 0
     # Ingest's sufficient aggregates of every event applied to this row (`stats_state`, training.data.stats), from
     # which `tabular` is derived; b"" when none. Not a model input.
     stats: bytes = b""
@@ -129,6 +133,8 @@ def to_push_columns(rows: Sequence[UserFeatures], spec: FeatureSpec) -> dict[str
             cols[count_f].append(len(ev.texts))
         cols["tabular"].append([float(x) for x in np.asarray(row.tabular, dtype=np.float32)])
         cols["recent_event_ids"].append([str(x) for x in row.event_ids])
+        cols["recent_event_ts"].append([int(t) for t in row.event_ts])
+        cols["event_ids_floor"].append(int(row.ids_floor))
         cols["stats_state"].append(bytes(row.stats))
         cols["feature_version"].append(int(row.feature_version))
         cols["updated_at"].append(int(round(row.updated_at * 1000)))
@@ -166,6 +172,8 @@ def from_feature_dict(user_ids: Sequence[str], values: Mapping[str, Sequence[Any
             updated_at=(updated or 0) / 1000.0,
             found=True,
             event_ids=list(_at(values, "recent_event_ids", i) or []),
+            event_ts=[int(t) for t in _at(values, "recent_event_ts", i) or []],
+            ids_floor=int(_at(values, "event_ids_floor", i) or 0),
             stats=bytes(_at(values, "stats_state", i) or b""),
         ))
     return out

@@ -48,13 +48,44 @@ def export_events(model_python: Path, out_dir: Path, users: int, progress: Progr
     return path
 
 
-def replay(path: Path, bootstrap: str) -> tuple[int, list[str]]:
-    """Publish the JSONL to the events topic, keyed by user (what `qanchor events produce` does)."""
+def event_users(path: Path) -> list[str]:
+    """The users of an event JSONL, in first-seen order."""
+    return list(dict.fromkeys(json.loads(ln)["user_id"] for ln in path.read_bytes().splitlines() if ln.strip()))
+
+
+def users_with_features(feast_config: Path, users: list[str], chunk: int = 500) -> list[str]:
+    """The users of `users` the online store holds features for (an ingest-written row)."""
+    from services.common.feast_store import get_store
+    from services.common.features import load_feature_spec
+    from services.common.features_online import FeatureReader
+
+    reader = FeatureReader(get_store(feast_config), load_feature_spec(), serving=True)
+    return [r.user_id for i in range(0, len(users), chunk) for r in reader.get(users[i:i + chunk])
+            if r.found and r.feature_version > 0]
+
+
+def prefixed_lines(path: Path, user_prefix: str) -> list[bytes]:
+    """The JSONL's lines with every user_id renamed PREFIX + user_id (a replay of its own users, beside others)."""
+    lines = path.read_bytes().splitlines()
+    if not user_prefix:
+        return lines
+    out = []
+    for ln in lines:
+        if ln.strip():
+            rec = json.loads(ln)
+            rec["user_id"] = user_prefix + rec["user_id"]
+            out.append(json.dumps(rec, ensure_ascii=False).encode("utf-8"))
+    return out
+
+
+def replay(path: Path, bootstrap: str, user_prefix: str = "") -> tuple[int, list[str]]:
+    """Publish the JSONL to the events topic, keyed by user (what `qanchor events produce` does); with
+    `user_prefix` each user_id (and so the key) is PREFIX + user_id. -> (events sent, the users as published)."""
     from services.ingest.producer import make_producer, publish_lines
     from services.ingest.transform import load_ingest_spec
 
-    lines = path.read_bytes().splitlines()
-    users = list(dict.fromkeys(json.loads(ln)["user_id"] for ln in lines if ln.strip()))
+    lines = prefixed_lines(path, user_prefix)
+    users = [user_prefix + u for u in event_users(path)]
     spec = load_ingest_spec(None)
     producer = make_producer(bootstrap, client_id="qanchor-demo")
     try:

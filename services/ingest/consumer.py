@@ -232,8 +232,15 @@ class IngestWorker:
                     self._reject(records[pos], EventRejected("internal_error", f"{type(exc).__name__}: {exc}"[:500]),
                                  dlq_futures, result)
                 continue
-            if upd is not None:
-                updates.append(upd)
+            if upd is None:
+                continue
+            for pos in upd.beyond_memory:
+                self._reject(records[pos], EventRejected(
+                    "beyond_dedup_memory", f"event {records[pos].offset} of user {uid!r}: its event_id is not among "
+                    f"the {self.spec.recent_ids} the row remembers and its ts is at or before the newest forgotten "
+                    "one's, so it may already be applied; if it is new, raise INGEST_RECENT_EVENT_IDS and re-send "
+                    "it from the dead-letter topic"), dlq_futures, result)
+            updates.append(upd)
         return updates
 
     # ---- the loop ------------------------------------------------------------------------------------------

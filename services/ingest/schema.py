@@ -35,7 +35,7 @@ REASONS = (
     "invalid_json", "not_an_object", "unsupported_schema_version", "missing_field", "invalid_field",
     "unknown_kind", "unknown_source", "key_mismatch", "vector_dim_mismatch",
     "record_too_large", "too_deep", "invalid_number", "invalid_encoding", "missing_key", "ts_in_future",
-    "internal_error",
+    "beyond_dedup_memory", "internal_error",
 )
 
 

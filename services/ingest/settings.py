@@ -92,8 +92,9 @@ class IngestSettings(ServiceSettings):
     max_text_chars: int = Field(default=2000, ge=1)
     # Seconds an event's ts may run ahead of its record's Kafka time before it is rejected (ts_in_future).
     max_future_skew_s: float = Field(default=300.0, ge=0)
-    # Event ids remembered per user to apply a producer's re-sent event (same event_id, new offset) once.
-    recent_event_ids: int = Field(default=64, ge=1)
+    # Event ids remembered per user (with their event times) to apply a producer's re-sent event or replayed history
+    # (same event_id, new offset) once; an unknown id older than a forgotten one is dead-lettered.
+    recent_event_ids: int = Field(default=256, ge=1)
     # Warm prefixes on feature change (services/ingest/warm.py): after a user's features are written, their prefix
     # is computed on the `qanchor` replica the gateway routes them to, so the next request hits the cache. The
     # model servers, as the gateway's GATEWAY_TRITON_URL lists them (comma separated host:port; with

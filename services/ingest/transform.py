@@ -77,9 +77,10 @@ class IngestSpec:
     features: FeatureSpec
     # Source name -> seconds of event time kept behind the user's newest event.
     window_s: Mapping[str, float]
-    # Event ids remembered per user (in the row itself) to apply a re-sent event once: a producer that retries a
-    # send puts the same event_id at a new offset, which the position test alone would apply twice.
-    recent_ids: int = 64
+    # Event ids remembered per user (in the row itself, with their event times) to apply a re-sent event once: a
+    # producer that retries a send, or replays a history, puts the same event_id at a new offset, which the position
+    # test alone would apply twice. An unknown id at or before the newest time the row has forgotten is dead-lettered.
+    recent_ids: int = 256
     # The model's train-user moments (the checkpoint's normalisation.json); None = `tabular` is not derived.
     normalisation: Normalisation | None = None
 
@@ -142,8 +143,14 @@ class UserUpdate:
     applied_ts: list[float] = field(default_factory=list)
     # Log positions of the applied events (ingest latency is measured from their Kafka record time).
     applied_positions: list[Position] = field(default_factory=list)
-    # The user's most recent applied event ids, newest last (stored with the row; duplicates are checked against it).
+    # The user's most recent applied event ids, newest last (stored with the row; duplicates are checked against it),
+    # their event times, and the newest event time among the ids forgotten (UserFeatures.ids_floor).
     event_ids: list[str] = field(default_factory=list)
+    event_ts: list[int] = field(default_factory=list)
+    ids_floor: int = 0
+    # Behaviour events not applied because their id is unknown and their time is at or before ids_floor: each may
+    # be a re-send of a forgotten event, so applying it could count it twice. The consumer dead-letters them.
+    beyond_memory: list[Position] = field(default_factory=list)
     # Aggregates before this batch, and the applied behaviour events still to add to them (their vectors are
     # needed, so they are added in `to_features`).
     stats: StatsAggregate = field(default_factory=StatsAggregate)
@@ -186,7 +193,8 @@ class UserUpdate:
                                      timestamps=np.asarray([e.ts for e in entries], dtype=np.int64))
         stats, tabular = self.derive(vectors, spec)
         return UserFeatures(user_id=self.user_id, sources=out, tabular=tabular, feature_version=self.version,
-                            updated_at=updated_at, event_ids=list(self.event_ids), stats=stats.to_bytes())
+                            updated_at=updated_at, event_ids=list(self.event_ids), event_ts=list(self.event_ts),
+                            ids_floor=self.ids_floor, stats=stats.to_bytes())
 
 
 def _entries(current: UserFeatures | None, spec: IngestSpec) -> dict[str, list[Entry]]:
@@ -202,13 +210,30 @@ def _entries(current: UserFeatures | None, spec: IngestSpec) -> dict[str, list[E
     return out
 
 
+def remembered_ids(current: UserFeatures | None) -> tuple[list[str], list[int], int]:
+    """The row's remembered event ids, their event times and its floor. A row written before the times were kept
+    gives each id the row's newest event time: when such an id is forgotten the floor rises to that time, which
+    may dead-letter a late event that was new, never apply a re-sent one twice."""
+    if current is None or not current.found:
+        return [], [], 0
+    ids = list(current.event_ids)
+    ts = [int(t) for t in current.event_ts]
+    if len(ts) != len(ids):
+        newest = max((int(t) for s in current.sources.values() for t in s.timestamps), default=0)
+        ts = [newest] * len(ids)
+    return ids, ts, int(current.ids_floor)
+
+
 def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Position, Event]],
                      spec: IngestSpec) -> UserUpdate | None:
     """Apply a user's events (in log order) to the stored features; None when every event was already applied.
 
     Events at or below the stored position are skipped (replay after a crash), and so is an event whose event_id
-    the user's row already holds or an earlier event of the batch carried (a producer's retry at a new offset; the
-    row keeps the last `spec.recent_ids` ids). Behaviour events are inserted by
+    the user's row already holds or an earlier event of the batch carried (a producer's retry, or a replayed
+    history, at a new offset; the row keeps the last `spec.recent_ids` ids with their event times). A behaviour
+    event with an unknown id whose time is at or before the newest time of a forgotten id (`ids_floor`) is not
+    applied but returned in `beyond_memory` for the dead-letter topic: it may be a re-send of a forgotten event, and
+    a dead letter loses nothing where a second count would corrupt the aggregates. Behaviour events are inserted by
     event time (after equal times, so ties keep log order), then each source is cut to its window and its last K.
     Every fresh behaviour event also joins the user's statistics aggregates (added in `to_features`, once its text
     vector is known). A tabular record replaces the statistics vector until the next behaviour event re-derives it;
@@ -221,16 +246,21 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
     found = current is not None and current.found
     stored_version = current.feature_version if found else 0
     new = [(p, e) for p, e in events if not already_applied(stored_version, p)]
-    seen = set(current.event_ids) if found else set()
-    fresh = []
+    ids, ids_ts, floor = remembered_ids(current)
+    seen = set(ids)
+    fresh, beyond = [], []
     for p, e in new:
-        if e.event_id not in seen:
-            seen.add(e.event_id)
-            fresh.append((p, e))
-    skipped = len(events) - len(fresh)
+        if e.event_id in seen:
+            continue
+        if e.kind == "event" and floor and int(e.ts) <= floor:  # maybe a forgotten one: never count it twice
+            beyond.append(p)
+            continue
+        seen.add(e.event_id)
+        fresh.append((p, e))
+    skipped = len(events) - len(fresh) - len(beyond)
     if not fresh:
         return UserUpdate(user_id=user_id, sources={}, tabular=np.zeros(0, np.float32), version=stored_version,
-                          applied=0, skipped=skipped)
+                          applied=0, skipped=skipped, beyond_memory=beyond)
     sources = _entries(current, spec)
     tabular = (np.asarray(current.tabular, dtype=np.float32) if current is not None and current.found
                else np.zeros(0, np.float32))
@@ -249,10 +279,14 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
         for name, entries in sources.items():  # entries are sorted by ts (inserted in place above)
             sources[name] = entries[window_start([e.ts for e in entries], newest, spec.window_s[name], spec.k(name)):]
     last = max(p for p, _ in new)  # re-sent events count as consumed too: a replay skips them by position
-    ids = (list(current.event_ids) if found else []) + [e.event_id for _, e in fresh]
+    ids += [e.event_id for _, e in fresh]
+    ids_ts += [int(e.ts) for _, e in fresh]
+    cut = max(0, len(ids) - spec.recent_ids)
+    floor = max([floor, *ids_ts[:cut]])
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),
                       applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh],
-                      applied_positions=[p for p, _ in fresh], event_ids=ids[-spec.recent_ids:],
+                      applied_positions=[p for p, _ in fresh], event_ids=ids[cut:], event_ts=ids_ts[cut:],
+                      ids_floor=floor, beyond_memory=beyond,
                       stats=StatsAggregate.from_bytes(current.stats) if found else StatsAggregate(),
                       stat_events=[e for _, e in fresh if e.kind == "event"] if spec.features.statistics else [],
                       tabular_override=override)

@@ -3,6 +3,7 @@
 breaks on one user's data sends that user's records to the DLQ instead of failing the batch."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import string
 import time
@@ -140,11 +141,66 @@ def test_batching_replays_and_resends_apply_each_event_once(evs, resend, cuts, r
         assert len(v.texts) <= SPEC.k(s) and v.timestamps.tolist() == sorted(v.timestamps.tolist())
 
 
+SMALL = dataclasses.replace(SPEC, recent_ids=4)  # a memory shorter than the histories below
+
+
+def _apply_batches(row, log, cuts, spec):
+    """-> (row, events applied, positions returned as beyond the id memory)."""
+    applied, beyond = 0, []
+    bounds = [0, *sorted(set(c for c in cuts if 0 < c < len(log))), len(log)]
+    for i in range(len(bounds) - 1):
+        upd = plan_user_update(row, log[bounds[i]:bounds[i + 1]], spec)
+        if upd is None:
+            continue
+        beyond += upd.beyond_memory
+        if upd.applied:
+            applied += upd.applied
+            row = upd.to_features(_vectors(upd.texts_to_encode()), spec, updated_at=1.0)
+    return row, applied, beyond
+
+
+@settings(max_examples=200, deadline=None)
+@given(gaps=st.lists(st.integers(1, 500), min_size=1, max_size=20), ties=st.lists(st.booleans(), max_size=20),
+       srcs=st.lists(st.sampled_from(["a", "b"]), min_size=20, max_size=20),
+       cuts=st.lists(st.integers(0, 20), max_size=5), again=st.lists(st.integers(0, 20), max_size=5))
+def test_a_replayed_history_longer_than_the_id_memory_is_never_applied_twice(gaps, ties, srcs, cuts, again) -> None:
+    ts = np.cumsum([0 if i < len(ties) and ties[i] else g for i, g in enumerate(gaps)]) + 1_000
+    evs = [Event(event_id=f"e{i}", user_id="u", kind="event", ts=float(t), source=srcs[i], text=f"t{i}")
+           for i, t in enumerate(ts)]
+    log = [(Position(0, i), e) for i, e in enumerate(evs)]
+    row, applied, beyond = _apply_batches(None, log, cuts, SMALL)
+    if len(set(ts)) == len(ts):  # a history in strict event-time order loses nothing, however long
+        assert applied == len(evs) and beyond == []
+    # The producer replays the whole history at new offsets: every event is known or dead-lettered, none counted twice.
+    resent = [(Position(0, len(log) + i), e) for i, e in enumerate(evs)]
+    again_row, again_applied, again_beyond = _apply_batches(row, resent, again, SMALL)
+    assert again_applied == 0
+    assert _summary(again_row) == _summary(row)
+    assert len(again_beyond) <= max(0, len(evs) - SMALL.recent_ids)
+    assert len(row.event_ids) == len(row.event_ts) == min(applied, SMALL.recent_ids)
+
+
+def test_a_row_from_before_event_times_were_kept_forgets_conservatively() -> None:
+    log = [(Position(0, i), Event(event_id=f"e{i}", user_id="u", kind="event", ts=float(1_000 + i), source="a",
+                                  text=f"t{i}")) for i in range(4)]
+    row, _, _ = _apply_batches(None, log, [], SMALL)
+    old = dataclasses.replace(row, event_ts=[], ids_floor=0)  # as an older ingest wrote it
+    late = Event(event_id="late", user_id="u", kind="event", ts=1_002.0, source="a", text="late")
+    new = Event(event_id="new", user_id="u", kind="event", ts=2_000.0, source="a", text="new")
+    upd = plan_user_update(old, [(Position(0, 4), late), (Position(0, 5), new)], SMALL)
+    assert upd.applied == 2 and upd.beyond_memory == []  # nothing forgotten yet: nothing to mistake
+    # e0 and e1 are forgotten now, each assumed as new as the row's newest event (1,003): the floor is that time
+    assert upd.event_ids == ["e2", "e3", "late", "new"] and upd.ids_floor == 1_003
+    after = upd.to_features(_vectors(upd.texts_to_encode()), SMALL, updated_at=1.0)
+    upd = plan_user_update(after, [(Position(0, 6), log[0][1]), (Position(0, 7), late)], SMALL)
+    assert upd.applied == 0 and upd.beyond_memory == [Position(0, 6)] and upd.skipped == 1
+
+
 # ---- the worker --------------------------------------------------------------------------------------------
-def _worker(store, producer=None, **limits):
+def _worker(store, producer=None, recent_ids=256, **limits):
+    spec = IngestSpec.of(FeatureSpec(sources=tuple(SourceSpec(s, 8) for s in SOURCES), tabular_dim=TABULAR_DIM))
     return IngestWorker(FakeConsumer(), DeadLetterQueue(producer or MemProducer(), "dlq", "g", time.time), store,
-                        CachedEncoder(HashEncoder(), 1000), IngestSpec.of(FeatureSpec(
-                            sources=tuple(SourceSpec(s, 8) for s in SOURCES), tabular_dim=TABULAR_DIM)),
+                        CachedEncoder(HashEncoder(), 1000), dataclasses.replace(spec, recent_ids=recent_ids),
                         IngestMetrics.create(), IngestLimits(max_poll_interval_s=300, retry_backoff_s=0, **limits))
 
 
@@ -201,6 +257,20 @@ def test_a_resent_event_applies_once() -> None:
     after = store.rows["u"]
     assert after.sources["liked"].texts == before.sources["liked"].texts
     assert after.event_ids == ["u-0", "u-1", "u-2"]
+
+
+def test_a_history_replayed_beyond_the_id_memory_goes_to_the_dlq_not_into_the_row() -> None:
+    store, producer = MemStore(), MemProducer()
+    w = _worker(store, producer, recent_ids=4)
+    w.run_batch([Rec(0, i, b"u", _good("u", i)) for i in range(10)])
+    before = store.rows["u"]
+    result = w.run_batch([Rec(0, 10 + i, b"u", _good("u", i)) for i in range(10)])  # the producer replays it all
+    after = store.rows["u"]
+    assert (result.applied, result.duplicates, result.dlq) == (0, 4, 6)
+    assert after.sources["liked"].texts == before.sources["liked"].texts and after.event_ids == before.event_ids
+    headers = [dict(h) for _, _, _, h in producer.sent]
+    assert {h["qanchor.reason"].decode() for h in headers} == {"beyond_dedup_memory"}
+    assert w.consumer.committed == {0: 20}
 
 
 class BrokenDlq(MemProducer):

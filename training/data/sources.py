@@ -22,8 +22,9 @@ from training.data.stats import StatsSpec
 # Paper: a 90-day behaviour window; sources.yaml may set `window_days` at the top level and per source.
 DEFAULT_WINDOW_DAYS = 90.0
 # Feature names besides the per-source ones (docs/features.md): ingest's bookkeeping, statistics, the version.
-# `stats_state`: the sufficient aggregates the statistics derive from (training.data.stats), kept by ingest.
-INGEST_FIELDS = ("recent_event_ids", "stats_state")
+# `stats_state`: the sufficient aggregates the statistics derive from (training.data.stats), kept by ingest;
+# `recent_event_ts` / `event_ids_floor`: the event times of the remembered ids and the newest time of a forgotten one.
+INGEST_FIELDS = ("recent_event_ids", "recent_event_ts", "event_ids_floor", "stats_state")
 STATS_FIELDS = ("tabular",)
 META_FIELDS = ("feature_version", "updated_at")
 
