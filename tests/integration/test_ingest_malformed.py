@@ -1,6 +1,6 @@
 """A corpus of malformed records (tests/malformed_records.py: 28 kinds) between good ones, through the real broker
 and the real ingest service: every bad record lands in the DLQ with its reason, every good one is applied once
-(producer re-sends included), and the consumer never stops."""
+(producer re-sends included), and the consumer never stops; a replayed history applies once."""
 from __future__ import annotations
 
 import time
@@ -63,3 +63,35 @@ def test_malformed_corpus_through_the_real_broker(ctx):
     by_reason_and_value = {(h["qanchor.reason"].decode(), v) for h, _, v in letters}
     for kind, _, value, reason in bad:  # the original bytes are kept (cut only past 900 KiB)
         assert (reason, value if value is not None else b"") in by_reason_and_value, kind
+
+
+def test_a_replayed_history_applies_once_through_the_real_broker(ctx):
+    """A producer replays two users' whole histories, longer than the ids a row remembers: the stored rows do not
+    move, the remembered ids count as duplicates and the rest go to the DLQ as beyond_dedup_memory."""
+    topic, group = new_topic(ctx), f"g-{uuid.uuid4().hex[:6]}"
+    run, now, memory, n = uuid.uuid4().hex[:6], time.time(), 8, 30
+    users = [f"{run}-replay{j}" for j in range(2)]
+    history = [(uid.encode(), event(uid, i, now - 3000 + 10 * i)) for i in range(n) for uid in users]
+    produce(ctx, topic, history)
+    proc, log, port = start_consumer(ctx, topic, group, "replayed", max_poll_records=7,
+                                     extra_env={"INGEST_RECENT_EVENT_IDS": str(memory)})
+    try:
+        wait_caught_up(ctx, group, topic, [proc])
+        first = read_users(ctx.feast_config, users)
+        produce(ctx, topic, history)
+        wait_caught_up(ctx, group, topic, [proc])
+        m = metrics(port)
+        again = read_users(ctx.feast_config, users)
+        assert proc.poll() is None, "the consumer stopped"
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+
+    assert m['qanchor_ingest_events_total{outcome="applied"}'] == len(history)
+    assert m['qanchor_ingest_events_total{outcome="duplicate"}'] == memory * len(users)
+    assert m['qanchor_ingest_dlq_total{reason="beyond_dedup_memory"}'] == (n - memory) * len(users)
+    for uid in users:
+        a, b = first[uid], again[uid]
+        assert b.feature_version == a.feature_version and b.event_ids == a.event_ids == [
+            f"{uid}-{i}" for i in range(n - memory, n)]
+        assert all(b.sources[s].texts == a.sources[s].texts for s in SPEC.source_names)
+        assert b.ids_floor == int(now - 3000 + 10 * (n - memory - 1))
