@@ -236,7 +236,7 @@ class IngestWorker:
                 continue
             for pos in upd.beyond_memory:
                 self._reject(records[pos], EventRejected(
-                    "beyond_dedup_memory", f"event {records[pos].offset} of user {uid!r}: its event_id is not among "
+                    "beyond_dedup_memory", f"offset {records[pos].offset} of user {uid!r}: its event_id is not among "
                     f"the {self.spec.recent_ids} the row remembers and its ts is at or before the newest forgotten "
                     "one's, so it may already be applied; if it is new, raise INGEST_RECENT_EVENT_IDS and re-send "
                     "it from the dead-letter topic"), dlq_futures, result)
