@@ -149,8 +149,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"[served] {msg}", file=sys.stderr, flush=True)
 
     feast_yaml = settings.layout.root / "feast" / "feature_store.yaml"
-    file_users = steps.event_users(Path(args.events))
-    users = [args.user_prefix + u for u in file_users]  # as the stack knows them
+    lines, users = steps.read_events(Path(args.events), args.user_prefix)  # users as the stack knows them
+    file_users = [u[len(args.user_prefix):] for u in users]
     held = steps.users_with_features(feast_yaml, users)
     t0 = time.monotonic()
     if args.no_replay:
@@ -168,7 +168,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                   "this file, or with another --user-prefix", file=sys.stderr)
             return 1
         progress(f"kafka: replaying {args.events}")
-        sent, users = steps.replay(Path(args.events), ep.kafka_bootstrap, args.user_prefix)
+        sent = steps.publish_events(lines, ep.kafka_bootstrap)
         steps.wait_for_features(feast_yaml, users, ep.kafka_bootstrap, args.ingest_timeout_s, progress)
     replay_s = time.monotonic() - t0
     progress(f"ingest: {sent} events of {len(users)} users in Feast after {replay_s:.0f} s")

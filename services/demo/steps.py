@@ -48,44 +48,27 @@ def export_events(model_python: Path, out_dir: Path, users: int, progress: Progr
     return path
 
 
-def event_users(path: Path) -> list[str]:
-    """The users of an event JSONL, in first-seen order."""
-    return list(dict.fromkeys(json.loads(ln)["user_id"] for ln in path.read_bytes().splitlines() if ln.strip()))
-
-
-def users_with_features(feast_config: Path, users: list[str], chunk: int = 500) -> list[str]:
-    """The users of `users` the online store holds features for (an ingest-written row)."""
-    from services.common.feast_store import get_store
-    from services.common.features import load_feature_spec
-    from services.common.features_online import FeatureReader
-
-    reader = FeatureReader(get_store(feast_config), load_feature_spec(), serving=True)
-    return [r.user_id for i in range(0, len(users), chunk) for r in reader.get(users[i:i + chunk])
-            if r.found and r.feature_version > 0]
-
-
-def prefixed_lines(path: Path, user_prefix: str) -> list[bytes]:
-    """The JSONL's lines with every user_id renamed PREFIX + user_id (a replay of its own users, beside others)."""
-    lines = path.read_bytes().splitlines()
-    if not user_prefix:
-        return lines
-    out = []
-    for ln in lines:
-        if ln.strip():
-            rec = json.loads(ln)
+def read_events(path: Path, user_prefix: str = "") -> tuple[list[bytes], list[str]]:
+    """An event JSONL read once -> (its lines, its users in first-seen order). With `user_prefix` every user_id is
+    renamed PREFIX + user_id in both (a replay of its own users, beside other feeds of the same ids)."""
+    lines, users = [], {}
+    for ln in path.read_bytes().splitlines():
+        if not ln.strip():
+            continue
+        rec = json.loads(ln)
+        if user_prefix:
             rec["user_id"] = user_prefix + rec["user_id"]
-            out.append(json.dumps(rec, ensure_ascii=False).encode("utf-8"))
-    return out
+            ln = json.dumps(rec, ensure_ascii=False).encode("utf-8")
+        users.setdefault(rec["user_id"], None)
+        lines.append(ln)
+    return lines, list(users)
 
 
-def replay(path: Path, bootstrap: str, user_prefix: str = "") -> tuple[int, list[str]]:
-    """Publish the JSONL to the events topic, keyed by user (what `qanchor events produce` does); with
-    `user_prefix` each user_id (and so the key) is PREFIX + user_id. -> (events sent, the users as published)."""
+def publish_events(lines: list[bytes], bootstrap: str) -> int:
+    """Publish event JSONL lines to the events topic, keyed by user (what `qanchor events produce` does)."""
     from services.ingest.producer import make_producer, publish_lines
     from services.ingest.transform import load_ingest_spec
 
-    lines = prefixed_lines(path, user_prefix)
-    users = [user_prefix + u for u in event_users(path)]
     spec = load_ingest_spec(None)
     producer = make_producer(bootstrap, client_id="qanchor-demo")
     try:
@@ -97,7 +80,31 @@ def replay(path: Path, bootstrap: str, user_prefix: str = "") -> tuple[int, list
         n, reason = report.refused[0]
         raise RuntimeError(f"{len(report.refused)} exported events were refused (line {n}: {reason}); the "
                            "exporter and the event contract disagree: see docs/ingest.md")
-    return report.sent, users
+    return report.sent
+
+
+def replay(path: Path, bootstrap: str) -> tuple[int, list[str]]:
+    """Publish the JSONL to the events topic -> (events sent, its users)."""
+    lines, users = read_events(path)
+    return publish_events(lines, bootstrap), users
+
+
+def _serving_reader(feast_config: Path):  # -> FeatureReader
+    from services.common.feast_store import get_store
+    from services.common.features import load_feature_spec
+    from services.common.features_online import FeatureReader
+
+    return FeatureReader(get_store(feast_config), load_feature_spec(), serving=True)
+
+
+def _held(reader, users: list[str], chunk: int = 500) -> list[str]:
+    return [r.user_id for i in range(0, len(users), chunk) for r in reader.get(users[i:i + chunk])
+            if r.found and r.feature_version > 0]
+
+
+def users_with_features(feast_config: Path, users: list[str]) -> list[str]:
+    """The users of `users` the online store holds features for (an ingest-written row)."""
+    return _held(_serving_reader(feast_config), users)
 
 
 def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVENTS_TOPIC) -> int | None:
@@ -115,17 +122,12 @@ def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVE
 def wait_for_features(feast_config: Path, users: list[str], bootstrap: str, timeout_s: float,
                       progress: Progress) -> int:
     """Poll until ingest has committed everything and Feast holds a feature version for every replayed user."""
-    from services.common.feast_store import get_store
-    from services.common.features import load_feature_spec
-    from services.common.features_online import FeatureReader
-
-    reader = FeatureReader(get_store(feast_config), load_feature_spec(), serving=True)
+    reader = _serving_reader(feast_config)
     deadline = time.monotonic() + timeout_s
     found, last_msg = 0, 0.0
     while True:
         lag = consumer_lag(bootstrap)
-        rows = reader.get(users)
-        found = sum(1 for r in rows if r.found and r.feature_version > 0)
+        found = len(_held(reader, users))
         if lag == 0 and found == len(users):
             return found
         if time.monotonic() - last_msg > 5:
