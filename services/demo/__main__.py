@@ -23,7 +23,7 @@ from typing import Any
 
 from services.common.logging import setup_logging
 from services.demo import steps
-from services.demo.report import DemoReport, TunedArm, TuningResult, render
+from services.demo.report import DemoReport, TunedArm, TuningResult, counter_change, render
 from services.demo.settings import DemoSettings
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,16 @@ def run(settings: DemoSettings, json_out: Path | None = None) -> int:
     events = steps.export_events(stack_settings.model_python, stack_settings.layout.root / "demo", settings.users,
                                  progress)
     progress(f"kafka: replaying {events.name} into qanchor.events.v1")
+    ingest_metrics = f"http://{host}:{stack_settings.port('ingest_metrics')}/metrics"
+    counted_before = steps.ingest_counters(ingest_metrics)
     report.events_sent, users = steps.replay(events, ep.kafka_bootstrap)
     report.users_replayed = len(users)
     report.users_with_features = steps.wait_for_features(
         stack_settings.layout.root / "feast" / "feature_store.yaml", users, ep.kafka_bootstrap,
         settings.ingest_timeout_s, progress)
+    counted_after = steps.ingest_counters(ingest_metrics)  # ingest counts a batch before committing it
+    if counted_before is not None and counted_after is not None:
+        report.ingest_outcomes = counter_change(counted_before, counted_after)
     report.replay_s = time.monotonic() - t0
 
     wanted = steps.load_scenarios(settings.scenarios_file, settings.scenarios)

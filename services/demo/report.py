@@ -75,6 +75,9 @@ class DemoReport:
     events_sent: int = 0
     replay_s: float = 0.0
     users_with_features: int = 0
+    # what ingest did with this replay: its counters' change (applied / duplicate / dlq, and "dlq:<reason>");
+    # None when its metrics endpoint could not be read
+    ingest_outcomes: dict[str, int] | None = None
     scenarios: dict[str, str] = field(default_factory=dict)  # name -> query text
     scenarios_registered: int = 0
     scenarios_reused: int = 0
@@ -100,6 +103,30 @@ class DemoReport:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def counter_change(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """after - before per key, for Prometheus counters read around one step. A key that went down means the
+    process restarted in between (its counters started again from 0): that key's change is its value after."""
+    return {k: int(round(v - before.get(k, 0.0) if v >= before.get(k, 0.0) else v)) for k, v in after.items()}
+
+
+def render_ingest(sent: int, outcomes: dict[str, int] | None) -> str:
+    """One line (two with dead letters) saying what ingest did with the replayed events."""
+    if outcomes is None:
+        return "ingest outcomes: unavailable (its metrics endpoint did not answer; `qanchor stack status`)"
+    applied, dup, dlq = (outcomes.get(k, 0) for k in ("applied", "duplicate", "dlq"))
+    line = f"ingest: {applied} applied, {dup} duplicates, {dlq} dead-lettered"
+    if applied + dup + dlq != sent:
+        line += f" ({sent - applied - dup - dlq} of the {sent} sent not counted: other producers or a restart)"
+    if dup or dlq:
+        line += ("\n  the store already held events of these users (an earlier run?): ingest applies an event once, "
+                 "and an old one it no longer remembers goes to the DLQ instead of counting twice")
+    reasons = sorted((k.split(":", 1)[1], n) for k, n in outcomes.items() if k.startswith("dlq:") and n)
+    if reasons:
+        line += "\n  DLQ reasons: " + ", ".join(f"{r} {n}" for r, n in reasons) + \
+                " (`.venv/bin/qanchor events dlq` prints them)"
+    return line
 
 
 def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
@@ -159,7 +186,8 @@ def render(r: DemoReport) -> str:
     out.append(f"model  {r.model_version}  ({status})\n       source: {r.model_source}")
     out.append(f"\n== 1. events -> Kafka -> ingest -> Feast\n"
                f"replayed {r.events_sent} MovieLens-1M events of {r.users_replayed} users; "
-               f"{r.users_with_features}/{r.users_replayed} users have features ({r.replay_s:.1f} s)")
+               f"{r.users_with_features}/{r.users_replayed} users have features ({r.replay_s:.1f} s)\n"
+               + render_ingest(r.events_sent, r.ingest_outcomes))
     out.append(f"\n== 2. scenarios registered by query text ({r.scenarios_registered} new, {r.scenarios_reused} "
                f"already there)\n" + table([[n, q] for n, q in r.scenarios.items()], ["scenario", "query"]))
     out.append("\n== 3. GetEmbedding\n" + table([_row(e) for e in r.single], ROW_HEADER))

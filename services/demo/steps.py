@@ -119,6 +119,29 @@ def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVE
         reader.close()
 
 
+def ingest_counters(metrics_url: str) -> dict[str, float] | None:
+    """Ingest's event counters from its Prometheus endpoint: {"applied", "duplicate", "dlq": events so far, and
+    "dlq:<reason>"}; None when the endpoint does not answer (the demo then says so instead of guessing)."""
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        log.warning("ingest metrics unreadable", extra={"url": metrics_url, "error": str(exc)})
+        return None
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "qanchor_ingest_events_total":
+                out[sample.labels["outcome"]] = sample.value
+            elif sample.name == "qanchor_ingest_dlq_total":
+                out[f"dlq:{sample.labels['reason']}"] = sample.value
+    return out
+
+
 def wait_for_features(feast_config: Path, users: list[str], bootstrap: str, timeout_s: float,
                       progress: Progress) -> int:
     """Poll until ingest has committed everything and Feast holds a feature version for every replayed user."""

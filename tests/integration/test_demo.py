@@ -58,6 +58,9 @@ def test_demo_end_to_end_then_again(demo_env: dict[str, str], tmp_path: Path) ->
     report, stdout = run_demo(demo_env, tmp_path / "first.json")
     assert report["users_replayed"] == USERS and report["users_with_features"] == USERS
     assert report["events_sent"] > USERS * 10  # MovieLens-1M users have >= 20 ratings each
+    counted = report["ingest_outcomes"]  # a fresh stack: every replayed event applied once, none dead-lettered
+    assert (counted["applied"], counted.get("duplicate", 0), counted.get("dlq", 0)) == (report["events_sent"], 0, 0)
+    assert f"ingest: {report['events_sent']} applied, 0 duplicates, 0 dead-lettered" in stdout
     n = len(report["scenarios"])
     assert n == 10 and report["scenarios_registered"] + report["scenarios_reused"] == n
 
@@ -93,7 +96,13 @@ def test_demo_end_to_end_then_again(demo_env: dict[str, str], tmp_path: Path) ->
     assert str(tuning["version"]) in arms["tuned"]["prompt_version"]
     assert "held-out AUC" in stdout and "zero-shot" in stdout and "linear-probe AUC" in stdout
 
-    again, _ = run_demo(demo_env, tmp_path / "second.json")
+    again, again_stdout = run_demo(demo_env, tmp_path / "second.json")
+    # The same events again: nothing applied twice; each is a duplicate or (older than the ids a row remembers)
+    # a dead letter, and the report says which.
+    counted = again["ingest_outcomes"]
+    assert counted["applied"] == 0 and counted["duplicate"] + counted["dlq"] == again["events_sent"]
+    assert counted["dlq"] == counted.get("dlq:beyond_dedup_memory", 0)
+    assert "applies an event once" in again_stdout
     assert again["tuning"]["version"] == tuning["version"] + 1  # a new job, a new version; the split follows it
     assert again["scenarios_reused"] == n and again["scenarios_registered"] == 0
     assert again["model_version"] == report["model_version"]

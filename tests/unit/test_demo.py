@@ -192,3 +192,54 @@ def test_spread_separates_user_and_scenario_variance() -> None:
     assert 0.2 < mixed["user_share"] < 0.8 and mixed["user_share"] + mixed["scenario_share"] == pytest.approx(1.0)
     r = DemoReport(scenarios={"a": "A?", "b": "B?"}, spread_users=6, **{k: round(v, 4) for k, v in mixed.items()})
     assert "whose embedding is it? 6 users x 2 scenarios" in render(r) and "user share" in render(r)
+
+
+def test_ingest_counters_read_the_ingest_metrics_endpoint_and_their_change_around_a_replay() -> None:
+    import socket
+
+    from services.demo.report import counter_change
+    from services.demo.steps import ingest_counters
+    from services.ingest.metrics import IngestMetrics
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    m = IngestMetrics.create()
+    m.serve(port)
+    url = f"http://127.0.0.1:{port}/metrics"
+    m.events.labels(outcome="applied").inc(5)
+    before = ingest_counters(url)
+    assert before is not None and before["applied"] == 5
+    m.events.labels(outcome="applied").inc(7)
+    m.events.labels(outcome="duplicate").inc(2)
+    m.events.labels(outcome="dlq").inc(3)
+    m.dlq.labels(reason="beyond_dedup_memory").inc(3)
+    change = counter_change(before, ingest_counters(url))
+    assert change == {"applied": 7, "duplicate": 2, "dlq": 3, "dlq:beyond_dedup_memory": 3}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    assert ingest_counters(f"http://127.0.0.1:{closed}/metrics") is None
+
+
+def test_counter_change_after_a_restart_counts_from_zero() -> None:
+    from services.demo.report import counter_change
+
+    assert counter_change({"applied": 100.0, "dlq": 1.0}, {"applied": 30.0, "dlq": 1.0}) == {"applied": 30, "dlq": 0}
+
+
+def test_ingest_line_says_what_happened_to_the_replayed_events() -> None:
+    from services.demo.report import render_ingest
+
+    fresh = render_ingest(50, {"applied": 50, "duplicate": 0, "dlq": 0})
+    assert fresh == "ingest: 50 applied, 0 duplicates, 0 dead-lettered"
+    rerun = render_ingest(50, {"applied": 0, "duplicate": 20, "dlq": 30, "dlq:beyond_dedup_memory": 30,
+                               "dlq:bad_json": 0})
+    assert "0 applied, 20 duplicates, 30 dead-lettered" in rerun and "applies an event once" in rerun
+    assert "DLQ reasons: beyond_dedup_memory 30 (" in rerun and "bad_json" not in rerun
+    assert "qanchor events dlq" in rerun and "not counted" not in rerun
+    assert "10 of the 50 sent not counted" in render_ingest(50, {"applied": 40})
+    assert "unavailable" in render_ingest(50, None)
+    report = render(DemoReport(events_sent=50, users_replayed=2, users_with_features=2,
+                               ingest_outcomes={"applied": 50}))
+    assert "ingest: 50 applied, 0 duplicates, 0 dead-lettered" in report
