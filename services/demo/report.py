@@ -117,8 +117,11 @@ def render_ingest(sent: int, outcomes: dict[str, int] | None) -> str:
         return "ingest outcomes: unavailable (its metrics endpoint did not answer; `qanchor stack status`)"
     applied, dup, dlq = (outcomes.get(k, 0) for k in ("applied", "duplicate", "dlq"))
     line = f"ingest: {applied} applied, {dup} duplicates, {dlq} dead-lettered"
-    if applied + dup + dlq != sent:
-        line += f" ({sent - applied - dup - dlq} of the {sent} sent not counted: other producers or a restart)"
+    counted = applied + dup + dlq
+    if counted < sent:
+        line += f" ({sent - counted} of the {sent} sent not counted: ingest restarted between the two reads)"
+    elif counted > sent:
+        line += f" ({counted - sent} more than the {sent} sent: another producer wrote at the same time)"
     if dup or dlq:
         line += ("\n  the store already held events of these users (an earlier run?): ingest applies an event once, "
                  "and an old one it no longer remembers goes to the DLQ instead of counting twice")

@@ -239,6 +239,7 @@ def test_ingest_line_says_what_happened_to_the_replayed_events() -> None:
     assert "DLQ reasons: beyond_dedup_memory 30 (" in rerun and "bad_json" not in rerun
     assert "qanchor events dlq" in rerun and "not counted" not in rerun
     assert "10 of the 50 sent not counted" in render_ingest(50, {"applied": 40})
+    assert "5 more than the 50 sent" in render_ingest(50, {"applied": 55})
     assert "unavailable" in render_ingest(50, None)
     report = render(DemoReport(events_sent=50, users_replayed=2, users_with_features=2,
                                ingest_outcomes={"applied": 50}))
