@@ -120,25 +120,22 @@ def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVE
 
 
 def ingest_counters(metrics_url: str) -> dict[str, float] | None:
-    """Ingest's event counters from its Prometheus endpoint: {"applied", "duplicate", "dlq": events so far, and
+    """Ingest's event counters from its metrics endpoint: {"applied", "duplicate", "dlq": events so far, and
     "dlq:<reason>"}; None when the endpoint does not answer (the demo then says so instead of guessing)."""
-    import urllib.error
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
+    from services.ingest.metrics import read_metrics
 
     try:
-        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    except (urllib.error.URLError, OSError) as exc:
+        samples = read_metrics(metrics_url)
+    except OSError as exc:  # urllib's URLError included
         log.warning("ingest metrics unreadable", extra={"url": metrics_url, "error": str(exc)})
         return None
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "qanchor_ingest_events_total":
-                out[sample.labels["outcome"]] = sample.value
-            elif sample.name == "qanchor_ingest_dlq_total":
-                out[f"dlq:{sample.labels['reason']}"] = sample.value
+    for key, value in samples.items():  # name{label="value"}: each of the two counters has one label
+        name, _, label = key.partition("{")
+        if name == "qanchor_ingest_events_total":
+            out[label.split('"')[1]] = value
+        elif name == "qanchor_ingest_dlq_total":
+            out["dlq:" + label.split('"')[1]] = value
     return out
 
 

@@ -108,3 +108,14 @@ def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1
 
     server = ThreadingHTTPServer((host, port), Handler)
     threading.Thread(target=server.serve_forever, name=thread_name, daemon=True).start()
+
+
+def read_metrics(url: str, timeout_s: float = 5.0) -> dict[str, float]:
+    """What `serve_metrics` serves, read back: every sample line of the Prometheus text at `url`, keyed as written
+    (`name{label="value"}`), e.g. `qanchor_ingest_events_total{outcome="applied"}`. Raises OSError (URLError) when
+    the endpoint does not answer. For tests, benchmarks and the demo; Prometheus itself scrapes in production."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=timeout_s).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line and not line.startswith("#")}

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from services.common.feast_store import get_store
 from services.common.features_online import FeatureReader
 from services.common.settings import repo_root
 from services.ingest.gate import open_gate, waiting_at
+from services.ingest.metrics import read_metrics
 from services.ingest.producer import make_producer
 from services.ingest.transform import Position, decode_version, encode_version, load_ingest_spec
 from training.export.text_encoder import export_text_encoder
@@ -115,9 +115,7 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60,
 
 
 def metrics(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
+    return read_metrics(f"http://127.0.0.1:{port}/metrics")
 
 
 _ADMINS: dict[str, object] = {}
