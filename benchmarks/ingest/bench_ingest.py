@@ -33,10 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # reuse the integration helpers (real stack clients)
 
-from services.stack import StackSettings  # noqa: E402
-from test_ingest_stream import (  # noqa: E402
+from ingest_harness import (  # noqa: E402
     Ctx, committed, end_offsets, metrics, new_topic, start_consumer, stop, wait_caught_up,
 )
+from services.stack import StackSettings  # noqa: E402
 from training.export.text_encoder import export_text_encoder  # noqa: E402
 
 

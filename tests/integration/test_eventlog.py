@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -21,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from ingest_harness import (
+    committed, event, last_assignment, log_tail, metrics, new_topic, produce, stop, tabular, wait_at_gate,
+    wait_caught_up,
+)
 from services.common.feast_store import apply as feast_apply
 from services.common.settings import repo_root
 from services.eventlog.history import as_of, read_log
 from services.eventlog.segments import SegmentName, segment_files
 from services.ingest.gate import open_gate
-from test_ingest_stream import (
-    committed, event, last_assignment, log_tail, metrics, new_topic, produce, stop, tabular, wait_at_gate,
-    wait_caught_up,
-)
 
 pytestmark = pytest.mark.integration
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z

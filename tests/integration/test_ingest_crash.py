@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.common.feast_store import apply as feast_apply
-from services.ingest.gate import open_gate
-from test_ingest_stream import (  # noqa: F401  (ctx is a fixture)
+from ingest_harness import (  # noqa: F401  (ctx is a fixture)
     SPEC, VOCAB, committed, ctx, event, metrics, new_topic, produce, read_users, start_consumer, stop, tabular,
     wait_at_gate, wait_caught_up,
 )
+from services.common.feast_store import apply as feast_apply
+from services.ingest.gate import open_gate
 
 pytestmark = pytest.mark.integration
 USERS = 200

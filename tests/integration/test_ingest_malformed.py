@@ -9,10 +9,10 @@ from collections import Counter
 
 import pytest
 
-from malformed_records import corpus
-from test_ingest_stream import (  # noqa: F401  (ctx is a fixture)
-    SPEC, committed, ctx, event, metrics, new_topic, produce, read_users, start_consumer, stop, wait_caught_up,
+from ingest_harness import (  # noqa: F401  (ctx is a fixture)
+    SPEC, ctx, event, new_topic, produce, read_users, running_consumer, wait_caught_up,
 )
+from malformed_records import corpus
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +35,10 @@ def test_malformed_corpus_through_the_real_broker(ctx):
     resent = records[0:12:2]  # a producer retries six good events: same event_id, new offsets
     records += resent
     produce(ctx, topic, records)
-    proc, log, port = start_consumer(ctx, topic, group, "malformed")
-    try:
-        wait_caught_up(ctx, group, topic, [proc])
-        m = metrics(port)
+    with running_consumer(ctx, topic, group, "malformed") as c:
+        wait_caught_up(ctx, group, topic, [c.proc])
+        m = c.metrics()
         got = read_users(ctx.feast_config, good)
-        assert proc.poll() is None, "the consumer stopped"
-    finally:
-        assert stop(proc) == 0, log.read_text()[-3000:]
 
     assert m['qanchor_ingest_events_total{outcome="dlq"}'] == len(bad)
     assert m['qanchor_ingest_events_total{outcome="applied"}'] == len(bad)  # one good event per bad one
@@ -73,18 +69,14 @@ def test_a_replayed_history_applies_once_through_the_real_broker(ctx):
     users = [f"{run}-replay{j}" for j in range(2)]
     history = [(uid.encode(), event(uid, i, now - 3000 + 10 * i)) for i in range(n) for uid in users]
     produce(ctx, topic, history)
-    proc, log, port = start_consumer(ctx, topic, group, "replayed", max_poll_records=7,
-                                     extra_env={"INGEST_RECENT_EVENT_IDS": str(memory)})
-    try:
-        wait_caught_up(ctx, group, topic, [proc])
+    with running_consumer(ctx, topic, group, "replayed", max_poll_records=7,
+                          extra_env={"INGEST_RECENT_EVENT_IDS": str(memory)}) as c:
+        wait_caught_up(ctx, group, topic, [c.proc])
         first = read_users(ctx.feast_config, users)
         produce(ctx, topic, history)
-        wait_caught_up(ctx, group, topic, [proc])
-        m = metrics(port)
+        wait_caught_up(ctx, group, topic, [c.proc])
+        m = c.metrics()
         again = read_users(ctx.feast_config, users)
-        assert proc.poll() is None, "the consumer stopped"
-    finally:
-        assert stop(proc) == 0, log.read_text()[-3000:]
 
     assert m['qanchor_ingest_events_total{outcome="applied"}'] == len(history)
     assert m['qanchor_ingest_events_total{outcome="duplicate"}'] == memory * len(users)

@@ -10,10 +10,10 @@ import uuid
 import numpy as np
 import pytest
 
-from services.ingest.encoder import CachedEncoder, RedisVectorCache, TritonTextEncoder
-from test_ingest_stream import (  # noqa: F401  (ctx is a fixture)
-    SPEC, VOCAB, ctx, event, metrics, new_topic, produce, read_users, start_consumer, stop, wait_caught_up,
+from ingest_harness import (  # noqa: F401  (ctx is a fixture)
+    VOCAB, ctx, event, new_topic, produce, read_users, running_consumer, wait_caught_up,
 )
+from services.ingest.encoder import CachedEncoder, RedisVectorCache, TritonTextEncoder
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +61,9 @@ def test_restarted_consumer_encodes_nothing_already_in_redis(ctx, monkeypatch):
         users = [f"{run}-{name}-u{i}" for i in range(6)]
         produce(ctx, topic, [(u.encode(), event(u, i, 1_700_000_000 + i, text=texts[i % len(texts)]))
                              for i in range(60) for u in users[i % 6:i % 6 + 1]])
-        proc, _, port = start_consumer(ctx, topic, group, name)
-        try:
-            wait_caught_up(ctx, group, topic, [proc])
-            m = metrics(port)
-        finally:
-            stop(proc)
+        with running_consumer(ctx, topic, group, name) as c:
+            wait_caught_up(ctx, group, topic, [c.proc])
+            m = c.metrics()
         rows = read_users(ctx.feast_config, users)
         assert all(r.found for r in rows.values())
         return m

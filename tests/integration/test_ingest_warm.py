@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ingest_harness import SPEC, VOCAB, Ctx, log_tail, new_topic, produce, read_users, running_consumer
+from ingest_harness import wait_caught_up
 from services.common.feast_store import get_store
 from services.common.features_online import FeatureWriter
 from services.gateway.clients.triton import TritonModelClient
 from services.gateway.core import ModelRequest
 from test_gateway_stack import _ensure_real_model
-from test_ingest_stream import SPEC, VOCAB, Ctx, metrics, new_topic, produce, read_users, start_consumer, stop
-from test_ingest_stream import wait_caught_up
 
 pytestmark = pytest.mark.integration
 
@@ -66,21 +66,19 @@ def test_features_written_by_ingest_are_warm_on_the_model(ctx) -> None:  # type:
     ab = ctx.tmp / f"ab-{run}.yaml"
     ab.write_text(f"salt: warm\nscenarios:\n  promo:\n    arms:\n"
                   f"      - {{name: pinned, weight: 100, prompt_version: zero-shot, model_version: '{version}'}}\n")
-    proc, log, port = start_consumer(ctx, topic, group, f"warm-{run}", extra_env={
-        "INGEST_WARM_TRITON_URL": ctx.triton, "INGEST_WARM_RATE_PER_S": "50", "INGEST_WARM_AB_CONFIG": str(ab)})
-    try:
-        wait_caught_up(ctx, group, topic, [proc])
+    with running_consumer(ctx, topic, group, f"warm-{run}", extra_env={
+            "INGEST_WARM_TRITON_URL": ctx.triton, "INGEST_WARM_RATE_PER_S": "50",
+            "INGEST_WARM_AB_CONFIG": str(ab)}) as c:
+        wait_caught_up(ctx, group, topic, [c.proc])
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            m = metrics(port)
+            m = c.metrics()
             if m.get('qanchor_ingest_prefix_warms_total{outcome="sent"}', 0) >= 2 * len(users):
                 break
             time.sleep(0.5)
-        assert m['qanchor_ingest_prefix_warms_total{outcome="sent"}'] >= 2 * len(users), log.read_text()[-3000:]
+        assert m['qanchor_ingest_prefix_warms_total{outcome="sent"}'] >= 2 * len(users), log_tail(c.log, 60)
         assert m['qanchor_ingest_prefix_warms_total{outcome="failed"}'] == 0
-    finally:
-        assert stop(proc) == 0, log.read_text()[-3000:]
-    assert "prefix warming on" in log.read_text()
+    assert "prefix warming on" in c.log.read_text()
 
     features = read_users(ctx.feast_config, users)
     model = TritonModelClient(ctx.triton, SPEC.features, "qanchor")

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ingest_harness import Ctx as IngestCtx
+from ingest_harness import committed, new_topic, produce, read_users, start_consumer, stop, wait_at_gate
+from ingest_harness import wait_caught_up
 from services.cli import __main__ as cli
 from services.common.feast_store import apply as feast_apply
 from services.common.features import Normalisation, StatsAggregate
@@ -31,9 +34,6 @@ from test_eventlog import start_eventlog
 from test_gateway_stack import (  # noqa: F401  (world: registry, gateway settings, Triton)
     TOKEN, _ensure_real_model, serve_gateway, world,
 )
-from test_ingest_stream import Ctx as IngestCtx
-from test_ingest_stream import committed, new_topic, produce, read_users, start_consumer, stop, wait_at_gate
-from test_ingest_stream import wait_caught_up
 from training.data.sources import load_feature_spec
 from training.export.contract import model_versions, read_model_config
 
