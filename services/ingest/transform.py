@@ -143,8 +143,9 @@ class UserUpdate:
     applied_ts: list[float] = field(default_factory=list)
     # Log positions of the applied events (ingest latency is measured from their Kafka record time).
     applied_positions: list[Position] = field(default_factory=list)
-    # The user's most recent applied event ids, newest last (stored with the row; duplicates are checked against it),
-    # their event times, and the newest event time among the ids forgotten (UserFeatures.ids_floor).
+    # The user's remembered applied event ids in arrival order (stored with the row; duplicates are checked against
+    # it; `remember` picks them), their event times, and the newest event time among the ids forgotten
+    # (UserFeatures.ids_floor).
     event_ids: list[str] = field(default_factory=list)
     event_ts: list[int] = field(default_factory=list)
     ids_floor: int = 0
@@ -224,13 +225,41 @@ def remembered_ids(current: UserFeatures | None) -> tuple[list[str], list[int], 
     return ids, ts, int(current.ids_floor)
 
 
+# One second's ids are kept whole up to this many times the memory (see `remember`).
+SAME_SECOND_ROOM = 4
+
+
+def remember(ids: list[str], ids_ts: list[int], floor: int, cap: int) -> tuple[list[str], list[int], int]:
+    """The ids a row keeps after a batch (in arrival order), their event times and the row's new floor.
+
+    Beyond `cap` ids the oldest event times are forgotten first (ties: the earlier arrival), and the floor rises
+    to the newest forgotten time: every forgotten id is at or before it, so an unknown id after it is new. An
+    unknown id at or before it is dead-lettered, so the cut does not split one second's ids when it can keep that
+    second whole (at most SAME_SECOND_ROOM * cap ids in all): otherwise a producer sending more than `cap` events
+    of one user within one second (a bulk import stamped with the send time) would have the rest of that second
+    dead-lettered as possible re-sends.
+    """
+    n_forget = len(ids) - cap
+    if n_forget <= 0:
+        return ids, ids_ts, floor
+    order = sorted(range(len(ids)), key=lambda i: (ids_ts[i], i))
+    forget = set(order[:n_forget])
+    edge = ids_ts[order[n_forget - 1]]
+    if ids_ts[order[n_forget]] == edge:  # the cut falls inside one second
+        older = {i for i in forget if ids_ts[i] < edge}
+        if len(ids) - len(older) <= SAME_SECOND_ROOM * cap:
+            forget = older
+    keep = [i for i in range(len(ids)) if i not in forget]
+    return [ids[i] for i in keep], [ids_ts[i] for i in keep], max([floor, *(ids_ts[i] for i in forget)])
+
+
 def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Position, Event]],
                      spec: IngestSpec) -> UserUpdate | None:
     """Apply a user's events (in log order) to the stored features; None when every event was already applied.
 
     Events at or below the stored position are skipped (replay after a crash), and so is an event whose event_id
     the user's row already holds or an earlier event of the batch carried (a producer's retry, or a replayed
-    history, at a new offset; the row keeps the last `spec.recent_ids` ids with their event times). A behaviour
+    history, at a new offset; the row keeps `spec.recent_ids` ids with their event times: `remember`). A behaviour
     event with an unknown id whose time is at or before the newest time of a forgotten id (`ids_floor`) is not
     applied but returned in `beyond_memory` for the dead-letter topic: it may be a re-send of a forgotten event, and
     a dead letter loses nothing where a second count would corrupt the aggregates. Behaviour events are inserted by
@@ -279,13 +308,11 @@ def plan_user_update(current: UserFeatures | None, events: Sequence[tuple[Positi
         for name, entries in sources.items():  # entries are sorted by ts (inserted in place above)
             sources[name] = entries[window_start([e.ts for e in entries], newest, spec.window_s[name], spec.k(name)):]
     last = max(p for p, _ in new)  # re-sent events count as consumed too: a replay skips them by position
-    ids += [e.event_id for _, e in fresh]
-    ids_ts += [int(e.ts) for _, e in fresh]
-    cut = max(0, len(ids) - spec.recent_ids)
-    floor = max([floor, *ids_ts[:cut]])
+    ids, ids_ts, floor = remember(ids + [e.event_id for _, e in fresh], ids_ts + [int(e.ts) for _, e in fresh],
+                                  floor, spec.recent_ids)
     return UserUpdate(user_id=user_id, sources=sources, tabular=tabular, version=encode_version(last),
                       applied=len(fresh), skipped=skipped, applied_ts=[e.ts for _, e in fresh],
-                      applied_positions=[p for p, _ in fresh], event_ids=ids[cut:], event_ts=ids_ts[cut:],
+                      applied_positions=[p for p, _ in fresh], event_ids=ids, event_ts=ids_ts,
                       ids_floor=floor, beyond_memory=beyond,
                       stats=StatsAggregate.from_bytes(current.stats) if found else StatsAggregate(),
                       stat_events=[e for _, e in fresh if e.kind == "event"] if spec.features.statistics else [],

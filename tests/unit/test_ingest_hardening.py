@@ -24,7 +24,9 @@ from services.ingest.dlq import DeadLetterQueue
 from services.ingest.encoder import CachedEncoder
 from services.ingest.metrics import IngestMetrics
 from services.ingest.schema import REASONS, Event, EventRejected, parse_event
-from services.ingest.transform import IngestSpec, Position, encode_version, plan_user_update
+from services.ingest.transform import (
+    SAME_SECOND_ROOM, IngestSpec, Position, encode_version, plan_user_update, remember,
+)
 from test_ingest_worker import HashEncoder, MemProducer, MemStore, Rec
 
 NOW = 1_800_000_000.0
@@ -159,17 +161,23 @@ def _apply_batches(row, log, cuts, spec):
     return row, applied, beyond
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(gaps=st.lists(st.integers(1, 500), min_size=1, max_size=20), ties=st.lists(st.booleans(), max_size=20),
        srcs=st.lists(st.sampled_from(["a", "b"]), min_size=20, max_size=20),
-       cuts=st.lists(st.integers(0, 20), max_size=5), again=st.lists(st.integers(0, 20), max_size=5))
-def test_a_replayed_history_longer_than_the_id_memory_is_never_applied_twice(gaps, ties, srcs, cuts, again) -> None:
+       cuts=st.lists(st.integers(0, 20), max_size=5), again=st.lists(st.integers(0, 20), max_size=5),
+       late=st.one_of(st.none(), st.permutations(range(20))))
+def test_a_replayed_history_longer_than_the_id_memory_is_never_applied_twice(gaps, ties, srcs, cuts, again,
+                                                                              late) -> None:
     ts = np.cumsum([0 if i < len(ties) and ties[i] else g for i, g in enumerate(gaps)]) + 1_000
     evs = [Event(event_id=f"e{i}", user_id="u", kind="event", ts=float(t), source=srcs[i], text=f"t{i}")
            for i, t in enumerate(ts)]
+    if late is not None:  # sent out of event-time order: some events late
+        evs = [evs[i] for i in late if i < len(evs)]
     log = [(Position(0, i), e) for i, e in enumerate(evs)]
     row, applied, beyond = _apply_batches(None, log, cuts, SMALL)
-    if len(set(ts)) == len(ts):  # a history in strict event-time order loses nothing, however long
+    largest_second = max(np.unique(ts, return_counts=True)[1])
+    if late is None and largest_second <= (SAME_SECOND_ROOM - 1) * SMALL.recent_ids + 1:
+        # a history in event-time order loses nothing, however long, ties included while one second's ids fit
         assert applied == len(evs) and beyond == []
     # The producer replays the whole history at new offsets: every event is known or dead-lettered, none counted twice.
     resent = [(Position(0, len(log) + i), e) for i, e in enumerate(evs)]
@@ -177,7 +185,25 @@ def test_a_replayed_history_longer_than_the_id_memory_is_never_applied_twice(gap
     assert again_applied == 0
     assert _summary(again_row) == _summary(row)
     assert len(again_beyond) <= max(0, len(evs) - SMALL.recent_ids)
-    assert len(row.event_ids) == len(row.event_ts) == min(applied, SMALL.recent_ids)
+    room = SAME_SECOND_ROOM * SMALL.recent_ids
+    assert min(applied, SMALL.recent_ids) <= len(row.event_ids) == len(row.event_ts) <= room
+
+
+def test_one_seconds_ids_are_kept_whole_while_they_fit() -> None:
+    # A bulk import stamped with its send time: 12 events of one user in one second, then later seconds' events.
+    seconds = [2_000] * 12 + [2_001] * 2 + [2_002] * 3
+    log = [(Position(0, i), Event(event_id=f"e{i}", user_id="u", kind="event", ts=float(t), source="a",
+                                  text=f"t{i}")) for i, t in enumerate(seconds)]
+    row, applied, beyond = _apply_batches(None, log[:14], [5, 9], SMALL)
+    # With the memory of 4 cut inside second 2,000 (the rule before), e5..e11 went to the DLQ as possible re-sends.
+    assert (applied, beyond) == (14, []) and len(row.event_ids) == 14 and row.ids_floor == 0
+    row, applied, beyond = _apply_batches(row, log[14:], [], SMALL)
+    assert (applied, beyond) == (3, [])
+    assert row.event_ids == ["e12", "e13", "e14", "e15", "e16"] and row.ids_floor == 2_000  # forgotten whole
+    ids, ts, floor = remember([f"e{i}" for i in range(20)], [2_000] * 20, 0, 4)  # 20 > 4 x 4 ids: cannot fit
+    assert (ids, ts, floor) == (["e16", "e17", "e18", "e19"], [2_000] * 4, 2_000)
+    # The oldest event times are forgotten first, whatever the arrival order; ties by arrival.
+    assert remember(["a", "b", "c", "d"], [30, 10, 20, 10], 5, 2) == (["a", "c"], [30, 20], 10)
 
 
 def test_a_row_from_before_event_times_were_kept_forgets_conservatively() -> None:
@@ -186,14 +212,16 @@ def test_a_row_from_before_event_times_were_kept_forgets_conservatively() -> Non
     row, _, _ = _apply_batches(None, log, [], SMALL)
     old = dataclasses.replace(row, event_ts=[], ids_floor=0)  # as an older ingest wrote it
     late = Event(event_id="late", user_id="u", kind="event", ts=1_002.0, source="a", text="late")
-    new = Event(event_id="new", user_id="u", kind="event", ts=2_000.0, source="a", text="new")
-    upd = plan_user_update(old, [(Position(0, 4), late), (Position(0, 5), new)], SMALL)
-    assert upd.applied == 2 and upd.beyond_memory == []  # nothing forgotten yet: nothing to mistake
-    # e0 and e1 are forgotten now, each assumed as new as the row's newest event (1,003): the floor is that time
-    assert upd.event_ids == ["e2", "e3", "late", "new"] and upd.ids_floor == 1_003
+    new = [Event(event_id=f"new{i}", user_id="u", kind="event", ts=2_000.0 + i, source="a", text=f"new{i}")
+           for i in range(4)]
+    upd = plan_user_update(old, [(Position(0, 4 + i), e) for i, e in enumerate([late, *new])], SMALL)
+    assert upd.applied == 5 and upd.beyond_memory == []  # nothing forgotten yet: nothing to mistake
+    # e0..e3 and `late` are forgotten now; the old ids, whose times the row did not keep, each count as its newest
+    # event's (1,003), so the floor is 1,003 although e0 was at 1,000
+    assert upd.event_ids == ["new0", "new1", "new2", "new3"] and upd.ids_floor == 1_003
     after = upd.to_features(_vectors(upd.texts_to_encode()), SMALL, updated_at=1.0)
-    upd = plan_user_update(after, [(Position(0, 6), log[0][1]), (Position(0, 7), late)], SMALL)
-    assert upd.applied == 0 and upd.beyond_memory == [Position(0, 6)] and upd.skipped == 1
+    upd = plan_user_update(after, [(Position(0, 9), log[0][1]), (Position(0, 10), late)], SMALL)
+    assert upd.applied == 0 and upd.beyond_memory == [Position(0, 9), Position(0, 10)] and upd.skipped == 0
 
 
 # ---- the worker --------------------------------------------------------------------------------------------
