@@ -25,11 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.feast_store import apply, get_store
-from services.common.features import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere: this clone first
+
+from services.common.feast_store import apply, get_store  # noqa: E402
+from services.common.features import (  # noqa: E402
     FeatureSpec, SourceEvents, UserFeatures, from_feature_dict, load_feature_spec,
 )
-from services.common.features_online import FeatureReader, FeatureWriter
+from services.common.features_online import FeatureReader, FeatureWriter  # noqa: E402
 
 
 def _users(spec: FeatureSpec, n: int, seed: int = 0) -> list[UserFeatures]:

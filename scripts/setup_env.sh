@@ -55,6 +55,9 @@ make_env() {  # make_env NAME LOCKFILE LINK
   fi
   # The project itself, editable and without deps: cheap, so done on every run (the clone path may differ).
   "$UV" pip install -q -p "$dir/bin/python" --no-deps -e "$ROOT"
+  # The editable mapping names the last clone that ran this; `qanchor` runs the clone it is called from instead.
+  { echo "#!$dir/bin/python"; cat "$ROOT/scripts/qanchor_launcher.py"; } > "$dir/bin/qanchor.tmp"
+  chmod +x "$dir/bin/qanchor.tmp" && mv -f "$dir/bin/qanchor.tmp" "$dir/bin/qanchor"
   ln -sfn "$dir" "$ROOT/$link"
   # Keep the cache bounded, without pulling an environment from under another clone on this machine that still
   # uses it (several checkouts share the cache, each on its own lock): beyond the two most recently used, an
