@@ -31,7 +31,8 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))  # reuse the integration helpers (real stack clients)
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the repository's packages first
+sys.path.insert(1, str(ROOT / "tests" / "integration"))  # reuse the integration helpers (real stack clients)
 
 from ingest_harness import (  # noqa: E402
     Ctx, committed, end_offsets, metrics, new_topic, start_consumer, stop, wait_caught_up,
@@ -116,6 +117,7 @@ def drain(ctx: Ctx, events: list[dict], encoder_id: str, name: str) -> dict:
     cache = {r: m.get(f'qanchor_ingest_encoder_cache_total{{result="{r}"}}', 0.0) for r in ("hit", "l2_hit", "miss")}
     state = {r: m.get(f'qanchor_ingest_user_state_total{{result="{r}"}}', 0.0) for r in ("hit", "miss")}
     applied = m['qanchor_ingest_events_total{outcome="applied"}']
+    outcomes = outcome_counts(m)
     # What the rest of the pipeline (validate, Feast read + write, commit) costs per event, over every batch
     # of the run: the rate ingest would reach if encoding were free (all cache hits, or a GPU encoder).
     non_encode_s = sum(v for k, v in stages.items() if k != "encode")
@@ -126,7 +128,15 @@ def drain(ctx: Ctx, events: list[dict], encoder_id: str, name: str) -> dict:
             "user_state": state, "user_state_hit_rate": state["hit"] / max(state["hit"] + state["miss"], 1.0),
             "stage_seconds": stages, "encoder_texts_per_s_in_run": cache["miss"] / max(stages.get("encode", 0), 1e-9),
             "events_per_s_excluding_encode": applied / max(non_encode_s, 1e-9),
-            "loadavg_1m_start": load_start, "loadavg_1m_end": os.getloadavg()[0]}
+            "outcomes": outcomes, "loadavg_1m_start": load_start, "loadavg_1m_end": os.getloadavg()[0]}
+
+
+def outcome_counts(m: dict[str, float]) -> dict[str, float]:
+    """What the consumer did with the phase's events: applied / duplicate / dlq, and the DLQ reasons."""
+    out = {o: m.get(f'qanchor_ingest_events_total{{outcome="{o}"}}', 0.0) for o in ("applied", "duplicate", "dlq")}
+    prefix = 'qanchor_ingest_dlq_total{reason="'
+    out.update({"dlq:" + k[len(prefix):-2]: v for k, v in m.items() if k.startswith(prefix) and v})
+    return out
 
 
 def top_up(ctx: Ctx, events: list[dict], encoder_id: str) -> int:
@@ -210,7 +220,8 @@ def main() -> int:
     b = freshness_buckets(m2)
     fresh = {"offered_rate": args.rate, "achieved_send_rate": len(fresh_events) / send_s, "events": len(fresh_events),
              "cache": "warm", "p50_s": quantile(b, 0.5), "p99_s": quantile(b, 0.99), "buckets": b,
-             "mean_s": m2["qanchor_ingest_latency_seconds_sum"] / max(m2["qanchor_ingest_latency_seconds_count"], 1)}
+             "mean_s": m2["qanchor_ingest_latency_seconds_sum"] / max(m2["qanchor_ingest_latency_seconds_count"], 1),
+             "outcomes": outcome_counts(m2)}
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
               "cpus": os.cpu_count(), "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
@@ -250,6 +261,8 @@ def main() -> int:
     print(f"| load avg 1 min at phase start / end | {cold['loadavg_1m_start']:.1f} / {cold['loadavg_1m_end']:.1f} | "
           f"{warm['loadavg_1m_start']:.1f} / {warm['loadavg_1m_end']:.1f} |")
     print(f"warm phase: {warm['texts_topped_up_before']} texts topped up into the L2 cache before it")
+    for name, phase in (("cold", cold), ("warm", warm), ("freshness", fresh)):
+        print(f"{name} phase outcomes: " + ", ".join(f"{k} {v:.0f}" for k, v in phase["outcomes"].items()))
     print(f"\nTriton text_encoder alone: {baseline:.0f} distinct texts/s; cold run: "
           f"{cold['encoder_texts_per_s_in_run']:.0f} texts/s inside the consumer")
     print(f"freshness (warm cache) p50 / p99 / mean at {args.rate:.0f} ev/s offered (sent at "
