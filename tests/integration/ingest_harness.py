@@ -1,6 +1,6 @@
 """What the ingest tests (and benchmarks/ingest) share: a context on the real stack, and the calls they make on it.
 
-    from ingest_harness import ctx, event, new_topic, produce, read_users, running_consumer  # ctx: a fixture
+    from ingest_harness import ctx, event, new_topic, produce, running_consumer, wait_caught_up  # ctx: a fixture
 
     topic, group = new_topic(ctx), "g-1"
     produce(ctx, topic, [(b"u1", event("u1", 0, time.time()))])
