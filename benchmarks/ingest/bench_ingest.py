@@ -37,6 +37,7 @@ sys.path.insert(1, str(ROOT / "tests" / "integration"))  # reuse the integration
 from ingest_harness import (  # noqa: E402
     Ctx, committed, end_offsets, metrics, new_topic, start_consumer, stop, wait_caught_up,
 )
+from services.ingest.metrics import event_outcomes  # noqa: E402
 from services.stack import StackSettings  # noqa: E402
 from training.export.text_encoder import export_text_encoder  # noqa: E402
 
@@ -132,11 +133,10 @@ def drain(ctx: Ctx, events: list[dict], encoder_id: str, name: str) -> dict:
 
 
 def outcome_counts(m: dict[str, float]) -> dict[str, float]:
-    """What the consumer did with the phase's events: applied / duplicate / dlq, and the DLQ reasons."""
-    out = {o: m.get(f'qanchor_ingest_events_total{{outcome="{o}"}}', 0.0) for o in ("applied", "duplicate", "dlq")}
-    prefix = 'qanchor_ingest_dlq_total{reason="'
-    out.update({"dlq:" + k[len(prefix):-2]: v for k, v in m.items() if k.startswith(prefix) and v})
-    return out
+    """What the consumer did with the phase's events: applied / duplicate / dlq, and the DLQ reasons met."""
+    got = event_outcomes(m)
+    return {**{o: got.get(o, 0.0) for o in ("applied", "duplicate", "dlq")},
+            **{k: v for k, v in got.items() if k.startswith("dlq:") and v}}
 
 
 def top_up(ctx: Ctx, events: list[dict], encoder_id: str) -> int:

@@ -122,21 +122,14 @@ def consumer_lag(bootstrap: str, group: str = "qanchor-ingest", topic: str = EVE
 def ingest_counters(metrics_url: str) -> dict[str, float] | None:
     """Ingest's event counters from its metrics endpoint: {"applied", "duplicate", "dlq": events so far, and
     "dlq:<reason>"}; None when the endpoint does not answer (the demo then says so instead of guessing)."""
-    from services.ingest.metrics import read_metrics
+    from services.ingest.metrics import event_outcomes, read_metrics
 
     try:
         samples = read_metrics(metrics_url)
     except OSError as exc:  # urllib's URLError included
         log.warning("ingest metrics unreadable", extra={"url": metrics_url, "error": str(exc)})
         return None
-    out: dict[str, float] = {}
-    for key, value in samples.items():  # name{label="value"}: each of the two counters has one label
-        name, _, label = key.partition("{")
-        if name == "qanchor_ingest_events_total":
-            out[label.split('"')[1]] = value
-        elif name == "qanchor_ingest_dlq_total":
-            out["dlq:" + label.split('"')[1]] = value
-    return out
+    return event_outcomes(samples)
 
 
 def wait_for_features(feast_config: Path, users: list[str], bootstrap: str, timeout_s: float,

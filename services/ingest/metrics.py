@@ -119,3 +119,16 @@ def read_metrics(url: str, timeout_s: float = 5.0) -> dict[str, float]:
     text = urllib.request.urlopen(url, timeout=timeout_s).read().decode()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def event_outcomes(samples: dict[str, float]) -> dict[str, float]:
+    """Ingest's event counters out of `read_metrics`' samples: {"applied", "duplicate", "dlq": events so far, and
+    "dlq:<reason>"} (each of the two counters has one label)."""
+    out: dict[str, float] = {}
+    for key, value in samples.items():
+        name, _, label = key.partition("{")
+        if name == "qanchor_ingest_events_total":
+            out[label.split('"')[1]] = value
+        elif name == "qanchor_ingest_dlq_total":
+            out["dlq:" + label.split('"')[1]] = value
+    return out
