@@ -290,15 +290,16 @@ def write_ab_split(path: Path, scenario: str, tuned_version: int) -> None:
 
 def arm_responses(client: EmbeddingClient, users: list[str], scenario: str, want: set[str], timeout_s: float,
                   progress: Progress) -> dict[str, list[EmbeddingRow]]:
-    """Embeddings of `scenario` for the users, grouped by the arm that served them, once every arm in `want` has
-    served (the gateway picks up the new A/B file within its poll interval)."""
+    """Embeddings of `scenario` for the users, grouped by the arm that served them, from one pass over the users in
+    which the arms in `want` served and no other did. The gateway picks up the new A/B file within its poll interval,
+    which can fall inside a pass: that pass holds both configs' arms and is not the answer."""
     deadline = time.monotonic() + timeout_s
     while True:
         by_arm: dict[str, list[EmbeddingRow]] = {}
         for uid in users:
             resp, ms = _timed(client.get_embedding, uid, scenario)
             by_arm.setdefault(resp.embedding.arm, []).append(_row(resp.embedding, ms))
-        if want <= set(by_arm):
+        if set(by_arm) == want:
             return by_arm
         if time.monotonic() > deadline:
             raise TimeoutError(f"the gateway still serves arms {sorted(by_arm)} for {scenario}, not {sorted(want)}; "

@@ -244,3 +244,28 @@ def test_ingest_line_says_what_happened_to_the_replayed_events() -> None:
     report = render(DemoReport(events_sent=50, users_replayed=2, users_with_features=2,
                                ingest_outcomes={"applied": 50}))
     assert "ingest: 50 applied, 0 duplicates, 0 dead-lettered" in report
+
+
+def test_arm_split_waits_for_a_pass_served_only_by_the_new_config(monkeypatch) -> None:
+    """The gateway reloads its A/B file on its own clock; a pass over the users that the reload splits holds the old
+    config's arm beside the new ones, and the demo must not report it as the split (seen in the slow demo test)."""
+    from types import SimpleNamespace
+
+    from services.demo import steps
+
+    monkeypatch.setattr(steps.time, "sleep", lambda s: None)
+    calls = []
+
+    class Client:  # the gateway: the old config's arm for the first 5 calls, then the new 50/50 split
+        def get_embedding(self, uid: str, scenario: str):
+            calls.append(uid)
+            arm = "default" if len(calls) <= 5 else ("zero-shot" if int(uid[1:]) % 2 else "tuned")
+            e = SimpleNamespace(user_id=uid, scenario=scenario, dim=4, model_version="m", prompt_version=arm, arm=arm,
+                                feature_version=1, cache_hit=False, fallback=False, values=[0.0] * 4)
+            return SimpleNamespace(embedding=e)
+
+    users = [f"u{i}" for i in range(12)]
+    said: list[str] = []
+    by_arm = steps.arm_responses(Client(), users, "s", {"zero-shot", "tuned"}, 60.0, said.append)
+    assert set(by_arm) == {"zero-shot", "tuned"} and sum(len(v) for v in by_arm.values()) == 12
+    assert len(calls) == 24 and len(said) == 1 and "default" in said[0]  # the split pass was read again
