@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere: this clone first
+from benchmarks.machine import describe, summary  # noqa: E402
 
 from services.common.feast_store import apply, get_store  # noqa: E402
 from services.common.features import (  # noqa: E402
@@ -154,11 +154,10 @@ def main() -> None:
             if redis_proc is not None:
                 redis_proc.terminate()
                 redis_proc.wait(timeout=10)
-    meta = {"machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.platform()}",
-            "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    meta = {"machine": describe(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "users": args.users, "repeats": args.repeats}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"\n{meta['machine']}  {meta['date']}  (ms, p50 wall / p50 client CPU; every source at its K)")
+    print(f"\n{summary(meta['machine'])}  {meta['date']}  (ms, p50 wall / p50 client CPU; every source at its K)")
     print("| store | read 1 | read 32 | read 32 via to_dict | write 1 | write 32 |")
     print("|---|---|---|---|---|---|")
     for r in results:

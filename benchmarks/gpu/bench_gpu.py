@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -163,9 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.export.runtime import prepare_for_serving
 
     results: dict = {"benchmark": "gpu", "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                     "machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                                 "torch": torch.__version__, "platform": platform.platform(),
-                                 "cuda": torch.version.cuda, "cpus": os.cpu_count()},
+                     "machine": describe(gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                                         cuda=torch.version.cuda),
                      "dry_run": args.dry_run}
     import transformers
 
@@ -193,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     m = results["machine"]
-    print(f"\n{m['device']}, torch {m['torch']}, transformers {m['transformers']}, bf16 matmul peak "
+    print(f"\n{m['gpu'] or 'CPU'}, torch {m['torch']}, transformers {m['transformers']}, bf16 matmul peak "
           f"{results['peak_bf16_tflops']:.1f} TFLOP/s{' (DRY RUN: CPU, tiny sizes)' if args.dry_run else ''}")
     print(f"{'B':>3} {'L':>4} {'S':>3} {'naive ms':>9} {'cached ms':>10} {'speedup':>8} {'one ms':>7} "
           f"{'cached/one':>10} {'emb/s cached':>13} {'floor ms':>9}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the repository's packages first
 sys.path.insert(1, str(ROOT / "tests" / "integration"))  # reuse the integration helpers (real stack clients)
+from benchmarks.machine import describe, summary  # noqa: E402
 
 from ingest_harness import (  # noqa: E402
     Ctx, committed, end_offsets, metrics, new_topic, start_consumer, stop, wait_caught_up,
@@ -223,8 +223,8 @@ def main() -> int:
              "mean_s": m2["qanchor_ingest_latency_seconds_sum"] / max(m2["qanchor_ingest_latency_seconds_count"], 1),
              "outcomes": outcome_counts(m2)}
 
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
-              "cpus": os.cpu_count(), "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": describe(),
+              "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(),
               "encoder_texts_per_s": baseline, "sustained_cold_cache": cold, "sustained_warm_cache": warm,
               "freshness": fresh}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def main() -> int:
     except Exception as exc:  # the plot is a convenience; the JSON is the result
         print(f"plot skipped: {exc}", file=sys.stderr)
 
-    print(f"\ningest benchmark, {result['date']}, {result['cpus']} CPUs, load avg (1 min) "
+    print(f"\ningest benchmark, {result['date']}, {summary(result['machine'])}, load avg (1 min) "
           f"{load_start[0]:.1f} at start, {result['loadavg_at_end'][0]:.1f} at end")
     print("| metric | cold text cache | warm text cache |\n|---|---|---|")
     print(f"| sustained events/s with encoding | {cold['events_per_s']:.0f} ({cold['events']:.0f} ev) | "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe, summary  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -33,7 +33,7 @@ from training.data.sampler import PairSampler  # noqa: E402
 from training.data.world import WorldConfig, build_world  # noqa: E402
 from training.losses import grad_cache_step  # noqa: E402
 from training.model.embedder import QAnchorModel  # noqa: E402
-from training.precision import apply_precision, autocast, cpu_bf16_support  # noqa: E402
+from training.precision import apply_precision, autocast  # noqa: E402
 from training.pretrain import align_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32, bf16 = rows
     # 2 FLOP per layer weight per token, at the 1.8 TFLOP/s a 2-thread bf16 matmul reached here (spec/benchmarks)
     flop_floor_ms = 2 * fp32["layer_params"] * fp32["prefix_tokens"] / 1.8e12 * 1000
-    meta = {"machine": f"{platform.machine()} {os.cpu_count()} cores, cpu bf16 support: {cpu_bf16_support()}",
+    meta = {"machine": describe(),
             "threads": args.threads, "config": args.config, "batch": cfg.optim.batch_size,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "load_1min": os.getloadavg()[0], "prefix_flop_floor_ms": flop_floor_ms,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     _plot(rows, meta, out.with_suffix(".png"))
     head = f"| dtype | s / pretraining step (batch {meta['batch']}) | steps / hour | prefix encode, 1 user (ms) | " \
            "prefix encode, 16 users (ms) |"
-    print(f"{meta['machine']}, {args.threads} threads, {meta['date']}, load {meta['load_1min']:.1f}; "
+    print(f"{summary(meta['machine'])}, {args.threads} threads, {meta['date']}, load {meta['load_1min']:.1f}; "
           f"prefix {fp32['prefix_tokens']} tokens, FLOP floor of one prefix {flop_floor_ms:.0f} ms")
     print(head + "\n|---|---|---|---|---|")
     for r in rows:
@@ -139,7 +139,7 @@ def _plot(rows: list[dict], meta: dict, path: Path) -> None:
     ax[1].set_ylabel("prefix encode (ms)")
     ax[1].set_title("Prefix encode")
     ax[1].legend(fontsize=8)
-    fig.suptitle(f"fp32 vs bf16 on {meta['machine']}")
+    fig.suptitle(f"fp32 vs bf16 on {summary(meta['machine'])}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe  # noqa: E402
 
 from training.config import load_config  # noqa: E402
 from training.export.artifact import LoadedModel  # noqa: E402
@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result = {
         "benchmark": "prefix_cache", "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": args.threads, "loadavg_1m_before": load_before,
-                    "loadavg_1m_after": os.getloadavg()[0]},
+        "machine": describe(threads=args.threads, loadavg_1m_before=load_before, loadavg_1m_after=os.getloadavg()[0]),
         "settings": {"backbone": model.backbone_name, "dtype": model.cfg.backbone.dtype,
                      "attn": model.cfg.backbone.attn_implementation, "prefix": PREFIX, "suffix": SUFFIX,
                      "scenarios": N_SCEN, "repeats": args.repeats, "model_build_s": load_s,

@@ -22,8 +22,6 @@ user and scenario when memory is short) keeps the k strongest, so there the re-w
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe, summary  # noqa: E402
 
 from benchmarks.quality.intervals import paired_tables  # noqa: E402
 from benchmarks.quality.run import (add_population_args, build_context, model_embeddings,  # noqa: E402
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 1 for k in args.dims):
         raise SystemExit(f"--dims {args.dims}: each K must be a positive number of components")
     md = markdown(ctx, rows(ctx, args.dims), args.draws, args.dims)
-    stamp = (f"{platform.machine()} {os.cpu_count()} cores, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "
+    stamp = (f"{summary(describe())}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "
              f"`python benchmarks/quality/complement.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
     Path(args.out).with_suffix(".md").write_text(md + "\n\n" + stamp + "\n")
     print(md)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -32,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe, summary  # noqa: E402
 
 from benchmarks.quality import run as quality  # noqa: E402
 from benchmarks.quality.intervals import (CLAIM_HEADER, RowBootstrap, claim_cells, paired_claims,  # noqa: E402
@@ -167,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_train": len(ctx.world.users("train")), "n_val": len(ctx.world.users("val")),
             "n_test": len(ctx.world.users("test")), "repeats": args.repeats, "draws": args.draws,
             "tune_steps": args.tune_steps, "c_choice": ctx.c_choice, "seconds": round(time.perf_counter() - t0, 1),
-            "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "machine": describe(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/label_budget.py "
                        + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -175,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(table, meta)
-    out.with_suffix(".md").write_text(md + f"\n{meta['machine']}, {meta['date']}: `{meta['command']}`\n")
+    out.with_suffix(".md").write_text(md + f"\n{summary(meta['machine'])}, {meta['date']}: `{meta['command']}`\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "budgets": table}, indent=1))
     plot(table, out.with_suffix(".png"), meta)
     print(md)

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe, summary  # noqa: E402
 
 from benchmarks.quality.intervals import (  # noqa: E402
     CLAIM_HEADER, CLAIMS, RowBootstrap, claim_cells, paired_claims)
@@ -910,14 +910,14 @@ def main(argv: list[str] | None = None) -> int:
             "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "served": served_meta(ctx) if args.served else None,
-            "seeds": len(seeds), "machine": f"{platform.machine()} {os.cpu_count()} cores",
+            "seeds": len(seeds), "machine": describe(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))  # results name checkout-relative paths only
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, scenarios, meta)
-    out.with_suffix(".md").write_text(md + f"\n{meta['machine']}, {meta['date']}: `{meta['command']}`\n")
+    out.with_suffix(".md").write_text(md + f"\n{summary(meta['machine'])}, {meta['date']}: `{meta['command']}`\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     plot(rows, scenarios, out.with_suffix(".png"), meta)
     print(md)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -28,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe, summary  # noqa: E402
 
 from benchmarks.quality import run as quality  # noqa: E402
 
@@ -83,7 +82,7 @@ def cosine_summary(emb: np.ndarray, rows: np.ndarray) -> dict[str, float]:
 
 def markdown(result: dict) -> str:
     lines = [f"# Same-second order: cosine of a shuffled order's embedding to the timeline order's "
-             f"({result['date']}, {result['machine']})", "",
+             f"({result['date']}, {summary(result['machine'])})", "",
              f"{result['n_test']} test users ({result['n_ties']} with same-second events in their history), "
              f"{result['orders']} shuffled orders, {result['specs']} queries (static + each scenario's).", "",
              "| model | users | mean | 1st pct | min | share < 0.99 |", "|---|---|---|---|---|---|"]
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         emb = embed_orders(ctx, key, users, args.orders)
         models[label] = {"ties": cosine_summary(emb, tie_rows), "no_ties": cosine_summary(emb, free_rows)}
     result = {"n_test": len(users), "n_ties": len(ties), "orders": args.orders, "specs": len(quality.query_specs(ctx)),
-              "models": models, "machine": f"{platform.machine()} {os.cpu_count()} cores",
+              "models": models, "machine": describe(),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python benchmarks/quality/tie_order.py " + " ".join(argv if argv is not None
                                                                                else sys.argv[1:])}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -31,6 +30,7 @@ import tritonclient.grpc as tgrpc
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe  # noqa: E402
 
 from services.common.features import SourceEvents, UserFeatures, load_feature_spec  # noqa: E402
 from services.gateway import contract_model  # noqa: E402
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
              for k in ("single_2x", "affinity", "round_robin")}
     ratio["affinity_over_single_2x"] = results["affinity"]["hit_rate"] / results["single_2x"]["hit_rate"]
     out = {"benchmark": "affinity", "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg": os.getloadavg()},
+           "machine": describe(),
            "settings": vars(args) | {"out": str(args.out)}, "results": results, "over_single": ratio,
            "targets": {"affinity_over_single_min": 0.95, "affinity_over_single_2x_min": 0.95}}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the repository's packages first
+from benchmarks.machine import describe  # noqa: E402
 
 from services.common.feast_store import get_store  # noqa: E402
 from services.common.features import SourceEvents, UserFeatures, load_feature_spec  # noqa: E402
@@ -271,8 +271,7 @@ def main() -> int:
         tc.unload_model(args.model)
         tc.close()
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": args.model,
-            "loadavg": os.getloadavg(),
-            "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.platform()}",
+            "loadavg": os.getloadavg(), "machine": describe(),
             "users": args.users, "scenarios": len(SCENARIOS)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
@@ -284,7 +283,7 @@ def main() -> int:
     overhead_rate = loop["p50_ms"] - r["direct_triton_hit"]["p50_ms"]
     results["gateway_overhead_ms"] = {"sequential_p50": overhead_seq, f"at_{int(args.rate)}rps_p50": overhead_rate}
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"\nmodel={args.model} machine={meta['machine']} date={meta['date']}")
+    print(f"\nmodel={args.model} machine={summary(meta['machine'])!r} date={meta['date']}")
     print(f"{'measurement':<34}{'n':>6}{'p50 ms':>10}{'p99 ms':>10}")
     for name, s in results.items():
         if "p50_ms" not in s:

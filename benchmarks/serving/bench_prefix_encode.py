@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -43,6 +42,7 @@ _apply_cpu_wait()  # QANCHOR_CPU_WAIT: passive (default, as Triton) or spin, as 
 import torch  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks" / "prefix_cache"))
+from benchmarks.machine import describe  # noqa: E402
 
 from bench_prefix_cache import PREFIX, QUERIES, build  # noqa: E402
 
@@ -180,9 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     floor_ms = floor_cpu_ms / args.threads  # wall time on an idle machine with `threads` cores
     result = {
         "benchmark": "prefix_encode", "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": args.threads, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                    "peak_matmul_tflops": peak},
+        "machine": describe(threads=args.threads, loadavg_before=load_before, loadavg_after=os.getloadavg(),
+                            peak_matmul_tflops=peak),
         "settings": {"prefix_tokens": PREFIX, "repeats": args.repeats, "gflop_per_prefix": work / 1e9},
         "wall_ms_per_user": times, "cpu_ms_per_user": cpu, "median_wall_ms": med, "median_cpu_ms": med_cpu,
         "flop_floor_ms_bf16": floor_ms, "flop_floor_cpu_ms_bf16": floor_cpu_ms,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe  # noqa: E402
 
 QUERIES = [f"Will this user respond to campaign scenario_{i:02d}?" for i in range(10)]  # what bench_gateway sends
 
@@ -81,7 +82,7 @@ def main() -> int:
         print(f"{k:9s} median_ms={med[k]:9.1f} all={[round(x) for x in v]}")
     print(f"ten_miss/one_miss={med['ten_miss'] / med['one_miss']:.2f}")
     if args.out:
-        args.out.write_text(json.dumps({"threads": threads, "merged": not args.no_merge,
+        args.out.write_text(json.dumps({"machine": describe(), "threads": threads, "merged": not args.no_merge,
                                         "wait_policy": args.wait_policy, "loadavg": os.getloadavg(), "ms": rows,
                                         "median_ms": med}, indent=2))
     return 0

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the repository's packages, before the CPU-wait setting and torch
+from benchmarks.machine import describe  # noqa: E402
 from training.export.cpu_wait import apply as _apply_cpu_wait  # noqa: E402  (stdlib only, before torch)
 
 _apply_cpu_wait()  # QANCHOR_CPU_WAIT: passive (default, as Triton) or spin, as the served model would run
@@ -86,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(((time.perf_counter() - w0) * 1000, (time.process_time() - c0) * 1000))
     res = {name: {"wall_ms": statistics.median(w for w, _ in t[1:]), "cpu_ms": statistics.median(c for _, c in t[1:]),
                   "tokens": tokens[name]} for name, t in times.items()}
-    out = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.processor() or
-           platform.machine(), "cpus": os.cpu_count(), "load": os.getloadavg(), "threads": args.threads,
-           "dtype": str(dtype), "prefix_tokens": int(cache.length), "max_abs_diff": diff, "min_cosine": cos,
+    out = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": describe(),
+           "threads": args.threads, "dtype": str(dtype), "prefix_tokens": int(cache.length), "max_abs_diff": diff,
+           "min_cosine": cos,
            "results": res, "speedup_wall": res["padded"]["wall_ms"] / res["packed"]["wall_ms"],
            "speedup_cpu": res["padded"]["cpu_ms"] / res["packed"]["cpu_ms"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in res.items():
         print(f"{name:8} {r['tokens']:>6} {r['wall_ms']:>8.1f} {r['cpu_ms']:>8.1f}")
     print(f"packed vs padded: {out['speedup_wall']:.2f}x wall, {out['speedup_cpu']:.2f}x CPU; max |diff| {diff:.4f}, "
-          f"min cosine {cos:.5f}; load {out['load'][0]:.1f}; {args.out}")
+          f"min cosine {cos:.5f}; load {out['machine']['loadavg'][0]:.1f}; {args.out}")
     return 0
 
 

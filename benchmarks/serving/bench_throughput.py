@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import threading
@@ -34,6 +33,7 @@ import tritonclient.grpc as tgrpc
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe, summary  # noqa: E402
 
 from services.common.features import SourceEvents, UserFeatures, load_feature_spec  # noqa: E402
 from services.gateway.clients.triton import served_counts  # noqa: E402
@@ -188,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {str(n): by[("served", n)]["embeddings_per_s"] / by[("baseline", n)]["embeddings_per_s"]
               for n in sorted({c["clients"] for c in cells})}
     result = {"benchmark": "throughput", "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load_before,
-                          "loadavg_after": os.getloadavg()},
+              "machine": describe(loadavg_before=load_before, loadavg_after=os.getloadavg()),
               "settings": {"model_dir": str(args.model_dir), "scenarios": args.scenarios,
                            "requests_per_client": args.requests_per_client, "arms": ARMS},
               "cells": cells, "served_over_baseline": ratios, "targets": {"served_over_baseline_at_16_min": 5.0}}
@@ -197,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2))
     _plot(result, args.out.with_suffix(".png"))
     print(f"\nThroughput, real qanchor model ({args.model_dir.name}), S={args.scenarios}, every request a prefix miss, "
-          f"load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}, {platform.platform()}")
+          f"load {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}, {summary(result['machine'])}")
     print(f"{'clients':>7} {'baseline emb/s':>15} {'served emb/s':>13} {'ratio':>6} {'served p50/p99 ms':>18} "
           f"{'req/execute':>11}")
     for n, r in ratios.items():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+from benchmarks.machine import describe  # noqa: E402
 
 from services.stack import COMPONENTS, Stack, StackSettings  # noqa: E402
 from services.stack.kafka import Kafka  # noqa: E402
@@ -169,8 +169,7 @@ def main() -> int:
     result = {
         "benchmark": "stack_startup",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "loadavg_1m_before": load_before[0], "loadavg_1m_after": os.getloadavg()[0]},
+        "machine": describe(loadavg_1m_before=load_before[0], loadavg_1m_after=os.getloadavg()[0]),
         "settings": {"online_store": base.online_store, "kafka_heap": base.kafka_heap,
                      "kafka_jvm_opts": base.kafka_jvm_opts, "repeats": args.repeats},
         "summary": summary,
