@@ -4,8 +4,8 @@ The environments live in a cache that several checkouts on one machine share (sc
 editable install's path mapping names whichever checkout ran setup last. A console script that trusted it would run
 another checkout's code, or fail with "No module named 'services'" once that checkout is deleted. setup_env.sh
 writes this file over the generated `bin/qanchor`; it finds its checkout from the path it was called by
-(`<checkout>/.venv/bin/qanchor`, also through PATH), else from the working directory, and puts that checkout first
-on sys.path. Standard library only: nothing of the project may be imported before the checkout is known.
+(`<checkout>/.venv/bin/qanchor`, also through PATH, or through a link to it such as `~/bin/qanchor`), else from the
+working directory, and puts that checkout first on sys.path. Standard library only: nothing of the project may be imported before the checkout is known.
 """
 from __future__ import annotations
 
@@ -18,11 +18,24 @@ def is_checkout(d: Path) -> bool:
     return (d / "services" / "cli" / "__main__.py").is_file() and (d / "pyproject.toml").is_file()
 
 
+def called_as(argv0: str, hops: int = 40) -> list[Path]:
+    """The path called, then each path a link there leads to, one link at a time. Not resolved at once: the last
+    hop lands in the shared environment, and the path that names the checkout is one of those before it."""
+    path, out = os.path.abspath(argv0), []
+    while len(out) < hops:
+        out.append(Path(path))
+        if not os.path.islink(path):
+            break
+        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+    return out
+
+
 def checkout_root(argv0: str, cwd: Path) -> Path | None:
-    """<checkout> when called as <checkout>/<env link>/bin/qanchor; else the checkout holding cwd; else None."""
-    called = Path(os.path.abspath(argv0))  # not resolved: the env link is what names the checkout
-    if called.parent.name == "bin" and is_checkout(called.parent.parent.parent):
-        return called.parent.parent.parent
+    """<checkout> when called as <checkout>/<env link>/bin/qanchor (directly or through links to it); else the
+    checkout holding cwd; else None."""
+    for called in called_as(argv0):
+        if called.parent.name == "bin" and is_checkout(called.parent.parent.parent):
+            return called.parent.parent.parent
     for d in (cwd, *cwd.parents):
         if is_checkout(d):
             return d

@@ -69,3 +69,24 @@ def test_no_checkout_and_no_install_says_what_to_do(tmp_path):
     out = subprocess.run([sys.executable, "-S", str(script)], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 2
     assert "cannot import the project" in out.stderr and "scripts/setup_env.sh" in out.stderr
+
+
+@pytest.mark.parametrize("link", ["absolute", "relative", "two links"])
+def test_a_personal_link_to_a_checkouts_command_runs_that_checkout(tmp_path, link):
+    """`ln -s <checkout>/.venv/bin/qanchor ~/bin/qanchor`, then `qanchor` from anywhere: the checkout the link names,
+    not the working directory's and not the editable install's."""
+    a, b = fake_checkout(tmp_path / "a", "A"), fake_checkout(tmp_path / "b", "B")
+    installed(a / ".venv" / "bin")
+    home_bin = tmp_path / "home" / "bin"
+    home_bin.mkdir(parents=True)
+    mine = home_bin / "qanchor"
+    if link == "relative":
+        mine.symlink_to(Path("..") / ".." / "a" / ".venv" / "bin" / "qanchor")
+    else:
+        mine.symlink_to(a / ".venv" / "bin" / "qanchor")
+    if link == "two links":
+        (home_bin / "qa").symlink_to(mine)
+        mine = home_bin / "qa"
+    out = subprocess.run([sys.executable, str(mine), "events"], cwd=b, capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip()) == (7, "A ['events']"), out.stderr
+    assert _load().checkout_root(str(mine), tmp_path) == a
