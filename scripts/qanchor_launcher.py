@@ -5,7 +5,8 @@ editable install's path mapping names whichever checkout ran setup last. A conso
 another checkout's code, or fail with "No module named 'services'" once that checkout is deleted. setup_env.sh
 writes this file over the generated `bin/qanchor`; it finds its checkout from the path it was called by
 (`<checkout>/.venv/bin/qanchor`, also through PATH, or through a link to it such as `~/bin/qanchor`), else from the
-working directory, and puts that checkout first on sys.path. Standard library only: nothing of the project may be imported before the checkout is known.
+working directory, and puts that checkout first on sys.path. Standard library only: nothing of the project may be
+imported before the checkout is known.
 """
 from __future__ import annotations
 
