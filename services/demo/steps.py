@@ -302,6 +302,9 @@ def arm_responses(client: EmbeddingClient, users: list[str], scenario: str, want
         if set(by_arm) == want:
             return by_arm
         if time.monotonic() > deadline:
+            if set(by_arm) < want:  # the new config serves, but these users' hashes all land in some of its arms
+                raise TimeoutError(f"all {len(users)} users of {scenario} fall in arms {sorted(by_arm)} of the new "
+                                   f"split, none in {sorted(want - set(by_arm))}: ask with more users")
             raise TimeoutError(f"the gateway still serves arms {sorted(by_arm)} for {scenario}, not {sorted(want)}; "
                                "see `qanchor stack logs gateway -n 50` (event=ab_config_rejected)")
         progress(f"gateway: waiting for the new A/B config (arms so far: {sorted(by_arm)})")

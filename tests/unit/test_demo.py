@@ -1,6 +1,7 @@
 """Pure parts of the demo and of the stack's app components: report rendering, cosine, component wiring."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -269,3 +270,22 @@ def test_arm_split_waits_for_a_pass_served_only_by_the_new_config(monkeypatch) -
     by_arm = steps.arm_responses(Client(), users, "s", {"zero-shot", "tuned"}, 60.0, said.append)
     assert set(by_arm) == {"zero-shot", "tuned"} and sum(len(v) for v in by_arm.values()) == 12
     assert len(calls) == 24 and len(said) == 1 and "default" in said[0]  # the split pass was read again
+
+
+def test_arm_split_that_puts_every_user_in_one_arm_says_so_not_that_the_config_was_rejected(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from services.demo import steps
+
+    monkeypatch.setattr(steps.time, "sleep", lambda s: None)
+    clock = itertools.count(0.0, 30.0)  # each reading 30 s later: the 60 s deadline passes after the second pass
+    monkeypatch.setattr(steps.time, "monotonic", lambda: next(clock))
+
+    class Client:  # the new config serves, and every one of these users hashes to its "tuned" arm
+        def get_embedding(self, uid: str, scenario: str):
+            e = SimpleNamespace(user_id=uid, scenario=scenario, dim=4, model_version="m", prompt_version="2",
+                                arm="tuned", feature_version=1, cache_hit=False, fallback=False, values=[0.0] * 4)
+            return SimpleNamespace(embedding=e)
+
+    with pytest.raises(TimeoutError, match=r"fall in arms \['tuned'\].*none in \['zero-shot'\]: ask with more users"):
+        steps.arm_responses(Client(), ["u1", "u2"], "s", {"zero-shot", "tuned"}, 60.0, lambda line: None)
