@@ -6,6 +6,12 @@ ordering claims (the same resamples for both rows of a pair, so shared test-user
     boot.difference("Q-Anchor zero-shot", "Q-Anchor static query")  # {"diff", "low", "high", "p_above_zero",
                                                                     #  "by_scenario": {name: {"low", "high"}}}
     paired_claims(rows, CLAIMS, boot)            # the reported claims, point differences; claim_cells renders one
+
+The bootstrap resamples test users only; the probes' own training sample is a second source of noise. With probes
+refitted on several seeded subsamples of the train users (run.py --seeds N: 80% each), `paired_claims(...,
+subsample=0.8)` adds to each claim the spread of the paired difference over those draws and, from it, a
+delete-d jackknife estimate of the train-sample sd of the full-train difference (Shao & Wu 1989: the draws' variance
+times f / (1 - f) for subsamples of a fraction f), and `train_noise_lines` renders both next to the test-user sd.
 """
 from __future__ import annotations
 
@@ -53,14 +59,18 @@ class RowBootstrap:
         for name in self.scenario[better].keys() & self.scenario[worse].keys():
             ds = self.scenario[better][name] - self.scenario[worse][name]
             by_scenario[name] = dict(zip(("low", "high"), interval(ds)))
-        return {"diff": float(np.nanmean(d)), "low": low, "high": high,
+        return {"diff": float(np.nanmean(d)), "low": low, "high": high, "sd": float(np.nanstd(d)),
                 "p_above_zero": float(np.nanmean(d > 0)), "by_scenario": by_scenario}
 
 
-def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBootstrap) -> list[dict]:
-    """Each (better, worse) pair whose rows both ran: {"better", "worse", "diff", "low", "high", "p_above_zero",
-    "by_scenario"}. "diff" is the point difference of the two rows' average AUCs (per scenario too), the interval is
-    the paired bootstrap's. The one place a claim is built (the table, the label-budget table, the diagnostics)."""
+def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBootstrap,
+                  subsample: float = 1.0) -> list[dict]:
+    """Each (better, worse) pair whose rows both ran: {"better", "worse", "diff", "low", "high", "sd",
+    "p_above_zero", "by_scenario"}. "diff" is the point difference of the two rows' average AUCs (per scenario too),
+    the interval and "sd" are the paired bootstrap's over test users. With probes fitted on several seeded
+    subsamples of a fraction `subsample` < 1 of the train users, also "train_draws", "train_draws_sd" (the paired
+    difference's sd over those draws) and "train_sd" (the train-sample sd it implies for the full-train difference;
+    module docstring). The one place a claim is built (the table, the label-budget table, the diagnostics)."""
     by_name = {r["row"]: r for r in rows if "skipped" not in r}
     out = []
     for better, worse in pairs:
@@ -70,9 +80,44 @@ def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBoots
         b, w = scenario_means(by_name[better]["probes"]), scenario_means(by_name[worse]["probes"])
         for name, s in d["by_scenario"].items():
             s["diff"] = b[name] - w[name]
-        out.append({"better": better, "worse": worse, **d,
-                    "diff": by_name[better]["auc_avg"] - by_name[worse]["auc_avg"]})
+        claim = {"better": better, "worse": worse, **d, "diff": by_name[better]["auc_avg"] - by_name[worse]["auc_avg"]}
+        draws = seed_average_difference(by_name[better], by_name[worse])
+        if draws is not None and 0 < subsample < 1:
+            spread = float(np.std(draws, ddof=1))
+            claim |= {"train_draws": len(draws), "train_draws_sd": spread,
+                      "train_sd": spread * float(np.sqrt(subsample / (1 - subsample)))}
+        out.append(claim)
     return out
+
+
+def seed_average_difference(better: dict, worse: dict) -> np.ndarray | None:
+    """Per probe seed, the difference of the two rows' average AUC over scenarios; None unless both rows were
+    probed with the same two or more seeds (one probe per scenario)."""
+    per = []
+    for row in (better, worse):
+        aucs = [s.get("aucs") or [] for s in row.get("scenarios", [])]
+        if not aucs or len({len(a) for a in aucs}) != 1 or len(aucs[0]) < 2:
+            return None
+        per.append(np.mean(np.asarray(aucs, dtype=float), axis=0))
+    if per[0].shape != per[1].shape:
+        return None
+    return per[0] - per[1]
+
+
+def train_noise_lines(claims: list[dict]) -> list[str]:
+    """Markdown: each claim's test-user and train-sample noise side by side, where the probes had seeded draws."""
+    noisy = [c for c in claims if "train_sd" in c]
+    if not noisy:
+        return []
+    lines = ["", f"Both sources of noise (probes refitted on {noisy[0]['train_draws']} seeded draws of the train "
+                 "users; the interval above bootstraps test users only):", "",
+             "| claim | sd over train draws | train-sample sd (jackknife) | test-user sd (bootstrap) | "
+             "both: 95% half-width |", "|---|---|---|---|---|"]
+    for c in noisy:
+        both = 1.96 * float(np.hypot(c["train_sd"], c["sd"]))
+        lines.append(f"| {c['better']} > {c['worse']} | {c['train_draws_sd']:.4f} | {c['train_sd']:.4f} | "
+                     f"{c['sd']:.4f} | {both:.4f} |")
+    return lines
 
 
 def scenario_means(probes: list) -> dict[str, float]:

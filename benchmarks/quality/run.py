@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe, summary  # noqa: E402
 
 from benchmarks.quality.intervals import (  # noqa: E402
-    CLAIM_HEADER, CLAIMS, RowBootstrap, claim_cells, paired_claims)
+    CLAIM_HEADER, CLAIMS, RowBootstrap, claim_cells, paired_claims, train_noise_lines)
 from training import evaluate as ev  # noqa: E402
 from training.config import ConfigError, parse_readout  # noqa: E402
 from training.data.encoder import cached_text_vectors  # noqa: E402
@@ -688,6 +688,7 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
         lines += ["", "Paired differences (the same bootstrap draws for both rows):", "",
                   *CLAIM_HEADER]
         lines += [claim_cells(c) for c in claims]
+        lines += train_noise_lines(claims)
     lines += claims_by_scenario(claims, scenarios)
     served = meta.get("served")
     if served:
@@ -899,7 +900,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if "skipped" not in r:
                 r["auc_ci"] = boot.row_interval(r["row"])
-        claims = paired_claims(rows, claim_pairs(CLAIMS, ablations) + (SERVED_CLAIMS if args.served else []), boot)
+        claims = paired_claims(rows, claim_pairs(CLAIMS, ablations) + (SERVED_CLAIMS if args.served else []), boot,
+                               subsample=ctx.subsample)
     for r in rows:
         r.pop("probes", None)
     meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",

@@ -225,3 +225,39 @@ def test_paired_claims_report_point_differences_and_a_verdict_per_claim():
     assert up["low"] > 0 and iv.claim_cells(up).endswith("| yes |")
     assert iv.claim_cells(down).endswith("| no |")
     assert iv.claim_cells({**up, "low": -0.01}).endswith("| point estimate only |")
+
+
+def test_claims_carry_the_train_sample_noise_of_seeded_probe_draws():
+    """With probes refitted on seeded 80% draws of the train users, a claim reports the paired difference's sd over
+    the draws and the delete-d jackknife sd it implies for the full-train difference (x sqrt(0.8 / 0.2) = x2); rows
+    probed once, or at a subsample of 1, get neither; the markdown shows both noises and their combined width."""
+    import importlib
+
+    from training.evaluate import ProbeResult
+
+    iv = importlib.import_module("benchmarks.quality.intervals")
+    users, y = np.arange(100), (np.arange(100) % 2).astype(int)
+    noise = np.random.default_rng(4).standard_normal(100)
+
+    def row(name, per_seed):  # per_seed: [scenarios][seeds] test AUCs
+        probes = [ProbeResult(f"s{i}", float(np.mean(a)), 0.0, 0.0, 0.0, 1.0, 10, 100, list(a), [0.0] * len(a),
+                              users, y, y * (1.0 + i) + noise) for i, a in enumerate(per_seed)]
+        return {"row": name, "auc_avg": float(np.mean(per_seed)), "probes": probes,
+                "scenarios": [{"aucs": list(a)} for a in per_seed]}
+
+    better = row("better", [[0.70, 0.72, 0.71], [0.60, 0.64, 0.62]])
+    worse = row("worse", [[0.69, 0.69, 0.69], [0.60, 0.60, 0.60]])
+    boot = iv.RowBootstrap([better, worse], draws=100)
+    (c,) = iv.paired_claims([better, worse], [("better", "worse")], boot, subsample=0.8)
+    draws = np.array([0.005, 0.035, 0.02])  # per seed: mean over the two scenarios of better - worse
+    assert c["train_draws"] == 3 and c["train_draws_sd"] == pytest.approx(np.std(draws, ddof=1))
+    assert c["train_sd"] == pytest.approx(2 * np.std(draws, ddof=1)) and c["sd"] >= 0
+    text = "\n".join(iv.train_noise_lines([c]))
+    assert "3 seeded draws" in text and f"{c['train_sd']:.4f}" in text
+    assert f"{1.96 * np.hypot(c['train_sd'], c['sd']):.4f}" in text
+    (whole,) = iv.paired_claims([better, worse], [("better", "worse")], boot)  # subsample 1: no draws to read
+    assert "train_sd" not in whole and iv.train_noise_lines([whole]) == []
+    once = row("once", [[0.7], [0.6]])
+    (single,) = iv.paired_claims([once, worse], [("once", "worse")], iv.RowBootstrap([once, worse], draws=50),
+                                 subsample=0.8)
+    assert "train_sd" not in single
