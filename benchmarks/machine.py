@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,9 @@ def summary(m: dict[str, Any] | str) -> str:
         parts.append(str(m["gpu"]))
     parts.append(str(m.get("system", m.get("platform", ""))))
     return ", ".join(p for p in parts if p)
+
+
+def stamp(script: str, argv: list[str] | None) -> str:
+    """The line a result's markdown ends with: this machine, the time (UTC) and the command that wrote it."""
+    args = " ".join(argv if argv is not None else sys.argv[1:])
+    return f"{summary(describe())}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: `python {script} {args}`"

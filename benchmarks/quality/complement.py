@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import describe, summary  # noqa: E402
+from benchmarks.machine import stamp  # noqa: E402
 
 from benchmarks.quality.intervals import paired_tables  # noqa: E402
 from benchmarks.quality.run import (add_population_args, build_context, model_embeddings,  # noqa: E402
@@ -102,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 1 for k in args.dims):
         raise SystemExit(f"--dims {args.dims}: each K must be a positive number of components")
     md = markdown(ctx, rows(ctx, args.dims), args.draws, args.dims)
-    stamp = (f"{summary(describe())}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "
-             f"`python benchmarks/quality/complement.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
-    Path(args.out).with_suffix(".md").write_text(md + "\n\n" + stamp + "\n")
+    footer = stamp("benchmarks/quality/complement.py", argv)
+    Path(args.out).with_suffix(".md").write_text(md + "\n\n" + footer + "\n")
     print(md)
     return 0
 

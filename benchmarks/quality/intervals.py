@@ -91,17 +91,10 @@ def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBoots
 
 
 def seed_average_difference(better: dict, worse: dict) -> np.ndarray | None:
-    """Per probe seed, the difference of the two rows' average AUC over scenarios; None unless both rows were
-    probed with the same two or more seeds (one probe per scenario)."""
-    per = []
-    for row in (better, worse):
-        aucs = [s.get("aucs") or [] for s in row.get("scenarios", [])]
-        if not aucs or len({len(a) for a in aucs}) != 1 or len(aucs[0]) < 2:
-            return None
-        per.append(np.mean(np.asarray(aucs, dtype=float), axis=0))
-    if per[0].shape != per[1].shape:
-        return None
-    return per[0] - per[1]
+    """Per probe seed, the difference of the two rows' average AUC over scenarios (run.py's `auc_avg_by_seed`);
+    None unless both rows were probed with the same two or more seeds."""
+    b, w = (np.asarray(row.get("auc_avg_by_seed") or [], dtype=float) for row in (better, worse))
+    return b - w if len(b) >= 2 and b.shape == w.shape else None
 
 
 def train_noise_lines(claims: list[dict]) -> list[str]:

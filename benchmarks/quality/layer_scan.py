@@ -19,14 +19,13 @@ import argparse
 import json
 import logging
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import describe, summary  # noqa: E402
+from benchmarks.machine import stamp  # noqa: E402
 
 from benchmarks.quality.run import (INPUT_TAGS, STATIC_QUERY, add_population_args, build_context,  # noqa: E402
                                     load_model_at_precision, model_users, prefix_batches, query_specs, save_npz,
@@ -178,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.paired not in layers:
             raise SystemExit(f"--paired {args.paired}: not a scanned layer {layers}")
         md += "\n\n" + paired(ctx, emb_all, names, users, layers, layers.index(args.paired), args.draws)
-    stamp = (f"{summary(describe())}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "
-             f"`python benchmarks/quality/layer_scan.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
-    out.with_suffix(".md").write_text(md + "\n\n" + stamp + "\n")
+    footer = stamp("benchmarks/quality/layer_scan.py", argv)
+    out.with_suffix(".md").write_text(md + "\n\n" + footer + "\n")
     out.with_suffix(".json").write_text(json.dumps({"layers": layers, "rows": table,
                                                     "scenarios": [s.name for s in ctx.scenarios]}, indent=1))
     print(md)

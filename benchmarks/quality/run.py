@@ -646,12 +646,13 @@ def run_row(name: str, ctx: Context, seeds: tuple[int, ...]) -> dict:
             diagnostics["query_dependence"] = _query_dependence(ctx, key, emb)
     if key is not None and key != SERVED and ctx.same_question:  # retrieval needs the model itself, not its API
         diagnostics["same_q"] = _same_question(ctx, key)
+    by_seed = np.mean([r["aucs"] for r in results], axis=0)  # the average over scenarios, per probe seed
     row = {"row": name, "scenarios": results, "probes": probes, **diagnostics,
            "seconds": round(time.perf_counter() - t0, 1),
            "auc_avg": float(np.mean([r["auc_mean"] for r in results])),
            "ks_avg": float(np.mean([r["ks_mean"] for r in results])),
            # spread of the average over seeds: average per seed, then std
-           "auc_avg_std": float(np.std(np.mean([r["aucs"] for r in results], axis=0))),
+           "auc_avg_by_seed": by_seed.tolist(), "auc_avg_std": float(np.std(by_seed)),
            "ks_avg_std": float(np.std(np.mean([r["kss"] for r in results], axis=0)))}
     log.info("row_done row=%r auc_avg=%.4f ks_avg=%.4f seconds=%.1f", name, row["auc_avg"], row["ks_avg"],
              row["seconds"])

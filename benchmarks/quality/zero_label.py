@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import describe, summary  # noqa: E402
+from benchmarks.machine import stamp  # noqa: E402
 
 from benchmarks.quality.run import add_population_args, build_context, load_model, model_embeddings  # noqa: E402
 from training import evaluate as ev  # noqa: E402
@@ -101,9 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = build_context(args)
     direction = verdict_direction(load_model(ctx), args.yes, args.no)
     md = markdown(scores(ctx, direction, args.draws))
-    stamp = (f"{summary(describe())}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: "
-             f"`python benchmarks/quality/zero_label.py {' '.join(argv if argv is not None else sys.argv[1:])}`")
-    Path(args.out).with_suffix(".md").write_text(f"Checkpoint {args.checkpoint}.\n\n{md}\n\n{stamp}\n")
+    footer = stamp("benchmarks/quality/zero_label.py", argv)
+    Path(args.out).with_suffix(".md").write_text(f"Checkpoint {args.checkpoint}.\n\n{md}\n\n{footer}\n")
     print(md)
     return 0
 

@@ -66,3 +66,11 @@ def test_summary_names_usable_cpus_and_a_gpu_only_when_they_say_something():
 
 def test_older_results_recorded_a_string_and_it_comes_back_as_it_was():
     assert summary("x86_64 2 cores") == "x86_64 2 cores"
+
+
+def test_stamp_names_the_machine_the_time_and_the_command():
+    from benchmarks.machine import stamp
+
+    line = stamp("benchmarks/quality/x.py", ["--out", "a b"])
+    assert line.startswith(summary(describe()) + ", ") and " UTC: " in line
+    assert line.endswith("`python benchmarks/quality/x.py --out a b`")
