@@ -27,8 +27,20 @@ def called_as(argv0: str, hops: int = 40) -> list[Path]:
         out.append(Path(path))
         if not os.path.islink(path):
             break
-        path = os.path.normpath(os.path.join(os.path.dirname(path), os.readlink(path)))
+        path = link_target(path)
     return out
+
+
+def link_target(link: str) -> str:
+    """Where one link leads, keeping the names it was reached by (a checkout's `.venv` link unresolved). A relative
+    target counts from the folder the link is physically in: where that folder is itself reached through a link,
+    `..` in the target leaves the real folder, so the name-keeping reading is used only when it leads to the same
+    file as the link does."""
+    target = os.readlink(link)
+    named = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    if os.path.isabs(target) or os.path.realpath(named) == os.path.realpath(link):
+        return named
+    return os.path.normpath(os.path.join(os.path.realpath(os.path.dirname(link)), target))
 
 
 def checkout_root(argv0: str, cwd: Path) -> Path | None:

@@ -71,7 +71,7 @@ def test_no_checkout_and_no_install_says_what_to_do(tmp_path):
     assert "cannot import the project" in out.stderr and "scripts/setup_env.sh" in out.stderr
 
 
-@pytest.mark.parametrize("link", ["absolute", "relative", "two links"])
+@pytest.mark.parametrize("link", ["absolute", "relative", "two links", "relative, in a linked folder"])
 def test_a_personal_link_to_a_checkouts_command_runs_that_checkout(tmp_path, link):
     """`ln -s <checkout>/.venv/bin/qanchor ~/bin/qanchor`, then `qanchor` from anywhere: the checkout the link names,
     not the working directory's and not the editable install's."""
@@ -82,6 +82,12 @@ def test_a_personal_link_to_a_checkouts_command_runs_that_checkout(tmp_path, lin
     mine = home_bin / "qanchor"
     if link == "relative":
         mine.symlink_to(Path("..") / ".." / "a" / ".venv" / "bin" / "qanchor")
+    elif link == "relative, in a linked folder":  # ~/bin is a link to cfg/dots/bin, a folder deeper: `..` counts
+        dots = tmp_path / "cfg" / "dots" / "bin"  # from there, not lexically from home/bin
+        dots.mkdir(parents=True)
+        (dots / "qanchor").symlink_to(Path("..") / ".." / ".." / "a" / ".venv" / "bin" / "qanchor")
+        home_bin.rmdir()
+        home_bin.symlink_to(dots)
     else:
         mine.symlink_to(a / ".venv" / "bin" / "qanchor")
     if link == "two links":
