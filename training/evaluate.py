@@ -109,6 +109,8 @@ class ProbeResult:
     test_users: np.ndarray | None = None
     test_y: np.ndarray | None = None
     test_score: np.ndarray | None = None
+    # with several seeds, every seed's scores ([seeds, n_test]; row 0 is test_score): intervals resample their average
+    test_scores: np.ndarray | None = None
 
 
 def _fit(x, y, c: float, seed: int):
@@ -247,18 +249,19 @@ def probe(emb, world: UserWorld, scenario: Scenario, seeds: tuple[int, ...] = (0
     (cv_choose_c); either way the probe is fitted on the train users only and the test users stay untouched."""
     x, (tr_u, tr_y), (va_u, va_y), (te_u, te_y) = _labelled(emb, world, scenario)
     best_c = _c_picker(c_choice)(x, tr_u, tr_y, va_u, va_y)
-    aucs, kss, first = [], [], None
+    aucs, kss, scores = [], [], []
     for seed in seeds:
         rng = np.random.default_rng(seed)
         keep = np.concatenate([rng.choice(np.nonzero(tr_y == k)[0], int(round(subsample * (tr_y == k).sum())),
                                           replace=False) for k in (0, 1)])
         m = _fit(x[tr_u[keep]], tr_y[keep], best_c, seed)
         s = _score(m, x[te_u])
-        first = s if first is None else first
+        scores.append(s)
         aucs.append(auc(te_y, s))
         kss.append(ks(te_y, s))
     return ProbeResult(scenario.name, float(np.mean(aucs)), float(np.std(aucs)), float(np.mean(kss)),
-                       float(np.std(kss)), best_c, len(tr_u), len(te_u), aucs, kss, te_u, te_y, first)
+                       float(np.std(kss)), best_c, len(tr_u), len(te_u), aucs, kss, te_u, te_y, scores[0],
+                       np.stack(scores) if len(scores) > 1 else None)
 
 
 def evaluate_embeddings(emb, world: UserWorld, scenarios: list[Scenario], seeds: tuple[int, ...] = (0, 1, 2)

@@ -12,6 +12,8 @@ refitted on several seeded subsamples of the train users (run.py --seeds N: 80% 
 subsample=0.8)` adds to each claim the spread of the paired difference over those draws and, from it, a
 delete-d jackknife estimate of the train-sample sd of the full-train difference (Shao & Wu 1989: the draws' variance
 times f / (1 - f) for subsamples of a fraction f), and `train_noise_lines` renders both next to the test-user sd.
+In such a run every interval resamples the seed-averaged scores (each seed's probe scored on the same resample), so
+it is centred where the reported point, the average over seeds, is.
 """
 from __future__ import annotations
 
@@ -36,31 +38,47 @@ class RowBootstrap:
         users = sorted({int(u) for r in done for p in r["probes"] for u in p.test_users})
         self.index = {u: i for i, u in enumerate(users)}
         self.counts = bootstrap_counts(len(users), draws, seed)  # [draws, n_test_users], shared by every row
-        self.avg: dict[str, np.ndarray] = {}  # row -> [draws] average AUC over scenarios
-        self.scenario: dict[str, dict[str, np.ndarray]] = {}  # row -> scenario -> [draws] its AUC
+        # [seeds, draws]: one row per probe seed (a seeded run's draws of the train users), else one
+        self.avg: dict[str, np.ndarray] = {}  # row -> the average AUC over scenarios
+        self.scenario: dict[str, dict[str, np.ndarray]] = {}  # row -> scenario -> its AUC
         for r in done:
             per_scenario: dict[str, list[np.ndarray]] = {}  # several probes of one scenario (label-budget draws)
             for p in r["probes"]:                            # are averaged first: every scenario weighs the same
                 cols = np.array([self.index[int(u)] for u in p.test_users])
+                scores = p.test_scores if getattr(p, "test_scores", None) is not None else [p.test_score]
                 per_scenario.setdefault(p.scenario, []).append(
-                    weighted_auc(p.test_y, p.test_score, self.counts[:, cols]))
+                    np.stack([weighted_auc(p.test_y, s, self.counts[:, cols]) for s in scores]))
             self.scenario[r["row"]] = {name: np.mean(v, axis=0) for name, v in per_scenario.items()}
             self.avg[r["row"]] = np.mean(list(self.scenario[r["row"]].values()), axis=0)
 
     def row_interval(self, row: str) -> tuple[float, float]:
-        return interval(self.avg[row])
+        return interval(self.avg[row].mean(axis=0))
 
     def difference(self, better: str, worse: str) -> dict[str, float] | None:
+        """The paired difference's interval over test users, of the seed-averaged scores in a seeded run (so it is
+        centred where the seed-averaged point is); there also "sd_within", the test-user sd of one draw's
+        difference averaged over the draws (as variances): the test-user term of a full-train probe's noise."""
         if better not in self.avg or worse not in self.avg:
             return None
-        d = self.avg[better] - self.avg[worse]
+        by_seed = _paired(self.avg[better], self.avg[worse])
+        d = by_seed.mean(axis=0)
         low, high = interval(d)
         by_scenario = {}  # is one scenario's difference more than test-user noise?
         for name in self.scenario[better].keys() & self.scenario[worse].keys():
-            ds = self.scenario[better][name] - self.scenario[worse][name]
+            ds = _paired(self.scenario[better][name], self.scenario[worse][name]).mean(axis=0)
             by_scenario[name] = dict(zip(("low", "high"), interval(ds)))
-        return {"diff": float(np.nanmean(d)), "low": low, "high": high, "sd": float(np.nanstd(d)),
-                "p_above_zero": float(np.nanmean(d > 0)), "by_scenario": by_scenario}
+        out = {"diff": float(np.nanmean(d)), "low": low, "high": high, "sd": float(np.nanstd(d)),
+               "p_above_zero": float(np.nanmean(d > 0)), "by_scenario": by_scenario}
+        if len(by_seed) > 1:
+            out["sd_within"] = float(np.sqrt(np.mean(np.nanvar(by_seed, axis=1))))
+        return out
+
+
+def _paired(better: np.ndarray, worse: np.ndarray) -> np.ndarray:
+    """[seeds, draws] differences; rows probed with different seed counts are compared by their seed averages."""
+    if better.shape != worse.shape:
+        better, worse = better.mean(axis=0, keepdims=True), worse.mean(axis=0, keepdims=True)
+    return better - worse
 
 
 def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBootstrap,
@@ -84,7 +102,7 @@ def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBoots
         draws = seed_average_difference(by_name[better], by_name[worse])
         if draws is not None and 0 < subsample < 1:
             spread = float(np.std(draws, ddof=1))
-            claim |= {"train_draws": len(draws), "train_draws_sd": spread,
+            claim |= {"train_draws": len(draws), "train_fraction": subsample, "train_draws_sd": spread,
                       "train_sd": spread * float(np.sqrt(subsample / (1 - subsample)))}
         out.append(claim)
     return out
@@ -102,14 +120,20 @@ def train_noise_lines(claims: list[dict]) -> list[str]:
     noisy = [c for c in claims if "train_sd" in c]
     if not noisy:
         return []
-    lines = ["", f"Both sources of noise (probes refitted on {noisy[0]['train_draws']} seeded draws of the train "
-                 "users; the interval above bootstraps test users only):", "",
+    first = noisy[0]
+    share = f"{first['train_fraction']:.0%} of them each" if "train_fraction" in first else "subsamples"
+    lines = ["", f"Both sources of noise of a probe fitted on all train users (refitted on {first['train_draws']} "
+                 f"seeded draws of the train users, {share}; the interval above bootstraps test users only). "
+                 "Its variance is the test-user variance given the train sample (averaged over the draws) plus the "
+                 "train-sample variance (law of total variance; the latter, read on one test set, also holds their "
+                 "interaction, so the sum leans wide):", "",
              "| claim | sd over train draws | train-sample sd (jackknife) | test-user sd (bootstrap) | "
              "both: 95% half-width |", "|---|---|---|---|---|"]
     for c in noisy:
-        both = 1.96 * float(np.hypot(c["train_sd"], c["sd"]))
+        test_sd = c.get("sd_within", c["sd"])
+        both = 1.96 * float(np.hypot(c["train_sd"], test_sd))
         lines.append(f"| {c['better']} > {c['worse']} | {c['train_draws_sd']:.4f} | {c['train_sd']:.4f} | "
-                     f"{c['sd']:.4f} | {both:.4f} |")
+                     f"{test_sd:.4f} | {both:.4f} |")
     return lines
 
 

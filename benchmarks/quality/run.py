@@ -864,7 +864,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="*", default=None, help=f"subset of rows (default: all); known: {list(ROWS)}")
     p.add_argument("--seeds", type=int, default=1,
-                   help="probe refits per scenario; with more than 1, each fits on a seeded 80%% of train users")
+                   help="probe refits per scenario; with more than 1, each fits on a seeded draw of the train users")
+    p.add_argument("--subsample", type=float, default=0.8, metavar="F",
+                   help="with --seeds above 1: the share of train users each draw fits on (default 0.8); the "
+                        "train-sample noise a run reports is scaled from it to the full train set")
     p.add_argument("--draws", type=int, default=1000, help="bootstrap draws over test users (0 = no intervals)")
     p.add_argument("--no-same-question", action="store_true",
                    help="skip the model rows' held-out same-question retrieval column (a model pass)")
@@ -879,6 +882,8 @@ def main(argv: list[str] | None = None) -> int:
                         "served.py fetch), their paired differences and their cosine to the checkpoint's own")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
+    if not 0 < args.subsample < 1:
+        p.error(f"--subsample {args.subsample}: give a share of the train users between 0 and 1, e.g. 0.8")
     if args.served:
         if not Path(args.served).is_file():
             p.error(f"--served {args.served}: no such file (benchmarks/quality/served.py fetch writes it)")
@@ -887,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     for label in ablations:
         ROWS[ABLATION_PREFIX + label] = row_ablation(label)
     ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding,
-                        subsample=1.0 if args.seeds == 1 else 0.8,
+                        subsample=1.0 if args.seeds == 1 else args.subsample,
                         same_question=not args.no_same_question, served=args.served)
     world, scenarios = ctx.world, ctx.scenarios
     seeds = tuple(range(args.seeds))
@@ -913,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
             "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "served": served_meta(ctx) if args.served else None,
-            "seeds": len(seeds), "machine": describe(),
+            "seeds": len(seeds), "subsample": ctx.subsample, "machine": describe(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "command": "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))  # results name checkout-relative paths only

@@ -261,3 +261,51 @@ def test_claims_carry_the_train_sample_noise_of_seeded_probe_draws():
     (single,) = iv.paired_claims([once, worse], [("once", "worse")], iv.RowBootstrap([once, worse], draws=50),
                                  subsample=0.8)
     assert "train_sd" not in single
+
+
+def test_seeded_intervals_resample_the_seed_average_and_keep_the_per_draw_test_noise():
+    """In a seeded run each probe keeps every seed's test scores: the paired interval resamples their average, so it
+    is centred on the seed-averaged difference (not on seed 0's), and "sd_within" is one draw's test-user sd
+    averaged over the draws as variances, the test-user term the combined width uses."""
+    import importlib
+
+    from training.evaluate import ProbeResult, auc, bootstrap_counts, weighted_auc
+
+    iv = importlib.import_module("benchmarks.quality.intervals")
+    rng = np.random.default_rng(5)
+    users, y = np.arange(300), (np.arange(300) % 2).astype(int)
+    noise = rng.standard_normal((3, 300))
+    strong = np.stack([y * shift + noise[i] for i, shift in enumerate((0.1, 2.0, 2.0))])  # seed 0 is the odd one
+    flat = np.stack([y * 0.1 + noise[i] for i in range(3)])
+
+    def row(name, scores):
+        aucs = [auc(y, s) for s in scores]
+        p = ProbeResult("s", float(np.mean(aucs)), 0.0, 0.0, 0.0, 1.0, 10, 300, aucs, [0.0] * 3, users, y,
+                        scores[0], scores)
+        return {"row": name, "auc_avg": float(np.mean(aucs)), "probes": [p], "auc_avg_by_seed": aucs}
+
+    better, worse = row("better", strong), row("worse", flat)
+    boot = iv.RowBootstrap([better, worse], draws=300)
+    (c,) = iv.paired_claims([better, worse], [("better", "worse")], boot, subsample=0.8)
+    assert c["low"] <= c["diff"] <= c["high"] and c["low"] > 0.2  # seed 0 alone would be centred near 0
+    counts = bootstrap_counts(300, 300, 0)
+    per_seed = np.stack([weighted_auc(y, strong[i], counts) - weighted_auc(y, flat[i], counts) for i in range(3)])
+    assert c["sd"] == pytest.approx(np.nanstd(per_seed.mean(axis=0)))
+    assert c["sd_within"] == pytest.approx(np.sqrt(np.mean(np.nanvar(per_seed, axis=1))))
+    text = "\n".join(iv.train_noise_lines([c]))
+    assert "80% of them each" in text and f"{1.96 * np.hypot(c['train_sd'], c['sd_within']):.4f}" in text
+
+
+def test_a_seeded_probe_keeps_every_seeds_test_scores(ml100k_world):
+    """probe() with several seeds keeps each seed's scores on the test users (row 0 is the seed-0 `test_score`);
+    with one seed there is nothing more to keep."""
+    from training.data.scenarios import load_scenarios
+    from training.evaluate import probe
+
+    sc = next(s for s in load_scenarios() if s.name == "gender_female")
+    emb = np.random.default_rng(0).standard_normal((len(ml100k_world.ml.users), 8)).astype(np.float32)
+    many = probe(emb, ml100k_world, sc, seeds=(0, 1, 2), subsample=0.8)
+    assert many.test_scores.shape == (3, len(many.test_users))
+    assert np.array_equal(many.test_scores[0], many.test_score)
+    assert not np.array_equal(many.test_scores[1], many.test_score)  # another draw, another fit
+    assert probe(emb, ml100k_world, sc, seeds=(0,), subsample=1.0).test_scores is None
