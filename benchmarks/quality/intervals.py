@@ -82,13 +82,15 @@ def _paired(better: np.ndarray, worse: np.ndarray) -> np.ndarray:
 
 
 def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBootstrap,
-                  subsample: float = 1.0) -> list[dict]:
+                  subsample: float = 1.0, averaged_draws: bool = False) -> list[dict]:
     """Each (better, worse) pair whose rows both ran: {"better", "worse", "diff", "low", "high", "sd",
     "p_above_zero", "by_scenario"}. "diff" is the point difference of the two rows' average AUCs (per scenario too),
     the interval and "sd" are the paired bootstrap's over test users. With probes fitted on several seeded
     subsamples of a fraction `subsample` < 1 of the train users, also "train_draws", "train_draws_sd" (the paired
     difference's sd over those draws) and "train_sd" (the train-sample sd it implies for the full-train difference;
-    module docstring). The one place a claim is built (the table, the label-budget table, the diagnostics)."""
+    module docstring). With `averaged_draws` (the label-budget table: a row's number is the mean over K draws of n
+    labelled users, n small beside the pool), "train_sd" is the draws' sd / sqrt(K), the noise of that mean.
+    The one place a claim is built (the table, the label-budget table, the diagnostics)."""
     by_name = {r["row"]: r for r in rows if "skipped" not in r}
     out = []
     for better, worse in pairs:
@@ -100,17 +102,19 @@ def paired_claims(rows: list[dict], pairs: list[tuple[str, str]], boot: RowBoots
             s["diff"] = b[name] - w[name]
         claim = {"better": better, "worse": worse, **d, "diff": by_name[better]["auc_avg"] - by_name[worse]["auc_avg"]}
         draws = seed_average_difference(by_name[better], by_name[worse])
-        if draws is not None and 0 < subsample < 1:
+        if draws is not None and (averaged_draws or 0 < subsample < 1):
             spread = float(np.std(draws, ddof=1))
-            claim |= {"train_draws": len(draws), "train_fraction": subsample, "train_draws_sd": spread,
-                      "train_sd": spread * float(np.sqrt(subsample / (1 - subsample)))}
+            scale = 1 / np.sqrt(len(draws)) if averaged_draws else np.sqrt(subsample / (1 - subsample))
+            claim |= {"train_draws": len(draws), "train_draws_sd": spread, "train_sd": spread * float(scale)}
+            if not averaged_draws:
+                claim["train_fraction"] = subsample
         out.append(claim)
     return out
 
 
 def seed_average_difference(better: dict, worse: dict) -> np.ndarray | None:
-    """Per probe seed, the difference of the two rows' average AUC over scenarios (run.py's `auc_avg_by_seed`);
-    None unless both rows were probed with the same two or more seeds."""
+    """Per probe seed (or label-budget draw), the difference of the two rows' average AUC over scenarios (their
+    `auc_avg_by_seed`); None unless both rows were probed with the same two or more seeds."""
     b, w = (np.asarray(row.get("auc_avg_by_seed") or [], dtype=float) for row in (better, worse))
     return b - w if len(b) >= 2 and b.shape == w.shape else None
 
@@ -148,10 +152,15 @@ def scenario_means(probes: list) -> dict[str, float]:
 CLAIM_HEADER = ["| claim | difference | 95% interval | holds (interval above 0) |", "|---|---|---|---|"]
 
 
+def verdict(diff: float, low: float) -> str:
+    """'yes' only when the whole 95% interval is above zero."""
+    return "yes" if low > 0 else ("point estimate only" if diff > 0 else "no")
+
+
 def claim_cells(c: dict) -> str:
-    """One claim as markdown cells: 'yes' only when its whole 95% interval is above zero."""
-    verdict = "yes" if c["low"] > 0 else ("point estimate only" if c["diff"] > 0 else "no")
-    return f"| {c['better']} > {c['worse']} | {c['diff']:+.4f} | {c['low']:+.4f} - {c['high']:+.4f} | {verdict} |"
+    """One claim as markdown cells, with its verdict."""
+    return (f"| {c['better']} > {c['worse']} | {c['diff']:+.4f} | {c['low']:+.4f} - {c['high']:+.4f} | "
+            f"{verdict(c['diff'], c['low'])} |")
 
 
 def paired_tables(rows: list[dict], pairs: list[tuple[str, str]], draws: int = 1000,

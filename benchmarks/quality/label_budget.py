@@ -13,7 +13,8 @@ row: they depend on the labels only); a logistic probe on each draw (C as in run
 val users, or with `--c-choice val` on the val users, as every budget table before 2026-12-05 evening), scored on
 every test user. A row's number at n is the AUC averaged over draws, then over scenarios; 95% intervals
 bootstrap the test users with the same resamples for every row, so a paired difference cancels shared test-user
-luck (the spread between draws is averaged, not resampled: intervals are about the test users). The prompt-tuned
+luck. The spread between draws is averaged, not resampled, in those intervals; a second table (since 2026-12-07)
+adds it: the noise of a mean over K draws is their sd / sqrt(K), beside the test-user sd. The prompt-tuned
 row's prompts were tuned on all train users' labels, so it is shown at the full budget only.
 Writes benchmarks/results/quality_budget.{md,json,png}; prints the table last.
 """
@@ -34,7 +35,7 @@ from benchmarks.machine import describe, summary  # noqa: E402
 
 from benchmarks.quality import run as quality  # noqa: E402
 from benchmarks.quality.intervals import (CLAIM_HEADER, RowBootstrap, claim_cells, paired_claims,  # noqa: E402
-                                          scenario_means)
+                                          scenario_means, verdict)
 from training import evaluate as ev  # noqa: E402
 
 ZS, STATIC, TUNED = "Q-Anchor zero-shot", "Q-Anchor static query", "Q-Anchor prompt-tuned"
@@ -67,9 +68,10 @@ def budget_table(ctx: quality.Context, names: list[str], budgets: list[int], rep
                                           c_choice=ctx.c_choice)
             n_labels = {p.scenario: int(p.n_train) for p in probes}  # every draw of a scenario has the same size
             rows.append({"row": name, "probes": probes, "n_labels": n_labels,
-                         "auc_avg": float(np.mean(list(scenario_means(probes).values())))})
+                         "auc_avg": float(np.mean(list(scenario_means(probes).values()))),
+                         "auc_avg_by_seed": draw_averages(probes)})
         boot = RowBootstrap(rows, draws=draws)
-        claims = paired_claims(rows, CLAIMS, boot)
+        claims = paired_claims(rows, CLAIMS, boot, averaged_draws=n < n_full)
         for r in rows:
             r["auc_ci"] = boot.row_interval(r["row"])
             r.pop("probes")
@@ -77,6 +79,15 @@ def budget_table(ctx: quality.Context, names: list[str], budgets: list[int], rep
         quality.log.info("budget_done n=%d rows=%d seconds=%.1f %s", n, len(rows), time.perf_counter() - t0,
                          " ".join(f"{c['better']!r}-{c['worse']!r}={c['diff']:+.4f}" for c in claims[:2]))
     return out
+
+
+def draw_averages(probes: list) -> list[float]:
+    """Per draw index (the k-th draw of every scenario: the same users for every row), the AUC averaged over
+    scenarios; what the spread between draws is read from."""
+    per: dict[str, list[float]] = {}
+    for p in probes:
+        per.setdefault(p.scenario, []).append(p.auc_mean)
+    return np.mean(list(per.values()), axis=0).tolist()
 
 
 def _budget_label(entry: dict, n_full: int) -> str:
@@ -100,6 +111,20 @@ def markdown(table: list[dict], meta: dict) -> str:
               "| labelled users " + CLAIM_HEADER[0], "|---" + CLAIM_HEADER[1]]
     for e in table:
         lines += [f"| {_budget_label(e, n_full)} " + claim_cells(c) for c in e["claims"]]
+    noisy = [(e, c) for e in table for c in e["claims"] if "train_sd" in c]
+    if noisy:
+        lines += ["", f"The same differences with the spread between the {noisy[0][1]['train_draws']} draws of "
+                      "labelled users counted: a row's number is their mean, whose noise from the draws is their sd "
+                      "/ sqrt(draws) (a floor: the pool of train users the draws come from is one sample too); "
+                      "'both' adds it to the test-user sd as variances.", "",
+                  "| labelled users | claim | difference | sd over draws | sd of the mean | test-user sd | "
+                  "both: 95% interval | holds with both |", "|---|---|---|---|---|---|---|---|"]
+        for e, c in noisy:
+            half = 1.96 * float(np.hypot(c["train_sd"], c["sd"]))
+            low, high = c["diff"] - half, c["diff"] + half
+            lines.append(f"| {_budget_label(e, n_full)} | {c['better']} > {c['worse']} | {c['diff']:+.4f} | "
+                         f"{c['train_draws_sd']:.4f} | {c['train_sd']:.4f} | {c['sd']:.4f} | "
+                         f"{low:+.4f} - {high:+.4f} | {verdict(c['diff'], low)} |")
     return "\n".join(lines) + "\n"
 
 

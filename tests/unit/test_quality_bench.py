@@ -127,10 +127,18 @@ def test_label_budget_table_on_planted_rows(ml100k_world, monkeypatch):
     assert full["rows"][0]["n_labels"]["gender_female"] == n_labelled
     zs_vs_static = next(c for c in few["claims"] if (c["better"], c["worse"]) == (lb.ZS, lb.STATIC))
     assert zs_vs_static["low"] > 0  # the planted signal wins with 20 labels, and the interval says so
+    # the draws' spread: per draw the row's average, the same draws for both rows; the mean's noise is sd / sqrt(3)
+    per_draw = np.subtract(few["rows"][1]["auc_avg_by_seed"], few["rows"][0]["auc_avg_by_seed"])
+    assert len(per_draw) == 3 and np.mean(per_draw) == pytest.approx(zs_vs_static["diff"])
+    assert zs_vs_static["train_draws"] == 3
+    assert zs_vs_static["train_sd"] == pytest.approx(np.std(per_draw, ddof=1) / np.sqrt(3))
+    full_claim = next(c for c in full["claims"] if (c["better"], c["worse"]) == (lb.ZS, lb.STATIC))
+    assert "train_sd" not in full_claim  # every draw at the full budget is all train users: no spread to read
     md = lb.markdown(table, {"scenario_names": ["gender_female"], "n_train": len(world.users("train")),
                              "n_val": 100, "n_test": 150, "repeats": 3, "draws": 200})
     assert (f"| all ({len(world.users('train'))}) |" in md
             and "| 20 | Q-Anchor zero-shot > Q-Anchor static query |" in md)
+    assert "spread between the 3 draws" in md and f"| {zs_vs_static['train_sd']:.4f} |" in md
 
 
 def test_val_selected_row_keeps_the_tuned_prompt_only_where_the_val_probe_improves(ml100k_world):
