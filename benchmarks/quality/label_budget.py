@@ -83,10 +83,13 @@ def budget_table(ctx: quality.Context, names: list[str], budgets: list[int], rep
 
 def draw_averages(probes: list) -> list[float]:
     """Per draw index (the k-th draw of every scenario: the same users for every row), the AUC averaged over
-    scenarios; what the spread between draws is read from."""
+    scenarios; what the spread between draws is read from. Empty when the scenarios have different numbers of
+    draws (a budget at or above one scenario's labelled users is one draw there: all of them)."""
     per: dict[str, list[float]] = {}
     for p in probes:
         per.setdefault(p.scenario, []).append(p.auc_mean)
+    if len({len(v) for v in per.values()}) != 1:
+        return []
     return np.mean(list(per.values()), axis=0).tolist()
 
 

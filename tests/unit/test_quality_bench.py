@@ -139,6 +139,14 @@ def test_label_budget_table_on_planted_rows(ml100k_world, monkeypatch):
     assert (f"| all ({len(world.users('train'))}) |" in md
             and "| 20 | Q-Anchor zero-shot > Q-Anchor static query |" in md)
     assert "spread between the 3 draws" in md and f"| {zs_vs_static['train_sd']:.4f} |" in md
+    one = ev_probe(scen[0].name, 0.6)
+    assert lb.draw_averages([one, one, ev_probe("other", 0.7)]) == []  # 2 draws of one scenario, 1 of the other
+
+
+def ev_probe(scenario: str, auc: float):
+    from training.evaluate import ProbeResult
+
+    return ProbeResult(scenario, auc, 0.0, 0.0, 0.0, 1.0, 10, 10, [auc], [0.0])
 
 
 def test_val_selected_row_keeps_the_tuned_prompt_only_where_the_val_probe_improves(ml100k_world):
