@@ -45,7 +45,7 @@ class RowBootstrap:
             per_scenario: dict[str, list[np.ndarray]] = {}  # several probes of one scenario (label-budget draws)
             for p in r["probes"]:                            # are averaged first: every scenario weighs the same
                 cols = np.array([self.index[int(u)] for u in p.test_users])
-                scores = p.test_scores if getattr(p, "test_scores", None) is not None else [p.test_score]
+                scores = p.test_scores if p.test_scores is not None else [p.test_score]
                 per_scenario.setdefault(p.scenario, []).append(
                     np.stack([weighted_auc(p.test_y, s, self.counts[:, cols]) for s in scores]))
             self.scenario[r["row"]] = {name: np.mean(v, axis=0) for name, v in per_scenario.items()}
@@ -141,12 +141,17 @@ def train_noise_lines(claims: list[dict]) -> list[str]:
     return lines
 
 
-def scenario_means(probes: list) -> dict[str, float]:
-    """Scenario -> mean test AUC of its probes (several draws of one scenario count once in a row's average)."""
+def scenario_aucs(probes: list) -> dict[str, list[float]]:
+    """Scenario -> the test AUCs of its probes, in probe order (a label budget's draws of one scenario)."""
     per: dict[str, list[float]] = {}
     for p in probes:
         per.setdefault(p.scenario, []).append(p.auc_mean)
-    return {name: float(np.mean(v)) for name, v in per.items()}
+    return per
+
+
+def scenario_means(probes: list) -> dict[str, float]:
+    """Scenario -> mean test AUC of its probes (several draws of one scenario count once in a row's average)."""
+    return {name: float(np.mean(v)) for name, v in scenario_aucs(probes).items()}
 
 
 CLAIM_HEADER = ["| claim | difference | 95% interval | holds (interval above 0) |", "|---|---|---|---|"]

@@ -35,7 +35,7 @@ from benchmarks.machine import describe, summary  # noqa: E402
 
 from benchmarks.quality import run as quality  # noqa: E402
 from benchmarks.quality.intervals import (CLAIM_HEADER, RowBootstrap, claim_cells, paired_claims,  # noqa: E402
-                                          scenario_means, verdict)
+                                          scenario_aucs, scenario_means, verdict)
 from training import evaluate as ev  # noqa: E402
 
 ZS, STATIC, TUNED = "Q-Anchor zero-shot", "Q-Anchor static query", "Q-Anchor prompt-tuned"
@@ -85,9 +85,7 @@ def draw_averages(probes: list) -> list[float]:
     """Per draw index (the k-th draw of every scenario: the same users for every row), the AUC averaged over
     scenarios; what the spread between draws is read from. Empty when the scenarios have different numbers of
     draws (a budget at or above one scenario's labelled users is one draw there: all of them)."""
-    per: dict[str, list[float]] = {}
-    for p in probes:
-        per.setdefault(p.scenario, []).append(p.auc_mean)
+    per = scenario_aucs(probes)
     if len({len(v) for v in per.values()}) != 1:
         return []
     return np.mean(list(per.values()), axis=0).tolist()
