@@ -99,7 +99,21 @@ def summary(m: dict[str, Any] | str) -> str:
     return ", ".join(p for p in parts if p)
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command a result records: `python <script> <args>` (argv None: this process's own arguments)."""
+    return f"python {script} " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def utc_now() -> str:
+    """The time a result records, to the minute."""
+    return f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def footer(machine: dict[str, Any] | str, date: str, command: str) -> str:
+    """The line a result's markdown ends with: the machine, the time and the command that wrote it."""
+    return f"{summary(machine)}, {date}: `{command}`"
+
+
 def stamp(script: str, argv: list[str] | None) -> str:
-    """The line a result's markdown ends with: this machine, the time (UTC) and the command that wrote it."""
-    args = " ".join(argv if argv is not None else sys.argv[1:])
-    return f"{summary(describe())}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: `python {script} {args}`"
+    """`footer` for this machine, now, and this script's command (results that keep no meta of their own)."""
+    return footer(describe(), utc_now(), command_line(script, argv))

@@ -134,11 +134,19 @@ def train_noise_lines(claims: list[dict]) -> list[str]:
              "| claim | sd over train draws | train-sample sd (jackknife) | test-user sd (bootstrap) | "
              "both: 95% half-width |", "|---|---|---|---|---|"]
     for c in noisy:
-        test_sd = c.get("sd_within", c["sd"])
-        both = 1.96 * float(np.hypot(c["train_sd"], test_sd))
         lines.append(f"| {c['better']} > {c['worse']} | {c['train_draws_sd']:.4f} | {c['train_sd']:.4f} | "
-                     f"{test_sd:.4f} | {both:.4f} |")
+                     f"{test_user_sd(c):.4f} | {both_half_width(c):.4f} |")
     return lines
+
+
+def test_user_sd(c: dict) -> float:
+    """A claim's test-user sd for its combined width: one draw's (averaged over draws) where the run had seeds."""
+    return c.get("sd_within", c["sd"])
+
+
+def both_half_width(c: dict) -> float:
+    """95% half-width of a claim with its train-sample noise ("train_sd") and test-user noise added as variances."""
+    return 1.96 * float(np.hypot(c["train_sd"], test_user_sd(c)))
 
 
 def scenario_aucs(probes: list) -> dict[str, list[float]]:

@@ -24,18 +24,17 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import describe, summary  # noqa: E402
+from benchmarks.machine import command_line, describe, footer, utc_now  # noqa: E402
 
 from benchmarks.quality import run as quality  # noqa: E402
 from benchmarks.quality.intervals import (CLAIM_HEADER, RowBootstrap, claim_cells, paired_claims,  # noqa: E402
-                                          scenario_aucs, scenario_means, verdict)
+                                          both_half_width, scenario_aucs, scenario_means, verdict)
 from training import evaluate as ev  # noqa: E402
 
 ZS, STATIC, TUNED = "Q-Anchor zero-shot", "Q-Anchor static query", "Q-Anchor prompt-tuned"
@@ -121,7 +120,7 @@ def markdown(table: list[dict], meta: dict) -> str:
                   "| labelled users | claim | difference | sd over draws | sd of the mean | test-user sd | "
                   "both: 95% interval | holds with both |", "|---|---|---|---|---|---|---|---|"]
         for e, c in noisy:
-            half = 1.96 * float(np.hypot(c["train_sd"], c["sd"]))
+            half = both_half_width(c)
             low, high = c["diff"] - half, c["diff"] + half
             lines.append(f"| {_budget_label(e, n_full)} | {c['better']} > {c['worse']} | {c['diff']:+.4f} | "
                          f"{c['train_draws_sd']:.4f} | {c['train_sd']:.4f} | {c['sd']:.4f} | "
@@ -193,14 +192,12 @@ def main(argv: list[str] | None = None) -> int:
             "n_test": len(ctx.world.users("test")), "repeats": args.repeats, "draws": args.draws,
             "tune_steps": args.tune_steps, "c_choice": ctx.c_choice, "seconds": round(time.perf_counter() - t0, 1),
             "machine": describe(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/quality/label_budget.py "
-                       + " ".join(argv if argv is not None else sys.argv[1:])}
+            "date": utc_now(), "command": command_line("benchmarks/quality/label_budget.py", argv)}
     meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(table, meta)
-    out.with_suffix(".md").write_text(md + f"\n{summary(meta['machine'])}, {meta['date']}: `{meta['command']}`\n")
+    out.with_suffix(".md").write_text(md + "\n" + footer(meta["machine"], meta["date"], meta["command"]) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "budgets": table}, indent=1))
     plot(table, out.with_suffix(".png"), meta)
     print(md)

@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import describe, summary  # noqa: E402
+from benchmarks.machine import command_line, describe, footer, utc_now  # noqa: E402
 
 from benchmarks.quality.intervals import (  # noqa: E402
     CLAIM_HEADER, CLAIMS, RowBootstrap, claim_cells, paired_claims, train_noise_lines)
@@ -919,13 +918,12 @@ def main(argv: list[str] | None = None) -> int:
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "served": served_meta(ctx) if args.served else None,
             "seeds": len(seeds), "subsample": ctx.subsample, "machine": describe(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python benchmarks/quality/run.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "date": utc_now(), "command": command_line("benchmarks/quality/run.py", argv)}
     meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))  # results name checkout-relative paths only
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md = markdown(rows, scenarios, meta)
-    out.with_suffix(".md").write_text(md + f"\n{summary(meta['machine'])}, {meta['date']}: `{meta['command']}`\n")
+    out.with_suffix(".md").write_text(md + "\n" + footer(meta["machine"], meta["date"], meta["command"]) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     plot(rows, scenarios, out.with_suffix(".png"), meta)
     print(md)

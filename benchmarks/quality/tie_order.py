@@ -19,14 +19,13 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import describe, summary  # noqa: E402
+from benchmarks.machine import command_line, describe, summary, utc_now  # noqa: E402
 
 from benchmarks.quality import run as quality  # noqa: E402
 
@@ -120,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         models[label] = {"ties": cosine_summary(emb, tie_rows), "no_ties": cosine_summary(emb, free_rows)}
     result = {"n_test": len(users), "n_ties": len(ties), "orders": args.orders, "specs": len(quality.query_specs(ctx)),
               "models": models, "machine": describe(),
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "command": "python benchmarks/quality/tie_order.py " + " ".join(argv if argv is not None
-                                                                               else sys.argv[1:])}
+              "date": utc_now(), "command": command_line("benchmarks/quality/tie_order.py", argv)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
