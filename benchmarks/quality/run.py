@@ -473,6 +473,11 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int], tuned: bool = Tru
     if dtype != "bfloat16":
         parts.append(dtype)
     parts.extend(INPUT_TAGS)
+    world = full_world(ctx.world)
+    if world.cfg.dataset != "ml-1m":  # the users are indices into the dataset's own user list
+        parts.append(f"dataset:{world.cfg.dataset}")
+    if getattr(world, "normalisation", None) is not None:
+        parts.append("inputs:checkpoint-normalisation")
     ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
@@ -673,6 +678,13 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
              "among test users answering one pretraining question.", "",
              "| row | avg AUC | 95% interval | avg KS | user share | query dependence | same-q acc@1 (chance) |",
              "|---|---|---|---|---|---|---|"]
+    transfer = meta.get("transfer")
+    if transfer:
+        lines[0] += (f" Transfer: the checkpoint was pretrained on {transfer['checkpoint_dataset']}, so every "
+                     f"{meta['dataset']} user is new to it (probe split {transfer['split']}); the model reads the "
+                     "dense user vector standardised with "
+                     + ("the checkpoint's constants, as ingest serves it." if transfer["constants"] == "checkpoint"
+                        else f"constants refitted on {meta['dataset']}'s train users."))
     for r in sorted(done, key=lambda r: -r["auc_avg"]):
         ci = r.get("auc_ci")
         sq = r.get("same_q")
@@ -828,6 +840,14 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenarios", default=None,
                    help="scenario YAML (default: training/data/scenarios.yaml; benchmarks/quality/"
                         "scenarios_unseen.yaml holds eight that no recipe decision saw)")
+    p.add_argument("--split", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
+                   help="the probe's user split as shares (e.g. 0.5 0.1 0.4), for a dataset the checkpoint was not "
+                        "pretrained on (every user of it is new to the model): default, the salted 0.8 / 0.1 / 0.1 "
+                        "split pretraining uses")
+    p.add_argument("--transfer-constants", default="checkpoint", choices=["checkpoint", "dataset"],
+                   help="on a dataset the checkpoint was not pretrained on, what standardises the dense user vector: "
+                        "the checkpoint's normalisation.json, as ingest serves a new dataset's users (default), or "
+                        "this dataset's train users' moments (constants refitted for the new data)")
 
 
 def add_probe_args(p: argparse.ArgumentParser) -> None:
@@ -838,6 +858,57 @@ def add_probe_args(p: argparse.ArgumentParser) -> None:
                         "(every table written before 2026-12-05 whose command has no --c-choice)")
 
 
+def checkpoint_dataset(checkpoint: str | None) -> str | None:
+    """The dataset a checkpoint was pretrained on (the one its dense-vector constants were fitted on, recorded in
+    its manifest); None without a checkpoint or for one trained before the constants shipped."""
+    if not checkpoint:
+        return None
+    entry = json.loads((Path(checkpoint) / "manifest.json").read_text()).get("normalisation") or {}
+    return entry.get("dataset")
+
+
+def split_fracs(split: list[float] | None, dataset: str, trained_on: str | None) -> tuple[float, float, float]:
+    """The world's user split: `--split` where it cannot put pretraining users among the probe's test users, else
+    the default. Refuses (SystemExit, saying what to do) a split of the checkpoint's own dataset or a bad one."""
+    if split is None:
+        return WorldConfig.split_fracs
+    given = " ".join(f"{f:g}" for f in split)
+    if any(f < 0 for f in split) or abs(sum(split) - 1) > 1e-6 or not (split[0] > 0 and split[2] > 0):
+        raise SystemExit(f"--split {given}: give three shares (train, val, test) that sum to 1, train and test "
+                         "above 0, e.g. --split 0.5 0.1 0.4")
+    if trained_on == dataset:
+        raise SystemExit(f"--split {given}: the checkpoint was pretrained on {dataset}'s train users, and another "
+                         "split would put some of them among the probe's test users; drop --split (the default split "
+                         "is pretraining's) or measure a dataset the checkpoint never saw (e.g. --dataset ml-100k)")
+    return (float(split[0]), float(split[1]), float(split[2]))
+
+
+def transfer_normalisation(checkpoint: str, world: UserWorld):
+    """The checkpoint's dense-vector constants for a world it was not trained on: ingest standardises a new
+    dataset's users with them (docs/own-data.md), so the model rows read that world as the platform would serve
+    it, not with the new users' own moments."""
+    from training.data.features import stats_spec
+    from training.data.stats import Normalisation
+    from training.normalisation import checkpoint_normalisation
+
+    path = checkpoint_normalisation(Path(checkpoint))
+    if path is None:
+        raise SystemExit(f"{checkpoint} has no normalisation.json, so {world.cfg.dataset} cannot be read the way it "
+                         f"would be served; write it: python -m training.normalisation --checkpoint {checkpoint}")
+    norm = Normalisation.load(path)
+    norm.check(stats_spec(world), world.feature_spec.encoder_dim, str(path))
+    return norm
+
+
+def transfer_meta(args: argparse.Namespace, world) -> dict | None:
+    """What a run on a dataset the checkpoint was not pretrained on read (None otherwise): for the table's header."""
+    trained_on = checkpoint_dataset(args.checkpoint)
+    if trained_on in (None, args.dataset):
+        return None
+    return {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in full_world(world).cfg.split_fracs),
+            "constants": getattr(args, "transfer_constants", "checkpoint")}
+
+
 def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     """The world (capped to the seeded user subsets), event-text vectors and scenarios of `add_population_args`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -846,8 +917,15 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     # tiny LR fits: BLAS threads only contend on a shared machine. BLAS only: a bare limit also caps OpenMP, and
     # with it torch's intra-op threads (the model rows ran on one core of two until this said user_api="blas")
     threadpool_limits(1, user_api="blas")
-    world = build_world(WorldConfig(dataset=args.dataset))
+    split, trained_on = getattr(args, "split", None), checkpoint_dataset(args.checkpoint)
+    world = build_world(WorldConfig(dataset=args.dataset, split_fracs=split_fracs(split, args.dataset, trained_on)))
     vecs = cached_text_vectors(world.texts, args.dataset)
+    if trained_on not in (None, args.dataset):
+        constants = getattr(args, "transfer_constants", "checkpoint")
+        if constants == "checkpoint":
+            world.normalisation = transfer_normalisation(args.checkpoint, world)
+        log.info("transfer checkpoint_dataset=%s dataset=%s split=%s dense_vector_constants=%s",
+                 trained_on, args.dataset, "/".join(f"{f:g}" for f in world.cfg.split_fracs), constants)
     scenarios = load_scenarios(Path(args.scenarios) if args.scenarios else None)
     n_train = args.train_users or args.model_users
     n_val = args.val_users or args.eval_users
@@ -917,7 +995,8 @@ def main(argv: list[str] | None = None) -> int:
             "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "served": served_meta(ctx) if args.served else None,
-            "seeds": len(seeds), "subsample": ctx.subsample, "machine": describe(),
+            "seeds": len(seeds), "subsample": ctx.subsample, "transfer": transfer_meta(args, world),
+            "machine": describe(),
             "date": utc_now(), "command": command_line("benchmarks/quality/run.py", argv)}
     meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))  # results name checkout-relative paths only
     out = Path(args.out)

@@ -27,9 +27,11 @@ def _load():
     return mod
 
 
-class FakeWorld:  # only what CappedWorld touches: users(split) and pass-through attributes
+class FakeWorld:  # only what CappedWorld and the cache key touch: users(split), the dataset, pass-through attributes
     splits = {"train": list(range(0, 100)), "val": list(range(100, 130)), "test": list(range(130, 180))}
     tabular = "passthrough"
+    cfg = dataclasses.make_dataclass("Cfg", [("dataset", str, "ml-1m")])()
+    normalisation = None
 
     def users(self, split=None):
         return self.splits[split] if split else sorted(u for us in self.splits.values() for u in us)
@@ -275,6 +277,71 @@ def test_a_capped_world_scores_fewer_users_but_the_model_reads_the_whole_worlds_
     assert not np.allclose(before, served.numpy(), atol=1e-3)
 
 
+def test_a_world_read_with_a_checkpoints_constants_is_standardised_with_them(ml100k_world):
+    """A dataset the model was not trained on is served with the checkpoint's constants (ingest reads
+    normalisation.json), not its own users' moments: the harness's model inputs follow, and a memo of the other
+    constants is never returned."""
+    from training.data.collate import UserCollator
+    from training.data.features import dense_user_features, fit_normalisation, stats_spec, user_aggregates
+    from training.data.stats import Normalisation
+
+    vecs = np.random.default_rng(1).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    own = fit_normalisation(ml100k_world, vecs)
+    other = Normalisation(own.names, own.stats_mean + 1.0, own.stats_std * 2.0, own.text_mean - 0.5, own.text_std)
+    world = dataclasses.replace(ml100k_world)  # a copy: the session's fixture is never mutated
+    users = world.users("test")[:4]
+    before = dense_user_features(world, vecs)[users].copy()
+    world.normalisation = other
+    after = dense_user_features(world, vecs)[users]
+    aggs, spec = user_aggregates(world, vecs), stats_spec(world)
+    np.testing.assert_allclose(after, np.stack([other.dense(aggs[u], spec) for u in users]), rtol=1e-6)
+    assert not np.allclose(before, after, atol=1e-3)
+    assert torch.equal(UserCollator(world, vecs).batch(users).tabular, torch.from_numpy(after))
+
+
+@pytest.mark.parametrize("split, trained_on, message", [
+    ([0.5, 0.1, 0.4], "ml-100k", "pretrained on ml-100k's train users"),  # its own dataset: pretraining users
+    ([0.5, 0.1, 0.3], "ml-1m", "sum to 1"),
+    ([0.0, 0.5, 0.5], "ml-1m", "train and test above 0"),
+    ([0.6, -0.1, 0.5], None, "three shares"),
+])
+def test_a_probe_split_is_refused_where_it_would_test_on_pretraining_users_or_is_not_a_split(split, trained_on,
+                                                                                             message):
+    run = _load()
+    with pytest.raises(SystemExit, match=message):
+        run.split_fracs(split, "ml-100k", trained_on)
+
+
+def test_a_probe_split_of_a_dataset_the_checkpoint_never_saw_is_kept_and_keys_the_cache(monkeypatch):
+    """Baselines (no checkpoint) or another dataset's checkpoint: the split is the user's; the default otherwise.
+    Another dataset's embeddings, or ones read with a checkpoint's constants, never share a cache file with ML-1M's
+    (the users are indices into each dataset's own list); ML-1M keeps its key."""
+    import hashlib
+
+    from training.data.world import WorldConfig
+
+    run = _load()
+    assert run.split_fracs([0.5, 0.1, 0.4], "ml-100k", "ml-1m") == (0.5, 0.1, 0.4)
+    assert run.split_fracs([0.5, 0.1, 0.4], "ml-1m", None) == (0.5, 0.1, 0.4)
+    assert run.split_fracs(None, "ml-1m", "ml-1m") == WorldConfig.split_fracs
+    monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
+    monkeypatch.setattr("training.precision.resolve_precision", lambda setting, device: torch.float32)
+
+    def name(world):
+        ctx = run.Context(world=world, vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                          device="cpu", model_users=None, embed_cache="cache")
+        return run._disk_cache_path(ctx, "trained", [1, 2]).name
+
+    ml1m = FakeWorld()
+    ml100k = FakeWorld()
+    ml100k.cfg = dataclasses.replace(FakeWorld.cfg, dataset="ml-100k")
+    served = FakeWorld()
+    served.cfg, served.normalisation = ml100k.cfg, "constants"
+    assert len({name(ml1m), name(ml100k), name(served)}) == 3
+    kept = json.dumps(["ckpt-id", "trained", [1, 2], 0, run.STATIC_QUERY, [], "float32", *run.INPUT_TAGS])
+    assert name(ml1m) == f"trained-{hashlib.sha256(kept.encode()).hexdigest()[:16]}.npz"  # files written before
+
+
 def _tiny_checkpoint(world, tmp_path: Path) -> Path:
     """A seeded tiny model reading the world's events per source (the harness reads users through the world's
     collator), saved as a checkpoint."""
@@ -286,6 +353,32 @@ def _tiny_checkpoint(world, tmp_path: Path) -> Path:
     cfg = load_config("tiny", ["input.sources=[" + ", ".join(f"{{name: {n}, k: {v}}}" for n, v in k.items()) + "]"])
     torch.manual_seed(0)
     return save_checkpoint(tmp_path / "ckpt", QAnchorModel(cfg).eval(), cfg)
+
+
+def test_a_transfer_run_reads_the_checkpoints_dataset_and_constants_and_says_so(ml100k_world, tmp_path):
+    """The dataset a checkpoint was pretrained on comes from its manifest; its constants load for a world of another
+    dataset (or the run stops saying how to write them), and the table's header says what the model read."""
+    from training.data.features import fit_normalisation
+    from training.normalisation import attach_normalisation
+
+    run = _load()
+    ckpt = _tiny_checkpoint(ml100k_world, tmp_path)
+    assert run.checkpoint_dataset(str(ckpt)) is None and run.checkpoint_dataset(None) is None
+    with pytest.raises(SystemExit, match="python -m training.normalisation --checkpoint"):
+        run.transfer_normalisation(str(ckpt), ml100k_world)
+    vecs = np.random.default_rng(2).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    norm = fit_normalisation(ml100k_world, vecs)
+    attach_normalisation(ckpt, norm, {"dataset": "ml-1m"})
+    assert run.checkpoint_dataset(str(ckpt)) == "ml-1m"
+    loaded = run.transfer_normalisation(str(ckpt), ml100k_world)
+    np.testing.assert_allclose(loaded.text_mean, norm.text_mean)
+    assert loaded.names == norm.names
+    args = dataclasses.make_dataclass("Args", [("checkpoint", str), ("dataset", str), ("transfer_constants", str)])
+    assert run.transfer_meta(args(str(ckpt), "ml-1m", "checkpoint"), ml100k_world) is None  # its own dataset
+    meta = run.transfer_meta(args(str(ckpt), "ml-100k", "dataset"), ml100k_world)
+    assert meta == {"checkpoint_dataset": "ml-1m", "split": "0.8 / 0.1 / 0.1", "constants": "dataset"}
+    header = run.markdown([], [], {"dataset": "ml-100k", "n_train": 1, "n_test": 1, "transfer": meta}).splitlines()[0]
+    assert "pretrained on ml-1m" in header and "refitted on ml-100k's train users" in header
 
 
 def test_without_tuning_the_harness_streams_prefixes_and_embeds_what_a_kept_cache_gives(ml100k_world, tmp_path):

@@ -89,15 +89,18 @@ def dense_user_features(world: "World", vecs: np.ndarray) -> np.ndarray:
     train-user moments (`fit_normalisation`). The prefix holds only the newest K events per source; this mean is what
     carries the rest of the window (a mean MiniLM vector of all history is a strong baseline on its own:
     docs/quality.md). Memoised per (world, vectors); rows of excluded users stay zero (cold start). Ingest computes
-    the same vector from raw events with the same functions (`Normalisation.dense`)."""
+    the same vector from raw events with the same functions (`Normalisation.dense`). A world that carries its own
+    `normalisation` (a checkpoint's, on a dataset the model was not trained on) is standardised with that."""
+    given = getattr(world, "normalisation", None)
     cached = getattr(world, "_dense_cache", None)
-    if cached is not None and cached[0] is vecs:  # the same array object (an id() could be reused after GC)
+    # the same objects (an id() could be reused after GC)
+    if cached is not None and cached[0] is vecs and cached[2] is given:
         return cached[1]
     spec = stats_spec(world)
     aggs = user_aggregates(world, vecs)
-    norm = fit_normalisation(world, vecs, aggs)
+    norm = given if given is not None else fit_normalisation(world, vecs, aggs)
     out = np.zeros((world.n_users, world.sources.tabular_dim), np.float32)
     for u, agg in aggs.items():
         out[u] = norm.dense(agg, spec)
-    world._dense_cache = (vecs, out)
+    world._dense_cache = (vecs, out, given)
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,10 @@ class UserWorld:
     text_of_rating: np.ndarray  # [N] int32 index into texts, per rating row
     source_of_rating: np.ndarray  # [N] int8 index into sources.names, -1 when no source takes the rating
     tabular: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # [n_users, d_tab]
+    # the dense user vector's constants when they are not this world's train users' moments: a model read on a
+    # dataset it was not trained on standardises with its checkpoint's normalisation.json, as ingest serves it
+    # (training.data.stats.Normalisation; training.data.features.dense_user_features)
+    normalisation: Any = None
 
     def users(self, split: str | None = None) -> list[int]:
         """User indices (sorted) of one split, or of all kept users."""
