@@ -867,16 +867,23 @@ def checkpoint_dataset(checkpoint: str | None) -> str | None:
     return entry.get("dataset")
 
 
-def split_fracs(split: list[float] | None, dataset: str, trained_on: str | None) -> tuple[float, float, float]:
+def split_fracs(split: list[float] | None, dataset: str, checkpoint: str | None,
+                trained_on: str | None) -> tuple[float, float, float]:
     """The world's user split: `--split` where it cannot put pretraining users among the probe's test users, else
-    the default. Refuses (SystemExit, saying what to do) a split of the checkpoint's own dataset or a bad one."""
+    the default. Refuses (SystemExit, saying what to do) a bad split, or one of the checkpoint's own dataset or of a
+    checkpoint that does not record its dataset (`trained_on`: checkpoint_dataset)."""
     if split is None:
         return WorldConfig.split_fracs
     given = " ".join(f"{f:g}" for f in split)
     if any(f < 0 for f in split) or abs(sum(split) - 1) > 1e-6 or not (split[0] > 0 and split[2] > 0):
         raise SystemExit(f"--split {given}: give three shares (train, val, test) that sum to 1, train and test "
                          "above 0, e.g. --split 0.5 0.1 0.4")
-    if trained_on == dataset:
+    if checkpoint and trained_on is None:
+        raise SystemExit(f"--split {given}: {checkpoint} does not record the dataset it was pretrained on (no "
+                         "normalisation entry in its manifest), so a split could put its pretraining users among the "
+                         f"probe's test users; record it: python -m training.normalisation --checkpoint {checkpoint} "
+                         "--dataset DATASET")
+    if checkpoint and trained_on == dataset:
         raise SystemExit(f"--split {given}: the checkpoint was pretrained on {dataset}'s train users, and another "
                          "split would put some of them among the probe's test users; drop --split (the default split "
                          "is pretraining's) or measure a dataset the checkpoint never saw (e.g. --dataset ml-100k)")
@@ -918,7 +925,8 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     # with it torch's intra-op threads (the model rows ran on one core of two until this said user_api="blas")
     threadpool_limits(1, user_api="blas")
     split, trained_on = getattr(args, "split", None), checkpoint_dataset(args.checkpoint)
-    world = build_world(WorldConfig(dataset=args.dataset, split_fracs=split_fracs(split, args.dataset, trained_on)))
+    fracs = split_fracs(split, args.dataset, args.checkpoint, trained_on)
+    world = build_world(WorldConfig(dataset=args.dataset, split_fracs=fracs))
     vecs = cached_text_vectors(world.texts, args.dataset)
     if trained_on not in (None, args.dataset):
         constants = getattr(args, "transfer_constants", "checkpoint")

@@ -299,17 +299,18 @@ def test_a_world_read_with_a_checkpoints_constants_is_standardised_with_them(ml1
     assert torch.equal(UserCollator(world, vecs).batch(users).tabular, torch.from_numpy(after))
 
 
-@pytest.mark.parametrize("split, trained_on, message", [
-    ([0.5, 0.1, 0.4], "ml-100k", "pretrained on ml-100k's train users"),  # its own dataset: pretraining users
-    ([0.5, 0.1, 0.3], "ml-1m", "sum to 1"),
-    ([0.0, 0.5, 0.5], "ml-1m", "train and test above 0"),
-    ([0.6, -0.1, 0.5], None, "three shares"),
+@pytest.mark.parametrize("split, checkpoint, trained_on, message", [
+    ([0.5, 0.1, 0.4], "ckpt", "ml-100k", "pretrained on ml-100k's train users"),  # its own dataset
+    ([0.5, 0.1, 0.4], "ckpt", None, "does not record the dataset"),  # older checkpoint: may be its own
+    ([0.5, 0.1, 0.3], "ckpt", "ml-1m", "sum to 1"),
+    ([0.0, 0.5, 0.5], "ckpt", "ml-1m", "train and test above 0"),
+    ([0.6, -0.1, 0.5], None, None, "three shares"),
 ])
-def test_a_probe_split_is_refused_where_it_would_test_on_pretraining_users_or_is_not_a_split(split, trained_on,
-                                                                                             message):
+def test_a_probe_split_is_refused_where_it_would_test_on_pretraining_users_or_is_not_a_split(split, checkpoint,
+                                                                                             trained_on, message):
     run = _load()
     with pytest.raises(SystemExit, match=message):
-        run.split_fracs(split, "ml-100k", trained_on)
+        run.split_fracs(split, "ml-100k", checkpoint, trained_on)
 
 
 def test_a_probe_split_of_a_dataset_the_checkpoint_never_saw_is_kept_and_keys_the_cache(monkeypatch):
@@ -321,9 +322,9 @@ def test_a_probe_split_of_a_dataset_the_checkpoint_never_saw_is_kept_and_keys_th
     from training.data.world import WorldConfig
 
     run = _load()
-    assert run.split_fracs([0.5, 0.1, 0.4], "ml-100k", "ml-1m") == (0.5, 0.1, 0.4)
-    assert run.split_fracs([0.5, 0.1, 0.4], "ml-1m", None) == (0.5, 0.1, 0.4)
-    assert run.split_fracs(None, "ml-1m", "ml-1m") == WorldConfig.split_fracs
+    assert run.split_fracs([0.5, 0.1, 0.4], "ml-100k", "ckpt", "ml-1m") == (0.5, 0.1, 0.4)
+    assert run.split_fracs([0.5, 0.1, 0.4], "ml-1m", None, None) == (0.5, 0.1, 0.4)  # baselines only
+    assert run.split_fracs(None, "ml-1m", "ckpt", "ml-1m") == WorldConfig.split_fracs
     monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
     monkeypatch.setattr("training.precision.resolve_precision", lambda setting, device: torch.float32)
 
