@@ -65,6 +65,7 @@ class Context:
     c_choice: str = "cv"  # how every row's probe picks C (training.evaluate.probe): "val" users or "cv" folds
     embedding: str | None = None  # the model rows' embedding (head.embedding) if not the checkpoint's own
     served: str | None = None  # served.py fetch output: the model rows as the public API returned them
+    transfer: dict | None = None  # a dataset the checkpoint was not pretrained on: what the model reads (transfer_of)
 
 
 class CappedWorld:
@@ -907,13 +908,13 @@ def transfer_normalisation(checkpoint: str, world: UserWorld):
     return norm
 
 
-def transfer_meta(args: argparse.Namespace, world) -> dict | None:
-    """What a run on a dataset the checkpoint was not pretrained on read (None otherwise): for the table's header."""
-    trained_on = checkpoint_dataset(args.checkpoint)
-    if trained_on in (None, args.dataset):
+def transfer_of(trained_on: str | None, dataset: str, fracs: tuple[float, float, float],
+                constants: str) -> dict | None:
+    """What a run on a dataset the checkpoint was not pretrained on reads (None otherwise): the log line, the
+    table's header and its JSON meta."""
+    if trained_on in (None, dataset):
         return None
-    return {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in full_world(world).cfg.split_fracs),
-            "constants": getattr(args, "transfer_constants", "checkpoint")}
+    return {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in fracs), "constants": constants}
 
 
 def build_context(args: argparse.Namespace, **extra: Any) -> Context:
@@ -928,12 +929,12 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     fracs = split_fracs(split, args.dataset, args.checkpoint, trained_on)
     world = build_world(WorldConfig(dataset=args.dataset, split_fracs=fracs))
     vecs = cached_text_vectors(world.texts, args.dataset)
-    if trained_on not in (None, args.dataset):
-        constants = getattr(args, "transfer_constants", "checkpoint")
-        if constants == "checkpoint":
+    transfer = transfer_of(trained_on, args.dataset, fracs, getattr(args, "transfer_constants", "checkpoint"))
+    if transfer:
+        if transfer["constants"] == "checkpoint":
             world.normalisation = transfer_normalisation(args.checkpoint, world)
-        log.info("transfer checkpoint_dataset=%s dataset=%s split=%s dense_vector_constants=%s",
-                 trained_on, args.dataset, "/".join(f"{f:g}" for f in world.cfg.split_fracs), constants)
+        log.info("transfer checkpoint_dataset=%s dataset=%s split=%r dense_vector_constants=%s",
+                 trained_on, args.dataset, transfer["split"], transfer["constants"])
     scenarios = load_scenarios(Path(args.scenarios) if args.scenarios else None)
     n_train = args.train_users or args.model_users
     n_val = args.val_users or args.eval_users
@@ -942,7 +943,8 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     return Context(world, vecs, scenarios, args.checkpoint, args.device, n_train, args.tune_steps,
                    embed_cache=args.embed_cache, tune_objective=args.tune_objective,
                    tune_anchor=args.tune_anchor, tune_depth=args.tune_depth, c_choice=getattr(args, "c_choice", "cv"),
-                   tune_verdict=getattr(args, "tune_verdict", 0.0), embedding=getattr(args, "embedding", None), **extra)
+                   tune_verdict=getattr(args, "tune_verdict", 0.0), embedding=getattr(args, "embedding", None),
+                   transfer=transfer, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1003,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
             "embedding": _embedding_of(ctx, "trained") if args.checkpoint else None,
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "served": served_meta(ctx) if args.served else None,
-            "seeds": len(seeds), "subsample": ctx.subsample, "transfer": transfer_meta(args, world),
+            "seeds": len(seeds), "subsample": ctx.subsample, "transfer": ctx.transfer,
             "machine": describe(),
             "date": utc_now(), "command": command_line("benchmarks/quality/run.py", argv)}
     meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))  # results name checkout-relative paths only

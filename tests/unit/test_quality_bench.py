@@ -374,10 +374,10 @@ def test_a_transfer_run_reads_the_checkpoints_dataset_and_constants_and_says_so(
     loaded = run.transfer_normalisation(str(ckpt), ml100k_world)
     np.testing.assert_allclose(loaded.text_mean, norm.text_mean)
     assert loaded.names == norm.names
-    args = dataclasses.make_dataclass("Args", [("checkpoint", str), ("dataset", str), ("transfer_constants", str)])
-    assert run.transfer_meta(args(str(ckpt), "ml-1m", "checkpoint"), ml100k_world) is None  # its own dataset
-    meta = run.transfer_meta(args(str(ckpt), "ml-100k", "dataset"), ml100k_world)
-    assert meta == {"checkpoint_dataset": "ml-1m", "split": "0.8 / 0.1 / 0.1", "constants": "dataset"}
+    assert run.transfer_of("ml-1m", "ml-1m", (0.8, 0.1, 0.1), "checkpoint") is None  # its own dataset
+    assert run.transfer_of(None, "ml-100k", (0.8, 0.1, 0.1), "checkpoint") is None  # no checkpoint, or no record
+    meta = run.transfer_of(run.checkpoint_dataset(str(ckpt)), "ml-100k", (0.5, 0.1, 0.4), "dataset")
+    assert meta == {"checkpoint_dataset": "ml-1m", "split": "0.5 / 0.1 / 0.4", "constants": "dataset"}
     header = run.markdown([], [], {"dataset": "ml-100k", "n_train": 1, "n_test": 1, "transfer": meta}).splitlines()[0]
     assert "pretrained on ml-1m" in header and "refitted on ml-100k's train users" in header
 
