@@ -477,7 +477,7 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int], tuned: bool = Tru
     world = full_world(ctx.world)
     if world.cfg.dataset != "ml-1m":  # the users are indices into the dataset's own user list
         parts.append(f"dataset:{world.cfg.dataset}")
-    if getattr(world, "normalisation", None) is not None:
+    if world.normalisation is not None:
         parts.append("inputs:checkpoint-normalisation")
     ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
@@ -862,9 +862,12 @@ def add_probe_args(p: argparse.ArgumentParser) -> None:
 def checkpoint_dataset(checkpoint: str | None) -> str | None:
     """The dataset a checkpoint was pretrained on (the one its dense-vector constants were fitted on, recorded in
     its manifest); None without a checkpoint or for one trained before the constants shipped."""
+    from training.artifact_io import MANIFEST
+    from training.normalisation import MANIFEST_KEY
+
     if not checkpoint:
         return None
-    entry = json.loads((Path(checkpoint) / "manifest.json").read_text()).get("normalisation") or {}
+    entry = json.loads((Path(checkpoint) / MANIFEST).read_text()).get(MANIFEST_KEY) or {}
     return entry.get("dataset")
 
 
