@@ -10,6 +10,7 @@ with the reason. Writes benchmarks/results/quality.{md,json,png}; prints the tab
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -66,6 +67,11 @@ class Context:
     embedding: str | None = None  # the model rows' embedding (head.embedding) if not the checkpoint's own
     served: str | None = None  # served.py fetch output: the model rows as the public API returned them
     transfer: dict | None = None  # a dataset the checkpoint was not pretrained on: what the model reads (transfer_of)
+    # model key -> the dense-vector constants its model reads where they are not the world's own (a Normalisation;
+    # None: refitted on the world's train users): on a transfer run, each --ablation checkpoint's own and the
+    # --compare-constants rows' (inputs_world)
+    constants: dict = field(default_factory=dict)
+    input_worlds: dict = field(default_factory=dict)  # model key -> the world its model reads, memoised
 
 
 class CappedWorld:
@@ -102,12 +108,44 @@ def full_world(world: UserWorld | CappedWorld) -> UserWorld:
     return world._world if isinstance(world, CappedWorld) else world
 
 
-def model_collator(ctx: Context, model):
-    """The one collator every model pass of the harness reads users through: the whole world's inputs (full_world),
-    at the checkpoint's tabular width (older checkpoints read fewer columns)."""
+def inputs_world(ctx: Context, key: str = "trained") -> UserWorld:
+    """The world the model of `key` reads its users from: the whole world (full_world), standardising the dense
+    user vector with the constants that key is read with (Context.constants; the world's own otherwise). A key with
+    other constants reads a shallow copy (the data shared, the dense-vector memo its own)."""
+    world = full_world(ctx.world)
+    if key not in ctx.constants or ctx.constants[key] is world.normalisation:
+        return world
+    if key not in ctx.input_worlds:
+        other = copy.copy(world)
+        other.__dict__.pop("_dense_cache", None)  # training.data.features' memo of the world's own constants
+        other.normalisation = ctx.constants[key]
+        ctx.input_worlds[key] = other
+    return ctx.input_worlds[key]
+
+
+def constants_tag(ctx: Context, key: str) -> str | None:
+    """What identifies the dense-vector constants the model of `key` reads, for the embedding cache's key: on a
+    transfer run (or wherever constants are given) a digest of them, or of the train users they are refitted on;
+    None where they are pretraining's own (the dataset and split the checkpoint was trained on: ML-1M's files keep
+    their key). A checkpoint's id does not cover its normalisation.json (training.normalisation), so the tag does."""
+    import hashlib
+
+    world = inputs_world(ctx, key)
+    if world.normalisation is not None:
+        return "inputs:constants-" + hashlib.sha256(world.normalisation.to_json().encode()).hexdigest()[:16]
+    if ctx.transfer:
+        train = json.dumps(world.users("train"))
+        return "inputs:refit-on-train-" + hashlib.sha256(train.encode()).hexdigest()[:16]
+    return None
+
+
+def model_collator(ctx: Context, model, key: str = "trained"):
+    """The one collator every model pass of the harness reads users through: the inputs of `key` (inputs_world: the
+    whole world's, with the constants that key reads), at the checkpoint's tabular width (older checkpoints read
+    fewer columns)."""
     from training.data.collate import UserCollator
 
-    return UserCollator(full_world(ctx.world), ctx.vecs, d_tab=model.cfg.input.d_tab)
+    return UserCollator(inputs_world(ctx, key), ctx.vecs, d_tab=model.cfg.input.d_tab)
 
 
 # ---- baseline rows -------------------------------------------------------------------------------------------
@@ -148,8 +186,9 @@ STATIC_QUERY = "Describe this user."  # one query for every scenario: a static u
 
 
 def _checkpoint(ctx: Context, key: str) -> str:
-    """The checkpoint behind one model key: "trained"/"untrained" use --checkpoint, others are --ablation rows."""
-    path = ctx.ablations.get(key) if key not in ("trained", "untrained") else ctx.checkpoint
+    """The checkpoint behind one model key: "trained"/"untrained"/REFIT use --checkpoint, others are --ablation
+    rows."""
+    path = ctx.ablations.get(key) if key not in ("trained", "untrained", REFIT) else ctx.checkpoint
     if not path:
         raise RowSkipped("needs --checkpoint (a training.pretrain output directory)")
     return path
@@ -404,12 +443,12 @@ def save_npz(disk: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def prefix_batches(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
     """(position of the first user, PrefixCache of users[i:i + 16]) in user order, encoded on demand, with progress
-    lines an operator can grep."""
+    lines an operator can grep. `label`: the model key (its users are read through inputs_world)."""
     import torch
 
     from training.precision import autocast
 
-    collate = model_collator(ctx, model)
+    collate = model_collator(ctx, model, label)
     t0 = time.perf_counter()
     for i in range(0, len(users), 16):
         with torch.inference_mode(), autocast(dtype, ctx.device):
@@ -477,8 +516,9 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int], tuned: bool = Tru
     world = full_world(ctx.world)
     if world.cfg.dataset != "ml-1m":  # the users are indices into the dataset's own user list
         parts.append(f"dataset:{world.cfg.dataset}")
-    if world.normalisation is not None:
-        parts.append("inputs:checkpoint-normalisation")
+    tag = constants_tag(ctx, key)
+    if tag:
+        parts.append(tag)
     ident = json.dumps(parts)
     return Path(ctx.embed_cache) / f"{kind}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
 
@@ -550,9 +590,24 @@ def row_untrained_zero_shot(ctx: Context):
     return model_embeddings(ctx, "untrained")["zero_shot"]
 
 
+def row_refit_static(ctx: Context):
+    same = model_embeddings(ctx, REFIT)["static"]["static"]
+    return {s.name: same for s in ctx.scenarios}
+
+
+def row_refit_zero_shot(ctx: Context):
+    return model_embeddings(ctx, REFIT)["zero_shot"]
+
+
 ABLATION_PREFIX = "ablation: zero-shot, "
 SERVED = "served"  # model key of the rows fetched through the public API (--served)
 SERVED_STATIC, SERVED_ZERO_SHOT = "served: static query", "served: zero-shot"
+# --compare-constants: the checkpoint read with constants refitted on a new dataset's train users, beside the rows
+# read with the constants it ships (as ingest serves them): does refitting them help, and the query's gain under each
+REFIT = "refitted constants"  # model key
+REFIT_STATIC, REFIT_ZERO_SHOT = "Q-Anchor static query, refitted constants", "Q-Anchor zero-shot, refitted constants"
+REFIT_CLAIMS = [(REFIT_ZERO_SHOT, "Q-Anchor zero-shot"), (REFIT_STATIC, "Q-Anchor static query"),
+                (REFIT_ZERO_SHOT, REFIT_STATIC)]
 # --served: is the scenario query worth anything through the API, and does the API serve what the artifact computes
 SERVED_CLAIMS = [(SERVED_ZERO_SHOT, SERVED_STATIC), (SERVED_ZERO_SHOT, "Q-Anchor zero-shot")]
 TUNED_VAL_SELECTED = "Q-Anchor prompt-tuned where val improves"
@@ -590,7 +645,8 @@ BASELINES = list(ROWS)[:6]
 # model rows -> which model's same-question retrieval they report (the model, not the probe, is measured there)
 MODEL_KEYS = {"Q-Anchor static query": "trained", "Q-Anchor zero-shot": "trained",
               "Q-Anchor prompt-tuned": "trained", TUNED_VAL_SELECTED: "trained",
-              "ablation: zero-shot, no pretraining": "untrained", SERVED_STATIC: SERVED, SERVED_ZERO_SHOT: SERVED}
+              "ablation: zero-shot, no pretraining": "untrained", SERVED_STATIC: SERVED, SERVED_ZERO_SHOT: SERVED,
+              REFIT_STATIC: REFIT, REFIT_ZERO_SHOT: REFIT}
 
 
 def _user_share(ctx: Context, emb: dict[str, np.ndarray]) -> float | None:
@@ -623,7 +679,7 @@ def _same_question(ctx: Context, key: str) -> dict[str, float]:
     from training.precision import autocast
 
     model, dtype = load_model_at_precision(ctx, key)
-    collate = model_collator(ctx, model)
+    collate = model_collator(ctx, model, key)
     ho = HeldOutEval(ctx.world, collate, 256, model.cfg.data, seed=0, split="test")
     got = ho.same_question(model, model.cfg, autocast(dtype, ctx.device) if dtype != torch.float32 else None)
     ctx.same_q[key] = {"acc1": got.get("val_acc1_same_q"), "chance": 1.0 / got.get("val_same_q_group", 1.0)}
@@ -684,8 +740,10 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
         lines[0] += (f" Transfer: the checkpoint was pretrained on {transfer['checkpoint_dataset']}, so every "
                      f"{meta['dataset']} user is new to it (probe split {transfer['split']}); the model reads the "
                      "dense user vector standardised with "
-                     + ("the checkpoint's constants, as ingest serves it." if transfer["constants"] == "checkpoint"
-                        else f"constants refitted on {meta['dataset']}'s train users."))
+                     + ("the checkpoint's constants, as ingest serves it" if transfer["constants"] == "checkpoint"
+                        else f"constants refitted on {meta['dataset']}'s train users")
+                     + (f"; the rows marked \"{REFIT}\" read it standardised with constants refitted on "
+                        f"{meta['dataset']}'s train users." if transfer.get("compare") else "."))
     for r in sorted(done, key=lambda r: -r["auc_avg"]):
         ci = r.get("auc_ci")
         sq = r.get("same_q")
@@ -914,8 +972,13 @@ def transfer_normalisation(checkpoint: str, world: UserWorld):
 def transfer_of(trained_on: str | None, dataset: str, fracs: tuple[float, float, float],
                 constants: str) -> dict | None:
     """What a run on a dataset the checkpoint was not pretrained on reads (None otherwise): the log line, the
-    table's header and its JSON meta."""
+    table's header and its JSON meta. Refuses (SystemExit) constants other than the checkpoint's where there is no
+    such dataset: the model rows already read the dataset's own train-user moments there."""
     if trained_on in (None, dataset):
+        if constants != "checkpoint":
+            raise SystemExit(f"--transfer-constants {constants}: only for a dataset the checkpoint was not pretrained "
+                             f"on (this one was pretrained on {trained_on or 'an unrecorded dataset, or none given'}); "
+                             f"its rows here already read {dataset}'s own train-user moments: drop the option")
         return None
     return {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in fracs), "constants": constants}
 
@@ -932,10 +995,15 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     fracs = split_fracs(split, args.dataset, args.checkpoint, trained_on)
     world = build_world(WorldConfig(dataset=args.dataset, split_fracs=fracs))
     vecs = cached_text_vectors(world.texts, args.dataset)
-    transfer = transfer_of(trained_on, args.dataset, fracs, getattr(args, "transfer_constants", "checkpoint"))
+    constants_choice = getattr(args, "transfer_constants", "checkpoint")
+    transfer = transfer_of(trained_on, args.dataset, fracs, constants_choice)
+    constants = {}
     if transfer:
         if transfer["constants"] == "checkpoint":
             world.normalisation = transfer_normalisation(args.checkpoint, world)
+            # each --ablation checkpoint is served with the constants it ships, not the main checkpoint's
+            constants = {label: transfer_normalisation(path, world)
+                         for label, path in extra.get("ablations", {}).items()}
         log.info("transfer checkpoint_dataset=%s dataset=%s split=%r dense_vector_constants=%s",
                  trained_on, args.dataset, transfer["split"], transfer["constants"])
     scenarios = load_scenarios(Path(args.scenarios) if args.scenarios else None)
@@ -947,7 +1015,7 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
                    embed_cache=args.embed_cache, tune_objective=args.tune_objective,
                    tune_anchor=args.tune_anchor, tune_depth=args.tune_depth, c_choice=getattr(args, "c_choice", "cv"),
                    tune_verdict=getattr(args, "tune_verdict", 0.0), embedding=getattr(args, "embedding", None),
-                   transfer=transfer, **extra)
+                   transfer=transfer, constants=constants, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -970,10 +1038,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--served", default=None, metavar="FILE",
                    help="add the static and zero-shot rows as the public API served them (benchmarks/quality/"
                         "served.py fetch), their paired differences and their cosine to the checkpoint's own")
+    p.add_argument("--compare-constants", action="store_true",
+                   help="on a dataset the checkpoint was not pretrained on (its constants served, the default "
+                        "--transfer-constants): add the static and zero-shot rows read with constants refitted on "
+                        "this dataset's train users, paired with the rows read with the checkpoint's")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
     if not 0 < args.subsample < 1:
         p.error(f"--subsample {args.subsample}: give a share of the train users between 0 and 1, e.g. 0.8")
+    if args.compare_constants and (args.transfer_constants != "checkpoint"
+                                   or checkpoint_dataset(args.checkpoint) in (None, args.dataset)):
+        p.error("--compare-constants: needs a checkpoint and a dataset it was not pretrained on (e.g. --dataset "
+                "ml-100k --split 0.5 0.1 0.4), read with the constants it ships (no --transfer-constants)")
     if args.served:
         if not Path(args.served).is_file():
             p.error(f"--served {args.served}: no such file (benchmarks/quality/served.py fetch writes it)")
@@ -984,11 +1060,16 @@ def main(argv: list[str] | None = None) -> int:
     ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding,
                         subsample=1.0 if args.seeds == 1 else args.subsample,
                         same_question=not args.no_same_question, served=args.served)
+    if args.compare_constants:
+        ctx.constants[REFIT] = None  # refitted on this world's train users (training.data.features)
+        ctx.transfer["compare"] = True
+        ROWS[REFIT_STATIC], ROWS[REFIT_ZERO_SHOT] = row_refit_static, row_refit_zero_shot
     world, scenarios = ctx.world, ctx.scenarios
     seeds = tuple(range(args.seeds))
     base = list(ROWS) if args.rows is None else args.rows  # `--rows` with no names: only the --ablation rows
     names = list(dict.fromkeys(base + [ABLATION_PREFIX + a for a in ablations]
-                               + ([SERVED_STATIC, SERVED_ZERO_SHOT] if args.served else [])))
+                               + ([SERVED_STATIC, SERVED_ZERO_SHOT] if args.served else [])
+                               + ([REFIT_STATIC, REFIT_ZERO_SHOT] if args.compare_constants else [])))
     rows = [run_row(n, ctx, seeds) for n in names]
     claims = []
     if args.draws:
@@ -996,8 +1077,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if "skipped" not in r:
                 r["auc_ci"] = boot.row_interval(r["row"])
-        claims = paired_claims(rows, claim_pairs(CLAIMS, ablations) + (SERVED_CLAIMS if args.served else []), boot,
-                               subsample=ctx.subsample)
+        pairs = (claim_pairs(CLAIMS, ablations) + (SERVED_CLAIMS if args.served else [])
+                 + (REFIT_CLAIMS if args.compare_constants else []))
+        claims = paired_claims(rows, pairs, boot, subsample=ctx.subsample)
     for r in rows:
         r.pop("probes", None)
     meta = {"dataset": args.dataset, "scenarios": args.scenarios or "training/data/scenarios.yaml",

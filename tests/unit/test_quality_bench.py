@@ -37,6 +37,14 @@ class FakeWorld:  # only what CappedWorld and the cache key touch: users(split),
         return self.splits[split] if split else sorted(u for us in self.splits.values() for u in us)
 
 
+@dataclasses.dataclass
+class FakeConstants:  # a Normalisation as the cache key reads it
+    text: str
+
+    def to_json(self) -> str:
+        return self.text
+
+
 def test_capped_world_subsets_are_seeded_sorted_and_within_split():
     run = _load()
     a = run.CappedWorld(FakeWorld(), {"train": 20, "val": None, "test": 10})
@@ -337,10 +345,76 @@ def test_a_probe_split_of_a_dataset_the_checkpoint_never_saw_is_kept_and_keys_th
     ml100k = FakeWorld()
     ml100k.cfg = dataclasses.replace(FakeWorld.cfg, dataset="ml-100k")
     served = FakeWorld()
-    served.cfg, served.normalisation = ml100k.cfg, "constants"
+    served.cfg, served.normalisation = ml100k.cfg, FakeConstants("constants")
     assert len({name(ml1m), name(ml100k), name(served)}) == 3
     kept = json.dumps(["ckpt-id", "trained", [1, 2], 0, run.STATIC_QUERY, [], "float32", *run.INPUT_TAGS])
     assert name(ml1m) == f"trained-{hashlib.sha256(kept.encode()).hexdigest()[:16]}.npz"  # files written before
+
+
+def test_the_cache_key_holds_the_constants_the_model_reads(monkeypatch):
+    """A checkpoint's id does not cover its normalisation.json: embeddings read with other constants (rewritten ones,
+    or ones refitted on other train users) never share a file; a transfer run keys its refit by those users."""
+    run = _load()
+    monkeypatch.setattr("training.artifacts.checkpoint_id", lambda path: "ckpt-id")
+    monkeypatch.setattr("training.precision.resolve_precision", lambda setting, device: torch.float32)
+    world = FakeWorld()
+    world.cfg = dataclasses.replace(FakeWorld.cfg, dataset="ml-100k")
+    transfer = {"checkpoint_dataset": "ml-1m", "split": "0.5 / 0.1 / 0.4", "constants": "checkpoint"}
+
+    def name(normalisation, key="trained", train=None, constants=None):
+        w = FakeWorld()
+        w.cfg, w.normalisation = world.cfg, normalisation
+        if train is not None:
+            w.splits = {**FakeWorld.splits, "train": train}
+        ctx = run.Context(world=w, vecs=np.zeros((1, 384), np.float16), scenarios=[], checkpoint="main",
+                          device="cpu", model_users=None, embed_cache="cache", transfer=transfer,
+                          constants=constants or {})
+        return run._disk_cache_path(ctx, key, [1, 2]).name
+
+    shipped, rewritten = FakeConstants("shipped"), FakeConstants("rewritten")
+    assert name(shipped) == name(FakeConstants("shipped"))  # the constants' content, not the object
+    assert name(shipped) != name(rewritten)
+    refit = name(shipped, run.REFIT, constants={run.REFIT: None})
+    assert refit == name(None) and refit != name(shipped)  # --compare-constants' rows = a --transfer-constants run's
+    assert name(None, train=list(range(0, 90))) != name(None)  # other train users, other refitted constants
+
+
+def test_each_model_key_reads_the_world_with_its_own_constants(ml100k_world):
+    """--compare-constants' rows read a copy of the world standardised with refitted constants; the main rows (and
+    the shared world) keep the checkpoint's, and each copy is made once."""
+    from training.data.features import dense_user_features, fit_normalisation
+    from training.data.stats import Normalisation
+
+    run = _load()
+    vecs = np.random.default_rng(3).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    own = fit_normalisation(ml100k_world, vecs)
+    shipped = Normalisation(own.names, own.stats_mean + 1.0, own.stats_std * 2.0, own.text_mean - 0.5, own.text_std)
+    world = dataclasses.replace(ml100k_world, normalisation=shipped)  # the session's fixture is never mutated
+    ctx = run.Context(world=run.CappedWorld(world, {"train": 20, "val": 20, "test": 50}), vecs=vecs, scenarios=[],
+                      checkpoint="main", device="cpu", model_users=None, constants={run.REFIT: None})
+    assert run.inputs_world(ctx) is world and run.inputs_world(ctx, "an ablation") is world
+    refit = run.inputs_world(ctx, run.REFIT)
+    assert refit is run.inputs_world(ctx, run.REFIT) and refit.normalisation is None
+    assert world.normalisation is shipped and refit.ml is world.ml
+    users = world.users("test")[:4]
+    read = dense_user_features(world, vecs)[users].copy()
+    np.testing.assert_allclose(dense_user_features(refit, vecs)[users],
+                               dense_user_features(dataclasses.replace(ml100k_world), vecs)[users], rtol=1e-6)
+    assert not np.allclose(dense_user_features(refit, vecs)[users], read, atol=1e-3)
+    np.testing.assert_array_equal(dense_user_features(world, vecs)[users], read)  # its memo untouched
+
+
+def test_other_constants_are_refused_where_the_checkpoint_knows_the_dataset(capsys):
+    """--transfer-constants dataset on the checkpoint's own dataset (or with no checkpoint) was a silent no-op;
+    --compare-constants there has no served constants to compare with: both stop and say so."""
+    run = _load()
+    with pytest.raises(SystemExit, match="drop the option"):
+        run.transfer_of("ml-1m", "ml-1m", (0.8, 0.1, 0.1), "dataset")
+    with pytest.raises(SystemExit, match="drop the option"):
+        run.transfer_of(None, "ml-100k", (0.5, 0.1, 0.4), "dataset")
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--dataset", "ml-100k", "--compare-constants", "--out", "unused"])
+    assert exc.value.code == 2 and "--compare-constants: needs a checkpoint" in capsys.readouterr().err
 
 
 def _tiny_checkpoint(world, tmp_path: Path) -> Path:
@@ -380,6 +454,9 @@ def test_a_transfer_run_reads_the_checkpoints_dataset_and_constants_and_says_so(
     assert meta == {"checkpoint_dataset": "ml-1m", "split": "0.5 / 0.1 / 0.4", "constants": "dataset"}
     header = run.markdown([], [], {"dataset": "ml-100k", "n_train": 1, "n_test": 1, "transfer": meta}).splitlines()[0]
     assert "pretrained on ml-1m" in header and "refitted on ml-100k's train users" in header
+    compared = {**meta, "constants": "checkpoint", "compare": True}
+    header = run.markdown([], [], {"dataset": "ml-100k", "n_train": 1, "n_test": 1, "transfer": compared})
+    assert "the checkpoint's constants, as ingest serves it; the rows marked \"refitted constants\"" in header
 
 
 def test_without_tuning_the_harness_streams_prefixes_and_embeds_what_a_kept_cache_gives(ml100k_world, tmp_path):
