@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from training.data.movielens import GENRES
 from training.data.scenarios import Scenario
 from training.data.world import UserWorld
 
@@ -277,20 +276,19 @@ def evaluate_embeddings(emb, world: UserWorld, scenarios: list[Scenario], seeds:
 
 # ---- baselines: user vectors from the history window ---------------------------------------------------------
 def bag_of_items(world: UserWorld) -> sp.csr_matrix:
-    """[n_users, n_sources * n_items] sparse: which movies the user put in each source (liked/neutral/...),
-    L2-normalised per user. Bag of genres is appended (see bag_of_genres) so one row covers both."""
-    r = world.ml.ratings
-    n_items, n_src = len(world.ml.movies), len(world.sources.sources)
+    """[n_users, n_sources * n_items] sparse: which items (movies) the user put in each source (liked/neutral/...),
+    L2-normalised per user. Bag of categories is appended (see bag_of_genres) so one row covers both. Any world
+    with the rows interface (MovieLens' UserWorld, an event log's EventWorld)."""
+    n_items, n_src = world.n_items, len(world.feature_spec.names)
     rows, cols = [], []
     for u, tl in world.timelines.items():
         h = tl.history
-        src = world.source_of_rating[h]
+        src = world.source_of_row[h]
         ok = src >= 0
         rows.append(np.full(int(ok.sum()), u))
-        cols.append(src[ok].astype(np.int64) * n_items + r.item[h][ok])
+        cols.append(src[ok].astype(np.int64) * n_items + world.item_of_row[h][ok])
     rows_a, cols_a = np.concatenate(rows), np.concatenate(cols)
-    m = sp.csr_matrix((np.ones(len(rows_a), np.float32), (rows_a, cols_a)),
-                      shape=(len(world.ml.users), n_src * n_items))
+    m = sp.csr_matrix((np.ones(len(rows_a), np.float32), (rows_a, cols_a)), shape=(world.n_users, n_src * n_items))
     norms = np.sqrt(np.asarray(m.multiply(m).sum(1)).ravel())
     norms[norms == 0] = 1.0
     m = sp.diags(1.0 / norms) @ m
@@ -298,19 +296,20 @@ def bag_of_items(world: UserWorld) -> sp.csr_matrix:
 
 
 def bag_of_genres(world: UserWorld) -> np.ndarray:
-    """[n_users, n_sources * 18 + n_sources] genre shares per source plus each source's share of events."""
-    r, movies = world.ml.ratings, world.ml.movies
-    n_src = len(world.sources.sources)
-    g_idx = {g: i for i, g in enumerate(GENRES)}
-    out = np.zeros((len(world.ml.users), n_src * len(GENRES) + n_src), np.float32)
+    """[n_users, n_sources * n_categories + n_sources] category shares per source plus each source's share of
+    events; the categories are the world's `category_names` (MovieLens: its 18 genres)."""
+    n_src, names = len(world.feature_spec.names), world.category_names
+    n_cat = len(names)
+    c_idx = {g: i for i, g in enumerate(names)}
+    out = np.zeros((world.n_users, n_src * n_cat + n_src), np.float32)
     for u, tl in world.timelines.items():
         h = tl.history
-        for row, s in zip(h, world.source_of_rating[h]):
+        for cats, s in zip(world.stats_columns(h)[3], world.source_of_row[h]):
             if s < 0:
                 continue
-            out[u, n_src * len(GENRES) + s] += 1
-            for g in movies[r.item[row]].genres:
-                out[u, s * len(GENRES) + g_idx[g]] += 1
+            out[u, n_src * n_cat + s] += 1
+            for g in cats:
+                out[u, s * n_cat + c_idx[g]] += 1
         out[u] /= max(len(h), 1)
     return out
 
@@ -318,16 +317,16 @@ def bag_of_genres(world: UserWorld) -> np.ndarray:
 def mean_text_vector(world: UserWorld, vecs: np.ndarray, per_source: bool = False) -> np.ndarray:
     """Mean MiniLM vector of the user's history event texts: [n_users, 384], or one mean per source
     concatenated ([n_users, n_sources * 384]) when per_source (zeros for an empty source)."""
-    n_src = len(world.sources.sources) if per_source else 1
+    n_src = len(world.feature_spec.names) if per_source else 1
     d = vecs.shape[1]
-    out = np.zeros((len(world.ml.users), n_src * d), np.float32)
+    out = np.zeros((world.n_users, n_src * d), np.float32)
     for u, tl in world.timelines.items():
         h = tl.history
-        v = vecs[world.text_of_rating[h]].astype(np.float32)
+        v = vecs[world.text_of_row[h]].astype(np.float32)
         if not per_source:
             out[u] = v.mean(0)
             continue
-        src = world.source_of_rating[h]
+        src = world.source_of_row[h]
         for s in range(n_src):
             if (src == s).any():
                 out[u, s * d:(s + 1) * d] = v[src == s].mean(0)

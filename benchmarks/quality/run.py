@@ -262,7 +262,7 @@ def model_users(ctx: Context) -> list[int]:
 
 def scatter_users(ctx: Context, users: list[int], emb: np.ndarray) -> np.ndarray:
     """The model users' rows [len(users), D] as the probes index them: [all users, D], fp32, zeros elsewhere."""
-    full = np.zeros((len(ctx.world.ml.users), emb.shape[1]), np.float32)
+    full = np.zeros((ctx.world.n_users, emb.shape[1]), np.float32)
     full[np.asarray(users)] = emb
     return full
 
@@ -371,13 +371,16 @@ def served_embeddings(ctx: Context) -> dict[str, dict[str, np.ndarray]]:
     if other:
         raise SystemExit(f"--served {ctx.served} was fetched without {other} or in other wording (it has "
                          f"{sorted(have)}); fetch it with the --scenarios file this run gets")
-    index = {u.user_id: i for i, u in enumerate(ctx.world.ml.users)}
-    row_of = {index[uid]: j for j, uid in enumerate(user_ids) if uid in index}
+    world = full_world(ctx.world)
+    index = {str(world.user_id(i)): i for i in range(world.n_users)}
+    # an event log's users are named as the API knows them (the replay's --user-prefix + the dataset's user id)
+    prefix = meta.get("user_prefix", "") if world.cfg.dataset == "offline" else ""
+    row_of = {index[prefix + uid]: j for j, uid in enumerate(user_ids) if prefix + uid in index}
     users = model_users(ctx)
     missing = [u for u in users if u not in row_of]
     if missing:
         raise SystemExit(f"--served {ctx.served} lacks {len(missing)} of this run's {len(users)} users (e.g. "
-                         f"{ctx.world.ml.users[missing[0]].user_id}): its events step had other population flags")
+                         f"{world.user_id(missing[0])}): its events step had other population flags")
     rows = emb[[row_of[u] for u in users]]
     out: dict[str, dict[str, np.ndarray]] = {}
     wanted = set(spec_names([{"name": s.name} for s in ctx.scenarios]))  # the file may hold more scenarios
@@ -516,6 +519,8 @@ def _disk_cache_path(ctx: Context, key: str, users: list[int], tuned: bool = Tru
     world = full_world(ctx.world)
     if world.cfg.dataset != "ml-1m":  # the users are indices into the dataset's own user list
         parts.append(f"dataset:{world.cfg.dataset}")
+    if world.cfg.dataset == "offline":  # a log grows, and --as-of moves the cut: key by what the model reads
+        parts.append(f"log:{world.content_digest()}")
     tag = constants_tag(ctx, key)
     if tag:
         parts.append(tag)
@@ -863,7 +868,14 @@ def parse_ablations(p: argparse.ArgumentParser, flag: str, items: list[str]) -> 
 
 def add_population_args(p: argparse.ArgumentParser) -> None:
     """Which model, users and scenarios a run measures (shared with label_budget.py, so both see the same users)."""
-    p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k"])
+    p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k", "offline"],
+                   help="a MovieLens world, or `offline`: the platform's event log (--log-root), its users scored on "
+                        "labels files the --scenarios file names (label: given; docs/own-data.md)")
+    p.add_argument("--log-root", default=None,
+                   help="offline: the event log folder (default $QANCHOR_EVENT_LOG_DIR, else the local stack's)")
+    p.add_argument("--as-of", default=None, metavar="TIME",
+                   help="offline: embed each user from the events before TIME (unix seconds or an ISO time, UTC when "
+                        "no zone), as the feature store held them then (default: every event in the log)")
     p.add_argument("--checkpoint", default=os.environ.get("QANCHOR_CHECKPOINT"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--embedding", default=None, type=_readout_arg, metavar="READOUT",
@@ -983,6 +995,40 @@ def transfer_of(trained_on: str | None, dataset: str, fracs: tuple[float, float,
     return {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in fracs), "constants": constants}
 
 
+def log_world(args: argparse.Namespace, fracs: tuple[float, float, float], scenarios: list[Scenario]):
+    """`--dataset offline`: the platform's event log as a world (training.data.event_world), each user's history
+    the events before --as-of (all of them by default; no future window is read: the labels files are the
+    answers), the users restricted to those a scenario labels. Refuses (SystemExit, saying what to do) a missing
+    log or a scenario whose labels are not a file."""
+    from training.data.event_log import EVENT_LOG_DIR_ENV, default_log_root
+    from training.data.event_world import build_event_world
+    from training.pretrain import parse_cutoff
+
+    root = Path(args.log_root) if args.log_root else default_log_root()
+    if not root.is_dir():
+        raise SystemExit(f"--dataset offline reads the event log, and there is none at {root}: start the stack's "
+                         f"eventlog service (qanchor stack up eventlog), or pass --log-root DIR / set "
+                         f"{EVENT_LOG_DIR_ENV}")
+    other = [s.name for s in scenarios if s.label != "given"]
+    if other:
+        raise SystemExit(f"--dataset offline: scenarios {other} compute MovieLens labels; on an event log every "
+                         "scenario's labels come from a file: `label: given`, `params: {file: labels.csv}` (header "
+                         "user_id,label; docs/own-data.md)")
+    as_of = parse_cutoff(args.as_of)
+    world = build_event_world(root, WorldConfig(dataset="offline", split_fracs=fracs, min_history=1, min_future=0),
+                              cutoff=np.inf if as_of is None else as_of)
+    labelled = {u for s in scenarios for u in s.labels(world, world.users())[0].tolist()}
+    for u in [u for u in world.timelines if u not in labelled]:
+        del world.timelines[u], world.split[u]
+        world.excluded[u] = "no_label"
+    if not world.timelines:
+        raise SystemExit(f"--dataset offline: no user of the log at {root} has events before --as-of and a label in "
+                         f"the scenarios' files (the files' user_id must be the id events were sent with)")
+    log.info("log_world root=%s as_of=%s users=%d labelled=%d train=%d val=%d test=%d", root, args.as_of or "end",
+             world.n_users, len(world.timelines), *(len(world.users(s)) for s in ("train", "val", "test")))
+    return world
+
+
 def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     """The world (capped to the seeded user subsets), event-text vectors and scenarios of `add_population_args`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -993,7 +1039,11 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     threadpool_limits(1, user_api="blas")
     split, trained_on = getattr(args, "split", None), checkpoint_dataset(args.checkpoint)
     fracs = split_fracs(split, args.dataset, args.checkpoint, trained_on)
-    world = build_world(WorldConfig(dataset=args.dataset, split_fracs=fracs))
+    scenarios = load_scenarios(Path(args.scenarios) if args.scenarios else None)
+    if args.dataset == "offline":
+        world = log_world(args, fracs, scenarios)
+    else:
+        world = build_world(WorldConfig(dataset=args.dataset, split_fracs=fracs))
     vecs = cached_text_vectors(world.texts, args.dataset)
     constants_choice = getattr(args, "transfer_constants", "checkpoint")
     transfer = transfer_of(trained_on, args.dataset, fracs, constants_choice)
@@ -1006,7 +1056,6 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
                          for label, path in extra.get("ablations", {}).items()}
         log.info("transfer checkpoint_dataset=%s dataset=%s split=%r dense_vector_constants=%s",
                  trained_on, args.dataset, transfer["split"], transfer["constants"])
-    scenarios = load_scenarios(Path(args.scenarios) if args.scenarios else None)
     n_train = args.train_users or args.model_users
     n_val = args.val_users or args.eval_users
     if n_train or n_val or args.eval_users:
@@ -1060,6 +1109,9 @@ def main(argv: list[str] | None = None) -> int:
     ctx = build_context(args, ablations=ablations, ablation_embedding=ablation_embedding,
                         subsample=1.0 if args.seeds == 1 else args.subsample,
                         same_question=not args.no_same_question, served=args.served)
+    if args.dataset == "offline" and ctx.same_question:
+        log.info("same_question skipped: an event log world has no future windows to ask pretraining's questions of")
+        ctx.same_question = False
     if args.compare_constants:
         ctx.constants[REFIT] = None  # refitted on this world's train users (training.data.features)
         ctx.transfer["compare"] = True

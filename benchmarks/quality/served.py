@@ -76,6 +76,9 @@ def cmd_events(args: argparse.Namespace) -> int:
     from benchmarks.quality.run import build_context, full_world, model_users
     from training.data.export_events import export_records
 
+    if args.dataset == "offline":
+        raise SystemExit("served.py events replays a MovieLens dataset's users; an event log's users are in the "
+                         "stack already: measure the log with run.py --dataset offline (docs/own-data.md)")
     ctx = build_context(args)
     users = model_users(ctx)
     records = export_records(full_world(ctx.world), users, "history")

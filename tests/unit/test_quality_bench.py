@@ -980,3 +980,100 @@ def test_tie_order_measures_the_cosine_to_the_timeline_order(ml100k_world, tmp_p
     same[1, tied[0], 0] *= -1  # one draw of one user's static embedding the opposite way
     s = tie_order.cosine_summary(same, tied)
     assert s["min"] == pytest.approx(-1.0, abs=1e-4) and s["share_below_0.99"] == pytest.approx(1 / s["pairs"])
+
+
+def _event_log_helpers():
+    spec = importlib.util.spec_from_file_location("event_world_tests", Path(__file__).with_name("test_event_world.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_harness_measures_an_event_log_on_a_teams_labels_files(tmp_path, monkeypatch):
+    """--dataset offline: the platform's event log, each user embedded from everything in it, probed on the labels
+    CSVs a scenarios file names (`label: given`, the tuning CSV's format); users without a label are not scored.
+    Baselines and the model rows run on it, and the embedding cache is keyed by what the log held."""
+    pytest.importorskip("pyarrow")
+    import yaml
+
+    from training.data.event_world import build_event_world
+    from training.data.features import fit_normalisation
+    from training.data.scenarios import labels_file
+    from training.data.world import WorldConfig
+    from training.normalisation import attach_normalisation
+
+    helpers = _event_log_helpers()
+    run = _load()
+    records = helpers.synthetic_events(n_users=60, n_events=20)
+    helpers.write_log(tmp_path / "log", records)
+    # the label: the user's favourite category (synthetic_events: CATS[u % 5]) is Drama or Comedy; 10 users unlabelled
+    with (tmp_path / "likes_drama.csv").open("w") as f:
+        f.write("user_id,label\n" + "".join(f"user-{u:03d},{int(u % 5 < 2)}\n" for u in range(50)))
+    (tmp_path / "scen.yaml").write_text(yaml.safe_dump({"scenarios": [
+        {"name": "likes_drama", "query": "Does this user like dramas?", "label": "given",
+         "params": {"file": "likes_drama.csv"}}]}))
+
+    def fake_vectors(texts, name, progress=True):  # the harness is under test, not the encoder
+        assert name == "offline"
+        return np.random.default_rng(0).standard_normal((len(texts), 384)).astype(np.float16)
+
+    monkeypatch.setattr(run, "cached_text_vectors", fake_vectors)
+    world = build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_future=0), cutoff=np.inf)
+    assert all(len(t.future) == 0 for t in world.timelines.values())  # as of the end of the log: all history
+    ckpt = _tiny_checkpoint(world, tmp_path)
+    attach_normalisation(ckpt, fit_normalisation(world, fake_vectors(world.texts, "offline")), {"dataset": "ml-1m"})
+    args = ["--dataset", "offline", "--log-root", str(tmp_path / "log"), "--scenarios", str(tmp_path / "scen.yaml"),
+            "--checkpoint", str(ckpt), "--split", "0.5", "0.2", "0.3", "--draws", "50", "--c-choice", "val",
+            "--embed-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "q"),
+            "--rows", "bag_of_items+genres (LR)", "Q-Anchor static query", "Q-Anchor zero-shot"]
+    assert run.main(args) == 0
+    out = json.loads((tmp_path / "q.json").read_text())
+    meta, rows = out["meta"], {r["row"]: r for r in out["rows"]}
+    assert meta["n_train"] + meta["n_val"] + meta["n_test"] == 50 and meta["n_test"] >= 10
+    assert meta["transfer"]["checkpoint_dataset"] == "ml-1m"
+    assert rows["bag_of_items+genres (LR)"]["auc_avg"] > 0.8  # the favourite category is in the bag of categories
+    assert all("skipped" not in r and np.isfinite(r["auc_avg"]) for r in rows.values())
+    assert "same_q" not in rows["Q-Anchor zero-shot"]  # no future windows to ask pretraining's questions of
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(cached) == 1
+    # a grown log is another world: other cache file
+    helpers.write_log(tmp_path / "log", helpers.synthetic_events(n_users=60, n_events=21)[-1:], first_offset=5000)
+    assert run.main(args) == 0
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    labels_file.cache_clear()
+    # MovieLens label functions cannot read a log: refused, saying what to write instead
+    (tmp_path / "ml.yaml").write_text(yaml.safe_dump({"scenarios": [
+        {"name": "g", "query": "Is this user a woman?", "label": "demographic_gender", "params": {"gender": "F"}}]}))
+    with pytest.raises(SystemExit, match="label: given"):
+        run.main([*args[:4], "--scenarios", str(tmp_path / "ml.yaml"), *args[6:]])
+    with pytest.raises(SystemExit, match="qanchor stack up eventlog"):
+        run.main(["--dataset", "offline", "--log-root", str(tmp_path / "none"), "--scenarios",
+                  str(tmp_path / "scen.yaml"), "--out", str(tmp_path / "x")])
+
+
+def test_given_labels_read_a_teams_file_and_leave_unlisted_users_out(tmp_path):
+    """`label: given` reads the tuning CSV format relative to the scenarios file; labels other than 0/1, a missing
+    file or a missing `file` param are refused with what to do."""
+    import yaml
+
+    from training.data.scenarios import labels_file, load_scenarios
+
+    class World:
+        def user_id(self, u):
+            return f"u{u}"
+
+    (tmp_path / "l.csv").write_text("user_id,label,extra\nu1,1,x\nu2,0,y\n")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"scenarios": [
+        {"name": "a", "query": "q?", "label": "given", "params": {"file": "l.csv"}}]}))
+    (s,) = load_scenarios(tmp_path / "s.yaml")
+    users, labels = s.labels(World(), [1, 2, 3])
+    assert users.tolist() == [1, 2] and labels.tolist() == [1, 0]
+    (tmp_path / "bad.csv").write_text("user_id,label\nu1,2\n")
+    for params, message in (({"file": "bad.csv"}, "besides 0/1"), ({"file": "none.csv"}, "not found"),
+                            ({}, "needs `params: {file")):
+        (tmp_path / "b.yaml").write_text(yaml.safe_dump({"scenarios": [
+            {"name": "b", "query": "q?", "label": "given", "params": params}]}))
+        with pytest.raises(ValueError, match=message):
+            labels_file.cache_clear()
+            load_scenarios(tmp_path / "b.yaml")[0].labels(World(), [1])
+    labels_file.cache_clear()

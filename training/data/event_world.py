@@ -21,6 +21,7 @@ the text). Events of undeclared sources and `kind=tabular` overrides are left ou
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -64,8 +65,38 @@ class EventWorld:
     def n_users(self) -> int:
         return len(self.user_ids)
 
+    @property
+    def item_of_row(self) -> np.ndarray:
+        return self.item
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def category_names(self) -> list[str]:
+        """Every category an event of the log carries (the `categories` statistic's values), sorted."""
+        names = getattr(self, "_category_names", None)
+        if names is None:
+            names = self._category_names = sorted({c for cats in self.categories for c in cats})
+        return names
+
     def user_id(self, user: int) -> str:
         return self.user_ids[user]
+
+    def content_digest(self) -> str:
+        """16 hex digits of sha256 over what a model and a probe read of this world: the users, every event's time,
+        source, text and statistics' attributes, and each kept user's cut and split (a grown log, another cutoff,
+        another split: another digest). Memoised: a world is not changed after it is built and filtered."""
+        digest = getattr(self, "_content_digest", None)
+        if digest is None:
+            h = hashlib.sha256(json.dumps([self.user_ids, self.texts, self.categories]).encode())
+            for arr in (self.ts, self.text_of_row, self.source_of_row, self.rating, self.year):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(json.dumps([[u, len(t.history), self.split[u]] for u, t in sorted(self.timelines.items())])
+                     .encode())
+            digest = self._content_digest = h.hexdigest()[:16]
+        return digest
 
     def users(self, split: str | None = None) -> list[int]:
         return sorted(u for u, s in self.split.items() if split is None or s == split)
@@ -167,7 +198,8 @@ def build_event_world(log_root: Path, cfg: WorldConfig | None = None, cutoff: fl
             if c < cfg.min_history or len(rows) - c < cfg.min_future:
                 excluded[u] = f"window_too_small history={c} future={len(rows) - c}"
                 continue
-        timelines[u] = Timeline(rows[:c], rows[c:], int(ts[rows[c]]))
+        # a cutoff after the user's last event (an evaluation as of the end of the log) leaves the future empty
+        timelines[u] = Timeline(rows[:c], rows[c:], int(ts[rows[c]]) if c < len(rows) else int(ts[rows[-1]]) + 1)
         split[u] = user_split(user_ids[u], cfg.split_salt, cfg.split_fracs)
     world = EventWorld(cfg, spec, user_ids, timelines, split, excluded, texts, text_of_row, source, ts, rating,
                        year, cats, item, items, item_labels, cutoff)

@@ -4,11 +4,14 @@
 
 Label functions take (world, user index, **params) and return 0 / 1, or None where the label is undefined
 (the user is then left out of that scenario). Demographic labels read the user table; future labels read only
-the future window, so a model that sees the history window cannot read the answer off its input.
+the future window, so a model that sees the history window cannot read the answer off its input. `given` labels
+come from a team's own file (`params: {file: labels.csv}`, header `user_id,label`, the file `qanchor scenario tune`
+reads; a path relative to the scenarios file): what the quality harness probes on an event log (docs/own-data.md).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +77,28 @@ def future_active_after(world: UserWorld, user: int, days: float) -> int:
     return int(r.ts[tl.future].max() - r.ts[tl.history].max() > days * DAY)
 
 
+@functools.lru_cache(maxsize=None)
+def labels_file(file: str) -> dict[str, int]:
+    """user_id -> 0/1 of a labels CSV (services.tuning.dataset.read_labels_csv: the tuning service's reader, so one
+    file serves both), read once per path."""
+    from services.tuning.dataset import read_labels_csv
+
+    users, labels = read_labels_csv(Path(file))
+    other = sorted(set(labels.tolist()) - {0, 1})
+    if other:
+        raise ValueError(f"{file}: labels {other[:5]} besides 0/1; a scenario is binary: write 1 for the users it is "
+                         "about and 0 for the others")
+    return dict(zip(users, labels.tolist()))
+
+
+def given(world: UserWorld, user: int, file: str) -> int | None:
+    """The user's label in a team's labels file; None (left out) for users it does not list."""
+    return labels_file(file).get(str(world.user_id(user)))
+
+
 LABEL_FUNCTIONS: dict[str, Callable[..., int | None]] = {
     f.__name__: f for f in (demographic_gender, demographic_age, demographic_occupation, future_genre_share,
-                            future_any_genre, future_old_share, future_rating_drop, future_active_after)
+                            future_any_genre, future_old_share, future_rating_drop, future_active_after, given)
 }
 
 
@@ -105,7 +127,15 @@ def load_scenarios(path: Path | None = None) -> list[Scenario]:
         if s["label"] not in LABEL_FUNCTIONS:
             raise ValueError(f"scenario {s['name']!r} in {path} names unknown label function {s['label']!r}; "
                              f"known: {sorted(LABEL_FUNCTIONS)}")
-        out.append(Scenario(s["name"], s["query"], s["label"], dict(s.get("params") or {})))
+        params = dict(s.get("params") or {})
+        if s["label"] == "given":
+            if "file" not in params:
+                raise ValueError(f"scenario {s['name']!r} in {path}: label `given` needs `params: {{file: "
+                                 "labels.csv}}` (header user_id,label)")
+            params["file"] = str(path.parent / params["file"])  # relative to the scenarios file
+            if not Path(params["file"]).is_file():
+                raise ValueError(f"scenario {s['name']!r} in {path}: labels file {params['file']} not found")
+        out.append(Scenario(s["name"], s["query"], s["label"], params))
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate scenario names in {path}: {names}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from training.data.movielens import MovieLens, load_movielens
+from training.data.movielens import GENRES, MovieLens, load_movielens
 from training.data.sources import FeatureSpec, SourcesConfig, load_sources
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,20 @@ class UserWorld:
     @property
     def source_of_row(self) -> np.ndarray:
         return self.source_of_rating
+
+    @property
+    def item_of_row(self) -> np.ndarray:
+        """[N] index into the items (the movies) of each rating row."""
+        return self.ml.ratings.item
+
+    @property
+    def n_items(self) -> int:
+        return len(self.ml.movies)
+
+    @property
+    def category_names(self) -> list[str]:
+        """The categories an event's item can have (stats_columns' fourth column): the genres, in GENRES order."""
+        return list(GENRES)
 
     def user_id(self, user: int) -> str:
         return self.ml.users[user].user_id
