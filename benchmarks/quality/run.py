@@ -731,7 +731,10 @@ def _fmt(x, spec=".3f") -> str:
 
 def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
     done = [r for r in rows if "skipped" not in r]
-    lines = [f"Linear-probe AUC on {meta['dataset']}: the same {meta['n_train']} train / {meta.get('n_val', '?')} val "
+    log_of = meta.get("log")
+    where = (f"the event log {log_of['root']} (each user embedded from {log_of['as_of']}; labels from the "
+             "scenarios' files)" if log_of else meta["dataset"])
+    lines = [f"Linear-probe AUC on {where}: the same {meta['n_train']} train / {meta.get('n_val', '?')} val "
              f"({'C by 5-fold over train + val' if meta.get('c_choice') == 'cv' else 'C choice'}) / "
              f"{meta['n_test']} test users for every row; 95% intervals bootstrap the test users "
              f"({meta.get('draws', 0)} draws). User share: share of the test users' embedding variance that is the "
@@ -820,6 +823,8 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     ax.set_xlabel("average test AUC over the scenarios (linear probe)\nwith its 95% bootstrap interval over test users")
     # title and axis label on two lines: centred on the axes beside long row labels, one line ran past the figure
     dataset = f" {meta['dataset']}" if meta and meta.get("dataset") else ""
+    if meta and meta.get("log"):
+        dataset = " event-log"
     n = f"\n{meta['n_train']} train / {meta['n_test']} test users" if meta else ""
     # which model the Q-Anchor rows are (a candidate's table looks like the default's otherwise; ablation rows
     # name their own variant)
@@ -1005,6 +1010,7 @@ def log_world(args: argparse.Namespace, fracs: tuple[float, float, float], scena
     from training.pretrain import parse_cutoff
 
     root = Path(args.log_root) if args.log_root else default_log_root()
+    args.log_root = str(root)  # the table says which log it read
     if not root.is_dir():
         raise SystemExit(f"--dataset offline reads the event log, and there is none at {root}: start the stack's "
                          f"eventlog service (qanchor stack up eventlog), or pass --log-root DIR / set "
@@ -1143,6 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
             "tune_heldout": ctx.tune_log, "draws": args.draws, "claims": claims,
             "served": served_meta(ctx) if args.served else None,
             "seeds": len(seeds), "subsample": ctx.subsample, "transfer": ctx.transfer,
+            "log": {"root": args.log_root,
+                    "as_of": f"the events before {args.as_of}" if args.as_of else "every event the log holds"}
+            if args.dataset == "offline" else None,
             "machine": describe(),
             "date": utc_now(), "command": command_line("benchmarks/quality/run.py", argv)}
     meta = json.loads(json.dumps(meta).replace(str(ROOT) + "/", ""))  # results name checkout-relative paths only

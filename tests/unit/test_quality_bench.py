@@ -1031,6 +1031,8 @@ def test_the_harness_measures_an_event_log_on_a_teams_labels_files(tmp_path, mon
     meta, rows = out["meta"], {r["row"]: r for r in out["rows"]}
     assert meta["n_train"] + meta["n_val"] + meta["n_test"] == 50 and meta["n_test"] >= 10
     assert meta["transfer"]["checkpoint_dataset"] == "ml-1m"
+    header = (tmp_path / "q.md").read_text().splitlines()[0]
+    assert f"the event log {tmp_path / 'log'} (each user embedded from every event the log holds;" in header
     assert rows["bag_of_items+genres (LR)"]["auc_avg"] > 0.8  # the favourite category is in the bag of categories
     assert all("skipped" not in r and np.isfinite(r["auc_avg"]) for r in rows.values())
     assert "same_q" not in rows["Q-Anchor zero-shot"]  # no future windows to ask pretraining's questions of
