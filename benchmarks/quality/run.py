@@ -732,8 +732,7 @@ def _fmt(x, spec=".3f") -> str:
 def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
     done = [r for r in rows if "skipped" not in r]
     log_of = meta.get("log")
-    where = (f"the event log {log_of['root']} (each user embedded from {log_of['as_of']}; labels from the "
-             "scenarios' files)" if log_of else meta["dataset"])
+    where = f"the event log {log_of['root']} (each user embedded from {log_of['as_of']})" if log_of else meta["dataset"]
     lines = [f"Linear-probe AUC on {where}: the same {meta['n_train']} train / {meta.get('n_val', '?')} val "
              f"({'C by 5-fold over train + val' if meta.get('c_choice') == 'cv' else 'C choice'}) / "
              f"{meta['n_test']} test users for every row; 95% intervals bootstrap the test users "
@@ -817,7 +816,8 @@ def plot(rows: list[dict], scenarios: list[Scenario], path: Path, meta: dict | N
     vals = np.array([r["auc_avg"] for r in done])
     ci = np.array([r.get("auc_ci") or (r["auc_avg"], r["auc_avg"]) for r in done])
     colors = ["tab:blue" if r["row"].startswith(("Q-Anchor", "ablation:", "served:")) else "tab:grey" for r in done]
-    ax.errorbar(vals, y, xerr=[vals - ci[:, 0], ci[:, 1] - vals], fmt="none", ecolor="black", capsize=3)
+    # one [2, rows] array: a list of two arrays of one row each trips matplotlib's scalar check
+    ax.errorbar(vals, y, xerr=np.vstack([vals - ci[:, 0], ci[:, 1] - vals]), fmt="none", ecolor="black", capsize=3)
     ax.scatter(vals, y, c=colors, zorder=3)
     ax.set_yticks(y, [r["row"] for r in done])
     ax.set_xlabel("average test AUC over the scenarios (linear probe)\nwith its 95% bootstrap interval over test users")
@@ -875,7 +875,7 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
     """Which model, users and scenarios a run measures (shared with label_budget.py, so both see the same users)."""
     p.add_argument("--dataset", default="ml-1m", choices=["ml-1m", "ml-100k", "offline"],
                    help="a MovieLens world, or `offline`: the platform's event log (--log-root), its users scored on "
-                        "labels files the --scenarios file names (label: given; docs/own-data.md)")
+                        "the --scenarios file's labels: labels files, or the events after --as-of (docs/own-data.md)")
     p.add_argument("--log-root", default=None,
                    help="offline: the event log folder (default $QANCHOR_EVENT_LOG_DIR, else the local stack's)")
     p.add_argument("--as-of", default=None, metavar="TIME",
@@ -1002,11 +1002,13 @@ def transfer_of(trained_on: str | None, dataset: str, fracs: tuple[float, float,
 
 def log_world(args: argparse.Namespace, fracs: tuple[float, float, float], scenarios: list[Scenario]):
     """`--dataset offline`: the platform's event log as a world (training.data.event_world), each user's history
-    the events before --as-of (all of them by default; no future window is read: the labels files are the
-    answers), the users restricted to those a scenario labels. Refuses (SystemExit, saying what to do) a missing
-    log or a scenario whose labels are not a file."""
+    the events before --as-of (all of them by default), the users restricted to those a scenario labels: from a
+    labels file (`given`) or from the events after --as-of (the future labels, training.data.scenarios). Refuses
+    (SystemExit, saying what to do) a missing log, a label that reads MovieLens' user table, or future labels
+    without --as-of."""
     from training.data.event_log import EVENT_LOG_DIR_ENV, default_log_root
     from training.data.event_world import build_event_world
+    from training.data.scenarios import FUTURE_LABELS, USER_TABLE_LABELS
     from training.pretrain import parse_cutoff
 
     root = Path(args.log_root) if args.log_root else default_log_root()
@@ -1015,11 +1017,15 @@ def log_world(args: argparse.Namespace, fracs: tuple[float, float, float], scena
         raise SystemExit(f"--dataset offline reads the event log, and there is none at {root}: start the stack's "
                          f"eventlog service (qanchor stack up eventlog), or pass --log-root DIR / set "
                          f"{EVENT_LOG_DIR_ENV}")
-    other = [s.name for s in scenarios if s.label != "given"]
-    if other:
-        raise SystemExit(f"--dataset offline: scenarios {other} compute MovieLens labels; on an event log every "
-                         "scenario's labels come from a file: `label: given`, `params: {file: labels.csv}` (header "
+    table = [s.name for s in scenarios if s.label in USER_TABLE_LABELS]
+    if table:
+        raise SystemExit(f"--dataset offline: scenarios {table} read MovieLens' user table, which an event log does "
+                         "not have; give those labels as a file: `label: given`, `params: {file: labels.csv}` (header "
                          "user_id,label; docs/own-data.md)")
+    future = [s.name for s in scenarios if s.label in FUTURE_LABELS]
+    if future and args.as_of is None:
+        raise SystemExit(f"--dataset offline: scenarios {future} label each user from the events after --as-of (the "
+                         "model reads those before it); give --as-of TIME, e.g. --as-of 2026-06-01")
     as_of = parse_cutoff(args.as_of)
     world = build_event_world(root, WorldConfig(dataset="offline", split_fracs=fracs, min_history=1, min_future=0),
                               cutoff=np.inf if as_of is None else as_of)

@@ -1032,7 +1032,7 @@ def test_the_harness_measures_an_event_log_on_a_teams_labels_files(tmp_path, mon
     assert meta["n_train"] + meta["n_val"] + meta["n_test"] == 50 and meta["n_test"] >= 10
     assert meta["transfer"]["checkpoint_dataset"] == "ml-1m"
     header = (tmp_path / "q.md").read_text().splitlines()[0]
-    assert f"the event log {tmp_path / 'log'} (each user embedded from every event the log holds;" in header
+    assert f"the event log {tmp_path / 'log'} (each user embedded from every event the log holds)" in header
     assert rows["bag_of_items+genres (LR)"]["auc_avg"] > 0.8  # the favourite category is in the bag of categories
     assert all("skipped" not in r and np.isfinite(r["auc_avg"]) for r in rows.values())
     assert "same_q" not in rows["Q-Anchor zero-shot"]  # no future windows to ask pretraining's questions of
@@ -1079,3 +1079,46 @@ def test_given_labels_read_a_teams_file_and_leave_unlisted_users_out(tmp_path):
             labels_file.cache_clear()
             load_scenarios(tmp_path / "b.yaml")[0].labels(World(), [1])
     labels_file.cache_clear()
+
+
+def test_future_labels_read_the_log_after_as_of(tmp_path, monkeypatch):
+    """The future label functions read any world's future window (stats_columns): on an event log with --as-of, each
+    user is embedded from the events before it and labelled from those after it; without --as-of they are refused,
+    and a label that reads MovieLens' user table is refused with what to write instead."""
+    pytest.importorskip("pyarrow")
+    import yaml
+
+    from training.data.event_world import build_event_world
+    from training.data.scenarios import load_scenarios
+    from training.data.world import WorldConfig
+
+    helpers = _event_log_helpers()
+    run = _load()
+    helpers.write_log(tmp_path / "log", helpers.synthetic_events(n_users=60, n_events=20))
+    as_of = helpers.T0 + 15 * helpers.DAY - 1  # synthetic_events: one event a day per user
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"scenarios": [
+        {"name": "drama_next", "query": "Will this user buy dramas?", "label": "future_genre_share",
+         "params": {"genre": "Drama", "min_share": 0.5}}]}))
+    (scenario,) = load_scenarios(tmp_path / "s.yaml")
+    world = build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_future=0), cutoff=as_of)
+    users, labels = scenario.labels(world, world.users())
+    assert len(users) == 60 and 0 < labels.mean() < 1
+    u = int(users[0])
+    cats = [world.categories[i] for i in world.timelines[u].future]
+    assert labels[0] == int(np.mean(["Drama" in c for c in cats]) >= 0.5)
+    assert all(world.ts[world.timelines[u].history] < as_of) and all(world.ts[world.timelines[u].future] >= as_of)
+    late = build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_future=0),
+                             cutoff=helpers.T0 + 18 * helpers.DAY - 1)  # two future events: too few to label
+    assert scenario.labels(late, late.users())[0].size == 0
+
+    monkeypatch.setattr(run, "cached_text_vectors", lambda texts, name, progress=True: np.random.default_rng(0)
+                        .standard_normal((len(texts), 384)).astype(np.float16))
+    args = ["--dataset", "offline", "--log-root", str(tmp_path / "log"), "--scenarios", str(tmp_path / "s.yaml"),
+            "--split", "0.5", "0.2", "0.3", "--draws", "20", "--out", str(tmp_path / "q"),
+            "--rows", "bag_of_items+genres (LR)"]
+    with pytest.raises(SystemExit, match="give --as-of TIME"):
+        run.main(args)
+    assert run.main([*args, "--as-of", str(as_of)]) == 0
+    out = json.loads((tmp_path / "q.json").read_text())
+    assert out["meta"]["n_train"] + out["meta"]["n_val"] + out["meta"]["n_test"] == 60
+    assert "the events before" in (tmp_path / "q.md").read_text().splitlines()[0]

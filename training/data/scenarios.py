@@ -28,10 +28,14 @@ SCENARIOS_YAML = Path(__file__).with_name("scenarios.yaml")
 DAY = 86400
 
 
-def _future(world: UserWorld, user: int) -> tuple[np.ndarray, list]:
-    rows = world.timelines[user].future
-    r = world.ml.ratings
-    return rows, [world.ml.movies[i] for i in r.item[rows]]
+def _window(world: UserWorld, user: int, window: str = "future"):
+    """(ts, ratings, years, categories) of one user's window (world.stats_columns: any world, MovieLens' or an event
+    log's), or None where the window is too short to label (an event log cut late: the label is undefined)."""
+    rows = getattr(world.timelines[user], window)
+    # a future of fewer events than the world's minimum (WorldConfig's where the world keeps every user, as an event
+    # log read for evaluation does) says too little to label; MovieLens worlds only keep users above it
+    least = 1 if window == "history" else (world.cfg.min_future or WorldConfig.min_future)
+    return world.stats_columns(rows) if len(rows) >= least else None
 
 
 def demographic_gender(world: UserWorld, user: int, gender: str) -> int:
@@ -47,34 +51,38 @@ def demographic_occupation(world: UserWorld, user: int, occupations: list[str]) 
     return int(world.ml.users[user].occupation in set(occupations))
 
 
-def future_genre_share(world: UserWorld, user: int, genre: str, min_share: float) -> int:
-    _, movies = _future(world, user)
-    return int(np.mean([genre in m.genres for m in movies]) >= min_share)
+# future labels read only the future window, through stats_columns: `genre` is a value of an event's categories
+# (MovieLens: its genres; an event log: the attribute sources.yaml's `statistics: categories` names)
+def future_genre_share(world: UserWorld, user: int, genre: str, min_share: float) -> int | None:
+    cols = _window(world, user)
+    return None if cols is None else int(np.mean([genre in cats for cats in cols[3]]) >= min_share)
 
 
-def future_any_genre(world: UserWorld, user: int, genre: str) -> int:
-    _, movies = _future(world, user)
-    return int(any(genre in m.genres for m in movies))
+def future_any_genre(world: UserWorld, user: int, genre: str) -> int | None:
+    cols = _window(world, user)
+    return None if cols is None else int(any(genre in cats for cats in cols[3]))
 
 
 def future_old_share(world: UserWorld, user: int, before_year: int, min_share: float) -> int | None:
-    _, movies = _future(world, user)
-    years = [m.year for m in movies if m.year > 0]
+    cols = _window(world, user)
+    years = [] if cols is None else [y for y in cols[2] if y > 0]
     if not years:
         return None
     return int(np.mean([y < before_year for y in years]) >= min_share)
 
 
-def future_rating_drop(world: UserWorld, user: int, margin: float) -> int:
-    r = world.ml.ratings
-    tl = world.timelines[user]
-    return int(r.rating[tl.future].mean() < r.rating[tl.history].mean() - margin)
+def future_rating_drop(world: UserWorld, user: int, margin: float) -> int | None:
+    future, history = _window(world, user), _window(world, user, "history")
+    if future is None or history is None or np.isnan(future[1]).all() or np.isnan(history[1]).all():
+        return None  # an event log's events may carry no rating
+    return int(np.nanmean(future[1]) < np.nanmean(history[1]) - margin)
 
 
-def future_active_after(world: UserWorld, user: int, days: float) -> int:
-    r = world.ml.ratings
-    tl = world.timelines[user]
-    return int(r.ts[tl.future].max() - r.ts[tl.history].max() > days * DAY)
+def future_active_after(world: UserWorld, user: int, days: float) -> int | None:
+    future, history = _window(world, user), _window(world, user, "history")
+    if future is None or history is None:
+        return None
+    return int(future[0].max() - history[0].max() > days * DAY)
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,6 +104,9 @@ def given(world: UserWorld, user: int, file: str) -> int | None:
     return labels_file(file).get(str(world.user_id(user)))
 
 
+USER_TABLE_LABELS = ("demographic_gender", "demographic_age", "demographic_occupation")  # MovieLens' user table
+FUTURE_LABELS = ("future_genre_share", "future_any_genre", "future_old_share", "future_rating_drop",
+                 "future_active_after")  # any world's future window
 LABEL_FUNCTIONS: dict[str, Callable[..., int | None]] = {
     f.__name__: f for f in (demographic_gender, demographic_age, demographic_occupation, future_genre_share,
                             future_any_genre, future_old_share, future_rating_drop, future_active_after, given)
