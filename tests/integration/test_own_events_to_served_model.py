@@ -3,7 +3,8 @@
 Raw events (MovieLens-100K users as a producer would send them: no `kind=tabular` record) go to Kafka. Ingest
 (a real subprocess) derives the dense statistics vector itself and writes features to Feast; the eventlog service
 (a real subprocess, SIGKILLed once between "segments durable" and "offsets committed", then restarted) writes the
-Parquet log, which holds each event exactly once and answers point-in-time reads through Feast. A tiny pretraining
+Parquet log, which holds each event exactly once and answers point-in-time reads through Feast; the quality harness
+reads the log (`run.py --dataset offline`) into the same model inputs the online store serves. A tiny pretraining
 run reads that log (`training.pretrain --dataset offline`, model env), its checkpoint is exported, registered and
 published with the CLI into the repository the running Triton serves (no restart, no model-control call), and an
 A/B arm routes the users to it: the gateway answers with the new version from the features ingest wrote.
@@ -59,6 +60,30 @@ def movielens_as_raw_events(n_users: int) -> list[dict]:
     records = export_records(world, world.users()[:n_users], "all")
     assert records and all(r["kind"] == "event" for r in records)
     return records
+
+
+# `run.py --dataset offline`'s model inputs of each labelled user (the harness's own functions), into an npz:
+# argv = log root, scenarios file, output
+HARNESS_INPUTS = """
+import argparse, sys
+import numpy as np
+from benchmarks.quality import run as quality
+from training.data.collate import user_record
+root, scenarios, out = sys.argv[1:4]
+p = argparse.ArgumentParser()
+quality.add_population_args(p)
+quality.add_probe_args(p)
+args = p.parse_args(["--dataset", "offline", "--log-root", root, "--scenarios", scenarios,
+                     "--checkpoint", "artifacts/default", "--split", "0.5", "0.2", "0.3"])
+ctx = quality.build_context(args)
+world, users = quality.inputs_world(ctx), quality.model_users(ctx)
+arrays = {"users": np.array([world.user_id(u) for u in users]),
+          "tabular": np.stack([user_record(world, ctx.vecs, u).tabular for u in users])}
+for j, u in enumerate(users):
+    for name, vecs in user_record(world, ctx.vecs, u).event_vecs.items():
+        arrays[f"{name}__{j}"] = vecs
+np.savez(out, **arrays)
+"""
 
 
 def model_env() -> tuple[Path, dict[str, str]]:
@@ -170,6 +195,29 @@ def test_raw_events_to_log_to_pretraining_to_a_served_ab_arm(  # type: ignore[no
             if seen:
                 last = max(e["ts"] for e in seen)
                 assert got.ts == last and got.event_id in {e["event_id"] for e in seen if e["ts"] == last}, (uid, at)
+
+    # ---- the quality harness reads the log as the online store serves it (model env) -------------------------
+    # what `run.py --dataset offline` feeds the model for each labelled user: the same events per source, in the same
+    # order, and the dense vector ingest wrote (the default's constants, as served)
+    (tmp_path / "labels.csv").write_text("user_id,label\n" + "".join(f"{u},{i % 2}\n" for i, u in enumerate(users)))
+    (tmp_path / "scenarios.yaml").write_text('scenarios:\n  - {name: any, query: "Is this user any user?", label: '
+                                             "given, params: {file: labels.csv}}\n")
+    run_model_env("-c", HARNESS_INPUTS, str(log_ctx.root), str(tmp_path / "scenarios.yaml"),
+                  str(tmp_path / "harness.npz"))
+    with np.load(tmp_path / "harness.npz") as z:
+        assert sorted(z["users"].tolist()) == users  # every labelled user, no other
+        for j, uid in enumerate(z["users"].tolist()):
+            f = features[uid]
+            np.testing.assert_allclose(z["tabular"][j][:len(spec.names)], f.tabular[:len(spec.names)], atol=1e-5)
+            cos = z["tabular"][j] @ f.tabular / (np.linalg.norm(z["tabular"][j]) * np.linalg.norm(f.tabular))
+            assert cos > 0.999, (uid, cos)  # the history-mean part: MiniLM in-process vs the served text encoder
+            for name, got in f.sources.items():
+                mine = z[f"{name}__{j}"]
+                assert mine.shape[0] == len(got), (uid, name)
+                if len(got):
+                    a, b = mine.astype(np.float32), got.vectors.astype(np.float32)
+                    rows = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+                    assert rows.min() > 0.999, (uid, name, rows.min())  # the same events, in the same order
 
     # ---- pretraining on the log (model env), then export -----------------------------------------------------
     out = tmp_path / "pretrain"
