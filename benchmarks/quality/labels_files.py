@@ -1,7 +1,9 @@
-"""A MovieLens dataset's scenario labels as the files a team brings: one labels CSV per scenario and a scenarios file.
+"""Scenario labels as the files a team brings: one labels CSV per scenario and a scenarios file that names them.
 
     python benchmarks/quality/labels_files.py --dataset ml-100k --user-prefix ml100k- --out var/own-labels \
         --scenarios training/data/scenarios.yaml benchmarks/quality/scenarios_unseen.yaml
+    python benchmarks/quality/labels_files.py --dataset offline --as-of 2026-06-01 --out var/log-labels \
+        --scenarios my-future-scenarios.yaml
 
 writes `OUT/<scenario>.csv` (header `user_id,label`: the file `qanchor scenario tune` reads, the user named as the
 events were sent, `--user-prefix` + the dataset's user id) for every user the scenario's label function defines,
@@ -10,6 +12,9 @@ and `OUT/scenarios.yaml` (each scenario's name and query, `label: given` pointin
 events / `qanchor events produce`), `run.py --dataset offline --scenarios OUT/scenarios.yaml` measures the event
 log the way a team measures its own (docs/own-data.md); the future-window labels are about what came after the
 replayed history, as a team's labels are about what came after its log's cut.
+
+`--dataset offline` labels the platform's event log with the future label functions (the events at or after
+--as-of; docs/own-data.md section 7): the files `qanchor scenario tune` takes, for labels the log already holds.
 """
 from __future__ import annotations
 
@@ -52,14 +57,24 @@ def write_files(world, scenario_files: list[Path], prefix: str, out: Path) -> li
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="ml-100k", choices=["ml-1m", "ml-100k"])
+    p.add_argument("--dataset", default="ml-100k", choices=["ml-1m", "ml-100k", "offline"],
+                   help="a MovieLens dataset, or `offline`: the event log (--log-root, --as-of)")
+    p.add_argument("--log-root", default=None, help="offline: the event log folder (default: the local stack's)")
+    p.add_argument("--as-of", default=None, metavar="TIME",
+                   help="offline: label each user from the events at or after TIME (unix seconds or ISO time)")
     p.add_argument("--scenarios", nargs="+", type=Path, default=[Path("training/data/scenarios.yaml")],
                    help="scenario files whose labels to write (each gets its own `given` scenarios file)")
     p.add_argument("--user-prefix", default="", help="what the replay put before each user id (served.py events)")
     p.add_argument("--out", type=Path, required=True, help="folder for the CSVs and scenarios files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    world = build_world(WorldConfig(dataset=args.dataset))
+    if args.dataset == "offline":  # the harness's own reading of the log: the same users, cut and refusals
+        from benchmarks.quality.run import log_world
+
+        scenarios = [s for path in args.scenarios for s in load_scenarios(path)]
+        world = log_world(args, WorldConfig.split_fracs, scenarios)
+    else:
+        world = build_world(WorldConfig(dataset=args.dataset))
     for path in write_files(world, args.scenarios, args.user_prefix, args.out):
         print(path)
     return 0

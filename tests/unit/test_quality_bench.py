@@ -1122,3 +1122,13 @@ def test_future_labels_read_the_log_after_as_of(tmp_path, monkeypatch):
     out = json.loads((tmp_path / "q.json").read_text())
     assert out["meta"]["n_train"] + out["meta"]["n_val"] + out["meta"]["n_test"] == 60
     assert "the events before" in (tmp_path / "q.md").read_text().splitlines()[0]
+    # the same labels as the files a tuning job takes (labels_files.py reads the log as the harness does)
+    from benchmarks.quality import labels_files
+
+    assert labels_files.main(["--dataset", "offline", "--log-root", str(tmp_path / "log"), "--as-of", str(as_of),
+                              "--scenarios", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "lab")]) == 0
+    from services.tuning.dataset import read_labels_csv
+
+    ids, got = read_labels_csv(tmp_path / "lab" / "drama_next.csv")
+    assert dict(zip(ids, got.tolist())) == {world.user_id(int(u)): int(y) for u, y in zip(users, labels)}
+    assert load_scenarios(tmp_path / "lab" / "scenarios.yaml")[0].label == "given"
