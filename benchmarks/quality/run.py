@@ -1063,9 +1063,11 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     if transfer:
         if transfer["constants"] == "checkpoint":
             world.normalisation = transfer_normalisation(args.checkpoint, world)
-            # each --ablation checkpoint is served with the constants it ships, not the main checkpoint's
-            constants = {label: transfer_normalisation(path, world)
-                         for label, path in extra.get("ablations", {}).items()}
+            # each --ablation checkpoint is served with the constants it ships, not the main checkpoint's; one that
+            # ships the same constants reads the world itself (no copy, no second dense-vector pass)
+            shipped = {label: transfer_normalisation(path, world) for label, path in extra.get("ablations", {}).items()}
+            constants = {label: norm for label, norm in shipped.items()
+                         if norm.to_json() != world.normalisation.to_json()}
         log.info("transfer checkpoint_dataset=%s dataset=%s split=%r dense_vector_constants=%s",
                  trained_on, args.dataset, transfer["split"], transfer["constants"])
     n_train = args.train_users or args.model_users

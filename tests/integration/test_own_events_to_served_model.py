@@ -77,10 +77,10 @@ args = p.parse_args(["--dataset", "offline", "--log-root", root, "--scenarios", 
                      "--checkpoint", "artifacts/default", "--split", "0.5", "0.2", "0.3"])
 ctx = quality.build_context(args)
 world, users = quality.inputs_world(ctx), quality.model_users(ctx)
-arrays = {"users": np.array([world.user_id(u) for u in users]),
-          "tabular": np.stack([user_record(world, ctx.vecs, u).tabular for u in users])}
-for j, u in enumerate(users):
-    for name, vecs in user_record(world, ctx.vecs, u).event_vecs.items():
+records = [user_record(world, ctx.vecs, u) for u in users]
+arrays = {"users": np.array([world.user_id(u) for u in users]), "tabular": np.stack([r.tabular for r in records])}
+for j, r in enumerate(records):
+    for name, vecs in r.event_vecs.items():
         arrays[f"{name}__{j}"] = vecs
 np.savez(out, **arrays)
 """
