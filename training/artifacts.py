@@ -44,9 +44,10 @@ def checkpoint_id(d: str | Path) -> str:
 
 
 def save_checkpoint(d: str | Path, model, config: QAnchorConfig, extra: dict[str, Any] | None = None,
-                    normalisation: tuple[Any, dict[str, Any]] | None = None) -> Path:
-    """`normalisation`: (training.data.stats.Normalisation, provenance), the dense user vector's constants that
-    ingest standardises with (training.normalisation); recorded in the manifest beside, not in, the id's files."""
+                    normalisation: tuple | None = None) -> Path:
+    """`normalisation`: (training.data.stats.Normalisation, provenance[, the train users' fingerprints]), the dense
+    user vector's constants that ingest standardises with and the users they were fitted on (training.normalisation);
+    recorded in the manifest beside, not in, the id's files."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.trainable_state_dict().items()}
 
     def write(tmp: Path) -> None:

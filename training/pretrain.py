@@ -41,6 +41,7 @@ from training.data.event_log import EVENT_LOG_DIR_ENV, default_log_root
 from training.data.event_pairs import build_event_pairs
 from training.data.event_world import EventWorld, build_event_world
 from training.data.features import fit_normalisation, train_users
+from training.data.identity import fingerprints
 from training.data.pairs import build_pairs
 from training.data.sampler import PairSampler
 from training.data.world import UserWorld, WorldConfig, build_world
@@ -245,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                        "min_future": world.cfg.min_future}
     if args.dataset == "offline":
         provenance_data.update(log_root=str(args.log_root), cutoff=world.cutoff)
-    normalisation = (fit_normalisation(world, vecs), provenance_data)
+    # ... and the fingerprints of the users they were fitted on, who are the users pretraining reads: an evaluation
+    # refuses to test on them (training.data.identity)
+    normalisation = (fit_normalisation(world, vecs), provenance_data, fingerprints(world, train_users(world)))
     # train users only: val/test stay unseen
     pairs = pair_builder(world, world.users("train"), **cfg.data.pair_options())
     sampler, collate = PairSampler(pairs, o.seed, group=o.question_group, group_from=o.question_group_from,

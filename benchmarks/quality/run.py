@@ -66,7 +66,7 @@ class Context:
     c_choice: str = "cv"  # how every row's probe picks C (training.evaluate.probe): "val" users or "cv" folds
     embedding: str | None = None  # the model rows' embedding (head.embedding) if not the checkpoint's own
     served: str | None = None  # served.py fetch output: the model rows as the public API returned them
-    transfer: dict | None = None  # a dataset the checkpoint was not pretrained on: what the model reads (transfer_of)
+    transfer: dict | None = None  # users the checkpoint was not pretrained on: what the model reads (transfer_of)
     # model key -> the dense-vector constants its model reads where they are not the world's own (a Normalisation;
     # None: refitted on the world's train users): on a transfer run, each --ablation checkpoint's own and the
     # --compare-constants rows' (inputs_world)
@@ -917,11 +917,11 @@ def add_population_args(p: argparse.ArgumentParser) -> None:
                    help="scenario YAML (default: training/data/scenarios.yaml; benchmarks/quality/"
                         "scenarios_unseen.yaml holds eight that no recipe decision saw)")
     p.add_argument("--split", type=float, nargs=3, default=None, metavar=("TRAIN", "VAL", "TEST"),
-                   help="the probe's user split as shares (e.g. 0.5 0.1 0.4), for a dataset the checkpoint was not "
-                        "pretrained on (every user of it is new to the model): default, the salted 0.8 / 0.1 / 0.1 "
-                        "split pretraining uses")
+                   help="the probe's user split as shares (e.g. 0.5 0.1 0.4), for users the checkpoint was not "
+                        "pretrained on (a run whose test users include any it was pretrained on is refused): default, "
+                        "the salted 0.8 / 0.1 / 0.1 split pretraining uses")
     p.add_argument("--transfer-constants", default="checkpoint", choices=["checkpoint", "dataset"],
-                   help="on a dataset the checkpoint was not pretrained on, what standardises the dense user vector: "
+                   help="on users the checkpoint was not pretrained on, what standardises the dense user vector: "
                         "the checkpoint's normalisation.json, as ingest serves a new dataset's users (default), or "
                         "this dataset's train users' moments (constants refitted for the new data)")
 
@@ -948,9 +948,9 @@ def checkpoint_dataset(checkpoint: str | None) -> str | None:
 
 def split_fracs(split: list[float] | None, dataset: str, checkpoint: str | None,
                 trained_on: str | None) -> tuple[float, float, float]:
-    """The world's user split: `--split` where it cannot put pretraining users among the probe's test users, else
-    the default. Refuses (SystemExit, saying what to do) a bad split, or one of the checkpoint's own dataset or of a
-    checkpoint that does not record its dataset (`trained_on`: checkpoint_dataset)."""
+    """The world's user split: `--split`, else the default. Refuses (SystemExit, saying what to do) a bad split, or
+    one for a checkpoint that does not record what it was pretrained on (`trained_on`: checkpoint_dataset): nothing
+    could then tell whether it puts pretraining users among the probe's test users (check_unseen does, by user)."""
     if split is None:
         return WorldConfig.split_fracs
     given = " ".join(f"{f:g}" for f in split)
@@ -962,11 +962,54 @@ def split_fracs(split: list[float] | None, dataset: str, checkpoint: str | None,
                          "normalisation entry in its manifest), so a split could put its pretraining users among the "
                          f"probe's test users; record it: python -m training.normalisation --checkpoint {checkpoint} "
                          "--dataset DATASET")
-    if checkpoint and trained_on == dataset:
-        raise SystemExit(f"--split {given}: the checkpoint was pretrained on {dataset}'s train users, and another "
-                         "split would put some of them among the probe's test users; drop --split (the default split "
-                         "is pretraining's) or measure a dataset the checkpoint never saw (e.g. --dataset ml-100k)")
     return (float(split[0]), float(split[1]), float(split[2]))
+
+
+def pretraining_users(checkpoint: str | None) -> dict[str, str] | None:
+    """{user id: fingerprint} of the users a checkpoint was pretrained on (training.normalisation:
+    checkpoint_train_users); None without a checkpoint or for one that records neither them nor a MovieLens
+    dataset."""
+    from training.normalisation import checkpoint_train_users
+
+    return checkpoint_train_users(Path(checkpoint)) if checkpoint else None
+
+
+def check_unseen(world, checkpoints: dict[str, dict[str, str] | None], split: list[float] | None) -> None:
+    """Refuse (SystemExit, saying what to do) a run that would score the probe on users a checkpoint was
+    pretrained on: compared by user (training.data.identity: their earliest events), not by dataset name, so another
+    `--split` of the checkpoint's own dataset, or its users replayed into an event log under other ids, are caught,
+    and another team's log is not taken for the checkpoint's own. `checkpoints`: {path: pretraining_users(path)}."""
+    from training.data.identity import fingerprints
+
+    test = fingerprints(world, world.users("test"))
+    for path, seen in checkpoints.items():
+        if not seen:
+            continue
+        seen_as = {fp: uid for uid, fp in seen.items()}
+        hit = [(uid, seen_as[fp]) for uid, fp in test.items() if fp in seen_as]
+        log.info("unseen_check checkpoint=%s pretraining_users=%d test_users=%d seen=%d", path, len(seen), len(test),
+                 len(hit))
+        if not hit:
+            continue
+        example = hit[0][0] if hit[0][0] == hit[0][1] else f"{hit[0][0]}, pretrained on as {hit[0][1]}"
+        fix = ("drop --split (the default split is pretraining's: its test users are not its train users) or measure "
+               "users the checkpoint never saw (e.g. --dataset ml-100k)" if split is not None else
+               "their earliest events are those of users it was pretrained on, under other ids (a replay of its "
+               "dataset?): measure users it never saw, or a checkpoint pretrained without them")
+        raise SystemExit(f"{len(hit)} of this run's {len(test)} test users are users {path} was pretrained on (e.g. "
+                         f"{example}), so the probe would be scored on users the model has seen; {fix}")
+
+
+def same_users(world, seen: dict[str, str] | None, trained_on: str | None) -> bool:
+    """Whether this world's train users are the users the checkpoint was pretrained on (its constants are then
+    their moments, which the model rows read anyway): by user where the checkpoint records them, else by dataset
+    name (True without a checkpoint)."""
+    from training.data.features import train_users
+    from training.data.identity import fingerprints
+
+    if seen is None:
+        return trained_on in (None, world.cfg.dataset)
+    return set(fingerprints(world, train_users(world)).values()) == set(seen.values())
 
 
 def transfer_normalisation(checkpoint: str, world: UserWorld):
@@ -986,16 +1029,18 @@ def transfer_normalisation(checkpoint: str, world: UserWorld):
     return norm
 
 
-def transfer_of(trained_on: str | None, dataset: str, fracs: tuple[float, float, float],
+def transfer_of(trained_on: str | None, pretrained_here: bool, dataset: str, fracs: tuple[float, float, float],
                 constants: str) -> dict | None:
-    """What a run on a dataset the checkpoint was not pretrained on reads (None otherwise): the log line, the
-    table's header and its JSON meta. Refuses (SystemExit) constants other than the checkpoint's where there is no
-    such dataset: the model rows already read the dataset's own train-user moments there."""
-    if trained_on in (None, dataset):
+    """What a run on users the checkpoint was not pretrained on reads (None when `pretrained_here`: this world's
+    train users are its pretraining users, same_users): the log line, the table's header and its JSON meta. Refuses
+    (SystemExit) constants other than the checkpoint's where there are no such users: the model rows already read
+    the world's own train-user moments, the checkpoint's constants, there."""
+    if pretrained_here:
         if constants != "checkpoint":
-            raise SystemExit(f"--transfer-constants {constants}: only for a dataset the checkpoint was not pretrained "
-                             f"on (this one was pretrained on {trained_on or 'an unrecorded dataset, or none given'}); "
-                             f"its rows here already read {dataset}'s own train-user moments: drop the option")
+            raise SystemExit(f"--transfer-constants {constants}: only for users the checkpoint was not pretrained on "
+                             f"(this one was pretrained on {trained_on or 'an unrecorded dataset, or none given'}"
+                             f"{', these train users' if trained_on else ''}); its rows here already read {dataset}'s "
+                             "own train-user moments: drop the option")
         return None
     return {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in fracs), "constants": constants}
 
@@ -1056,9 +1101,12 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
         world = log_world(args, fracs, scenarios)
     else:
         world = build_world(WorldConfig(dataset=args.dataset, split_fracs=fracs))
+    seen = {path: pretraining_users(path) for path in [args.checkpoint, *extra.get("ablations", {}).values()] if path}
+    check_unseen(world, seen, split)
     vecs = cached_text_vectors(world.texts, args.dataset)
     constants_choice = getattr(args, "transfer_constants", "checkpoint")
-    transfer = transfer_of(trained_on, args.dataset, fracs, constants_choice)
+    transfer = transfer_of(trained_on, same_users(world, seen.get(args.checkpoint), trained_on), args.dataset, fracs,
+                           constants_choice)
     constants = {}
     if transfer:
         if transfer["constants"] == "checkpoint":
@@ -1102,16 +1150,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="add the static and zero-shot rows as the public API served them (benchmarks/quality/"
                         "served.py fetch), their paired differences and their cosine to the checkpoint's own")
     p.add_argument("--compare-constants", action="store_true",
-                   help="on a dataset the checkpoint was not pretrained on (its constants served, the default "
+                   help="on users the checkpoint was not pretrained on (its constants served, the default "
                         "--transfer-constants): add the static and zero-shot rows read with constants refitted on "
                         "this dataset's train users, paired with the rows read with the checkpoint's")
     p.add_argument("--out", default=str(RESULTS / "quality"), help="output path stem (.md/.json/.png added)")
     args = p.parse_args(argv)
     if not 0 < args.subsample < 1:
         p.error(f"--subsample {args.subsample}: give a share of the train users between 0 and 1, e.g. 0.8")
-    if args.compare_constants and (args.transfer_constants != "checkpoint"
-                                   or checkpoint_dataset(args.checkpoint) in (None, args.dataset)):
-        p.error("--compare-constants: needs a checkpoint and a dataset it was not pretrained on (e.g. --dataset "
+    if args.compare_constants and (args.transfer_constants != "checkpoint" or not args.checkpoint):
+        p.error("--compare-constants: needs a checkpoint and users it was not pretrained on (e.g. --dataset "
                 "ml-100k --split 0.5 0.1 0.4), read with the constants it ships (no --transfer-constants)")
     if args.served:
         if not Path(args.served).is_file():
@@ -1127,6 +1174,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("same_question skipped: an event log world has no future windows to ask pretraining's questions of")
         ctx.same_question = False
     if args.compare_constants:
+        if not ctx.transfer:
+            raise SystemExit(f"--compare-constants: {args.checkpoint} was pretrained on these train users, so its "
+                             "constants are their moments: there is nothing to compare; measure users it never saw "
+                             "(e.g. --dataset ml-100k --split 0.5 0.1 0.4)")
         ctx.constants[REFIT] = None  # refitted on this world's train users (training.data.features)
         ctx.transfer["compare"] = True
         ROWS[REFIT_STATIC], ROWS[REFIT_ZERO_SHOT] = row_refit_static, row_refit_zero_shot

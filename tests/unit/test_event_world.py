@@ -220,6 +220,15 @@ def test_pretrain_offline_trains_on_the_log_and_ships_its_normalisation(log_root
     assert len(norm.stats_mean) == 16
     manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
     assert "offline" in json.dumps(manifest)
+    # the users it was pretrained on, by their events (an evaluation refuses to test on them)
+    from training.data.event_world import build_event_world
+    from training.data.identity import fingerprints
+    from training.data.world import WorldConfig
+    from training.normalisation import checkpoint_train_users
+
+    world = build_event_world(log_root, WorldConfig(dataset="offline"))
+    assert checkpoint_train_users(out / "checkpoint") == fingerprints(world, world.users("train"))
+    assert len(world.users("train")) > 0
     # a cutoff given as an ISO date is the same cut as its unix seconds
     assert pretrain.parse_cutoff("2020-09-13") == pretrain.parse_cutoff(str(T0 - T0 % DAY)) == T0 - T0 % DAY
     with pytest.raises(SystemExit, match="cutoff"):

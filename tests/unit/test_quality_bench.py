@@ -308,7 +308,6 @@ def test_a_world_read_with_a_checkpoints_constants_is_standardised_with_them(ml1
 
 
 @pytest.mark.parametrize("split, checkpoint, trained_on, message", [
-    ([0.5, 0.1, 0.4], "ckpt", "ml-100k", "pretrained on ml-100k's train users"),  # its own dataset
     ([0.5, 0.1, 0.4], "ckpt", None, "does not record the dataset"),  # older checkpoint: may be its own
     ([0.5, 0.1, 0.3], "ckpt", "ml-1m", "sum to 1"),
     ([0.0, 0.5, 0.5], "ckpt", "ml-1m", "train and test above 0"),
@@ -319,6 +318,106 @@ def test_a_probe_split_is_refused_where_it_would_test_on_pretraining_users_or_is
     run = _load()
     with pytest.raises(SystemExit, match=message):
         run.split_fracs(split, "ml-100k", checkpoint, trained_on)
+
+
+def _replayed_log(world, users: list[int], root: Path, prefix: str) -> None:
+    """`users`' history events as the event log holds them after a replay (training.data.export_events, the ids
+    prefixed as served.py's --user-prefix does), each second's events in reverse order (the log's tie order is not
+    the world's)."""
+    from training.data.export_events import export_records
+
+    records = [r for _, r in sorted(enumerate(export_records(world, users)),
+                                    key=lambda ir: (ir[1]["ts"], ir[1]["user_id"], -ir[0]))]
+    for r in records:
+        r["user_id"] = prefix + r["user_id"]
+    _event_log_helpers().write_log(root, records)
+
+
+def test_a_user_is_known_by_their_earliest_events_under_any_id_and_any_order_within_a_second(ml100k_world, tmp_path):
+    """training.data.identity: the same MovieLens user replayed into the event log under another id, the log's order
+    of same-second events, or a longer history (another cut) keeps the fingerprint; other users never share one."""
+    pytest.importorskip("pyarrow")
+    from training.data.event_world import build_event_world
+    from training.data.identity import EARLIEST, fingerprints, user_fingerprint
+    from training.data.world import WorldConfig
+
+    users = ml100k_world.users()[:40]
+    _replayed_log(ml100k_world, users, tmp_path / "log", "ml100k-")
+    log_world = build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_history=1, min_future=0),
+                                  cutoff=np.inf)
+    ml = fingerprints(ml100k_world, users)
+    logged = fingerprints(log_world, log_world.users())
+    assert {f"ml100k-{uid}": fp for uid, fp in ml.items()} == logged
+    assert len(set(fingerprints(ml100k_world, ml100k_world.users()).values())) == len(ml100k_world.users())
+    # a user's first seconds decide: only events after the second of the EARLIEST-th one are left out
+    u = next(u for u in users if len(np.unique(ml100k_world.row_ts(ml100k_world.timelines[u].history))) > EARLIEST)
+    full = ml100k_world.timelines[u]
+    rows = full.history
+    keep = ml100k_world.row_ts(rows) <= np.sort(ml100k_world.row_ts(rows))[EARLIEST - 1]
+    short = dataclasses.replace(ml100k_world, timelines={u: dataclasses.replace(full, history=rows[keep])})
+    assert user_fingerprint(short, u) == ml[ml100k_world.user_id(u)]
+    fewer = dataclasses.replace(ml100k_world, timelines={u: dataclasses.replace(full, history=rows[keep][:-1])})
+    assert user_fingerprint(fewer, u) != ml[ml100k_world.user_id(u)]
+
+
+def test_the_probe_is_never_scored_on_users_the_checkpoint_was_pretrained_on_by_user_not_by_name(ml100k_world,
+                                                                                                  tmp_path):
+    """check_unseen compares users: the default split of the checkpoint's own dataset passes, another split of it is
+    refused (drop --split), its users replayed into an event log are caught under their new ids, and another
+    team's log (another "offline") is not mistaken for the checkpoint's own; same_users says which runs read the
+    checkpoint's constants as another population's (a transfer)."""
+    pytest.importorskip("pyarrow")
+    from training.data.event_world import build_event_world
+    from training.data.identity import fingerprints
+    from training.data.world import WorldConfig, build_world
+    from training.normalisation import checkpoint_train_users
+
+    run = _load()
+    ckpt = _tiny_checkpoint(ml100k_world, tmp_path)
+    assert run.pretraining_users(str(ckpt)) is None and run.pretraining_users(None) is None  # records nothing
+    _attach(ckpt, ml100k_world, {"dataset": "ml-100k"})  # an older checkpoint: its users rebuilt from the record
+    seen = run.pretraining_users(str(ckpt))
+    assert seen == fingerprints(ml100k_world, ml100k_world.users("train"))
+    run.check_unseen(ml100k_world, {str(ckpt): seen}, None)
+    assert run.same_users(ml100k_world, seen, "ml-100k")
+    other_split = build_world(WorldConfig(dataset="ml-100k", split_fracs=(0.5, 0.1, 0.4)))
+    with pytest.raises(SystemExit, match=r"test users are users .* was pretrained on \(e\.g\. \d+\).*drop --split"):
+        run.check_unseen(other_split, {str(ckpt): seen}, [0.5, 0.1, 0.4])
+    assert not run.same_users(other_split, seen, "ml-100k")
+    # its train users replayed into a log (the log's own salted split puts some of them among its test users)
+    _replayed_log(ml100k_world, ml100k_world.users("train")[:200], tmp_path / "log", "ml100k-")
+    replay = build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_history=1, min_future=0),
+                               cutoff=np.inf)
+    with pytest.raises(SystemExit, match=r"e\.g\. ml100k-\d+, pretrained on as \d+\).*under other ids"):
+        run.check_unseen(replay, {str(ckpt): seen}, None)
+    # a checkpoint pretrained on that log: another team's log is other users (by name both are "offline")
+    logged = _tiny_checkpoint(replay, tmp_path / "logged")
+    _attach(logged, replay, {"dataset": "offline"}, fingerprints(replay, replay.users("train")))
+    assert checkpoint_train_users(logged) == fingerprints(replay, replay.users("train"))
+    helpers = _event_log_helpers()
+    helpers.write_log(tmp_path / "team", helpers.synthetic_events(n_users=30, n_events=12))
+    team = build_event_world(tmp_path / "team", WorldConfig(dataset="offline", min_history=1, min_future=0),
+                             cutoff=np.inf)
+    other = {str(logged): run.pretraining_users(str(logged))}
+    run.check_unseen(team, other, [0.5, 0.1, 0.4])
+    assert not run.same_users(team, other[str(logged)], "offline") and run.same_users(replay, other[str(logged)], "x")
+    with pytest.raises(SystemExit, match="drop --split"):
+        run.check_unseen(build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_history=1,
+                                                                         min_future=0, split_fracs=(0.3, 0.1, 0.6)),
+                                           cutoff=np.inf), other, [0.3, 0.1, 0.6])
+    # the users file is verified like the constants
+    (logged / "train_users.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="differs from the sha256"):
+        checkpoint_train_users(logged)
+
+
+def _attach(ckpt: Path, world, provenance: dict, users: dict | None = None) -> None:
+    """Record constants (of random event vectors: their values are not under test) and a provenance."""
+    from training.data.features import fit_normalisation
+    from training.normalisation import attach_normalisation
+
+    vecs = np.random.default_rng(2).standard_normal((len(world.texts), 384)).astype(np.float16)
+    attach_normalisation(ckpt, fit_normalisation(world, vecs), provenance, users)
 
 
 def test_a_probe_split_of_a_dataset_the_checkpoint_never_saw_is_kept_and_keys_the_cache(monkeypatch):
@@ -409,9 +508,9 @@ def test_other_constants_are_refused_where_the_checkpoint_knows_the_dataset(caps
     --compare-constants there has no served constants to compare with: both stop and say so."""
     run = _load()
     with pytest.raises(SystemExit, match="drop the option"):
-        run.transfer_of("ml-1m", "ml-1m", (0.8, 0.1, 0.1), "dataset")
+        run.transfer_of("ml-1m", True, "ml-1m", (0.8, 0.1, 0.1), "dataset")
     with pytest.raises(SystemExit, match="drop the option"):
-        run.transfer_of(None, "ml-100k", (0.5, 0.1, 0.4), "dataset")
+        run.transfer_of(None, True, "ml-100k", (0.5, 0.1, 0.4), "dataset")
     with pytest.raises(SystemExit) as exc:
         run.main(["--dataset", "ml-100k", "--compare-constants", "--out", "unused"])
     assert exc.value.code == 2 and "--compare-constants: needs a checkpoint" in capsys.readouterr().err
@@ -448,9 +547,8 @@ def test_a_transfer_run_reads_the_checkpoints_dataset_and_constants_and_says_so(
     loaded = run.transfer_normalisation(str(ckpt), ml100k_world)
     np.testing.assert_allclose(loaded.text_mean, norm.text_mean)
     assert loaded.names == norm.names
-    assert run.transfer_of("ml-1m", "ml-1m", (0.8, 0.1, 0.1), "checkpoint") is None  # its own dataset
-    assert run.transfer_of(None, "ml-100k", (0.8, 0.1, 0.1), "checkpoint") is None  # no checkpoint, or no record
-    meta = run.transfer_of(run.checkpoint_dataset(str(ckpt)), "ml-100k", (0.5, 0.1, 0.4), "dataset")
+    assert run.transfer_of("ml-1m", True, "ml-1m", (0.8, 0.1, 0.1), "checkpoint") is None  # its own users
+    meta = run.transfer_of(run.checkpoint_dataset(str(ckpt)), False, "ml-100k", (0.5, 0.1, 0.4), "dataset")
     assert meta == {"checkpoint_dataset": "ml-1m", "split": "0.5 / 0.1 / 0.4", "constants": "dataset"}
     header = run.markdown([], [], {"dataset": "ml-100k", "n_train": 1, "n_test": 1, "transfer": meta}).splitlines()[0]
     assert "pretrained on ml-1m" in header and "refitted on ml-100k's train users" in header
