@@ -744,9 +744,11 @@ def markdown(rows: list[dict], scenarios: list[Scenario], meta: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     transfer = meta.get("transfer")
     if transfer:
-        lines[0] += (f" Transfer: the checkpoint was pretrained on {transfer['checkpoint_dataset']}, so every "
-                     f"{meta['dataset']} user is new to it (probe split {transfer['split']}); the model reads the "
-                     "dense user vector standardised with "
+        old = transfer.get("pretraining_users_read")
+        new_to_it = (f"{old} of this run's {meta['dataset']} users were among its pretraining users, none of the test "
+                     "users" if old else f"so every {meta['dataset']} user is new to it")
+        lines[0] += (f" Transfer: the checkpoint was pretrained on {transfer['checkpoint_dataset']}, {new_to_it} "
+                     f"(probe split {transfer['split']}); the model reads the dense user vector standardised with "
                      + ("the checkpoint's constants, as ingest serves it" if transfer["constants"] == "checkpoint"
                         else f"constants refitted on {meta['dataset']}'s train users")
                      + (f"; the rows marked \"{REFIT}\" read it standardised with constants refitted on "
@@ -1012,6 +1014,15 @@ def same_users(world, seen: dict[str, str] | None, trained_on: str | None) -> bo
     return set(fingerprints(world, train_users(world)).values()) == set(seen.values())
 
 
+def seen_count(world, seen: dict[str, str] | None) -> int:
+    """How many of a world's users the checkpoint was pretrained on (0 where it records none): a transfer run's
+    header says so where they are not all new (a grown log: check_unseen keeps them out of the test users)."""
+    from training.data.identity import fingerprints
+
+    known = set((seen or {}).values())
+    return sum(fp in known for fp in fingerprints(world, world.users()).values())
+
+
 def transfer_normalisation(checkpoint: str, world: UserWorld):
     """The checkpoint's dense-vector constants for a world it was not trained on: ingest standardises a new
     dataset's users with them (docs/own-data.md), so the model rows read that world as the platform would serve
@@ -1030,11 +1041,11 @@ def transfer_normalisation(checkpoint: str, world: UserWorld):
 
 
 def transfer_of(trained_on: str | None, pretrained_here: bool, dataset: str, fracs: tuple[float, float, float],
-                constants: str) -> dict | None:
+                constants: str, seen_here: int = 0) -> dict | None:
     """What a run on users the checkpoint was not pretrained on reads (None when `pretrained_here`: this world's
     train users are its pretraining users, same_users): the log line, the table's header and its JSON meta. Refuses
     (SystemExit) constants other than the checkpoint's where there are no such users: the model rows already read
-    the world's own train-user moments, the checkpoint's constants, there."""
+    the world's own train-user moments, the checkpoint's constants, there. `seen_here`: seen_count."""
     if pretrained_here:
         if constants != "checkpoint":
             raise SystemExit(f"--transfer-constants {constants}: only for users the checkpoint was not pretrained on "
@@ -1042,7 +1053,8 @@ def transfer_of(trained_on: str | None, pretrained_here: bool, dataset: str, fra
                              f"{', these train users' if trained_on else ''}); its rows here already read {dataset}'s "
                              "own train-user moments: drop the option")
         return None
-    return {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in fracs), "constants": constants}
+    meta = {"checkpoint_dataset": trained_on, "split": " / ".join(f"{f:g}" for f in fracs), "constants": constants}
+    return {**meta, "pretraining_users_read": seen_here} if seen_here else meta
 
 
 def log_world(args: argparse.Namespace, fracs: tuple[float, float, float], scenarios: list[Scenario]):
@@ -1105,8 +1117,9 @@ def build_context(args: argparse.Namespace, **extra: Any) -> Context:
     check_unseen(world, seen, split)
     vecs = cached_text_vectors(world.texts, args.dataset)
     constants_choice = getattr(args, "transfer_constants", "checkpoint")
-    transfer = transfer_of(trained_on, same_users(world, seen.get(args.checkpoint), trained_on), args.dataset, fracs,
-                           constants_choice)
+    main_seen = seen.get(args.checkpoint)
+    transfer = transfer_of(trained_on, same_users(world, main_seen, trained_on), args.dataset, fracs,
+                           constants_choice, seen_count(world, main_seen))
     constants = {}
     if transfer:
         if transfer["constants"] == "checkpoint":

@@ -401,6 +401,14 @@ def test_the_probe_is_never_scored_on_users_the_checkpoint_was_pretrained_on_by_
     other = {str(logged): run.pretraining_users(str(logged))}
     run.check_unseen(team, other, [0.5, 0.1, 0.4])
     assert not run.same_users(team, other[str(logged)], "offline") and run.same_users(replay, other[str(logged)], "x")
+    assert run.seen_count(team, other[str(logged)]) == 0
+    assert run.seen_count(replay, other[str(logged)]) == len(replay.users("train"))
+    # a run on a log that holds some of the checkpoint's users besides new ones says so (not "every user is new")
+    meta = run.transfer_of("offline", False, "offline", (0.8, 0.1, 0.1), "checkpoint", seen_here=7)
+    header = run.markdown([], [], {"dataset": "offline", "n_train": 1, "n_test": 1, "transfer": meta})
+    assert "pretrained on offline, 7 of this run's offline users were among its pretraining users, none of" in header
+    assert run.transfer_of("ml-1m", False, "ml-100k", (0.8, 0.1, 0.1), "checkpoint", seen_here=0) == {
+        "checkpoint_dataset": "ml-1m", "split": "0.8 / 0.1 / 0.1", "constants": "checkpoint"}
     with pytest.raises(SystemExit, match="drop --split"):
         run.check_unseen(build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_history=1,
                                                                          min_future=0, split_fracs=(0.3, 0.1, 0.6)),
