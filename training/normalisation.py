@@ -84,8 +84,9 @@ def checkpoint_train_users(d: Path) -> dict[str, str] | None:
     if entry.get("users_file"):
         path = d / entry["users_file"]
         if not path.is_file() or file_sha256(path) != entry.get("users_sha256"):
-            raise RuntimeError(f"{path} is missing or differs from the sha256 in {d / MANIFEST}; write it again with "
-                               f"python -m training.normalisation --checkpoint {d} --dataset DATASET")
+            raise RuntimeError(f"{path} is missing or differs from the sha256 in {d / MANIFEST}; copy it back from "
+                               "the run that wrote the checkpoint (a MovieLens one: python -m training.normalisation "
+                               f"--checkpoint {d} --dataset DATASET writes it again)")
         body = json.loads(path.read_text())
         if body.get("fingerprint") != FINGERPRINT:
             raise RuntimeError(f"{path} holds {body.get('fingerprint')!r} fingerprints, this code makes "

@@ -985,6 +985,10 @@ def check_unseen(world, checkpoints: dict[str, dict[str, str] | None], split: li
 
     test = fingerprints(world, world.users("test"))
     for path, seen in checkpoints.items():
+        if seen is None and split is not None and checkpoint_dataset(path) == world.cfg.dataset:
+            raise SystemExit(f"--split: {path} was pretrained on {world.cfg.dataset} before checkpoints recorded their "
+                             "users, so nothing can tell whether this split puts some of them among the probe's test "
+                             "users; drop --split (the default split is pretraining's)")
         if not seen:
             continue
         seen_as = {fp: uid for uid, fp in seen.items()}

@@ -413,6 +413,13 @@ def test_the_probe_is_never_scored_on_users_the_checkpoint_was_pretrained_on_by_
         run.check_unseen(build_event_world(tmp_path / "log", WorldConfig(dataset="offline", min_history=1,
                                                                          min_future=0, split_fracs=(0.3, 0.1, 0.6)),
                                            cutoff=np.inf), other, [0.3, 0.1, 0.6])
+    # a log checkpoint from before checkpoints recorded their users: --split on a log is refused, as before
+    older = _tiny_checkpoint(replay, tmp_path / "older")
+    _attach(older, replay, {"dataset": "offline"})
+    assert run.pretraining_users(str(older)) is None
+    run.check_unseen(team, {str(older): None}, None)
+    with pytest.raises(SystemExit, match="before checkpoints recorded their users"):
+        run.check_unseen(team, {str(older): None}, [0.5, 0.1, 0.4])
     # the users file is verified like the constants
     (logged / "train_users.json").write_text("{}")
     with pytest.raises(RuntimeError, match="differs from the sha256"):
