@@ -66,10 +66,15 @@ def checkpoint_normalisation(d: Path) -> Path | None:
     entry = json.loads((d / MANIFEST).read_text()).get(MANIFEST_KEY)
     if not entry:
         return None
-    path = d / entry["file"]
-    if not path.is_file() or file_sha256(path) != entry["sha256"]:
-        raise RuntimeError(f"{path} is missing or differs from the sha256 in {d / MANIFEST}; write it again with "
-                           f"python -m training.normalisation --checkpoint {d}")
+    return _verified(d, entry["file"], entry["sha256"],
+                     f"write it again with python -m training.normalisation --checkpoint {d}")
+
+
+def _verified(d: Path, name: str, sha256: str | None, fix: str) -> Path:
+    """`d/name` where its sha256 is the one the manifest's entry records; else RuntimeError saying `fix`."""
+    path = d / name
+    if not path.is_file() or file_sha256(path) != sha256:
+        raise RuntimeError(f"{path} is missing or differs from the sha256 in {d / MANIFEST}; {fix}")
     return path
 
 
@@ -82,11 +87,9 @@ def checkpoint_train_users(d: Path) -> dict[str, str] | None:
     d = Path(d)
     entry = json.loads((d / MANIFEST).read_text()).get(MANIFEST_KEY) or {}
     if entry.get("users_file"):
-        path = d / entry["users_file"]
-        if not path.is_file() or file_sha256(path) != entry.get("users_sha256"):
-            raise RuntimeError(f"{path} is missing or differs from the sha256 in {d / MANIFEST}; copy it back from "
-                               "the run that wrote the checkpoint (a MovieLens one: python -m training.normalisation "
-                               f"--checkpoint {d} --dataset DATASET writes it again)")
+        path = _verified(d, entry["users_file"], entry.get("users_sha256"),
+                         "copy it back from the run that wrote the checkpoint (a MovieLens one: python -m "
+                         f"training.normalisation --checkpoint {d} --dataset DATASET writes it again)")
         body = json.loads(path.read_text())
         if body.get("fingerprint") != FINGERPRINT:
             raise RuntimeError(f"{path} holds {body.get('fingerprint')!r} fingerprints, this code makes "
@@ -105,12 +108,19 @@ def _movielens_train_users(dataset: str, max_users: int | None, split_salt: str 
     every checkpoint before they were recorded used)."""
     from training.data.features import train_users
     from training.data.identity import fingerprints
+
+    world = provenance_world(dataset, max_users, split_salt=split_salt, min_history=min_history,
+                             min_future=min_future)
+    return tuple(sorted(fingerprints(world, train_users(world)).items()))
+
+
+def provenance_world(dataset: str, max_users: int | None = None, **recorded: Any):
+    """The MovieLens world a checkpoint's normalisation provenance names: `recorded` WorldConfig fields it holds
+    (split_salt, min_history, min_future; None or absent: the defaults every older checkpoint used)."""
     from training.data.world import WorldConfig, build_world
 
-    given = {"split_salt": split_salt, "min_history": min_history, "min_future": min_future}
-    world = build_world(WorldConfig(dataset=dataset, max_users=max_users,
-                                    **{k: v for k, v in given.items() if v is not None}))
-    return tuple(sorted(fingerprints(world, train_users(world)).items()))
+    given = {k: v for k, v in recorded.items() if v is not None}
+    return build_world(WorldConfig(dataset=dataset, max_users=max_users, **given))
 
 
 def fit_for_world(dataset: str, max_users: int | None = None
@@ -120,9 +130,8 @@ def fit_for_world(dataset: str, max_users: int | None = None
     from training.data.encoder import cached_text_vectors
     from training.data.features import fit_normalisation, train_users
     from training.data.identity import fingerprints
-    from training.data.world import WorldConfig, build_world
 
-    world = build_world(WorldConfig(dataset=dataset, max_users=max_users))
+    world = provenance_world(dataset, max_users)
     vecs = cached_text_vectors(world.texts, dataset, progress=False)
     prov = {"dataset": dataset, "max_users": max_users, "train_users": len(train_users(world)),
             "split_salt": world.cfg.split_salt}
