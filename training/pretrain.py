@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from training.config import QAnchorConfig, SourceConfig, load_config
 from training.curves import plot_curve
 from training.data.collate import UserCollator
 from training.data.encoder import cached_text_vectors
-from training.data.event_log import EVENT_LOG_DIR_ENV, default_log_root
+from training.data.event_log import EVENT_LOG_DIR_ENV, default_log_root, parse_time
 from training.data.event_pairs import build_event_pairs
 from training.data.event_world import EventWorld, build_event_world
 from training.data.features import fit_normalisation, train_users
@@ -73,15 +72,9 @@ def parse_cutoff(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise SystemExit(f"--cutoff {text!r}: give unix seconds (e.g. 975000000) or an ISO time (e.g. "
-                         "2000-11-25 or 2000-11-25T12:00:00+00:00)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+        return parse_time(text)
+    except ValueError as exc:
+        raise SystemExit(f"--cutoff: {exc}") from None
 
 
 def load_pretrained(checkpoint: str | Path, device: str = "cpu") -> QAnchorModel:

@@ -34,8 +34,19 @@ def local_path(uri: str) -> Path:
                        "artifacts volume and pass its path or file:// URI")
 
 
-def read_labels_csv(path: Path) -> tuple[list[str], np.ndarray]:
-    """CSV with a header `user_id,label` (extra columns ignored); labels are integers (0/1 or class ids)."""
+@dataclass(frozen=True)
+class Labels:
+    """A labels file: one row per user, and each row's label time where the file has an `as_of` column."""
+
+    user_ids: list[str]
+    labels: np.ndarray  # [B] int64
+    as_of: np.ndarray | None = None  # [B] float64 unix seconds: features from the events before it; None: no column
+
+
+def read_labels(path: Path) -> Labels:
+    """CSV with a header `user_id,label` and optionally `as_of` (extra columns ignored); labels are integers (0/1
+    or class ids). `as_of` (unix seconds or an ISO time, UTC without a zone) is the time each label was known at:
+    the user's features are then the ones their events before it give (docs/tuning.md, "Labels as of a time")."""
     if not path.is_file():
         raise DatasetError(f"labels file {path} not found; the worker must see the same path as the caller "
                            "(put it on the shared artifacts volume)")
@@ -43,8 +54,10 @@ def read_labels_csv(path: Path) -> tuple[list[str], np.ndarray]:
         reader = csv.DictReader(f)
         if not reader.fieldnames or not {"user_id", "label"} <= set(reader.fieldnames):
             raise DatasetError(f"{path}: header must contain user_id,label (got {reader.fieldnames})")
+        timed = "as_of" in reader.fieldnames
         users: list[str] = []
         labels: list[int] = []
+        times: list[float] = []
         seen: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
             uid = (row["user_id"] or "").strip()
@@ -54,17 +67,41 @@ def read_labels_csv(path: Path) -> tuple[list[str], np.ndarray]:
                 raise DatasetError(f"{path}:{line}: label {row['label']!r} is not an integer; use 0/1") from None
             if not uid:
                 raise DatasetError(f"{path}:{line}: empty user_id")
+            at = _row_time(path, line, row.get("as_of")) if timed else float("nan")
             if uid in seen:
-                if labels[seen[uid]] != label:
-                    raise DatasetError(f"{path}:{line}: user {uid!r} is labelled both {labels[seen[uid]]} and "
+                first = seen[uid]
+                if labels[first] != label:
+                    raise DatasetError(f"{path}:{line}: user {uid!r} is labelled both {labels[first]} and "
                                        f"{label}; keep one row per user")
+                if timed and times[first] != at:
+                    raise DatasetError(f"{path}:{line}: user {uid!r} is labelled as of two times; keep one row per "
+                                       "user (a job tunes on one state of each user)")
                 continue
             seen[uid] = len(users)
             users.append(uid)
             labels.append(label)
+            times.append(at)
     if not users:
         raise DatasetError(f"{path} has no rows; give labelled users (user_id,label)")
-    return users, np.asarray(labels, dtype=np.int64)
+    return Labels(users, np.asarray(labels, dtype=np.int64), np.asarray(times, np.float64) if timed else None)
+
+
+def _row_time(path: Path, line: int, text: str | None) -> float:
+    from training.data.event_log import parse_time  # pyarrow's module: both environments have it
+
+    if text is None or not str(text).strip():
+        raise DatasetError(f"{path}:{line}: empty as_of; give every row its time (unix seconds or an ISO time such "
+                           "as 2026-06-01T00:00:00Z), or drop the column to read the features as served now")
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise DatasetError(f"{path}:{line}: as_of {exc}") from None
+
+
+def read_labels_csv(path: Path) -> tuple[list[str], np.ndarray]:
+    """(user ids, labels) of a labels file (`read_labels` without the times)."""
+    got = read_labels(path)
+    return got.user_ids, got.labels
 
 
 @dataclass

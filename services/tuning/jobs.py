@@ -117,14 +117,18 @@ class ModelCache:
 
 
 def snapshot_csv(path: Path, settings: TuningSettings, out: Path) -> Path:
-    """Read the CSV's labelled users' features from the online store into a snapshot .npz (services env)."""
+    """Read the CSV's labelled users' features into a snapshot .npz (services env): from the online store, or, for
+    labels with an `as_of` column, rebuilt from the event log as of each row's time."""
     python = settings.features_python
     if python is None or not Path(python).exists():
         raise JobError("a CSV labels file needs the users' features from the online store, and this worker has no "
                        "Feast interpreter (TUNING_FEATURES_PYTHON); make a snapshot with python -m "
                        "services.tuning.snapshot in the services image and pass the .npz as labels_uri")
+    # the log, encoder and constants are read only for labels as of a time (an `as_of` column)
     cmd = [str(python), "-m", "services.tuning.snapshot", "--labels", str(path), "--out", str(out),
-           "--feast-config", str(settings.resolved_feast_config())]
+           "--feast-config", str(settings.resolved_feast_config()),
+           "--log-root", str(settings.resolved_event_log_dir()), "--triton-url", settings.resolved_triton_url(),
+           "--normalisation", str(settings.resolved_normalisation())]
     env = {**os.environ, "PYTHONNOUSERSITE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     if proc.returncode != 0:

@@ -5,6 +5,7 @@ Helm chart set; keep them stable.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +43,14 @@ class TuningSettings(ServiceSettings):
     features_python: Path | None = Field(default_factory=_services_python)
     # feature_store.yaml for that read; None = $QANCHOR_STATE_DIR/feast/feature_store.yaml.
     feast_config: Path | None = None
+    # Labels as of a time (an `as_of` column in the CSV) read the users' events from the offline event log instead
+    # and rebuild their rows as ingest did, which needs what ingest had: the log (None = QANCHOR_EVENT_LOG_DIR, else
+    # $QANCHOR_STATE_DIR/eventlog), Triton's text encoder (None = the local stack's Triton, QANCHOR_PORT_BASE+1) and
+    # the served model's normalisation constants (ingest's INGEST_NORMALISATION; None = normalisation.json in the
+    # model repository's qanchor folder, where the stack exports it).
+    event_log_dir: Path | None = None
+    triton_url: str | None = None
+    normalisation: Path | None = None
     # Longest job expected, seconds. Redis re-delivers an unacked task after the visibility timeout, which is
     # set above this so a running job is never handed to a second worker.
     max_job_s: int = 4 * 3600
@@ -111,6 +120,17 @@ class TuningSettings(ServiceSettings):
 
     def resolved_feast_config(self) -> Path:
         return Path(self.feast_config or self.state_dir / "feast" / "feature_store.yaml")
+
+    def resolved_event_log_dir(self) -> Path:
+        from training.data.event_log import EVENT_LOG_DIR_ENV
+
+        return Path(self.event_log_dir or os.environ.get(EVENT_LOG_DIR_ENV) or self.state_dir / "eventlog")
+
+    def resolved_triton_url(self) -> str:
+        return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"
+
+    def resolved_normalisation(self) -> Path:
+        return Path(self.normalisation or self.resolved_model_repository() / "qanchor" / "normalisation.json")
 
     @property
     def visibility_timeout_s(self) -> int:

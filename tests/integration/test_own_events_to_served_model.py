@@ -11,6 +11,7 @@ A/B arm routes the users to it: the gateway answers with the new version from th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -29,7 +30,10 @@ from services.common.features import Normalisation, StatsAggregate
 from services.common.settings import repo_root
 from services.eventlog.history import as_of, read_log
 from services.eventlog.segments import SegmentName, segment_files
+from services.ingest.encoder import TritonTextEncoder
 from services.ingest.gate import open_gate
+from services.ingest.transform import load_ingest_spec, load_normalisation
+from services.tuning.snapshot import features_before, make_snapshot, make_snapshot_as_of
 from test_eventlog import Ctx as LogCtx
 from test_eventlog import start_eventlog
 from test_gateway_stack import (  # noqa: F401  (world: registry, gateway settings, Triton)
@@ -195,6 +199,38 @@ def test_raw_events_to_log_to_pretraining_to_a_served_ab_arm(  # type: ignore[no
             if seen:
                 last = max(e["ts"] for e in seen)
                 assert got.ts == last and got.event_id in {e["event_id"] for e in seen if e["ts"] == last}, (uid, at)
+
+    # ---- tuning labels as of a time: the row rebuilt from the log is the row ingest wrote ----------------------
+    # at the end of the log, for every user (Triton's text encoder, the constants ingest read); mid-way, only the
+    # events before the time (services.tuning.snapshot, what the worker runs for a labels CSV with an as_of column)
+    end = max(e["ts"] for e in records) + 1
+    (tmp_path / "as_of.csv").write_text("user_id,label,as_of\n" + "".join(f"{u},{i % 2},{end}\n"
+                                                                          for i, u in enumerate(users)))
+    ingest_spec = load_ingest_spec()
+    ingest_spec = dataclasses.replace(ingest_spec, normalisation=load_normalisation(constants, ingest_spec))
+    stamps_of = {u: sorted(e["ts"] for e in records if e["user_id"] == u) for u in users}
+    mid = {u: ts[len(ts) // 2] + 0.5 for u, ts in stamps_of.items()}
+    encoder = TritonTextEncoder(stack.triton_grpc)
+    try:
+        from_log = make_snapshot_as_of(tmp_path / "as_of.csv", tmp_path / "log.npz", log_root=log_ctx.root,
+                                       encoder=encoder, normalisation=constants)
+        halfway = features_before(log_ctx.root, mid, ingest_spec, encoder)
+    finally:
+        encoder.close()
+    online = make_snapshot(tmp_path / "as_of.csv", ingest_ctx.feast_config, tmp_path / "online.npz")
+    assert from_log.user_ids == online.user_ids == users and from_log.meta["features_from"] == "event_log"
+    np.testing.assert_array_equal(from_log.feature_version, online.feature_version)  # the same last log position
+    for name in from_log.event_vecs:
+        np.testing.assert_array_equal(from_log.event_mask[name], online.event_mask[name])
+        # the same texts through the same encoder (batched with other texts: float16 rounding may differ)
+        np.testing.assert_allclose(from_log.event_vecs[name], online.event_vecs[name], atol=2e-3)
+    n_stats = len(spec.names)  # the statistics exactly; the history-mean part averages those float16 vectors
+    np.testing.assert_allclose(from_log.tabular[:, :n_stats], online.tabular[:, :n_stats], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(from_log.tabular, online.tabular, atol=2e-3)
+    for uid in users:
+        stamps = np.concatenate([halfway[uid].events(n).timestamps for n in ingest_spec.source_names])
+        before = [t for t in stamps_of[uid] if t < mid[uid]]
+        assert halfway[uid].found and stamps.max() == max(before) and (stamps < mid[uid]).all(), uid
 
     # ---- the quality harness reads the log as the online store serves it (model env) -------------------------
     # what `run.py --dataset offline` feeds the model for each labelled user: the same events per source, in the same

@@ -19,8 +19,9 @@ from test_deploy_helpers import REPO, SETTINGS_MODULES, env_dict, interpolate, s
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 EXPECTED_SERVICES = {"kafka", "redis", "postgres", "triton", "registry", "gateway", "ingest", "eventlog",
-                     "tuning-worker", "feast-apply", "model-export", "kafka-topics"}
+                     "tuning-worker", "feast-apply", "model-export", "kafka-topics", "tuning-snapshot"}
 ONE_SHOT = {"feast-apply", "model-export", "kafka-topics"}
+TOOLS = {"tuning-snapshot"}  # `docker compose run` only (profile "tools"): `up` starts none of them
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
@@ -100,7 +101,7 @@ def test_dependency_graph_has_no_cycle(services: dict) -> None:
 
 def test_long_running_services_have_healthchecks_and_restart(services: dict) -> None:
     for name, svc in services.items():
-        if name in ONE_SHOT:
+        if name in ONE_SHOT | TOOLS:
             continue
         assert "healthcheck" in svc, name
         assert svc.get("restart") == "unless-stopped", name
@@ -219,6 +220,31 @@ def test_python_module_commands_exist(services: dict) -> None:
             assert found, f"{name}: {cmd[2]} not found"
     if pending:
         pytest.skip(f"not written yet: {', '.join(pending)} (services commands checked)")
+
+
+def test_the_snapshot_tool_sees_what_ingest_and_the_worker_see(services: dict) -> None:
+    """`docker compose run --rm tuning-snapshot --labels ... --out ...` (docs/tuning.md): a tool, not started by
+    `up`; its arguments are the snapshot CLI's; it writes onto the artifacts volume the worker reads, and for labels
+    as of a time reads the log, the text encoder and the constants ingest reads."""
+    from services.tuning.snapshot import main
+
+    svc = services["tuning-snapshot"]
+    assert svc["profiles"] == ["tools"] and svc["restart"] == "no" and not svc.get("depends_on")
+    entry = svc["entrypoint"]
+    assert entry[:3] == ["python", "-m", "services.tuning.snapshot"]
+    with pytest.raises(SystemExit) as exc:
+        main([*entry[3:], "--help"])
+    assert exc.value.code == 0
+    mounts = {m.split(":")[0]: m.split(":")[1:] for m in svc["volumes"]}
+    assert mounts["artifacts"] == services["tuning-worker"]["volumes"][0].split(":")[1:]  # read-write, same path
+    assert mounts["event-log"] == [env_dict(services["eventlog"]["environment"])["EVENTLOG_ROOT"], "ro"]
+    ingest = env_dict(services["ingest"]["environment"])
+    env = env_dict(svc["environment"])
+    assert env["TUNING_TRITON_URL"] == ingest["INGEST_TRITON_URL"]
+    state = env["QANCHOR_STATE_DIR"]
+    assert ingest["INGEST_NORMALISATION"] == f"{state}/model_repository/qanchor/normalisation.json"  # the default
+    assert mounts["model-repository"] == [f"{state}/model_repository", "ro"]
+    assert entry[entry.index("--feast-config") + 1] == ingest["INGEST_FEAST_LOCATION"]
 
 
 def _compose_check_binary() -> str | None:

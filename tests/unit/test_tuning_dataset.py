@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.tuning.dataset import DatasetError, TuningData, local_path, model_arrays, read_labels_csv
+from services.tuning.dataset import DatasetError, TuningData, local_path, model_arrays, read_labels, read_labels_csv
 from services.tuning.settings import TuningSettings
 
 
@@ -24,6 +24,25 @@ def test_labels_csv(tmp_path: Path) -> None:
             read_labels_csv(f)
     with pytest.raises(DatasetError, match="not found"):
         read_labels_csv(tmp_path / "missing.csv")
+
+
+def test_labels_csv_as_of_column(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")  # the time parser lives with the event log's reader
+    f = tmp_path / "l.csv"
+    f.write_text("user_id,label,as_of\na,1,2026-06-01\nb,0,1780272000\nc,1,2026-06-01T02:00:00+02:00\n"
+                 "a,1,2026-06-01T00:00:00Z\n")
+    got = read_labels(f)
+    assert got.user_ids == ["a", "b", "c"] and got.labels.tolist() == [1, 0, 1]
+    assert got.as_of.tolist() == [1780272000.0] * 3  # a date, unix seconds, an offset, a repeated row: one time
+    f.write_text("user_id,label\na,1\n")
+    assert read_labels(f).as_of is None and read_labels_csv(f) == (["a"], [1])
+    for body, match in [("user_id,label,as_of\na,1,\n", r"l.csv:2: empty as_of; give every row its time"),
+                        ("user_id,label,as_of\na,1,2026-06-01\nb,0,next week\n",
+                         r"l.csv:3: as_of 'next week' is not a time: give unix seconds"),
+                        ("user_id,label,as_of\na,1,2026-06-01\na,1,2026-07-01\n", "labelled as of two times")]:
+        f.write_text(body)
+        with pytest.raises(DatasetError, match=match):
+            read_labels(f)
 
 
 def test_local_path() -> None:

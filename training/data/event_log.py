@@ -115,6 +115,24 @@ def utc(t: datetime | float | None) -> datetime | None:
     return t.astimezone(timezone.utc)
 
 
+def parse_time(text: str) -> float:
+    """Unix seconds, or an ISO 8601 date or time (a time without a zone is UTC; Z allowed) -> unix seconds.
+
+    The one reading of a time a person writes: `training.pretrain --cutoff`, the quality harness's `--as-of` and a
+    tuning labels file's `as_of` column. ValueError says what to write instead."""
+    text = str(text).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: give unix seconds (e.g. 975000000) or an ISO time (e.g. "
+                         "2000-11-25, 2000-11-25T12:00:00Z or 2000-11-25T12:00:00+02:00)") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def files_between(root: Path, start: datetime | None, end: datetime | None) -> list[Path]:
     """Segment files whose day can hold events in [start, end] (the date= folders prune the scan)."""
     lo = day_of(start.timestamp()) if start else None
