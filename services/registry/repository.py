@@ -236,7 +236,7 @@ class Repository:
         self, scenario: str, labels_uri: str, model_version: str = "", params: Mapping[str, str] | None = None,
     ) -> TuningJobRecord:
         if not labels_uri.strip():
-            raise InvalidArgument("labels_uri is empty; point it at a CSV/Parquet of user_id,label")
+            raise InvalidArgument("labels_uri is empty; point it at a CSV of user_id,label[,as_of] or a snapshot .npz")
         with self.db.write() as session, session.begin():
             srow = self._scenario_row(session, scenario)
             now = utcnow()

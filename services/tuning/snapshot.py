@@ -122,9 +122,9 @@ def features_before(log_root: Path, times: Mapping[str, float], spec: "IngestSpe
 
 def make_snapshot_as_of(labels_csv: Path, out: Path, *, log_root: Path, encoder: "TextEncoderBackend",
                         normalisation: Path | None, as_of: float | None = None) -> TuningData:
-    """The labelled users' features as of each row's `as_of` (or `as_of` for a file without the column), from the
-    event log. `normalisation`: the served model's constants (ingest's INGEST_NORMALISATION); without them the
-    dense vector stays empty, as ingest leaves it."""
+    """The labelled users' features as of each row's `as_of` (or the `as_of` argument, for a file without that
+    column), from the event log. `normalisation`: the served model's constants (ingest's INGEST_NORMALISATION);
+    without them the dense vector stays empty, as ingest leaves it."""
     import dataclasses
 
     from services.ingest.transform import load_ingest_spec, load_normalisation
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="snapshot .npz to write")
     p.add_argument("--feast-config", type=Path, required=True, help="feature_store.yaml of the online store")
     p.add_argument("--as-of", default=None, metavar="TIME",
-                   help="features from the events before TIME (unix seconds or ISO, UTC without a zone) for rows "
-                        "without their own as_of: read from the event log, not the online store")
+                   help="features from the events before TIME (unix seconds or ISO, UTC without a zone) for a labels "
+                        "file without an as_of column: read from the event log, not the online store")
     p.add_argument("--log-root", type=Path, default=None,
                    help="the event log (as of a time only; default QANCHOR_EVENT_LOG_DIR, else "
                         "$QANCHOR_STATE_DIR/eventlog)")

@@ -104,8 +104,8 @@ def _tune(args: argparse.Namespace) -> int:
     if "://" not in labels:  # a local path: the worker reads a file:// URI (docs/tuning.md)
         path = Path(labels).expanduser()
         if not path.is_file():
-            raise CliError(f"labels file {path} not found; pass a CSV or Parquet of user_id,label (or a URI the "
-                           "tuning worker can read)")
+            raise CliError(f"labels file {path} not found; pass a CSV of user_id,label (with as_of: features as "
+                           "of each label's time) or a snapshot .npz (or a URI the tuning worker can read)")
         labels = path.resolve().as_uri()
     params = dict(kv.split("=", 1) for kv in args.param)
     with _client(args) as c:
@@ -167,7 +167,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t = sub.add_parser("tune", help="queue a soft-prompt tuning job on labelled users (admin)")
     t.add_argument("name")
     t.add_argument("labels_uri", nargs="?", metavar="LABELS",
-                   help="CSV/Parquet of user_id,label: a local path or a URI the tuning worker can read")
+                   help="CSV of user_id,label[,as_of] or a snapshot .npz (docs/tuning.md): a local path or a URI the "
+                        "tuning worker can read")
     t.add_argument("--labels", help="the same, as a flag")
     t.add_argument("--model-version", default="")
     t.add_argument("--param", action="append", default=[], type=_param, help="KEY=VALUE tuning parameter")
