@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from services.kube.settings import KubeJobSettings
+from training.data.event_log import EVENT_LOG_DIR_ENV  # where the log's readers look (pyarrow's module, no torch)
 
 PART_OF = "qanchor"
 MANAGED_BY = "qanchor-job-backend"
@@ -67,6 +68,12 @@ def _pod_spec(s: KubeJobSettings, container: dict[str, Any]) -> dict[str, Any]:
     if s.artifacts_claim:
         volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": s.artifacts_claim}})
         mounts.append({"name": "artifacts", "mountPath": str(s.artifacts_mount)})
+    own_env: dict[str, str] = {}
+    if s.event_log_claim:  # read only: the eventlog pod is the log's one writer
+        volumes.append({"name": "eventlog", "persistentVolumeClaim": {"claimName": s.event_log_claim,
+                                                                      "readOnly": True}})
+        mounts.append({"name": "eventlog", "mountPath": str(s.event_log_mount), "readOnly": True})
+        own_env[EVENT_LOG_DIR_ENV] = str(s.event_log_mount)
     container.update({
         "image": s.image, "imagePullPolicy": s.image_pull_policy,
         # The result (artifact, sha256, metrics) travels back in the termination message: no API or database
@@ -76,7 +83,8 @@ def _pod_spec(s: KubeJobSettings, container: dict[str, Any]) -> dict[str, Any]:
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": mounts,
     })
-    container["env"] = [*container.get("env", []), *({"name": k, "value": v} for k, v in sorted(s.env.items()))]
+    extra = {**own_env, **s.env}  # QANCHOR_KUBE_ENV wins: one entry per name
+    container["env"] = [*container.get("env", []), *({"name": k, "value": v} for k, v in sorted(extra.items()))]
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # the pods never call the API

@@ -53,6 +53,12 @@ class KubeJobSettings(ServiceSettings):
     # worker verifies the sha256 of what the pod wrote); equal in-cluster, differ only outside a cluster.
     artifacts_mount: Path = Path("/var/lib/qanchor/artifacts")
     local_artifacts_dir: Path | None = None
+    # The platform's event log (docs/eventlog.md): a PersistentVolumeClaim mounted read-only at event_log_mount in
+    # every Job pod, with QANCHOR_EVENT_LOG_DIR pointing there, so `qanchor train submit ... -- --dataset offline`
+    # reads it ("" = not mounted). The claim must allow several pods (ReadWriteMany / ReadOnlyMany): its writer, the
+    # eventlog pod, keeps it mounted.
+    event_log_claim: str = ""
+    event_log_mount: Path = Path("/var/lib/qanchor/eventlog")
     # Triton's model repository as the tuning pods see it (a published copy on the artifacts volume).
     model_repository: Path = Path("/var/lib/qanchor/artifacts/model_repository")
     # Extra environment of every Job container.

@@ -373,9 +373,18 @@ def test_train_submit_runs_multi_node_pretraining_as_an_indexed_job(flow, monkey
     assert cli.main(["train", "logs", "it-1"]) == 1
     assert "not scheduled on a node" in capsys.readouterr().err
 
-    # A second run, cancelled: deleted with foreground propagation.
-    assert cli.main(["train", "submit", "it-2", "--gpus-per-node", "1", "--", "--config", "smollm2"]) == 0
+    # A second run, on the platform's own event log (the API server takes the read-only claim), cancelled: deleted
+    # with foreground propagation.
+    monkeypatch.setenv("QANCHOR_KUBE_EVENT_LOG_CLAIM", "qanchor-eventlog")
+    assert cli.main(["train", "submit", "it-2", "--gpus-per-node", "1", "--", "--config", "smollm2", "--dataset",
+                     "offline"]) == 0
     capsys.readouterr()
+    pod_spec = kube.read("qanchor-pretrain-it-2").spec.template.spec
+    [claim] = [v.persistent_volume_claim for v in pod_spec.volumes if v.name == "eventlog"]
+    assert claim.claim_name == "qanchor-eventlog" and claim.read_only is True
+    [mount] = [m for m in pod_spec.containers[0].volume_mounts if m.name == "eventlog"]
+    env = {e.name: e.value for e in pod_spec.containers[0].env}
+    assert mount.read_only is True and env["QANCHOR_EVENT_LOG_DIR"] == mount.mount_path == "/var/lib/qanchor/eventlog"
     assert cli.main(["train", "cancel", "it-2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"job": "qanchor-pretrain-it-2", "deleted": True}
     assert "foregroundDeletion" in kube.read("qanchor-pretrain-it-2").metadata.finalizers

@@ -359,6 +359,33 @@ def test_kubernetes_backend_worker_runs_no_model_and_configures_the_job_pods(
 
 
 @needs_helm
+def test_job_pods_mount_the_event_log_only_when_asked_and_only_where_several_pods_can(
+        kube_docs: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    """jobs.kubernetes.mountEventLog: offline pretraining on Kubernetes reads the platform's log (docs/own-data.md)."""
+    def worker_env(docs: list[dict]) -> dict:
+        return {e["name"]: e.get("value") for e in _pod_specs(docs)["qanchor-tuning-worker"]["containers"][0]["env"]}
+
+    assert "QANCHOR_KUBE_EVENT_LOG_CLAIM" not in worker_env(kube_docs)
+    rwx = _docs("--set", "jobs.kubernetes.enabled=true", "--set", "jobs.kubernetes.mountEventLog=true",
+                "--set", "eventlog.storage.accessModes={ReadWriteMany}")
+    env = worker_env(rwx)
+    assert env["QANCHOR_KUBE_EVENT_LOG_CLAIM"] == "qanchor-eventlog"
+    assert _by(rwx, "PersistentVolumeClaim", "qanchor-eventlog")["spec"]["accessModes"] == ["ReadWriteMany"]
+    monkeypatch.setenv("QANCHOR_KUBE_EVENT_LOG_CLAIM", env["QANCHOR_KUBE_EVENT_LOG_CLAIM"])
+    from services.kube.settings import KubeJobSettings
+
+    assert KubeJobSettings().event_log_claim == "qanchor-eventlog"  # what the backend mounts in each Job pod
+    mine = _docs("--set", "jobs.kubernetes.enabled=true", "--set", "jobs.kubernetes.mountEventLog=true",
+                 "--set", "eventlog.storage.existingClaim=shared-log")
+    assert worker_env(mine)["QANCHOR_KUBE_EVENT_LOG_CLAIM"] == "shared-log"
+    for args, message in [([], "allows one node only: set eventlog.storage.accessModes={ReadWriteMany}"),
+                          (["--set", "eventlog.enabled=false"], "needs the event log's claim")]:
+        run = _template("--set", "jobs.kubernetes.enabled=true", "--set", "jobs.kubernetes.mountEventLog=true",
+                        *args, check=False)
+        assert run.returncode != 0 and message in run.stderr, run.stderr
+
+
+@needs_helm
 def test_existing_secret_replaces_the_chart_secret() -> None:
     docs = _docs("--set", "secrets.existingSecret=prod-tokens")
     assert not any(d["kind"] == "Secret" for d in docs)

@@ -62,6 +62,29 @@ def test_pretraining_one_gpu_is_a_plain_job() -> None:
                                          "/var/lib/qanchor/artifacts/runs/r1"]
 
 
+def test_the_event_log_is_mounted_read_only_where_offline_pretraining_looks() -> None:
+    """QANCHOR_KUBE_EVENT_LOG_CLAIM: `train submit -- --dataset offline` reads the log in the pod (its default root is
+    QANCHOR_EVENT_LOG_DIR), never writes it; without the claim nothing is mounted."""
+    job, _ = pretrain_job(_settings(event_log_claim="qanchor-eventlog"),
+                          PretrainSpec("r2", ["--dataset", "offline"], gpus_per_node=1))
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "eventlog", "persistentVolumeClaim": {"claimName": "qanchor-eventlog", "readOnly": True}} in \
+        pod["volumes"]
+    c = pod["containers"][0]
+    assert {"name": "eventlog", "mountPath": "/var/lib/qanchor/eventlog", "readOnly": True} in c["volumeMounts"]
+    env = [e for e in c["env"] if e["name"] == "QANCHOR_EVENT_LOG_DIR"]
+    assert env == [{"name": "QANCHOR_EVENT_LOG_DIR", "value": "/var/lib/qanchor/eventlog"}]
+    # an explicit QANCHOR_KUBE_ENV entry wins, once
+    job, _ = pretrain_job(_settings(event_log_claim="c", event_log_mount=Path("/log"),
+                                    env={"QANCHOR_EVENT_LOG_DIR": "/log/sub"}), PretrainSpec("r3", [], gpus_per_node=1))
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert [e["value"] for e in c["env"] if e["name"] == "QANCHOR_EVENT_LOG_DIR"] == ["/log/sub"]
+    job, _ = pretrain_job(_settings(), PretrainSpec("r4", [], gpus_per_node=1))
+    pod = job["spec"]["template"]["spec"]
+    assert "eventlog" not in {v["name"] for v in pod["volumes"]}
+    assert "QANCHOR_EVENT_LOG_DIR" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+
 def test_pretraining_many_gpus_on_one_node_uses_torchrun_standalone() -> None:
     job, service = pretrain_job(_settings(), PretrainSpec("r2", ["--config", "x"], gpus_per_node=4))
     cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
