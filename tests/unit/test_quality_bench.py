@@ -1245,3 +1245,31 @@ def test_future_labels_read_the_log_after_as_of(tmp_path, monkeypatch):
     ids, got = read_labels_csv(tmp_path / "lab" / "drama_next.csv")
     assert dict(zip(ids, got.tolist())) == {world.user_id(int(u)): int(y) for u, y in zip(users, labels)}
     assert load_scenarios(tmp_path / "lab" / "scenarios.yaml")[0].label == "given"
+
+
+def test_todays_store_reads_the_future_with_the_as_of_constants(ml100k_world):
+    """benchmarks/quality/tuning_as_of.py's leaky view: every user's future joins what their prefix and dense vector
+    read, standardised with the constants of the as-of view (serving's do not move), and the as-of world is left
+    as it was; its paired bootstrap gives the two AUCs and their difference on the same draws."""
+    from benchmarks.quality.tuning_as_of import paired_bootstrap, todays_store
+    from training.data.collate import user_record
+    from training.data.features import dense_user_features, fit_normalisation, stats_spec, user_aggregates
+
+    vecs = np.random.default_rng(2).standard_normal((len(ml100k_world.texts), 384)).astype(np.float16)
+    world = dataclasses.replace(ml100k_world)  # a copy: the session's fixture is never mutated
+    before = dense_user_features(world, vecs).copy()
+    today = todays_store(world, vecs)
+    u = world.users("test")[0]
+    t = world.timelines[u]
+    assert len(today.timelines[u].history) == len(t.history) + len(t.future) and len(t.future) > 0
+    np.testing.assert_array_equal(dense_user_features(world, vecs), before)  # the as-of view is untouched
+    norm = fit_normalisation(world, vecs)
+    agg = user_aggregates(today, vecs)[u]
+    np.testing.assert_allclose(dense_user_features(today, vecs)[u], norm.dense(agg, stats_spec(world)), atol=1e-5)
+    # the prefix now ends at the user's newest event, one of the future window's
+    assert today.row_ts(today.timelines[u].history).max() == world.row_ts(t.future).max()
+    assert sum(len(v) for v in user_record(today, vecs, u).event_vecs.values()) > 0
+    y = np.array([0, 1] * 20)
+    good, noise = y + np.random.default_rng(0).normal(0, 0.5, 40), np.random.default_rng(1).normal(0, 1, 40)
+    ci = paired_bootstrap(y, good, noise)
+    assert ci["a"][0] > 0.7 and ci["b"][0] < 0.5 < ci["b"][1] and ci["diff"][0] > 0
