@@ -67,14 +67,14 @@ def align_config(cfg: QAnchorConfig, world: "UserWorld | EventWorld") -> QAnchor
     return cfg
 
 
-def parse_cutoff(text: str | None) -> float | None:
-    """--cutoff: unix seconds or an ISO time (a time without a zone is UTC) -> unix seconds."""
+def parse_cutoff(text: str | None, flag: str = "--cutoff") -> float | None:
+    """`flag`'s value: unix seconds or an ISO time (a time without a zone is UTC) -> unix seconds."""
     if text is None:
         return None
     try:
         return parse_time(text)
     except ValueError as exc:
-        raise SystemExit(f"--cutoff: {exc}") from None
+        raise SystemExit(f"{flag}: {exc}") from None
 
 
 def load_pretrained(checkpoint: str | Path, device: str = "cpu") -> QAnchorModel:

@@ -1087,7 +1087,7 @@ def log_world(args: argparse.Namespace, fracs: tuple[float, float, float], scena
     if future and args.as_of is None:
         raise SystemExit(f"--dataset offline: scenarios {future} label each user from the events after --as-of (the "
                          "model reads those before it); give --as-of TIME, e.g. --as-of 2026-06-01")
-    as_of = parse_cutoff(args.as_of)
+    as_of = parse_cutoff(args.as_of, "--as-of")
     world = build_event_world(root, WorldConfig(dataset="offline", split_fracs=fracs, min_history=1, min_future=0),
                               cutoff=np.inf if as_of is None else as_of)
     labelled = {u for s in scenarios for u in s.labels(world, world.users())[0].tolist()}

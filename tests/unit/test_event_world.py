@@ -233,6 +233,8 @@ def test_pretrain_offline_trains_on_the_log_and_ships_its_normalisation(log_root
     assert pretrain.parse_cutoff("2020-09-13") == pretrain.parse_cutoff(str(T0 - T0 % DAY)) == T0 - T0 % DAY
     with pytest.raises(SystemExit, match="cutoff"):
         pretrain.parse_cutoff("next tuesday")
+    with pytest.raises(SystemExit, match="^--as-of: 'soon' is not a time"):  # the flag the user gave is named
+        pretrain.parse_cutoff("soon", "--as-of")
     # no log: a clear message, not a stack trace
     with pytest.raises(SystemExit):
         pretrain.main(["--config", "tiny", "--dataset", "offline", "--log-root", str(tmp_path / "none"),
