@@ -5,7 +5,6 @@ Helm chart set; keep them stable.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -122,9 +121,9 @@ class TuningSettings(ServiceSettings):
         return Path(self.feast_config or self.state_dir / "feast" / "feature_store.yaml")
 
     def resolved_event_log_dir(self) -> Path:
-        from training.data.event_log import EVENT_LOG_DIR_ENV
+        from services.eventlog.settings import EventLogSettings  # where the eventlog service writes: one rule
 
-        return Path(self.event_log_dir or os.environ.get(EVENT_LOG_DIR_ENV) or self.state_dir / "eventlog")
+        return Path(self.event_log_dir or EventLogSettings().resolved_root())
 
     def resolved_triton_url(self) -> str:
         return self.triton_url or f"127.0.0.1:{self.port('triton_grpc')}"

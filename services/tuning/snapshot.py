@@ -1,14 +1,15 @@
-"""python -m services.tuning.snapshot --labels labels.csv --out snapshot.npz [--feast-config feature_store.yaml]
+"""python -m services.tuning.snapshot --labels labels.csv --out snapshot.npz --feast-config feature_store.yaml [--as-of T]
 
 Services env (Feast): reads the labelled users' features from the online store and writes a tuning snapshot
 (services.tuning.dataset). The tuning worker runs it as a subprocess for a CSV labels file when it has a services
 interpreter (TUNING_FEATURES_PYTHON); where it has none (the model image), run this first and pass the .npz as
 labels_uri. Users the store does not know are dropped (a cold-start user carries no signal) and counted in meta.
 
-Labels as of a time (an `as_of` column in the CSV, or `--as-of` for every row): each user's features are instead
-the row ingest builds from their logged events before that time (the offline event log, replayed through ingest's
-own transform, the event texts encoded by the Triton text encoder ingest uses, the dense vector standardised with
-the served model's constants), so a label about what a user did after a date is tuned on what was known at it.
+Labels as of a time (an `as_of` column in the CSV, or `--as-of` for a file without one): each user's features
+are instead the row ingest builds from their logged events before that time (the offline event log, replayed through
+ingest's own transform, the event texts encoded by the Triton text encoder ingest uses, the dense vector
+standardised with the served model's constants), so a label about what a user did after a date is tuned on what was
+known at it.
 """
 from __future__ import annotations
 

@@ -171,6 +171,9 @@ def test_the_worker_hands_the_snapshot_what_ingest_had(tmp_path, monkeypatch) ->
     flags = {cmd[i]: cmd[i + 1] for i in range(3, len(cmd) - 1, 2)}
     assert flags["--log-root"] == str(tmp_path / "eventlog") and flags["--triton-url"] == "127.0.0.1:31001"
     assert flags["--normalisation"] == str(tmp_path / "model_repository" / "qanchor" / "normalisation.json")
+    monkeypatch.setenv("QANCHOR_EVENT_LOG_DIR", str(tmp_path / "shared-log"))  # where the eventlog service writes
+    jobs.snapshot_csv(tmp_path / "l.csv", TuningSettings(features_python=Path("/bin/sh")), tmp_path / "s.npz")
+    assert seen["cmd"][seen["cmd"].index("--log-root") + 1] == str(tmp_path / "shared-log")
     settings = TuningSettings(features_python=Path("/bin/sh"), event_log_dir=tmp_path / "L",
                               triton_url="triton:8001", normalisation=tmp_path / "n.json")
     jobs.snapshot_csv(tmp_path / "l.csv", settings, tmp_path / "s.npz")
