@@ -1,4 +1,4 @@
-"""python -m services.tuning.snapshot --labels labels.csv --out snapshot.npz --feast-config feature_store.yaml [--as-of T]
+"""python -m services.tuning.snapshot --labels L.csv --out S.npz --feast-config feature_store.yaml [--as-of TIME]
 
 Services env (Feast): reads the labelled users' features from the online store and writes a tuning snapshot
 (services.tuning.dataset). The tuning worker runs it as a subprocess for a CSV labels file when it has a services
