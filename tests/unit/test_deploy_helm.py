@@ -365,7 +365,7 @@ def test_job_pods_mount_the_event_log_only_when_asked_and_only_where_several_pod
     def worker_env(docs: list[dict]) -> dict:
         return {e["name"]: e.get("value") for e in _pod_specs(docs)["qanchor-tuning-worker"]["containers"][0]["env"]}
 
-    assert "QANCHOR_KUBE_EVENT_LOG_CLAIM" not in worker_env(kube_docs)
+    assert not {"QANCHOR_KUBE_EVENT_LOG_CLAIM", "TUNING_EVENT_LOG_DIR"} & set(worker_env(kube_docs))
     rwx = _docs("--set", "jobs.kubernetes.enabled=true", "--set", "jobs.kubernetes.mountEventLog=true",
                 "--set", "eventlog.storage.accessModes={ReadWriteMany}")
     env = worker_env(rwx)
@@ -375,9 +375,22 @@ def test_job_pods_mount_the_event_log_only_when_asked_and_only_where_several_pod
     from services.kube.settings import KubeJobSettings
 
     assert KubeJobSettings().event_log_claim == "qanchor-eventlog"  # what the backend mounts in each Job pod
+    # the worker reads it too (labels with an as_of column), with what ingest encodes with: Triton's text encoder,
+    # reachable through Triton's network policy only then
+    worker = _pod_specs(rwx)["qanchor-tuning-worker"]
+    assert {"name": "eventlog", "mountPath": env["TUNING_EVENT_LOG_DIR"], "readOnly": True} in \
+        worker["containers"][0]["volumeMounts"]
+    assert {"name": "eventlog", "persistentVolumeClaim": {"claimName": "qanchor-eventlog", "readOnly": True}} in \
+        worker["volumes"]
+    ingest_env = {e["name"]: e.get("value") for e in _pod_specs(rwx)["qanchor-ingest"]["containers"][0]["env"]}
+    assert env["TUNING_TRITON_URL"] == ingest_env["INGEST_TRITON_URL"] and "TUNING_NORMALISATION" not in env
+    clients = {p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+               for p in _by(rwx, "NetworkPolicy", "qanchor-triton")["spec"]["ingress"][0]["from"]}
+    assert clients == {"gateway", "ingest", "tuning-worker"}
     mine = _docs("--set", "jobs.kubernetes.enabled=true", "--set", "jobs.kubernetes.mountEventLog=true",
-                 "--set", "eventlog.storage.existingClaim=shared-log")
+                 "--set", "eventlog.storage.existingClaim=shared-log", "--set", "ingest.normalisation=/x/n.json")
     assert worker_env(mine)["QANCHOR_KUBE_EVENT_LOG_CLAIM"] == "shared-log"
+    assert worker_env(mine)["TUNING_NORMALISATION"] == "/x/n.json"  # the constants ingest standardises with
     for args, message in [([], "allows one node only: set eventlog.storage.accessModes={ReadWriteMany}"),
                           (["--set", "eventlog.enabled=false"], "needs the event log's claim")]:
         run = _template("--set", "jobs.kubernetes.enabled=true", "--set", "jobs.kubernetes.mountEventLog=true",
