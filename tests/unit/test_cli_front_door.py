@@ -56,6 +56,11 @@ def test_readme_scenario_commands_work_as_written(local_stack: Path, tmp_path: P
     labels.write_text("user_id,label\n1,1\n2,0\n")
     assert cli.main(["scenario", "tune", "horror_next", str(labels)]) == 1
     assert "REGISTRY_CELERY_BROKER" in capsys.readouterr().err
+    # a labels file the worker would refuse is refused here, before any job is queued, with the line to fix
+    labels.write_text("user_id,label,as_of\n1,1,2026-06-01\n2,0,someday\n")
+    assert cli.main(["scenario", "tune", "horror_next", str(labels)]) == 1
+    err = capsys.readouterr().err
+    assert "labels.csv:3: as_of 'someday' is not a time" in err and "REGISTRY_CELERY_BROKER" not in err
     # the flags still work
     assert cli.main(["scenario", "register", "other", "--query", "Is this user new?"]) == 0
     assert cli.main(["scenario", "register", "third", "Q1", "--query", "Q2"]) == 1

@@ -106,6 +106,13 @@ def _tune(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise CliError(f"labels file {path} not found; pass a CSV of user_id,label (with as_of: features as "
                            "of each label's time) or a snapshot .npz (or a URI the tuning worker can read)")
+        if path.suffix == ".csv":  # checked here, at once, rather than as a FAILED job minutes later
+            from services.tuning.dataset import DatasetError, read_labels
+
+            try:
+                read_labels(path)
+            except DatasetError as exc:
+                raise CliError(str(exc)) from None
         labels = path.resolve().as_uri()
     params = dict(kv.split("=", 1) for kv in args.param)
     with _client(args) as c:
