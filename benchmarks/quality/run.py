@@ -139,13 +139,13 @@ def constants_tag(ctx: Context, key: str) -> str | None:
     return None
 
 
-def model_collator(ctx: Context, model, key: str = "trained"):
+def model_collator(ctx: Context, model, key: str = "trained", world: UserWorld | None = None):
     """The one collator every model pass of the harness reads users through: the inputs of `key` (inputs_world: the
-    whole world's, with the constants that key reads), at the checkpoint's tabular width (older checkpoints read
-    fewer columns)."""
+    whole world's, with the constants that key reads; `world`: another view of the users, e.g. tuning_as_of.py's
+    today's store), at the checkpoint's tabular width (older checkpoints read fewer columns)."""
     from training.data.collate import UserCollator
 
-    return UserCollator(inputs_world(ctx, key), ctx.vecs, d_tab=model.cfg.input.d_tab)
+    return UserCollator(world if world is not None else inputs_world(ctx, key), ctx.vecs, d_tab=model.cfg.input.d_tab)
 
 
 # ---- baseline rows -------------------------------------------------------------------------------------------
@@ -444,14 +444,15 @@ def save_npz(disk: Path, arrays: dict[str, np.ndarray]) -> None:
     disk.with_suffix(".tmp.npz").rename(disk)
 
 
-def prefix_batches(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
+def prefix_batches(ctx: Context, model, users: list[int], dtype, label: str = "trained",
+                   world: UserWorld | None = None):
     """(position of the first user, PrefixCache of users[i:i + 16]) in user order, encoded on demand, with progress
-    lines an operator can grep. `label`: the model key (its users are read through inputs_world)."""
+    lines an operator can grep. `label`: the model key (its users are read through inputs_world, or from `world`)."""
     import torch
 
     from training.precision import autocast
 
-    collate = model_collator(ctx, model, label)
+    collate = model_collator(ctx, model, label, world)
     t0 = time.perf_counter()
     for i in range(0, len(users), 16):
         with torch.inference_mode(), autocast(dtype, ctx.device):
@@ -474,13 +475,15 @@ def _kept_then_encoded(ctx: Context, model, users: list[int], kept: list[int], c
         yield [pos[u] for u in rest[i:i + 16]], part
 
 
-def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "trained"):
+def encode_prefixes(ctx: Context, model, users: list[int], dtype, label: str = "trained",
+                    world: UserWorld | None = None):
     """One PrefixCache of `users`, for passes that read every prefix more than once (prompt tuning: the train users').
     Written outside inference mode: prompt tuning back-propagates through suffixes that read it."""
     from training.model.prefix_cache import PrefixCache
 
     t0 = time.perf_counter()
-    cache = PrefixCache.collect((part for _, part in prefix_batches(ctx, model, users, dtype, label)), len(users))
+    cache = PrefixCache.collect((part for _, part in prefix_batches(ctx, model, users, dtype, label, world)),
+                                len(users))
     log.info("model_prefix_done model=%s users=%d cache_mb=%.0f seconds=%.1f", label, len(users),
              cache.nbytes / 2**20, time.perf_counter() - t0)
     return cache

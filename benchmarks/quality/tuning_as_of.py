@@ -53,28 +53,6 @@ def todays_store(world, vecs):
     return seen
 
 
-def prefixes(model, world, vecs, users, dtype, device):
-    """PrefixCache of `users` read from `world`, 16 at a time (outside inference mode: tuning reads it)."""
-    import torch
-
-    from training.data.collate import UserCollator
-    from training.model.prefix_cache import PrefixCache
-    from training.precision import autocast
-
-    collate = UserCollator(world, vecs, d_tab=model.cfg.input.d_tab)
-
-    def parts():
-        t0 = time.perf_counter()
-        for i in range(0, len(users), 16):
-            with torch.no_grad(), autocast(dtype, device):
-                yield model.encode_prefix(collate.batch(users[i:i + 16]))
-            if (i // 16) % 10 == 9 or i + 16 >= len(users):
-                log.info("prefix_progress users=%d/%d seconds=%.0f", min(i + 16, len(users)), len(users),
-                         time.perf_counter() - t0)
-
-    return PrefixCache.collect(parts(), len(users))
-
-
 def prompt_scores(model, cache, result, tau: float, dtype, device) -> np.ndarray:
     """The tuned prompt's own read-out on `cache`'s users: P(positive) from its class prototypes."""
     import torch
@@ -91,26 +69,14 @@ def prompt_scores(model, cache, result, tau: float, dtype, device) -> np.ndarray
     return prob[:, list(result.classes).index(1)]
 
 
-def auc(y: np.ndarray, s: np.ndarray) -> float:
-    from training.tune import auc_ks
+def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% intervals over test users of AUC(a), AUC(b) and AUC(a) - AUC(b), on the same resamples (the quality
+    table's bootstrap: training.evaluate)."""
+    from training import evaluate as ev
 
-    return auc_ks(y, s)[0]
-
-
-def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int = 0) -> dict[str, list[float]]:
-    """95% intervals over test users of AUC(a), AUC(b) and AUC(a) - AUC(b), on the same draws."""
-    rng = np.random.default_rng(seed)
-    out = {"a": [], "b": [], "diff": []}
-    n = len(y)
-    while len(out["diff"]) < DRAWS:
-        idx = rng.integers(0, n, n)
-        if y[idx].min() == y[idx].max():
-            continue
-        aa, bb = auc(y[idx], a[idx]), auc(y[idx], b[idx])
-        out["a"].append(aa)
-        out["b"].append(bb)
-        out["diff"].append(aa - bb)
-    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in out.items()}
+    w = ev.bootstrap_counts(len(y), DRAWS, seed)
+    da, db = ev.weighted_auc(y, a, w), ev.weighted_auc(y, b, w)
+    return {"a": ev.interval(da), "b": ev.interval(db), "diff": ev.interval(da - db)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset != "ml-1m" and args.dataset != "ml-100k":
         raise SystemExit("tuning_as_of.py needs a MovieLens world: its users' future windows are the labels")
     ctx = quality.build_context(args)
+    from training import evaluate as ev
     from training.data.scenarios import FUTURE_LABELS
     from training.tune import tune_soft_prompt
 
@@ -137,12 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     today = todays_store(as_of, ctx.vecs)
     train, test = ctx.world.users("train"), ctx.world.users("test")
     t0 = time.perf_counter()
-    caches = {"test": prefixes(model, as_of, ctx.vecs, test, dtype, ctx.device)}
-    log.info("prefixes test users=%d seconds=%.0f", len(test), time.perf_counter() - t0)
+    caches = {"test": quality.encode_prefixes(ctx, model, test, dtype, "as_of test", as_of)}
     results: dict[str, dict] = {s.name: {} for s in scenarios}
     for view, world in (("as_of", as_of), ("today", today)):
-        cache = prefixes(model, world, ctx.vecs, train, dtype, ctx.device)
-        log.info("prefixes view=%s train users=%d seconds=%.0f", view, len(train), time.perf_counter() - t0)
+        cache = quality.encode_prefixes(ctx, model, train, dtype, f"{view} train", world)
         pos = {u: i for i, u in enumerate(train)}
         for s in scenarios:
             tr_u, tr_y = s.labels(ctx.world, train)
@@ -157,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             results[s.name][view] = {"job_auc": float(res.metrics["auc"]),
                                      "job_probe_auc": float(res.metrics.get("probe_auc", float("nan"))),
                                      "kept_zero_shot": float(res.metrics.get("kept_zero_shot", 0.0)),
-                                     "test_auc": auc(te_y, scores), "scores": scores, "y": te_y}
+                                     "test_auc": ev.auc(te_y, scores), "scores": scores, "y": te_y}
             log.info("tuned scenario=%s view=%s job_auc=%.4f test_auc=%.4f seconds=%.0f", s.name, view,
                      res.metrics["auc"], results[s.name][view]["test_auc"], time.perf_counter() - t0)
     rows = []

@@ -67,6 +67,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- default (include "qanchor.componentName" (list . "artifacts")) .Values.artifacts.existingClaim -}}
 {{- end -}}
 
+{{/* The event log's PersistentVolumeClaim: its writer (eventlog) and its readers (jobs.kubernetes.mountEventLog). */}}
+{{- define "qanchor.eventlogClaimName" -}}
+{{- default (include "qanchor.componentName" (list . "eventlog")) .Values.eventlog.storage.existingClaim -}}
+{{- end -}}
+
 {{/* Image reference. Call with (list $ .Values.image.services). The tag defaults to the chart's appVersion. */}}
 {{- define "qanchor.image" -}}
 {{- $root := index . 0 -}}
