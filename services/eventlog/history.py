@@ -97,10 +97,18 @@ def as_of(feast_config: Path, user_ids: Sequence[str], at: datetime | float,
         return [LastEvent(u, when, False) for u in user_ids]
     store = get_store(Path(feast_config))
     entity_df = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": [when] * len(user_ids)})
-    try:
+    def read() -> "pd.DataFrame":
         with _one_partition_reads():
-            df = store.get_historical_features(
+            return store.get_historical_features(
                 entity_df=entity_df, features=[f"{LAST_EVENT_VIEW}:{f}" for f in LAST_EVENT_FEATURES]).to_df()
+
+    try:
+        try:
+            df = read()
+        except (FileNotFoundError, OSError):
+            # A file deleted between Feast's listing and its read (compaction merged it, or a replay's covering
+            # segment replaced it): its rows are in the file that replaced it, so one more read sees them.
+            df = read()
     except (FileNotFoundError, OSError, ValueError) as exc:
         if "parquet" in str(exc).lower() or isinstance(exc, FileNotFoundError):
             raise RuntimeError(f"Feast cannot read the event log ({type(exc).__name__}: {str(exc)[:200]}); is the "

@@ -21,6 +21,12 @@ class EventLogMetrics:
     buffered: Gauge
     rebalance_dropped: Counter
     lag: Gauge
+    compacted_files: Counter
+    compaction_written: Counter
+    compaction_duplicates: Counter
+    compaction_seconds: Histogram
+    compaction_failures: Counter
+    log_files: Gauge
 
     @classmethod
     def create(cls) -> "EventLogMetrics":
@@ -45,6 +51,19 @@ class EventLogMetrics:
                                       "(uncommitted, read again) because their partition was revoked", registry=r),
             lag=Gauge("qanchor_eventlog_consumer_lag", "records not yet in the log: the partition's end offset minus "
                       "the group's committed offset", ["partition"], registry=r),
+            compacted_files=Counter("qanchor_eventlog_compacted_files", "small files merged by compaction (and "
+                                    "deleted once the merged file was durable)", registry=r),
+            compaction_written=Counter("qanchor_eventlog_compaction_files_written", "merged (-c) files written by "
+                                       "compaction", registry=r),
+            compaction_duplicates=Counter("qanchor_eventlog_compaction_duplicates_dropped", "rows compaction left "
+                                          "out as second copies of an event_id (readers skipped them anyway)",
+                                          registry=r),
+            compaction_seconds=Histogram("qanchor_eventlog_compaction_seconds", "time of one compaction pass",
+                                         buckets=STAGE_BUCKETS, registry=r),
+            compaction_failures=Counter("qanchor_eventlog_compaction_failures", "compaction passes that failed, by "
+                                        "error (the next pass retries)", ["error"], registry=r),
+            log_files=Gauge("qanchor_eventlog_files", "Parquet files in the log after the last compaction pass",
+                            registry=r),
         )
 
     def serve(self, port: int, host: str = "127.0.0.1", alive: Callable[[], str | None] | None = None) -> None:

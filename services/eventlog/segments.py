@@ -98,8 +98,11 @@ def delete_covered(root: Path, name: SegmentName, days: Iterable[str]) -> list[P
     """Delete older segments of the same partition whose offset range lies inside `name`'s.
 
     Only the event days the new segment wrote need looking at: a covered segment holds a subset of the same Kafka
-    records, so its rows fall on those days.
+    records, so its rows fall on those days. A compacted file inside the range goes too (its rows are records of the
+    range); a compacted name never deletes anything here, as it need not hold every record of its range.
     """
+    if name.compacted:
+        raise ValueError(f"{name.filename} is a compacted file's name: only a flush's segment deletes what it covers")
     deleted = []
     for day in days:
         d = day_dir(root, day)

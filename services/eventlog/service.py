@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from services.common.lifecycle import WorkerService
+from services.eventlog.compact import CompactionPolicy, PeriodicCompaction
 from services.eventlog.consumer import EventLogRebalanceListener, EventLogWorker, FlushPolicy
 from services.eventlog.settings import EventLogSettings
 from services.ingest.schema import EventLimits
@@ -55,5 +56,11 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> Worker
     lag = LagMonitor(GroupLagReader(settings.resolved_kafka_bootstrap(), settings.group_id, settings.topic),
                      metrics.lag, owned=lambda: listener.owned, interval_s=settings.lag_refresh_s)
     lag.start()
-    return WorkerService("eventlog", worker,
-                         [("consumer", lambda: leave_group(consumer, settings)), ("lag", lag.stop)])
+    closers = [("consumer", lambda: leave_group(consumer, settings)), ("lag", lag.stop)]
+    if settings.compact_interval_s > 0:
+        compaction = PeriodicCompaction(
+            root, CompactionPolicy(min_age_s=settings.compact_min_age_s, target_rows=settings.compact_target_rows),
+            settings.compact_interval_s, metrics, settings.topic, owned=lambda: listener.owned)
+        compaction.start()
+        closers.append(("compaction", compaction.stop))
+    return WorkerService("eventlog", worker, closers)

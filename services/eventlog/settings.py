@@ -62,6 +62,13 @@ class EventLogSettings(ServiceSettings):
     # /healthz answers 503 once the poll loop has not turned for this long.
     liveness_timeout_s: float = Field(default=300.0, gt=0)
     lag_refresh_s: float = Field(default=5.0, gt=0)
+    # Compaction (services/eventlog/compact.py): a pass every this many seconds over the partitions this member
+    # owns, merging a day's small files into `-c` files; 0 = off (run `qanchor events compact` instead).
+    compact_interval_s: float = Field(default=3600.0, ge=0)
+    # Files younger than this are left alone (a replay may still rewrite them by name).
+    compact_min_age_s: float = Field(default=3600.0, ge=0)
+    # Rows per merged file at most; a file this big is left as it is.
+    compact_target_rows: int = Field(default=200_000, ge=2)
     # Test/drill hook (services/ingest/gate.py): gates "flush" and "commit" per flush number; None = off.
     batch_gate: Path | None = None
 

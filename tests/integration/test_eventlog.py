@@ -51,8 +51,8 @@ def ctx(stack, tmp_path_factory) -> Ctx:
 
 
 def start_eventlog(ctx: Ctx, topic: str, group: str, name: str, root: Path, *, flush_records: int = 100,
-                   flush_interval_s: float = 1.0, max_poll_records: int = 50,
-                   gate: Path | None = None) -> tuple[subprocess.Popen, Path, int]:
+                   flush_interval_s: float = 1.0, max_poll_records: int = 50, gate: Path | None = None,
+                   env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -64,6 +64,7 @@ def start_eventlog(ctx: Ctx, topic: str, group: str, name: str, root: Path, *, f
                QANCHOR_STATE_DIR=str(ctx.tmp / "state"), PYTHONPATH=str(repo_root()))
     if gate is not None:
         env["EVENTLOG_BATCH_GATE"] = str(gate)
+    env.update(env_extra or {})
     with log.open("ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "services.eventlog"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=repo_root())
@@ -252,6 +253,56 @@ def test_a_rebalance_drops_the_revoked_buffers_and_the_log_stays_exact(ctx):
     logged = read_log(ctx.root, user_ids=users)
     assert logged["event_id"].is_unique
     assert set(logged["event_id"]) == set(sent_events(first)) | set(sent_events(second))
+
+
+def test_compaction_beside_the_running_writer_keeps_every_event_once_and_feast_answers_the_same(ctx):
+    """The service compacts its partitions every second (no age rule) while it writes flushes of 25 records; a
+    second wave of events lands on days already compacted. After a SIGTERM, `qanchor events compact` merges what
+    is left. The log holds every event once, one file per day and partition, and Feast's as-of answers are exact."""
+    topic, group = new_topic(ctx, partitions=2), f"el-compact-{uuid.uuid4().hex[:6]}"
+    users = [f"{uuid.uuid4().hex[:6]}-c{i}" for i in range(10)]
+    first, second = stream(users, 400, seed=5), stream(users, 200, seed=6)
+    for n, (k, v) in enumerate(second):
+        second[n] = (k, v.replace(b'"event_id": "', b'"event_id": "late-'))
+    events = sent_events(first) | sent_events(second)
+    compacting = {"EVENTLOG_COMPACT_INTERVAL_S": "1", "EVENTLOG_COMPACT_MIN_AGE_S": "0"}
+    proc, log, port = start_eventlog(ctx, topic, group, "compact", ctx.root, flush_records=25,
+                                     max_poll_records=25, env_extra=compacting)
+    try:
+        for wave in (first, second):
+            produce(ctx, topic, wave)
+            wait_caught_up(ctx, group, topic, [proc])
+            deadline = time.monotonic() + 60  # the next passes merge what the wave's flushes wrote
+            while not one_file_per_day_and_partition(ctx.root, topic):
+                assert proc.poll() is None and time.monotonic() < deadline, log_tail(log)
+                time.sleep(0.5)
+            merged = [p for p in segment_files_of(ctx.root, topic) if SegmentName.parse(p.name).compacted]
+            assert merged and read_log(ctx.root, user_ids=users)["event_id"].is_unique
+        m = metrics(port)
+    finally:
+        assert stop(proc, log=log) == 0, log_tail(log)
+    assert m["qanchor_eventlog_compacted_files_total"] > m["qanchor_eventlog_compaction_files_written_total"] > 0
+    assert m.get('qanchor_eventlog_compaction_failures_total{error="OSError"}', 0) == 0
+    assert 'msg="event log compacted"' in log.read_text()
+    files = segment_files_of(ctx.root, topic)
+    # The operator's command finds this topic done (one file per day and partition; events span ~3 days).
+    done = subprocess.run([sys.executable, "-m", "services.cli", "events", "compact", "--root", str(ctx.root),
+                           "--min-age", "0", "--json"], capture_output=True, text=True, timeout=120, cwd=repo_root())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert segment_files_of(ctx.root, topic) == files and len(files) <= 2 * 3
+    assert not set(json.loads(done.stdout)["written"]) & {str(p) for p in files}
+    logged = read_log(ctx.root, user_ids=users)
+    assert logged["event_id"].is_unique and set(logged["event_id"]) == set(events)  # nothing lost, once each
+    for row in logged.to_dict("records"):
+        e = events[row["event_id"]]
+        assert (row["user_id"], row["kind"], row["ts"], row["text"]) == (e["user_id"], e["kind"], e["ts"],
+                                                                          e.get("text", ""))
+    assert_point_in_time_matches(ctx, ctx.root, events, users)
+
+
+def one_file_per_day_and_partition(root: Path, topic: str) -> bool:
+    files = segment_files_of(root, topic)
+    return len(files) == len({(p.parent.name, SegmentName.parse(p.name).partition) for p in files})
 
 
 def wait_buffered(members: list[tuple[subprocess.Popen, int, Path]], n: int, timeout: float = 240) -> None:

@@ -3,8 +3,10 @@
 Layout (docs/eventlog.md):
 
     <root>/date=YYYY-MM-DD/<topic>-p<partition>-<first_offset>-<last_offset>.parquet
+    <root>/date=YYYY-MM-DD/<topic>-p<partition>-<first_offset>-<last_offset>-c.parquet   (compacted)
 
-One flush of one Kafka partition is one *segment* (services/eventlog/segments.py writes them). A replay after a
+One flush of one Kafka partition is one *segment* (services/eventlog/segments.py writes them); compaction
+(services/eventlog/compact.py) merges a day's small segment files of one partition into a `-c` file. A replay after a
 crash can leave one event in two segment files; `read_events` keeps each event_id once, the copy at the lowest Kafka
 position, in event-time order.
 
@@ -62,26 +64,35 @@ SCHEMA = pa.schema([
 ])
 POSITION = ("topic", "partition", "offset")
 
-_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+_NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)(?P<compacted>-c)?\.parquet$")
 
 
 @dataclass(frozen=True)
 class SegmentName:
+    """A log file's name: the partition and the Kafka offset range its rows come from.
+
+    A flush's file (compacted=False) holds *every* valid record of first..last whose event falls on its day, which is
+    what lets the writer delete a file its new segment covers. A compacted file (`-c`) holds the rows of the files it
+    merged, all from first..last, but not necessarily every record of the range (another file may hold some): it is
+    never the reason to delete anything but its own inputs, and its name can never be a flush's.
+    """
+
     topic: str
     partition: int
     first: int  # first Kafka offset the segment covers
     last: int   # last one, inclusive
+    compacted: bool = False
 
     @property
     def filename(self) -> str:
-        return f"{self.topic}-p{self.partition}-{self.first}-{self.last}.parquet"
+        return f"{self.topic}-p{self.partition}-{self.first}-{self.last}{'-c' if self.compacted else ''}.parquet"
 
     @classmethod
     def parse(cls, filename: str) -> "SegmentName | None":
         m = _NAME.match(filename)
         if m is None:
             return None
-        return cls(m["topic"], int(m["partition"]), int(m["first"]), int(m["last"]))
+        return cls(m["topic"], int(m["partition"]), int(m["first"]), int(m["last"]), m["compacted"] is not None)
 
     def covers(self, other: "SegmentName") -> bool:
         return (self.topic, self.partition) == (other.topic, other.partition) and \
@@ -176,8 +187,8 @@ def read_events(root: Path, user_ids: Iterable[str] | None = None, start: dateti
     expr = None
     for c in conds:
         expr = c if expr is None else expr & c
-    # The file list, not the folder: a segment deleted (covered) or renamed in place between listing and reading
-    # is the only race, and it is retried once below.
+    # The file list, not the folder: a segment deleted between listing and reading (covered by a replay, or merged
+    # by compaction: its rows are in the file that replaced it) is the only race, and it is retried once below.
     try:
         table = ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(filter=expr)
     except FileNotFoundError:

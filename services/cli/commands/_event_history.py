@@ -1,7 +1,8 @@
-"""`qanchor events history USER` and `qanchor events as-of USER TIME`: read the offline event log (docs/eventlog.md).
+"""`qanchor events history|as-of|compact`: read the offline event log, and merge its small files (docs/eventlog.md).
 
     qanchor events history u42 --since 2026-01-01T00:00Z      # the user's logged events, each event_id once
     qanchor events as-of u42 2026-01-02T12:00:00Z              # the last event at that instant (Feast, point in time)
+    qanchor events compact --dry-run                           # what a compaction pass would merge
 
 The log root is --root, else EVENTLOG_ROOT / QANCHOR_EVENT_LOG_DIR, else the local stack's `$QANCHOR_STATE_DIR/
 eventlog`; the Feast config is --feast-config, else the local stack's `$QANCHOR_STATE_DIR/feast/feature_store.yaml`.
@@ -99,6 +100,36 @@ def _as_of(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    from services.eventlog.compact import CompactionBusy, CompactionPolicy, compact
+    from training.data.event_log import segment_files
+
+    root = _root(args)
+    before = len(segment_files(root))
+    try:
+        report = compact(root, CompactionPolicy(min_age_s=args.min_age, target_rows=args.target_rows),
+                         dry_run=args.dry_run)
+    except CompactionBusy as exc:
+        raise CliError(str(exc)) from None
+    after = len(segment_files(root))
+    doc = {"root": str(root), "dry_run": args.dry_run, "files_before": before, "files_after": after,
+           **report.as_dict()}
+    if args.json:
+        print_json(doc)
+        return 0
+    mib = 2 ** 20
+    if args.dry_run:
+        print(f"would merge {report.files_in} of {before} files into {report.runs} ({report.rows_in} rows, "
+              f"{report.bytes_in / mib:.1f} MiB) under {root}")
+    else:
+        print(f"merged {report.files_in} files into {report.runs} under {root}: {before} -> {after} files, "
+              f"{report.rows_out} rows ({report.duplicates} second copies dropped), {report.bytes_in / mib:.1f} -> "
+              f"{report.bytes_out / mib:.1f} MiB in {report.seconds:.1f} s")
+    if report.skipped:
+        print("left for the next pass: " + ", ".join(f"{v} run(s) {k}" for k, v in sorted(report.skipped.items())))
+    return 0
+
+
 def add_history_parsers(sub: argparse._SubParsersAction) -> None:
     hist = sub.add_parser("history", help="a user's events from the offline event log (each event_id once)")
     hist.add_argument("user")
@@ -115,3 +146,13 @@ def add_history_parsers(sub: argparse._SubParsersAction) -> None:
     asof.add_argument("--feast-config", default=None, help="feature_store.yaml (default: the local stack's)")
     add_json_flag(asof)
     asof.set_defaults(func=_as_of)
+    comp = sub.add_parser("compact", help="merge the log's small files (per day and partition), each event once; "
+                          "safe beside the running eventlog service")
+    comp.add_argument("--root", default=None, help="event log root (default: the local stack's)")
+    comp.add_argument("--min-age", type=float, default=3600.0,
+                      help="only files not modified for this many seconds (default 3600)")
+    comp.add_argument("--target-rows", type=int, default=200_000,
+                      help="rows per merged file at most (a pass holds one file's rows in memory, ~3x their size)")
+    comp.add_argument("--dry-run", action="store_true", help="say what would be merged; change nothing")
+    add_json_flag(comp)
+    comp.set_defaults(func=_compact)

@@ -5,6 +5,7 @@
     qanchor events dlq --max 10                      # print rejected events with their reason headers
     qanchor events history u42                       # the user's events in the offline log (docs/eventlog.md)
     qanchor events as-of u42 2026-01-02T12:00:00Z    # the user's last event at that instant (Feast point in time)
+    qanchor events compact                           # merge the log's small files (docs/eventlog.md, Compaction)
 
 Lines that would be rejected by the consumer are refused up front and reported with their line numbers (exit 1).
 The local stack's broker is found on its own; --bootstrap (or QANCHOR_KAFKA_BOOTSTRAP) names another.
