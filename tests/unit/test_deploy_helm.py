@@ -226,6 +226,23 @@ def test_env_names_exist_in_the_services_settings(default_docs: list[dict]) -> N
 
 
 @needs_helm
+def test_the_event_log_compacts_by_default_as_the_service_would_and_can_be_turned_off(
+        default_docs: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.eventlog.settings import EventLogSettings
+
+    def settings(docs: list[dict]) -> EventLogSettings:
+        for e in _pod_specs(docs)["qanchor-eventlog"]["containers"][0]["env"]:
+            if e["name"].startswith("EVENTLOG_COMPACT_"):
+                monkeypatch.setenv(e["name"], e["value"])
+        return EventLogSettings()
+
+    chart, code = settings(default_docs), EventLogSettings.model_fields
+    for field in ("compact_interval_s", "compact_min_age_s", "compact_target_rows"):
+        assert getattr(chart, field) == code[field].default, field  # one default, whoever starts the service
+    assert settings(_docs("--set", "eventlog.compaction.intervalSeconds=0")).compact_interval_s == 0
+
+
+@needs_helm
 def test_ab_config_is_a_directory_mount_and_the_repo_file_renders_and_parses() -> None:
     from services.gateway.ab_config import load_config
 
