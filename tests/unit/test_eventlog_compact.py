@@ -197,6 +197,22 @@ def test_cli_compact_dry_run_changes_nothing_then_merges(tmp_path, capsys):
     assert "merged 3 files into 1" in capsys.readouterr().out and len(names(tmp_path)) == 1
     assert cli.main(["events", "compact", "--root", str(tmp_path / "missing")]) == 1
     assert "qanchor stack up eventlog" in capsys.readouterr().err
+    assert cli.main(["events", "compact", "--root", str(tmp_path), "--target-rows", "1"]) == 1
+    assert "--target-rows >= 2" in capsys.readouterr().err
+
+
+def test_cli_compact_on_a_read_only_log_says_where_to_run_it(tmp_path, capsys, monkeypatch):
+    from services.cli import __main__ as cli
+
+    flush(tmp_path, 0, 0, 9)
+
+    def read_only(path, *a, **k):  # what a read-only mount (a Job pod's view of the log) answers
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("services.eventlog.compact.os.open", read_only)
+    assert cli.main(["events", "compact", "--root", str(tmp_path), "--min-age", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and ".compact.lock" in err and "where the log is writable" in err
 
 
 def test_the_service_pass_compacts_only_owned_partitions_and_counts(tmp_path, monkeypatch):

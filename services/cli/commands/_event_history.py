@@ -104,6 +104,8 @@ def _compact(args: argparse.Namespace) -> int:
     from services.eventlog.compact import CompactionBusy, CompactionPolicy, compact
     from training.data.event_log import segment_files
 
+    if args.min_age < 0 or args.target_rows < 2:
+        raise CliError(f"--min-age must be >= 0 and --target-rows >= 2 (got {args.min_age:g} and {args.target_rows})")
     root = _root(args)
     before = len(segment_files(root))
     try:
@@ -111,6 +113,9 @@ def _compact(args: argparse.Namespace) -> int:
                          dry_run=args.dry_run)
     except CompactionBusy as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot compact {root} ({exc.strerror or exc}: {exc.filename or ''}); run it where the log "
+                       "is writable (the eventlog service's host or volume), as the user that writes it") from None
     after = len(segment_files(root))
     doc = {"root": str(root), "dry_run": args.dry_run, "files_before": before, "files_after": after,
            **report.as_dict()}
