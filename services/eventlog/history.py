@@ -97,6 +97,7 @@ def as_of(feast_config: Path, user_ids: Sequence[str], at: datetime | float,
         return [LastEvent(u, when, False) for u in user_ids]
     store = get_store(Path(feast_config))
     entity_df = pd.DataFrame({"user_id": list(user_ids), "event_timestamp": [when] * len(user_ids)})
+
     def read() -> "pd.DataFrame":
         with _one_partition_reads():
             return store.get_historical_features(

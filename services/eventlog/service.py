@@ -62,5 +62,7 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> Worker
             root, CompactionPolicy(min_age_s=settings.compact_min_age_s, target_rows=settings.compact_target_rows),
             settings.compact_interval_s, metrics, settings.topic, owned=lambda: listener.owned)
         compaction.start()
-        closers.append(("compaction", compaction.stop))
+        # Stopped first: a pass in flight ends while this member still owns its partitions, so the next owner's
+        # compaction never overlaps it.
+        closers.insert(0, ("compaction", compaction.stop))
     return WorkerService("eventlog", worker, closers)
