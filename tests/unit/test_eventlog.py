@@ -322,6 +322,9 @@ def test_cli_times_need_a_zone_or_are_unix_seconds():
         parse_time("2026-01-01T00:00:00")
     with pytest.raises(CliError, match="not a time"):
         parse_time("yesterday")
+    with pytest.raises(CliError, match="e.g. 2026-01-01T00:00:00Z"):  # a date alone: the example parses
+        parse_time("2026-01-01")
+    assert parse_time("2026-01-01T00:00:00Z").timestamp() == T0
 
 
 def test_cli_history_prints_each_event_once(tmp_path, capsys):

@@ -126,11 +126,13 @@ def utc(t: datetime | float | None) -> datetime | None:
     return t.astimezone(timezone.utc)
 
 
-def parse_time(text: str) -> float:
+def parse_time(text: str, *, zone_required: bool = False) -> float:
     """Unix seconds, or an ISO 8601 date or time (a time without a zone is UTC; Z allowed) -> unix seconds.
 
-    The one reading of a time a person writes: `training.pretrain --cutoff`, the quality harness's `--as-of` and a
-    tuning labels file's `as_of` column. ValueError says what to write instead."""
+    The one reading of a time a person writes: `training.pretrain --cutoff`, the quality harness's `--as-of`, a
+    tuning labels file's `as_of` column, and `qanchor events history/as-of`, which pass `zone_required=True` (a
+    command typed at a terminal in another zone must not be read as UTC silently). ValueError says what to write
+    instead."""
     text = str(text).strip()
     try:
         return float(text)
@@ -141,6 +143,9 @@ def parse_time(text: str) -> float:
     except ValueError:
         raise ValueError(f"{text!r} is not a time: give unix seconds (e.g. 975000000) or an ISO time (e.g. "
                          "2000-11-25, 2000-11-25T12:00:00Z or 2000-11-25T12:00:00+02:00)") from None
+    if t.tzinfo is None and zone_required:
+        example = text if len(text) > 10 else text[:10] + "T00:00:00"  # a date alone takes no zone
+        raise ValueError(f"{text!r} has no time zone; add Z for UTC (e.g. {example}Z) or an offset such as +02:00")
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 

@@ -17,19 +17,14 @@ from services.cli.output import CliError, add_json_flag, format_table, print_jso
 
 
 def parse_time(text: str) -> datetime:
-    """ISO 8601 with a zone (Z or +hh:mm), or unix seconds -> an aware UTC datetime."""
+    """ISO 8601 with a zone (Z or +hh:mm), or unix seconds -> an aware UTC datetime (training.data.event_log's
+    reading of a time, with the zone required)."""
+    from training.data.event_log import parse_time as seconds
+
     try:
-        return datetime.fromtimestamp(float(text), tz=timezone.utc)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
-        raise CliError(f"{text!r} is not a time; pass ISO 8601 with a zone (2026-01-02T12:00:00Z) or unix seconds") \
-            from None
-    if t.tzinfo is None:
-        raise CliError(f"{text!r} has no time zone; add Z for UTC (e.g. {text}Z) or an offset such as +02:00")
-    return t.astimezone(timezone.utc)
+        return datetime.fromtimestamp(seconds(text, zone_required=True), tz=timezone.utc)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _iso(t: datetime | float | None) -> str | None:
