@@ -3,6 +3,7 @@
     qanchor events produce events.jsonl              # validate every line, send the valid ones
     qanchor events produce - --no-validate < x.jsonl # send as is (e.g. to exercise the DLQ)
     qanchor events dlq --max 10                      # print rejected events with their reason headers
+    qanchor events redrive --reason unknown_source   # send dead letters back once their cause is fixed
     qanchor events history u42                       # the user's events in the offline log (docs/eventlog.md)
     qanchor events as-of u42 2026-01-02T12:00:00Z    # the user's last event at that instant (Feast point in time)
     qanchor events compact                           # merge the log's small files (docs/eventlog.md, Compaction)
@@ -95,6 +96,55 @@ def _dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def _redrive(args: argparse.Namespace) -> int:
+    from kafka import KafkaConsumer
+
+    from services.cli.commands._event_history import parse_time
+    from services.ingest.producer import make_producer
+    from services.ingest.redrive import Selection, read_dead_letters, redrive
+    from services.ingest.service import limits_from
+    from services.ingest.settings import IngestSettings
+    from services.ingest.transform import load_ingest_spec
+
+    if args.max is not None and args.max < 1:
+        raise CliError("--max must be at least 1")
+    selection = Selection(reasons=frozenset(args.reason) if args.reason else None,
+                          users=frozenset(args.user) if args.user else None,
+                          since=parse_time(args.since).timestamp() if args.since else None,
+                          until=parse_time(args.until).timestamp() if args.until else None, limit=args.max)
+    spec = load_ingest_spec(args.sources_yaml)
+    limits = limits_from(IngestSettings()).events  # this shell's INGEST_MAX_*: the defaults unless set
+    bootstrap = _connect(args)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             client_id="qanchor-cli-redrive")
+    producer = None if args.dry_run else make_producer(
+        bootstrap, client_id="qanchor-cli-redrive", max_block_ms=10_000, delivery_timeout_ms=30_000,
+        request_timeout_ms=10_000)
+    try:
+        report = redrive(read_dead_letters(consumer, args.topic), selection, producer, sources=spec.source_names,
+                         tabular_dim=spec.features.tabular_dim, limits=limits, validate=not args.no_validate,
+                         to_topic=args.to)
+    except LookupError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        consumer.close()
+        if producer is not None:
+            producer.close(timeout=10)
+    if args.json:
+        print_json({"dlq": args.topic, "bootstrap": bootstrap, "dry_run": args.dry_run, **report.as_dict()})
+    else:
+        for where, was, why in report.refused[:20]:
+            print(f"{where} ({was}): not sent: {why}", file=sys.stderr)
+        if len(report.refused) > 20:
+            print(f"... and {len(report.refused) - 20} more not sent", file=sys.stderr)
+        verb = "would send" if args.dry_run else "sent"
+        reasons = ", ".join(f"{r} {n}" for r, n in report.selected_by_reason.most_common()) or "none"
+        to = ", ".join(f"{n} to {t}" for t, n in report.sent_to.items()) or "nothing"
+        print(f"{report.selected} of {report.read} dead letters selected ({reasons}); {verb} {to}; "
+              f"{len(report.refused)} would be rejected again and stay in {args.topic}")
+    return 1 if report.refused else 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("events", help="publish events to the ingest topic; inspect the DLQ; read the event log",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,4 +165,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dlq.add_argument("--max", type=int, default=20, help="stop after this many records")
     add_json_flag(dlq)
     dlq.set_defaults(func=_dlq)
+    red = sub.add_parser("redrive", help="send dead letters back to their topic once their cause is fixed (each "
+                         "validated first; those that would fail again stay)")
+    red.add_argument("--topic", default=DLQ_TOPIC, help="the DLQ topic to read")
+    red.add_argument("--to", default=None, help="topic to send to (default: each letter's qanchor.topic header)")
+    red.add_argument("--reason", action="append", default=None,
+                     help="only letters rejected for this reason (repeatable; docs/ingest.md lists them)")
+    red.add_argument("--user", action="append", default=None, help="only this user's letters (repeatable)")
+    red.add_argument("--since", default=None, help="only letters rejected at or after this time (ISO with a zone, "
+                                                   "or unix seconds)")
+    red.add_argument("--until", default=None, help="only letters rejected at or before this time")
+    red.add_argument("--max", type=int, default=None, help="at most this many letters")
+    red.add_argument("--dry-run", action="store_true", help="validate and count; send nothing")
+    red.add_argument("--no-validate", action="store_true",
+                     help="send the selected letters as they are (ingest dead-letters them again if still bad)")
+    red.add_argument("--sources-yaml", type=Path, default=None,
+                     help="sources.yaml to validate against (default: feature_repo/sources.yaml)")
+    red.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the local stack)")
+    add_json_flag(red)
+    red.set_defaults(func=_redrive)
     add_history_parsers(sub)
