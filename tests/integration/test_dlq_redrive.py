@@ -49,6 +49,13 @@ def test_dead_letters_go_back_once_the_limit_is_raised_and_apply_once(ctx):
     before = read_users(ctx.feast_config, users)
     assert all(len(before[u].event_ids) == 1 for u in users)
 
+    shown = subprocess.run([sys.executable, "-m", "services.cli", "events", "dlq", "--topic", topic + ".dlq",
+                            "--bootstrap", ctx.bootstrap, "--reason", "invalid_json", "--json"],
+                           capture_output=True, text=True, timeout=120, cwd=repo_root())
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    [letter] = json.loads(shown.stdout)
+    assert letter["value"] == "{not json" and letter["headers"]["qanchor.reason"] == "invalid_json"
+
     # With the old limit the letters would fail again: the dry run says so and sends nothing.
     code, dry = redrive_cli(ctx.bootstrap, topic, "--dry-run", "--reason", "invalid_field", max_text=40)
     assert (code, dry["selected"], dry["sent"], len(dry["refused"])) == (1, len(long), 0, len(long))

@@ -2,7 +2,7 @@
 
     qanchor events produce events.jsonl              # validate every line, send the valid ones
     qanchor events produce - --no-validate < x.jsonl # send as is (e.g. to exercise the DLQ)
-    qanchor events dlq --max 10                      # print rejected events with their reason headers
+    qanchor events dlq --max 10 --reason invalid_json  # print rejected events with their reason headers
     qanchor events redrive --reason unknown_source   # send dead letters back once their cause is fixed
     qanchor events history u42                       # the user's events in the offline log (docs/eventlog.md)
     qanchor events as-of u42 2026-01-02T12:00:00Z    # the user's last event at that instant (Feast point in time)
@@ -68,19 +68,41 @@ def _produce(args: argparse.Namespace) -> int:
     return 1 if report.refused else 0
 
 
+def _selection(args: argparse.Namespace):
+    """The dead letters `dlq` shows and `redrive` sends: --reason, --user, --since/--until, --max."""
+    from services.cli.commands._event_history import parse_time
+    from services.ingest.redrive import Selection
+
+    if args.max is not None and args.max < 1:
+        raise CliError("--max must be at least 1")
+    return Selection(reasons=frozenset(args.reason) if args.reason else None,
+                     users=frozenset(args.user) if args.user else None,
+                     since=parse_time(args.since).timestamp() if args.since else None,
+                     until=parse_time(args.until).timestamp() if args.until else None, limit=args.max)
+
+
 def _dlq(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(args.topic, bootstrap_servers=_connect(args), group_id=None,
-                             auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=3000)
+    from services.ingest.redrive import read_dead_letters
+
+    selection = _selection(args)
+    consumer = KafkaConsumer(bootstrap_servers=_connect(args), group_id=None, enable_auto_commit=False,
+                             client_id="qanchor-cli-dlq")
     records = []
     try:
-        for rec in consumer:
-            headers = {k: v.decode("utf-8", "replace") for k, v in rec.headers or []}
-            records.append({"offset": rec.offset, "key": rec.key.decode("utf-8", "replace") if rec.key else None,
-                            "headers": headers, "value": (rec.value or b"").decode("utf-8", "replace")[:500]})
+        for letter in read_dead_letters(consumer, args.topic):
+            if not selection.matches(letter):
+                continue
+            records.append({"offset": letter.offset, "partition": letter.partition,
+                            "key": letter.key.decode("utf-8", "replace") if letter.key else None,
+                            "headers": {k: v.decode("utf-8", "replace") for k, v in letter.headers},
+                            "value": letter.value.decode("utf-8", "replace")[:500]})
             if len(records) >= args.max:
                 break
+    except LookupError as exc:  # nothing dead-lettered yet: an empty DLQ, not an error
+        print(f"0 rejected events: {exc}", file=sys.stderr)
+        records = []
     finally:
         consumer.close()
     if args.json:
@@ -99,19 +121,13 @@ def _dlq(args: argparse.Namespace) -> int:
 def _redrive(args: argparse.Namespace) -> int:
     from kafka import KafkaConsumer
 
-    from services.cli.commands._event_history import parse_time
     from services.ingest.producer import make_producer
-    from services.ingest.redrive import Selection, read_dead_letters, redrive
+    from services.ingest.redrive import read_dead_letters, redrive
     from services.ingest.service import limits_from
     from services.ingest.settings import IngestSettings
     from services.ingest.transform import load_ingest_spec
 
-    if args.max is not None and args.max < 1:
-        raise CliError("--max must be at least 1")
-    selection = Selection(reasons=frozenset(args.reason) if args.reason else None,
-                          users=frozenset(args.user) if args.user else None,
-                          since=parse_time(args.since).timestamp() if args.since else None,
-                          until=parse_time(args.until).timestamp() if args.until else None, limit=args.max)
+    selection = _selection(args)
     spec = load_ingest_spec(args.sources_yaml)
     limits = limits_from(IngestSettings()).events  # this shell's INGEST_MAX_*: the defaults unless set
     bootstrap = _connect(args)
@@ -145,6 +161,15 @@ def _redrive(args: argparse.Namespace) -> int:
     return 1 if report.refused else 0
 
 
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", action="append", default=None,
+                   help="only letters rejected for this reason (repeatable; docs/ingest.md lists them)")
+    p.add_argument("--user", action="append", default=None, help="only this user's letters (repeatable)")
+    p.add_argument("--since", default=None, help="only letters rejected at or after this time (ISO with a zone, or "
+                                                 "unix seconds)")
+    p.add_argument("--until", default=None, help="only letters rejected at or before this time")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("events", help="publish events to the ingest topic; inspect the DLQ; read the event log",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -163,19 +188,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dlq.add_argument("--topic", default=DLQ_TOPIC)
     dlq.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the local stack)")
     dlq.add_argument("--max", type=int, default=20, help="stop after this many records")
+    _add_selection(dlq)
     add_json_flag(dlq)
     dlq.set_defaults(func=_dlq)
     red = sub.add_parser("redrive", help="send dead letters back to their topic once their cause is fixed (each "
                          "validated first; those that would fail again stay)")
     red.add_argument("--topic", default=DLQ_TOPIC, help="the DLQ topic to read")
     red.add_argument("--to", default=None, help="topic to send to (default: each letter's qanchor.topic header)")
-    red.add_argument("--reason", action="append", default=None,
-                     help="only letters rejected for this reason (repeatable; docs/ingest.md lists them)")
-    red.add_argument("--user", action="append", default=None, help="only this user's letters (repeatable)")
-    red.add_argument("--since", default=None, help="only letters rejected at or after this time (ISO with a zone, "
-                                                   "or unix seconds)")
-    red.add_argument("--until", default=None, help="only letters rejected at or before this time")
     red.add_argument("--max", type=int, default=None, help="at most this many letters")
+    _add_selection(red)
     red.add_argument("--dry-run", action="store_true", help="validate and count; send nothing")
     red.add_argument("--no-validate", action="store_true",
                      help="send the selected letters as they are (ingest dead-letters them again if still bad)")
