@@ -103,8 +103,10 @@ render default
 render gpu -f "$CHART/values-gpu.yaml" --set jobs.tuning.enabled=true
 # The Kubernetes job backend: the worker's ServiceAccount, Role and RoleBinding (RBAC), no GPU on the worker.
 render jobs-kubernetes --set jobs.kubernetes.enabled=true
-# ServiceMonitor is a CRD: validated for shape by the chart, and skipped by kubernetes-validate (no schema).
-render servicemonitor --set serviceMonitor.enabled=true --api-versions monitoring.coreos.com/v1
+# ServiceMonitor and PrometheusRule are CRDs: validated for shape by the chart (and tests/unit/test_deploy_helm.py),
+# and skipped by kubernetes-validate (no schema).
+render servicemonitor --set serviceMonitor.enabled=true --set prometheusRule.enabled=true \
+  --api-versions monitoring.coreos.com/v1
 
 status=0
 for kv in $KUBE_VERSIONS; do
@@ -113,8 +115,8 @@ for kv in $KUBE_VERSIONS; do
     if "$KVALIDATE" --strict --quiet -k "$kv" "$f" >"$OUT/validate.log" 2>&1; then
       log "kubernetes_validate_ok kube=$kv file=$(basename "$f")"
     else
-      # Custom resources (ServiceMonitor) have no bundled schema: that warning alone is not a failure.
-      if ! grep -v -E "^$|ServiceMonitor|monitoring.coreos.com" "$OUT/validate.log" | grep -q .; then
+      # Custom resources (ServiceMonitor, PrometheusRule) have no bundled schema: that warning alone is not a failure.
+      if ! grep -v -E "^$|ServiceMonitor|PrometheusRule|monitoring.coreos.com" "$OUT/validate.log" | grep -q .; then
         log "kubernetes_validate_ok kube=$kv file=$(basename "$f") note=custom_resources_skipped"
       else
         cat "$OUT/validate.log" >&2

@@ -242,6 +242,67 @@ def test_the_event_log_compacts_by_default_as_the_service_would_and_can_be_turne
     assert settings(_docs("--set", "eventlog.compaction.intervalSeconds=0")).compact_interval_s == 0
 
 
+def _exported_metrics() -> dict[str, set[str]]:
+    """{series name: label names} of every metric the scraped services (ingest, event log, gateway) define; a
+    counter's series carry `_total`."""
+    from prometheus_client import CollectorRegistry
+
+    from services.eventlog.metrics import EventLogMetrics
+    from services.gateway.metrics import GatewayMetrics
+    from services.ingest.metrics import IngestMetrics
+
+    registries = [EventLogMetrics.create().registry, IngestMetrics.create().registry]
+    gateway = CollectorRegistry()
+    GatewayMetrics(gateway)
+    out: dict[str, set[str]] = {}
+    for registry in [*registries, gateway]:
+        for collector, names in registry._collector_to_names.items():
+            labels = set(getattr(collector, "_labelnames", ()))
+            for name in names:
+                out[name] = labels
+    return out
+
+
+@needs_helm
+def test_alerts_name_only_metrics_and_labels_the_services_export() -> None:
+    docs = _docs("--api-versions", "monitoring.coreos.com/v1", "--set", "serviceMonitor.enabled=true",
+                 "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.thresholds.ingestLagRecords=777")
+    rules = [r for g in _by(docs, "PrometheusRule", "qanchor")["spec"]["groups"] for r in g["rules"]]
+    exported = _exported_metrics()
+    assert len(rules) >= 10
+    for rule in rules:
+        expr = rule["expr"]
+        assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+        assert expr.count("(") == expr.count(")") and "{{" not in expr, rule["alert"]
+        names = set(re.findall(r"\b(qanchor_[a-z_]+)\{", expr))
+        for name in names:
+            assert name in exported, f"{rule['alert']}: {name} is exported by no service"
+            matchers = re.findall(rf"{name}\{{([^}}]*)\}}", expr)
+            used = {re.match(r"\s*(\w+)\s*(=~|!~|!=|=)", m).group(1) for ms in matchers for m in ms.split(",")}
+            # namespace and service are the scrape's own labels (the ServiceMonitor adds them)
+            assert used - {"namespace", "service"} <= exported[name], f"{rule['alert']}: {used} on {name}"
+        for by in re.findall(r"by \(([^)]*)\)", expr):
+            grouped = {b.strip() for b in by.split(",")} - {"namespace", "service"}
+            assert all(grouped <= exported[n] for n in names), f"{rule['alert']}: by ({by})"
+        assert 'namespace="qanchor"' in expr, rule["alert"]  # scoped to this release's namespace and Services
+    lag = next(r for r in rules if r["alert"] == "QanchorIngestLagHigh")
+    assert lag["expr"].endswith("> 777") and 'service="qanchor-ingest"' in lag["expr"]
+    # The values the rules test for are values the code sets.
+    from services.ingest.metrics import IngestMetrics
+
+    outcomes = {s.labels.get("outcome") for m in IngestMetrics.create().registry.collect() for s in m.samples}
+    assert "dlq" in outcomes
+
+
+@needs_helm
+def test_alerts_need_the_crd_and_the_service_monitor() -> None:
+    run = _template("--set", "prometheusRule.enabled=true", check=False)
+    assert run.returncode != 0 and "needs the prometheus-operator CRDs" in run.stderr
+    run = _template("--api-versions", "monitoring.coreos.com/v1", "--set", "prometheusRule.enabled=true", check=False)
+    assert run.returncode != 0 and "set serviceMonitor.enabled=true too" in run.stderr
+
+
 @needs_helm
 def test_ab_config_is_a_directory_mount_and_the_repo_file_renders_and_parses() -> None:
     from services.gateway.ab_config import load_config
