@@ -251,7 +251,10 @@ def _exported_metrics() -> dict[str, set[str]]:
     from services.gateway.metrics import GatewayMetrics
     from services.ingest.metrics import IngestMetrics
 
-    registries = [EventLogMetrics.create().registry, IngestMetrics.create().registry]
+    from services.registry.domain import JobState
+    from services.tuning.metrics import RegistryJobsCollector, WorkerMetrics
+
+    registries = [EventLogMetrics.create().registry, IngestMetrics.create().registry, WorkerMetrics().registry]
     gateway = CollectorRegistry()
     GatewayMetrics(gateway)
     out: dict[str, set[str]] = {}
@@ -260,6 +263,14 @@ def _exported_metrics() -> dict[str, set[str]]:
             labels = set(getattr(collector, "_labelnames", ()))
             for name in names:
                 out[name] = labels
+
+    class Repo:
+        def count_tuning_jobs(self):
+            return {JobState.QUEUED: 1}
+
+    for family in RegistryJobsCollector(Repo).collect():  # computed on each scrape: its families, as scraped
+        for sample in family.samples:
+            out[sample.name] = set(sample.labels)
     return out
 
 
@@ -271,7 +282,8 @@ def test_alerts_name_only_metrics_and_labels_the_services_export() -> None:
 
     rules = [r for g in _by(docs, "PrometheusRule", "qanchor")["spec"]["groups"] for r in g["rules"]]
     exported = _exported_metrics()
-    assert len(rules) >= 10
+    assert len(rules) >= 14  # the tuning rules too (WITH_WORKER renders the tuning worker)
+    assert _by(docs, "Service", "qanchor-tuning-worker")["metadata"]["labels"]["qanchor.dev/metrics"] == "true"
     for rule in rules:
         expr = rule["expr"]
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, rule["alert"]
@@ -298,6 +310,15 @@ def test_alerts_name_only_metrics_and_labels_the_services_export() -> None:
 
     outcomes = {s.labels.get("outcome") for m in IngestMetrics.create().registry.collect() for s in m.samples}
     assert "dlq" in outcomes
+
+
+@needs_helm
+def test_tuning_alerts_only_with_the_tuning_worker() -> None:
+    run = _template("--api-versions", "monitoring.coreos.com/v1", "--set", "serviceMonitor.enabled=true",
+                    "--set", "prometheusRule.enabled=true", defaults=True)
+    docs = [d for d in yaml.safe_load_all(run.stdout) if d]
+    groups = {g["name"] for g in _by(docs, "PrometheusRule", "qanchor")["spec"]["groups"]}
+    assert "qanchor.tuning" not in groups and {"qanchor.ingest", "qanchor.eventlog", "qanchor.gateway"} <= groups
 
 
 @needs_helm
