@@ -59,7 +59,8 @@ def build_eventlog(settings: EventLogSettings, ingest: IngestSettings) -> Worker
     closers = [("consumer", lambda: leave_group(consumer, settings)), ("lag", lag.stop)]
     if settings.compact_interval_s > 0:
         compaction = PeriodicCompaction(
-            root, CompactionPolicy(min_age_s=settings.compact_min_age_s, target_rows=settings.compact_target_rows),
+            root, CompactionPolicy(min_age_s=settings.compact_min_age_s, target_rows=settings.compact_target_rows,
+                                   memory_mib=settings.compact_memory_mib),
             settings.compact_interval_s, metrics, settings.topic, owned=lambda: listener.owned)
         compaction.start()
         # Stopped first: a pass in flight ends while this member still owns its partitions, so the next owner's

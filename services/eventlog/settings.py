@@ -69,6 +69,8 @@ class EventLogSettings(ServiceSettings):
     compact_min_age_s: float = Field(default=3600.0, ge=0)
     # Rows per merged file at most; a file this big is left as it is.
     compact_target_rows: int = Field(default=200_000, ge=2)
+    # What merging one run may take in memory (estimated from the files' footers); keep it well under the pod's limit.
+    compact_memory_mib: float = Field(default=256.0, gt=0)
     # Test/drill hook (services/ingest/gate.py): gates "flush" and "commit" per flush number; None = off.
     batch_gate: Path | None = None
 

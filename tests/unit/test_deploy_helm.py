@@ -237,7 +237,7 @@ def test_the_event_log_compacts_by_default_as_the_service_would_and_can_be_turne
         return EventLogSettings()
 
     chart, code = settings(default_docs), EventLogSettings.model_fields
-    for field in ("compact_interval_s", "compact_min_age_s", "compact_target_rows"):
+    for field in ("compact_interval_s", "compact_min_age_s", "compact_target_rows", "compact_memory_mib"):
         assert getattr(chart, field) == code[field].default, field  # one default, whoever starts the service
     assert settings(_docs("--set", "eventlog.compaction.intervalSeconds=0")).compact_interval_s == 0
 

@@ -106,6 +106,18 @@ def test_young_files_and_big_files_are_left_and_runs_respect_the_target(tmp_path
         f"{TOPIC}-p0-0-19-c.parquet", f"{TOPIC}-p0-20-39-c.parquet", f"{TOPIC}-p0-40-59-c.parquet"]
 
 
+def test_runs_are_cut_to_the_memory_budget_estimated_from_the_footers(tmp_path):
+    from services.eventlog.compact import _peak_mib
+
+    for first in range(0, 60, 10):
+        flush(tmp_path, 0, first, first + 9)
+    each = _peak_mib(segment_files(tmp_path)[0])
+    assert each > 0
+    runs = plan(tmp_path, CompactionPolicy(min_age_s=0, memory_mib=each * 2.5), now=NOW)
+    assert [len(r.files) for r in runs] == [2, 2, 2]  # three files would pass the estimate
+    assert plan(tmp_path, CompactionPolicy(min_age_s=0, memory_mib=each * 0.9), now=NOW) == []  # none fits alone
+
+
 def test_a_crash_after_the_merged_file_loses_nothing_and_the_next_pass_finishes(tmp_path):
     for first in (0, 10, 20):
         flush(tmp_path, 0, first, first + 9)
@@ -199,6 +211,8 @@ def test_cli_compact_dry_run_changes_nothing_then_merges(tmp_path, capsys):
     assert "qanchor stack up eventlog" in capsys.readouterr().err
     assert cli.main(["events", "compact", "--root", str(tmp_path), "--target-rows", "1"]) == 1
     assert "--target-rows >= 2" in capsys.readouterr().err
+    assert cli.main(["events", "compact", "--root", str(tmp_path), "--memory-mib", "0"]) == 1
+    assert "--memory-mib > 0" in capsys.readouterr().err
 
 
 def test_cli_compact_on_a_read_only_log_says_where_to_run_it(tmp_path, capsys, monkeypatch):

@@ -99,13 +99,14 @@ def _compact(args: argparse.Namespace) -> int:
     from services.eventlog.compact import CompactionBusy, CompactionPolicy, compact
     from training.data.event_log import segment_files
 
-    if args.min_age < 0 or args.target_rows < 2:
-        raise CliError(f"--min-age must be >= 0 and --target-rows >= 2 (got {args.min_age:g} and {args.target_rows})")
+    if args.min_age < 0 or args.target_rows < 2 or args.memory_mib <= 0:
+        raise CliError(f"--min-age must be >= 0, --target-rows >= 2 and --memory-mib > 0 (got {args.min_age:g}, "
+                       f"{args.target_rows} and {args.memory_mib:g})")
     root = _root(args)
     before = len(segment_files(root))
     try:
-        report = compact(root, CompactionPolicy(min_age_s=args.min_age, target_rows=args.target_rows),
-                         dry_run=args.dry_run)
+        report = compact(root, CompactionPolicy(min_age_s=args.min_age, target_rows=args.target_rows,
+                                                memory_mib=args.memory_mib), dry_run=args.dry_run)
     except CompactionBusy as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
@@ -151,8 +152,9 @@ def add_history_parsers(sub: argparse._SubParsersAction) -> None:
     comp.add_argument("--root", default=None, help="event log root (default: the local stack's)")
     comp.add_argument("--min-age", type=float, default=3600.0,
                       help="only files not modified for this many seconds (default 3600)")
-    comp.add_argument("--target-rows", type=int, default=200_000,
-                      help="rows per merged file at most (a pass holds one file's rows in memory, ~3x their size)")
+    comp.add_argument("--target-rows", type=int, default=200_000, help="rows per merged file at most")
+    comp.add_argument("--memory-mib", type=float, default=256.0,
+                      help="what merging one run may take in memory (estimated from the files' footers; default 256)")
     comp.add_argument("--dry-run", action="store_true", help="say what would be merged; change nothing")
     add_json_flag(comp)
     comp.set_defaults(func=_compact)
