@@ -161,14 +161,24 @@ def files_between(root: Path, start: datetime | None, end: datetime | None) -> l
     return out
 
 
+def first_copies(table: pa.Table) -> pa.Table:
+    """One row per event_id, the copy at the lowest Kafka position, in Kafka position order (one `take` of the
+    table: only the ids and row numbers are sorted and grouped, so the rows are copied once)."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return table
+    order = pc.sort_indices(table.select(list(POSITION)), sort_keys=[(c, "ascending") for c in POSITION])
+    ids = pa.table({"event_id": table.column("event_id").take(order), "i": pa.array(np.arange(len(order)))})
+    first = ids.group_by("event_id", use_threads=False).aggregate([("i", "min")]).column("i_min").to_numpy()
+    return table.take(order.take(pa.array(np.sort(first))))
+
+
 def dedupe(table: pa.Table) -> pa.Table:
     """One row per event_id (the first by Kafka position), in event-time order (ties by Kafka position)."""
     if table.num_rows == 0:
         return table
-    by_position = table.sort_by([(c, "ascending") for c in POSITION])
-    ids = np.asarray(by_position.column("event_id").to_pylist(), dtype=object)
-    _, first = np.unique(ids, return_index=True)
-    kept = by_position.take(pa.array(np.sort(first)))
+    kept = first_copies(table)
     return kept.sort_by([("event_timestamp", "ascending")] + [(c, "ascending") for c in POSITION])
 
 
