@@ -140,11 +140,12 @@ def _rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _peak_mib(path: Path) -> float:
-    """The estimated memory merging this file takes (PEAK_PER_PARQUET_BYTE x its uncompressed size), MiB."""
+def _footer(path: Path) -> tuple[int, float]:
+    """(rows, the estimated memory merging this file takes in MiB: PEAK_PER_PARQUET_BYTE x its uncompressed size),
+    from one read of its footer."""
     meta = pq.ParquetFile(path).metadata
     size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    return PEAK_PER_PARQUET_BYTE * size / 2**20
+    return meta.num_rows, PEAK_PER_PARQUET_BYTE * size / 2**20
 
 
 def plan(root: Path, policy: CompactionPolicy, now: float | None = None,
@@ -160,7 +161,7 @@ def plan(root: Path, policy: CompactionPolicy, now: float | None = None,
         try:
             if now - path.stat().st_mtime < policy.min_age_s:
                 continue
-            rows, mib = _rows(path), _peak_mib(path)
+            rows, mib = _footer(path)
         except FileNotFoundError:  # deleted since the listing (covered by a replay): not ours to merge
             continue
         if rows >= policy.target_rows or mib > policy.memory_mib:
@@ -248,13 +249,13 @@ def compact(root: Path, policy: CompactionPolicy | None = None, *, now: float | 
 
 class PeriodicCompaction:
     """The eventlog service's compaction thread: a pass every `interval_s` over the partitions of `topic` that
-    `owned()` returns (the consumer's assignment; None = all of the topic's).
+    `owned()` returns (the consumer's assignment; nothing while it owns none).
 
     Best effort: a failed pass is logged and counted, the consumer keeps running, and the next pass tries again.
     """
 
     def __init__(self, root: Path, policy: CompactionPolicy, interval_s: float, metrics: "EventLogMetrics",
-                 topic: str, owned: Callable[[], Collection[int] | None]) -> None:
+                 topic: str, owned: Callable[[], Collection[int]]) -> None:
         import threading
 
         self.root, self.policy, self.interval_s = Path(root), policy, interval_s
@@ -267,15 +268,10 @@ class PeriodicCompaction:
 
     def run_once(self) -> CompactionReport | None:
         owned = self.owned()
-        if owned is not None and not owned:
+        if not owned:
             return None
-        if owned is None:
-            found = (SegmentName.parse(p.name) for p in segment_files(self.root))
-            pairs = {(n.topic, n.partition) for n in found if n is not None and n.topic == self.topic}
-        else:
-            pairs = {(self.topic, p) for p in owned}
         try:
-            report = compact(self.root, self.policy, partitions=pairs)
+            report = compact(self.root, self.policy, partitions={(self.topic, p) for p in owned})
         except CompactionBusy as exc:
             log.info("event log compaction skipped", extra={"reason": "busy", "detail": str(exc)[:300]})
             return None

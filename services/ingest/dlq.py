@@ -22,16 +22,24 @@ class Record(Protocol):
     headers: Sequence[tuple[str, bytes]]
 
 
+# The headers a dead letter carries besides the record's own (all under HEADER_PREFIX); services/ingest/redrive.py
+# reads them back.
+HEADER_PREFIX = "qanchor."
+REASON, DETAIL, TOPIC = "qanchor.reason", "qanchor.detail", "qanchor.topic"
+PARTITION, OFFSET, GROUP, REJECTED_AT = "qanchor.partition", "qanchor.offset", "qanchor.group", "qanchor.rejected_at"
+TRUNCATED_FROM = "qanchor.truncated_from"
+
+
 def dlq_headers(record: Record, exc: EventRejected, group_id: str, now: float) -> list[tuple[str, bytes]]:
     """Original headers plus where the record came from and why it was rejected."""
     ours = [
-        ("qanchor.reason", exc.reason.encode()),
-        ("qanchor.detail", exc.detail.encode("utf-8", "replace")[:1000]),
-        ("qanchor.topic", record.topic.encode()),
-        ("qanchor.partition", str(record.partition).encode()),
-        ("qanchor.offset", str(record.offset).encode()),
-        ("qanchor.group", group_id.encode()),
-        ("qanchor.rejected_at", f"{now:.3f}".encode()),
+        (REASON, exc.reason.encode()),
+        (DETAIL, exc.detail.encode("utf-8", "replace")[:1000]),
+        (TOPIC, record.topic.encode()),
+        (PARTITION, str(record.partition).encode()),
+        (OFFSET, str(record.offset).encode()),
+        (GROUP, group_id.encode()),
+        (REJECTED_AT, f"{now:.3f}".encode()),
     ]
     return [*(record.headers or []), *ours]
 
@@ -56,7 +64,7 @@ class DeadLetterQueue:
         headers = dlq_headers(record, exc, self.group_id, self.clock())
         value = record.value if record.value is not None else b""  # a record may have neither key nor value
         if len(value) > MAX_DLQ_VALUE_BYTES:
-            headers.append(("qanchor.truncated_from", str(len(value)).encode()))
+            headers.append((TRUNCATED_FROM, str(len(value)).encode()))
             value = value[:MAX_DLQ_VALUE_BYTES]
         try:
             return self.producer.send(self.topic, key=record.key, value=value, headers=headers)

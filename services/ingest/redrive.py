@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Collection, Iterable, Iterator
 
+from services.ingest.dlq import HEADER_PREFIX, REASON, REJECTED_AT, TOPIC, TRUNCATED_FROM
 from services.ingest.schema import EventLimits, EventRejected, parse_event
 
 REDRIVE_HEADER = "qanchor.redrive_of"
@@ -47,11 +48,11 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
-        return self.header("qanchor.reason") or "unknown"
+        return self.header(REASON) or "unknown"
 
     @property
     def rejected_at(self) -> float | None:
-        text = self.header("qanchor.rejected_at")
+        text = self.header(REJECTED_AT)
         try:
             return float(text) if text is not None else None
         except ValueError:
@@ -144,10 +145,10 @@ def redrive(letters: Iterable[DeadLetter], selection: Selection, producer: Any |
             break
         report.selected += 1
         report.selected_by_reason[letter.reason] += 1
-        target = to_topic or letter.header("qanchor.topic")
-        if letter.header("qanchor.truncated_from") is not None:
+        target = to_topic or letter.header(TOPIC)
+        if letter.header(TRUNCATED_FROM) is not None:
             report.refused.append((letter.where, letter.reason, "the DLQ kept only the first 900 KiB of this value "
-                                   f"({letter.header('qanchor.truncated_from')} bytes): send it again from its "
+                                   f"({letter.header(TRUNCATED_FROM)} bytes): send it again from its "
                                    "producer"))
             continue
         if not target:
@@ -167,7 +168,7 @@ def redrive(letters: Iterable[DeadLetter], selection: Selection, producer: Any |
         report.sent_to[target] += 1
         if producer is None:
             continue
-        headers = [(k, v) for k, v in letter.headers if not k.startswith("qanchor.")]
+        headers = [(k, v) for k, v in letter.headers if not k.startswith(HEADER_PREFIX)]
         headers.append((REDRIVE_HEADER, letter.where.encode()))
         futures.append(producer.send(target, key=letter.key, value=letter.value, headers=headers))
     if producer is not None:

@@ -107,11 +107,11 @@ def test_young_files_and_big_files_are_left_and_runs_respect_the_target(tmp_path
 
 
 def test_runs_are_cut_to_the_memory_budget_estimated_from_the_footers(tmp_path):
-    from services.eventlog.compact import _peak_mib
+    from services.eventlog.compact import _footer
 
     for first in range(0, 60, 10):
         flush(tmp_path, 0, first, first + 9)
-    each = _peak_mib(segment_files(tmp_path)[0])
+    _, each = _footer(segment_files(tmp_path)[0])
     assert each > 0
     runs = plan(tmp_path, CompactionPolicy(min_age_s=0, memory_mib=each * 2.5), now=NOW)
     assert [len(r.files) for r in runs] == [2, 2, 2]  # three files would pass the estimate
@@ -260,7 +260,7 @@ def test_the_service_pass_compacts_only_owned_partitions_and_counts(tmp_path, mo
 
 
 def test_the_service_thread_stops_promptly(tmp_path):
-    periodic = PeriodicCompaction(tmp_path, ANY_AGE, 3600, EventLogMetrics.create(), TOPIC, owned=lambda: None)
+    periodic = PeriodicCompaction(tmp_path, ANY_AGE, 3600, EventLogMetrics.create(), TOPIC, owned=frozenset)
     periodic.start()
     done = threading.Event()
     threading.Thread(target=lambda: (periodic.stop(), done.set()), daemon=True).start()
